@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh Debian machine: installs the system packages the
+# tests need when they are missing (idempotent: apt-get only runs when a binary is absent),
+# then `cargo test --workspace`. Extra arguments go to cargo test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# shellcheck source=deploy/lib.sh
+. deploy/lib.sh
+ensure_packages nats-server:nats-server
+
+exec cargo test --workspace "$@"

@@ -1,0 +1,1642 @@
+//! Node configuration: the TOML schema of `grouter run --config FILE`, its defaults and its
+//! validation.
+//!
+//! Owns: the shape of the file (every struct rejects unknown keys), the named defaults, the
+//! checks that go beyond types (names, `host:port` addresses, the `redirect_host` template,
+//! CIDRs, cross-section rules such as "`https_listen` needs `[tls]`"), and the resolution of
+//! relative paths against the config file's directory.
+//!
+//! Errors always name the file and the dotted key at fault (`lon-1.toml: nats.servers[1]:
+//! invalid address …`), and validation reports every problem it finds, not just the first.
+//!
+//! Must never: panic on any input; do I/O other than reading the config file itself
+//! ([`Config::load`]) and, when asked, checking that referenced files can be read
+//! ([`Config::missing_files`]); open sockets or start anything. Other modules receive a
+//! [`Config`] that has already been validated and need not re-check it.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+// ---------------------------------------------------------------------------------------------
+// Limits and defaults (named, so the docs, the serde attributes and the checks agree).
+
+/// Longest accepted `node_id`.
+const NODE_ID_MAX_LEN: usize = 64;
+/// Longest accepted `site` or `region`: they become DNS labels in redirect hosts.
+const SITE_MAX_LEN: usize = 32;
+/// Default `nats.stale_threshold_secs`, gorouter's `droplet_stale_threshold`.
+const DEFAULT_STALE_THRESHOLD_SECS: u64 = 120;
+/// Default `nats.prune_interval_secs`.
+const DEFAULT_PRUNE_INTERVAL_SECS: u64 = 30;
+/// Default `gorouters.health_url_path`.
+const DEFAULT_HEALTH_URL_PATH: &str = "/health";
+/// Default `proxy.redirect_host`: `shop.apps.example.com` -> `shop.nyc.apps.example.com`.
+const DEFAULT_REDIRECT_HOST: &str = "{label}.{site}.{parent}";
+/// Placeholders `proxy.redirect_host` may use.
+const REDIRECT_PLACEHOLDERS: [&str; 4] = ["label", "site", "parent", "region"];
+/// Default `mesh.sync_lost_after_secs`.
+const DEFAULT_SYNC_LOST_AFTER_SECS: u64 = 10;
+/// Default `mesh.heartbeat_interval_ms`.
+const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 500;
+/// Shortest accepted `mesh.heartbeat_interval_ms`: faster only burns CPU and bandwidth.
+const MIN_HEARTBEAT_INTERVAL_MS: u64 = 50;
+/// Default `dns.ttl_secs`.
+const DEFAULT_DNS_TTL_SECS: u32 = 30;
+/// Default `dns.answer_sites`.
+const DEFAULT_ANSWER_SITES: usize = 1;
+/// Most sites one DNS answer may name.
+const MAX_ANSWER_SITES: usize = 8;
+
+fn default_stale_threshold_secs() -> u64 {
+    DEFAULT_STALE_THRESHOLD_SECS
+}
+fn default_prune_interval_secs() -> u64 {
+    DEFAULT_PRUNE_INTERVAL_SECS
+}
+fn default_health_url_path() -> String {
+    DEFAULT_HEALTH_URL_PATH.to_owned()
+}
+fn default_redirect_host() -> String {
+    DEFAULT_REDIRECT_HOST.to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_sync_lost_after_secs() -> u64 {
+    DEFAULT_SYNC_LOST_AFTER_SECS
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    DEFAULT_HEARTBEAT_INTERVAL_MS
+}
+fn default_dns_ttl_secs() -> u32 {
+    DEFAULT_DNS_TTL_SECS
+}
+fn default_answer_sites() -> usize {
+    DEFAULT_ANSWER_SITES
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema.
+
+/// A node's validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's id, unique in the mesh: 1..=64 characters of `[a-z0-9._-]`.
+    pub node_id: String,
+    /// The datacentre this node serves: 1..=32 characters of `[a-z0-9-]`, starting and ending
+    /// with a letter or digit (it becomes a DNS label in redirect hosts).
+    pub site: String,
+    /// Optional region of the site, for region pinning; same rules as `site`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// This site's NATS bus, where the GoRouters' route registrations are read.
+    pub nats: NatsConfig,
+    /// This site's GoRouters, the local targets of proxied requests.
+    pub gorouters: GoroutersConfig,
+    /// The HTTP(S) front door.
+    pub proxy: ProxyConfig,
+    /// Certificates for `proxy.https_listen`; required when it is set.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Peering with the other nodes; without it the node runs alone and is always in sync.
+    #[serde(default)]
+    pub mesh: Option<MeshConfig>,
+    /// The authoritative DNS server for the apps' zones; off when absent.
+    #[serde(default)]
+    pub dns: Option<DnsConfig>,
+    /// The admin API (`/healthz`, `/metrics`, `/v1/*`).
+    pub admin: AdminConfig,
+    /// Logging; every field has a default.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The file this configuration was read from, used to name it in errors. Not a TOML key;
+    /// set by [`Config::load`] and [`Config::from_toml`].
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// `[nats]`: this site's bus.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Servers of the site's NATS cluster, each `nats://host:port`, `tls://host:port` or
+    /// `host:port` (IPv6 as `[::1]:4222`); at least one.
+    pub servers: Vec<String>,
+    /// User name; requires `password`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password for `user`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Authentication token; cannot be combined with `user`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// CA bundle (PEM) that the NATS servers' certificates must chain to.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Seconds after which an endpoint that was not re-registered is pruned (gorouter's
+    /// `droplet_stale_threshold`); at least 1.
+    #[serde(default = "default_stale_threshold_secs")]
+    pub stale_threshold_secs: u64,
+    /// Seconds between two prune passes; at least 1.
+    #[serde(default = "default_prune_interval_secs")]
+    pub prune_interval_secs: u64,
+}
+
+/// Credentials are redacted so the config can be logged.
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("NatsConfig")
+            .field("servers", &self.servers)
+            .field("user", &self.user)
+            .field("password", &redacted(&self.password))
+            .field("token", &redacted(&self.token))
+            .field("tls_ca", &self.tls_ca)
+            .field("stale_threshold_secs", &self.stale_threshold_secs)
+            .field("prune_interval_secs", &self.prune_interval_secs)
+            .finish()
+    }
+}
+
+/// `[gorouters]`: this site's GoRouters.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoroutersConfig {
+    /// Each GoRouter as `host:port` (IPv6 as `[::1]:8081`); at least one.
+    pub addresses: Vec<String>,
+    /// Path probed on each GoRouter to decide whether it is healthy; starts with `/`.
+    #[serde(default = "default_health_url_path")]
+    pub health_url_path: String,
+    /// Port of the health probe when it differs from the routing port.
+    #[serde(default)]
+    pub health_port: Option<u16>,
+}
+
+/// What to do with a request for an app served only at other sites.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteMode {
+    /// Forward it over the mesh to a node of the chosen site.
+    #[default]
+    Proxy,
+    /// Answer 307 with the chosen site's `redirect_host`.
+    Redirect,
+}
+
+/// `[proxy]`: the HTTP(S) front door.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Plain HTTP listener.
+    pub http_listen: SocketAddr,
+    /// HTTPS listener (HTTP/2 via ALPN); requires `[tls]`.
+    #[serde(default)]
+    pub https_listen: Option<SocketAddr>,
+    /// Default handling of apps served only elsewhere: `proxy` or `redirect`.
+    #[serde(default)]
+    pub remote: RemoteMode,
+    /// Host that redirects point to. Placeholders: `{label}` (required: the host's left-most
+    /// label), `{site}`, `{parent}` (the host without its left-most label) and `{region}`.
+    #[serde(default = "default_redirect_host")]
+    pub redirect_host: String,
+    /// Whether responses carry `X-Grouter-Site: <site that served>`.
+    #[serde(default = "default_true")]
+    pub site_header: bool,
+}
+
+/// `[tls]`: server certificates for `proxy.https_listen`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Directory of `<host>.pem` + `<host>.key` pairs (wildcards as `_wildcard.<domain>`),
+    /// hot-reloaded.
+    pub cert_dir: PathBuf,
+    /// Certificate chain (PEM) served when no certificate in `cert_dir` matches.
+    pub default_cert: PathBuf,
+    /// Private key (PEM) of `default_cert`.
+    pub default_key: PathBuf,
+}
+
+/// `[mesh]`: mutual-TLS peering with the other nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Address the mesh listener binds.
+    pub listen: SocketAddr,
+    /// `host:port` other nodes use to reach this one.
+    pub advertise: String,
+    /// `host:port` of any reachable nodes; the rest are discovered. Empty for the first node.
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// Mesh CA certificate (PEM) that peers' certificates must chain to.
+    pub ca: PathBuf,
+    /// This node's certificate (PEM), carrying its node id and site.
+    pub cert: PathBuf,
+    /// Private key (PEM) of `cert`.
+    pub key: PathBuf,
+    /// Seconds without contact with any peer after which sync is `lost`; at least 1.
+    #[serde(default = "default_sync_lost_after_secs")]
+    pub sync_lost_after_secs: u64,
+    /// Milliseconds between heartbeats to each peer; at least 50 and below
+    /// `sync_lost_after_secs`.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+}
+
+/// `[dns]`: authoritative answers for the apps' zones, steering clients to a site.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Address served over both UDP and TCP.
+    pub listen: SocketAddr,
+    /// Zones answered for, lower-cased and without a trailing dot; at least one.
+    pub zones: Vec<String>,
+    /// TTL of the answers, in seconds.
+    #[serde(default = "default_dns_ttl_secs")]
+    pub ttl_secs: u32,
+    /// This site's public entry addresses (A/AAAA records); at least one.
+    pub site_addresses: Vec<IpAddr>,
+    /// Resolver or ECS subnet -> nearest site, written as a table `{ "10.1.0.0/16" = "lon" }`.
+    /// Stored most specific network first (then by address), so the first match is the
+    /// longest prefix. Host bits in a key are cleared (`10.1.2.3/16` is `10.1.0.0/16`).
+    #[serde(default, deserialize_with = "de_client_networks")]
+    pub client_networks: Vec<(IpNet, String)>,
+    /// How many sites one answer names (best first); 1..=8.
+    #[serde(default = "default_answer_sites")]
+    pub answer_sites: usize,
+}
+
+/// `[admin]`: the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP listener.
+    pub listen: SocketAddr,
+    /// File holding the bearer token for `/v1/*` (surrounding whitespace ignored).
+    pub token_file: PathBuf,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`: logging.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Whether every proxied request is logged.
+    #[serde(default = "default_true")]
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::default(),
+            access_log: default_true(),
+        }
+    }
+}
+
+/// A `dns.client_networks` key: a CIDR, parsed while the key is read so that an error names it.
+struct Cidr(IpNet);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse::<IpNet>()
+            .map(|net| Cidr(net.trunc()))
+            .map_err(|_| {
+                de::Error::custom(format!(
+                    "invalid CIDR {text:?}: expected a network such as \"10.1.0.0/16\" or \
+                 \"2001:db8::/32\""
+                ))
+            })
+    }
+}
+
+/// Reads `dns.client_networks` as a table of CIDR keys, in file order (sorted by `validate`).
+fn de_client_networks<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<(IpNet, String)>, D::Error> {
+    struct NetworksVisitor;
+    impl<'de> Visitor<'de> for NetworksVisitor {
+        type Value = Vec<(IpNet, String)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a table of \"CIDR\" = \"site\"")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some((Cidr(net), site)) = map.next_entry::<Cidr, String>()? {
+                out.push((net, site));
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_map(NetworksVisitor)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors.
+
+/// One problem in a config file: `FILE: key: reason`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {}{}", .file.display(), key_prefix(.key), .reason)]
+pub struct ConfigError {
+    /// The config file at fault.
+    pub file: PathBuf,
+    /// Dotted key at fault, e.g. `nats.servers[1]`; empty when the problem is the file as a
+    /// whole (unreadable, or not TOML at all).
+    pub key: String,
+    /// What is wrong, in lower case.
+    pub reason: String,
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}: ")
+    }
+}
+
+/// Every problem found in a config file, in file order where known; displayed one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", lines(.0))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+fn lines(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Collects validation problems for one file.
+struct Problems<'a> {
+    file: &'a Path,
+    found: Vec<ConfigError>,
+}
+
+impl Problems<'_> {
+    fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.found.push(ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading.
+
+impl Config {
+    /// Read, parse and validate. Relative paths in the file are resolved against the config
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                key: String::new(),
+                reason: format!("cannot read file: {e}"),
+            }])
+        })?;
+        let base_dir = path.parent().unwrap_or(Path::new(""));
+        Self::from_toml(&text, path, base_dir)
+    }
+
+    /// Parse and validate text; `origin` is the file name used in error messages; `base_dir`
+    /// resolves relative paths.
+    pub fn from_toml(text: &str, origin: &Path, base_dir: &Path) -> Result<Config, ConfigErrors> {
+        let one = |key: String, reason: String| {
+            ConfigErrors(vec![ConfigError {
+                file: origin.to_path_buf(),
+                key,
+                reason,
+            }])
+        };
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| {
+            let reason = match e.span() {
+                Some(span) => {
+                    let (line, column) = line_column(text, span.start);
+                    format!("line {line}, column {column}: {}", e.message())
+                }
+                None => e.message().to_owned(),
+            };
+            one(
+                String::new(),
+                format!("invalid TOML: {}", single_line(&reason)),
+            )
+        })?;
+        let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let (key, reason) = describe_serde_error(text, &e);
+            one(key, reason)
+        })?;
+        config.source = origin.to_path_buf();
+
+        let mut problems = Problems {
+            file: origin,
+            found: Vec::new(),
+        };
+        config.validate(&mut problems);
+        if !problems.found.is_empty() {
+            return Err(ConfigErrors(problems.found));
+        }
+        config.resolve_paths(base_dir);
+        Ok(config)
+    }
+
+    /// Referenced files that do not exist or cannot be read (token file, TLS and mesh
+    /// cert/key/ca). `grouter check` prints these as warnings; `grouter run` treats them as
+    /// errors.
+    pub fn missing_files(&self) -> Vec<ConfigError> {
+        let mut problems = Problems {
+            file: &self.source,
+            found: Vec::new(),
+        };
+        let mut files: Vec<(&str, &Path)> = vec![("admin.token_file", &self.admin.token_file)];
+        if let Some(ca) = &self.nats.tls_ca {
+            files.push(("nats.tls_ca", ca));
+        }
+        if let Some(tls) = &self.tls {
+            files.push(("tls.default_cert", &tls.default_cert));
+            files.push(("tls.default_key", &tls.default_key));
+        }
+        if let Some(mesh) = &self.mesh {
+            files.push(("mesh.ca", &mesh.ca));
+            files.push(("mesh.cert", &mesh.cert));
+            files.push(("mesh.key", &mesh.key));
+        }
+        for (key, path) in files {
+            match std::fs::read(path) {
+                Ok(bytes) if key == "admin.token_file" && bytes.trim_ascii().is_empty() => {
+                    problems.push(key, format!("{} is empty", path.display()));
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(key, unreadable(path, &e)),
+            }
+        }
+        let cert_dir = self.tls.as_ref().map(|tls| &tls.cert_dir);
+        if let Some((dir, Err(e))) = cert_dir.map(|dir| (dir, std::fs::read_dir(dir))) {
+            problems.push("tls.cert_dir", unreadable(dir, &e));
+        }
+        problems.found
+    }
+
+    /// Checks everything types cannot express, collecting every problem; normalises
+    /// `dns.zones` and orders `dns.client_networks`.
+    fn validate(&mut self, p: &mut Problems<'_>) {
+        check_name(
+            p,
+            "node_id",
+            &self.node_id,
+            NODE_ID_MAX_LEN,
+            "[a-z0-9._-]",
+            |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'),
+        );
+        check_site_name(p, "site", &self.site);
+        if let Some(region) = &self.region {
+            check_site_name(p, "region", region);
+        }
+        self.nats.validate(p);
+        self.gorouters.validate(p);
+        self.proxy.validate(p);
+        if self.proxy.https_listen.is_some() && self.tls.is_none() {
+            p.push("tls", "missing (required when proxy.https_listen is set)");
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate(p);
+        }
+        if let Some(mesh) = &self.mesh {
+            mesh.validate(p);
+        }
+        if let Some(dns) = &mut self.dns {
+            dns.validate(p);
+        }
+        check_path(p, "admin.token_file", &self.admin.token_file);
+        self.check_listeners_distinct(p);
+    }
+
+    /// Two listeners on the same address would fail at bind time with a less helpful message.
+    /// Port 0 (any free port) never clashes.
+    fn check_listeners_distinct(&self, p: &mut Problems<'_>) {
+        let mut listeners = vec![("proxy.http_listen", self.proxy.http_listen)];
+        listeners.extend(self.proxy.https_listen.map(|a| ("proxy.https_listen", a)));
+        if let Some(mesh) = &self.mesh {
+            listeners.push(("mesh.listen", mesh.listen));
+        }
+        if let Some(dns) = &self.dns {
+            listeners.push(("dns.listen", dns.listen));
+        }
+        listeners.push(("admin.listen", self.admin.listen));
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some((earlier, _)) = listeners.iter().take(i).find(|(_, a)| a == addr) {
+                p.push(*key, format!("{addr} is already used by {earlier}"));
+            }
+        }
+    }
+
+    fn resolve_paths(&mut self, base_dir: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base_dir.join(&*path);
+            }
+        };
+        if let Some(ca) = &mut self.nats.tls_ca {
+            resolve(ca);
+        }
+        if let Some(tls) = &mut self.tls {
+            resolve(&mut tls.cert_dir);
+            resolve(&mut tls.default_cert);
+            resolve(&mut tls.default_key);
+        }
+        if let Some(mesh) = &mut self.mesh {
+            resolve(&mut mesh.ca);
+            resolve(&mut mesh.cert);
+            resolve(&mut mesh.key);
+        }
+        resolve(&mut self.admin.token_file);
+    }
+}
+
+impl NatsConfig {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if self.servers.is_empty() {
+            p.push("nats.servers", "must list at least one server");
+        }
+        for (i, server) in self.servers.iter().enumerate() {
+            if let Err(why) = check_nats_server(server) {
+                p.push(
+                    format!("nats.servers[{i}]"),
+                    format!("invalid address {server:?}: {why}"),
+                );
+            }
+        }
+        for (key, value) in [
+            ("nats.user", &self.user),
+            ("nats.password", &self.password),
+            ("nats.token", &self.token),
+        ] {
+            if value.as_deref() == Some("") {
+                p.push(key, "must not be empty");
+            }
+        }
+        match (&self.user, &self.password) {
+            (Some(_), None) => p.push("nats.password", "missing (required when nats.user is set)"),
+            (None, Some(_)) => p.push("nats.user", "missing (required when nats.password is set)"),
+            _ => {}
+        }
+        if self.user.is_some() && self.token.is_some() {
+            p.push("nats.token", "cannot be combined with nats.user");
+        }
+        if let Some(ca) = &self.tls_ca {
+            check_path(p, "nats.tls_ca", ca);
+        }
+        check_at_least(p, "nats.stale_threshold_secs", self.stale_threshold_secs, 1);
+        check_at_least(p, "nats.prune_interval_secs", self.prune_interval_secs, 1);
+    }
+}
+
+impl GoroutersConfig {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if self.addresses.is_empty() {
+            p.push("gorouters.addresses", "must list at least one address");
+        }
+        for (i, address) in self.addresses.iter().enumerate() {
+            if let Err(why) = check_host_port(address) {
+                p.push(
+                    format!("gorouters.addresses[{i}]"),
+                    format!("invalid address {address:?}: {why}"),
+                );
+            }
+        }
+        if !self.health_url_path.starts_with('/') {
+            p.push(
+                "gorouters.health_url_path",
+                format!("{:?} must start with '/'", self.health_url_path),
+            );
+        } else if self
+            .health_url_path
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            p.push("gorouters.health_url_path", "must not contain whitespace");
+        }
+        if self.health_port == Some(0) {
+            p.push("gorouters.health_port", "must be 1..=65535");
+        }
+    }
+}
+
+impl ProxyConfig {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if let Err(why) = check_redirect_host(&self.redirect_host) {
+            p.push(
+                "proxy.redirect_host",
+                format!("invalid template {:?}: {why}", self.redirect_host),
+            );
+        }
+    }
+}
+
+impl TlsConfig {
+    fn validate(&self, p: &mut Problems<'_>) {
+        check_path(p, "tls.cert_dir", &self.cert_dir);
+        check_path(p, "tls.default_cert", &self.default_cert);
+        check_path(p, "tls.default_key", &self.default_key);
+    }
+}
+
+impl MeshConfig {
+    fn validate(&self, p: &mut Problems<'_>) {
+        if let Err(why) = check_host_port(&self.advertise) {
+            p.push(
+                "mesh.advertise",
+                format!("invalid address {:?}: {why}", self.advertise),
+            );
+        }
+        for (i, seed) in self.seeds.iter().enumerate() {
+            if let Err(why) = check_host_port(seed) {
+                p.push(
+                    format!("mesh.seeds[{i}]"),
+                    format!("invalid address {seed:?}: {why}"),
+                );
+            }
+        }
+        check_path(p, "mesh.ca", &self.ca);
+        check_path(p, "mesh.cert", &self.cert);
+        check_path(p, "mesh.key", &self.key);
+        check_at_least(p, "mesh.sync_lost_after_secs", self.sync_lost_after_secs, 1);
+        check_at_least(
+            p,
+            "mesh.heartbeat_interval_ms",
+            self.heartbeat_interval_ms,
+            MIN_HEARTBEAT_INTERVAL_MS,
+        );
+        // A peer must get at least one heartbeat in before it declares sync lost.
+        let lost_ms = self.sync_lost_after_secs.saturating_mul(1000);
+        if self.sync_lost_after_secs >= 1 && self.heartbeat_interval_ms >= lost_ms {
+            p.push(
+                "mesh.heartbeat_interval_ms",
+                format!(
+                    "must be below mesh.sync_lost_after_secs ({lost_ms} ms), got {}",
+                    self.heartbeat_interval_ms
+                ),
+            );
+        }
+    }
+}
+
+impl DnsConfig {
+    fn validate(&mut self, p: &mut Problems<'_>) {
+        if self.zones.is_empty() {
+            p.push("dns.zones", "must list at least one zone");
+        }
+        let mut seen = BTreeSet::new();
+        for (i, zone) in self.zones.iter_mut().enumerate() {
+            let normal = zone.strip_suffix('.').unwrap_or(zone).to_ascii_lowercase();
+            if let Err(why) = check_dns_name(&normal) {
+                p.push(
+                    format!("dns.zones[{i}]"),
+                    format!("invalid zone {zone:?}: {why}"),
+                );
+            } else if !seen.insert(normal.clone()) {
+                p.push(
+                    format!("dns.zones[{i}]"),
+                    format!("duplicate zone {normal:?}"),
+                );
+            }
+            *zone = normal;
+        }
+        if self.site_addresses.is_empty() {
+            p.push("dns.site_addresses", "must list at least one address");
+        }
+        for (i, ip) in self.site_addresses.iter().enumerate() {
+            if ip.is_unspecified() || ip.is_multicast() {
+                p.push(
+                    format!("dns.site_addresses[{i}]"),
+                    format!("{ip} cannot be a host address"),
+                );
+            }
+        }
+        // Most specific first, so lookups can take the first match.
+        self.client_networks
+            .sort_by(|(a, _), (b, _)| b.prefix_len().cmp(&a.prefix_len()).then(a.cmp(b)));
+        let mut previous: Option<IpNet> = None;
+        for (net, site) in &self.client_networks {
+            let key = format!("dns.client_networks.\"{net}\"");
+            if previous == Some(*net) {
+                p.push(
+                    &key,
+                    "duplicate network (keys are compared with host bits cleared)",
+                );
+            }
+            previous = Some(*net);
+            check_site_name(p, &key, site);
+        }
+        if !(1..=MAX_ANSWER_SITES).contains(&self.answer_sites) {
+            p.push(
+                "dns.answer_sites",
+                format!("must be 1..={MAX_ANSWER_SITES}, got {}", self.answer_sites),
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks.
+
+fn check_at_least(p: &mut Problems<'_>, key: &str, value: u64, min: u64) {
+    if value < min {
+        p.push(key, format!("must be at least {min}, got {value}"));
+    }
+}
+
+fn check_path(p: &mut Problems<'_>, key: &str, path: &Path) {
+    if path.as_os_str().is_empty() {
+        p.push(key, "must not be empty");
+    }
+}
+
+fn check_name(
+    p: &mut Problems<'_>,
+    key: &str,
+    value: &str,
+    max_len: usize,
+    charset: &str,
+    allowed: impl Fn(char) -> bool,
+) -> bool {
+    if value.is_empty() || value.len() > max_len {
+        p.push(
+            key,
+            format!("{value:?} must be 1..={max_len} characters long"),
+        );
+        false
+    } else if let Some(c) = value.chars().find(|c| !allowed(*c)) {
+        p.push(
+            key,
+            format!("{value:?} contains {c:?}; allowed characters are {charset}"),
+        );
+        false
+    } else {
+        true
+    }
+}
+
+/// A site or region name: it becomes a DNS label, so it also may not start or end with '-'.
+fn check_site_name(p: &mut Problems<'_>, key: &str, value: &str) {
+    let ok = check_name(p, key, value, SITE_MAX_LEN, "[a-z0-9-]", |c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
+    });
+    if ok && (value.starts_with('-') || value.ends_with('-')) {
+        p.push(
+            key,
+            format!("{value:?} must start and end with a letter or digit"),
+        );
+    }
+}
+
+/// `nats://host:port`, `tls://host:port` or `host:port`.
+fn check_nats_server(server: &str) -> Result<(), String> {
+    let host_port = if let Some(rest) = server.strip_prefix("nats://") {
+        rest
+    } else if let Some(rest) = server.strip_prefix("tls://") {
+        rest
+    } else if server.contains("://") {
+        return Err("unsupported scheme; use nats://, tls:// or none".to_owned());
+    } else {
+        server
+    };
+    if host_port.contains('@') {
+        return Err(
+            "credentials in the address are not accepted; use nats.user and \
+                    nats.password, or nats.token"
+                .to_owned(),
+        );
+    }
+    check_host_port(host_port)
+}
+
+/// `host:port` where host is an IPv4 address, a bracketed IPv6 address or a host name, and the
+/// port is 1..=65535.
+fn check_host_port(address: &str) -> Result<(), String> {
+    let port = if let Some(rest) = address.strip_prefix('[') {
+        let (ip, after) = rest
+            .split_once(']')
+            .ok_or("missing ']' after the IPv6 address")?;
+        ip.parse::<Ipv6Addr>()
+            .map_err(|_| format!("{ip:?} is not an IPv6 address"))?;
+        after.strip_prefix(':').ok_or("missing :port")?
+    } else {
+        let (host, port) = address.rsplit_once(':').ok_or("missing :port")?;
+        if host.contains(':') {
+            return Err("write IPv6 addresses in brackets, e.g. [::1]:8081".to_owned());
+        }
+        check_host(host)?;
+        port
+    };
+    match port.parse::<u16>() {
+        Ok(0) => Err("port must be 1..=65535".to_owned()),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!("invalid port {port:?}")),
+    }
+}
+
+/// An IPv4 address or a host name (letters, digits, '-' and '_' in dot-separated labels).
+fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("missing host".to_owned());
+    }
+    if host.parse::<Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    let labels_ok = host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    let looks_numeric = host
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()));
+    if labels_ok && !looks_numeric {
+        Ok(())
+    } else {
+        Err(format!("{host:?} is not an IPv4 address or host name"))
+    }
+}
+
+/// A lower-case DNS name without a trailing dot.
+fn check_dns_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.len() > 253 {
+        return Err("longer than 253 characters".to_owned());
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("empty label".to_owned());
+        }
+        if label.len() > 63 {
+            return Err(format!("label {label:?} is longer than 63 characters"));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(format!("label {label:?} contains {c:?}"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("label {label:?} starts or ends with '-'"));
+        }
+    }
+    Ok(())
+}
+
+/// Literal host characters around `{placeholder}`s; `{label}` is required.
+fn check_redirect_host(template: &str) -> Result<(), String> {
+    fn literal(text: &str) -> Result<(), String> {
+        match text
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-')))
+        {
+            Some('}') => Err("'}' without '{'".to_owned()),
+            Some(c) => Err(format!("{c:?} cannot appear in a host name")),
+            None => Ok(()),
+        }
+    }
+    let mut has_label = false;
+    let mut rest = template;
+    while let Some((before, after)) = rest.split_once('{') {
+        literal(before)?;
+        let (name, tail) = after.split_once('}').ok_or("'{' without '}'")?;
+        if !REDIRECT_PLACEHOLDERS.contains(&name) {
+            return Err(format!(
+                "unknown placeholder {{{}}}; allowed are {{label}}, {{site}}, {{parent}} and \
+                 {{region}}",
+                name.escape_debug()
+            ));
+        }
+        has_label |= name == "label";
+        rest = tail;
+    }
+    literal(rest)?;
+    if has_label {
+        Ok(())
+    } else {
+        Err("must contain {label}".to_owned())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error rendering.
+
+/// Turns a serde error into `(dotted key, reason)`.
+fn describe_serde_error(
+    text: &str,
+    error: &serde_path_to_error::Error<toml::de::Error>,
+) -> (String, String) {
+    let mut key = dotted_key(error.path());
+    let inner = error.inner();
+    let message = single_line(inner.message());
+    let at_line = inner
+        .span()
+        .map(|span| format!(" (line {})", line_column(text, span.start).0));
+
+    if let Some(field) = between(&message, "missing field `", "`") {
+        // The path names the table that lacks the key; the key itself is in the message.
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(&bare_or_quoted(field));
+        return (key, "missing".to_owned());
+    }
+    if let Some(field) = message.strip_prefix("unknown field `") {
+        // The path already ends with the unknown key; list what would have been accepted.
+        let expected = field
+            .split_once("`, expected ")
+            .map(|(_, rest)| format!("; expected {}", rest.replace('`', "")))
+            .or_else(|| field.ends_with("there are no fields").then(String::new))
+            .unwrap_or_default();
+        return (
+            key,
+            format!("unknown key{expected}{}", at_line.unwrap_or_default()),
+        );
+    }
+    (key, format!("{message}{}", at_line.unwrap_or_default()))
+}
+
+/// `nats.servers[1]`, `dns.client_networks."10.1.0.0/16"`.
+fn dotted_key(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&bare_or_quoted(key));
+            }
+            Segment::Enum { variant } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&bare_or_quoted(variant));
+            }
+            Segment::Unknown => out.push_str(".?"),
+        }
+    }
+    out
+}
+
+/// A TOML key as written: bare when it can be, quoted otherwise.
+fn bare_or_quoted(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    text.strip_prefix(start)?
+        .split_once(end)
+        .map(|(inside, _)| inside)
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let at = at.min(text.len());
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn single_line(text: &str) -> String {
+    text.trim()
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn unreadable(path: &Path, error: &std::io::Error) -> String {
+    if error.kind() == std::io::ErrorKind::NotFound {
+        format!("{} does not exist", path.display())
+    } else {
+        format!("cannot read {}: {error}", path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example from CONTRACT.md, verbatim.
+    const CONTRACT_EXAMPLE: &str = r#"
+node_id = "lon-1"          # unique in the mesh
+site    = "lon"            # datacentre name
+region  = "eu"             # optional, for region pinning
+
+[nats]                     # this site's bus
+servers = ["nats://127.0.0.1:4222"]
+# user, password, token, tls_ca … optional
+stale_threshold_secs = 120 # gorouter's droplet_stale_threshold
+prune_interval_secs  = 30
+
+[gorouters]                # this site's GoRouters
+addresses = ["127.0.0.1:8081"]
+health_url_path = "/health"  # probed on each address (health_port optional)
+
+[proxy]
+http_listen  = "127.0.0.1:8080"
+https_listen = "127.0.0.1:8443"
+remote = "proxy"           # or "redirect": default for apps served only elsewhere
+redirect_host = "{label}.{site}.{parent}"  # shop.apps.example.com -> shop.nyc.apps.example.com
+
+[tls]
+cert_dir = "certs/"        # <host>.pem + <host>.key pairs (wildcards as _wildcard.<domain>), hot-reloaded
+default_cert = "certs/default.pem"
+default_key  = "certs/default.key"
+
+[mesh]                     # optional: without it the node runs alone and is always in_sync
+listen    = "127.0.0.1:7946"
+advertise = "127.0.0.1:7946"
+seeds     = ["127.0.0.1:7947"]   # any reachable nodes; the rest are discovered
+ca = "mesh/ca.pem"
+cert = "mesh/node.pem"
+key  = "mesh/node.key"
+sync_lost_after_secs = 10
+
+[dns]                      # optional
+listen = "127.0.0.1:5353"  # UDP and TCP
+zones  = ["apps.example.com"]
+ttl_secs = 30
+site_addresses = ["192.0.2.10"]      # this site's public entry addresses (A/AAAA)
+client_networks = { "10.1.0.0/16" = "lon" }  # resolver or ECS subnet -> nearest site
+
+[admin]
+listen = "127.0.0.1:9090"
+token_file = "admin.token" # bearer token for /v1/*
+"#;
+
+    const MINIMAL: &str = r#"
+node_id = "solo"
+site = "lon"
+[nats]
+servers = ["127.0.0.1:4222"]
+[gorouters]
+addresses = ["127.0.0.1:8081"]
+[proxy]
+http_listen = "127.0.0.1:8080"
+[admin]
+listen = "127.0.0.1:9090"
+token_file = "admin.token"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::from_toml(text, Path::new("lon-1.toml"), Path::new("/etc/grouter"))
+    }
+
+    /// Parses `text`, expecting failure, and returns the rendered error lines.
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(config) => panic!("expected errors, got {config:?}"),
+            Err(ConfigErrors(errs)) => errs.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// Exactly one error, whose key is `key`; returns its reason.
+    #[track_caller]
+    fn single_error(text: &str, key: &str) -> String {
+        let errs = match parse(text) {
+            Ok(config) => panic!("expected an error at {key}, got {config:?}"),
+            Err(ConfigErrors(errs)) => errs,
+        };
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, key, "{}", errs[0]);
+        assert_eq!(errs[0].file, Path::new("lon-1.toml"));
+        errs[0].reason.clone()
+    }
+
+    #[test]
+    fn contract_example_parses() {
+        let c = parse(CONTRACT_EXAMPLE).unwrap();
+        assert_eq!(c.node_id, "lon-1");
+        assert_eq!(c.site, "lon");
+        assert_eq!(c.region.as_deref(), Some("eu"));
+        assert_eq!(c.nats.servers, ["nats://127.0.0.1:4222"]);
+        assert_eq!(c.gorouters.addresses, ["127.0.0.1:8081"]);
+        assert_eq!(
+            c.proxy.https_listen,
+            Some("127.0.0.1:8443".parse().unwrap())
+        );
+        assert_eq!(c.proxy.remote, RemoteMode::Proxy);
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(tls.default_key, Path::new("/etc/grouter/certs/default.key"));
+        let mesh = c.mesh.as_ref().unwrap();
+        assert_eq!(mesh.seeds, ["127.0.0.1:7947"]);
+        assert_eq!(mesh.cert, Path::new("/etc/grouter/mesh/node.pem"));
+        let dns = c.dns.as_ref().unwrap();
+        assert_eq!(dns.zones, ["apps.example.com"]);
+        assert_eq!(
+            dns.site_addresses,
+            ["192.0.2.10".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            dns.client_networks,
+            [("10.1.0.0/16".parse().unwrap(), "lon".to_owned())]
+        );
+        assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.source, Path::new("lon-1.toml"));
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.region, None);
+        assert_eq!(c.nats.stale_threshold_secs, 120);
+        assert_eq!(c.nats.prune_interval_secs, 30);
+        assert_eq!(c.nats.user, None);
+        assert_eq!(c.gorouters.health_url_path, "/health");
+        assert_eq!(c.gorouters.health_port, None);
+        assert_eq!(c.proxy.https_listen, None);
+        assert_eq!(c.proxy.remote, RemoteMode::Proxy);
+        assert_eq!(c.proxy.redirect_host, "{label}.{site}.{parent}");
+        assert!(c.proxy.site_header);
+        assert!(c.tls.is_none() && c.mesh.is_none() && c.dns.is_none());
+        assert_eq!(
+            c.log,
+            LogConfig {
+                format: LogFormat::Text,
+                access_log: true
+            }
+        );
+
+        let c = parse(&format!(
+            "{MINIMAL}\n[mesh]\nlisten = \"127.0.0.1:7946\"\nadvertise = \"grouter-1.lon:7946\"\n\
+             ca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n\
+             [dns]\nlisten = \"127.0.0.1:5353\"\nzones = [\"Apps.Example.COM.\"]\n\
+             site_addresses = [\"2001:db8::1\"]\n"
+        ))
+        .unwrap();
+        let mesh = c.mesh.unwrap();
+        assert!(mesh.seeds.is_empty());
+        assert_eq!(
+            (mesh.sync_lost_after_secs, mesh.heartbeat_interval_ms),
+            (10, 500)
+        );
+        let dns = c.dns.unwrap();
+        assert_eq!(
+            dns.zones,
+            ["apps.example.com"],
+            "lower-cased, trailing dot stripped"
+        );
+        assert_eq!((dns.ttl_secs, dns.answer_sites), (30, 1));
+        assert!(dns.client_networks.is_empty());
+    }
+
+    #[test]
+    fn log_and_remote_enums_parse() {
+        let c = parse(&MINIMAL.replace(
+            "[admin]",
+            "remote = \"redirect\"\nsite_header = false\n[log]\nformat = \"json\"\n\
+             access_log = false\n[admin]",
+        ))
+        .unwrap();
+        assert_eq!(c.proxy.remote, RemoteMode::Redirect);
+        assert!(!c.proxy.site_header);
+        assert_eq!(
+            c.log,
+            LogConfig {
+                format: LogFormat::Json,
+                access_log: false
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_named() {
+        let reason = single_error(&format!("colour = \"blue\"\n{MINIMAL}"), "colour");
+        assert!(reason.starts_with("unknown key"), "{reason}");
+    }
+
+    #[test]
+    fn unknown_key_in_section_is_named() {
+        let text = MINIMAL.replace("[admin]", "bogus = 1\n[admin]");
+        let reason = single_error(&text, "proxy.bogus");
+        assert!(reason.starts_with("unknown key"), "{reason}");
+        assert!(
+            reason.contains("http_listen"),
+            "lists the accepted keys: {reason}"
+        );
+        let rendered = errors(&text);
+        assert!(
+            rendered[0].starts_with("lon-1.toml: proxy.bogus: unknown key"),
+            "{rendered:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        single_error(&format!("{MINIMAL}\n[extra]\na = 1\n"), "extra");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let reason = single_error(
+            &MINIMAL.replace("[admin]", "site_header = \"yes\"\n[admin]"),
+            "proxy.site_header",
+        );
+        assert!(reason.contains("invalid type"), "{reason}");
+        single_error(
+            &MINIMAL.replace("\"127.0.0.1:4222\"", "4222"),
+            "nats.servers[0]",
+        );
+        single_error(
+            &MINIMAL.replace("[admin]", "remote = \"teleport\"\n[admin]"),
+            "proxy.remote",
+        );
+        single_error(
+            &MINIMAL.replace(
+                "http_listen = \"127.0.0.1:8080\"",
+                "http_listen = \"localhost\"",
+            ),
+            "proxy.http_listen",
+        );
+    }
+
+    #[test]
+    fn missing_required_keys_are_named() {
+        assert_eq!(
+            single_error(&MINIMAL.replace("site = \"lon\"", ""), "site"),
+            "missing"
+        );
+        assert_eq!(
+            single_error(
+                &MINIMAL.replace("servers = [\"127.0.0.1:4222\"]", ""),
+                "nats.servers"
+            ),
+            "missing"
+        );
+        let no_admin = MINIMAL.replace(
+            "[admin]\nlisten = \"127.0.0.1:9090\"\ntoken_file = \"admin.token\"\n",
+            "",
+        );
+        assert_eq!(single_error(&no_admin, "admin"), "missing");
+        let text = format!("{MINIMAL}[tls]\ncert_dir = \"c\"\ndefault_cert = \"c.pem\"\n");
+        assert_eq!(single_error(&text, "tls.default_key"), "missing");
+    }
+
+    #[test]
+    fn bad_addresses_are_named_and_all_reported() {
+        let text = MINIMAL
+            .replace(
+                "[\"127.0.0.1:4222\"]",
+                "[\"nats://a:4222\", \"nats://x\", \"http://b:1\"]",
+            )
+            .replace(
+                "[\"127.0.0.1:8081\"]",
+                "[\"[::1]:8081\", \"::1:8081\", \"gr:0\"]",
+            );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert!(errs[0].starts_with("lon-1.toml: nats.servers[1]: invalid address \"nats://x\": "));
+        assert!(errs[1].starts_with("lon-1.toml: nats.servers[2]: invalid address \"http://b:1\""));
+        assert!(
+            errs[2].starts_with("lon-1.toml: gorouters.addresses[1]: "),
+            "{}",
+            errs[2]
+        );
+        assert!(
+            errs[3].starts_with("lon-1.toml: gorouters.addresses[2]: "),
+            "{}",
+            errs[3]
+        );
+    }
+
+    #[test]
+    fn host_port_forms() {
+        for ok in [
+            "127.0.0.1:1",
+            "[::1]:8081",
+            "[2001:db8::1]:65535",
+            "gorouter-0.lon.internal:80",
+            "a_b:9",
+        ] {
+            assert_eq!(check_host_port(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "host",
+            "host:",
+            "host:65536",
+            "host:0",
+            "[::1]",
+            "[::1:80",
+            "::1:80",
+            "-a:1",
+            "a..b:1",
+            "1.2.3.256:1",
+            "a b:1",
+        ] {
+            assert!(check_host_port(bad).is_err(), "{bad}");
+        }
+        assert!(check_nats_server("tls://n.example:4222").is_ok());
+        assert!(check_nats_server("nats://u:p@n:4222").is_err());
+    }
+
+    #[test]
+    fn bad_cidr_is_named() {
+        let text = format!(
+            "{MINIMAL}[dns]\nlisten = \"127.0.0.1:5353\"\nzones = [\"apps.example.com\"]\n\
+             site_addresses = [\"192.0.2.10\"]\n\
+             client_networks = {{ \"10.1.0.0/16\" = \"lon\", \"10.2.0.0/33\" = \"nyc\" }}\n"
+        );
+        let reason = single_error(&text, "dns.client_networks.\"10.2.0.0/33\"");
+        assert!(reason.contains("invalid CIDR"), "{reason}");
+    }
+
+    #[test]
+    fn client_networks_are_sorted_and_checked() {
+        let dns = "[dns]\nlisten = \"127.0.0.1:5353\"\nzones = [\"apps.example.com\"]\n\
+                   site_addresses = [\"192.0.2.10\"]\n";
+        let c = parse(&format!(
+            "{MINIMAL}{dns}client_networks = {{ \"10.0.0.0/8\" = \"nyc\", \
+             \"10.1.2.3/16\" = \"lon\", \"2001:db8::/32\" = \"sgp\" }}\n"
+        ))
+        .unwrap();
+        let nets: Vec<String> = c
+            .dns
+            .unwrap()
+            .client_networks
+            .iter()
+            .map(|(n, s)| format!("{n}={s}"))
+            .collect();
+        assert_eq!(
+            nets,
+            ["2001:db8::/32=sgp", "10.1.0.0/16=lon", "10.0.0.0/8=nyc"]
+        );
+
+        let errs = errors(&format!(
+            "{MINIMAL}{dns}answer_sites = 9\nclient_networks = {{ \"10.0.0.0/8\" = \"\", \
+             \"10.1.0.0/16\" = \"lon\", \"10.1.0.1/16\" = \"nyc\" }}\n"
+        ));
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert!(
+            errs[0].contains("dns.client_networks.\"10.1.0.0/16\": duplicate"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].contains("dns.client_networks.\"10.0.0.0/8\": \"\" must be"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].contains("dns.answer_sites: must be 1..=8"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn bad_redirect_host_placeholder_is_named() {
+        let with =
+            |t: &str| MINIMAL.replace("[admin]", &format!("redirect_host = \"{t}\"\n[admin]"));
+        let reason = single_error(&with("{label}.{zone}"), "proxy.redirect_host");
+        assert!(reason.contains("unknown placeholder {zone}"), "{reason}");
+        let reason = single_error(&with("www.{site}.{parent}"), "proxy.redirect_host");
+        assert!(reason.contains("must contain {label}"), "{reason}");
+        single_error(&with("{label.{site}"), "proxy.redirect_host");
+        single_error(&with("{label}}.x"), "proxy.redirect_host");
+        single_error(&with("{label}/x"), "proxy.redirect_host");
+        assert!(parse(&with("{label}-{region}.{site}.{parent}")).is_ok());
+    }
+
+    #[test]
+    fn https_listen_requires_tls() {
+        let text = MINIMAL.replace("[admin]", "https_listen = \"127.0.0.1:8443\"\n[admin]");
+        let reason = single_error(&text, "tls");
+        assert!(reason.starts_with("missing"), "{reason}");
+    }
+
+    #[test]
+    fn names_and_numbers_are_checked_together() {
+        let text = MINIMAL
+            .replace("node_id = \"solo\"", "node_id = \"Solo!\"")
+            .replace("site = \"lon\"", "site = \"lon-\"\nregion = \"\"")
+            .replace(
+                "[gorouters]",
+                "user = \"u\"\nprune_interval_secs = 0\n[gorouters]",
+            )
+            .replace("[proxy]", "health_url_path = \"health\"\n[proxy]")
+            .replace("127.0.0.1:9090", "127.0.0.1:8080");
+        let errs = errors(&text);
+        let keys: Vec<&str> = errs.iter().map(|e| e.split(": ").nth(1).unwrap()).collect();
+        assert_eq!(
+            keys,
+            [
+                "node_id",
+                "site",
+                "region",
+                "nats.password",
+                "nats.prune_interval_secs",
+                "gorouters.health_url_path",
+                "admin.listen",
+            ],
+            "{errs:#?}"
+        );
+    }
+
+    #[test]
+    fn mesh_timing_is_checked() {
+        let mesh = "[mesh]\nlisten = \"127.0.0.1:7946\"\nadvertise = \"127.0.0.1\"\n\
+                    seeds = [\"n2:7946\", \"n3\"]\nca = \"ca.pem\"\ncert = \"\"\nkey = \"k\"\n\
+                    sync_lost_after_secs = 1\nheartbeat_interval_ms = 1000\n";
+        let errs = errors(&format!("{MINIMAL}{mesh}"));
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert!(errs[0].contains(": mesh.advertise: "));
+        assert!(errs[1].contains(": mesh.seeds[1]: "));
+        assert!(errs[2].contains(": mesh.cert: must not be empty"));
+        assert!(errs[3].contains(": mesh.heartbeat_interval_ms: must be below"));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let errs = errors("node_id = \"a\"\nsite = = \"b\"\n");
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("lon-1.toml: invalid TOML: line 2, column"),
+            "{errs:?}"
+        );
+        assert!(!errs[0].contains('\n'));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_base_dir() {
+        let text = format!(
+            "{MINIMAL}[tls]\ncert_dir = \"certs/\"\ndefault_cert = \"/abs/default.pem\"\n\
+             default_key = \"../keys/default.key\"\n"
+        )
+        .replace("[nats]", "[nats]\ntls_ca = \"nats-ca.pem\"");
+        let c = Config::from_toml(&text, Path::new("x.toml"), Path::new("/srv/cfg")).unwrap();
+        assert_eq!(c.admin.token_file, Path::new("/srv/cfg/admin.token"));
+        assert_eq!(
+            c.nats.tls_ca.as_deref(),
+            Some(Path::new("/srv/cfg/nats-ca.pem"))
+        );
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert_dir, Path::new("/srv/cfg/certs/"));
+        assert_eq!(
+            tls.default_cert,
+            Path::new("/abs/default.pem"),
+            "absolute paths are kept"
+        );
+        assert_eq!(tls.default_key, Path::new("/srv/cfg/../keys/default.key"));
+    }
+
+    #[test]
+    fn load_resolves_against_the_file_and_reports_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let tls =
+            "[tls]\ncert_dir = \"certs\"\ndefault_cert = \"d.pem\"\ndefault_key = \"d.key\"\n";
+        std::fs::write(&path, format!("{MINIMAL}{tls}")).unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.admin.token_file, dir.path().join("admin.token"));
+        let missing: Vec<String> = c.missing_files().iter().map(|e| e.key.clone()).collect();
+        assert_eq!(
+            missing,
+            [
+                "admin.token_file",
+                "tls.default_cert",
+                "tls.default_key",
+                "tls.cert_dir"
+            ]
+        );
+        assert_eq!(c.missing_files()[0].file, path);
+
+        std::fs::write(dir.path().join("admin.token"), "  \n").unwrap();
+        std::fs::write(dir.path().join("d.pem"), "x").unwrap();
+        std::fs::write(dir.path().join("d.key"), "x").unwrap();
+        std::fs::create_dir(dir.path().join("certs")).unwrap();
+        let missing = c.missing_files();
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(missing[0].reason.ends_with("is empty"));
+        std::fs::write(dir.path().join("admin.token"), "secret\n").unwrap();
+        assert!(c.missing_files().is_empty());
+
+        let err = Config::load(&dir.path().join("absent.toml")).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert!(
+            err.to_string().contains("absent.toml: cannot read file: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn credentials_are_not_in_debug_output() {
+        let c = parse(&MINIMAL.replace(
+            "[gorouters]",
+            "user = \"u\"\npassword = \"hunter2\"\n[gorouters]",
+        ))
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn errors_display_one_per_line() {
+        let err = parse(
+            &MINIMAL
+                .replace("node_id = \"solo\"", "node_id = \"\"")
+                .replace("site = \"lon\"", "site = \"L\""),
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 2);
+        let text = err.to_string();
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.lines().all(|l| l.starts_with("lon-1.toml: ")));
+    }
+
+    #[test]
+    fn hostile_input_never_panics() {
+        let samples = [
+            "",
+            "=",
+            "[",
+            "[[nats]]",
+            "node_id = 1",
+            "a.b.c = {",
+            "\u{0}",
+            "[dns]\nclient_networks = 3",
+            "[dns]\nclient_networks = { \"\" = 1 }",
+            "[proxy]\nredirect_host = \"{\"",
+            "node_id = \"\u{1F600}\"\nsite = \"\u{e9}\"",
+        ];
+        for s in samples {
+            assert!(parse(s).is_err(), "{s:?}");
+            let mut text = MINIMAL.to_owned();
+            text.push_str(s);
+            let _ = parse(&text);
+        }
+    }
+
+    #[test]
+    fn every_config_under_deploy_is_valid() {
+        fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, found);
+                } else if path.extension().is_some_and(|e| e == "toml") {
+                    found.push(path);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(
+            Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy")),
+            &mut found,
+        );
+        assert!(!found.is_empty(), "no *.toml under deploy/");
+        for path in found {
+            if let Err(e) = Config::load(&path) {
+                panic!("{}:\n{e}", path.display());
+            }
+        }
+    }
+}

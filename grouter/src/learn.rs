@@ -1,0 +1,660 @@
+//! Learning this site's routes from its NATS bus, exactly as gorouter does.
+//!
+//! Owns: the NATS connection (reconnecting forever with back-off), the subscriptions to
+//! `router.register` / `router.unregister`, the `router.greet` sent on every (re)connect, and
+//! the **endpoint registry**: every endpoint with its last registration time, from which it
+//! derives this node's route entries in the table.
+//!
+//! Expiry follows gorouter with `suspend_pruning_if_nats_unavailable`: an endpoint not
+//! re-registered within its stale threshold is removed by the periodic prune, except TLS
+//! endpoints (`tls_port`), which only an unregister removes; nothing is pruned while NATS is
+//! disconnected, and every endpoint is refreshed on reconnect.
+//!
+//! Must never: write another node's partition, publish anything but `router.greet`, or stop
+//! on a bad message (those are counted per reason and logged once per reason).
+//!
+//! One task owns the registry, so the ingest path takes no lock but the table's own.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::connection::State;
+use futures::StreamExt;
+use grouter_protocol::nats::{
+    InvalidMessage, MessageKind, Registration, RouteKey, RouterStart, SUBJECT_GREET,
+    SUBJECT_REGISTER, SUBJECT_UNREGISTER,
+};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::table::{RouteEntry, Table};
+
+/// How the learner reaches NATS and expires endpoints.
+#[derive(Debug, Clone)]
+pub struct LearnSettings {
+    /// NATS URLs of this site's bus.
+    pub servers: Vec<String>,
+    /// User name and password, if the bus wants them.
+    pub user_password: Option<(String, String)>,
+    /// Token, if the bus wants one.
+    pub token: Option<String>,
+    /// Extra CA for a TLS bus.
+    pub tls_ca: Option<PathBuf>,
+    /// Default (and maximum) stale threshold: gorouter's `droplet_stale_threshold`.
+    pub stale_threshold: Duration,
+    /// How often stale endpoints are swept.
+    pub prune_interval: Duration,
+    /// Name this client gives the NATS server.
+    pub client_name: String,
+}
+
+/// Errors that stop the learner. Bad messages never do.
+#[derive(Debug, thiserror::Error)]
+pub enum LearnError {
+    /// The client could not be set up (bad server list or TLS settings).
+    #[error("nats connect: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+    /// Subscribing failed.
+    #[error("nats subscribe: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+}
+
+/// One backend endpoint of one route.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    host: Arc<str>,
+    port: u16,
+    tls: bool,
+    /// Effective stale threshold in milliseconds.
+    threshold_ms: u32,
+    /// Monotonic milliseconds (registry clock) of the last registration.
+    last_seen_ms: u64,
+    app: Arc<str>,
+    app_name: Option<Arc<str>>,
+    instance: Option<Box<str>>,
+}
+
+impl Endpoint {
+    fn same_registration(&self, other: &Endpoint) -> bool {
+        self.tls == other.tls
+            && self.threshold_ms == other.threshold_ms
+            && self.app == other.app
+            && self.app_name == other.app_name
+            && self.instance == other.instance
+    }
+
+    fn is_stale(&self, now_ms: u64) -> bool {
+        !self.tls && now_ms.saturating_sub(self.last_seen_ms) > u64::from(self.threshold_ms)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Pool {
+    endpoints: Vec<Endpoint>,
+}
+
+impl Pool {
+    /// The route entry this pool amounts to (with `updated_at_ms` left at 0).
+    fn summary(&self) -> Option<RouteEntry> {
+        let first = self.endpoints.iter().min_by(|a, b| a.app.cmp(&b.app))?;
+        let mut instances: Vec<&str> = self
+            .endpoints
+            .iter()
+            .filter_map(|e| e.instance.as_deref())
+            .collect();
+        instances.sort_unstable();
+        instances.dedup();
+        let without_id = self
+            .endpoints
+            .iter()
+            .filter(|e| e.instance.is_none())
+            .count();
+        Some(RouteEntry {
+            app_id: first.app.clone(),
+            app_name: first.app_name.clone(),
+            endpoints: u32::try_from(self.endpoints.len()).unwrap_or(u32::MAX),
+            instances: u32::try_from(instances.len() + without_id).unwrap_or(u32::MAX),
+            updated_at_ms: 0,
+        })
+    }
+}
+
+/// Shares one allocation among equal strings (app GUIDs, cell IPs, app names).
+#[derive(Debug, Default)]
+struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(v) = self.0.get(s) {
+            return v.clone();
+        }
+        let v: Arc<str> = Arc::from(s);
+        self.0.insert(v.clone());
+        v
+    }
+
+    /// Forget strings nobody else holds any more.
+    fn collect(&mut self) {
+        self.0.retain(|s| Arc::strong_count(s) > 1);
+    }
+}
+
+/// The endpoint registry of this node's site, and the writer of this node's partition.
+///
+/// Time is passed in (monotonic milliseconds) so that expiry is tested without a clock.
+#[derive(Debug)]
+pub struct Registry {
+    table: Arc<Table>,
+    routes: HashMap<RouteKey, Pool>,
+    strings: Interner,
+    default_threshold_ms: u32,
+    endpoints: usize,
+}
+
+/// What one message or sweep changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Endpoints added or replaced.
+    pub upserted: usize,
+    /// Endpoints removed.
+    pub removed: usize,
+    /// Routes whose entry in the table changed.
+    pub routes_changed: usize,
+}
+
+impl Registry {
+    /// An empty registry writing into `table`'s local partition.
+    pub fn new(table: Arc<Table>, stale_threshold: Duration) -> Registry {
+        Registry {
+            table,
+            routes: HashMap::new(),
+            strings: Interner::default(),
+            default_threshold_ms: u32::try_from(stale_threshold.as_millis()).unwrap_or(u32::MAX),
+            endpoints: 0,
+        }
+    }
+
+    /// Endpoints held.
+    pub fn endpoints(&self) -> usize {
+        self.endpoints
+    }
+
+    /// Apply a `router.register`: add the endpoint to each route, or refresh it; a changed
+    /// field replaces the endpoint.
+    pub fn register(&mut self, reg: &Registration<'_>, now_ms: u64) -> Applied {
+        let threshold_ms = match u32::try_from(reg.stale_threshold_secs.saturating_mul(1000)) {
+            Ok(ms) if ms > 0 && ms <= self.default_threshold_ms => ms,
+            _ => self.default_threshold_ms,
+        };
+        let ep = Endpoint {
+            host: self.strings.get(&reg.host),
+            port: reg.port,
+            tls: reg.tls,
+            threshold_ms,
+            last_seen_ms: now_ms,
+            app: self.strings.get(&reg.app),
+            app_name: reg.app_name.as_deref().map(|n| self.strings.get(n)),
+            instance: reg.instance_id.as_deref().map(Box::from),
+        };
+        let mut applied = Applied::default();
+        for key in &reg.routes {
+            let pool = match self.routes.get_mut(key) {
+                Some(p) => p,
+                None => self.routes.entry(key.clone()).or_default(),
+            };
+            match pool
+                .endpoints
+                .iter_mut()
+                .find(|e| e.port == ep.port && e.host == ep.host)
+            {
+                Some(cur) if cur.same_registration(&ep) => {
+                    // The common case: a heartbeat. Only the time moves; nothing to replicate.
+                    cur.last_seen_ms = now_ms;
+                    continue;
+                }
+                Some(cur) => *cur = ep.clone(),
+                None => {
+                    pool.endpoints.push(ep.clone());
+                    self.endpoints += 1;
+                }
+            }
+            applied.upserted += 1;
+            if publish(&self.table, key, pool) {
+                applied.routes_changed += 1;
+            }
+        }
+        applied
+    }
+
+    /// Apply a `router.unregister`: remove the endpoint `host:port` from each route.
+    pub fn unregister(&mut self, reg: &Registration<'_>) -> Applied {
+        let mut applied = Applied::default();
+        for key in &reg.routes {
+            let Some(pool) = self.routes.get_mut(key) else {
+                continue;
+            };
+            let before = pool.endpoints.len();
+            pool.endpoints
+                .retain(|e| !(e.port == reg.port && *e.host == *reg.host));
+            let removed = before - pool.endpoints.len();
+            if removed == 0 {
+                continue;
+            }
+            self.endpoints -= removed;
+            applied.removed += removed;
+            if publish(&self.table, key, pool) {
+                applied.routes_changed += 1;
+            }
+            if pool.endpoints.is_empty() {
+                self.routes.remove(key);
+            }
+        }
+        applied
+    }
+
+    /// Remove every endpoint whose stale threshold has passed (TLS endpoints excepted).
+    pub fn prune(&mut self, now_ms: u64) -> Applied {
+        let mut applied = Applied::default();
+        let mut emptied = Vec::new();
+        for (key, pool) in self.routes.iter_mut() {
+            let before = pool.endpoints.len();
+            pool.endpoints.retain(|e| !e.is_stale(now_ms));
+            let removed = before - pool.endpoints.len();
+            if removed == 0 {
+                continue;
+            }
+            applied.removed += removed;
+            if publish(&self.table, key, pool) {
+                applied.routes_changed += 1;
+            }
+            if pool.endpoints.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        for key in emptied {
+            self.routes.remove(&key);
+        }
+        self.endpoints -= applied.removed;
+        if applied.removed > 0 {
+            self.strings.collect();
+        }
+        applied
+    }
+
+    /// Treat every endpoint as registered now (on a NATS reconnect, so that nothing is pruned
+    /// before emitters had a full threshold to re-register).
+    pub fn refresh_all(&mut self, now_ms: u64) {
+        for pool in self.routes.values_mut() {
+            for e in &mut pool.endpoints {
+                e.last_seen_ms = now_ms;
+            }
+        }
+    }
+}
+
+/// Write a pool's summary into this node's partition. True when the table changed.
+fn publish(table: &Table, key: &RouteKey, pool: &Pool) -> bool {
+    match pool.summary() {
+        None => table.remove_local(key).is_some(),
+        Some(mut entry) => {
+            // Compare without the timestamp, so heartbeats and no-op replacements do not
+            // create versions that would be replicated for nothing.
+            if let Some(cur) = table.local_entry(key) {
+                entry.updated_at_ms = cur.updated_at_ms;
+                if *cur == entry {
+                    return false;
+                }
+            }
+            entry.updated_at_ms = unix_ms();
+            table.upsert_local(key, entry).is_some()
+        }
+    }
+}
+
+/// Wall-clock Unix milliseconds.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Remembers which invalid-message reasons were logged already, so each is logged once.
+#[derive(Debug, Default)]
+struct LoggedOnce([bool; InvalidMessage::REASONS.len()]);
+
+impl LoggedOnce {
+    fn first(&mut self, err: &InvalidMessage) -> bool {
+        match self.0.get_mut(err.index()) {
+            Some(seen) if !*seen => {
+                *seen = true;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Connect to the site's NATS and learn routes into `table` until `shutdown`.
+pub async fn run(
+    settings: LearnSettings,
+    table: Arc<Table>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), LearnError> {
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(&settings.client_name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        // gorouter doubles the library's pending limit for the same reason: a route
+        // emitter's burst of registrations must not overflow us.
+        .subscription_capacity(131_072)
+        .event_callback(move |event| {
+            let tx = events_tx.clone();
+            async move {
+                // The receiver lives as long as the learner; after it, events do not matter.
+                let _ = tx.send(event);
+            }
+        });
+    if let Some((user, password)) = &settings.user_password {
+        opts = opts.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &settings.token {
+        opts = opts.token(token.clone());
+    }
+    if let Some(ca) = &settings.tls_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let client = opts.connect(settings.servers.as_slice()).await?;
+    let registers = client.subscribe(SUBJECT_REGISTER).await?;
+    let unregisters = client.subscribe(SUBJECT_UNREGISTER).await?;
+    let mut messages = futures::stream::select(
+        registers.map(|m| (MessageKind::Register, m.payload)),
+        unregisters.map(|m| (MessageKind::Unregister, m.payload)),
+    );
+
+    let epoch = Instant::now();
+    let now_ms = move || u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut registry = Registry::new(table, settings.stale_threshold);
+    let mut logged = LoggedOnce::default();
+    let mut connected = false;
+    let mut greeter: Option<CancellationToken> = None;
+    let mut prune = tokio::time::interval(settings.prune_interval);
+    prune.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    info!(servers = ?settings.servers, "learning routes from nats");
+
+    loop {
+        tokio::select! {
+            // Shutdown first: a busy bus must not delay it.
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(event) = events.recv() => match event {
+                async_nats::Event::Connected => {
+                    // Emitters get a full threshold to re-register after an outage.
+                    registry.refresh_all(now_ms());
+                    connected = true;
+                    metrics.nats_connected.set(1);
+                    metrics.nats_connects.inc();
+                    info!(endpoints = registry.endpoints(), "nats connected; endpoints refreshed");
+                    if let Some(previous) = greeter.take() {
+                        previous.cancel();
+                    }
+                    let token = shutdown.child_token();
+                    greeter = Some(token.clone());
+                    tokio::spawn(greet(client.clone(), metrics.clone(), token));
+                }
+                async_nats::Event::Disconnected => {
+                    connected = false;
+                    metrics.nats_connected.set(0);
+                    warn!(endpoints = registry.endpoints(), "nats disconnected; pruning suspended");
+                }
+                async_nats::Event::SlowConsumer(sid) => {
+                    warn!(sid, "nats slow consumer: registrations were dropped by the client");
+                }
+                other => debug!(event = %other, "nats event"),
+            },
+            Some((kind, payload)) = messages.next() => {
+                match kind {
+                    MessageKind::Register => metrics.nats_register.inc(),
+                    MessageKind::Unregister => metrics.nats_unregister.inc(),
+                };
+                match Registration::parse(&payload, kind) {
+                    Ok(reg) => {
+                        if reg.dropped_uris > 0 {
+                            metrics.nats_invalid_uris.inc_by(reg.dropped_uris as u64);
+                        }
+                        match kind {
+                            MessageKind::Register => registry.register(&reg, now_ms()),
+                            MessageKind::Unregister => registry.unregister(&reg),
+                        };
+                        metrics.endpoints.set(i64::try_from(registry.endpoints()).unwrap_or(i64::MAX));
+                    }
+                    Err(err) => {
+                        metrics.count_invalid(&err);
+                        if logged.first(&err) {
+                            warn!(reason = err.reason(), error = %err,
+                                "dropping invalid nats message (logged once per reason; see /metrics)");
+                        }
+                    }
+                }
+            }
+            _ = prune.tick() => {
+                // Both our view (events processed in order with messages) and the client's
+                // must say connected: a reconnect is only honoured after its refresh ran.
+                if connected && client.connection_state() == State::Connected {
+                    let applied = registry.prune(now_ms());
+                    if applied.removed > 0 {
+                        metrics.endpoints_pruned.inc_by(applied.removed as u64);
+                        metrics.endpoints.set(i64::try_from(registry.endpoints()).unwrap_or(i64::MAX));
+                        info!(removed = applied.removed, routes_changed = applied.routes_changed,
+                            "pruned stale endpoints");
+                    }
+                } else {
+                    debug!("nats disconnected: prune skipped");
+                }
+            }
+        }
+    }
+    if let Some(g) = greeter {
+        g.cancel();
+    }
+    info!("learner stopped");
+    Ok(())
+}
+
+/// Send `router.greet` until a router answers (like route-emitter: every second, at most
+/// 30 times), and log what the site's routers expect.
+async fn greet(client: async_nats::Client, metrics: Arc<Metrics>, stop: CancellationToken) {
+    const ATTEMPTS: usize = 30;
+    const WAIT: Duration = Duration::from_secs(1);
+    for attempt in 1..=ATTEMPTS {
+        metrics.nats_greets_sent.inc();
+        let request = client.request(SUBJECT_GREET, bytes::Bytes::new());
+        let reply = tokio::select! {
+            () = stop.cancelled() => return,
+            r = tokio::time::timeout(WAIT, request) => r,
+        };
+        match reply {
+            Ok(Ok(msg)) => {
+                metrics.nats_greet_replies.inc();
+                match serde_json::from_slice::<RouterStart>(&msg.payload) {
+                    Ok(start) => info!(
+                        router = %start.id,
+                        register_interval_secs = start.minimum_register_interval_in_seconds,
+                        prune_threshold_secs = start.prune_threshold_in_seconds,
+                        "a router answered router.greet"
+                    ),
+                    Err(err) => debug!(%err, "router.greet answer is not a router.start payload"),
+                }
+                return;
+            }
+            Ok(Err(err)) => debug!(attempt, %err, "router.greet not answered"),
+            Err(_) => debug!(attempt, "router.greet timed out"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(WAIT) => {}
+        }
+    }
+    debug!("no router answered router.greet; the site may have no gorouter yet");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(120);
+
+    fn reg(json: &str) -> Registration<'_> {
+        Registration::parse(json.as_bytes(), MessageKind::Register).unwrap()
+    }
+
+    fn unreg(json: &str) -> Registration<'_> {
+        Registration::parse(json.as_bytes(), MessageKind::Unregister).unwrap()
+    }
+
+    fn setup() -> (Arc<Table>, Registry) {
+        let table = Arc::new(Table::new("n1", "lon", 1));
+        let registry = Registry::new(table.clone(), T);
+        (table, registry)
+    }
+
+    fn endpoints(table: &Table, host: &str) -> Option<u32> {
+        table
+            .local_entry(&RouteKey::parse(host).unwrap())
+            .map(|e| e.endpoints)
+    }
+
+    #[test]
+    fn register_refresh_replace_unregister() {
+        let (table, mut r) = setup();
+        let a = r#"{"host":"10.0.0.1","port":61000,"uris":["shop.example.com"],"app":"app-1"}"#;
+        let b = r#"{"host":"10.0.0.2","port":61000,"uris":["shop.example.com"],"app":"app-1"}"#;
+        assert_eq!(r.register(&reg(a), 0).routes_changed, 1);
+        assert_eq!(r.register(&reg(b), 0).routes_changed, 1);
+        assert_eq!(endpoints(&table, "shop.example.com"), Some(2));
+        let v = table.with_local_partition(|p| p.max_version()).unwrap();
+        // A heartbeat changes nothing in the table (no new version to replicate).
+        assert_eq!(r.register(&reg(a), 10).routes_changed, 0);
+        assert_eq!(table.with_local_partition(|p| p.max_version()).unwrap(), v);
+        // A changed field replaces the endpoint.
+        let a2 = r#"{"host":"10.0.0.1","port":61000,"uris":["shop.example.com"],"app":"app-0"}"#;
+        assert_eq!(r.register(&reg(a2), 10).upserted, 1);
+        assert_eq!(r.endpoints(), 2);
+        assert_eq!(
+            &*table.lookup("shop.example.com", "/").unwrap().app_id,
+            "app-0"
+        );
+        // Unregister by host:port.
+        assert_eq!(r.unregister(&unreg(a2)).removed, 1);
+        assert_eq!(endpoints(&table, "shop.example.com"), Some(1));
+        assert_eq!(r.unregister(&unreg(b)).removed, 1);
+        assert_eq!(endpoints(&table, "shop.example.com"), None);
+        assert!(table.lookup("shop.example.com", "/").is_none());
+        assert_eq!(r.endpoints(), 0);
+    }
+
+    #[test]
+    fn tls_port_is_the_endpoint_key() {
+        let (table, mut r) = setup();
+        let both = r#"{"host":"h","port":8080,"tls_port":8443,"server_cert_domain_san":"s","uris":["a.com"]}"#;
+        let plain = r#"{"host":"h","port":8443,"uris":["a.com"]}"#;
+        r.register(&reg(both), 0);
+        // Same host:8443 without TLS replaces the endpoint (gorouter docs' example).
+        r.register(&reg(plain), 0);
+        assert_eq!(endpoints(&table, "a.com"), Some(1));
+        // …which is now prunable.
+        assert_eq!(r.prune(200_000).removed, 1);
+    }
+
+    #[test]
+    fn prune_honours_message_threshold_and_spares_tls() {
+        let (table, mut r) = setup();
+        r.register(
+            &reg(r#"{"host":"h","port":1,"uris":["short.com"],"stale_threshold_in_seconds":2}"#),
+            0,
+        );
+        r.register(
+            &reg(
+                r#"{"host":"h","port":2,"uris":["default.com"],"stale_threshold_in_seconds":999}"#,
+            ),
+            0,
+        );
+        r.register(
+            &reg(r#"{"host":"h","port":3,"uris":["zero.com"],"stale_threshold_in_seconds":0}"#),
+            0,
+        );
+        r.register(&reg(r#"{"host":"h","tls_port":4,"server_cert_domain_san":"x","uris":["tls.com"],"stale_threshold_in_seconds":1}"#), 0);
+        assert_eq!(
+            r.prune(2_000).removed,
+            0,
+            "exactly at the threshold is not stale"
+        );
+        assert_eq!(r.prune(2_001).removed, 1);
+        assert_eq!(endpoints(&table, "short.com"), None);
+        assert_eq!(r.prune(120_000).removed, 0);
+        assert_eq!(
+            r.prune(120_001).removed,
+            2,
+            "over-large and zero thresholds mean the default"
+        );
+        assert_eq!(r.prune(10_000_000).removed, 0);
+        assert_eq!(
+            endpoints(&table, "tls.com"),
+            Some(1),
+            "tls endpoints are never pruned by age"
+        );
+    }
+
+    #[test]
+    fn refresh_all_restarts_every_clock() {
+        let (_table, mut r) = setup();
+        r.register(&reg(r#"{"host":"h","port":1,"uris":["a.com"]}"#), 0);
+        r.refresh_all(100_000);
+        assert_eq!(r.prune(200_000).removed, 0);
+        assert_eq!(r.prune(220_001).removed, 1);
+    }
+
+    #[test]
+    fn one_message_many_routes_and_instances() {
+        let (table, mut r) = setup();
+        r.register(&reg(r#"{"host":"h","port":1,"uris":["a.com","b.com/x"],"app":"g","private_instance_id":"i1","tags":{"app_name":"shop"}}"#), 0);
+        r.register(
+            &reg(r#"{"host":"h","port":2,"uris":["a.com"],"app":"g","private_instance_id":"i2"}"#),
+            0,
+        );
+        r.register(
+            &reg(r#"{"host":"h","port":3,"uris":["a.com"],"app":"g","private_instance_id":"i2"}"#),
+            0,
+        );
+        let a = table
+            .local_entry(&RouteKey::parse("a.com").unwrap())
+            .unwrap();
+        assert_eq!((a.endpoints, a.instances), (3, 2));
+        let b = table
+            .local_entry(&RouteKey::parse("b.com/x").unwrap())
+            .unwrap();
+        assert_eq!(b.app_name.as_deref(), Some("shop"));
+        assert_eq!(
+            r.unregister(&unreg(r#"{"host":"h","port":9,"uris":["a.com"]}"#))
+                .removed,
+            0
+        );
+    }
+
+    #[test]
+    fn interned_strings_are_collected_after_prune() {
+        let (_table, mut r) = setup();
+        for i in 0..100 {
+            let m = format!(r#"{{"host":"h{i}","port":1,"uris":["a{i}.com"],"app":"app{i}"}}"#);
+            r.register(&reg(&m), 0);
+        }
+        assert_eq!(r.prune(1_000_000).removed, 100);
+        assert!(r.strings.0.is_empty(), "{} strings left", r.strings.0.len());
+    }
+}

@@ -1,0 +1,30 @@
+//! GRouter: a global router for multi-datacentre Cloud Foundry.
+//!
+//! # Layout
+//!
+//! ```text
+//!  site NATS ──► learn ──► table ◄── admin (reads)
+//! ```
+//!
+//! - [`config`]: the TOML schema, defaults and validation (`grouter check`).
+//! - [`learn`]: the site's NATS bus → endpoint registry → this node's partition of the table.
+//!   One task owns the registry; it alone writes this node's partition.
+//! - [`table`]: partitions (one per node incarnation, versioned, with tombstones) merged into
+//!   one lookup index; gorouter-compatible host/path/wildcard lookup; local-wins selection.
+//!   No I/O.
+//! - [`admin`]: `/healthz`, `/metrics`, `/v1/*` (bearer token); reads the table and metrics.
+//! - [`metrics`]: the Prometheus registry every subsystem increments.
+//! - [`node`]: the shared [`node::NodeState`] and [`node::run`], which runs every subsystem
+//!   under one cancellation token and drains them on shutdown.
+//!
+//! Later parts (DESIGN.md) plug into the same table: `mesh` replicates partitions between
+//! sites, `proxy` and `dns` read the merged view.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod learn;
+pub mod metrics;
+pub mod node;
+pub mod table;

@@ -1,0 +1,190 @@
+//! The `grouter` binary: parses flags, loads and validates the config, installs logging,
+//! binds sockets (logging every bound address) and hands over to [`grouter::node::run`].
+//!
+//! Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use grouter::config::{Config, LogFormat};
+use grouter::node::{self, Listeners, NodeState};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "grouter",
+    version,
+    about = "A global router for multi-datacentre Cloud Foundry"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node.
+    Run {
+        /// The node's TOML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration: exit 0 when valid, 2 with `FILE: key: reason` lines when not.
+    Check {
+        /// The TOML configuration to check.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(&config),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            for missing in config.missing_files() {
+                eprintln!("warning: {missing} (needed by `grouter run`)");
+            }
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let missing = config.missing_files();
+    if !missing.is_empty() {
+        for m in missing {
+            eprintln!("{m}");
+        }
+        return ExitCode::from(2);
+    }
+    init_tracing(config.log.format);
+    let token = match read_token(&config) {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("{err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config, token)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!(error = format!("{err:#}"), "grouter stopped with an error");
+            eprintln!("grouter: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn read_token(config: &Config) -> anyhow::Result<String> {
+    let path = &config.admin.token_file;
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("admin.token_file: cannot read {}", path.display()))?;
+    let token = token.trim().to_string();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "admin.token_file: {} is empty",
+        path.display()
+    );
+    Ok(token)
+}
+
+async fn serve(config: Config, token: String) -> anyhow::Result<()> {
+    let admin = bind(config.admin.listen, "admin", "admin.listen").await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    let state = Arc::new(NodeState::new(&config, token, node::new_generation()));
+    node::run(config, state, Listeners { admin }, shutdown).await?;
+    Ok(())
+}
+
+async fn bind(
+    addr: std::net::SocketAddr,
+    service: &'static str,
+    key: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key}: cannot bind {addr}"))?;
+    let bound = listener
+        .local_addr()
+        .with_context(|| format!("{key}: {addr}"))?;
+    info!(service, addr = %bound, "listening");
+    Ok(listener)
+}
+
+/// Cancel `shutdown` on SIGINT or SIGTERM; both drain the same way.
+async fn signals(shutdown: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(err) => {
+                error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: draining"),
+        () = term => info!("SIGTERM: draining"),
+    }
+    shutdown.cancel();
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,200 @@
+//! Prometheus metrics of the node.
+//!
+//! Owns: the metric registry and the handles every subsystem increments. Counters on hot
+//! paths are plain atomics (no label lookup per message); gauges derived from the table are
+//! set when `/metrics` is scraped.
+//!
+//! Must never: block, or allocate on a hot path.
+
+use std::fmt::Write as _;
+
+use grouter_protocol::nats::InvalidMessage;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::table::TableStats;
+
+/// Every metric of the node.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `router.register` messages received.
+    pub nats_register: Counter,
+    /// `router.unregister` messages received.
+    pub nats_unregister: Counter,
+    /// Messages dropped, one counter per [`InvalidMessage::REASONS`] entry.
+    pub nats_invalid: [Counter; InvalidMessage::REASONS.len()],
+    /// URIs dropped from otherwise valid messages.
+    pub nats_invalid_uris: Counter,
+    /// 1 while connected to the site's NATS.
+    pub nats_connected: Gauge,
+    /// Successful connections to NATS (the first and every reconnect).
+    pub nats_connects: Counter,
+    /// `router.greet` requests sent.
+    pub nats_greets_sent: Counter,
+    /// `router.greet` requests answered by a router.
+    pub nats_greet_replies: Counter,
+    /// Endpoints removed because they were not re-registered in time.
+    pub endpoints_pruned: Counter,
+    /// Endpoints known to this node's learner.
+    pub endpoints: Gauge,
+    routes: Gauge,
+    local_routes: Gauge,
+    partitions: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered at zero.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("grouter");
+        let m = Metrics {
+            nats_register: Counter::default(),
+            nats_unregister: Counter::default(),
+            nats_invalid: Default::default(),
+            nats_invalid_uris: Counter::default(),
+            nats_connected: Gauge::default(),
+            nats_connects: Counter::default(),
+            nats_greets_sent: Counter::default(),
+            nats_greet_replies: Counter::default(),
+            endpoints_pruned: Counter::default(),
+            endpoints: Gauge::default(),
+            routes: Gauge::default(),
+            local_routes: Gauge::default(),
+            partitions: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "nats_register_messages",
+            "router.register messages received",
+            m.nats_register.clone(),
+        );
+        r.register(
+            "nats_unregister_messages",
+            "router.unregister messages received",
+            m.nats_unregister.clone(),
+        );
+        r.register(
+            "nats_invalid_uris",
+            "URIs dropped from otherwise valid messages",
+            m.nats_invalid_uris.clone(),
+        );
+        r.register(
+            "nats_connected",
+            "1 while connected to the site's NATS",
+            m.nats_connected.clone(),
+        );
+        r.register(
+            "nats_connects",
+            "connections to NATS, the first and every reconnect",
+            m.nats_connects.clone(),
+        );
+        r.register(
+            "nats_greets_sent",
+            "router.greet requests sent",
+            m.nats_greets_sent.clone(),
+        );
+        r.register(
+            "nats_greet_replies",
+            "router.greet requests answered",
+            m.nats_greet_replies.clone(),
+        );
+        r.register(
+            "endpoints_pruned",
+            "endpoints removed for not re-registering in time",
+            m.endpoints_pruned.clone(),
+        );
+        r.register(
+            "local_endpoints",
+            "endpoints learned from this site's NATS",
+            m.endpoints.clone(),
+        );
+        r.register(
+            "routes",
+            "distinct routes served by any site",
+            m.routes.clone(),
+        );
+        r.register(
+            "local_routes",
+            "routes this node learned from its site",
+            m.local_routes.clone(),
+        );
+        r.register(
+            "partitions",
+            "partitions in the table, this node's included",
+            m.partitions.clone(),
+        );
+        // One family, every reason created up front: scrapes show zeros, and the hot path
+        // increments a plain counter instead of looking up a label set.
+        let invalid: Family<Vec<(String, String)>, Counter> = Family::default();
+        r.register(
+            "nats_invalid_messages",
+            "messages dropped as invalid, by reason",
+            invalid.clone(),
+        );
+        let nats_invalid = InvalidMessage::REASONS.map(|reason| {
+            invalid
+                .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+                .clone()
+        });
+        Metrics {
+            registry,
+            nats_invalid,
+            ..m
+        }
+    }
+
+    /// Count one invalid message.
+    pub fn count_invalid(&self, err: &InvalidMessage) {
+        if let Some(c) = self.nats_invalid.get(err.index()) {
+            c.inc();
+        }
+    }
+
+    /// Prometheus text exposition, with table gauges refreshed from `stats`.
+    pub fn encode(&self, stats: TableStats) -> String {
+        let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.routes.set(as_i64(stats.routes));
+        self.local_routes.set(as_i64(stats.local_routes));
+        self.partitions.set(as_i64(stats.partitions));
+        let mut out = String::with_capacity(4096);
+        if encode(&mut out, &self.registry).is_err() {
+            // Encoding into a String cannot fail; keep the endpoint answering regardless.
+            let _ = writeln!(out, "# encoding error");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_invalid_reasons_and_counts() {
+        let m = Metrics::new();
+        m.count_invalid(&InvalidMessage::MissingHost);
+        m.count_invalid(&InvalidMessage::MissingHost);
+        m.nats_register.inc();
+        let text = m.encode(TableStats {
+            routes: 7,
+            ..Default::default()
+        });
+        assert!(
+            text.contains(r#"grouter_nats_invalid_messages_total{reason="missing_host"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"grouter_nats_invalid_messages_total{reason="truncated"} 0"#));
+        assert!(text.contains("grouter_nats_register_messages_total 1"));
+        assert!(text.contains("grouter_routes 7"));
+    }
+}

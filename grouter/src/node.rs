@@ -1,0 +1,210 @@
+//! One GRouter node: the state its subsystems share and the tree they run in.
+//!
+//! Owns: the node's shared state ([`NodeState`]: table, metrics, sync state, drain flag) and
+//! [`run`], which starts every subsystem under one cancellation token, reports the first
+//! subsystem that fails, and drains the rest within a grace period.
+//!
+//! Must never: bind sockets (the binary does, so tests pass port-0 listeners) or read flags.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::learn::{self, LearnSettings};
+use crate::metrics::Metrics;
+use crate::table::Table;
+
+/// How long subsystems get to finish after shutdown is requested.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// Whether this node is in contact with the other sites (DESIGN.md, "Sync state").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncState {
+    /// Recent contact with at least one node of every other known site (or no mesh at all).
+    InSync,
+    /// Some sites unreachable.
+    Degraded,
+    /// No contact with any other site: fail open.
+    Lost,
+}
+
+impl SyncState {
+    /// The contract's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::InSync => "in_sync",
+            SyncState::Degraded => "degraded",
+            SyncState::Lost => "lost",
+        }
+    }
+}
+
+/// What the subsystems of one node share.
+#[derive(Debug)]
+pub struct NodeState {
+    /// The merged route table.
+    pub table: Arc<Table>,
+    /// The node's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Bearer token of `/v1/*`.
+    pub token: String,
+    /// The node's region, if configured.
+    pub region: Option<String>,
+    /// When the node started.
+    pub started: Instant,
+    draining: AtomicBool,
+    sync: AtomicU8,
+}
+
+impl NodeState {
+    /// State of a node with an empty table.
+    pub fn new(config: &Config, token: String, generation: u64) -> NodeState {
+        NodeState {
+            table: Arc::new(Table::new(&config.node_id, &config.site, generation)),
+            metrics: Arc::new(Metrics::new()),
+            token,
+            region: config.region.clone(),
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+            sync: AtomicU8::new(SyncState::InSync as u8),
+        }
+    }
+
+    /// Whether the node is shutting down (health checks then say 503).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The node's sync state.
+    pub fn sync(&self) -> SyncState {
+        match self.sync.load(Ordering::Acquire) {
+            0 => SyncState::InSync,
+            1 => SyncState::Degraded,
+            _ => SyncState::Lost,
+        }
+    }
+
+    /// Record a new sync state; transitions are logged.
+    pub fn set_sync(&self, new: SyncState) {
+        let old = self.sync.swap(new as u8, Ordering::AcqRel);
+        if old != new as u8 {
+            info!(sync = new.as_str(), "sync state changed");
+        }
+    }
+}
+
+/// Sockets the binary bound for the node.
+#[derive(Debug)]
+pub struct Listeners {
+    /// `admin.listen`.
+    pub admin: TcpListener,
+}
+
+/// Errors that stop a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The learner could not start.
+    #[error("learn: {0}")]
+    Learn(#[from] learn::LearnError),
+    /// A subsystem panicked or was cancelled from outside.
+    #[error("subsystem {name} failed: {reason}")]
+    Subsystem {
+        /// Which subsystem.
+        name: &'static str,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// A new generation for this incarnation: microseconds since the Unix epoch, so a restarted
+/// node always starts a newer generation than its previous life (given a sane clock).
+pub fn new_generation() -> u64 {
+    learn::unix_ms().saturating_mul(1000)
+}
+
+/// Run the node until `shutdown` is cancelled or a subsystem fails.
+pub async fn run(
+    config: Config,
+    state: Arc<NodeState>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    let mut tasks: JoinSet<(&'static str, Result<(), NodeError>)> = JoinSet::new();
+    // Subsystems hang off `stop`, which is cancelled only once this function has seen the
+    // shutdown request: so a subsystem that ends before then is always a failure, never a
+    // race with the signal handler.
+    let stop = CancellationToken::new();
+    let settings = LearnSettings {
+        servers: config.nats.servers.clone(),
+        user_password: config.nats.user.clone().zip(config.nats.password.clone()),
+        token: config.nats.token.clone(),
+        tls_ca: config.nats.tls_ca.clone(),
+        stale_threshold: Duration::from_secs(config.nats.stale_threshold_secs),
+        prune_interval: Duration::from_secs(config.nats.prune_interval_secs),
+        client_name: format!("grouter-{}", config.node_id),
+    };
+    {
+        let (table, metrics, token) = (
+            state.table.clone(),
+            state.metrics.clone(),
+            stop.child_token(),
+        );
+        tasks.spawn(async move {
+            (
+                "learn",
+                learn::run(settings, table, metrics, token)
+                    .await
+                    .map_err(NodeError::from),
+            )
+        });
+    }
+    {
+        let (state, token) = (state.clone(), stop.child_token());
+        tasks.spawn(async move {
+            crate::admin::serve(listeners.admin, state, token).await;
+            ("admin", Ok(()))
+        });
+    }
+    info!(node_id = %config.node_id, site = %config.site,
+        generation = state.table.me().generation, "node running");
+
+    // Wait for shutdown, or for the first subsystem to end (which is a failure while we run).
+    let mut first_error = None;
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        Some(done) = tasks.join_next() => {
+            let err = match done {
+                Ok((name, Ok(()))) => NodeError::Subsystem { name, reason: "stopped unexpectedly".into() },
+                Ok((_, Err(err))) => err,
+                Err(join) => NodeError::Subsystem { name: "task", reason: join.to_string() },
+            };
+            error!(error = %err, "subsystem failed; shutting the node down");
+            first_error = Some(err);
+        }
+    }
+    state.draining.store(true, Ordering::Release);
+    stop.cancel();
+    let drained = tokio::time::timeout(DRAIN_GRACE, async {
+        while let Some(done) = tasks.join_next().await {
+            if let Ok((name, Err(err))) = done {
+                warn!(subsystem = name, error = %err, "subsystem failed while draining");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            grace_secs = DRAIN_GRACE.as_secs(),
+            "grace period over; aborting what is left"
+        );
+        tasks.abort_all();
+    }
+    info!("node stopped");
+    first_error.map_or(Ok(()), Err)
+}

@@ -1,0 +1,684 @@
+//! The route table: the merged view of every partition, and gorouter-compatible lookup.
+//!
+//! Owns:
+//! - the **partitions**: one per node incarnation (`node_id`, `generation`), each a versioned
+//!   map `route key → entry` with tombstones and a change log, written only by its owner (this
+//!   node's partition by `learn`; other nodes' partitions only through replication);
+//! - the **lookup index** over all partitions: host → paths → who serves each path;
+//! - **local-wins selection**: a route served by a live node of this node's site is local;
+//!   otherwise the sites of the live nodes that serve it are its remote candidates.
+//!
+//! Must never: do I/O, block on anything but its own short critical sections, or let one
+//! partition's writes change another partition's entries.
+//!
+//! Lookup follows gorouter: exact host with the longest path prefix (on `/` boundaries) that
+//! has a live server, then wildcards replacing the left-most label step by step (`*.b.c`,
+//! then `*.c`). Hosts and paths compare case-insensitively; ports and trailing slashes are
+//! dropped.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use smallvec::SmallVec;
+
+pub use grouter_protocol::nats::RouteKey;
+
+/// Who writes a partition: one incarnation of one node.
+#[derive(Debug)]
+pub struct Origin {
+    /// The node's id, unique in the mesh.
+    pub node_id: Arc<str>,
+    /// The node's site.
+    pub site: Arc<str>,
+    /// Incarnation of the node: a restart starts a new generation.
+    pub generation: u64,
+    /// Whether `site` is this node's own site (fixed when the origin is created).
+    pub local_site: bool,
+    alive: AtomicBool,
+}
+
+impl Origin {
+    /// A new origin, alive.
+    pub fn new(node_id: &str, site: &str, generation: u64, local_site: bool) -> Arc<Origin> {
+        Arc::new(Origin {
+            node_id: node_id.into(),
+            site: site.into(),
+            generation,
+            local_site,
+            alive: AtomicBool::new(true),
+        })
+    }
+
+    /// Whether this partition currently counts toward its site.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Mark the partition alive or dead (the failure detector's verdict).
+    pub fn set_alive(&self, alive: bool) {
+        self.alive.store(alive, Ordering::Release);
+    }
+}
+
+/// What a partition says about one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    /// App GUID serving the route (the smallest one when several apps share it).
+    pub app_id: Arc<str>,
+    /// The app's name, from the `app_name` tag.
+    pub app_name: Option<Arc<str>>,
+    /// Live endpoints behind the route at the owner's site.
+    pub endpoints: u32,
+    /// Distinct app instances among those endpoints.
+    pub instances: u32,
+    /// Unix milliseconds of the last change of this entry.
+    pub updated_at_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Versioned {
+    version: u64,
+    /// `None` is a tombstone.
+    value: Option<Arc<RouteEntry>>,
+}
+
+/// One node's partition: a versioned map with a change log ordered by version, so that a
+/// replica can be sent exactly the entries newer than a watermark.
+#[derive(Debug)]
+pub struct Partition {
+    origin: Arc<Origin>,
+    max_version: u64,
+    entries: HashMap<Arc<RouteKey>, Versioned>,
+    /// version → key; each key appears once, at its latest version.
+    log: BTreeMap<u64, Arc<RouteKey>>,
+    live: usize,
+}
+
+impl Partition {
+    fn new(origin: Arc<Origin>) -> Self {
+        Partition {
+            origin,
+            max_version: 0,
+            entries: HashMap::new(),
+            log: BTreeMap::new(),
+            live: 0,
+        }
+    }
+
+    /// The writer of this partition.
+    pub fn origin(&self) -> &Arc<Origin> {
+        &self.origin
+    }
+
+    /// Highest version written.
+    pub fn max_version(&self) -> u64 {
+        self.max_version
+    }
+
+    /// Live (non-tombstone) entries.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether the partition has no live entry.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Entries (live and tombstones) with a version above `after`, oldest first.
+    pub fn changes_since(
+        &self,
+        after: u64,
+    ) -> impl Iterator<Item = (u64, &RouteKey, Option<&RouteEntry>)> + '_ {
+        self.log.range(after + 1..).filter_map(|(v, key)| {
+            let e = self.entries.get(key)?;
+            Some((*v, key.as_ref(), e.value.as_deref()))
+        })
+    }
+
+    /// Record `value` for `key` at `version`. Returns false (and changes nothing) when the
+    /// partition already holds that key at the same or a newer version.
+    fn put(&mut self, key: &RouteKey, value: Option<Arc<RouteEntry>>, version: u64) -> bool {
+        match self.entries.get_mut(key) {
+            Some(cur) if cur.version >= version => return false,
+            Some(cur) => {
+                self.log.remove(&cur.version);
+                self.live =
+                    self.live + usize::from(value.is_some()) - usize::from(cur.value.is_some());
+                cur.version = version;
+                cur.value = value;
+                if let Some((k, _)) = self.entries.get_key_value(key) {
+                    self.log.insert(version, k.clone());
+                }
+            }
+            None => {
+                let k = Arc::new(key.clone());
+                self.live += usize::from(value.is_some());
+                self.entries.insert(k.clone(), Versioned { version, value });
+                self.log.insert(version, k);
+            }
+        }
+        self.max_version = self.max_version.max(version);
+        true
+    }
+
+    fn get(&self, key: &RouteKey) -> Option<&Versioned> {
+        self.entries.get(key)
+    }
+}
+
+/// One server of a path: a partition and what it says.
+#[derive(Debug, Clone)]
+struct Served {
+    origin: Arc<Origin>,
+    entry: Arc<RouteEntry>,
+}
+
+#[derive(Debug, Default)]
+struct PathRoutes {
+    path: Box<str>,
+    servers: SmallVec<[Served; 1]>,
+}
+
+impl PathRoutes {
+    fn has_live_server(&self) -> bool {
+        self.servers
+            .iter()
+            .any(|s| s.entry.endpoints > 0 && s.origin.is_alive())
+    }
+}
+
+/// All paths of one host, longest path first.
+#[derive(Debug, Default)]
+struct HostRoutes {
+    paths: SmallVec<[PathRoutes; 1]>,
+}
+
+/// The result of a lookup: the route that matched and who can serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatch {
+    /// Route host as registered (may be a wildcard).
+    pub host: Arc<str>,
+    /// Route path as registered (`""` for the whole host).
+    pub path: Box<str>,
+    /// App GUID, preferring a local server's view.
+    pub app_id: Arc<str>,
+    /// A live node of this node's own site serves the route.
+    pub local: bool,
+    /// Sites of live servers other than this node's site, each once, in first-seen order.
+    pub remote_sites: SmallVec<[Arc<str>; 2]>,
+}
+
+/// A route with every partition that serves it, for the admin API.
+#[derive(Debug, Clone)]
+pub struct RouteView {
+    /// Route host.
+    pub host: Arc<str>,
+    /// Route path.
+    pub path: Box<str>,
+    /// `(server's origin, its entry)`, dead servers included (their origin says so).
+    pub servers: Vec<(Arc<Origin>, Arc<RouteEntry>)>,
+}
+
+/// Counts for metrics and status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Distinct host+path keys served by any partition.
+    pub routes: usize,
+    /// Live entries in this node's own partition.
+    pub local_routes: usize,
+    /// Endpoints behind this node's own routes.
+    pub local_endpoints: u64,
+    /// Partitions known (including this node's).
+    pub partitions: usize,
+}
+
+/// The merged route table. Cheap to share (`Arc<Table>`); every method takes `&self`.
+#[derive(Debug)]
+pub struct Table {
+    me: Arc<Origin>,
+    index: DashMap<Arc<str>, HostRoutes>,
+    /// Partitions by node id (one incarnation each: a newer generation replaces an older).
+    partitions: RwLock<HashMap<Arc<str>, Partition>>,
+    routes: AtomicU64,
+    local_endpoints: AtomicU64,
+}
+
+impl Table {
+    /// An empty table whose own partition is `(node_id, generation)` at `site`.
+    pub fn new(node_id: &str, site: &str, generation: u64) -> Table {
+        let me = Origin::new(node_id, site, generation, true);
+        let mut partitions = HashMap::new();
+        partitions.insert(me.node_id.clone(), Partition::new(me.clone()));
+        Table {
+            me,
+            index: DashMap::new(),
+            partitions: RwLock::new(partitions),
+            routes: AtomicU64::new(0),
+            local_endpoints: AtomicU64::new(0),
+        }
+    }
+
+    /// This node's own origin.
+    pub fn me(&self) -> &Arc<Origin> {
+        &self.me
+    }
+
+    /// Set (or replace) this node's entry for `key`. Returns the new version, or `None` when
+    /// the entry is unchanged (so nothing needs to be replicated).
+    pub fn upsert_local(&self, key: &RouteKey, entry: RouteEntry) -> Option<u64> {
+        self.write_local(key, Some(entry))
+    }
+
+    /// Remove this node's entry for `key`, leaving a tombstone. Returns the tombstone's
+    /// version, or `None` when the node did not serve the route.
+    pub fn remove_local(&self, key: &RouteKey) -> Option<u64> {
+        self.write_local(key, None)
+    }
+
+    fn write_local(&self, key: &RouteKey, entry: Option<RouteEntry>) -> Option<u64> {
+        let mut parts = self.partitions.write();
+        let part = parts.get_mut(&self.me.node_id)?;
+        let old = part.get(key).and_then(|v| v.value.clone());
+        if old.as_deref() == entry.as_ref() {
+            return None;
+        }
+        let version = part.max_version + 1;
+        let entry = entry.map(Arc::new);
+        part.put(key, entry.clone(), version);
+        // The index is updated under the partitions lock so that writers of one key are
+        // serialised; readers of the index never take this lock.
+        let old_eps = old.as_ref().map_or(0, |e| u64::from(e.endpoints));
+        let new_eps = entry.as_ref().map_or(0, |e| u64::from(e.endpoints));
+        self.local_endpoints.fetch_add(new_eps, Ordering::Relaxed);
+        self.local_endpoints.fetch_sub(old_eps, Ordering::Relaxed);
+        self.index_set(key, &self.me, entry);
+        Some(version)
+    }
+
+    /// Point the index at `entry` (or remove) for `(key, origin)`.
+    fn index_set(&self, key: &RouteKey, origin: &Arc<Origin>, entry: Option<Arc<RouteEntry>>) {
+        match entry {
+            Some(entry) => {
+                let mut host = self.index.entry(Arc::from(key.host.as_str())).or_default();
+                let paths = &mut host.paths;
+                let idx = match paths.iter().position(|p| *p.path == *key.path) {
+                    Some(i) => i,
+                    None => {
+                        // Keep longest path first so lookup takes the first match.
+                        let at = paths
+                            .iter()
+                            .position(|p| p.path.len() < key.path.len())
+                            .unwrap_or(paths.len());
+                        paths.insert(
+                            at,
+                            PathRoutes {
+                                path: key.path.as_str().into(),
+                                servers: SmallVec::new(),
+                            },
+                        );
+                        self.routes.fetch_add(1, Ordering::Relaxed);
+                        at
+                    }
+                };
+                let servers = &mut paths[idx].servers;
+                match servers.iter_mut().find(|s| Arc::ptr_eq(&s.origin, origin)) {
+                    Some(s) => s.entry = entry,
+                    None => servers.push(Served {
+                        origin: origin.clone(),
+                        entry,
+                    }),
+                }
+            }
+            None => {
+                let host_now_empty = match self.index.get_mut(key.host.as_str()) {
+                    None => return,
+                    Some(mut host) => {
+                        if let Some(i) = host.paths.iter().position(|p| *p.path == *key.path) {
+                            host.paths[i]
+                                .servers
+                                .retain(|s| !Arc::ptr_eq(&s.origin, origin));
+                            if host.paths[i].servers.is_empty() {
+                                host.paths.remove(i);
+                                self.routes.fetch_sub(1, Ordering::Relaxed);
+                            }
+                        }
+                        host.paths.is_empty()
+                    }
+                };
+                if host_now_empty {
+                    self.index
+                        .remove_if(key.host.as_str(), |_, h| h.paths.is_empty());
+                }
+            }
+        }
+    }
+
+    /// This node's current entry for `key`.
+    pub fn local_entry(&self, key: &RouteKey) -> Option<Arc<RouteEntry>> {
+        let parts = self.partitions.read();
+        parts.get(&self.me.node_id)?.get(key)?.value.clone()
+    }
+
+    /// Run `f` over this node's own partition (for replication and diagnostics).
+    pub fn with_local_partition<R>(&self, f: impl FnOnce(&Partition) -> R) -> Option<R> {
+        let parts = self.partitions.read();
+        parts.get(&self.me.node_id).map(f)
+    }
+
+    /// Find the route for a request, like gorouter. `host` may carry a port and any case;
+    /// `path` is the request path without query.
+    pub fn lookup(&self, host: &str, path: &str) -> Option<RouteMatch> {
+        let host = normalize_host(host)?;
+        if let Some(m) = self.lookup_host(&host, path) {
+            return Some(m);
+        }
+        // Wildcards: replace the left-most label with `*`, then the next, …
+        let mut buf = String::with_capacity(host.len() + 1);
+        let mut rest: &str = &host;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if rest.is_empty() {
+                break;
+            }
+            buf.clear();
+            buf.push_str("*.");
+            buf.push_str(rest);
+            if let Some(m) = self.lookup_host(&buf, path) {
+                return Some(m);
+            }
+        }
+        None
+    }
+
+    fn lookup_host(&self, host: &str, path: &str) -> Option<RouteMatch> {
+        let routes = self.index.get(host)?;
+        let (host_key, routes) = routes.pair();
+        let p = routes
+            .paths
+            .iter()
+            .find(|p| path_matches(&p.path, path) && p.has_live_server())?;
+        let mut local = false;
+        let mut app_id: Option<&Arc<str>> = None;
+        let mut remote_sites: SmallVec<[Arc<str>; 2]> = SmallVec::new();
+        for s in p
+            .servers
+            .iter()
+            .filter(|s| s.entry.endpoints > 0 && s.origin.is_alive())
+        {
+            if s.origin.local_site {
+                if !local {
+                    app_id = Some(&s.entry.app_id);
+                }
+                local = true;
+            } else {
+                app_id.get_or_insert(&s.entry.app_id);
+                if !remote_sites.contains(&s.origin.site) {
+                    remote_sites.push(s.origin.site.clone());
+                }
+            }
+        }
+        Some(RouteMatch {
+            host: host_key.clone(),
+            path: p.path.clone(),
+            app_id: app_id.cloned().unwrap_or_else(|| Arc::from("")),
+            local,
+            remote_sites,
+        })
+    }
+
+    /// Every route (optionally of one host, exactly as registered), sorted by host then path.
+    pub fn routes(&self, host: Option<&str>) -> Vec<RouteView> {
+        let mut out = Vec::new();
+        let mut push = |host: &Arc<str>, routes: &HostRoutes| {
+            for p in &routes.paths {
+                out.push(RouteView {
+                    host: host.clone(),
+                    path: p.path.clone(),
+                    servers: p
+                        .servers
+                        .iter()
+                        .map(|s| (s.origin.clone(), s.entry.clone()))
+                        .collect(),
+                });
+            }
+        };
+        match host {
+            Some(h) => {
+                if let Some(h) = normalize_host(h)
+                    && let Some(r) = self.index.get(h.as_ref())
+                {
+                    push(r.key(), r.value());
+                }
+            }
+            None => {
+                for r in self.index.iter() {
+                    push(r.key(), r.value());
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.host, &a.path).cmp(&(&b.host, &b.path)));
+        out
+    }
+
+    /// Counts for metrics and status.
+    pub fn stats(&self) -> TableStats {
+        let parts = self.partitions.read();
+        TableStats {
+            routes: usize::try_from(self.routes.load(Ordering::Relaxed)).unwrap_or(usize::MAX),
+            local_routes: parts.get(&self.me.node_id).map_or(0, Partition::len),
+            local_endpoints: self.local_endpoints.load(Ordering::Relaxed),
+            partitions: parts.len(),
+        }
+    }
+}
+
+/// Whether a route path matches a request path: equal, or a prefix ending at a `/`
+/// boundary; the empty route path matches everything. Case-insensitive.
+fn path_matches(route: &str, request: &str) -> bool {
+    if route.is_empty() {
+        return true;
+    }
+    let request = request.trim_end_matches('/');
+    request.len() >= route.len()
+        && request.as_bytes()[..route.len()].eq_ignore_ascii_case(route.as_bytes())
+        && (request.len() == route.len() || request.as_bytes()[route.len()] == b'/')
+}
+
+/// Normalise a request's Host: drop a port, a trailing dot and IPv6 brackets' port, and
+/// lower-case (borrowing when nothing changes). `None` for an empty host.
+pub fn normalize_host(host: &str) -> Option<Cow<'_, str>> {
+    let host = host.trim();
+    let host = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port → [v6]
+        match rest.find(']') {
+            Some(i) => &host[..i + 2],
+            None => host,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(app: &str, endpoints: u32) -> RouteEntry {
+        RouteEntry {
+            app_id: app.into(),
+            app_name: None,
+            endpoints,
+            instances: endpoints,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn key(uri: &str) -> RouteKey {
+        RouteKey::parse(uri).unwrap()
+    }
+
+    fn table(routes: &[(&str, &str, u32)]) -> Table {
+        let t = Table::new("lon-1", "lon", 1);
+        for (uri, app, eps) in routes {
+            t.upsert_local(&key(uri), entry(app, *eps));
+        }
+        t
+    }
+
+    /// Lookup semantics as a table of cases: (request host, request path, expected app).
+    #[test]
+    fn lookup_cases() {
+        let t = table(&[
+            ("example.com", "root", 1),
+            ("example.com/api", "api", 1),
+            ("example.com/api/v2", "api-v2", 1),
+            ("example.com/empty", "empty", 0),
+            ("*.example.com", "wild", 1),
+            ("exact.example.com", "exact", 1),
+            ("*.com", "tld-wild", 1),
+            ("only.path.org/x", "only-x", 1),
+        ]);
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            // exact host, no path
+            ("example.com", "/", Some("root")),
+            ("example.com", "", Some("root")),
+            // path prefix on segment boundaries
+            ("example.com", "/api", Some("api")),
+            ("example.com", "/api/", Some("api")),
+            ("example.com", "/api/users", Some("api")),
+            ("example.com", "/apis", Some("root")),
+            // longest prefix wins
+            ("example.com", "/api/v2/items", Some("api-v2")),
+            ("example.com", "/api/v22", Some("api")),
+            // an empty pool falls through to a shorter prefix
+            ("example.com", "/empty/x", Some("root")),
+            // wildcard replaces the left-most label
+            ("shop.example.com", "/", Some("wild")),
+            ("a.b.example.com", "/", Some("wild")),
+            // exact beats wildcard
+            ("exact.example.com", "/", Some("exact")),
+            // wildcard steps outward: *.example.com misses for other.org → *.com … miss
+            ("foo.com", "/", Some("tld-wild")),
+            ("foo.net", "/", None),
+            // exact host without a matching path falls through to wildcards, then misses
+            ("only.path.org", "/y", None),
+            ("only.path.org", "/x/1", Some("only-x")),
+            // case and port normalisation
+            ("EXAMPLE.com:8080", "/API/V2", Some("api-v2")),
+            ("Shop.Example.Com.", "/", Some("wild")),
+            ("", "/", None),
+        ];
+        for (host, path, want) in cases {
+            let got = t.lookup(host, path).map(|m| m.app_id.to_string());
+            assert_eq!(got.as_deref(), *want, "lookup({host:?}, {path:?})");
+        }
+    }
+
+    #[test]
+    fn match_reports_route_and_locality() {
+        let t = table(&[("*.example.com/api", "wild", 2)]);
+        let m = t.lookup("a.example.com", "/api/x").unwrap();
+        assert_eq!(&*m.host, "*.example.com");
+        assert_eq!(&*m.path, "/api");
+        assert!(m.local);
+        assert!(m.remote_sites.is_empty());
+    }
+
+    #[test]
+    fn unchanged_write_is_not_a_new_version() {
+        let t = Table::new("n", "s", 1);
+        let k = key("a.com");
+        assert_eq!(t.upsert_local(&k, entry("a", 1)), Some(1));
+        assert_eq!(t.upsert_local(&k, entry("a", 1)), None);
+        assert_eq!(t.upsert_local(&k, entry("a", 2)), Some(2));
+        assert_eq!(t.remove_local(&k), Some(3));
+        assert_eq!(t.remove_local(&k), None);
+        assert_eq!(t.remove_local(&key("never.com")), None);
+    }
+
+    #[test]
+    fn removal_leaves_tombstone_and_empties_index() {
+        let t = table(&[("a.com", "a", 1), ("a.com/p", "p", 1), ("b.com", "b", 2)]);
+        assert_eq!(t.stats().routes, 3);
+        assert_eq!(t.stats().local_endpoints, 4);
+        t.remove_local(&key("a.com"));
+        t.remove_local(&key("a.com/p"));
+        assert!(t.lookup("a.com", "/p").is_none());
+        let s = t.stats();
+        assert_eq!((s.routes, s.local_routes, s.local_endpoints), (1, 1, 2));
+        assert!(
+            t.index.get("a.com").is_none(),
+            "empty hosts leave the index"
+        );
+        let changes: Vec<_> = t
+            .with_local_partition(|p| {
+                p.changes_since(0)
+                    .map(|(v, k, e)| (v, k.to_string(), e.is_some()))
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(
+            changes,
+            vec![
+                (3, "b.com".to_string(), true),
+                (4, "a.com".to_string(), false),
+                (5, "a.com/p".to_string(), false),
+            ],
+            "the change log holds each key once, at its latest version"
+        );
+    }
+
+    #[test]
+    fn dead_origin_does_not_serve() {
+        let t = table(&[("a.com", "a", 1)]);
+        t.me().set_alive(false);
+        assert!(t.lookup("a.com", "/").is_none());
+        t.me().set_alive(true);
+        assert!(t.lookup("a.com", "/").is_some());
+    }
+
+    #[test]
+    fn routes_listing_filters_by_host() {
+        let t = table(&[("b.com", "b", 1), ("a.com/x", "ax", 1), ("a.com", "a", 1)]);
+        let all: Vec<_> = t
+            .routes(None)
+            .iter()
+            .map(|r| format!("{}{}", r.host, r.path))
+            .collect();
+        assert_eq!(all, ["a.com", "a.com/x", "b.com"]);
+        assert_eq!(t.routes(Some("A.com:80")).len(), 2);
+        assert!(t.routes(Some("c.com")).is_empty());
+    }
+
+    #[test]
+    fn normalize_host_cases() {
+        let cases = [
+            ("Example.COM", Some("example.com")),
+            ("example.com:8443", Some("example.com")),
+            ("example.com.", Some("example.com")),
+            ("[::1]:8080", Some("[::1]")),
+            ("  ", None),
+            (":80", None),
+        ];
+        for (h, want) in cases {
+            assert_eq!(normalize_host(h).as_deref(), want, "{h:?}");
+        }
+    }
+}

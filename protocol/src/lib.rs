@@ -1,0 +1,9 @@
+//! Wire types of GRouter.
+//!
+//! - [`nats`]: gorouter's `router.register` / `router.unregister` / `router.start` JSON, and
+//!   the validator that turns a message into route registrations or a typed error.
+//!
+//! This crate owns formats only: it does no I/O and keeps no state. Every decoder here takes
+//! untrusted bytes and must return an error, never panic.
+
+pub mod nats;

@@ -1,0 +1,435 @@
+//! Learning routes from a real `nats-server`: registration latency, replacement, expiry,
+//! NATS outages and garbage on the bus.
+
+use std::time::{Duration, Instant};
+
+use grouter_tests::{NatsServer, Node, wait_until};
+use serde_json::{Value, json};
+
+const SEC: Duration = Duration::from_secs(1);
+
+async fn publish(nats: &async_nats::Client, subject: &str, payload: Value) {
+    nats.publish(subject.to_string(), payload.to_string().into())
+        .await
+        .expect("publish");
+    nats.flush().await.expect("flush");
+}
+
+fn register(host: &str, port: u16, uri: &str, app: &str) -> Value {
+    json!({"host": host, "port": port, "uris": [uri], "app": app,
+           "private_instance_id": format!("{app}-{port}"), "tags": {"app_name": app}})
+}
+
+/// Publish a probe route until the node shows it: from then on its subscriptions are live.
+async fn until_subscribed(node: &Node, nats: &async_nats::Client) {
+    let probe = register("10.9.9.9", 1, "probe.internal", "probe");
+    wait_until(10 * SEC, "the node to learn a probe route", || async {
+        publish(nats, "router.register", probe.clone()).await;
+        node.route("probe.internal", "").await.map(|_| ())
+    })
+    .await;
+    publish(nats, "router.unregister", probe).await;
+    wait_until(5 * SEC, "the probe to go", || async {
+        node.route("probe.internal", "")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn register_is_visible_within_100ms_then_replaced_and_unregistered() {
+    let nats = NatsServer::start();
+    let node = Node::builder("lon-1", "lon")
+        .nats(&nats.url())
+        .start()
+        .await;
+    let bus = nats.client().await;
+    until_subscribed(&node, &bus).await;
+
+    let started = Instant::now();
+    publish(
+        &bus,
+        "router.register",
+        register("10.0.0.1", 61001, "shop.apps.example.com/", "app-a"),
+    )
+    .await;
+    let route = wait_until(SEC, "the route", || node.route("shop.apps.example.com", "")).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(100), "visible after {took:?}");
+    assert_eq!(route["app_id"], "app-a");
+    assert_eq!(route["sites"][0]["site"], "lon");
+    assert_eq!(route["sites"][0]["local"], true);
+    assert_eq!(route["sites"][0]["endpoints"], 1);
+    assert_eq!(route["sites"][0]["nodes"], json!(["lon-1"]));
+
+    // A second endpoint, then the first one re-registered with a changed field (its app).
+    publish(
+        &bus,
+        "router.register",
+        register("10.0.0.2", 61001, "shop.apps.example.com", "app-b"),
+    )
+    .await;
+    publish(
+        &bus,
+        "router.register",
+        register("10.0.0.1", 61001, "SHOP.apps.example.com", "app-b"),
+    )
+    .await;
+    wait_until(SEC, "both endpoints, both of app-b", || async {
+        let r = node.route("shop.apps.example.com", "").await?;
+        (r["app_id"] == "app-b" && r["sites"][0]["endpoints"] == 2).then_some(())
+    })
+    .await;
+
+    // Unregister both: the route is gone.
+    for host in ["10.0.0.1", "10.0.0.2"] {
+        publish(
+            &bus,
+            "router.unregister",
+            json!({"host": host, "port": 61001, "uris": ["shop.apps.example.com"]}),
+        )
+        .await;
+    }
+    wait_until(SEC, "the route to go", || async {
+        node.route("shop.apps.example.com", "")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let status = node.json("/v1/status").await;
+    assert_eq!(status["routes"], 0);
+    assert_eq!(status["node_id"], "lon-1");
+    assert_eq!(status["sync"], "in_sync");
+}
+
+#[tokio::test]
+async fn stale_endpoints_are_pruned_but_tls_endpoints_are_not() {
+    let nats = NatsServer::start();
+    let node = Node::builder("lon-1", "lon")
+        .nats(&nats.url())
+        .expiry(2, 1)
+        .start()
+        .await;
+    let bus = nats.client().await;
+    until_subscribed(&node, &bus).await;
+
+    publish(
+        &bus,
+        "router.register",
+        register("10.0.0.1", 8080, "plain.example.com", "p"),
+    )
+    .await;
+    publish(
+        &bus,
+        "router.register",
+        json!({"host": "10.0.0.1", "tls_port": 8443,
+        "server_cert_domain_san": "i-1", "uris": ["tls.example.com"], "app": "t"}),
+    )
+    .await;
+    let registered = Instant::now();
+    wait_until(SEC, "both routes", || async {
+        let p = node.route("plain.example.com", "").await;
+        let t = node.route("tls.example.com", "").await;
+        (p.is_some() && t.is_some()).then_some(())
+    })
+    .await;
+
+    wait_until(6 * SEC, "the plain endpoint to be pruned", || async {
+        node.route("plain.example.com", "")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let after = registered.elapsed();
+    // Threshold 2 s, sweeps every 1 s: gone after 2 to 3 sweeps (plus scheduling slack).
+    assert!(after >= 2 * SEC, "pruned too early, after {after:?}");
+    assert!(
+        after < Duration::from_millis(3500),
+        "pruned too late, after {after:?}"
+    );
+    assert!(
+        node.route("tls.example.com", "").await.is_some(),
+        "tls endpoints are never pruned by age"
+    );
+    assert!(node.metric("grouter_endpoints_pruned_total").await >= Some(1.0));
+}
+
+#[tokio::test]
+async fn nats_outage_suspends_pruning_and_reconnect_greets_and_refreshes() {
+    let mut nats = NatsServer::start();
+    let node = Node::builder("lon-1", "lon")
+        .nats(&nats.url())
+        .expiry(2, 1)
+        .start()
+        .await;
+    let bus = nats.client().await;
+    until_subscribed(&node, &bus).await;
+    publish(
+        &bus,
+        "router.register",
+        register("10.0.0.1", 8080, "kept.example.com", "k"),
+    )
+    .await;
+    wait_until(SEC, "the route", || node.route("kept.example.com", "")).await;
+    drop(bus);
+
+    nats.stop();
+    wait_until(10 * SEC, "the node to notice the outage", || async {
+        (node.metric("grouter_nats_connected").await == Some(0.0)).then_some(())
+    })
+    .await;
+    // The scenario itself: NATS stays down for more than twice the stale threshold.
+    tokio::time::sleep(5 * SEC).await;
+    assert!(
+        node.route("kept.example.com", "").await.is_some(),
+        "nothing is pruned while NATS is down"
+    );
+
+    nats.restart();
+    let bus = nats.client().await;
+    let mut greets = bus.subscribe("router.greet").await.expect("subscribe");
+    bus.flush().await.expect("flush");
+    // The node greets on reconnect and keeps greeting (every second) until a router answers;
+    // this test plays the router and answers each greet.
+    let first = tokio::time::timeout(10 * SEC, futures::StreamExt::next(&mut greets))
+        .await
+        .expect("a router.greet after the reconnect")
+        .expect("subscription open");
+    let reconnected = Instant::now();
+    let responder = {
+        let bus = bus.clone();
+        let start = json!({"id": "0-test", "hosts": ["127.0.0.1"],
+            "minimumRegisterIntervalInSeconds": 20, "pruneThresholdInSeconds": 120});
+        tokio::spawn(async move {
+            let mut next = Some(first);
+            while let Some(greet) = next {
+                let reply = greet.reply.expect("router.greet is a request");
+                bus.publish(reply, start.to_string().into())
+                    .await
+                    .expect("reply");
+                bus.flush().await.expect("flush");
+                next = futures::StreamExt::next(&mut greets).await;
+            }
+        })
+    };
+    wait_until(5 * SEC, "the greet reply to be counted", || async {
+        (node.metric("grouter_nats_greet_replies_total").await >= Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(node.metric("grouter_nats_connects_total").await >= Some(2.0));
+    responder.abort();
+
+    // Refreshed on reconnect: still there a second later (threshold 2 s), gone once a full
+    // threshold has passed without a registration.
+    tokio::time::sleep(SEC.saturating_sub(reconnected.elapsed())).await;
+    assert!(
+        node.route("kept.example.com", "").await.is_some(),
+        "endpoints are refreshed on reconnect, not pruned at once"
+    );
+    wait_until(5 * SEC, "the unrefreshed route to be pruned", || async {
+        node.route("kept.example.com", "")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        reconnected.elapsed() >= 2 * SEC,
+        "pruned before a full threshold after reconnect"
+    );
+}
+
+#[tokio::test]
+async fn garbage_on_the_bus_is_counted_by_reason_and_memory_stays_flat() {
+    let nats = NatsServer::start();
+    let mut node = Node::builder("lon-1", "lon")
+        .nats(&nats.url())
+        .start()
+        .await;
+    let bus = nats.client().await;
+    until_subscribed(&node, &bus).await;
+
+    let oversized = format!(
+        r#"{{"host":"h","port":1,"uris":["a.com"],"pad":"{}"}}"#,
+        "x".repeat(80_000)
+    );
+    let kinds: [(&str, String); 6] = [
+        ("bad_json", "\u{0}\u{1}not json at all".to_string()),
+        (
+            "truncated",
+            r#"{"host":"10.0.0.1","port":80,"uris":["a.c"#.to_string(),
+        ),
+        (
+            "wrong_type",
+            r#"{"host":"10.0.0.1","port":"eighty","uris":["a.com"]}"#.to_string(),
+        ),
+        (
+            "missing_uris",
+            r#"{"host":"10.0.0.1","port":80}"#.to_string(),
+        ),
+        (
+            "route_service_not_https",
+            r#"{"host":"h","port":1,"uris":["a.com"],"route_service_url":"http://x"}"#.to_string(),
+        ),
+        ("oversized", oversized),
+    ];
+    let send = |rounds: usize| {
+        let bus = bus.clone();
+        let kinds = kinds.clone();
+        async move {
+            for i in 0..rounds {
+                let (_, payload) = &kinds[i % kinds.len()];
+                let subject = if i % 2 == 0 {
+                    "router.register"
+                } else {
+                    "router.unregister"
+                };
+                bus.publish(subject, payload.clone().into())
+                    .await
+                    .expect("publish");
+            }
+            bus.flush().await.expect("flush");
+        }
+    };
+    let invalid = || async {
+        node.metric("grouter_nats_invalid_messages_total")
+            .await
+            .unwrap_or(0.0)
+    };
+
+    // Warm up allocator pools first, then measure 10,000 more.
+    send(1_200).await;
+    wait_until(10 * SEC, "warm-up garbage to be counted", || async {
+        (invalid().await >= 1_200.0).then_some(())
+    })
+    .await;
+    let rss_before = node.rss_kib();
+    send(10_000).await;
+    wait_until(
+        20 * SEC,
+        "10,000 invalid messages to be counted",
+        || async { (invalid().await >= 11_200.0).then_some(()) },
+    )
+    .await;
+    let rss_after = node.rss_kib();
+    assert_eq!(
+        invalid().await,
+        11_200.0,
+        "every message counted exactly once"
+    );
+    for (reason, _) in &kinds {
+        let n = node
+            .metric_labelled(
+                "grouter_nats_invalid_messages_total",
+                &format!("reason=\"{reason}\""),
+            )
+            .await
+            .unwrap_or(0.0);
+        // 11,200 messages cycled over 6 kinds: 1,866 or 1,867 of each, but for unregister
+        // messages that need no SAN/https check (route_service_not_https on odd i).
+        assert!(n > 0.0, "{reason} counted: {n}");
+    }
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    // Logged once per reason, not once per message.
+    assert!(node.log.count("dropping invalid nats message") <= kinds.len());
+    // Still serving: a valid registration after the flood is learned.
+    publish(
+        &bus,
+        "router.register",
+        register("10.0.0.7", 7, "after.example.com", "a"),
+    )
+    .await;
+    wait_until(SEC, "a valid route after the garbage", || {
+        node.route("after.example.com", "")
+    })
+    .await;
+    assert!(node.is_running());
+    assert_eq!(node.terminate(), Some(0), "SIGTERM drains and exits 0");
+}
+
+#[tokio::test]
+async fn admin_api_requires_the_token_and_filters_routes() {
+    let nats = NatsServer::start();
+    let node = Node::builder("lon-1", "lon")
+        .nats(&nats.url())
+        .start()
+        .await;
+    let bus = nats.client().await;
+    until_subscribed(&node, &bus).await;
+    publish(
+        &bus,
+        "router.register",
+        register("10.0.0.1", 1, "a.example.com", "a"),
+    )
+    .await;
+    publish(
+        &bus,
+        "router.register",
+        register("10.0.0.1", 2, "b.example.com/api", "b"),
+    )
+    .await;
+    wait_until(SEC, "both routes", || async {
+        (node.routes("").await.len() == 2).then_some(())
+    })
+    .await;
+
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", node.admin_addr());
+    for auth in [None, Some("Bearer wrong"), Some("Basic abc")] {
+        let mut req = http.get(format!("{base}/v1/routes"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.expect("request");
+        assert_eq!(resp.status(), 401, "auth {auth:?}");
+        assert!(
+            !resp
+                .text()
+                .await
+                .unwrap_or_default()
+                .contains("a.example.com")
+        );
+    }
+    // /healthz and /metrics need no token.
+    let health: Value = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health, json!({"status": "ok", "sync": "in_sync"}));
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        grouter_tests::parse_metric(&metrics, "grouter_local_routes"),
+        Some(2.0)
+    );
+    assert_eq!(
+        grouter_tests::parse_metric(&metrics, "grouter_nats_connected"),
+        Some(1.0)
+    );
+
+    let only_b = node.routes("?host=B.example.com").await;
+    assert_eq!(only_b.len(), 1);
+    assert_eq!(only_b[0]["path"], "/api");
+    assert_eq!(only_b[0]["app_id"], "b");
+    assert_eq!(node.routes("?site=lon").await.len(), 2);
+    assert!(node.routes("?site=nyc").await.is_empty());
+    let (status, _) = node.get("/v1/nothing").await.unwrap();
+    assert_eq!(status, 404);
+}

@@ -1,0 +1,443 @@
+//! Fixtures for GRouter's integration tests: real `nats-server` processes, real `grouter`
+//! nodes, and a deadline-bounded wait.
+//!
+//! Every fixture binds loopback port 0 (or lets the server pick a random port), lives in its
+//! own temporary directory, and kills its process on drop, so tests run in parallel. Nothing
+//! here sleeps to synchronise: [`wait_until`] polls a condition until a deadline.
+
+// Fixtures fail a test by panicking with a message; that is their job.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde_json::Value;
+
+/// Poll `cond` every 10 ms until it returns `Some`, or panic with `what` after `timeout`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Where a Debian-packaged daemon lives: on PATH or in /usr/sbin.
+fn find_program(name: &str, install: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} not found on PATH or in /usr/sbin: install it with `{install}` (deploy/test.sh does this)")
+        })
+}
+
+/// Collects a child's stderr lines on a thread (so the pipe never fills and blocks the
+/// child) and lets a test wait for a line.
+#[derive(Debug, Clone, Default)]
+pub struct LogLines(Arc<Mutex<Vec<String>>>);
+
+impl LogLines {
+    fn follow(child: &mut Child) -> LogLines {
+        let lines = LogLines::default();
+        if let Some(stderr) = child.stderr.take() {
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    sink.0.lock().push(line);
+                }
+            });
+        }
+        lines
+    }
+
+    /// The first line for which `f` returns `Some`, waiting up to `timeout`.
+    pub fn wait_for<T>(&self, timeout: Duration, what: &str, f: impl Fn(&str) -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.0.lock().iter().find_map(|l| f(l)) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; output so far:\n{}",
+                self.tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The last `n` lines.
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.0.lock();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// How many lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.0.lock().iter().filter(|l| l.contains(needle)).count()
+    }
+}
+
+/// A real `nats-server` on a random loopback port.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    /// Server output.
+    pub log: LogLines,
+}
+
+impl NatsServer {
+    /// Start a server on a port of its choosing.
+    pub fn start() -> NatsServer {
+        Self::spawn(None)
+    }
+
+    fn spawn(port: Option<u16>) -> NatsServer {
+        let bin = find_program("nats-server", "apt-get install -y nats-server");
+        let port_arg = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
+        let mut child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-m", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nats-server");
+        let log = LogLines::follow(&mut child);
+        let port = log.wait_for(Duration::from_secs(10), "nats-server to listen", |l| {
+            let (_, addr) = l.split_once("Listening for client connections on ")?;
+            addr.trim().parse::<SocketAddr>().ok().map(|a| a.port())
+        });
+        NatsServer {
+            child: Some(child),
+            port,
+            log,
+        }
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill the server (the port stays reserved for [`Self::restart`]).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let again = Self::spawn(Some(self.port));
+        *self = again;
+    }
+
+    /// A client of this server.
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to nats-server")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The `grouter` binary built by `cargo test --workspace` (the `grouter` package's own
+/// integration tests make cargo build it next to this test binary).
+pub fn grouter_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("GROUTER_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("grouter");
+    assert!(
+        bin.is_file(),
+        "{} not found: run `cargo test --workspace` (or `cargo build -p grouter`) first",
+        bin.display()
+    );
+    bin
+}
+
+fn install_crypto() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Settings of a node under test; [`NodeBuilder::start`] writes its config and runs it.
+#[derive(Debug, Clone)]
+pub struct NodeBuilder {
+    node_id: String,
+    site: String,
+    nats: Vec<String>,
+    stale_threshold_secs: u64,
+    prune_interval_secs: u64,
+    extra: String,
+}
+
+impl NodeBuilder {
+    /// Bus of the node's site.
+    pub fn nats(mut self, url: &str) -> Self {
+        self.nats = vec![url.to_string()];
+        self
+    }
+
+    /// `nats.stale_threshold_secs` and `nats.prune_interval_secs`.
+    pub fn expiry(mut self, stale_threshold_secs: u64, prune_interval_secs: u64) -> Self {
+        self.stale_threshold_secs = stale_threshold_secs;
+        self.prune_interval_secs = prune_interval_secs;
+        self
+    }
+
+    /// Extra TOML appended to the config.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self
+    }
+
+    /// Write the config and start the process; returns once the admin API answers.
+    pub async fn start(self) -> Node {
+        install_crypto();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = format!("test-token-{}", std::process::id());
+        std::fs::write(dir.path().join("admin.token"), &token).expect("write token");
+        let servers: Vec<String> = self.nats.iter().map(|s| format!("{s:?}")).collect();
+        let config = format!(
+            r#"node_id = "{node_id}"
+site = "{site}"
+
+[nats]
+servers = [{servers}]
+stale_threshold_secs = {stale}
+prune_interval_secs = {prune}
+
+[gorouters]
+addresses = ["127.0.0.1:9"]
+
+[proxy]
+http_listen = "127.0.0.1:0"
+
+[admin]
+listen = "127.0.0.1:0"
+token_file = "admin.token"
+
+[log]
+format = "json"
+{extra}
+"#,
+            node_id = self.node_id,
+            site = self.site,
+            servers = servers.join(", "),
+            stale = self.stale_threshold_secs,
+            prune = self.prune_interval_secs,
+            extra = self.extra,
+        );
+        let config_path = dir.path().join(format!("{}.toml", self.node_id));
+        std::fs::write(&config_path, config).expect("write config");
+        let mut child = Command::new(grouter_bin())
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info,async_nats=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn grouter");
+        let log = LogLines::follow(&mut child);
+        let admin = log.wait_for(Duration::from_secs(10), "the admin listener", |l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["message"] == "listening" && v["service"] == "admin")
+                .then(|| v["addr"].as_str()?.parse::<SocketAddr>().ok())?
+        });
+        let node = Node {
+            child: Some(child),
+            admin,
+            token,
+            log,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        };
+        wait_until(Duration::from_secs(10), "the admin API", || async {
+            node.get("/healthz").await.ok().map(|_| ())
+        })
+        .await;
+        node
+    }
+}
+
+/// A running `grouter` process.
+#[derive(Debug)]
+pub struct Node {
+    child: Option<Child>,
+    admin: SocketAddr,
+    token: String,
+    /// The node's log (JSON lines).
+    pub log: LogLines,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// A node `node_id` at `site`, with a 120 s threshold swept every 30 s unless changed.
+    pub fn builder(node_id: &str, site: &str) -> NodeBuilder {
+        NodeBuilder {
+            node_id: node_id.to_string(),
+            site: site.to_string(),
+            nats: Vec::new(),
+            stale_threshold_secs: 120,
+            prune_interval_secs: 30,
+            extra: String::new(),
+        }
+    }
+
+    /// The admin API's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The admin token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// GET an admin path with the token; returns status and body.
+    pub async fn get(&self, path: &str) -> reqwest::Result<(u16, String)> {
+        let resp = self
+            .http
+            .get(format!("http://{}{}", self.admin, path))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await?))
+    }
+
+    /// GET an admin path and parse JSON, asserting 200.
+    pub async fn json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path).await.expect("admin request");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).expect("json body")
+    }
+
+    /// The routes array of `/v1/routes[?query]`.
+    pub async fn routes(&self, query: &str) -> Vec<Value> {
+        let v = self.json(&format!("/v1/routes{query}")).await;
+        v["routes"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The route `host` + `path` from `/v1/routes`, if listed.
+    pub async fn route(&self, host: &str, path: &str) -> Option<Value> {
+        self.routes(&format!("?host={host}"))
+            .await
+            .into_iter()
+            .find(|r| r["path"] == path)
+    }
+
+    /// Sum of every sample of `name` (all label sets) in `/metrics`, or `None` if absent.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics").await.ok()?;
+        parse_metric(&text, name)
+    }
+
+    /// One labelled sample, e.g. `metric_labelled("x_total", r#"reason="bad_json""#)`.
+    pub async fn metric_labelled(&self, name: &str, labels: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics").await.ok()?;
+        let prefix = format!("{name}{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Resident memory of the process in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().map(Child::id).expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Send SIGTERM and wait (bounded) for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- node log (last 60 lines) ---\n{}", self.log.tail(60));
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sum of the samples of `name` in a Prometheus text exposition.
+pub fn parse_metric(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        let value = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if let Some(v) = value {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}

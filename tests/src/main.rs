@@ -1,0 +1,6 @@
+//! GRouter's cross-crate integration tests, built into one binary. Each module starts real
+//! processes (`nats-server`, `grouter`) on ephemeral loopback ports.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod learn;
