@@ -1,0 +1,596 @@
+//! The admin API client and the shapes of its answers (CONTRACT.md, "Admin API").
+//!
+//! Owns: building URLs (query parameters URL-encoded), the bearer token header, the
+//! 10-second timeout, turning HTTP and network failures into messages that name the URL,
+//! and lenient typed structs for the JSON bodies.
+//!
+//! Must never: print anything, retry (a CLI should fail fast and say why), or put the
+//! token in an error message or `Debug` output.
+//!
+//! The response structs are deliberately forgiving: unknown fields are ignored and
+//! missing or `null` fields fall back to defaults, so a node running a newer or older
+//! GRouter still gets a useful table instead of a parse error.
+
+use std::fmt;
+use std::sync::Once;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use reqwest::{StatusCode, Url};
+use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+/// Every request (connect, send, read) must finish within this time.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The message for a 401; the wording is part of gcf's interface.
+pub const UNAUTHORIZED: &str = "Not logged in or token rejected: check --token-file.";
+
+/// reqwest is built with `rustls-no-provider` and panics when a client is built before a
+/// crypto provider is installed; install ring's exactly once per process.
+fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider is already the process default: that one will do.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A client for one node's admin API.
+pub struct Client {
+    base: Url,
+    token: Option<String>,
+    http: reqwest::blocking::Client,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A JSON body as received, already checked to be well-formed JSON.
+#[derive(Debug)]
+pub struct JsonBody {
+    url: String,
+    text: String,
+}
+
+impl JsonBody {
+    /// The body exactly as the API sent it (for `--json`).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Decode the body into `T`; a mismatch names the URL.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(&self.text)
+            .with_context(|| format!("{}: unexpected response", self.url))
+    }
+}
+
+impl Client {
+    /// A client for the API at `base` (a normalised URL, see `target::normalize_url`),
+    /// sending `token` as a bearer token on `/v1/*` requests when there is one.
+    pub fn new(base: &str, token: Option<&str>) -> Result<Self> {
+        install_crypto_provider();
+        let base = Url::parse(base).with_context(|| format!("invalid API URL '{base}'"))?;
+        let http = reqwest::blocking::Client::builder()
+            .timeout(TIMEOUT)
+            .connect_timeout(TIMEOUT)
+            .user_agent(concat!("gcf/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            base,
+            token: token.map(str::to_owned),
+            http,
+        })
+    }
+
+    /// The API's base URL, as targeted.
+    pub fn base(&self) -> &str {
+        self.base.as_str().trim_end_matches('/')
+    }
+
+    /// `path` (starting with `/`) under the base URL, with `query` form-URL-encoded.
+    ///
+    /// reqwest 0.13 puts `RequestBuilder::query` behind a `query` feature this workspace
+    /// does not enable; `Url::query_pairs_mut` does the same encoding.
+    pub fn url(&self, path: &str, query: &[(&str, &str)]) -> Url {
+        let mut url = self.base.clone();
+        url.set_path(&format!("{}{path}", self.base.path().trim_end_matches('/')));
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (key, value) in query {
+                pairs.append_pair(key, value);
+            }
+        }
+        url
+    }
+
+    /// `GET /healthz` (no token). A 503 still means the API answered: the node is up but
+    /// cannot serve traffic (draining, or no healthy local GoRouter).
+    pub fn healthz(&self) -> Result<Health> {
+        let url = self.url("/healthz", &[]);
+        let resp = self
+            .http
+            .get(url.clone())
+            .send()
+            .map_err(|e| network_error(&url, &e))?;
+        let status = resp.status();
+        let text = resp.text().map_err(|e| network_error(&url, &e))?;
+        if !(status.is_success() || status == StatusCode::SERVICE_UNAVAILABLE) {
+            return Err(status_error(&url, status, &text));
+        }
+        let mut health: Health = serde_json::from_str(&text)
+            .with_context(|| format!("{url}: not a GRouter admin API (unexpected /healthz)"))?;
+        health.serving = status.is_success();
+        Ok(health)
+    }
+
+    /// `GET path?query` with the bearer token; the body must be JSON.
+    pub fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<JsonBody> {
+        let url = self.url(path, query);
+        let mut req = self.http.get(url.clone());
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().map_err(|e| network_error(&url, &e))?;
+        let status = resp.status();
+        let text = resp.text().map_err(|e| network_error(&url, &e))?;
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(anyhow!(UNAUTHORIZED));
+        }
+        if !status.is_success() {
+            return Err(status_error(&url, status, &text));
+        }
+        serde_json::from_str::<IgnoredAny>(&text)
+            .with_context(|| format!("{url}: the response is not JSON"))?;
+        Ok(JsonBody {
+            url: url.to_string(),
+            text,
+        })
+    }
+}
+
+/// A send or read failure, naming the URL and the innermost cause (e.g. "Connection
+/// refused (os error 111)") rather than reqwest's generic wrapper text.
+fn network_error(url: &Url, err: &reqwest::Error) -> anyhow::Error {
+    if err.is_timeout() {
+        return anyhow!("{url}: no answer within {} s", TIMEOUT.as_secs());
+    }
+    let mut cause: &dyn std::error::Error = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    anyhow!("cannot reach {url}: {cause}")
+}
+
+/// A non-success status, with the API's `{"error": ...}` message when it sent one.
+fn status_error(url: &Url, status: StatusCode, body: &str) -> anyhow::Error {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: String,
+    }
+    let detail = match serde_json::from_str::<ErrorBody>(body) {
+        Ok(e) => e.error,
+        // Not our JSON (a proxy's HTML page, say): a short, single-line excerpt.
+        Err(_) => body
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(120)
+            .collect(),
+    };
+    if detail.is_empty() {
+        anyhow!("{url}: {status}")
+    } else {
+        anyhow!("{url}: {status}: {detail}")
+    }
+}
+
+/// Treat a JSON `null` like a missing field: the type's default.
+fn nullable<'de, D, T>(de: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(de)?.unwrap_or_default())
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Health {
+    /// `ok`, or why the node cannot serve (`draining`, ...).
+    #[serde(deserialize_with = "nullable")]
+    pub status: String,
+    /// `in_sync`, `degraded` or `lost`.
+    #[serde(deserialize_with = "nullable")]
+    pub sync: String,
+    /// False when the node answered 503; set from the status code, not the body.
+    #[serde(skip)]
+    pub serving: bool,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Status {
+    /// This node's id (`lon-1`).
+    #[serde(deserialize_with = "nullable")]
+    pub node_id: String,
+    /// This node's site (`lon`).
+    #[serde(deserialize_with = "nullable")]
+    pub site: String,
+    /// The site's region, when configured.
+    pub region: Option<String>,
+    /// This node's incarnation.
+    pub generation: Option<u64>,
+    /// `in_sync`, `degraded` or `lost`.
+    #[serde(deserialize_with = "nullable")]
+    pub sync: String,
+    /// Routes known across the mesh.
+    pub routes: Option<u64>,
+    /// Routes served at this site (not in the contract; shown when present).
+    pub local_routes: Option<u64>,
+    /// Endpoints at this site (not in the contract; shown when present).
+    pub local_endpoints: Option<u64>,
+    /// Peers this node currently sees alive.
+    pub peers_alive: Option<u64>,
+    /// Seconds since the node started.
+    pub uptime_secs: Option<u64>,
+}
+
+/// `GET /v1/sites`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SitesBody {
+    /// Every site the node knows.
+    #[serde(deserialize_with = "nullable")]
+    pub sites: Vec<SiteInfo>,
+}
+
+/// One site in `GET /v1/sites`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SiteInfo {
+    /// Site name.
+    #[serde(deserialize_with = "nullable")]
+    pub site: String,
+    /// Region, when configured.
+    pub region: Option<String>,
+    /// Whether the site can serve.
+    pub healthy: Option<bool>,
+    /// Round-trip time to the site; absent for the local site or when unknown.
+    pub rtt_ms: Option<f64>,
+    /// Routes the site serves.
+    pub routes: Option<u64>,
+    /// The site's GRouter nodes.
+    #[serde(deserialize_with = "nullable")]
+    pub nodes: Vec<SiteNode>,
+}
+
+/// One node of a site.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SiteNode {
+    /// Node id.
+    #[serde(deserialize_with = "nullable")]
+    pub node_id: String,
+    /// `alive`, `suspect` or `dead`.
+    #[serde(deserialize_with = "nullable")]
+    pub state: String,
+}
+
+/// `GET /v1/routes`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RoutesBody {
+    /// Routes with their serving sites.
+    #[serde(deserialize_with = "nullable")]
+    pub routes: Vec<Route>,
+}
+
+/// One route in `GET /v1/routes`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Route {
+    /// Host, or `*.domain` for a wildcard.
+    #[serde(deserialize_with = "nullable")]
+    pub host: String,
+    /// Path prefix; empty for the whole host.
+    #[serde(deserialize_with = "nullable")]
+    pub path: String,
+    /// The app behind the route.
+    #[serde(deserialize_with = "nullable")]
+    pub app_id: String,
+    /// Sites serving the route.
+    #[serde(deserialize_with = "nullable")]
+    pub sites: Vec<RouteSite>,
+}
+
+/// One serving site of a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RouteSite {
+    /// Site name.
+    #[serde(deserialize_with = "nullable")]
+    pub site: String,
+    /// Endpoints registered for the route at that site.
+    #[serde(deserialize_with = "nullable")]
+    pub endpoints: u64,
+    /// Whether that site is the answering node's own.
+    #[serde(deserialize_with = "nullable")]
+    pub local: bool,
+}
+
+/// `GET /v1/apps`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AppsBody {
+    /// Apps across the mesh.
+    #[serde(deserialize_with = "nullable")]
+    pub apps: Vec<App>,
+}
+
+/// One app in `GET /v1/apps`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct App {
+    /// The app's id (Cloud Foundry's app guid).
+    #[serde(deserialize_with = "nullable")]
+    pub app_id: String,
+    /// From the `app_name` tag; `None` when no endpoint carried one.
+    pub name: Option<String>,
+    /// `host` or `host/path` routes.
+    #[serde(deserialize_with = "nullable")]
+    pub routes: Vec<String>,
+    /// Where it runs.
+    #[serde(deserialize_with = "nullable")]
+    pub sites: Vec<AppSite>,
+    /// The app's routing policy; its shape grows with the policy issues, so it is kept
+    /// as JSON and shown key by key.
+    pub policy: Value,
+}
+
+/// One site an app runs at.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AppSite {
+    /// Site name.
+    #[serde(deserialize_with = "nullable")]
+    pub site: String,
+    /// Instances (endpoints) at that site.
+    #[serde(deserialize_with = "nullable")]
+    pub instances: u64,
+}
+
+/// `GET /v1/peers`, whose shape is not fixed yet: `{"peers": [...]}` or a bare array.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PeersBody {
+    /// `{"peers": [...]}` (other keys ignored).
+    Wrapped {
+        /// The peers.
+        #[serde(default, deserialize_with = "nullable")]
+        peers: Vec<Peer>,
+    },
+    /// `[...]`.
+    Bare(Vec<Peer>),
+}
+
+impl PeersBody {
+    /// The peers, whichever shape carried them.
+    pub fn into_peers(self) -> Vec<Peer> {
+        match self {
+            PeersBody::Wrapped { peers } | PeersBody::Bare(peers) => peers,
+        }
+    }
+}
+
+/// One entry of the peers list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Peer {
+    /// An object, keys in the order received (they become table columns).
+    Object(OrderedObject),
+    /// Anything else (shown in a single column).
+    Other(Value),
+}
+
+/// A JSON object with its keys in the order received (serde_json's `Map` sorts them).
+#[derive(Debug, Default, PartialEq)]
+pub struct OrderedObject(pub Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for OrderedObject {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = OrderedObject;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedObject, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    entries.push(entry);
+                }
+                Ok(OrderedObject(entries))
+            }
+        }
+        de.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// Any JSON value re-encoded compactly with object keys in the order received, for
+/// printing part of a response "as received" (`gcf app NAME --json`). Numbers keep their
+/// value, not necessarily their spelling (`1.50` becomes `1.5`).
+#[derive(Debug, Default, PartialEq)]
+pub struct JsonText(pub String);
+
+impl<'de> Deserialize<'de> for JsonText {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_any(TextVisitor).map(JsonText)
+    }
+}
+
+/// Builds the compact text of whatever value it visits.
+struct TextVisitor;
+
+impl TextVisitor {
+    fn encode<E: serde::de::Error, T: serde::Serialize + ?Sized>(v: &T) -> Result<String, E> {
+        serde_json::to_string(v).map_err(E::custom)
+    }
+}
+
+impl<'de> Visitor<'de> for TextVisitor {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+        Self::encode(&v)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+        Self::encode(v)
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<String, E> {
+        Ok("null".to_owned())
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<String, E> {
+        Ok("null".to_owned())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<String, A::Error> {
+        let mut items = Vec::new();
+        while let Some(JsonText(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(format!("[{}]", items.join(",")))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<String, A::Error> {
+        let mut entries = Vec::new();
+        while let Some((key, JsonText(value))) = map.next_entry::<String, JsonText>()? {
+            entries.push(format!("{}:{value}", Self::encode::<A::Error, _>(&key)?));
+        }
+        Ok(format!("{{{}}}", entries.join(",")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_encode_query_and_keep_base_path() {
+        let client = Client::new("http://127.0.0.1:9/admin", None).unwrap();
+        assert_eq!(
+            client.url("/v1/routes", &[("site", "l o&n=1")]).as_str(),
+            "http://127.0.0.1:9/admin/v1/routes?site=l+o%26n%3D1"
+        );
+        let client = Client::new("http://127.0.0.1:9", None).unwrap();
+        assert_eq!(
+            client.url("/healthz", &[]).as_str(),
+            "http://127.0.0.1:9/healthz"
+        );
+        assert_eq!(client.base(), "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn debug_redacts_the_token() {
+        let client = Client::new("http://127.0.0.1:9", Some("s3cret")).unwrap();
+        let text = format!("{client:?}");
+        assert!(
+            !text.contains("s3cret") && text.contains("<redacted>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_null_and_unknown_fields_are_tolerated() {
+        let body: RoutesBody = serde_json::from_str(
+            r#"{"routes":[{"host":"a.example.com","path":null,"extra":{"x":1},
+                "sites":[{"site":"lon","endpoints":null}]}],"more":true}"#,
+        )
+        .unwrap();
+        let route = &body.routes[0];
+        assert_eq!(route.host, "a.example.com");
+        assert_eq!(route.path, "");
+        assert_eq!(route.app_id, "");
+        assert_eq!(route.sites[0].endpoints, 0);
+        assert!(!route.sites[0].local);
+
+        let body: AppsBody = serde_json::from_str(r#"{"apps":[{"app_id":"x"}]}"#).unwrap();
+        assert_eq!(body.apps[0].name, None);
+        assert!(body.apps[0].policy.is_null());
+
+        let status: Status = serde_json::from_str("{}").unwrap();
+        assert_eq!(status.uptime_secs, None);
+        let sites: SitesBody = serde_json::from_str(r#"{"sites":null}"#).unwrap();
+        assert!(sites.sites.is_empty());
+    }
+
+    #[test]
+    fn peers_keep_key_order_in_either_shape() {
+        let wrapped: PeersBody =
+            serde_json::from_str(r#"{"peers":[{"z":1,"a":"x"},7],"node":"lon-1"}"#).unwrap();
+        let peers = wrapped.into_peers();
+        let Peer::Object(first) = &peers[0] else {
+            panic!("{peers:?}")
+        };
+        let keys: Vec<&str> = first.0.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["z", "a"]);
+        assert!(matches!(&peers[1], Peer::Other(v) if v == 7));
+
+        let bare: PeersBody = serde_json::from_str(r#"[{"b":1}]"#).unwrap();
+        assert_eq!(bare.into_peers().len(), 1);
+        let empty: PeersBody = serde_json::from_str(r#"{}"#).unwrap();
+        assert!(empty.into_peers().is_empty());
+    }
+
+    #[test]
+    fn json_text_keeps_key_order() {
+        let text = r#"{"z":[1,-2,1.5,true,null,"a\"b"],"a":{"y":{},"b":[]}}"#;
+        let JsonText(got) = serde_json::from_str(text).unwrap();
+        assert_eq!(got, text);
+    }
+
+    #[test]
+    fn error_bodies_become_messages_naming_the_url() {
+        let url = Url::parse("http://h:1/v1/sites").unwrap();
+        let err = status_error(
+            &url,
+            StatusCode::NOT_FOUND,
+            r#"{"error":"no such resource"}"#,
+        );
+        assert_eq!(
+            err.to_string(),
+            "http://h:1/v1/sites: 404 Not Found: no such resource"
+        );
+        let err = status_error(&url, StatusCode::BAD_GATEWAY, "<html>\n  bad\n</html>");
+        assert_eq!(
+            err.to_string(),
+            "http://h:1/v1/sites: 502 Bad Gateway: <html> bad </html>"
+        );
+        let err = status_error(&url, StatusCode::INTERNAL_SERVER_ERROR, "");
+        assert_eq!(
+            err.to_string(),
+            "http://h:1/v1/sites: 500 Internal Server Error"
+        );
+    }
+}
