@@ -64,27 +64,35 @@ pub enum LearnError {
     Subscribe(#[from] async_nats::SubscribeError),
 }
 
-/// One backend endpoint of one route.
+/// An app as registrations name it; shared by all its endpoints.
+#[derive(Debug, PartialEq, Eq)]
+struct App {
+    id: Arc<str>,
+    name: Option<Arc<str>>,
+}
+
+/// One backend endpoint of one route. Kept small (48 bytes): a site can have hundreds of
+/// thousands of them.
 #[derive(Debug, Clone)]
 struct Endpoint {
+    /// Interned backend host (cells have many endpoints each).
     host: Arc<str>,
-    port: u16,
-    tls: bool,
-    /// Effective stale threshold in milliseconds.
-    threshold_ms: u32,
+    app: Arc<App>,
+    /// Hash of `private_instance_id` (0 when absent): only distinct instances are counted.
+    instance: u64,
     /// Monotonic milliseconds (registry clock) of the last registration.
     last_seen_ms: u64,
-    app: Arc<str>,
-    app_name: Option<Arc<str>>,
-    instance: Option<Box<str>>,
+    /// Effective stale threshold in milliseconds.
+    threshold_ms: u32,
+    port: u16,
+    tls: bool,
 }
 
 impl Endpoint {
     fn same_registration(&self, other: &Endpoint) -> bool {
         self.tls == other.tls
             && self.threshold_ms == other.threshold_ms
-            && self.app == other.app
-            && self.app_name == other.app_name
+            && Arc::ptr_eq(&self.app, &other.app)
             && self.instance == other.instance
     }
 
@@ -93,55 +101,102 @@ impl Endpoint {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Pool {
+    /// The route, shared with the map's key and the table's partition.
+    key: Arc<RouteKey>,
     endpoints: Vec<Endpoint>,
 }
 
 impl Pool {
+    fn push(&mut self, ep: Endpoint) {
+        // Exact growth: most pools hold a handful of endpoints, and Vec's doubling would
+        // leave most of a 4-slot allocation empty in each of hundreds of thousands of pools.
+        self.endpoints.reserve_exact(1);
+        self.endpoints.push(ep);
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&Endpoint) -> bool) -> usize {
+        let before = self.endpoints.len();
+        self.endpoints.retain(keep);
+        if self.endpoints.capacity() > self.endpoints.len() * 2 {
+            self.endpoints.shrink_to_fit();
+        }
+        before - self.endpoints.len()
+    }
+
     /// The route entry this pool amounts to (with `updated_at_ms` left at 0).
     fn summary(&self) -> Option<RouteEntry> {
-        let first = self.endpoints.iter().min_by(|a, b| a.app.cmp(&b.app))?;
-        let mut instances: Vec<&str> = self
+        let first = self
             .endpoints
             .iter()
-            .filter_map(|e| e.instance.as_deref())
-            .collect();
+            .min_by(|a, b| a.app.id.cmp(&b.app.id))?;
+        let mut instances: Vec<u64> = self.endpoints.iter().map(|e| e.instance).collect();
         instances.sort_unstable();
         instances.dedup();
-        let without_id = self
-            .endpoints
-            .iter()
-            .filter(|e| e.instance.is_none())
-            .count();
         Some(RouteEntry {
-            app_id: first.app.clone(),
-            app_name: first.app_name.clone(),
+            app_id: first.app.id.clone(),
+            app_name: first.app.name.clone(),
             endpoints: u32::try_from(self.endpoints.len()).unwrap_or(u32::MAX),
-            instances: u32::try_from(instances.len() + without_id).unwrap_or(u32::MAX),
+            instances: u32::try_from(instances.len()).unwrap_or(u32::MAX),
             updated_at_ms: 0,
         })
     }
 }
 
-/// Shares one allocation among equal strings (app GUIDs, cell IPs, app names).
+/// Shares one allocation among equal strings (cell hosts) and one record per app.
 #[derive(Debug, Default)]
-struct Interner(HashSet<Arc<str>>);
+struct Interner {
+    hosts: HashSet<Arc<str>>,
+    apps: HashMap<Arc<str>, Arc<App>>,
+}
 
 impl Interner {
-    fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(v) = self.0.get(s) {
+    fn host(&mut self, s: &str) -> Arc<str> {
+        if let Some(v) = self.hosts.get(s) {
             return v.clone();
         }
         let v: Arc<str> = Arc::from(s);
-        self.0.insert(v.clone());
+        self.hosts.insert(v.clone());
         v
     }
 
-    /// Forget strings nobody else holds any more.
-    fn collect(&mut self) {
-        self.0.retain(|s| Arc::strong_count(s) > 1);
+    fn app(&mut self, id: &str, name: Option<&str>) -> Arc<App> {
+        if let Some(app) = self.apps.get(id)
+            && app.name.as_deref() == name
+        {
+            return app.clone();
+        }
+        // New app, or renamed: endpoints registered from now on carry the new record.
+        let id: Arc<str> = self
+            .apps
+            .get_key_value(id)
+            .map_or_else(|| Arc::from(id), |(k, _)| k.clone());
+        let app = Arc::new(App {
+            id: id.clone(),
+            name: name.map(Arc::from),
+        });
+        self.apps.insert(id, app.clone());
+        app
     }
+
+    /// Forget what no endpoint holds any more.
+    fn collect(&mut self) {
+        self.hosts.retain(|s| Arc::strong_count(s) > 1);
+        self.apps.retain(|_, a| Arc::strong_count(a) > 1);
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.apps.is_empty()
+    }
+}
+
+fn instance_hash(id: Option<&str>) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    id.map_or(0, |id| {
+        BuildHasherDefault::<DefaultHasher>::default().hash_one(id)
+    })
 }
 
 /// The endpoint registry of this node's site, and the writer of this node's partition.
@@ -150,7 +205,8 @@ impl Interner {
 #[derive(Debug)]
 pub struct Registry {
     table: Arc<Table>,
-    routes: HashMap<RouteKey, Pool>,
+    /// Keys are shared with the table's partition (one allocation per route).
+    routes: HashMap<Arc<RouteKey>, Pool>,
     strings: Interner,
     default_threshold_ms: u32,
     endpoints: usize,
@@ -192,20 +248,25 @@ impl Registry {
             _ => self.default_threshold_ms,
         };
         let ep = Endpoint {
-            host: self.strings.get(&reg.host),
+            host: self.strings.host(&reg.host),
+            app: self.strings.app(&reg.app, reg.app_name.as_deref()),
+            instance: instance_hash(reg.instance_id.as_deref()),
+            last_seen_ms: now_ms,
+            threshold_ms,
             port: reg.port,
             tls: reg.tls,
-            threshold_ms,
-            last_seen_ms: now_ms,
-            app: self.strings.get(&reg.app),
-            app_name: reg.app_name.as_deref().map(|n| self.strings.get(n)),
-            instance: reg.instance_id.as_deref().map(Box::from),
         };
         let mut applied = Applied::default();
         for key in &reg.routes {
             let pool = match self.routes.get_mut(key) {
                 Some(p) => p,
-                None => self.routes.entry(key.clone()).or_default(),
+                None => {
+                    let key = Arc::new(key.clone());
+                    self.routes.entry(key.clone()).or_insert(Pool {
+                        key,
+                        endpoints: Vec::new(),
+                    })
+                }
             };
             match pool
                 .endpoints
@@ -219,12 +280,12 @@ impl Registry {
                 }
                 Some(cur) => *cur = ep.clone(),
                 None => {
-                    pool.endpoints.push(ep.clone());
+                    pool.push(ep.clone());
                     self.endpoints += 1;
                 }
             }
             applied.upserted += 1;
-            if publish(&self.table, key, pool) {
+            if publish(&self.table, pool) {
                 applied.routes_changed += 1;
             }
         }
@@ -247,7 +308,7 @@ impl Registry {
             }
             self.endpoints -= removed;
             applied.removed += removed;
-            if publish(&self.table, key, pool) {
+            if publish(&self.table, pool) {
                 applied.routes_changed += 1;
             }
             if pool.endpoints.is_empty() {
@@ -261,19 +322,17 @@ impl Registry {
     pub fn prune(&mut self, now_ms: u64) -> Applied {
         let mut applied = Applied::default();
         let mut emptied = Vec::new();
-        for (key, pool) in self.routes.iter_mut() {
-            let before = pool.endpoints.len();
-            pool.endpoints.retain(|e| !e.is_stale(now_ms));
-            let removed = before - pool.endpoints.len();
+        for pool in self.routes.values_mut() {
+            let removed = pool.retain(|e| !e.is_stale(now_ms));
             if removed == 0 {
                 continue;
             }
             applied.removed += removed;
-            if publish(&self.table, key, pool) {
+            if publish(&self.table, pool) {
                 applied.routes_changed += 1;
             }
             if pool.endpoints.is_empty() {
-                emptied.push(key.clone());
+                emptied.push(pool.key.clone());
             }
         }
         for key in emptied {
@@ -298,7 +357,8 @@ impl Registry {
 }
 
 /// Write a pool's summary into this node's partition. True when the table changed.
-fn publish(table: &Table, key: &RouteKey, pool: &Pool) -> bool {
+fn publish(table: &Table, pool: &Pool) -> bool {
+    let key = &pool.key;
     match pool.summary() {
         None => table.remove_local(key).is_some(),
         Some(mut entry) => {
@@ -414,7 +474,8 @@ pub async fn run(
                     warn!(endpoints = registry.endpoints(), "nats disconnected; pruning suspended");
                 }
                 async_nats::Event::SlowConsumer(sid) => {
-                    warn!(sid, "nats slow consumer: registrations were dropped by the client");
+                    metrics.nats_slow_consumer.inc();
+                    warn!(sid, "nats slow consumer: registrations were dropped; emitters re-send them within their register interval");
                 }
                 other => debug!(event = %other, "nats event"),
             },
@@ -655,6 +716,6 @@ mod tests {
             r.register(&reg(&m), 0);
         }
         assert_eq!(r.prune(1_000_000).removed, 100);
-        assert!(r.strings.0.is_empty(), "{} strings left", r.strings.0.len());
+        assert!(r.strings.is_empty(), "{:?} left", r.strings);
     }
 }

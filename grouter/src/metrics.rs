@@ -37,6 +37,8 @@ pub struct Metrics {
     pub nats_greets_sent: Counter,
     /// `router.greet` requests answered by a router.
     pub nats_greet_replies: Counter,
+    /// Times the NATS client dropped messages because the learner fell behind.
+    pub nats_slow_consumer: Counter,
     /// Endpoints removed because they were not re-registered in time.
     pub endpoints_pruned: Counter,
     /// Endpoints known to this node's learner.
@@ -65,6 +67,7 @@ impl Metrics {
             nats_connects: Counter::default(),
             nats_greets_sent: Counter::default(),
             nats_greet_replies: Counter::default(),
+            nats_slow_consumer: Counter::default(),
             endpoints_pruned: Counter::default(),
             endpoints: Gauge::default(),
             routes: Gauge::default(),

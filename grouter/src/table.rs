@@ -142,8 +142,8 @@ impl Partition {
 
     /// Record `value` for `key` at `version`. Returns false (and changes nothing) when the
     /// partition already holds that key at the same or a newer version.
-    fn put(&mut self, key: &RouteKey, value: Option<Arc<RouteEntry>>, version: u64) -> bool {
-        match self.entries.get_mut(key) {
+    fn put(&mut self, key: &Arc<RouteKey>, value: Option<Arc<RouteEntry>>, version: u64) -> bool {
+        match self.entries.get_mut(key.as_ref()) {
             Some(cur) if cur.version >= version => return false,
             Some(cur) => {
                 self.log.remove(&cur.version);
@@ -151,12 +151,12 @@ impl Partition {
                     self.live + usize::from(value.is_some()) - usize::from(cur.value.is_some());
                 cur.version = version;
                 cur.value = value;
-                if let Some((k, _)) = self.entries.get_key_value(key) {
+                if let Some((k, _)) = self.entries.get_key_value(key.as_ref()) {
                     self.log.insert(version, k.clone());
                 }
             }
             None => {
-                let k = Arc::new(key.clone());
+                let k = key.clone();
                 self.live += usize::from(value.is_some());
                 self.entries.insert(k.clone(), Versioned { version, value });
                 self.log.insert(version, k);
@@ -269,18 +269,21 @@ impl Table {
     }
 
     /// Set (or replace) this node's entry for `key`. Returns the new version, or `None` when
-    /// the entry is unchanged (so nothing needs to be replicated).
-    pub fn upsert_local(&self, key: &RouteKey, entry: RouteEntry) -> Option<u64> {
+    /// the entry is unchanged (so nothing needs to be replicated). The table keeps the key's
+    /// `Arc`, so a caller that holds the same key shares its allocation.
+    pub fn upsert_local(&self, key: &Arc<RouteKey>, entry: RouteEntry) -> Option<u64> {
         self.write_local(key, Some(entry))
     }
 
     /// Remove this node's entry for `key`, leaving a tombstone. Returns the tombstone's
     /// version, or `None` when the node did not serve the route.
     pub fn remove_local(&self, key: &RouteKey) -> Option<u64> {
-        self.write_local(key, None)
+        let key =
+            self.with_local_partition(|p| p.entries.get_key_value(key).map(|(k, _)| k.clone()))??;
+        self.write_local(&key, None)
     }
 
-    fn write_local(&self, key: &RouteKey, entry: Option<RouteEntry>) -> Option<u64> {
+    fn write_local(&self, key: &Arc<RouteKey>, entry: Option<RouteEntry>) -> Option<u64> {
         let mut parts = self.partitions.write();
         let part = parts.get_mut(&self.me.node_id)?;
         let old = part.get(key).and_then(|v| v.value.clone());
@@ -530,8 +533,8 @@ mod tests {
         }
     }
 
-    fn key(uri: &str) -> RouteKey {
-        RouteKey::parse(uri).unwrap()
+    fn key(uri: &str) -> Arc<RouteKey> {
+        Arc::new(RouteKey::parse(uri).unwrap())
     }
 
     fn table(routes: &[(&str, &str, u32)]) -> Table {
