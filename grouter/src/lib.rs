@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod config;
 pub mod learn;
+pub mod mesh;
 pub mod metrics;
 pub mod node;
 pub mod table;
