@@ -22,13 +22,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::node::NodeState;
+use crate::mesh::liveness::NodeState;
+use crate::node::NodeState as Node;
 use crate::table::RouteView;
 
 type Body = Full<Bytes>;
 
 /// Serve the admin API on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, state: Arc<NodeState>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, state: Arc<Node>, shutdown: CancellationToken) {
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -65,7 +66,7 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, shutdown: Cance
     connections.wait().await;
 }
 
-fn handle(state: &NodeState, req: Request<Incoming>) -> Response<Body> {
+fn handle(state: &Node, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
     match (req.method(), path) {
@@ -95,7 +96,10 @@ fn handle(state: &NodeState, req: Request<Incoming>) -> Response<Body> {
             match (req.method(), p) {
                 (&Method::GET, "/v1/status") => ok(status(state)),
                 (&Method::GET, "/v1/routes") => ok(routes(state, &params)),
-                (_, "/v1/status" | "/v1/routes") => {
+                (&Method::GET, "/v1/apps") => ok(apps(state, &params)),
+                (&Method::GET, "/v1/sites") => ok(sites(state)),
+                (&Method::GET, "/v1/peers") => ok(peers(state)),
+                (_, "/v1/status" | "/v1/routes" | "/v1/apps" | "/v1/sites" | "/v1/peers") => {
                     error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
                 }
                 _ => error(StatusCode::NOT_FOUND, "no such resource"),
@@ -106,7 +110,7 @@ fn handle(state: &NodeState, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-fn healthz(state: &NodeState) -> Response<Body> {
+fn healthz(state: &Node) -> Response<Body> {
     let (status, word) = if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else {
@@ -119,7 +123,7 @@ fn healthz(state: &NodeState) -> Response<Body> {
 }
 
 /// Constant-time comparison of the bearer token, so that timing does not reveal it.
-fn authorized(state: &NodeState, req: &Request<Incoming>) -> bool {
+fn authorized(state: &Node, req: &Request<Incoming>) -> bool {
     let Some(got) = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -133,7 +137,7 @@ fn authorized(state: &NodeState, req: &Request<Incoming>) -> bool {
     got.len() == want.len() && got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-fn status(state: &NodeState) -> Value {
+fn status(state: &Node) -> Value {
     let stats = state.table.stats();
     json!({
         "node_id": &*state.table.me().node_id,
@@ -144,12 +148,15 @@ fn status(state: &NodeState) -> Value {
         "routes": stats.routes,
         "local_routes": stats.local_routes,
         "local_endpoints": stats.local_endpoints,
-        "peers_alive": 0,
+        "peers_alive": state.mesh.get().map_or(0, |m| {
+            m.nodes().iter().filter(|n| n.state != NodeState::Dead).count()
+        }),
+        "peers_connected": state.mesh.get().map_or(0, |m| m.peers().len()),
         "uptime_secs": state.started.elapsed().as_secs(),
     })
 }
 
-fn routes(state: &NodeState, params: &BTreeMap<String, String>) -> Value {
+fn routes(state: &Node, params: &BTreeMap<String, String>) -> Value {
     let site_filter = params.get("site").map(String::as_str);
     let views = state.table.routes(params.get("host").map(String::as_str));
     let routes: Vec<Value> = views
@@ -206,6 +213,164 @@ fn route_json(view: &RouteView, site_filter: Option<&str>) -> Option<Value> {
         "app_id": app_id.unwrap_or(""),
         "sites": sites,
     }))
+}
+
+/// The global `cf apps`: every app, its routes, and its instances per site.
+fn apps(state: &Node, params: &BTreeMap<String, String>) -> Value {
+    #[derive(Default)]
+    struct App<'a> {
+        name: Option<&'a str>,
+        routes: Vec<String>,
+        /// site → instances (the largest count any route of the app reports there).
+        sites: BTreeMap<&'a str, u32>,
+    }
+    let views = state.table.routes(None);
+    let mut apps: BTreeMap<&str, App<'_>> = BTreeMap::new();
+    for v in &views {
+        for (origin, entry) in v.servers.iter().filter(|(o, _)| o.is_alive()) {
+            let app = apps.entry(&entry.app_id).or_default();
+            if app.name.is_none() {
+                app.name = entry.app_name.as_deref();
+            }
+            let route = format!("{}{}", v.host, v.path);
+            if !app.routes.contains(&route) {
+                app.routes.push(route);
+            }
+            let n = app.sites.entry(&origin.site).or_default();
+            *n = (*n).max(entry.instances);
+        }
+    }
+    let site_filter = params.get("site");
+    let apps: Vec<Value> = apps
+        .into_iter()
+        .filter(|(_, a)| site_filter.is_none_or(|s| a.sites.contains_key(s.as_str())))
+        .map(|(id, a)| {
+            let sites: Vec<Value> = a
+                .sites
+                .iter()
+                .map(|(site, n)| json!({ "site": site, "instances": n }))
+                .collect();
+            json!({ "app_id": id, "name": a.name, "routes": a.routes, "sites": sites, "policy": {} })
+        })
+        .collect();
+    json!({ "apps": apps })
+}
+
+/// Every site: its nodes and their liveness, health, RTT from here, and routes.
+fn sites(state: &Node) -> Value {
+    #[derive(Default)]
+    struct Site {
+        region: String,
+        healthy: bool,
+        rtt_ms: Option<f64>,
+        routes: usize,
+        nodes: Vec<Value>,
+    }
+    let me = state.table.me();
+    let mesh = state.mesh.get();
+    let verdicts: BTreeMap<String, (NodeState, u128)> = mesh
+        .map(|m| m.nodes())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|n| {
+            (
+                n.origin.node_id.to_string(),
+                (n.state, n.silent_for.as_millis()),
+            )
+        })
+        .collect();
+    let rtts: Vec<(String, f64)> = mesh
+        .map(|m| m.peers())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| Some((p.site.clone(), p.rtt()?.as_secs_f64() * 1000.0)))
+        .collect();
+    let mut sites: BTreeMap<String, Site> = BTreeMap::new();
+    for p in state.table.partitions() {
+        let own = Arc::ptr_eq(&p.origin, me);
+        let (verdict, silent_ms) = if own {
+            (NodeState::Alive, 0)
+        } else {
+            verdicts
+                .get(&*p.origin.node_id)
+                .copied()
+                .unwrap_or((NodeState::Alive, 0))
+        };
+        let site = sites.entry(p.origin.site.to_string()).or_default();
+        let record = p.record.as_ref();
+        if site.region.is_empty() {
+            site.region = if own {
+                state.region.clone().unwrap_or_default()
+            } else {
+                record.map(|r| r.region.clone()).unwrap_or_default()
+            };
+        }
+        let healthy = if own {
+            !state.is_draining()
+        } else {
+            record.is_some_and(|r| r.healthy)
+        };
+        if verdict != NodeState::Dead {
+            site.healthy |= healthy;
+            site.routes = site.routes.max(p.routes);
+        }
+        site.nodes.push(json!({
+            "node_id": &*p.origin.node_id,
+            "state": verdict.as_str(),
+            "last_seen_ms": u64::try_from(silent_ms).unwrap_or(u64::MAX),
+        }));
+    }
+    if let Some(local) = sites.get_mut(&*me.site) {
+        local.rtt_ms = Some(0.0);
+    }
+    for (site, rtt) in rtts {
+        if let Some(s) = sites.get_mut(&site) {
+            s.rtt_ms = Some(s.rtt_ms.map_or(rtt, |r| r.min(rtt)));
+        }
+    }
+    let sites: Vec<Value> = sites
+        .into_iter()
+        .map(|(name, s)| {
+            json!({
+                "site": name,
+                "region": s.region,
+                "healthy": s.healthy,
+                "rtt_ms": s.rtt_ms,
+                "routes": s.routes,
+                "nodes": s.nodes,
+            })
+        })
+        .collect();
+    json!({ "sites": sites })
+}
+
+/// This node's peer connections, what each peer holds, and this node's own watermarks.
+fn peers(state: &Node) -> Value {
+    let links = state.mesh.get().map(|m| m.peers()).unwrap_or_default();
+    let peers: Vec<Value> = links
+        .iter()
+        .map(|p| {
+            json!({
+                "node_id": p.node_id,
+                "site": p.site,
+                "address": p.addr,
+                "direction": if p.dialed { "outbound" } else { "inbound" },
+                "connected_secs": p.since.elapsed().as_secs(),
+                "rtt_ms": p.rtt().map(|d| d.as_secs_f64() * 1000.0),
+                "bytes_in": p.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+                "bytes_out": p.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
+                "held": p.held(),
+            })
+        })
+        .collect();
+    let mut watermarks: Vec<Value> = state
+        .table
+        .digest()
+        .into_iter()
+        .map(|(o, v)| json!({ "node_id": &*o.node_id, "site": &*o.site, "generation": o.generation, "max_version": v }))
+        .collect();
+    watermarks.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
+    json!({ "peers": peers, "watermarks": watermarks })
 }
 
 fn ok(body: Value) -> Response<Body> {

@@ -231,8 +231,10 @@ pub struct TlsConfig {
 pub struct MeshConfig {
     /// Address the mesh listener binds.
     pub listen: SocketAddr,
-    /// `host:port` other nodes use to reach this one.
-    pub advertise: String,
+    /// `host:port` other nodes use to reach this one. Default: the address `listen` bound
+    /// (fine when `listen` names a specific IP; required when it is `0.0.0.0` or `::`).
+    #[serde(default)]
+    pub advertise: Option<String>,
     /// `host:port` of any reachable nodes; the rest are discovered. Empty for the first node.
     #[serde(default)]
     pub seeds: Vec<String>,
@@ -672,11 +674,20 @@ impl TlsConfig {
 
 impl MeshConfig {
     fn validate(&self, p: &mut Problems<'_>) {
-        if let Err(why) = check_host_port(&self.advertise) {
-            p.push(
+        match &self.advertise {
+            Some(advertise) => {
+                if let Err(why) = check_host_port(advertise) {
+                    p.push(
+                        "mesh.advertise",
+                        format!("invalid address {advertise:?}: {why}"),
+                    );
+                }
+            }
+            None if self.listen.ip().is_unspecified() => p.push(
                 "mesh.advertise",
-                format!("invalid address {:?}: {why}", self.advertise),
-            );
+                "missing: mesh.listen binds every address, so say which one peers should dial",
+            ),
+            None => {}
         }
         for (i, seed) in self.seeds.iter().enumerate() {
             if let Err(why) = check_host_port(seed) {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use grouter::config::{Config, LogFormat};
+use grouter::mesh::identity::{self, IdentityError, NameField, NodeIdentity};
 use grouter::node::{self, Listeners, NodeState};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -41,6 +42,37 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Make the mesh CA and node certificates.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Create the mesh CA: `ca.pem` and `ca.key` (mode 0600); never overwrites a CA key.
+    Ca {
+        /// Directory to write to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Issue a node certificate signed by the mesh CA: `node.pem`, `node.key` (mode 0600)
+    /// and a copy of `ca.pem`.
+    Node {
+        /// Directory holding the mesh CA's `ca.pem` and `ca.key`.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The node's id (the config's `node_id`): 1..=64 of [a-z0-9._-].
+        #[arg(long, value_name = "NODE_ID")]
+        node: String,
+        /// The node's site (the config's `site`): 1..=32 of [a-z0-9-].
+        #[arg(long, value_name = "SITE")]
+        site: String,
+        /// Directory to write to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +90,66 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
+        Command::Tls { command } => tls(command),
+    }
+}
+
+/// `grouter tls …`: bad names are usage errors (2), failing to read or write is a runtime
+/// failure (1).
+fn tls(command: TlsCommand) -> ExitCode {
+    let (what, result, written) = match command {
+        TlsCommand::Ca { out } => (
+            "grouter tls ca",
+            identity::create_ca(&out),
+            [identity::CA_CERT_FILE, identity::CA_KEY_FILE]
+                .map(|f| out.join(f))
+                .to_vec(),
+        ),
+        TlsCommand::Node {
+            ca,
+            node,
+            site,
+            out,
+        } => {
+            let node = match NodeIdentity::new(node, site) {
+                Ok(node) => node,
+                Err(IdentityError::InvalidName { field, reason }) => {
+                    let flag = match field {
+                        NameField::NodeId => "--node",
+                        NameField::Site => "--site",
+                    };
+                    eprintln!("grouter tls node: {flag}: {reason}");
+                    return ExitCode::from(2);
+                }
+                Err(err) => {
+                    eprintln!("grouter tls node: {err}");
+                    return ExitCode::from(2);
+                }
+            };
+            (
+                "grouter tls node",
+                identity::create_node(&ca, &node, &out),
+                [
+                    identity::NODE_CERT_FILE,
+                    identity::NODE_KEY_FILE,
+                    identity::CA_CERT_FILE,
+                ]
+                .map(|f| out.join(f))
+                .to_vec(),
+            )
+        }
+    };
+    match result {
+        Ok(()) => {
+            for file in written {
+                println!("wrote {}", file.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{what}: {err}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -135,10 +227,14 @@ fn read_token(config: &Config) -> anyhow::Result<String> {
 
 async fn serve(config: Config, token: String) -> anyhow::Result<()> {
     let admin = bind(config.admin.listen, "admin", "admin.listen").await?;
+    let mesh = match &config.mesh {
+        Some(m) => Some(bind(m.listen, "mesh", "mesh.listen").await?),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
     let state = Arc::new(NodeState::new(&config, token, node::new_generation()));
-    node::run(config, state, Listeners { admin }, shutdown).await?;
+    node::run(config, state, Listeners::new(admin, mesh), shutdown).await?;
     Ok(())
 }
 

@@ -43,6 +43,20 @@ pub struct Metrics {
     pub endpoints_pruned: Counter,
     /// Endpoints known to this node's learner.
     pub endpoints: Gauge,
+    /// Mesh peers connected now.
+    pub mesh_peers: Gauge,
+    /// Mesh connections established.
+    pub mesh_connects: Counter,
+    /// Mesh connections closed because another one to the same peer won.
+    pub mesh_duplicates: Counter,
+    /// TLS handshakes or identities refused.
+    pub mesh_handshake_failures: Counter,
+    /// Replicated entries sent.
+    pub entries_sent: Counter,
+    /// Replicated entries (and records) that changed this node's table.
+    pub mesh_entries_applied: Counter,
+    mesh_rejected: [Counter; crate::mesh::sync::Rejection::ALL.len()],
+    sync_state: Family<Vec<(String, String)>, Gauge>,
     routes: Gauge,
     local_routes: Gauge,
     partitions: Gauge,
@@ -70,6 +84,14 @@ impl Metrics {
             nats_slow_consumer: Counter::default(),
             endpoints_pruned: Counter::default(),
             endpoints: Gauge::default(),
+            mesh_peers: Gauge::default(),
+            mesh_connects: Counter::default(),
+            mesh_duplicates: Counter::default(),
+            mesh_handshake_failures: Counter::default(),
+            entries_sent: Counter::default(),
+            mesh_entries_applied: Counter::default(),
+            mesh_rejected: Default::default(),
+            sync_state: Family::default(),
             routes: Gauge::default(),
             local_routes: Gauge::default(),
             partitions: Gauge::default(),
@@ -160,6 +182,27 @@ impl Metrics {
     pub fn count_invalid(&self, err: &InvalidMessage) {
         if let Some(c) = self.nats_invalid.get(err.index()) {
             c.inc();
+        }
+    }
+
+    /// Count one dropped partition delta.
+    pub fn count_mesh_rejection(&self, why: crate::mesh::sync::Rejection) {
+        if let Some(i) = crate::mesh::sync::Rejection::ALL
+            .iter()
+            .position(|r| *r == why)
+            && let Some(c) = self.mesh_rejected.get(i)
+        {
+            c.inc();
+        }
+    }
+
+    /// Expose the sync state as `grouter_sync_state{state=…}` (1 for the current one).
+    pub fn set_sync(&self, sync: crate::node::SyncState) {
+        use crate::node::SyncState;
+        for s in [SyncState::InSync, SyncState::Degraded, SyncState::Lost] {
+            self.sync_state
+                .get_or_create(&vec![("state".to_string(), s.as_str().to_string())])
+                .set(i64::from(s == sync));
         }
     }
 

@@ -24,13 +24,14 @@ use crate::table::Table;
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// Whether this node is in contact with the other sites (DESIGN.md, "Sync state").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncState {
     /// Recent contact with at least one node of every other known site (or no mesh at all).
     InSync,
     /// Some sites unreachable.
     Degraded,
     /// No contact with any other site: fail open.
+    #[default]
     Lost,
 }
 
@@ -58,6 +59,8 @@ pub struct NodeState {
     pub region: Option<String>,
     /// When the node started.
     pub started: Instant,
+    /// The mesh, when `[mesh]` is configured (set once at start).
+    pub mesh: crate::mesh::MeshHandle,
     draining: AtomicBool,
     sync: AtomicU8,
 }
@@ -71,7 +74,10 @@ impl NodeState {
             token,
             region: config.region.clone(),
             started: Instant::now(),
+            mesh: crate::mesh::MeshHandle::new(),
             draining: AtomicBool::new(false),
+            // A node without a mesh runs alone and is always in sync; with one, the mesh sets
+            // the state as it learns.
             sync: AtomicU8::new(SyncState::InSync as u8),
         }
     }
@@ -92,6 +98,7 @@ impl NodeState {
 
     /// Record a new sync state; transitions are logged.
     pub fn set_sync(&self, new: SyncState) {
+        self.metrics.set_sync(new);
         let old = self.sync.swap(new as u8, Ordering::AcqRel);
         if old != new as u8 {
             info!(sync = new.as_str(), "sync state changed");
@@ -99,11 +106,26 @@ impl NodeState {
     }
 }
 
-/// Sockets the binary bound for the node.
+/// Sockets the binary bound for the node, and how it dials peers.
 #[derive(Debug)]
 pub struct Listeners {
     /// `admin.listen`.
     pub admin: TcpListener,
+    /// `mesh.listen`, when `[mesh]` is configured.
+    pub mesh: Option<TcpListener>,
+    /// How the mesh opens connections (plain TCP outside tests).
+    pub dialer: Arc<dyn crate::mesh::Dialer>,
+}
+
+impl Listeners {
+    /// Admin and optional mesh listeners, dialling with plain TCP.
+    pub fn new(admin: TcpListener, mesh: Option<TcpListener>) -> Listeners {
+        Listeners {
+            admin,
+            mesh,
+            dialer: Arc::new(crate::mesh::TcpDialer),
+        }
+    }
 }
 
 /// Errors that stop a node.
@@ -112,6 +134,9 @@ pub enum NodeError {
     /// The learner could not start.
     #[error("learn: {0}")]
     Learn(#[from] learn::LearnError),
+    /// The mesh's certificates could not be loaded or do not match the config.
+    #[error("mesh: {0}")]
+    Mesh(String),
     /// A subsystem panicked or was cancelled from outside.
     #[error("subsystem {name} failed: {reason}")]
     Subsystem {
@@ -162,6 +187,40 @@ pub async fn run(
                     .await
                     .map_err(NodeError::from),
             )
+        });
+    }
+    if let Some(mesh_config) = &config.mesh {
+        let listener = listeners
+            .mesh
+            .ok_or_else(|| NodeError::Mesh("mesh.listen: no listener bound".into()))?;
+        let tls = crate::mesh::identity::MeshTls::load(
+            &mesh_config.ca,
+            &mesh_config.cert,
+            &mesh_config.key,
+        )
+        .map_err(|e| NodeError::Mesh(e.to_string()))?;
+        if tls.me.node_id != config.node_id || tls.me.site != config.site {
+            return Err(NodeError::Mesh(format!(
+                "mesh.cert: {} is for {}@{}, but this node is {}@{}",
+                mesh_config.cert.display(),
+                tls.me.node_id,
+                tls.me.site,
+                config.node_id,
+                config.site
+            )));
+        }
+        let bound = listener
+            .local_addr()
+            .map_err(|e| NodeError::Mesh(format!("mesh.listen: {e}")))?;
+        let settings =
+            crate::mesh::MeshSettings::from_config(mesh_config, config.region.as_deref(), bound);
+        let mesh =
+            crate::mesh::Mesh::new(state.table.clone(), state.metrics.clone(), settings, tls);
+        let _ = state.mesh.set(mesh.clone());
+        let (state, dialer, token) = (state.clone(), listeners.dialer.clone(), stop.child_token());
+        tasks.spawn(async move {
+            crate::mesh::run(mesh, listener, dialer, state, token).await;
+            ("mesh", Ok(()))
         });
     }
     {

@@ -79,6 +79,93 @@ pub struct RouteEntry {
     pub updated_at_ms: u64,
 }
 
+/// A node's description of itself, versioned in its own partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Partition version of the last change.
+    pub version: u64,
+    /// The node's region.
+    pub region: String,
+    /// Where other nodes reach its mesh listener.
+    pub advertise: String,
+    /// Increases every heartbeat interval.
+    pub heartbeat: u64,
+    /// The node's site GoRouters pass health checks.
+    pub healthy: bool,
+    /// The site's public entry addresses.
+    pub site_addresses: Vec<String>,
+    /// Where the node accepts requests forwarded from other sites.
+    pub proxy_address: String,
+}
+
+/// One entry of a partition on its way to or from a replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicatedEntry {
+    /// The route.
+    pub key: Arc<RouteKey>,
+    /// Its version in the owner's partition.
+    pub version: u64,
+    /// `None` for a tombstone.
+    pub value: Option<Arc<RouteEntry>>,
+}
+
+/// What a replica lacks of one partition.
+#[derive(Debug, Clone)]
+pub struct Export {
+    /// The partition's owner.
+    pub origin: Arc<Origin>,
+    /// The watermark these entries start from.
+    pub from_version: u64,
+    /// The replica holds everything up to here once it applied this.
+    pub up_to_version: u64,
+    /// The replica must drop what it holds of this partition first.
+    pub reset: bool,
+    /// The owner's record, when newer than the replica's watermark.
+    pub record: Option<NodeRecord>,
+    /// Entries in version order.
+    pub entries: Vec<ReplicatedEntry>,
+}
+
+/// What a replica received for one partition.
+#[derive(Debug, Clone)]
+pub struct Import {
+    /// Owner node id.
+    pub node_id: String,
+    /// Owner site.
+    pub site: String,
+    /// Owner incarnation.
+    pub generation: u64,
+    /// The watermark these entries start from (see [`Export::from_version`]).
+    pub from_version: u64,
+    /// Sender's watermark after these entries.
+    pub up_to_version: u64,
+    /// Drop what is held of this partition first.
+    pub reset: bool,
+    /// The owner's record, if sent.
+    pub record: Option<NodeRecord>,
+    /// Entries (any order; older versions than held are ignored).
+    pub entries: Vec<ReplicatedEntry>,
+}
+
+/// What happened to an [`Import`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// Applied; `changed` entries were newer than what was held.
+    Applied {
+        /// Entries that changed the partition.
+        changed: usize,
+        /// The import started a newer generation, replacing the previous one.
+        superseded: bool,
+    },
+    /// The partition is this node's own: never written from outside.
+    OwnPartition,
+    /// An older generation than the one held (or than one retired): ignored.
+    Stale,
+    /// The entries start above what is held: applying them would skip changes. Ignored; the
+    /// next digest exchange repairs it.
+    Gap,
+}
+
 #[derive(Debug, Clone)]
 struct Versioned {
     version: u64,
@@ -96,6 +183,10 @@ pub struct Partition {
     /// version → key; each key appears once, at its latest version.
     log: BTreeMap<u64, Arc<RouteKey>>,
     live: usize,
+    /// The owner's description of itself.
+    record: Option<NodeRecord>,
+    /// Tombstones at or below this version were purged: a replica behind it needs a reset.
+    gc_floor: u64,
 }
 
 impl Partition {
@@ -106,7 +197,19 @@ impl Partition {
             entries: HashMap::new(),
             log: BTreeMap::new(),
             live: 0,
+            record: None,
+            gc_floor: 0,
         }
+    }
+
+    /// The owner's node record, if one arrived.
+    pub fn record(&self) -> Option<&NodeRecord> {
+        self.record.as_ref()
+    }
+
+    /// Versions at or below this lost their tombstones.
+    pub fn gc_floor(&self) -> u64 {
+        self.gc_floor
     }
 
     /// The writer of this partition.
@@ -224,6 +327,19 @@ pub struct RouteView {
     pub servers: Vec<(Arc<Origin>, Arc<RouteEntry>)>,
 }
 
+/// One partition at a glance.
+#[derive(Debug, Clone)]
+pub struct PartitionSummary {
+    /// Owner and incarnation.
+    pub origin: Arc<Origin>,
+    /// Highest version held.
+    pub max_version: u64,
+    /// Live routes.
+    pub routes: usize,
+    /// The owner's record, if any arrived.
+    pub record: Option<NodeRecord>,
+}
+
 /// Counts for metrics and status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TableStats {
@@ -244,6 +360,11 @@ pub struct Table {
     index: DashMap<Arc<str>, HostRoutes>,
     /// Partitions by node id (one incarnation each: a newer generation replaces an older).
     partitions: RwLock<HashMap<Arc<str>, Partition>>,
+    /// Incarnations removed after they died: never accepted again (a relay that still holds
+    /// one must not resurrect it).
+    retired: RwLock<HashMap<Arc<str>, u64>>,
+    /// Bumped on every change of any partition; the mesh waits on it to push deltas.
+    changes: tokio::sync::watch::Sender<u64>,
     routes: AtomicU64,
     local_endpoints: AtomicU64,
 }
@@ -258,6 +379,8 @@ impl Table {
             me,
             index: DashMap::new(),
             partitions: RwLock::new(partitions),
+            retired: RwLock::new(HashMap::new()),
+            changes: tokio::sync::watch::Sender::new(0),
             routes: AtomicU64::new(0),
             local_endpoints: AtomicU64::new(0),
         }
@@ -300,7 +423,238 @@ impl Table {
         self.local_endpoints.fetch_add(new_eps, Ordering::Relaxed);
         self.local_endpoints.fetch_sub(old_eps, Ordering::Relaxed);
         self.index_set(key, &self.me, entry);
+        drop(parts);
+        self.changed();
         Some(version)
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that wakes on every change of any partition (for pushing deltas).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Update this node's own record; it gets the next version of the partition.
+    pub fn update_local_record(&self, update: impl FnOnce(&mut NodeRecord)) -> u64 {
+        let mut parts = self.partitions.write();
+        let Some(part) = parts.get_mut(&self.me.node_id) else {
+            return 0;
+        };
+        let mut record = part.record.clone().unwrap_or_default();
+        update(&mut record);
+        part.max_version += 1;
+        record.version = part.max_version;
+        part.record = Some(record);
+        let v = part.max_version;
+        drop(parts);
+        self.changed();
+        v
+    }
+
+    /// `(origin, max_version)` of every partition, this node's included.
+    pub fn digest(&self) -> Vec<(Arc<Origin>, u64)> {
+        let parts = self.partitions.read();
+        parts
+            .values()
+            .map(|p| (p.origin.clone(), p.max_version))
+            .collect()
+    }
+
+    /// Every partition's origin, watermark, size and record (for liveness and the admin API).
+    pub fn partitions(&self) -> Vec<PartitionSummary> {
+        let parts = self.partitions.read();
+        parts
+            .values()
+            .map(|p| PartitionSummary {
+                origin: p.origin.clone(),
+                max_version: p.max_version,
+                routes: p.live,
+                record: p.record.clone(),
+            })
+            .collect()
+    }
+
+    /// What a replica that holds `node_id`'s partition as `held` = `(generation, version)`
+    /// (`None` when it holds none) lacks, oldest first: at most `budget` entries, except for a
+    /// reset (the replica is behind the tombstone horizon), which carries the whole live
+    /// partition. `None` when it lacks nothing, or holds a newer generation than this table.
+    pub fn export(&self, node_id: &str, held: Option<(u64, u64)>, budget: usize) -> Option<Export> {
+        let parts = self.partitions.read();
+        let p = parts.get(node_id)?;
+        let after = match held {
+            Some((g, v)) if g == p.origin.generation => v,
+            Some((g, _)) if g > p.origin.generation => return None,
+            _ => 0,
+        };
+        if after >= p.max_version {
+            return None;
+        }
+        // Behind the tombstone horizon, the replica may hold routes whose deletion we no
+        // longer remember: it gets the whole live partition, in one piece (a reset split
+        // over frames would leave it behind the horizon again), and starts afresh.
+        let reset = after < p.gc_floor;
+        let mut entries = Vec::new();
+        let mut up_to = p.max_version;
+        let start = if reset { 0 } else { after };
+        for (v, key) in p.log.range(start + 1..) {
+            let Some(e) = p.entries.get(key) else {
+                continue;
+            };
+            if reset && e.value.is_none() {
+                continue;
+            }
+            if !reset && entries.len() == budget {
+                up_to = *v - 1;
+                break;
+            }
+            entries.push(ReplicatedEntry {
+                key: key.clone(),
+                version: *v,
+                value: e.value.clone(),
+            });
+        }
+        let record = p.record.clone().filter(|r| r.version > after);
+        Some(Export {
+            origin: p.origin.clone(),
+            from_version: if reset { 0 } else { after },
+            up_to_version: up_to,
+            reset,
+            record,
+            entries,
+        })
+    }
+
+    /// Apply what a peer sent for another node's partition. This table's own partition is
+    /// never written this way; a generation older than the one held (or retired) is ignored;
+    /// a newer one replaces the partition.
+    pub fn import(&self, import: Import) -> ImportOutcome {
+        if *import.node_id == *self.me.node_id {
+            return ImportOutcome::OwnPartition;
+        }
+        if self
+            .retired
+            .read()
+            .get(import.node_id.as_str())
+            .is_some_and(|g| import.generation <= *g)
+        {
+            return ImportOutcome::Stale;
+        }
+        let mut parts = self.partitions.write();
+        let mut superseded = false;
+        // What is held of this incarnation; a newer incarnation or a reset starts from 0.
+        let held = match parts.get(import.node_id.as_str()) {
+            Some(p) if p.origin.generation > import.generation => return ImportOutcome::Stale,
+            Some(p) if p.origin.generation == import.generation => p.max_version,
+            _ => 0,
+        };
+        if !import.reset && import.from_version > held {
+            return ImportOutcome::Gap;
+        }
+        if parts
+            .get(import.node_id.as_str())
+            .is_some_and(|p| p.origin.generation < import.generation)
+        {
+            superseded = true;
+            if let Some(old) = parts.remove(import.node_id.as_str()) {
+                old.origin.set_alive(false);
+                self.unindex(&old);
+            }
+        }
+        let node_id: Arc<str> = Arc::from(import.node_id.as_str());
+        let part = parts.entry(node_id.clone()).or_insert_with(|| {
+            let local = *import.site == *self.me.site;
+            Partition::new(Origin::new(
+                &import.node_id,
+                &import.site,
+                import.generation,
+                local,
+            ))
+        });
+        if import.reset {
+            let old = std::mem::replace(part, Partition::new(part.origin.clone()));
+            self.unindex(&old);
+        }
+        let origin = part.origin.clone();
+        let mut changed = 0;
+        for e in import.entries {
+            let old_live = part.get(&e.key).and_then(|v| v.value.clone());
+            if part.put(&e.key, e.value.clone(), e.version) {
+                changed += 1;
+                if old_live.is_some() || e.value.is_some() {
+                    self.index_set(&e.key, &origin, e.value);
+                }
+            }
+        }
+        if let Some(r) = import.record
+            && part
+                .record
+                .as_ref()
+                .is_none_or(|cur| r.version > cur.version)
+        {
+            part.record = Some(r);
+            changed += 1;
+        }
+        part.max_version = part.max_version.max(import.up_to_version);
+        drop(parts);
+        if changed > 0 || superseded {
+            self.changed();
+        }
+        ImportOutcome::Applied {
+            changed,
+            superseded,
+        }
+    }
+
+    /// Remove a dead node's partition and remember its incarnation, so that no relay brings
+    /// it back. This node's own partition cannot be removed.
+    pub fn retire(&self, node_id: &str) -> bool {
+        if *node_id == *self.me.node_id {
+            return false;
+        }
+        let removed = self.partitions.write().remove(node_id);
+        let Some(old) = removed else { return false };
+        old.origin.set_alive(false);
+        self.retired
+            .write()
+            .insert(old.origin.node_id.clone(), old.origin.generation);
+        self.unindex(&old);
+        self.changed();
+        true
+    }
+
+    /// Take every live entry of a (removed or reset) partition out of the index.
+    fn unindex(&self, part: &Partition) {
+        for (key, v) in &part.entries {
+            if v.value.is_some() {
+                self.index_set(key, &part.origin, None);
+            }
+        }
+    }
+
+    /// Purge tombstones at or below `horizon` from `node_id`'s partition (its owner and every
+    /// replica do this after a grace period); replicas behind it will get a reset.
+    pub fn purge_tombstones(&self, node_id: &str, horizon: u64) -> usize {
+        let mut parts = self.partitions.write();
+        let Some(p) = parts.get_mut(node_id) else {
+            return 0;
+        };
+        let horizon = horizon.min(p.max_version);
+        let dead: Vec<u64> = p
+            .log
+            .range(..=horizon)
+            .filter(|(_, k)| p.entries.get(*k).is_some_and(|e| e.value.is_none()))
+            .map(|(v, _)| *v)
+            .collect();
+        for v in &dead {
+            if let Some(k) = p.log.remove(v) {
+                p.entries.remove(&k);
+            }
+        }
+        p.gc_floor = p.gc_floor.max(horizon);
+        dead.len()
     }
 
     /// Point the index at `entry` (or remove) for `(key, origin)`.

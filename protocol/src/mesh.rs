@@ -13,9 +13,10 @@ use prost::Message as _;
 /// Protocol version this release speaks (sent in `Hello`).
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Largest frame accepted or sent: big enough for thousands of entries, small enough that a
-/// peer cannot make us buffer without bound. Deltas are split to stay under it.
-pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+/// Largest frame accepted or sent. Ordinary deltas are split far below it; the limit is set
+/// by a reset, which carries a whole partition in one frame (200,000 routes take about
+/// 16 MiB). Mesh peers are authenticated, and this still bounds what one can make us buffer.
+pub const MAX_FRAME: usize = 32 * 1024 * 1024;
 
 /// A frame that could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +60,15 @@ mod tests {
         });
         let bytes = encode(hello.clone());
         assert_eq!(decode(&bytes).unwrap(), hello);
-        assert!(matches!(decode(&[0xff, 0xff, 0xff]), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode(&[0xff, 0xff, 0xff]),
+            Err(FrameError::Malformed(_))
+        ));
         assert!(matches!(decode(&[]), Err(FrameError::Empty)));
-        assert!(matches!(decode(&vec![0; MAX_FRAME + 1]), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            decode(&vec![0; MAX_FRAME + 1]),
+            Err(FrameError::TooLarge(_))
+        ));
     }
 
     /// Every field of a delta survives the trip, including a tombstone (no `route`).
@@ -72,16 +79,30 @@ mod tests {
                 node_id: "nyc-1".into(),
                 site: "nyc".into(),
                 generation: 3,
+                from_version: 2,
                 up_to_version: 9,
                 reset: false,
-                record: Some(NodeRecord { version: 9, heartbeat: 4, ..Default::default() }),
+                record: Some(NodeRecord {
+                    version: 9,
+                    heartbeat: 4,
+                    ..Default::default()
+                }),
                 entries: vec![
-                    Entry { host: "a.com".into(), path: "/x".into(), version: 8, route: None },
+                    Entry {
+                        host: "a.com".into(),
+                        path: "/x".into(),
+                        version: 8,
+                        route: None,
+                    },
                     Entry {
                         host: "b.com".into(),
                         path: String::new(),
                         version: 9,
-                        route: Some(RouteValue { app_id: "g".into(), endpoints: 2, ..Default::default() }),
+                        route: Some(RouteValue {
+                            app_id: "g".into(),
+                            endpoints: 2,
+                            ..Default::default()
+                        }),
                     },
                 ],
             }],

@@ -1,9 +1,581 @@
-//! The mesh: this node's connections to the nodes of every site.
+//! The mesh: this node's connections to the nodes of every site, and replication of the
+//! table's partitions over them.
 //!
 //! - [`identity`]: the mesh CA, node certificates (node id and site in the SAN) and the
 //!   TLS 1.3 mutual-auth configurations; a peer's identity comes from its certificate only.
-//! - [`sync`]: anti-entropy as pure functions over the table (digest, delta, apply), with the
+//! - [`sync`]: anti-entropy as pure functions over the table (digest, delta, apply) and the
 //!   rule of who may speak for which partition.
+//! - [`liveness`]: the failure detector and the node's sync state.
+//! - `session`: one connection (hello, digests, deltas, pings).
+//!
+//! This module owns the listener, dialling (seeds from config, the rest discovered from the
+//! node records in the table), at most one connection per peer, the heartbeat that travels
+//! in this node's record, and the periodic assessment that marks nodes dead, retires them
+//! and sets the sync state.
+//!
+//! Must never: accept a peer's update to this node's partition, or a peer without a
+//! certificate from the mesh CA.
 
 pub mod identity;
+pub mod liveness;
+mod session;
 pub mod sync;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::MeshConfig;
+use crate::metrics::Metrics;
+use crate::node::NodeState;
+use crate::table::Table;
+use identity::{MeshTls, NodeIdentity};
+use liveness::{Detector, NodeView, Timeouts};
+
+/// How long a TCP connect plus TLS handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest pause between attempts to reach an address.
+const REDIAL_MAX: Duration = Duration::from_secs(2);
+/// How long deleted routes are remembered before replicas behind them need a reset.
+const TOMBSTONE_GRACE: Duration = Duration::from_secs(600);
+/// How long a dead node's partition stays visible (as dead) before it is removed.
+const RETIRE_AFTER: Duration = Duration::from_secs(600);
+
+/// How the mesh behaves.
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    /// Where other nodes reach this node's mesh listener (carried in its record).
+    pub advertise: String,
+    /// Addresses to dial at start; the rest are discovered.
+    pub seeds: Vec<String>,
+    /// This node's heartbeat and the peers' ping interval.
+    pub heartbeat_interval: Duration,
+    /// How often each connection sends a digest (repairs what pushes missed).
+    pub digest_interval: Duration,
+    /// Failure detector and sync-state timeouts.
+    pub timeouts: Timeouts,
+    /// This node's region (carried in its record).
+    pub region: String,
+}
+
+impl MeshSettings {
+    /// Settings from the `[mesh]` section: a node is suspected after 4 missed heartbeats and
+    /// dead after 5 (2.5 s with the default 500 ms). `bound` is the listener's address, the
+    /// advertised one unless the config names another.
+    pub fn from_config(
+        c: &MeshConfig,
+        region: Option<&str>,
+        bound: std::net::SocketAddr,
+    ) -> MeshSettings {
+        let hb = Duration::from_millis(c.heartbeat_interval_ms);
+        MeshSettings {
+            advertise: c.advertise.clone().unwrap_or_else(|| bound.to_string()),
+            seeds: c.seeds.clone(),
+            heartbeat_interval: hb,
+            digest_interval: Duration::from_secs(1),
+            timeouts: Timeouts {
+                suspect_after: hb * 4,
+                dead_after: hb * 5,
+                retire_after: RETIRE_AFTER,
+                sync_lost_after: Duration::from_secs(c.sync_lost_after_secs),
+            },
+            region: region.unwrap_or_default().to_string(),
+        }
+    }
+}
+
+/// Opens the TCP connection to a peer address. The mesh dials through this so that tests
+/// can route links through relays they cut and heal.
+pub trait Dialer: Send + Sync + fmt::Debug + 'static {
+    /// Connect to `addr` (`host:port`).
+    fn dial<'a>(
+        &'a self,
+        addr: &'a str,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + 'a>>;
+}
+
+/// Plain TCP.
+#[derive(Debug, Default)]
+pub struct TcpDialer;
+
+impl Dialer for TcpDialer {
+    fn dial<'a>(
+        &'a self,
+        addr: &'a str,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + 'a>> {
+        Box::pin(async move {
+            let s = TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            Ok(s)
+        })
+    }
+}
+
+/// One live connection to a peer.
+#[derive(Debug)]
+pub struct PeerLink {
+    /// Peer node id (from its certificate).
+    pub node_id: String,
+    /// Peer site (from its certificate).
+    pub site: String,
+    /// Remote address.
+    pub addr: String,
+    /// This node dialled the connection.
+    pub dialed: bool,
+    /// When it was established.
+    pub since: Instant,
+    /// Bytes received (frames and length prefixes).
+    pub bytes_in: AtomicU64,
+    /// Bytes sent.
+    pub bytes_out: AtomicU64,
+    rtt_us: AtomicU64,
+    ping_seq: AtomicU64,
+    ping_sent_us: AtomicU64,
+    held: Mutex<BTreeMap<String, u64>>,
+    cancel: CancellationToken,
+}
+
+impl PeerLink {
+    fn new(peer: &NodeIdentity, addr: &str, dialed: bool, cancel: CancellationToken) -> PeerLink {
+        PeerLink {
+            node_id: peer.node_id.clone(),
+            site: peer.site.clone(),
+            addr: addr.to_string(),
+            dialed,
+            since: Instant::now(),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            rtt_us: AtomicU64::new(0),
+            ping_seq: AtomicU64::new(0),
+            ping_sent_us: AtomicU64::new(0),
+            held: Mutex::new(BTreeMap::new()),
+            cancel,
+        }
+    }
+
+    /// Round-trip time of the last answered ping (`None` before the first).
+    pub fn rtt(&self) -> Option<Duration> {
+        match self.rtt_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// What the peer said it holds in its last digest: `node_id → version`.
+    pub fn held(&self) -> BTreeMap<String, u64> {
+        self.held.lock().clone()
+    }
+
+    fn micros(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn ping(&self) -> u64 {
+        let seq = self.ping_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.ping_sent_us.store(self.micros(), Ordering::Relaxed);
+        seq
+    }
+
+    fn pong(&self, seq: u64) {
+        if seq == self.ping_seq.load(Ordering::Relaxed) {
+            let rtt = self
+                .micros()
+                .saturating_sub(self.ping_sent_us.load(Ordering::Relaxed));
+            self.rtt_us.store(rtt.max(1), Ordering::Relaxed);
+        }
+    }
+
+    fn dialer<'a>(&'a self, me: &'a str) -> &'a str {
+        if self.dialed { me } else { &self.node_id }
+    }
+}
+
+/// The mesh of one node.
+#[derive(Debug)]
+pub struct Mesh {
+    table: Arc<Table>,
+    metrics: Arc<Metrics>,
+    settings: MeshSettings,
+    tls: MeshTls,
+    peers: Mutex<HashMap<String, Arc<PeerLink>>>,
+    /// Sites of nodes met directly (from their certificates).
+    certified: Mutex<HashMap<String, String>>,
+    /// Addresses that turned out to be a given node (seeds are dialled before we know who
+    /// answers), or this node itself.
+    addr_owner: Mutex<HashMap<String, String>>,
+    detector: Mutex<Detector>,
+}
+
+impl Mesh {
+    /// A mesh for `table`, authenticated by `tls`.
+    pub fn new(
+        table: Arc<Table>,
+        metrics: Arc<Metrics>,
+        settings: MeshSettings,
+        tls: MeshTls,
+    ) -> Arc<Mesh> {
+        let detector = Detector::new(settings.timeouts);
+        Arc::new(Mesh {
+            table,
+            metrics,
+            settings,
+            tls,
+            peers: Mutex::new(HashMap::new()),
+            certified: Mutex::new(HashMap::new()),
+            addr_owner: Mutex::new(HashMap::new()),
+            detector: Mutex::new(detector),
+        })
+    }
+
+    /// Current connections, sorted by peer.
+    pub fn peers(&self) -> Vec<Arc<PeerLink>> {
+        let mut v: Vec<_> = self.peers.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        v
+    }
+
+    /// Every other node as the failure detector sees it.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        self.detector.lock().nodes(Instant::now())
+    }
+
+    /// Keep at most one connection per peer: of two, the one dialled by the node with the
+    /// smaller id wins (both ends decide alike); a reconnect in the same direction replaces
+    /// the old connection. False when `link` lost and must close.
+    fn register(&self, link: Arc<PeerLink>) -> bool {
+        let me = self.table.me().node_id.clone();
+        self.certified
+            .lock()
+            .insert(link.node_id.clone(), link.site.clone());
+        if link.dialed {
+            self.addr_owner
+                .lock()
+                .insert(link.addr.clone(), link.node_id.clone());
+        }
+        let mut peers = self.peers.lock();
+        if let Some(old) = peers.get(&link.node_id) {
+            let (old_dialer, new_dialer) = (old.dialer(&me), link.dialer(&me));
+            let smaller = if *me < *link.node_id {
+                &*me
+            } else {
+                link.node_id.as_str()
+            };
+            if old_dialer != new_dialer && old_dialer == smaller {
+                self.metrics.mesh_duplicates.inc();
+                return false;
+            }
+            old.cancel.cancel();
+        }
+        peers.insert(link.node_id.clone(), link);
+        self.metrics
+            .mesh_peers
+            .set(i64::try_from(peers.len()).unwrap_or(i64::MAX));
+        self.metrics.mesh_connects.inc();
+        true
+    }
+
+    fn unregister(&self, link: &Arc<PeerLink>) {
+        let mut peers = self.peers.lock();
+        if peers
+            .get(&link.node_id)
+            .is_some_and(|p| Arc::ptr_eq(p, link))
+        {
+            peers.remove(&link.node_id);
+        }
+        self.metrics
+            .mesh_peers
+            .set(i64::try_from(peers.len()).unwrap_or(i64::MAX));
+    }
+
+    fn count_applied(&self, applied: &sync::Applied) {
+        self.metrics
+            .mesh_entries_applied
+            .inc_by(applied.changed as u64);
+        for (node, why) in &applied.rejected {
+            self.metrics.count_mesh_rejection(*why);
+            if *why != sync::Rejection::Stale && *why != sync::Rejection::Gap {
+                warn!(partition = %node, reason = why.as_str(), "mesh delta dropped");
+            }
+        }
+    }
+}
+
+impl sync::Authority for Mesh {
+    fn is_direct(&self, node_id: &str) -> bool {
+        self.peers.lock().contains_key(node_id)
+    }
+
+    fn certified_site(&self, node_id: &str) -> Option<String> {
+        self.certified.lock().get(node_id).cloned()
+    }
+}
+
+/// The mesh of a running node, for the admin API.
+pub type MeshHandle = OnceLock<Arc<Mesh>>;
+
+/// Run the mesh on `listener` until `shutdown`.
+pub async fn run(
+    mesh: Arc<Mesh>,
+    listener: TcpListener,
+    dialer: Arc<dyn Dialer>,
+    node: Arc<NodeState>,
+    shutdown: CancellationToken,
+) {
+    let tasks = TaskTracker::new();
+    node.set_sync(crate::node::SyncState::Lost);
+    tasks.spawn(accept_loop(
+        mesh.clone(),
+        listener,
+        tasks.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(dial_loop(
+        mesh.clone(),
+        dialer,
+        tasks.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(heartbeat_loop(mesh.clone(), node, shutdown.clone()));
+    shutdown.cancelled().await;
+    tasks.close();
+    tasks.wait().await;
+    info!("mesh stopped");
+}
+
+async fn accept_loop(
+    mesh: Arc<Mesh>,
+    listener: TcpListener,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(mesh.tls.server.clone());
+    loop {
+        let (tcp, addr) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(err) => {
+                    warn!(%err, "mesh accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (mesh, acceptor, shutdown) = (mesh.clone(), acceptor.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
+                    mesh.metrics.mesh_handshake_failures.inc();
+                    warn!(%addr, %err, "mesh handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    mesh.metrics.mesh_handshake_failures.inc();
+                    debug!(%addr, "mesh handshake timed out");
+                    return;
+                }
+            };
+            let peer = match tls.get_ref().1.peer_certificates().map(identity::peer_identity) {
+                Some(Ok(p)) => p,
+                other => {
+                    mesh.metrics.mesh_handshake_failures.inc();
+                    warn!(%addr, error = ?other.map(|r| r.err()), "mesh peer without a node identity");
+                    return;
+                }
+            };
+            let _ = session::run(mesh, tls, peer, false, addr.to_string(), shutdown).await;
+        });
+    }
+}
+
+/// Dial every seed and every discovered node we are not connected to, with back-off.
+async fn dial_loop(
+    mesh: Arc<Mesh>,
+    dialer: Arc<dyn Dialer>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let connector = tokio_rustls::TlsConnector::from(mesh.tls.client.clone());
+    let (done_tx, mut done) = mpsc::unbounded_channel::<(String, bool)>();
+    let mut in_flight: HashSet<String> = HashSet::new();
+    let mut next_try: HashMap<String, (Instant, Duration)> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            Some((addr, ok)) = done.recv() => {
+                in_flight.remove(&addr);
+                let backoff = if ok {
+                    Duration::from_millis(100)
+                } else {
+                    next_try.get(&addr).map_or(Duration::from_millis(200), |(_, b)| (*b * 2).min(REDIAL_MAX))
+                };
+                next_try.insert(addr, (Instant::now() + backoff, backoff));
+            }
+            _ = tick.tick() => {
+                for addr in targets(&mesh) {
+                    if in_flight.contains(&addr) || next_try.get(&addr).is_some_and(|(t, _)| Instant::now() < *t) {
+                        continue;
+                    }
+                    in_flight.insert(addr.clone());
+                    let (mesh, dialer, connector, done_tx, shutdown) =
+                        (mesh.clone(), dialer.clone(), connector.clone(), done_tx.clone(), shutdown.clone());
+                    tasks.spawn(async move {
+                        let ok = dial(&mesh, dialer.as_ref(), &connector, &addr, shutdown).await;
+                        let _ = done_tx.send((addr, ok));
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Addresses worth dialling now: seeds and advertised addresses of known nodes, except this
+/// node's own and those of nodes already connected.
+fn targets(mesh: &Mesh) -> Vec<String> {
+    let me = mesh.table.me().node_id.clone();
+    let connected: HashSet<String> = mesh.peers.lock().keys().cloned().collect();
+    let owners = mesh.addr_owner.lock().clone();
+    let mut out: Vec<String> = Vec::new();
+    let mut consider = |addr: &str, node: Option<&str>| {
+        if addr.is_empty() || addr == mesh.settings.advertise {
+            return;
+        }
+        let owner = node.or_else(|| owners.get(addr).map(String::as_str));
+        if owner.is_some_and(|n| *n == *me || connected.contains(n)) {
+            return;
+        }
+        if !out.iter().any(|a| a == addr) {
+            out.push(addr.to_string());
+        }
+    };
+    for seed in &mesh.settings.seeds {
+        consider(seed, None);
+    }
+    for p in mesh.table.partitions() {
+        if let Some(r) = &p.record
+            && p.origin.is_alive()
+        {
+            consider(&r.advertise, Some(&p.origin.node_id));
+        }
+    }
+    out
+}
+
+/// One connection attempt; runs the session when it succeeds. True when a session ran.
+async fn dial(
+    mesh: &Arc<Mesh>,
+    dialer: &dyn Dialer,
+    connector: &tokio_rustls::TlsConnector,
+    addr: &str,
+    shutdown: CancellationToken,
+) -> bool {
+    let attempt = async {
+        let tcp = dialer.dial(addr).await?;
+        connector.connect(MeshTls::server_name(), tcp).await
+    };
+    let tls = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
+            debug!(%addr, %err, "mesh dial failed");
+            return false;
+        }
+        Err(_) => {
+            debug!(%addr, "mesh dial timed out");
+            return false;
+        }
+    };
+    let peer = match tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(identity::peer_identity)
+    {
+        Some(Ok(p)) => p,
+        _ => {
+            mesh.metrics.mesh_handshake_failures.inc();
+            return false;
+        }
+    };
+    if peer.node_id == *mesh.table.me().node_id {
+        // A seed list may name this node itself.
+        mesh.addr_owner
+            .lock()
+            .insert(addr.to_string(), peer.node_id);
+        return false;
+    }
+    session::run(mesh.clone(), tls, peer, true, addr.to_string(), shutdown)
+        .await
+        .is_ok()
+}
+
+/// Beat, assess liveness, retire the long dead, set the sync state, forget old tombstones.
+async fn heartbeat_loop(mesh: Arc<Mesh>, node: Arc<NodeState>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(mesh.settings.heartbeat_interval);
+    // Once a minute: every partition's version then. Tombstones older than the grace
+    // period are those at or below the versions of a checkpoint that old.
+    type Checkpoint = (Instant, Vec<(Arc<str>, u64)>);
+    let mut checkpoints: VecDeque<Checkpoint> = VecDeque::new();
+    let mut last_checkpoint = Instant::now();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = &mesh.settings;
+        mesh.table.update_local_record(|r| {
+            r.heartbeat += 1;
+            r.advertise.clone_from(&s.advertise);
+            r.region.clone_from(&s.region);
+            r.healthy = !node.is_draining();
+        });
+        let now = Instant::now();
+        let assessment = mesh.detector.lock().assess(&mesh.table, now);
+        for (node_id, state) in &assessment.transitions {
+            info!(node = %node_id, state = state.as_str(), "mesh node state changed");
+        }
+        for node_id in &assessment.to_retire {
+            if mesh.table.retire(node_id) {
+                info!(node = %node_id, "dead node's partition retired");
+            }
+        }
+        node.set_sync(assessment.sync);
+        mesh.metrics.set_sync(assessment.sync);
+
+        // Tombstones: remember each partition's version once a minute; purge what was
+        // deleted before the grace period.
+        if now.duration_since(last_checkpoint) >= Duration::from_secs(60) {
+            last_checkpoint = now;
+            checkpoints.push_back((
+                now,
+                mesh.table
+                    .digest()
+                    .into_iter()
+                    .map(|(o, v)| (o.node_id.clone(), v))
+                    .collect(),
+            ));
+        }
+        while let Some((at, versions)) = checkpoints.front() {
+            if now.duration_since(*at) < TOMBSTONE_GRACE {
+                break;
+            }
+            for (node_id, v) in versions {
+                mesh.table.purge_tombstones(node_id, *v);
+            }
+            checkpoints.pop_front();
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! One authenticated connection to a peer: hello, then digests, deltas and pings both ways.
+//!
+//! Owns: the framing of one TLS stream, the peer's [`PeerView`], pushing deltas whenever the
+//! table changes, periodic digests (which repair whatever a push missed), RTT from pings,
+//! and closing a connection that stays silent.
+//!
+//! The reader runs in its own task and applies deltas itself, so a session never stops
+//! reading because it is busy writing: two peers pushing large deltas at each other cannot
+//! deadlock on full socket buffers.
+//!
+//! Must never: accept a hello that contradicts the peer's certificate, or apply a delta
+//! without the authority rule of [`super::sync`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use grouter_protocol::mesh::{self as wire, frame::Body};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::identity::NodeIdentity;
+use super::sync::{self, PeerView, Sender};
+use super::{Mesh, PeerLink};
+
+/// How long a peer has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors that end a session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Reading or writing failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer sent something that is not a frame.
+    #[error("frame: {0}")]
+    Frame(#[from] wire::FrameError),
+    /// The peer did not say hello in time, or said it wrongly.
+    #[error("handshake: {0}")]
+    Hello(String),
+    /// Nothing heard for too long.
+    #[error("peer silent for {0:?}")]
+    Silent(Duration),
+    /// Another connection to the same peer won (see [`Mesh::register`]).
+    #[error("duplicate connection")]
+    Duplicate,
+}
+
+/// Messages from the reader task to the writer loop.
+enum Control {
+    Digest(wire::Digest),
+    Ping(u64),
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .max_frame_length(wire::MAX_FRAME)
+        .new_codec()
+}
+
+/// Run a session over an established TLS stream with an authenticated `peer`.
+pub(super) async fn run<S>(
+    mesh: Arc<Mesh>,
+    stream: S,
+    peer: NodeIdentity,
+    dialed: bool,
+    addr: String,
+    shutdown: CancellationToken,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut framed = Framed::new(stream, codec());
+    let me = mesh.table.me().clone();
+    framed
+        .send(wire::encode(Body::Hello(wire::Hello {
+            protocol_version: wire::PROTOCOL_VERSION,
+            node_id: me.node_id.to_string(),
+            site: me.site.to_string(),
+            generation: me.generation,
+        })))
+        .await?;
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, framed.next()).await {
+        Err(_) => return Err(SessionError::Hello("no hello in time".into())),
+        Ok(None) => return Err(SessionError::Hello("closed before hello".into())),
+        Ok(Some(frame)) => match wire::decode(&frame?)? {
+            Body::Hello(h) => h,
+            _ => return Err(SessionError::Hello("first frame is not a hello".into())),
+        },
+    };
+    if hello.node_id != peer.node_id || hello.site != peer.site {
+        return Err(SessionError::Hello(format!(
+            "hello says {}@{}, certificate says {}@{}",
+            hello.node_id, hello.site, peer.node_id, peer.site
+        )));
+    }
+    if hello.protocol_version == 0 {
+        return Err(SessionError::Hello("protocol version 0".into()));
+    }
+
+    let cancel = shutdown.child_token();
+    let link = Arc::new(PeerLink::new(&peer, &addr, dialed, cancel.clone()));
+    if !mesh.register(link.clone()) {
+        return Err(SessionError::Duplicate);
+    }
+    info!(peer = %peer.node_id, site = %peer.site, %addr, dialed, "mesh peer connected");
+    let result = exchange(&mesh, framed, &peer, &link, cancel.clone()).await;
+    cancel.cancel();
+    mesh.unregister(&link);
+    match &result {
+        Ok(()) => info!(peer = %peer.node_id, "mesh peer disconnected"),
+        Err(err) => warn!(peer = %peer.node_id, error = %err, "mesh peer lost"),
+    }
+    result
+}
+
+async fn exchange<S>(
+    mesh: &Arc<Mesh>,
+    framed: Framed<S, LengthDelimitedCodec>,
+    peer: &NodeIdentity,
+    link: &Arc<PeerLink>,
+    cancel: CancellationToken,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sink, mut stream) = framed.split();
+    let (control_tx, mut control) = mpsc::channel::<Control>(64);
+    let started = Instant::now();
+    let last_rx = Arc::new(AtomicU64::new(0));
+
+    // Reader: decode, apply deltas, hand digests and pings to the writer.
+    let reader = {
+        let (mesh, peer, link, last_rx, cancel) = (
+            mesh.clone(),
+            peer.clone(),
+            link.clone(),
+            last_rx.clone(),
+            cancel.clone(),
+        );
+        tokio::spawn(async move {
+            let result: Result<(), SessionError> = async {
+                loop {
+                    let frame = tokio::select! {
+                        () = cancel.cancelled() => return Ok(()),
+                        f = stream.next() => match f {
+                            None => return Ok(()),
+                            Some(f) => f?,
+                        },
+                    };
+                    last_rx.store(elapsed_ms(started), Ordering::Relaxed);
+                    link.bytes_in
+                        .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
+                    match wire::decode(&frame)? {
+                        Body::Delta(delta) => {
+                            let sender = Sender {
+                                node_id: &peer.node_id,
+                                site: &peer.site,
+                            };
+                            let applied = sync::apply(&mesh.table, mesh.as_ref(), sender, delta);
+                            mesh.count_applied(&applied);
+                        }
+                        Body::Digest(d) => {
+                            if control_tx.send(Control::Digest(d)).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Body::Ping(p) => {
+                            // Pings beyond the channel's room are dropped: a flood must not
+                            // cost memory, and the peer's next ping is answered.
+                            let _ = control_tx.try_send(Control::Ping(p.seq));
+                        }
+                        Body::Pong(p) => link.pong(p.seq),
+                        Body::Hello(_) => debug!(peer = %peer.node_id, "repeated hello ignored"),
+                    }
+                }
+            }
+            .await;
+            cancel.cancel();
+            result
+        })
+    };
+
+    let mut view = PeerView::default();
+    // Until the peer's digest arrives we do not know what it holds: pushing then would
+    // send it everything.
+    let mut knows_peer = false;
+    let mut changes = mesh.table.subscribe();
+    let mut digest_tick = tokio::time::interval(mesh.settings.digest_interval);
+    let mut ping_tick = tokio::time::interval(mesh.settings.heartbeat_interval);
+    let silent_limit = mesh.settings.timeouts.dead_after;
+    let writer: Result<(), SessionError> = async {
+        // Open with our digest, so the peer sends what we lack.
+        send(&mut sink, link, Body::Digest(sync::digest(&mesh.table))).await?;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                Some(msg) = control.recv() => match msg {
+                    Control::Digest(d) => {
+                        // The peer's own account of what it holds: send exactly the rest.
+                        view.set_from_digest(&d);
+                        *link.held.lock() = d.partitions.iter().map(|p| (p.node_id.clone(), p.max_version)).collect();
+                        knows_peer = true;
+                        push(mesh, &mut sink, link, &mut view, &peer.node_id).await?;
+                    }
+                    Control::Ping(seq) => send(&mut sink, link, Body::Pong(wire::Pong { seq })).await?,
+                },
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    if !knows_peer {
+                        continue;
+                    }
+                    push(mesh, &mut sink, link, &mut view, &peer.node_id).await?;
+                }
+                _ = digest_tick.tick() => {
+                    send(&mut sink, link, Body::Digest(sync::digest(&mesh.table))).await?;
+                }
+                _ = ping_tick.tick() => {
+                    let silent = Duration::from_millis(elapsed_ms(started).saturating_sub(last_rx.load(Ordering::Relaxed)));
+                    if silent > silent_limit {
+                        return Err(SessionError::Silent(silent));
+                    }
+                    let seq = link.ping();
+                    send(&mut sink, link, Body::Ping(wire::Ping { seq })).await?;
+                }
+            }
+        }
+    }
+    .await;
+    cancel.cancel();
+    let read = reader.await.unwrap_or(Ok(()));
+    writer.and(read)
+}
+
+/// Send every delta the peer lacks (several frames if it lacks much).
+async fn push<W>(
+    mesh: &Mesh,
+    sink: &mut W,
+    link: &PeerLink,
+    view: &mut PeerView,
+    peer: &str,
+) -> Result<(), SessionError>
+where
+    W: futures::Sink<Bytes, Error = std::io::Error> + Unpin,
+{
+    while let Some(delta) = sync::delta(&mesh.table, view, peer) {
+        let entries: usize = delta.partitions.iter().map(|p| p.entries.len()).sum();
+        mesh.metrics.entries_sent.inc_by(entries as u64);
+        send(sink, link, Body::Delta(delta)).await?;
+    }
+    Ok(())
+}
+
+async fn send<W>(sink: &mut W, link: &PeerLink, body: Body) -> Result<(), SessionError>
+where
+    W: futures::Sink<Bytes, Error = std::io::Error> + Unpin,
+{
+    let bytes = wire::encode(body);
+    link.bytes_out
+        .fetch_add(bytes.len() as u64 + 4, Ordering::Relaxed);
+    sink.send(bytes).await?;
+    Ok(())
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
