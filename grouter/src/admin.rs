@@ -197,7 +197,8 @@ fn route_json(view: &RouteView, site_filter: Option<&str>) -> Option<Value> {
     }
     let sites: Vec<Value> = sites
         .into_iter()
-        .map(|(name, s)| {
+        .map(|(name, mut s)| {
+            s.nodes.sort_unstable();
             json!({
                 "site": name,
                 "endpoints": s.endpoints,

@@ -171,11 +171,61 @@ impl Metrics {
                 .get_or_create(&vec![("reason".to_string(), reason.to_string())])
                 .clone()
         });
-        Metrics {
+        r.register(
+            "nats_slow_consumer_events",
+            "times registrations were dropped because the learner fell behind (emitters re-send them)",
+            m.nats_slow_consumer.clone(),
+        );
+        r.register("mesh_peers", "mesh peers connected", m.mesh_peers.clone());
+        r.register(
+            "mesh_connects",
+            "mesh connections established",
+            m.mesh_connects.clone(),
+        );
+        r.register(
+            "mesh_duplicate_connections",
+            "mesh connections closed as duplicates",
+            m.mesh_duplicates.clone(),
+        );
+        r.register(
+            "mesh_handshake_failures",
+            "mesh TLS handshakes or identities refused",
+            m.mesh_handshake_failures.clone(),
+        );
+        r.register(
+            "mesh_entries_sent",
+            "replicated entries sent to peers",
+            m.entries_sent.clone(),
+        );
+        r.register(
+            "mesh_entries_applied",
+            "replicated entries that changed the table",
+            m.mesh_entries_applied.clone(),
+        );
+        let rejected: Family<Vec<(String, String)>, Counter> = Family::default();
+        r.register(
+            "mesh_deltas_rejected",
+            "partition deltas dropped, by reason",
+            rejected.clone(),
+        );
+        let mesh_rejected = crate::mesh::sync::Rejection::ALL.map(|why| {
+            rejected
+                .get_or_create(&vec![("reason".to_string(), why.as_str().to_string())])
+                .clone()
+        });
+        r.register(
+            "sync_state",
+            "1 for the node's current sync state",
+            m.sync_state.clone(),
+        );
+        let m = Metrics {
             registry,
             nats_invalid,
+            mesh_rejected,
             ..m
-        }
+        };
+        m.set_sync(crate::node::SyncState::InSync);
+        m
     }
 
     /// Count one invalid message.
@@ -242,5 +292,13 @@ mod tests {
         assert!(text.contains(r#"grouter_nats_invalid_messages_total{reason="truncated"} 0"#));
         assert!(text.contains("grouter_nats_register_messages_total 1"));
         assert!(text.contains("grouter_routes 7"));
+        for name in [
+            "grouter_nats_slow_consumer_events_total 0",
+            "grouter_mesh_handshake_failures_total 0",
+            r#"grouter_mesh_deltas_rejected_total{reason="own_partition"} 0"#,
+            r#"grouter_sync_state{state="in_sync"} 1"#,
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
     }
 }

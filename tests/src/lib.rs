@@ -200,9 +200,16 @@ pub struct NodeBuilder {
     stale_threshold_secs: u64,
     prune_interval_secs: u64,
     extra: String,
+    mesh: Option<(PathBuf, Vec<SocketAddr>)>,
 }
 
 impl NodeBuilder {
+    /// Join the mesh of `ca` (a certificate is issued for this node), dialling `seeds`.
+    pub fn mesh(mut self, ca: &MeshCa, seeds: &[SocketAddr]) -> Self {
+        self.mesh = Some((ca.dir().to_path_buf(), seeds.to_vec()));
+        self
+    }
+
     /// Bus of the node's site.
     pub fn nats(mut self, url: &str) -> Self {
         self.nats = vec![url.to_string()];
@@ -259,35 +266,34 @@ format = "json"
             prune = self.prune_interval_secs,
             extra = self.extra,
         );
+        let mut config = config;
+        if let Some((ca, seeds)) = &self.mesh {
+            let certs = dir.path().join("mesh");
+            let id = grouter::mesh::identity::NodeIdentity::new(
+                self.node_id.as_str(),
+                self.site.as_str(),
+            )
+            .expect("valid node identity");
+            grouter::mesh::identity::create_node(ca, &id, &certs).expect("issue node certificate");
+            let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
+            config.push_str(&format!(
+                "\n[mesh]\nlisten = \"127.0.0.1:0\"\nseeds = [{}]\nca = \"mesh/ca.pem\"\ncert = \"mesh/node.pem\"\nkey = \"mesh/node.key\"\nsync_lost_after_secs = 3\n",
+                seeds.join(", ")
+            ));
+        }
         let config_path = dir.path().join(format!("{}.toml", self.node_id));
         std::fs::write(&config_path, config).expect("write config");
-        let mut child = Command::new(grouter_bin())
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info,async_nats=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn grouter");
-        let log = LogLines::follow(&mut child);
-        let admin = log.wait_for(Duration::from_secs(10), "the admin listener", |l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            (v["message"] == "listening" && v["service"] == "admin")
-                .then(|| v["addr"].as_str()?.parse::<SocketAddr>().ok())?
-        });
-        let node = Node {
-            child: Some(child),
-            admin,
+        let mut node = Node {
+            child: None,
+            admin: "127.0.0.1:0".parse().expect("addr"),
+            mesh: None,
             token,
-            log,
+            log: LogLines::default(),
             http: reqwest::Client::new(),
+            config_path,
             _dir: dir,
         };
-        wait_until(Duration::from_secs(10), "the admin API", || async {
-            node.get("/healthz").await.ok().map(|_| ())
-        })
-        .await;
+        node.spawn().await;
         node
     }
 }
@@ -297,7 +303,9 @@ format = "json"
 pub struct Node {
     child: Option<Child>,
     admin: SocketAddr,
+    mesh: Option<SocketAddr>,
     token: String,
+    config_path: PathBuf,
     /// The node's log (JSON lines).
     pub log: LogLines,
     http: reqwest::Client,
@@ -314,7 +322,71 @@ impl Node {
             stale_threshold_secs: 120,
             prune_interval_secs: 30,
             extra: String::new(),
+            mesh: None,
         }
+    }
+
+    /// Start the process (again) with its config; returns once the admin API answers.
+    async fn spawn(&mut self) {
+        let mut child = Command::new(grouter_bin())
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info,async_nats=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn grouter");
+        self.log = LogLines::follow(&mut child);
+        self.child = Some(child);
+        let listening = |service: &'static str| {
+            move |l: &str| {
+                let v: Value = serde_json::from_str(l).ok()?;
+                (v["message"] == "listening" && v["service"] == service)
+                    .then(|| v["addr"].as_str()?.parse::<SocketAddr>().ok())?
+            }
+        };
+        self.admin = self.log.wait_for(
+            Duration::from_secs(10),
+            "the admin listener",
+            listening("admin"),
+        );
+        let has_mesh =
+            std::fs::read_to_string(&self.config_path).is_ok_and(|c| c.contains("[mesh]"));
+        if has_mesh {
+            self.mesh = Some(self.log.wait_for(
+                Duration::from_secs(10),
+                "the mesh listener",
+                listening("mesh"),
+            ));
+        }
+        wait_until(Duration::from_secs(10), "the admin API", || async {
+            self.get("/healthz").await.ok().map(|_| ())
+        })
+        .await;
+    }
+
+    /// Kill the process (SIGKILL: a crash) and start it again with the same config; it comes
+    /// back with an empty table and a new generation.
+    pub async fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn().await;
+    }
+
+    /// Kill the process (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The mesh listener's address.
+    pub fn mesh_addr(&self) -> SocketAddr {
+        self.mesh.expect("node has a mesh")
     }
 
     /// The admin API's address.
@@ -440,4 +512,40 @@ pub fn parse_metric(text: &str, name: &str) -> Option<f64> {
         }
     }
     found
+}
+
+/// A mesh CA in a temporary directory; nodes started with [`NodeBuilder::mesh`] get a
+/// certificate from it.
+#[derive(Debug)]
+pub struct MeshCa {
+    dir: tempfile::TempDir,
+}
+
+impl MeshCa {
+    /// Create a new CA.
+    pub fn new() -> MeshCa {
+        let dir = tempfile::tempdir().expect("tempdir");
+        grouter::mesh::identity::create_ca(dir.path()).expect("create mesh CA");
+        MeshCa { dir }
+    }
+
+    /// The CA's directory (`ca.pem`, `ca.key`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Issue a certificate for `node@site` into a new directory (`node.pem`, `node.key`,
+    /// `ca.pem`).
+    pub fn issue(&self, node: &str, site: &str) -> tempfile::TempDir {
+        let out = tempfile::tempdir().expect("tempdir");
+        let id = grouter::mesh::identity::NodeIdentity::new(node, site).expect("identity");
+        grouter::mesh::identity::create_node(self.dir(), &id, out.path()).expect("issue");
+        out
+    }
+}
+
+impl Default for MeshCa {
+    fn default() -> Self {
+        Self::new()
+    }
 }

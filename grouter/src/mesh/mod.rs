@@ -304,8 +304,13 @@ impl Mesh {
             .inc_by(applied.changed as u64);
         for (node, why) in &applied.rejected {
             self.metrics.count_mesh_rejection(*why);
-            if *why != sync::Rejection::Stale && *why != sync::Rejection::Gap {
-                warn!(partition = %node, reason = why.as_str(), "mesh delta dropped");
+            match why {
+                // Routine: a relay raced the owner's own push, or a late or lost delta that
+                // the next digest repairs.
+                sync::Rejection::Stale | sync::Rejection::Gap | sync::Rejection::OwnerConnected => {
+                    debug!(partition = %node, reason = why.as_str(), "mesh delta dropped");
+                }
+                _ => warn!(partition = %node, reason = why.as_str(), "mesh delta dropped"),
             }
         }
     }
