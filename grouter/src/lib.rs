@@ -3,7 +3,10 @@
 //! # Layout
 //!
 //! ```text
-//!  site NATS ──► learn ──► table ◄── admin (reads)
+//!  site NATS ──► learn ──► table ◄── mesh ◄──► other sites' nodes (TLS 1.3, mutual auth)
+//!                           │  ▲
+//!                           │  └── admin (/healthz, /metrics, /v1/*)
+//!                           └──► proxy, dns (later issues)
 //! ```
 //!
 //! - [`config`]: the TOML schema, defaults and validation (`grouter check`).
@@ -12,13 +15,13 @@
 //! - [`table`]: partitions (one per node incarnation, versioned, with tombstones) merged into
 //!   one lookup index; gorouter-compatible host/path/wildcard lookup; local-wins selection.
 //!   No I/O.
-//! - [`admin`]: `/healthz`, `/metrics`, `/v1/*` (bearer token); reads the table and metrics.
+//! - [`mesh`]: peers over mutual TLS; anti-entropy (`mesh::sync`, pure functions over the
+//!   table) replicates every partition to every node; the failure detector and the sync
+//!   state (`mesh::liveness`). It never writes this node's own partition.
+//! - [`admin`]: `/healthz`, `/metrics`, `/v1/*` (bearer token); reads table, mesh, metrics.
 //! - [`metrics`]: the Prometheus registry every subsystem increments.
 //! - [`node`]: the shared [`node::NodeState`] and [`node::run`], which runs every subsystem
 //!   under one cancellation token and drains them on shutdown.
-//!
-//! Later parts (DESIGN.md) plug into the same table: `mesh` replicates partitions between
-//! sites, `proxy` and `dns` read the merged view.
 
 #![forbid(unsafe_code)]
 
