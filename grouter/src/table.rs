@@ -312,7 +312,8 @@ pub struct RouteMatch {
     pub app_id: Arc<str>,
     /// A live node of this node's own site serves the route.
     pub local: bool,
-    /// Sites of live servers other than this node's site, each once, in first-seen order.
+    /// Sites of live servers other than this node's site, each once, best first (see
+    /// [`Table::set_site_order`]).
     pub remote_sites: SmallVec<[Arc<str>; 2]>,
 }
 
@@ -363,6 +364,8 @@ pub struct Table {
     /// Incarnations removed after they died: never accepted again (a relay that still holds
     /// one must not resurrect it).
     retired: RwLock<HashMap<Arc<str>, u64>>,
+    /// Other sites, best first (healthy, then nearest): remote candidates are ordered by it.
+    site_order: RwLock<Arc<[Arc<str>]>>,
     /// Bumped on every change of any partition; the mesh waits on it to push deltas.
     changes: tokio::sync::watch::Sender<u64>,
     routes: AtomicU64,
@@ -380,6 +383,7 @@ impl Table {
             index: DashMap::new(),
             partitions: RwLock::new(partitions),
             retired: RwLock::new(HashMap::new()),
+            site_order: RwLock::new(Arc::from(Vec::new())),
             changes: tokio::sync::watch::Sender::new(0),
             routes: AtomicU64::new(0),
             local_endpoints: AtomicU64::new(0),
@@ -389,6 +393,14 @@ impl Table {
     /// This node's own origin.
     pub fn me(&self) -> &Arc<Origin> {
         &self.me
+    }
+
+    /// Rank the other sites, best first (the mesh does this from health and RTT). Remote
+    /// candidates of a lookup come in this order; sites not ranked come last.
+    pub fn set_site_order(&self, sites: Vec<Arc<str>>) {
+        if *self.site_order.read().as_ref() != *sites.as_slice() {
+            *self.site_order.write() = Arc::from(sites);
+        }
     }
 
     /// Set (or replace) this node's entry for `key`. Returns the new version, or `None` when
@@ -779,6 +791,11 @@ impl Table {
                 }
             }
         }
+        if remote_sites.len() > 1 {
+            let order = self.site_order.read().clone();
+            let rank = |site: &Arc<str>| order.iter().position(|s| s == site).unwrap_or(usize::MAX);
+            remote_sites.sort_by_key(rank);
+        }
         Some(RouteMatch {
             host: host_key.clone(),
             path: p.path.clone(),
@@ -1000,6 +1017,52 @@ mod tests {
             ],
             "the change log holds each key once, at its latest version"
         );
+    }
+
+    #[test]
+    fn remote_candidates_follow_the_site_order_and_local_wins() {
+        let t = Table::new("lon-1", "lon", 1);
+        let remote = |node: &str, site: &str, app: &str| Import {
+            node_id: node.into(),
+            site: site.into(),
+            generation: 1,
+            from_version: 0,
+            up_to_version: 1,
+            reset: false,
+            record: None,
+            entries: vec![ReplicatedEntry {
+                key: key("shop.com"),
+                version: 1,
+                value: Some(Arc::new(entry(app, 2))),
+            }],
+        };
+        t.import(remote("sgp-1", "sgp", "shop"));
+        t.import(remote("nyc-1", "nyc", "shop"));
+        let sites = |t: &Table| {
+            t.lookup("shop.com", "/")
+                .unwrap()
+                .remote_sites
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+        };
+        t.set_site_order(vec!["nyc".into(), "sgp".into()]);
+        assert_eq!(sites(&t), ["nyc", "sgp"]);
+        t.set_site_order(vec!["sgp".into(), "nyc".into()]);
+        assert_eq!(sites(&t), ["sgp", "nyc"]);
+        // A dead node's site drops out of the candidates.
+        let nyc = t
+            .partitions()
+            .into_iter()
+            .find(|p| &*p.origin.node_id == "nyc-1")
+            .unwrap();
+        nyc.origin.set_alive(false);
+        assert_eq!(sites(&t), ["sgp"]);
+        // Served locally as well: local wins, whatever the remote order.
+        t.upsert_local(&key("shop.com"), entry("shop", 1));
+        let m = t.lookup("shop.com", "/").unwrap();
+        assert!(m.local);
+        assert_eq!(&*m.app_id, "shop");
     }
 
     #[test]

@@ -527,6 +527,38 @@ async fn dial(
         .is_ok()
 }
 
+/// Other sites, best first: healthy before unhealthy (a site is healthy when a live node of
+/// it says its GoRouters are), then by the lowest RTT to any of its nodes.
+fn rank_sites(mesh: &Mesh) -> Vec<Arc<str>> {
+    let mut rtt: HashMap<String, Duration> = HashMap::new();
+    for p in mesh.peers() {
+        if let Some(r) = p.rtt() {
+            let e = rtt.entry(p.site.clone()).or_insert(r);
+            *e = (*e).min(r);
+        }
+    }
+    let mut sites: HashMap<Arc<str>, bool> = HashMap::new();
+    for p in mesh.table.partitions() {
+        if p.origin.local_site || !p.origin.is_alive() {
+            continue;
+        }
+        let healthy = p.record.as_ref().is_some_and(|r| r.healthy);
+        *sites.entry(p.origin.site.clone()).or_default() |= healthy;
+    }
+    let mut ranked: Vec<(bool, Duration, Arc<str>)> = sites
+        .into_iter()
+        .map(|(site, healthy)| {
+            (
+                !healthy,
+                rtt.get(&*site).copied().unwrap_or(Duration::MAX),
+                site,
+            )
+        })
+        .collect();
+    ranked.sort();
+    ranked.into_iter().map(|(_, _, site)| site).collect()
+}
+
 /// Beat, assess liveness, retire the long dead, set the sync state, forget old tombstones.
 async fn heartbeat_loop(mesh: Arc<Mesh>, node: Arc<NodeState>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(mesh.settings.heartbeat_interval);
@@ -558,7 +590,7 @@ async fn heartbeat_loop(mesh: Arc<Mesh>, node: Arc<NodeState>, shutdown: Cancell
             }
         }
         node.set_sync(assessment.sync);
-        mesh.metrics.set_sync(assessment.sync);
+        mesh.table.set_site_order(rank_sites(&mesh));
 
         // Tombstones: remember each partition's version once a minute; purge what was
         // deleted before the grace period.
