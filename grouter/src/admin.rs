@@ -113,6 +113,8 @@ fn handle(state: &Node, req: Request<Incoming>) -> Response<Body> {
 fn healthz(state: &Node) -> Response<Body> {
     let (status, word) = if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if !state.gorouters_healthy() {
+        (StatusCode::SERVICE_UNAVAILABLE, "no_healthy_gorouter")
     } else {
         (StatusCode::OK, "ok")
     };
@@ -307,7 +309,7 @@ fn sites(state: &Node) -> Value {
             };
         }
         let healthy = if own {
-            !state.is_draining()
+            state.can_serve()
         } else {
             record.is_some_and(|r| r.healthy)
         };

@@ -27,8 +27,11 @@
 
 pub mod admin;
 pub mod config;
+pub mod demo;
 pub mod learn;
 pub mod mesh;
 pub mod metrics;
 pub mod node;
+pub mod proxy;
 pub mod table;
+pub mod tls;

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use grouter::config::{Config, LogFormat};
 use grouter::mesh::identity::{self, IdentityError, NameField, NodeIdentity};
-use grouter::node::{self, Listeners, NodeState};
+use grouter::node::{self, Listeners, NodeState, ProxyListeners};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -42,6 +42,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run a self-contained 3-site mesh on loopback (lon, nyc, sgp) and print what to try.
+    Demo(grouter::demo::DemoArgs),
     /// Make the mesh CA and node certificates.
     Tls {
         #[command(subcommand)]
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
         Command::Tls { command } => tls(command),
+        Command::Demo(args) => grouter::demo::main(args),
     }
 }
 
@@ -234,7 +237,14 @@ async fn serve(config: Config, token: String) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
     let state = Arc::new(NodeState::new(&config, token, node::new_generation()));
-    node::run(config, state, Listeners::new(admin, mesh), shutdown).await?;
+    let proxy = ProxyListeners {
+        http: Some(bind(config.proxy.http_listen, "http", "proxy.http_listen").await?),
+        https: match config.proxy.https_listen {
+            Some(addr) => Some(bind(addr, "https", "proxy.https_listen").await?),
+            None => None,
+        },
+    };
+    node::run_with_proxy(config, state, Listeners::new(admin, mesh), proxy, shutdown).await?;
     Ok(())
 }
 

@@ -20,6 +20,12 @@ use crate::learn::{self, LearnSettings};
 use crate::metrics::Metrics;
 use crate::table::Table;
 
+/// How often each GoRouter's health URL is probed.
+const GOROUTER_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often `tls.cert_dir` is checked for changes (a new certificate is served within
+/// this much time).
+const CERT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How long subsystems get to finish after shutdown is requested.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
@@ -62,6 +68,7 @@ pub struct NodeState {
     /// The mesh, when `[mesh]` is configured (set once at start).
     pub mesh: crate::mesh::MeshHandle,
     draining: AtomicBool,
+    gorouters_healthy: AtomicBool,
     sync: AtomicU8,
 }
 
@@ -76,6 +83,7 @@ impl NodeState {
             started: Instant::now(),
             mesh: crate::mesh::MeshHandle::new(),
             draining: AtomicBool::new(false),
+            gorouters_healthy: AtomicBool::new(true),
             // A node without a mesh runs alone and is always in sync; with one, the mesh sets
             // the state as it learns.
             sync: AtomicU8::new(SyncState::InSync as u8),
@@ -85,6 +93,27 @@ impl NodeState {
     /// Whether the node is shutting down (health checks then say 503).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Whether any of this site's GoRouters passes its health check.
+    pub fn gorouters_healthy(&self) -> bool {
+        self.gorouters_healthy.load(Ordering::Acquire)
+    }
+
+    /// Whether the node can serve: not draining and some local GoRouter healthy (what
+    /// `/healthz` and this node's record in the mesh say).
+    pub fn can_serve(&self) -> bool {
+        !self.is_draining() && self.gorouters_healthy()
+    }
+
+    fn set_gorouters_healthy(&self, healthy: bool) {
+        if self.gorouters_healthy.swap(healthy, Ordering::AcqRel) != healthy {
+            if healthy {
+                info!("a local gorouter is healthy again");
+            } else {
+                warn!("no local gorouter is healthy: /healthz answers 503");
+            }
+        }
     }
 
     /// The node's sync state.
@@ -128,6 +157,15 @@ impl Listeners {
     }
 }
 
+/// The data plane's listeners (plain HTTP, and HTTPS when `[tls]` is configured).
+#[derive(Debug, Default)]
+pub struct ProxyListeners {
+    /// `proxy.http_listen`.
+    pub http: Option<TcpListener>,
+    /// `proxy.https_listen`.
+    pub https: Option<TcpListener>,
+}
+
 /// Errors that stop a node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -137,6 +175,9 @@ pub enum NodeError {
     /// The mesh's certificates could not be loaded or do not match the config.
     #[error("mesh: {0}")]
     Mesh(String),
+    /// The TLS certificates of the HTTPS listener could not be loaded.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// A subsystem panicked or was cancelled from outside.
     #[error("subsystem {name} failed: {reason}")]
     Subsystem {
@@ -153,11 +194,31 @@ pub fn new_generation() -> u64 {
     learn::unix_ms().saturating_mul(1000)
 }
 
-/// Run the node until `shutdown` is cancelled or a subsystem fails.
+/// Run the node without a data plane (learning, mesh, admin) until `shutdown` is cancelled
+/// or a subsystem fails.
 pub async fn run(
     config: Config,
     state: Arc<NodeState>,
     listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    run_with_proxy(
+        config,
+        state,
+        listeners,
+        ProxyListeners::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Run the whole node, serving HTTP(S) on `proxy`'s listeners, until `shutdown` is
+/// cancelled or a subsystem fails.
+pub async fn run_with_proxy(
+    config: Config,
+    state: Arc<NodeState>,
+    listeners: Listeners,
+    proxy: ProxyListeners,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let mut tasks: JoinSet<(&'static str, Result<(), NodeError>)> = JoinSet::new();
@@ -222,6 +283,70 @@ pub async fn run(
             crate::mesh::run(mesh, listener, dialer, state, token).await;
             ("mesh", Ok(()))
         });
+    }
+    // The data plane: GoRouter health, the proxy, and requests peers forward to us.
+    let gorouters = Arc::new(crate::proxy::upstream::GoRouters::new(&config.gorouters));
+    {
+        let (gorouters, state, token) = (gorouters.clone(), state.clone(), stop.child_token());
+        tasks.spawn(async move {
+            let node = state.clone();
+            gorouters
+                .probe(
+                    GOROUTER_PROBE_INTERVAL,
+                    move |healthy| node.set_gorouters_healthy(healthy),
+                    token,
+                )
+                .await;
+            ("gorouter probes", Ok(()))
+        });
+    }
+    if proxy.http.is_some() || proxy.https.is_some() {
+        let remotes = state.mesh.get().map(|m| {
+            crate::proxy::remote::Remotes::new(m.clone(), m.tls(), listeners.dialer.clone())
+        });
+        let rules = crate::proxy::decide::Rules {
+            site: config.site.clone(),
+            region: config.region.clone().unwrap_or_default(),
+            remote: config.proxy.remote,
+            redirect_host: config.proxy.redirect_host.clone(),
+        };
+        let p = crate::proxy::Proxy::new(
+            state.clone(),
+            rules,
+            gorouters.clone(),
+            remotes,
+            config.proxy.site_header,
+            config.log.access_log,
+        );
+        if let Some(peers) = state.mesh.get().and_then(|m| m.take_peer_http()) {
+            let (p, token) = (p.clone(), stop.child_token());
+            tasks.spawn(async move {
+                crate::proxy::serve_peers(p, peers, token).await;
+                ("peer requests", Ok(()))
+            });
+        }
+        if let Some(http) = proxy.http {
+            let (p, token) = (p.clone(), stop.child_token());
+            tasks.spawn(async move {
+                crate::proxy::serve_http(p, http, token).await;
+                ("http", Ok(()))
+            });
+        }
+        if let (Some(https), Some(tls)) = (proxy.https, &config.tls) {
+            let store =
+                crate::tls::CertStore::load(&tls.cert_dir, &tls.default_cert, &tls.default_key)?;
+            let server = store.server_config()?;
+            let (watch, token) = (store.clone(), stop.child_token());
+            tasks.spawn(async move {
+                watch.watch(CERT_POLL_INTERVAL, token).await;
+                ("certificate reload", Ok(()))
+            });
+            let (p, token) = (p.clone(), stop.child_token());
+            tasks.spawn(async move {
+                crate::proxy::serve_https(p, https, server, token).await;
+                ("https", Ok(()))
+            });
+        }
     }
     {
         let (state, token) = (state.clone(), stop.child_token());

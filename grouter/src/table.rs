@@ -637,6 +637,12 @@ impl Table {
         true
     }
 
+    /// Forget that `node_id` was retired: the node itself is speaking again (after a
+    /// partition longer than the retirement grace), so its incarnation is alive after all.
+    pub fn unretire(&self, node_id: &str) -> bool {
+        self.retired.write().remove(node_id).is_some()
+    }
+
     /// Take every live entry of a (removed or reset) partition out of the index.
     fn unindex(&self, part: &Partition) {
         for (key, v) in &part.entries {

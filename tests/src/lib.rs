@@ -201,9 +201,35 @@ pub struct NodeBuilder {
     prune_interval_secs: u64,
     extra: String,
     mesh: Option<(PathBuf, Vec<SocketAddr>)>,
+    gorouters: Vec<SocketAddr>,
+    redirect: bool,
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl NodeBuilder {
+    /// Forward to these GoRouters (default: a new [`gorouter::GoRouterStub`] of the node's
+    /// site, kept by the node).
+    pub fn gorouters(mut self, addrs: &[SocketAddr]) -> Self {
+        self.gorouters = addrs.to_vec();
+        self
+    }
+
+    /// Answer requests for apps served only elsewhere with a redirect instead of proxying.
+    pub fn redirect(mut self) -> Self {
+        self.redirect = true;
+        self
+    }
+
+    /// Serve HTTPS with certificates from `cert_dir` and this default pair.
+    pub fn https(mut self, cert_dir: &Path, default_cert: &Path, default_key: &Path) -> Self {
+        self.tls = Some((
+            cert_dir.to_path_buf(),
+            default_cert.to_path_buf(),
+            default_key.to_path_buf(),
+        ));
+        self
+    }
+
     /// Join the mesh of `ca` (a certificate is issued for this node), dialling `seeds`.
     pub fn mesh(mut self, ca: &MeshCa, seeds: &[SocketAddr]) -> Self {
         self.mesh = Some((ca.dir().to_path_buf(), seeds.to_vec()));
@@ -236,6 +262,21 @@ impl NodeBuilder {
         let token = format!("test-token-{}", std::process::id());
         std::fs::write(dir.path().join("admin.token"), &token).expect("write token");
         let servers: Vec<String> = self.nats.iter().map(|s| format!("{s:?}")).collect();
+        let stub = if self.gorouters.is_empty() {
+            Some(gorouter::GoRouterStub::start(&self.site).await)
+        } else {
+            None
+        };
+        let gorouter_addrs: Vec<SocketAddr> = match &stub {
+            Some(stub) => vec![stub.addr()],
+            None => self.gorouters.clone(),
+        };
+        let https = match &self.tls {
+            Some((dir, cert, key)) => format!(
+                "https_listen = \"127.0.0.1:0\"\n\n[tls]\ncert_dir = {dir:?}\ndefault_cert = {cert:?}\ndefault_key = {key:?}\n"
+            ),
+            None => String::new(),
+        };
         let config = format!(
             r#"node_id = "{node_id}"
 site = "{site}"
@@ -246,10 +287,12 @@ stale_threshold_secs = {stale}
 prune_interval_secs = {prune}
 
 [gorouters]
-addresses = ["127.0.0.1:9"]
+addresses = [{gorouters}]
 
 [proxy]
 http_listen = "127.0.0.1:0"
+remote = "{remote}"
+{https}
 
 [admin]
 listen = "127.0.0.1:0"
@@ -265,6 +308,13 @@ format = "json"
             stale = self.stale_threshold_secs,
             prune = self.prune_interval_secs,
             extra = self.extra,
+            gorouters = gorouter_addrs
+                .iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            remote = if self.redirect { "redirect" } else { "proxy" },
+            https = https,
         );
         let mut config = config;
         if let Some((ca, seeds)) = &self.mesh {
@@ -286,6 +336,9 @@ format = "json"
         let mut node = Node {
             child: None,
             admin: "127.0.0.1:0".parse().expect("addr"),
+            http_listen: None,
+            https_listen: None,
+            stub,
             mesh: None,
             token,
             log: LogLines::default(),
@@ -303,6 +356,10 @@ format = "json"
 pub struct Node {
     child: Option<Child>,
     admin: SocketAddr,
+    http_listen: Option<SocketAddr>,
+    https_listen: Option<SocketAddr>,
+    /// The node's own GoRouter stand-in, unless the test gave addresses.
+    pub stub: Option<gorouter::GoRouterStub>,
     mesh: Option<SocketAddr>,
     token: String,
     config_path: PathBuf,
@@ -323,6 +380,9 @@ impl Node {
             prune_interval_secs: 30,
             extra: String::new(),
             mesh: None,
+            gorouters: Vec::new(),
+            redirect: false,
+            tls: None,
         }
     }
 
@@ -360,6 +420,20 @@ impl Node {
                 listening("mesh"),
             ));
         }
+        self.http_listen = Some(self.log.wait_for(
+            Duration::from_secs(10),
+            "the http listener",
+            listening("http"),
+        ));
+        let has_https =
+            std::fs::read_to_string(&self.config_path).is_ok_and(|c| c.contains("https_listen"));
+        if has_https {
+            self.https_listen = Some(self.log.wait_for(
+                Duration::from_secs(10),
+                "the https listener",
+                listening("https"),
+            ));
+        }
         wait_until(Duration::from_secs(10), "the admin API", || async {
             self.get("/healthz").await.ok().map(|_| ())
         })
@@ -382,6 +456,16 @@ impl Node {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The plain HTTP listener's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_listen.expect("http listener")
+    }
+
+    /// The HTTPS listener's address.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https_listen.expect("https listener")
     }
 
     /// The mesh listener's address.
@@ -457,6 +541,29 @@ impl Node {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS")
+    }
+
+    /// Peak resident memory of the process in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.proc_status("VmHWM:")
+    }
+
+    /// Open file descriptors of the process.
+    pub fn open_fds(&self) -> usize {
+        let pid = self.child.as_ref().map(Child::id).expect("running");
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    fn proc_status(&self, field: &str) -> u64 {
+        let pid = self.child.as_ref().map(Child::id).expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("field in /proc status")
     }
 
     /// Whether the process is still running.
@@ -549,3 +656,5 @@ impl Default for MeshCa {
         Self::new()
     }
 }
+pub mod gorouter;
+pub mod inproc;

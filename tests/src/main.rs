@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod churn;
 mod gcf;
 mod learn;
 mod mesh;
+mod partition;
+mod proxy;

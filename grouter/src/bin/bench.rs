@@ -2,6 +2,17 @@
 //!
 //! - `grouter-bench ingest`: registrations from a real `nats-server` into the table, with
 //!   lookups running at the same time; reports messages/s, lookups/s and memory per endpoint.
+//! - `grouter-bench memory`: memory of the registry and table, fed without NATS.
+//!
+//! The mesh (Issue 3) runs full nodes in-process (`grouter::node::run`, one real `nats-server`
+//! per site, mesh certificates from a throw-away CA, every listener on 127.0.0.1:0):
+//!
+//! - `propagation`: `router.register` at site A's NATS → visible in site C's table.
+//! - `full-sync`: a new node learns a 200,000-route partition; time and bytes.
+//! - `failure`: kill a node; time until the others' detectors say `dead`.
+//! - `idle --minutes N`: three idle nodes; count any suspect/dead verdict.
+//! - `wire`: bytes on the wire per route change, above the idle heartbeat traffic.
+//! - `mesh-memory`: one table holding 5 sites × 200,000 routes (4 imported via `sync::apply`).
 //!
 //! Results and the exact commands are recorded in `docs/BENCHMARKS.md`.
 
@@ -57,6 +68,82 @@ enum Bench {
         #[arg(long, default_value_t = 2)]
         endpoints: usize,
     },
+    /// Registration at site A's NATS → visible in site C's table (3 sites, one node each).
+    Propagation {
+        /// Registrations to publish.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Milliseconds between two registrations.
+        #[arg(long, default_value_t = 5)]
+        interval_ms: u64,
+        /// Spin on `table.lookup` instead of waking on `table.subscribe()` (costs one core).
+        #[arg(long)]
+        poll: bool,
+    },
+    /// A new node joins and learns a partition of `routes` routes from node A.
+    FullSync {
+        /// Routes in node A's partition.
+        #[arg(long, default_value_t = 200_000)]
+        routes: usize,
+        /// New nodes to start one after the other (each a fresh node id).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Throttle what the new node receives to this many Mbit/s (0: loopback speed), to
+        /// see a sync over a slower link.
+        #[arg(long, default_value_t = 0)]
+        limit_mbit: u64,
+    },
+    /// Kill node B; time until A's (and C's) failure detector says dead.
+    Failure {
+        /// Kills (B is restarted between them).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Mesh heartbeat interval (the default config is 500 ms).
+        #[arg(long, default_value_t = 500)]
+        heartbeat_ms: u64,
+    },
+    /// Three idle nodes: count every suspect or dead verdict (there should be none).
+    Idle {
+        /// How long to watch.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
+    /// Bytes on the wire from A to C per route change at A, above idle traffic.
+    Wire {
+        /// Route changes at A (first half new routes, second half endpoint-count updates).
+        #[arg(long, default_value_t = 10_000)]
+        changes: usize,
+        /// Changes per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+    },
+    /// One table holding `sites` partitions of `routes` routes (own + imported).
+    MeshMemory {
+        /// Routes per partition.
+        #[arg(long, default_value_t = 200_000)]
+        routes: usize,
+        /// Partitions (sites, one node each), this node's own included.
+        #[arg(long, default_value_t = 5)]
+        sites: usize,
+        /// Every site serves different hosts (default: every site serves the same hosts,
+        /// as when each app is deployed at every site).
+        #[arg(long)]
+        distinct_hosts: bool,
+    },
+    /// (internal) Fill a table in this process and write its deltas to stdout.
+    #[command(hide = true)]
+    EmitPartition {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        site_index: usize,
+        #[arg(long)]
+        routes: usize,
+        #[arg(long)]
+        distinct_hosts: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +166,37 @@ fn main() -> anyhow::Result<()> {
             rate,
         )),
         Bench::Memory { routes, endpoints } => memory(routes, endpoints),
+        Bench::Propagation {
+            count,
+            interval_ms,
+            poll,
+        } => rt.block_on(mesh_bench::propagation(
+            count,
+            Duration::from_millis(interval_ms),
+            poll,
+        )),
+        Bench::FullSync {
+            routes,
+            runs,
+            limit_mbit,
+        } => rt.block_on(mesh_bench::full_sync(routes, runs, limit_mbit)),
+        Bench::Failure { runs, heartbeat_ms } => {
+            rt.block_on(mesh_bench::failure(runs, heartbeat_ms))
+        }
+        Bench::Idle { minutes } => rt.block_on(mesh_bench::idle(minutes)),
+        Bench::Wire { changes, rate } => rt.block_on(mesh_bench::wire(changes, rate)),
+        Bench::MeshMemory {
+            routes,
+            sites,
+            distinct_hosts,
+        } => mesh_bench::mesh_memory(routes, sites, distinct_hosts),
+        Bench::EmitPartition {
+            node,
+            site,
+            site_index,
+            routes,
+            distinct_hosts,
+        } => mesh_bench::emit_partition(&node, &site, site_index, routes, distinct_hosts),
     }
 }
 
@@ -321,4 +439,1299 @@ async fn ingest(
         grown as f64 / routes as f64
     );
     Ok(())
+}
+
+/// Issue 3: the mesh. Full nodes run in this process, each with its own `nats-server`.
+mod mesh_bench {
+    use std::collections::{BTreeMap, HashMap};
+    use std::future::Future;
+    use std::io::{Read, Write};
+    use std::path::PathBuf;
+    use std::pin::Pin;
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, anyhow, bail};
+    use grouter::config::Config;
+    use grouter::mesh::liveness::NodeState as Verdict;
+    use grouter::mesh::sync::{self, Authority, PeerView, Sender};
+    use grouter::mesh::{Dialer, Mesh, PeerLink, identity};
+    use grouter::node::{self, Listeners, NodeError, NodeState};
+    use grouter::table::{RouteEntry, Table};
+    use grouter_protocol::mesh as wire;
+    use grouter_protocol::nats::RouteKey;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::sync::CancellationToken;
+
+    use super::{NatsChild, rss_bytes, start_nats};
+
+    // ---------------------------------------------------------------------------------------
+    // Set-up: a throw-away directory, a mesh CA, nats-servers and in-process nodes.
+
+    /// A unique directory under the system temp dir, removed on drop.
+    #[derive(Debug)]
+    struct BenchDir(PathBuf);
+
+    impl BenchDir {
+        fn new(what: &str) -> anyhow::Result<BenchDir> {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let dir = std::env::temp_dir().join(format!(
+                "grouter-bench-{what}-{}-{nanos}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            Ok(BenchDir(dir))
+        }
+    }
+
+    impl Drop for BenchDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Everything the nodes of one benchmark share. Dropping it stops the nats-servers and
+    /// removes the directory (nodes are stopped first, by their owners).
+    struct Lab {
+        dir: BenchDir,
+        ca: PathBuf,
+        nats: HashMap<String, (NatsChild, String)>,
+        serial: usize,
+        heartbeat_ms: u64,
+    }
+
+    impl Lab {
+        fn new(what: &str, heartbeat_ms: u64) -> anyhow::Result<Lab> {
+            let dir = BenchDir::new(what)?;
+            let ca = dir.0.join("ca");
+            identity::create_ca(&ca).map_err(|e| anyhow!("mesh CA: {e}"))?;
+            Ok(Lab {
+                dir,
+                ca,
+                nats: HashMap::new(),
+                serial: 0,
+                heartbeat_ms,
+            })
+        }
+
+        /// The site's NATS, started on first use.
+        fn nats_url(&mut self, site: &str) -> anyhow::Result<String> {
+            if let Some((_, url)) = self.nats.get(site) {
+                return Ok(url.clone());
+            }
+            let (child, url) = start_nats()?;
+            self.nats.insert(site.to_string(), (child, url.clone()));
+            Ok(url)
+        }
+
+        /// Certificates, config and listeners of a node, ready to [`Prepared::launch`].
+        async fn prepare(
+            &mut self,
+            id: &str,
+            site: &str,
+            seeds: &[&str],
+            dialer: Option<Arc<dyn Dialer>>,
+        ) -> anyhow::Result<Prepared> {
+            let nats = self.nats_url(site)?;
+            self.serial += 1;
+            let dir = self.dir.0.join(format!("{id}-{}", self.serial));
+            let id_cert =
+                identity::NodeIdentity::new(id, site).map_err(|e| anyhow!("identity: {e}"))?;
+            identity::create_node(&self.ca, &id_cert, &dir.join("mesh"))
+                .map_err(|e| anyhow!("node certificate: {e}"))?;
+            let token = format!("bench-{id}");
+            std::fs::write(dir.join("admin.token"), &token)?;
+            let seeds: Vec<String> = seeds.iter().map(|s| format!("{s:?}")).collect();
+            let text = format!(
+                r#"node_id = "{id}"
+site = "{site}"
+
+[nats]
+servers = ["{nats}"]
+stale_threshold_secs = 3600
+prune_interval_secs = 3600
+
+[gorouters]
+addresses = ["127.0.0.1:9"]
+
+[proxy]
+http_listen = "127.0.0.1:0"
+
+[admin]
+listen = "127.0.0.1:0"
+token_file = "admin.token"
+
+[mesh]
+listen = "127.0.0.1:0"
+seeds = [{seeds}]
+ca = "mesh/ca.pem"
+cert = "mesh/node.pem"
+key = "mesh/node.key"
+heartbeat_interval_ms = {hb}
+"#,
+                seeds = seeds.join(", "),
+                hb = self.heartbeat_ms,
+            );
+            let path = dir.join(format!("{id}.toml"));
+            std::fs::write(&path, &text)?;
+            let config = Config::from_toml(&text, &path, &dir).map_err(|e| anyhow!("{e}"))?;
+            let admin = TcpListener::bind("127.0.0.1:0").await?;
+            let mesh = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = mesh.local_addr()?.to_string();
+            let mut listeners = Listeners::new(admin, Some(mesh));
+            if let Some(d) = dialer {
+                listeners.dialer = d;
+            }
+            let state = Arc::new(NodeState::new(&config, token, node::new_generation()));
+            Ok(Prepared {
+                id: id.to_string(),
+                config,
+                state,
+                listeners,
+                addr,
+            })
+        }
+
+        async fn start(
+            &mut self,
+            id: &str,
+            site: &str,
+            seeds: &[&str],
+            dialer: Option<Arc<dyn Dialer>>,
+        ) -> anyhow::Result<BenchNode> {
+            self.prepare(id, site, seeds, dialer).await?.launch().await
+        }
+    }
+
+    struct Prepared {
+        id: String,
+        config: Config,
+        state: Arc<NodeState>,
+        listeners: Listeners,
+        addr: String,
+    }
+
+    impl Prepared {
+        /// Run the node; returns once its mesh exists.
+        async fn launch(self) -> anyhow::Result<BenchNode> {
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(node::run(
+                self.config,
+                self.state.clone(),
+                self.listeners,
+                shutdown.clone(),
+            ));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mesh = loop {
+                if let Some(m) = self.state.mesh.get() {
+                    break m.clone();
+                }
+                if Instant::now() > deadline {
+                    bail!("{}: the mesh did not start", self.id);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            };
+            Ok(BenchNode {
+                id: self.id,
+                state: self.state,
+                mesh,
+                addr: self.addr,
+                shutdown,
+                task,
+            })
+        }
+    }
+
+    /// A node running in this process.
+    struct BenchNode {
+        id: String,
+        state: Arc<NodeState>,
+        mesh: Arc<Mesh>,
+        /// Its mesh listener.
+        addr: String,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<Result<(), NodeError>>,
+    }
+
+    impl BenchNode {
+        fn table(&self) -> &Table {
+            &self.state.table
+        }
+
+        /// The link to `peer`, if connected.
+        fn link(&self, peer: &str) -> Option<Arc<PeerLink>> {
+            self.mesh.peers().into_iter().find(|l| l.node_id == peer)
+        }
+
+        /// `peer` as this node's failure detector sees it: (verdict, generation).
+        fn verdict(&self, peer: &str) -> Option<(Verdict, u64)> {
+            self.mesh
+                .nodes()
+                .into_iter()
+                .find(|v| *v.origin.node_id == *peer)
+                .map(|v| (v.state, v.origin.generation))
+        }
+
+        /// Live routes this node holds of `owner`'s partition, and its version.
+        fn held(&self, owner: &str) -> Option<(usize, u64)> {
+            self.table()
+                .partitions()
+                .into_iter()
+                .find(|p| *p.origin.node_id == *owner)
+                .map(|p| (p.routes, p.max_version))
+        }
+
+        /// `grouter_mesh_deltas_rejected_total` by reason.
+        fn rejections(&self) -> BTreeMap<String, u64> {
+            let text = self.state.metrics.encode(self.table().stats());
+            text.lines()
+                .filter_map(|l| l.strip_prefix("grouter_mesh_deltas_rejected_total{reason=\""))
+                .filter_map(|l| {
+                    let (reason, rest) = l.split_once("\"}")?;
+                    Some((reason.to_string(), rest.trim().parse().ok()?))
+                })
+                .collect()
+        }
+
+        fn entries_sent(&self) -> u64 {
+            self.state.metrics.entries_sent.get()
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
+        }
+    }
+
+    /// Poll `cond` every 5 ms until it holds; fail after `timeout`.
+    async fn wait_for(
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut() -> bool,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        while !cond() {
+            if start.elapsed() > timeout {
+                bail!("{what}: not within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(start.elapsed())
+    }
+
+    /// Every node connected to every other, holding its partition and seeing it alive.
+    fn full_mesh(nodes: &[&BenchNode]) -> bool {
+        nodes.iter().all(|n| {
+            nodes.iter().filter(|o| o.id != n.id).all(|o| {
+                n.link(&o.id).is_some() && n.verdict(&o.id).is_some_and(|v| v.0 == Verdict::Alive)
+            })
+        })
+    }
+
+    /// Wait for a full mesh, then `settle` more (duplicate connections are resolved and the
+    /// first digests exchanged); fail if it came apart meanwhile.
+    async fn form_mesh(nodes: &[&BenchNode], settle: Duration) -> anyhow::Result<Duration> {
+        let took = wait_for("full mesh", Duration::from_secs(20), || full_mesh(nodes)).await?;
+        tokio::time::sleep(settle).await;
+        wait_for("full mesh after settling", Duration::from_secs(5), || {
+            full_mesh(nodes)
+        })
+        .await?;
+        Ok(took)
+    }
+
+    fn bench_key(host: &str) -> anyhow::Result<Arc<RouteKey>> {
+        RouteKey::parse(host)
+            .map(Arc::new)
+            .with_context(|| format!("bad route {host}"))
+    }
+
+    /// A route entry shaped like the learner's: app GUID, app name, endpoint counts.
+    fn bench_entry(site: usize, route: usize, endpoints: u32) -> RouteEntry {
+        RouteEntry {
+            app_id: format!("{route:08x}-5e1c-4c1e-9a77-{site:012x}").into(),
+            app_name: Some(format!("app-{route}").into()),
+            endpoints,
+            instances: endpoints,
+            updated_at_ms: 1_714_380_000_000 + route as u64,
+        }
+    }
+
+    fn bench_host(route: usize) -> String {
+        format!("app-{route}.apps.example.com")
+    }
+
+    fn ms(d: Duration) -> f64 {
+        d.as_secs_f64() * 1000.0
+    }
+
+    fn mib(b: u64) -> f64 {
+        b as f64 / 1_048_576.0
+    }
+
+    /// The `q` quantile (nearest rank) of sorted samples.
+    fn quantile(sorted: &[Duration], q: f64) -> Duration {
+        if sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1]
+    }
+
+    fn summary_row(label: &str, samples: &mut [Duration]) -> String {
+        samples.sort();
+        let mean =
+            samples.iter().sum::<Duration>() / u32::try_from(samples.len().max(1)).unwrap_or(1);
+        format!(
+            "  {label:<22} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            ms(quantile(samples, 0.50)),
+            ms(quantile(samples, 0.90)),
+            ms(quantile(samples, 0.99)),
+            ms(samples.last().copied().unwrap_or_default()),
+            ms(mean),
+        )
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // propagation
+
+    /// When each host appears in `table` (`None`: not within the deadline). Runs on its own
+    /// thread: waits on the table's change notification (or spins with `poll`).
+    fn watch_arrivals(
+        table: Arc<Table>,
+        hosts: Arc<Vec<String>>,
+        published: Arc<AtomicUsize>,
+        poll: bool,
+        deadline: Instant,
+    ) -> anyhow::Result<Vec<Option<Instant>>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        let mut changes = table.subscribe();
+        let mut seen: Vec<Option<Instant>> = vec![None; hosts.len()];
+        let mut first_unseen = 0;
+        let mut remaining = hosts.len();
+        while remaining > 0 && Instant::now() < deadline {
+            if !poll {
+                let woke = rt.block_on(async {
+                    tokio::time::timeout(Duration::from_millis(20), changes.changed()).await
+                });
+                if matches!(woke, Ok(Err(_))) {
+                    break; // the table is gone
+                }
+            }
+            let now = Instant::now();
+            let upto = published.load(Ordering::Acquire).min(hosts.len());
+            for i in first_unseen..upto {
+                if seen[i].is_none() && table.lookup(&hosts[i], "/").is_some() {
+                    seen[i] = Some(now);
+                    remaining -= 1;
+                }
+            }
+            while first_unseen < hosts.len() && seen[first_unseen].is_some() {
+                first_unseen += 1;
+            }
+        }
+        Ok(seen)
+    }
+
+    fn register_json(host: &str, i: usize) -> String {
+        format!(
+            r#"{{"host":"10.0.{}.{}","port":{},"protocol":"http1","uris":["{host}"],"app":"{i:08x}-5e1c-4c1e-9a77-0f3b2d1a9c10","private_instance_id":"{i:08x}-77d4-4e2a-5b6c-000000000000","private_instance_index":"0","availability_zone":"z1","tags":{{"component":"route-emitter","app_name":"prop-{i}","organization_name":"acme","space_name":"prod","process_type":"web"}}}}"#,
+            (i >> 8) & 0xff,
+            i & 0xff,
+            20000 + (i % 40000),
+        )
+    }
+
+    pub(super) async fn propagation(
+        count: usize,
+        interval: Duration,
+        poll: bool,
+    ) -> anyhow::Result<()> {
+        let mut lab = Lab::new("propagation", 500)?;
+        let a = lab.start("a-1", "lon", &[], None).await?;
+        let b = lab.start("b-1", "nyc", &[&a.addr], None).await?;
+        let c = lab.start("c-1", "sgp", &[&a.addr], None).await?;
+        let formed = form_mesh(&[&a, &b, &c], Duration::from_secs(2)).await?;
+        let url = lab.nats_url("lon")?;
+        let publisher = async_nats::connect(&url).await?;
+
+        // Until a probe registration shows up at C, A's learner may not be subscribed yet.
+        let probe = register_json("probe.apps.example.com", 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.table().lookup("probe.apps.example.com", "/").is_none() {
+            publisher
+                .publish("router.register", probe.clone().into())
+                .await?;
+            publisher.flush().await?;
+            if Instant::now() > deadline {
+                bail!("a probe registration at lon's NATS never reached c-1");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rejected_before = (b.rejections(), c.rejections());
+        let sent_before = [a.entries_sent(), b.entries_sent(), c.entries_sent()];
+
+        let hosts: Arc<Vec<String>> = Arc::new(
+            (0..count)
+                .map(|i| format!("prop-{i}.apps.example.com"))
+                .collect(),
+        );
+        let payloads: Vec<bytes::Bytes> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| register_json(h, i).into())
+            .collect();
+        let published = Arc::new(AtomicUsize::new(0));
+        let run_for = interval * u32::try_from(count).unwrap_or(u32::MAX);
+        let deadline = Instant::now() + run_for + Duration::from_secs(10);
+        let watchers: Vec<_> = [a.state.table.clone(), c.state.table.clone()]
+            .into_iter()
+            .map(|t| {
+                let (hosts, published) = (hosts.clone(), published.clone());
+                std::thread::spawn(move || watch_arrivals(t, hosts, published, poll, deadline))
+            })
+            .collect();
+
+        let mut sent_at = Vec::with_capacity(count);
+        let started = Instant::now();
+        for (i, p) in payloads.into_iter().enumerate() {
+            tokio::time::sleep_until((started + interval * u32::try_from(i).unwrap_or(0)).into())
+                .await;
+            sent_at.push(Instant::now());
+            published.store(i + 1, Ordering::Release);
+            publisher.publish("router.register", p).await?;
+            publisher.flush().await?;
+        }
+        let publish_secs = started.elapsed().as_secs_f64();
+        let mut arrivals = Vec::new();
+        for w in watchers {
+            arrivals.push(w.join().map_err(|_| anyhow!("watcher thread panicked"))??);
+        }
+        let (at_a, at_c) = (&arrivals[0], &arrivals[1]);
+        let mut nats_to_a = Vec::new();
+        let mut nats_to_c = Vec::new();
+        let mut a_to_c = Vec::new();
+        for i in 0..count {
+            if let Some(ta) = at_a[i] {
+                nats_to_a.push(ta.saturating_duration_since(sent_at[i]));
+            }
+            if let Some(tc) = at_c[i] {
+                nats_to_c.push(tc.saturating_duration_since(sent_at[i]));
+                if let Some(ta) = at_a[i] {
+                    a_to_c.push(tc.saturating_duration_since(ta));
+                }
+            }
+        }
+        let missing = count - nats_to_c.len();
+        let rejected_after = (b.rejections(), c.rejections());
+        let sent_after = [a.entries_sent(), b.entries_sent(), c.entries_sent()];
+
+        println!(
+            "propagation: {count} router.register messages, one every {} ms ({publish_secs:.2} s), published to lon's NATS (node a-1); arrival watched in a-1's and sgp's (c-1) tables by {}",
+            interval.as_millis(),
+            if poll {
+                "spinning on lookup"
+            } else {
+                "waking on table.subscribe()"
+            },
+        );
+        println!(
+            "  mesh: a-1 (lon), b-1 (nyc), c-1 (sgp), one nats-server per site, full mesh after {:.0} ms",
+            ms(formed)
+        );
+        println!(
+            "  {:<22} {:>8} {:>8} {:>8} {:>8} {:>8}   (ms)",
+            "", "p50", "p90", "p99", "max", "mean"
+        );
+        println!("{}", summary_row("NATS -> a-1 table", &mut nats_to_a));
+        println!("{}", summary_row("a-1 table -> c-1 table", &mut a_to_c));
+        println!("{}", summary_row("NATS -> c-1 table", &mut nats_to_c));
+        let p99 = quantile(&nats_to_c, 0.99);
+        println!(
+            "  arrived at c-1: {} of {count}; target p99 <= 50 ms: {}",
+            nats_to_c.len(),
+            if missing == 0 && p99 <= Duration::from_millis(50) {
+                "met"
+            } else {
+                "NOT met"
+            }
+        );
+        let diff = |before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, k: &str| {
+            after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0)
+        };
+        println!(
+            "  entries sent during the run: a-1 {}, b-1 {}, c-1 {}; deltas dropped as owner_connected: at b-1 {}, at c-1 {}",
+            sent_after[0] - sent_before[0],
+            sent_after[1] - sent_before[1],
+            sent_after[2] - sent_before[2],
+            diff(&rejected_before.0, &rejected_after.0, "owner_connected"),
+            diff(&rejected_before.1, &rejected_after.1, "owner_connected"),
+        );
+        drop(publisher);
+        for n in [c, b, a] {
+            n.stop().await;
+        }
+        drop(lab);
+        if missing > 0 {
+            bail!("{missing} registrations never reached c-1");
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // full-sync
+
+    pub(super) async fn full_sync(
+        routes: usize,
+        runs: usize,
+        limit_mbit: u64,
+    ) -> anyhow::Result<()> {
+        let relays = Arc::new(Relays::default());
+        let mut lab = Lab::new("full-sync", 500)?;
+        let a = lab.start("a-1", "lon", &[], None).await?;
+        let keys: Vec<Arc<RouteKey>> = (0..routes)
+            .map(|i| bench_key(&bench_host(i)))
+            .collect::<anyhow::Result<_>>()?;
+        let filled = Instant::now();
+        for (i, k) in keys.iter().enumerate() {
+            a.table().upsert_local(k, bench_entry(0, i, 2));
+        }
+        let fill = filled.elapsed();
+        drop(keys);
+        let (held, version) = a.held("a-1").context("a-1 holds no partition")?;
+        println!(
+            "full-sync: a-1 (lon) holds {held} routes (version {version}, written with upsert_local in {:.2} s); a new node of site sgp starts seeded with a-1{}",
+            fill.as_secs_f64(),
+            if limit_mbit > 0 {
+                format!(", receiving through a relay throttled to {limit_mbit} Mbit/s")
+            } else {
+                String::new()
+            }
+        );
+        println!(
+            "  {:<5} {:>10} {:>12} {:>14} {:>12} {:>12} {:>9}",
+            "node", "connected", "first entry", "all routes", "C received", "A had sent", "B/route"
+        );
+        let mut totals = Vec::new();
+        for run in 1..=runs {
+            let id = format!("c-{run}");
+            let sent_before = a.entries_sent();
+            let dialer: Option<Arc<dyn Dialer>> = (limit_mbit > 0).then(|| {
+                Arc::new(CountingDialer {
+                    from: id.clone(),
+                    relays: relays.clone(),
+                    down_limit: Some(limit_mbit * 1_000_000 / 8),
+                }) as Arc<dyn Dialer>
+            });
+            let prepared = lab.prepare(&id, "sgp", &[&a.addr], dialer).await?;
+            let t0 = Instant::now();
+            let c = prepared.launch().await?;
+            let (mut connected, mut first) = (None, None);
+            let deadline = t0 + Duration::from_secs(120);
+            let all = loop {
+                let now = Instant::now();
+                if connected.is_none() && c.link("a-1").is_some() {
+                    connected = Some(now - t0);
+                }
+                let got = c.held("a-1").map_or(0, |h| h.0);
+                if first.is_none() && got > 0 {
+                    first = Some(now - t0);
+                }
+                if got >= routes {
+                    break now - t0;
+                }
+                if now > deadline {
+                    bail!("{id}: only {got} of {routes} routes after 120 s");
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            };
+            let received = |c: &BenchNode| -> u64 {
+                c.mesh
+                    .peers()
+                    .iter()
+                    .map(|l| l.bytes_in.load(Ordering::Relaxed))
+                    .sum()
+            };
+            let at_all = received(&c);
+            let sent = a
+                .link(&id)
+                .map_or(0, |l| l.bytes_out.load(Ordering::Relaxed));
+            println!(
+                "  {id:<5} {:>7.0} ms {:>9.0} ms {:>12.3} s {:>9.2} MiB {:>8.2} MiB {:>9.1}",
+                ms(connected.unwrap_or_default()),
+                ms(first.unwrap_or_default()),
+                all.as_secs_f64(),
+                mib(at_all),
+                mib(sent),
+                at_all as f64 / routes as f64,
+            );
+            totals.push(all);
+            // What else arrives once C holds everything (a second copy, if any): wait until
+            // route entries stop flowing for 3 s (at most 120 s).
+            let mut last = (a.entries_sent(), Instant::now());
+            while last.1.elapsed() < Duration::from_secs(3)
+                && t0.elapsed() < Duration::from_secs(120)
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if a.entries_sent() != last.0 {
+                    last = (a.entries_sent(), Instant::now());
+                }
+            }
+            let settled = received(&c);
+            println!(
+                "        quiet from {:.1} s: {id} received {:.2} MiB in all; a-1 sent {} route entries since {id} started ({:.2} per route)",
+                last.1.saturating_duration_since(t0).as_secs_f64(),
+                mib(settled),
+                a.entries_sent() - sent_before,
+                (a.entries_sent() - sent_before) as f64 / routes as f64
+            );
+            c.stop().await;
+        }
+        totals.sort();
+        let worst = totals.last().copied().unwrap_or_default();
+        println!(
+            "  target: all {routes} routes in <= 2 s: {} (worst {:.3} s)",
+            if worst <= Duration::from_secs(2) {
+                "met"
+            } else {
+                "NOT met"
+            },
+            worst.as_secs_f64()
+        );
+        a.stop().await;
+        drop(lab);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // failure
+
+    pub(super) async fn failure(runs: usize, heartbeat_ms: u64) -> anyhow::Result<()> {
+        let mut lab = Lab::new("failure", heartbeat_ms)?;
+        let a = lab.start("a-1", "lon", &[], None).await?;
+        let mut b = lab.start("b-1", "nyc", &[&a.addr], None).await?;
+        let c = lab.start("c-1", "sgp", &[&a.addr], None).await?;
+        form_mesh(&[&a, &b, &c], Duration::from_secs(2)).await?;
+        let hb = Duration::from_millis(heartbeat_ms);
+        println!(
+            "failure: heartbeat {heartbeat_ms} ms (suspect after {} ms, dead after {} ms of silence); b-1 is stopped (its shutdown token cancelled), a-1 and c-1 watched every 5 ms",
+            heartbeat_ms * 4,
+            heartbeat_ms * 5
+        );
+        println!(
+            "  {:<4} {:>12} {:>12} {:>12} {:>12}",
+            "kill", "a-1 suspect", "a-1 dead", "c-1 suspect", "c-1 dead"
+        );
+        let mut dead_times = Vec::new();
+        for run in 1..=runs {
+            // Kill at a different phase of the heartbeat each time.
+            let phase = hb.mul_f64((run as f64 * 0.37).fract());
+            tokio::time::sleep(phase).await;
+            let generation = b.table().me().generation;
+            let killed = Instant::now();
+            b.shutdown.cancel();
+            let mut seen: [Option<Duration>; 4] = [None; 4];
+            let deadline = killed + Duration::from_secs(15);
+            while seen[1].is_none() || seen[3].is_none() {
+                let now = Instant::now();
+                for (k, n) in [&a, &c].iter().enumerate() {
+                    match n.verdict("b-1") {
+                        Some((Verdict::Suspect, g)) if g == generation => {
+                            seen[2 * k].get_or_insert(now - killed);
+                        }
+                        Some((Verdict::Dead, g)) if g == generation => {
+                            seen[2 * k].get_or_insert(now - killed);
+                            seen[2 * k + 1].get_or_insert(now - killed);
+                        }
+                        _ => {}
+                    }
+                }
+                if now > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let show = |d: Option<Duration>| {
+                d.map_or("never".to_string(), |d| format!("{:.3} s", d.as_secs_f64()))
+            };
+            println!(
+                "  {run:<4} {:>12} {:>12} {:>12} {:>12}",
+                show(seen[0]),
+                show(seen[1]),
+                show(seen[2]),
+                show(seen[3])
+            );
+            dead_times.extend([seen[1], seen[3]]);
+            let old = std::mem::replace(&mut b, lab.start("b-1", "nyc", &[&a.addr], None).await?);
+            let _ = tokio::time::timeout(Duration::from_secs(15), old.task).await;
+            form_mesh(&[&a, &b, &c], Duration::from_secs(1)).await?;
+        }
+        let worst = dead_times
+            .iter()
+            .map(|d| d.unwrap_or(Duration::MAX))
+            .max()
+            .unwrap_or_default();
+        println!(
+            "  target: dead within 3 s: {} (worst {})",
+            if worst <= Duration::from_secs(3) {
+                "met"
+            } else {
+                "NOT met"
+            },
+            if worst == Duration::MAX {
+                "never".to_string()
+            } else {
+                format!("{:.3} s", worst.as_secs_f64())
+            }
+        );
+        for n in [c, b, a] {
+            n.stop().await;
+        }
+        drop(lab);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // idle
+
+    pub(super) async fn idle(minutes: u64) -> anyhow::Result<()> {
+        let mut lab = Lab::new("idle", 500)?;
+        let a = lab.start("a-1", "lon", &[], None).await?;
+        let b = lab.start("b-1", "nyc", &[&a.addr], None).await?;
+        let c = lab.start("c-1", "sgp", &[&a.addr], None).await?;
+        form_mesh(&[&a, &b, &c], Duration::from_secs(3)).await?;
+        let nodes = [&a, &b, &c];
+        println!(
+            "idle: a-1 (lon), b-1 (nyc), c-1 (sgp), heartbeat 500 ms (suspect after 2 s); every node's detector polled every 100 ms for {minutes} min"
+        );
+        // Per (observer, peer): last verdict and the link's identity (to count reconnects).
+        let mut last: HashMap<(String, String), Verdict> = HashMap::new();
+        let mut links: HashMap<(String, String), Instant> = HashMap::new();
+        for n in nodes {
+            for l in n.mesh.peers() {
+                links.insert((n.id.clone(), l.node_id.clone()), l.since);
+            }
+        }
+        let (mut suspects, mut deads, mut reconnects, mut not_in_sync) = (0u64, 0u64, 0u64, 0u64);
+        let mut max_silent = Duration::ZERO;
+        let mut max_rtt = Duration::ZERO;
+        let started = Instant::now();
+        let end = started + Duration::from_secs(minutes * 60);
+        let mut next_report = started + Duration::from_secs(60);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut polls = 0u64;
+        while Instant::now() < end {
+            tick.tick().await;
+            polls += 1;
+            for n in nodes {
+                if n.state.sync() != node::SyncState::InSync {
+                    not_in_sync += 1;
+                }
+                for v in n.mesh.nodes() {
+                    max_silent = max_silent.max(v.silent_for);
+                    let key = (n.id.clone(), v.origin.node_id.to_string());
+                    let prev = last.insert(key.clone(), v.state).unwrap_or(Verdict::Alive);
+                    if prev != v.state {
+                        let at = started.elapsed().as_secs_f64();
+                        println!(
+                            "  {at:>7.1} s  {} sees {} {}",
+                            key.0,
+                            key.1,
+                            v.state.as_str()
+                        );
+                        match v.state {
+                            Verdict::Suspect => suspects += 1,
+                            Verdict::Dead => deads += 1,
+                            Verdict::Alive => {}
+                        }
+                    }
+                }
+                for l in n.mesh.peers() {
+                    if let Some(rtt) = l.rtt() {
+                        max_rtt = max_rtt.max(rtt);
+                    }
+                    let key = (n.id.clone(), l.node_id.clone());
+                    if links.insert(key, l.since).is_some_and(|s| s != l.since) {
+                        reconnects += 1;
+                    }
+                }
+            }
+            if Instant::now() >= next_report {
+                next_report += Duration::from_secs(60);
+                println!(
+                    "  {:>4.0} min: suspect {suspects}, dead {deads}, reconnects {reconnects}, longest silence {:.0} ms, max RTT {:.2} ms",
+                    started.elapsed().as_secs_f64() / 60.0,
+                    ms(max_silent),
+                    ms(max_rtt)
+                );
+            }
+        }
+        println!(
+            "  {minutes} min, {polls} polls of 3 detectors: suspect transitions {suspects}, dead {deads}, reconnects {reconnects}, polls not in_sync {not_in_sync}"
+        );
+        println!(
+            "  longest silence seen {:.0} ms (suspicion at 2000 ms), max RTT {:.2} ms; target 0 false suspicions: {}",
+            ms(max_silent),
+            ms(max_rtt),
+            if suspects + deads == 0 {
+                "met"
+            } else {
+                "NOT met"
+            }
+        );
+        for n in [c, b, a] {
+            n.stop().await;
+        }
+        drop(lab);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // wire
+
+    /// Bytes through one relayed TCP connection: `up` from the dialling node to the address
+    /// it dialled, `down` back.
+    #[derive(Debug, Default)]
+    struct Pipe {
+        up: AtomicU64,
+        down: AtomicU64,
+    }
+
+    /// Byte counts of every relayed connection: `(dialling node, dialled address)`.
+    #[derive(Debug, Default)]
+    struct Relays(parking_lot::Mutex<HashMap<(String, String), Arc<Pipe>>>);
+
+    impl Relays {
+        fn pipe(&self, from: &str, to: &str) -> Arc<Pipe> {
+            self.0
+                .lock()
+                .entry((from.to_string(), to.to_string()))
+                .or_default()
+                .clone()
+        }
+
+        /// TCP payload bytes (TLS records) sent by node `from` (listening on `from_addr`) to
+        /// node `to` (listening on `to_addr`), whichever of them dialled.
+        fn bytes(&self, from: &str, from_addr: &str, to: &str, to_addr: &str) -> u64 {
+            let map = self.0.lock();
+            let up = map
+                .get(&(from.to_string(), to_addr.to_string()))
+                .map_or(0, |p| p.up.load(Ordering::Relaxed));
+            let down = map
+                .get(&(to.to_string(), from_addr.to_string()))
+                .map_or(0, |p| p.down.load(Ordering::Relaxed));
+            up + down
+        }
+    }
+
+    /// Dials through a loopback relay that counts the bytes each way (TLS included).
+    #[derive(Debug)]
+    struct CountingDialer {
+        from: String,
+        relays: Arc<Relays>,
+        /// Bytes/s allowed from the dialled node back to the dialler.
+        down_limit: Option<u64>,
+    }
+
+    impl Dialer for CountingDialer {
+        fn dial<'a>(
+            &'a self,
+            addr: &'a str,
+        ) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + 'a>> {
+            Box::pin(async move {
+                let upstream = TcpStream::connect(addr).await?;
+                upstream.set_nodelay(true)?;
+                let relay = TcpListener::bind("127.0.0.1:0").await?;
+                let client = TcpStream::connect(relay.local_addr()?).await?;
+                client.set_nodelay(true)?;
+                let (inner, _) = relay.accept().await?;
+                inner.set_nodelay(true)?;
+                let pipe = self.relays.pipe(&self.from, addr);
+                let (ir, iw) = inner.into_split();
+                let (ur, uw) = upstream.into_split();
+                tokio::spawn(copy_counting(ir, uw, pipe.clone(), true, None));
+                tokio::spawn(copy_counting(ur, iw, pipe, false, self.down_limit));
+                Ok(client)
+            })
+        }
+    }
+
+    async fn copy_counting(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        pipe: Arc<Pipe>,
+        up: bool,
+        limit: Option<u64>,
+    ) {
+        let mut buf = vec![0u8; 16 * 1024];
+        let started = Instant::now();
+        let mut total = 0u64;
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if to.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            let counter = if up { &pipe.up } else { &pipe.down };
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+            total += n as u64;
+            if let Some(rate) = limit {
+                let due = started + Duration::from_secs_f64(total as f64 / rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+        let _ = to.shutdown().await;
+    }
+
+    /// Byte counters of every ordered pair of nodes at one moment.
+    struct Snapshot {
+        /// `(from, to)` → (frame bytes from the sender's PeerLink, TLS bytes from the relay).
+        bytes: BTreeMap<(String, String), (u64, u64)>,
+        /// The links' `since`, to notice a reconnect inside a window.
+        since: BTreeMap<(String, String), Instant>,
+        entries_sent: BTreeMap<String, u64>,
+        owner_connected: BTreeMap<String, u64>,
+    }
+
+    fn snapshot(nodes: &[&BenchNode], relays: &Relays) -> Snapshot {
+        let mut s = Snapshot {
+            bytes: BTreeMap::new(),
+            since: BTreeMap::new(),
+            entries_sent: BTreeMap::new(),
+            owner_connected: BTreeMap::new(),
+        };
+        for n in nodes {
+            s.entries_sent.insert(n.id.clone(), n.entries_sent());
+            s.owner_connected.insert(
+                n.id.clone(),
+                n.rejections().get("owner_connected").copied().unwrap_or(0),
+            );
+            for o in nodes.iter().filter(|o| o.id != n.id) {
+                let link = n.link(&o.id);
+                let frames = link
+                    .as_ref()
+                    .map_or(0, |l| l.bytes_out.load(Ordering::Relaxed));
+                let tls = relays.bytes(&n.id, &n.addr, &o.id, &o.addr);
+                let key = (n.id.clone(), o.id.clone());
+                s.bytes.insert(key.clone(), (frames, tls));
+                if let Some(l) = link {
+                    s.since.insert(key, l.since);
+                }
+            }
+        }
+        s
+    }
+
+    /// Per ordered pair: bytes in the window between two snapshots.
+    fn window(
+        a: &Snapshot,
+        b: &Snapshot,
+    ) -> anyhow::Result<BTreeMap<(String, String), (u64, u64)>> {
+        if a.since != b.since {
+            bail!("a mesh connection was replaced during the measurement; run again");
+        }
+        Ok(b.bytes
+            .iter()
+            .map(|(k, (f, t))| {
+                let (f0, t0) = a.bytes.get(k).copied().unwrap_or_default();
+                (k.clone(), (f - f0, t - t0))
+            })
+            .collect())
+    }
+
+    pub(super) async fn wire(changes: usize, rate: u64) -> anyhow::Result<()> {
+        let rate = rate.max(1);
+        let mut lab = Lab::new("wire", 500)?;
+        let relays = Arc::new(Relays::default());
+        let dialer = |id: &str| -> Option<Arc<dyn Dialer>> {
+            Some(Arc::new(CountingDialer {
+                from: id.to_string(),
+                relays: relays.clone(),
+                down_limit: None,
+            }))
+        };
+        let a = lab.start("a-1", "lon", &[], dialer("a-1")).await?;
+        let b = lab.start("b-1", "nyc", &[&a.addr], dialer("b-1")).await?;
+        let c = lab.start("c-1", "sgp", &[&a.addr], dialer("c-1")).await?;
+        let nodes = [&a, &b, &c];
+        form_mesh(&nodes, Duration::from_secs(3)).await?;
+
+        let stream_for = Duration::from_secs_f64(changes as f64 / rate as f64);
+        let window_len = stream_for + Duration::from_secs(1);
+        let routes = changes.div_ceil(2).max(1);
+        let keys: Vec<Arc<RouteKey>> = (0..routes)
+            .map(|i| bench_key(&format!("wire-{i}.apps.example.com")))
+            .collect::<anyhow::Result<_>>()?;
+
+        // 1. Idle: heartbeats, pings, digests.
+        let s0 = snapshot(&nodes, &relays);
+        tokio::time::sleep(window_len).await;
+        let s1 = snapshot(&nodes, &relays);
+        let idle = window(&s0, &s1)?;
+
+        // 2. The same length of time with a steady stream of changes at a-1.
+        let s2 = snapshot(&nodes, &relays);
+        let started = Instant::now();
+        for i in 0..changes {
+            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let r = i % routes;
+            let endpoints = if i < routes { 2 } else { 3 };
+            a.table()
+                .upsert_local(&keys[r], bench_entry(0, r, endpoints));
+        }
+        let streamed = started.elapsed();
+        let (_, version) = a.held("a-1").context("a-1 partition")?;
+        let caught_up = wait_for("c-1 catching up", Duration::from_secs(10), || {
+            c.held("a-1").is_some_and(|h| h.1 >= version)
+        })
+        .await?;
+        let rest = window_len.saturating_sub(started.elapsed());
+        if rest.is_zero() {
+            println!("  (warning: the stream took longer than the idle window)");
+        }
+        tokio::time::sleep(rest).await;
+        let s3 = snapshot(&nodes, &relays);
+        let busy = window(&s2, &s3)?;
+
+        println!(
+            "wire: {changes} route changes written at a-1 (lon) at {rate}/s ({} new routes, then endpoint-count updates of them), in {:.2} s; c-1 caught up {:.0} ms after the last",
+            routes,
+            streamed.as_secs_f64(),
+            ms(caught_up)
+        );
+        println!(
+            "  full mesh a-1, b-1, c-1 (heartbeat 500 ms); every connection through a counting loopback relay; two windows of {:.1} s each",
+            window_len.as_secs_f64()
+        );
+        println!(
+            "  {:<10} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
+            "link", "idle frames", "idle TLS", "busy frames", "busy TLS", "frames/chg", "TLS/chg"
+        );
+        for (k, (bf, bt)) in &busy {
+            let (idf, idt) = idle.get(k).copied().unwrap_or_default();
+            println!(
+                "  {:<10} {:>12} {:>12} {:>12} {:>12} {:>12.1} {:>12.1}",
+                format!("{}->{}", &k.0[..1], &k.1[..1]),
+                idf,
+                idt,
+                bf,
+                bt,
+                (*bf as f64 - idf as f64) / changes as f64,
+                (*bt as f64 - idt as f64) / changes as f64,
+            );
+        }
+        let key = ("a-1".to_string(), "c-1".to_string());
+        let (bf, bt) = busy.get(&key).copied().unwrap_or_default();
+        let (idf, idt) = idle.get(&key).copied().unwrap_or_default();
+        println!(
+            "  a-1 -> c-1: idle {:.0} B/s frames ({:.0} B/s TLS); per change {:.1} B in frames, {:.1} B in TLS records (idle subtracted)",
+            idf as f64 / window_len.as_secs_f64(),
+            idt as f64 / window_len.as_secs_f64(),
+            (bf as f64 - idf as f64) / changes as f64,
+            (bt as f64 - idt as f64) / changes as f64,
+        );
+        let d = |m: &BTreeMap<String, u64>, m0: &BTreeMap<String, u64>, k: &str| {
+            m.get(k).copied().unwrap_or(0) - m0.get(k).copied().unwrap_or(0)
+        };
+        println!(
+            "  idle window: partition deltas dropped as owner_connected (relayed heartbeats): at a-1 {}, b-1 {}, c-1 {}",
+            d(&s1.owner_connected, &s0.owner_connected, "a-1"),
+            d(&s1.owner_connected, &s0.owner_connected, "b-1"),
+            d(&s1.owner_connected, &s0.owner_connected, "c-1"),
+        );
+        println!(
+            "  entries sent in the busy window: a-1 {}, b-1 {}, c-1 {}; dropped as owner_connected: at b-1 {}, at c-1 {}",
+            d(&s3.entries_sent, &s2.entries_sent, "a-1"),
+            d(&s3.entries_sent, &s2.entries_sent, "b-1"),
+            d(&s3.entries_sent, &s2.entries_sent, "c-1"),
+            d(&s3.owner_connected, &s2.owner_connected, "b-1"),
+            d(&s3.owner_connected, &s2.owner_connected, "c-1"),
+        );
+        for n in [c, b, a] {
+            n.stop().await;
+        }
+        drop(lab);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // mesh-memory
+
+    /// Delta sources in the benchmark have no live peers and no certificates.
+    struct NoPeers;
+
+    impl Authority for NoPeers {
+        fn is_direct(&self, _: &str) -> bool {
+            false
+        }
+        fn certified_site(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    fn site_host(site: usize, route: usize, distinct: bool) -> String {
+        if distinct {
+            format!("app-{route}.s{site}.apps.example.com")
+        } else {
+            bench_host(route)
+        }
+    }
+
+    fn fill(table: &Table, site: usize, routes: usize, distinct: bool) -> anyhow::Result<()> {
+        for i in 0..routes {
+            let key = bench_key(&site_host(site, i, distinct))?;
+            table.upsert_local(&key, bench_entry(site, i, 2));
+        }
+        Ok(())
+    }
+
+    /// Child process: a table filled with `upsert_local`, written out as the deltas a peer
+    /// would receive (`u32` big-endian length, then the encoded frame).
+    pub(super) fn emit_partition(
+        node: &str,
+        site: &str,
+        site_index: usize,
+        routes: usize,
+        distinct: bool,
+    ) -> anyhow::Result<()> {
+        let table = Table::new(node, site, 1);
+        fill(&table, site_index, routes, distinct)?;
+        let mut view = PeerView::default();
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        while let Some(d) = sync::delta(&table, &mut view, "bench-target") {
+            let frame = wire::encode(wire::frame::Body::Delta(d));
+            out.write_all(&u32::try_from(frame.len())?.to_be_bytes())?;
+            out.write_all(&frame)?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    pub(super) fn mesh_memory(routes: usize, sites: usize, distinct: bool) -> anyhow::Result<()> {
+        let exe = std::env::current_exe()?;
+        let names = ["lon", "nyc", "sgp", "fra", "syd", "sao", "tyo", "jnb"];
+        let site_name = |i: usize| {
+            names
+                .get(i)
+                .map_or(format!("site{i}"), |s| (*s).to_string())
+        };
+        println!(
+            "mesh-memory: one table, {sites} partitions x {routes} routes ({}); this node's own written with upsert_local, the others imported with sync::apply from deltas made by a child process's table",
+            if distinct {
+                "every site serves different hosts"
+            } else {
+                "every site serves the same hosts"
+            }
+        );
+        let rss0 = rss_bytes();
+        let table = Table::new(&format!("{}-1", site_name(0)), &site_name(0), 1);
+        let t = Instant::now();
+        fill(&table, 0, routes, distinct)?;
+        let rss1 = rss_bytes();
+        println!(
+            "  {:<22} {:>10} {:>12} {:>9}",
+            "partition", "RSS +MiB", "B per route", "time"
+        );
+        println!(
+            "  {:<22} {:>10.1} {:>12.0} {:>7.2} s",
+            format!("{}-1 (own)", site_name(0)),
+            mib(rss1.saturating_sub(rss0)),
+            rss1.saturating_sub(rss0) as f64 / routes as f64,
+            t.elapsed().as_secs_f64()
+        );
+        let mut prev = rss1;
+        let mut imported_growth = 0u64;
+        for s in 1..sites {
+            let node = format!("{}-1", site_name(s));
+            let site = site_name(s);
+            let mut child = Command::new(&exe)
+                .args(["emit-partition", "--node", &node, "--site", &site])
+                .args([
+                    "--site-index",
+                    &s.to_string(),
+                    "--routes",
+                    &routes.to_string(),
+                ])
+                .args(distinct.then_some("--distinct-hosts"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()?;
+            let mut pipe = child.stdout.take().context("child stdout")?;
+            let mut buf = Vec::new();
+            let mut applying = Duration::ZERO;
+            let mut frames = 0;
+            loop {
+                let mut len = [0u8; 4];
+                match pipe.read_exact(&mut len) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(e.into()),
+                }
+                buf.resize(u32::from_be_bytes(len) as usize, 0);
+                pipe.read_exact(&mut buf)?;
+                let t = Instant::now();
+                let wire::frame::Body::Delta(delta) = wire::decode(&buf)? else {
+                    bail!("child sent a frame that is not a delta");
+                };
+                let applied = sync::apply(
+                    &table,
+                    &NoPeers,
+                    Sender {
+                        node_id: &node,
+                        site: &site,
+                    },
+                    delta,
+                );
+                applying += t.elapsed();
+                frames += 1;
+                if !applied.rejected.is_empty() {
+                    bail!("rejected: {:?}", applied.rejected);
+                }
+            }
+            if !child.wait()?.success() {
+                bail!("emit-partition for {node} failed");
+            }
+            drop(buf);
+            let rss = rss_bytes();
+            let grown = rss.saturating_sub(prev);
+            imported_growth += grown;
+            prev = rss;
+            println!(
+                "  {:<22} {:>10.1} {:>12.0} {:>7.2} s  ({frames} frames decoded and applied)",
+                format!("{node} (imported)"),
+                mib(grown),
+                grown as f64 / routes as f64,
+                applying.as_secs_f64()
+            );
+        }
+        let stats = table.stats();
+        let total = prev.saturating_sub(rss0);
+        let entries = routes * sites;
+        anyhow::ensure!(
+            table.partitions().iter().all(|p| p.routes == routes),
+            "a partition is incomplete"
+        );
+        println!(
+            "  total: RSS +{:.1} MiB for {entries} route entries in {} partitions ({} distinct routes in the index): {:.0} B per entry; imported partitions {:.0} B per entry",
+            mib(total),
+            stats.partitions,
+            stats.routes,
+            total as f64 / entries as f64,
+            imported_growth as f64 / (routes * (sites - 1)).max(1) as f64,
+        );
+        Ok(())
+    }
 }

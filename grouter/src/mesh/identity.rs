@@ -379,7 +379,9 @@ impl MeshTls {
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(chain.clone(), key_der.clone_key())
             .map_err(cert_error)?;
-        server.alpn_protocols = vec![MESH_ALPN.to_vec()];
+        // Gossip first; peers also forward requests over the same authenticated listener
+        // (`h2`, or `http/1.1` for upgrades), which the proxy serves and routes locally only.
+        server.alpn_protocols = vec![MESH_ALPN.to_vec(), b"h2".to_vec(), b"http/1.1".to_vec()];
 
         let mut client = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -394,6 +396,14 @@ impl MeshTls {
             server: Arc::new(server),
             client: Arc::new(client),
         })
+    }
+
+    /// The client configuration with another ALPN protocol (the proxy dials peers with `h2`
+    /// or `http/1.1` on the same mutual TLS).
+    pub fn client_with_alpn(&self, protocol: &[u8]) -> Arc<ClientConfig> {
+        let mut config = self.client.as_ref().clone();
+        config.alpn_protocols = vec![protocol.to_vec()];
+        Arc::new(config)
     }
 
     /// The server name to use when dialling a peer.

@@ -215,9 +215,36 @@ pub struct Mesh {
     /// answers), or this node itself.
     addr_owner: Mutex<HashMap<String, String>>,
     detector: Mutex<Detector>,
+    /// Where connections from peers that forward HTTP go (set by the proxy).
+    peer_http: OnceLock<mpsc::Sender<PeerHttp>>,
+}
+
+/// A connection on which a peer forwards HTTP requests (ALPN `h2` or `http/1.1`).
+#[derive(Debug)]
+pub struct PeerHttp {
+    /// The authenticated TLS stream.
+    pub stream: tokio_rustls::server::TlsStream<TcpStream>,
+    /// Who the peer is, from its certificate.
+    pub peer: NodeIdentity,
 }
 
 impl Mesh {
+    /// The table this mesh replicates.
+    pub fn table(&self) -> &Arc<Table> {
+        &self.table
+    }
+
+    /// The TLS identity of this node.
+    pub fn tls(&self) -> &MeshTls {
+        &self.tls
+    }
+
+    /// Receive the connections on which peers forward HTTP requests (once).
+    pub fn take_peer_http(&self) -> Option<mpsc::Receiver<PeerHttp>> {
+        let (tx, rx) = mpsc::channel(256);
+        self.peer_http.set(tx).ok().map(|()| rx)
+    }
+
     /// A mesh for `table`, authenticated by `tls`.
     pub fn new(
         table: Arc<Table>,
@@ -235,6 +262,7 @@ impl Mesh {
             certified: Mutex::new(HashMap::new()),
             addr_owner: Mutex::new(HashMap::new()),
             detector: Mutex::new(detector),
+            peer_http: OnceLock::new(),
         })
     }
 
@@ -401,7 +429,18 @@ async fn accept_loop(
                     return;
                 }
             };
-            let _ = session::run(mesh, tls, peer, false, addr.to_string(), shutdown).await;
+            match tls.get_ref().1.alpn_protocol() {
+                Some(p) if p == identity::MESH_ALPN => {
+                    let _ = session::run(mesh, tls, peer, false, addr.to_string(), shutdown).await;
+                }
+                Some(b"h2" | b"http/1.1") => match mesh.peer_http.get() {
+                    Some(tx) => {
+                        let _ = tx.send(PeerHttp { stream: tls, peer }).await;
+                    }
+                    None => debug!(%addr, "peer forwarded HTTP, but this node has no proxy"),
+                },
+                other => debug!(%addr, alpn = ?other, "mesh connection without a known protocol"),
+            }
         });
     }
 }
@@ -577,7 +616,7 @@ async fn heartbeat_loop(mesh: Arc<Mesh>, node: Arc<NodeState>, shutdown: Cancell
             r.heartbeat += 1;
             r.advertise.clone_from(&s.advertise);
             r.region.clone_from(&s.region);
-            r.healthy = !node.is_draining();
+            r.healthy = node.can_serve();
         });
         let now = Instant::now();
         let assessment = mesh.detector.lock().assess(&mesh.table, now);

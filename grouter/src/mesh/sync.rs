@@ -216,12 +216,13 @@ fn check(
         return Err(Rejection::OwnPartition);
     }
     if pd.node_id == sender.node_id {
-        // The owner speaks: its certificate names its site.
-        return if pd.site == sender.site {
-            Ok(())
-        } else {
-            Err(Rejection::SiteMismatch)
-        };
+        // The owner speaks: its certificate names its site. A node retired as dead that
+        // speaks for itself again is alive after all (relays still cannot bring it back).
+        if pd.site != sender.site {
+            return Err(Rejection::SiteMismatch);
+        }
+        table.unretire(&pd.node_id);
+        return Ok(());
     }
     if authority.is_direct(&pd.node_id) {
         return Err(Rejection::OwnerConnected);
@@ -503,11 +504,18 @@ mod tests {
         b.upsert_local(&key("nyc.com"), route("n", 1));
         send(&b, &a2, &mut PeerView::default());
         assert!(a2.lookup("nyc.com", "/").is_some());
-        // A retired incarnation is never resurrected by a relay.
+        // A retired incarnation is never resurrected by a relay…
         assert!(b.retire("lon-1"));
         assert!(b.lookup("new.com", "/").is_none());
-        let r = send(&a2, &b, &mut PeerView::default());
+        let relay = Table::new("sgp-1", "sgp", 1);
+        send(&a2, &relay, &mut PeerView::default());
+        let r = send(&relay, &b, &mut PeerView::default());
         assert_eq!(r.rejected, [("lon-1".to_string(), Rejection::Stale)]);
+        assert!(b.lookup("new.com", "/").is_none());
+        // …but the node itself, speaking again after a long partition, is back.
+        let r = send(&a2, &b, &mut PeerView::default());
+        assert!(r.rejected.is_empty(), "{r:?}");
+        assert!(b.lookup("new.com", "/").is_some());
     }
 
     #[test]

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# GRouter as the candidate of ../shared/bench/http-peers.sh: one node, one worker thread (as
+# every peer runs with one), routing Host app.example.test to the bench backend on
+# 127.0.0.1:18080 as its local "GoRouter", on 127.0.0.1:19080 (HTTP) and :19443 (TLS, ALPN
+# h2 and http/1.1). The route is learned the real way: registered on the node's own
+# nats-server. Stops everything it started on SIGTERM/SIGINT.
+#
+#   CANDIDATE_CMD=deploy/bench/candidate.sh \
+#   CANDIDATE_HTTP=http://app.example.test:19080/ CANDIDATE_HTTPS=https://app.example.test:19443/ \
+#     ../shared/bench/http-peers.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+GROUTER=${GROUTER:-target/release/grouter}
+WORKERS=${WORKERS:-1}
+NATS_PORT=${NATS_PORT:-14222}
+dir=$(mktemp -d /tmp/grouter-candidate.XXXXXX)
+pids=()
+stop() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
+trap 'stop; exit 0' TERM INT
+trap stop EXIT
+
+[ -x "$GROUTER" ] || cargo build --release -p grouter >&2
+nats=$(command -v nats-server || echo /usr/sbin/nats-server)
+"$nats" -a 127.0.0.1 -p "$NATS_PORT" >"$dir/nats.log" 2>&1 &
+pids+=($!)
+
+mkdir -p "$dir/certs"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj /CN=app.example.test -addext subjectAltName=DNS:app.example.test \
+  -keyout "$dir/certs/app.example.test.key" -out "$dir/certs/app.example.test.pem" 2>/dev/null
+cp "$dir/certs/app.example.test.pem" "$dir/default.pem"
+cp "$dir/certs/app.example.test.key" "$dir/default.key"
+echo bench-token > "$dir/admin.token"
+cat > "$dir/bench.toml" <<TOML
+node_id = "bench-1"
+site = "lon"
+[nats]
+servers = ["nats://127.0.0.1:$NATS_PORT"]
+stale_threshold_secs = 86400
+[gorouters]
+addresses = ["127.0.0.1:18080"]
+[proxy]
+http_listen = "127.0.0.1:19080"
+https_listen = "127.0.0.1:19443"
+[tls]
+cert_dir = "certs"
+default_cert = "default.pem"
+default_key = "default.key"
+[admin]
+listen = "127.0.0.1:19090"
+token_file = "admin.token"
+[log]
+access_log = false
+TOML
+
+TOKIO_WORKER_THREADS=$WORKERS RUST_LOG=warn "$GROUTER" run --config "$dir/bench.toml" &
+pids+=($!)
+
+# Register the route as a route emitter would (NATS text protocol over /dev/tcp).
+msg='{"host":"127.0.0.1","port":18080,"uris":["app.example.test"],"app":"bench"}'
+for _ in $(seq 1 100); do
+  if exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT" 2>/dev/null; then break; fi
+  sleep 0.1
+done
+printf 'CONNECT {"verbose":false}\r\nPUB router.register %d\r\n%s\r\nPING\r\n' "${#msg}" "$msg" >&3
+for _ in $(seq 1 100); do
+  if curl -sf -H "Authorization: Bearer bench-token" "http://127.0.0.1:19090/v1/routes?host=app.example.test" | grep -q app.example.test; then
+    break
+  fi
+  printf 'PUB router.register %d\r\n%s\r\n' "${#msg}" "$msg" >&3
+  sleep 0.1
+done
+echo "candidate: grouter serving app.example.test on 127.0.0.1:19080/19443 with $WORKERS worker thread(s)" >&2
+wait "${pids[1]}"

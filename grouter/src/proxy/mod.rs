@@ -1,0 +1,694 @@
+//! The data plane: HTTP/1.1 and HTTP/2 listeners (plain and TLS), requests forwarded by peers
+//! over the mesh, the routing decision ([`decide`]), forwarding with retries, header rules,
+//! WebSocket upgrades and the access log.
+//!
+//! - [`decide`]: the decision, pure.
+//! - [`upstream`]: this site's GoRouters (pools, health, ejection).
+//! - [`remote`]: other sites' nodes over the mesh.
+//! - [`error`]: what the proxy answers itself.
+//!
+//! Forwarding: a request decided `Local` goes to the GoRouters (round-robin among the
+//! healthy), then to the other sites serving the route; `Remote` goes to the serving sites
+//! best first. At most 3 attempts. A target that could not be connected to is always
+//! skipped (the body is taken back unread); a failure after sending is retried only for
+//! idempotent requests without a body. Bodies stream both ways; nothing is buffered whole.
+//!
+//! Must never: hold a lock across an `.await`, forward a peer's request onward, or put
+//! internals in a response body.
+
+pub mod decide;
+pub mod error;
+pub mod remote;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::node::NodeState;
+use decide::{Decision, Rules};
+use error::RouterError;
+use remote::Remotes;
+use upstream::{GoRouters, ProxyBody, Reclaimable};
+
+/// Most attempts for one request (gorouter's `max_attempts`).
+const MAX_ATTEMPTS: usize = 3;
+/// Time a client has to send its request headers (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request header buffer: larger headers get 431.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 20_000;
+/// Header telling which site served.
+const SITE_HEADER: &str = "x-grouter-site";
+
+/// The proxy of one node.
+#[derive(Debug)]
+pub struct Proxy {
+    node: Arc<NodeState>,
+    rules: Rules,
+    gorouters: Arc<GoRouters>,
+    remotes: Option<Remotes>,
+    site: HeaderValue,
+    site_header: bool,
+    access_log: bool,
+}
+
+/// How a connection reached us.
+#[derive(Debug, Clone)]
+struct Conn {
+    client: SocketAddr,
+    scheme: &'static str,
+    /// A peer forwarded this over the mesh: route locally only, keep its forwarding headers.
+    peer: Option<String>,
+}
+
+impl Proxy {
+    /// A proxy for `node`; `remotes` when the node is in a mesh.
+    pub fn new(
+        node: Arc<NodeState>,
+        rules: Rules,
+        gorouters: Arc<GoRouters>,
+        remotes: Option<Remotes>,
+        site_header: bool,
+        access_log: bool,
+    ) -> Arc<Proxy> {
+        let site = HeaderValue::from_str(&rules.site)
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Arc::new(Proxy {
+            node,
+            rules,
+            gorouters,
+            remotes,
+            site,
+            site_header,
+            access_log,
+        })
+    }
+
+    /// This site's GoRouters.
+    pub fn gorouters(&self) -> &Arc<GoRouters> {
+        &self.gorouters
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        conn: Conn,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let host = host_of(&req).unwrap_or_default();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().map(str::to_string);
+        let ask = decide::Ask {
+            scheme: conn.scheme,
+            host: &host,
+            path: &path,
+            query: query.as_deref(),
+            from_peer: conn.peer.is_some(),
+        };
+        let (decision, route) =
+            decide::decide(&self.node.table, &self.rules, self.node.sync(), ask);
+        let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let mut log = Access {
+            decision: decision_name(&decision),
+            upstream: String::new(),
+            attempts: 0,
+            error: "",
+        };
+        let mut resp = match &decision {
+            Decision::EmptyHost => self.own_error(&mut log, RouterError::EmptyHost),
+            Decision::NotFound => self.own_error(&mut log, RouterError::UnknownRoute(host.clone())),
+            Decision::Redirect { location, .. } => error::redirect(location),
+            Decision::Local { also } => {
+                let targets = self.local_targets(also);
+                self.forward(req, &conn, &host, targets, &mut log).await
+            }
+            Decision::FailOpen => {
+                self.forward(req, &conn, &host, self.local_targets(&[]), &mut log)
+                    .await
+            }
+            Decision::Remote { sites } => {
+                let targets = sites.iter().map(|s| Target::Site(s.to_string())).collect();
+                self.forward(req, &conn, &host, targets, &mut log).await
+            }
+        };
+        if let Some(client_upgrade) = client_upgrade
+            && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            bridge_upgrade(client_upgrade, &mut resp);
+        }
+        if self.site_header && !resp.headers().contains_key(SITE_HEADER) {
+            resp.headers_mut().insert(SITE_HEADER, self.site.clone());
+        } else if !self.site_header {
+            resp.headers_mut().remove(SITE_HEADER);
+        }
+        if self.access_log {
+            let served = resp
+                .headers()
+                .get(SITE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            info!(
+                target: "grouter::access",
+                site = %self.rules.site,
+                served_by = %served,
+                client = %conn.client,
+                peer = conn.peer.as_deref().unwrap_or(""),
+                scheme = conn.scheme,
+                host = %host,
+                path = %path,
+                route = route.as_ref().map(|m| format!("{}{}", m.host, m.path)).unwrap_or_default(),
+                decision = log.decision,
+                status = resp.status().as_u16(),
+                upstream = %log.upstream,
+                attempts = log.attempts,
+                router_error = log.error,
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "access"
+            );
+        }
+        resp
+    }
+
+    fn own_error(&self, log: &mut Access, err: RouterError) -> Response<ProxyBody> {
+        log.error = err.code();
+        err.response()
+    }
+
+    fn local_targets(&self, also: &[Arc<str>]) -> Vec<Target> {
+        let mut t: Vec<Target> = self
+            .gorouters
+            .order()
+            .into_iter()
+            .map(|r| Target::GoRouter(r.addr.clone()))
+            .collect();
+        t.extend(also.iter().map(|s| Target::Site(s.to_string())));
+        t
+    }
+
+    /// Try `targets` in order (at most [`MAX_ATTEMPTS`]).
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        conn: &Conn,
+        host: &str,
+        targets: Vec<Target>,
+        log: &mut Access,
+    ) -> Response<ProxyBody> {
+        let (parts, body) = req.into_parts();
+        let upgrade = is_upgrade(&parts.headers);
+        let headers = upstream_headers(&parts.headers, conn, host, upgrade);
+        let idempotent_without_body = is_idempotent(&parts.method) && body.is_end_stream();
+        let body = Reclaimable::new(upstream::boxed(body));
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_string();
+        for target in targets.into_iter().take(MAX_ATTEMPTS) {
+            log.attempts += 1;
+            let mut headers = headers.clone();
+            let result = match &target {
+                Target::GoRouter(addr) => {
+                    log.upstream.clone_from(addr);
+                    let Ok(uri) = format!("http://{addr}{path_and_query}").parse::<Uri>() else {
+                        break;
+                    };
+                    let req = build(&parts.method, uri, Version::HTTP_11, headers, body.clone());
+                    match self.gorouters.client().request(req).await {
+                        Ok(resp) => Ok(resp),
+                        Err(e) if e.is_connect() => {
+                            if let Some(r) = self.gorouters.all().iter().find(|r| r.addr == *addr) {
+                                self.gorouters.eject(r);
+                            }
+                            warn!(gorouter = %addr, error = %e, "gorouter refused the connection; trying the next target");
+                            Err(true)
+                        }
+                        Err(e) => {
+                            warn!(gorouter = %addr, error = %e, "gorouter request failed");
+                            Err(false)
+                        }
+                    }
+                }
+                Target::Site(site) => {
+                    let Some(remotes) = &self.remotes else {
+                        continue;
+                    };
+                    let scheme = "https";
+                    let Ok(uri) = format!("{scheme}://{host}{path_and_query}").parse::<Uri>()
+                    else {
+                        break;
+                    };
+                    let sent = if upgrade {
+                        // HTTP/1.1 to the peer: origin-form URI with the Host header.
+                        let origin: Uri = path_and_query
+                            .parse()
+                            .unwrap_or_else(|_| Uri::from_static("/"));
+                        if let Ok(v) = HeaderValue::from_str(host) {
+                            headers.insert(header::HOST, v);
+                        }
+                        remotes
+                            .send_upgrade(
+                                site,
+                                build(
+                                    &parts.method,
+                                    origin,
+                                    Version::HTTP_11,
+                                    headers,
+                                    body.clone(),
+                                ),
+                            )
+                            .await
+                    } else {
+                        headers.remove(header::HOST);
+                        remotes
+                            .send(
+                                site,
+                                build(&parts.method, uri, Version::HTTP_2, headers, body.clone()),
+                            )
+                            .await
+                    };
+                    match sent {
+                        Ok((resp, node)) => {
+                            log.upstream = format!("{site}/{node}");
+                            Ok(resp)
+                        }
+                        Err(e) => {
+                            log.upstream = site.clone();
+                            warn!(site = %site, error = %e, "remote site failed; trying the next target");
+                            Err(e.before_sending())
+                        }
+                    }
+                }
+            };
+            match result {
+                Ok(resp) => return self.downstream(resp),
+                // Not a byte was sent (or nothing that matters was): the next target gets it.
+                Err(true) if body.unread() => continue,
+                Err(_) if idempotent_without_body => continue,
+                Err(_) => break,
+            }
+        }
+        log.error = RouterError::EndpointFailure.code();
+        RouterError::EndpointFailure.response()
+    }
+
+    /// Prepare an upstream response for the client.
+    fn downstream(&self, resp: Response<Incoming>) -> Response<ProxyBody> {
+        let (mut parts, body) = resp.into_parts();
+        if parts.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            strip_hop_by_hop(&mut parts.headers);
+        }
+        Response::from_parts(parts, upstream::boxed(body))
+    }
+}
+
+#[derive(Debug)]
+enum Target {
+    GoRouter(String),
+    Site(String),
+}
+
+struct Access {
+    decision: &'static str,
+    upstream: String,
+    attempts: usize,
+    error: &'static str,
+}
+
+fn decision_name(d: &Decision) -> &'static str {
+    match d {
+        Decision::Local { .. } => "local",
+        Decision::Remote { .. } => "remote",
+        Decision::Redirect { .. } => "redirect",
+        Decision::FailOpen => "fail_open",
+        Decision::NotFound => "unknown_route",
+        Decision::EmptyHost => "empty_host",
+    }
+}
+
+fn build(
+    method: &Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Reclaimable,
+) -> Request<Reclaimable> {
+    let mut req = Request::new(body);
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    req
+}
+
+/// The request's host: the Host header, or the URI's authority (HTTP/2).
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named by Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for h in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(h);
+    }
+}
+
+/// The headers sent upstream (CONTRACT.md): Host unchanged; `X-Forwarded-For` appended and
+/// `X-Forwarded-Proto` set from the client connection (a peer's request keeps what the first
+/// node set); `X-Request-Start` and `X-Vcap-Request-Id` set when absent; hop-by-hop headers
+/// dropped, except the upgrade pair of an upgrade request.
+fn upstream_headers(incoming: &HeaderMap, conn: &Conn, host: &str, upgrade: bool) -> HeaderMap {
+    let mut h = incoming.clone();
+    strip_hop_by_hop(&mut h);
+    if upgrade {
+        if let Some(u) = incoming.get(header::UPGRADE) {
+            h.insert(header::UPGRADE, u.clone());
+        }
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if !h.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        h.insert(header::HOST, v);
+    }
+    if conn.peer.is_none() {
+        let ip = client_ip(conn.client);
+        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+            _ => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert("x-forwarded-for", v);
+        }
+        h.insert("x-forwarded-proto", HeaderValue::from_static(conn.scheme));
+    }
+    if !h.contains_key("x-request-start") {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        if let Ok(v) = HeaderValue::from_str(&ms.to_string()) {
+            h.insert("x-request-start", v);
+        }
+    }
+    if !h.contains_key("x-vcap-request-id")
+        && let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+    {
+        h.insert("x-vcap-request-id", v);
+    }
+    h
+}
+
+fn client_ip(addr: SocketAddr) -> IpAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        ip => ip,
+    }
+}
+
+/// Join the client's upgraded connection to the upstream's, both ways, once both are ready.
+fn bridge_upgrade(client: hyper::upgrade::OnUpgrade, resp: &mut Response<ProxyBody>) {
+    let Some(upstream) = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return;
+    };
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream) {
+            Ok((c, u)) => {
+                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                if let Err(err) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                    debug!(%err, "upgraded connection ended");
+                }
+            }
+            Err(err) => debug!(%err, "upgrade failed"),
+        }
+    });
+}
+
+/// Serve plain HTTP on `listener` until `shutdown`, then drain.
+pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, shutdown: CancellationToken) {
+    serve(proxy, listener, None, shutdown).await;
+}
+
+/// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) on `listener` until `shutdown`, then drain.
+pub async fn serve_https(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) {
+    serve(
+        proxy,
+        listener,
+        Some(tokio_rustls::TlsAcceptor::from(tls)),
+        shutdown,
+    )
+    .await;
+}
+
+async fn serve(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    loop {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break;
+        };
+        let (tcp, client) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(err) => {
+                    warn!(%err, "proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (proxy, tls, shutdown) = (proxy.clone(), tls.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let _permit = permit;
+            let conn = Conn {
+                client,
+                scheme,
+                peer: None,
+            };
+            match tls {
+                None => serve_conn(proxy, tcp, conn, shutdown).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve_conn(proxy, stream, conn, shutdown).await,
+                        Ok(Err(err)) => debug!(%client, %err, "tls handshake failed"),
+                        Err(_) => debug!(%client, "tls handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Serve requests that peers forward over the mesh, until `shutdown`.
+pub async fn serve_peers(
+    proxy: Arc<Proxy>,
+    mut conns: tokio::sync::mpsc::Receiver<crate::mesh::PeerHttp>,
+    shutdown: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    loop {
+        let peer = tokio::select! {
+            () = shutdown.cancelled() => break,
+            p = conns.recv() => match p {
+                Some(p) => p,
+                None => break,
+            },
+        };
+        let client = peer
+            .stream
+            .get_ref()
+            .0
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let conn = Conn {
+            client,
+            scheme: "https",
+            peer: Some(peer.peer.node_id.clone()),
+        };
+        tracker.spawn(serve_conn(
+            proxy.clone(),
+            peer.stream,
+            conn,
+            shutdown.clone(),
+        ));
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn serve_conn<S>(proxy: Arc<Proxy>, io: S, conn: Conn, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let service = service_fn(move |req| {
+        let (proxy, conn) = (proxy.clone(), conn.clone());
+        async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .adaptive_window(true);
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(served);
+    tokio::select! {
+        res = served.as_mut() => if let Err(err) = res {
+            debug!(%err, "connection ended with an error");
+        },
+        () = shutdown.cancelled() => {
+            // Drain: finish the requests in flight, accept no new ones on this connection.
+            served.as_mut().graceful_shutdown();
+            if let Err(err) = served.await {
+                debug!(%err, "connection ended with an error while draining");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_headers_follow_the_contract() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(header::HOST, HeaderValue::from_static("shop.example.com"));
+        incoming.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        incoming.insert("x-vcap-request-id", HeaderValue::from_static("keep-me"));
+        incoming.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        incoming.insert("x-secret", HeaderValue::from_static("hop"));
+        let client: SocketAddr = "10.9.8.7:5555".parse().unwrap();
+        let conn = Conn {
+            client,
+            scheme: "https",
+            peer: None,
+        };
+        let h = upstream_headers(&incoming, &conn, "shop.example.com", false);
+        assert_eq!(h[header::HOST], "shop.example.com");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.9.8.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-vcap-request-id"], "keep-me");
+        assert!(
+            h["x-request-start"]
+                .to_str()
+                .unwrap()
+                .parse::<u128>()
+                .is_ok()
+        );
+        assert!(!h.contains_key(header::CONNECTION) && !h.contains_key("x-secret"));
+        // A fresh request gets an id; a peer's request keeps its forwarding headers.
+        let mut fresh = HeaderMap::new();
+        fresh.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        let peer = Conn {
+            client,
+            scheme: "https",
+            peer: Some("lon-1".into()),
+        };
+        let h = upstream_headers(&fresh, &peer, "h2.example.com", false);
+        assert_eq!(
+            h[header::HOST],
+            "h2.example.com",
+            "HTTP/2's authority becomes the Host"
+        );
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("x-forwarded-for"));
+        assert_eq!(h["x-vcap-request-id"].len(), 36);
+    }
+
+    #[test]
+    fn upgrade_requests_keep_their_upgrade_headers() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        incoming.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&incoming));
+        let conn = Conn {
+            client: "127.0.0.1:1".parse().unwrap(),
+            scheme: "http",
+            peer: None,
+        };
+        let h = upstream_headers(&incoming, &conn, "ws.example.com", true);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+}

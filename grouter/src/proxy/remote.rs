@@ -1,0 +1,209 @@
+//! Forwarding to other sites: HTTP over the mesh's mutual TLS to a node of the chosen site.
+//!
+//! Owns: one multiplexed HTTP/2 connection per remote node (opened on first use through the
+//! mesh's dialer, re-opened when it breaks), HTTP/1.1 connections for upgrades (WebSocket
+//! over HTTP/2 would need RFC 8441), and the choice of node within a site (the one with the
+//! lowest RTT among the live ones).
+//!
+//! The receiving node knows the request comes from a peer by the certificate on the
+//! connection, and routes it only to its own GoRouters.
+//!
+//! Must never: dial anything but the advertised mesh address of a live node.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use tracing::debug;
+
+use super::upstream::Reclaimable;
+use crate::mesh::Mesh;
+use crate::mesh::identity::MeshTls;
+
+/// How long opening a connection to a remote node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a request could not be sent to a remote site.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// No live node of the site has an address.
+    #[error("no live node of site {0}")]
+    NoNode(String),
+    /// The connection could not be opened (nothing was sent).
+    #[error("connect to {0}: {1}")]
+    Connect(String, String),
+    /// The request failed on an open connection.
+    #[error("request to {0}: {1}")]
+    Request(String, hyper::Error),
+}
+
+impl RemoteError {
+    /// Nothing of the request reached the remote node: it may go elsewhere.
+    pub fn before_sending(&self) -> bool {
+        match self {
+            RemoteError::NoNode(_) | RemoteError::Connect(..) => true,
+            RemoteError::Request(_, e) => e.is_canceled(),
+        }
+    }
+}
+
+/// Connections to remote nodes.
+#[derive(Debug)]
+pub struct Remotes {
+    mesh: Arc<Mesh>,
+    dialer: Arc<dyn crate::mesh::Dialer>,
+    h2: Arc<rustls::ClientConfig>,
+    h1: Arc<rustls::ClientConfig>,
+    conns: Mutex<HashMap<String, SendRequest<Reclaimable>>>,
+}
+
+impl Remotes {
+    /// Remote forwarding through `mesh`, dialling with `dialer`.
+    pub fn new(mesh: Arc<Mesh>, tls: &MeshTls, dialer: Arc<dyn crate::mesh::Dialer>) -> Remotes {
+        Remotes {
+            h2: tls.client_with_alpn(b"h2"),
+            h1: tls.client_with_alpn(b"http/1.1"),
+            mesh,
+            dialer,
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The live node of `site` to send to: connected peers by RTT first, then any live node
+    /// with an address. `(node_id, address)`.
+    fn pick(&self, site: &str) -> Option<(String, String)> {
+        let peers = self.mesh.peers();
+        let mut best: Option<(Duration, String)> = None;
+        for p in peers.iter().filter(|p| p.site == site) {
+            let rtt = p.rtt().unwrap_or(Duration::MAX);
+            if best.as_ref().is_none_or(|(b, _)| rtt < *b) {
+                best = Some((rtt, p.node_id.clone()));
+            }
+        }
+        let parts = self.mesh.table().partitions();
+        let live = parts
+            .iter()
+            .filter(|p| *p.origin.site == *site && p.origin.is_alive() && !p.origin.local_site);
+        let mut fallback = None;
+        for p in live {
+            let Some(addr) = p
+                .record
+                .as_ref()
+                .map(|r| r.advertise.clone())
+                .filter(|a| !a.is_empty())
+            else {
+                continue;
+            };
+            if best.as_ref().is_some_and(|(_, n)| *n == *p.origin.node_id) {
+                return Some((p.origin.node_id.to_string(), addr));
+            }
+            fallback.get_or_insert((p.origin.node_id.to_string(), addr));
+        }
+        fallback
+    }
+
+    async fn tls(
+        &self,
+        addr: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, RemoteError> {
+        let attempt = async {
+            let tcp = self.dialer.dial(addr).await.map_err(|e| e.to_string())?;
+            tokio_rustls::TlsConnector::from(config)
+                .connect(MeshTls::server_name(), tcp)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(tls)) => Ok(TokioIo::new(tls)),
+            Ok(Err(e)) => Err(RemoteError::Connect(addr.to_string(), e)),
+            Err(_) => Err(RemoteError::Connect(addr.to_string(), "timed out".into())),
+        }
+    }
+
+    async fn sender(
+        &self,
+        node: &str,
+        addr: &str,
+    ) -> Result<SendRequest<Reclaimable>, RemoteError> {
+        if let Some(s) = self
+            .conns
+            .lock()
+            .get(node)
+            .filter(|s| !s.is_closed())
+            .cloned()
+        {
+            return Ok(s);
+        }
+        let io = self.tls(addr, self.h2.clone()).await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(10))
+            .adaptive_window(true)
+            .handshake(io)
+            .await
+            .map_err(|e| RemoteError::Connect(addr.to_string(), e.to_string()))?;
+        let node_name = node.to_string();
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                debug!(node = %node_name, %err, "remote connection ended");
+            }
+        });
+        self.conns.lock().insert(node.to_string(), sender.clone());
+        Ok(sender)
+    }
+
+    /// Send `req` (absolute-form URI with the original host) to a node of `site`.
+    pub async fn send(
+        &self,
+        site: &str,
+        req: Request<Reclaimable>,
+    ) -> Result<(Response<Incoming>, String), RemoteError> {
+        let (node, addr) = self
+            .pick(site)
+            .ok_or_else(|| RemoteError::NoNode(site.to_string()))?;
+        let mut sender = self.sender(&node, &addr).await?;
+        if sender.ready().await.is_err() {
+            self.conns.lock().remove(&node);
+            return Err(RemoteError::Connect(addr, "connection closed".into()));
+        }
+        match sender.send_request(req).await {
+            Ok(resp) => Ok((resp, node)),
+            Err(e) => {
+                if e.is_closed() || e.is_canceled() {
+                    self.conns.lock().remove(&node);
+                }
+                Err(RemoteError::Request(addr, e))
+            }
+        }
+    }
+
+    /// Send an upgrade request (WebSocket) over a fresh HTTP/1.1 connection to a node of
+    /// `site`.
+    pub async fn send_upgrade(
+        &self,
+        site: &str,
+        req: Request<Reclaimable>,
+    ) -> Result<(Response<Incoming>, String), RemoteError> {
+        let (node, addr) = self
+            .pick(site)
+            .ok_or_else(|| RemoteError::NoNode(site.to_string()))?;
+        let io = self.tls(&addr, self.h1.clone()).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| RemoteError::Connect(addr.clone(), e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| RemoteError::Request(addr, e))?;
+        Ok((resp, node))
+    }
+}

@@ -1,0 +1,1281 @@
+//! Per-application server certificates for the HTTPS listener.
+//!
+//! Owns:
+//! - the **certificate store** ([`CertStore`]): the default pair (`tls.default_cert`,
+//!   `tls.default_key`) and every pair in `tls.cert_dir` (not recursive): `<host>.pem`
+//!   (chain, leaf first) with `<host>.key` (PKCS#8, PKCS#1 or SEC1), wildcards as
+//!   `_wildcard.<domain>.pem`/`.key` meaning `*.<domain>`; host names are lower-cased;
+//! - **SNI resolution** (the store is the listener's [`ResolvesServerCert`]): exact name
+//!   first, then the wildcard one level up (`*.b.c` serves `a.b.c`, never `x.a.b.c`), else the
+//!   default certificate (also when the client sent no SNI);
+//! - **hot reload**: [`CertStore::watch`] polls the files and [`CertStore::reload`] swaps in a
+//!   new map, so handshakes never wait on the file system;
+//! - the HTTPS [`ServerConfig`] ([`CertStore::server_config`]).
+//!
+//! Must never:
+//! - log, print or put into an error message any key material (reasons name files and say
+//!   what is wrong with them, nothing more);
+//! - take the node down because of one bad file: a bad pair is logged with the file name and
+//!   skipped, and a pair that was serving keeps serving until its files are removed or fixed.
+//!   Only the default pair must be good, and only at [`CertStore::load`].
+//!
+//! Lookups are the hot path of every handshake: the current maps sit behind one
+//! `RwLock<Arc<..>>` that is held only to clone the `Arc`; a reload builds new maps off to
+//! the side and replaces the `Arc`.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject as _};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls::{InconsistentKeys, ServerConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use x509_parser::extensions::GeneralName;
+
+/// Extension of a certificate chain file in `cert_dir`.
+const CERT_EXT: &str = "pem";
+/// Extension of a private key file in `cert_dir`.
+const KEY_EXT: &str = "key";
+/// File-name prefix that stands for `*.` (a `*` in file names is awkward in shells).
+const WILDCARD_PREFIX: &str = "_wildcard.";
+/// ALPN protocols of the HTTPS listener, in order of preference.
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// Server-side session cache for clients that resume by session id (TLS 1.2 without
+/// tickets); about 1 MiB at most.
+const SESSION_CACHE_ENTRIES: usize = 4096;
+/// The shortest poll interval `watch` accepts (tokio's interval panics on zero).
+const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(10);
+/// How many of a certificate's DNS names a "not valid for" reason lists.
+const REASON_MAX_NAMES: usize = 5;
+/// Suffix of a skip reason when the name keeps its previously loaded certificate.
+const KEPT: &str = "; still serving the previously loaded certificate";
+
+/// What can go wrong loading certificates or building the server configuration. Messages
+/// are lower-case, name the file at fault and never carry key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file or directory could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file or directory at fault.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file was read but is not what it should be (bad PEM, no certificate, no key, an
+    /// unusable key or certificate, a missing partner file).
+    #[error("{}: {reason}", path.display())]
+    Invalid {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The private key is not the key of the certificate.
+    #[error("{}: private key does not match the certificate in {}", key.display(), cert.display())]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// The certificate does not cover the host name its file is named after.
+    #[error("{}: certificate is not valid for {name} ({names})", path.display())]
+    NameMismatch {
+        /// The certificate file.
+        path: PathBuf,
+        /// The name the file stands for (`shop.example.com` or `*.example.com`).
+        name: String,
+        /// The certificate's DNS names, for the operator.
+        names: String,
+    },
+    /// rustls refused to build the server configuration.
+    #[error("cannot build the tls server configuration: {0}")]
+    Config(#[source] rustls::Error),
+}
+
+impl TlsError {
+    /// The file at fault and the reason without the file name, as in [`ReloadReport::skipped`].
+    fn file_and_reason(&self) -> (PathBuf, String) {
+        match self {
+            TlsError::Read { path, source } => (path.clone(), format!("cannot read: {source}")),
+            TlsError::Invalid { path, reason } => (path.clone(), reason.clone()),
+            TlsError::KeyMismatch { cert, key } => (
+                key.clone(),
+                format!(
+                    "private key does not match the certificate in {}",
+                    cert.display()
+                ),
+            ),
+            TlsError::NameMismatch { path, name, names } => (
+                path.clone(),
+                format!("certificate is not valid for {name} ({names})"),
+            ),
+            TlsError::Config(e) => (PathBuf::new(), e.to_string()),
+        }
+    }
+}
+
+/// What a [`CertStore::reload`] did. Names are as in [`CertStore::names`], sorted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Names served now that were not before.
+    pub added: Vec<String>,
+    /// Names no longer served (their requests fall back to a wildcard or the default).
+    pub removed: Vec<String>,
+    /// Names whose certificate chain changed.
+    pub updated: Vec<String>,
+    /// Files that were not loaded, with the reason (never key material). A name that was
+    /// served before keeps its previous certificate; the reason says so.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+impl ReloadReport {
+    /// Whether the served set changed.
+    fn changed(&self) -> bool {
+        !(self.added.is_empty() && self.removed.is_empty() && self.updated.is_empty())
+    }
+}
+
+/// The host name a file pair stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Host {
+    /// `shop.example.com`.
+    Exact(String),
+    /// `*.example.com`, holding `example.com`.
+    Wildcard(String),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Exact(name) => f.write_str(name),
+            Host::Wildcard(domain) => write!(f, "*.{domain}"),
+        }
+    }
+}
+
+impl Host {
+    /// The host a file stem names: lower-cased, `_wildcard.` for `*.`.
+    fn from_stem(stem: &str) -> Result<Host, String> {
+        let lower = stem.to_ascii_lowercase();
+        let host = match lower.strip_prefix(WILDCARD_PREFIX) {
+            Some(domain) => Host::Wildcard(domain.to_string()),
+            None => Host::Exact(lower.clone()),
+        };
+        let name = match &host {
+            Host::Exact(name) | Host::Wildcard(name) => name,
+        };
+        if name.contains('*') {
+            return Err(format!(
+                "file name is not a host name (write wildcards as {WILDCARD_PREFIX}<domain>)"
+            ));
+        }
+        if !is_dns_name(name) {
+            return Err("file name is not a host name".to_string());
+        }
+        Ok(host)
+    }
+
+    /// Whether a certificate DNS name (`san`) covers this host, as a TLS client checks it:
+    /// equal, or `*.<parent>` covering an exact name one level below `<parent>`.
+    fn covered_by(&self, san: &str) -> bool {
+        let san = san.strip_suffix('.').unwrap_or(san);
+        match self {
+            Host::Exact(name) => {
+                san.eq_ignore_ascii_case(name)
+                    || san.strip_prefix("*.").is_some_and(|domain| {
+                        name.split_once('.').is_some_and(|(label, parent)| {
+                            !label.is_empty() && parent.eq_ignore_ascii_case(domain)
+                        })
+                    })
+            }
+            Host::Wildcard(domain) => san
+                .strip_prefix("*.")
+                .is_some_and(|d| d.eq_ignore_ascii_case(domain)),
+        }
+    }
+}
+
+/// Labels of letters, digits, `-` and `_` (seen in platform host names), 1..=63 long,
+/// 253 at most in all.
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// One generation of loaded certificates; replaced whole on reload.
+struct Certs {
+    /// Exact host → certificate.
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Parent domain → certificate of `*.<domain>`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// Served when nothing else matches.
+    default: Arc<CertifiedKey>,
+}
+
+impl Certs {
+    /// The certificate for an SNI value (already without a trailing dot), by the rules in the
+    /// module doc. No allocation unless the name has upper-case letters.
+    fn pick(&self, sni: Option<&str>) -> &Arc<CertifiedKey> {
+        let Some(sni) = sni else {
+            return &self.default;
+        };
+        let sni = sni.strip_suffix('.').unwrap_or(sni);
+        let name: Cow<'_, str> = if sni.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(sni.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(sni)
+        };
+        if let Some(found) = self.exact.get(name.as_ref()) {
+            return found;
+        }
+        // One level only: `*.b.c` covers `a.b.c`, so look up the parent of the first label.
+        match name.split_once('.') {
+            Some((label, parent)) if !label.is_empty() => {
+                self.wildcard.get(parent).unwrap_or(&self.default)
+            }
+            _ => &self.default,
+        }
+    }
+
+    /// Every served name, each with its certificate, sorted by name.
+    fn by_name(&self) -> BTreeMap<String, &Arc<CertifiedKey>> {
+        let exact = self.exact.iter().map(|(name, ck)| (name.clone(), ck));
+        let wildcard = self
+            .wildcard
+            .iter()
+            .map(|(domain, ck)| (Host::Wildcard(domain.clone()).to_string(), ck));
+        exact.chain(wildcard).collect()
+    }
+}
+
+/// The files the store reads.
+#[derive(Debug)]
+struct Paths {
+    cert_dir: PathBuf,
+    default_cert: PathBuf,
+    default_key: PathBuf,
+}
+
+/// What `watch` compares between polls: every relevant file's path, modification time,
+/// size and inode (an atomic rename-over changes the inode even when time and size match).
+/// A file that cannot be stat'ed, or a directory that cannot be read, has `None`.
+type Fingerprint = Vec<(PathBuf, Option<(SystemTime, u64, u64)>)>;
+
+/// The per-application certificate store and SNI resolver of the HTTPS listener.
+pub struct CertStore {
+    paths: Paths,
+    provider: Arc<CryptoProvider>,
+    /// The current generation; the lock is held only to clone or replace the `Arc`.
+    certs: RwLock<Arc<Certs>>,
+    /// Serialises reloads, and holds the fingerprint the current generation was read at
+    /// (taken before reading, so a change during a reload triggers another).
+    reloading: Mutex<Fingerprint>,
+}
+
+impl fmt::Debug for CertStore {
+    // Never the keys: only where they come from and how many names are served.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let certs = self.current();
+        f.debug_struct("CertStore")
+            .field("cert_dir", &self.paths.cert_dir)
+            .field("default_cert", &self.paths.default_cert)
+            .field("default_key", &self.paths.default_key)
+            .field("exact_names", &certs.exact.len())
+            .field("wildcard_names", &certs.wildcard.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertStore {
+    /// Load the default pair (must succeed: error otherwise) and every pair in `cert_dir`
+    /// (bad ones are logged with the file name and skipped). An unreadable `cert_dir` is an
+    /// error too. The default files may live in `cert_dir`; they are not read as a host pair.
+    pub fn load(
+        cert_dir: &Path,
+        default_cert: &Path,
+        default_key: &Path,
+    ) -> Result<Arc<CertStore>, TlsError> {
+        let paths = Paths {
+            cert_dir: cert_dir.to_path_buf(),
+            default_cert: default_cert.to_path_buf(),
+            default_key: default_key.to_path_buf(),
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let seen = fingerprint(&paths);
+        let (certs, report) = scan(&paths, &provider, None)?;
+        info!(
+            cert_dir = %paths.cert_dir.display(),
+            names = certs.exact.len() + certs.wildcard.len(),
+            skipped = report.skipped.len(),
+            "tls certificates loaded"
+        );
+        Ok(Arc::new(CertStore {
+            paths,
+            provider,
+            certs: RwLock::new(Arc::new(certs)),
+            reloading: Mutex::new(seen),
+        }))
+    }
+
+    /// Rescan `cert_dir` and the default files; swap in what changed. Returns what happened
+    /// (names added/removed/updated, files skipped with reason). Never fails: a bad file is
+    /// skipped (a name it served keeps its previous certificate, a bad default keeps the
+    /// previous default) and an unreadable `cert_dir` keeps every loaded name.
+    ///
+    /// Blocking (file reads, key parsing): call it off the async runtime.
+    pub fn reload(&self) -> ReloadReport {
+        let mut seen = self.reloading.lock();
+        self.reload_locked(&mut seen)
+    }
+
+    /// Names served (exact and `*.domain`), sorted. The default certificate has no name.
+    pub fn names(&self) -> Vec<String> {
+        self.current().by_name().into_keys().collect()
+    }
+
+    /// Poll `cert_dir` and the default files every `interval` (compare names, mtimes, sizes
+    /// and inodes) and reload on change, until `shutdown`. The first poll is immediate, so
+    /// changes made between `load` and `watch` are picked up.
+    pub async fn watch(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval.max(MIN_WATCH_INTERVAL));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // Shutdown wins over a due poll.
+                biased;
+                () = shutdown.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            // Stat'ing and parsing are blocking file-system work: off the runtime threads.
+            let store = Arc::clone(&self);
+            if let Err(e) = tokio::task::spawn_blocking(move || store.reload_if_changed()).await {
+                warn!(error = %e, "tls certificate poll failed");
+            }
+        }
+    }
+
+    /// A TLS server config for the HTTPS listener: TLS 1.2 and 1.3, ALPN `h2` then
+    /// `http/1.1`, this store as the certificate resolver, a server-side session cache and
+    /// stateless tickets (a fresh ticket key per config, rotated by rustls) for resumption.
+    /// No 0-RTT early data (it could be replayed).
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(TlsError::Config)?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+        config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Config)?;
+        Ok(Arc::new(config))
+    }
+
+    /// The certificate for an SNI value (`None`: the client sent none).
+    fn resolve_name(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        Arc::clone(self.current().pick(sni))
+    }
+
+    /// The current generation (the read lock is held only for the clone).
+    fn current(&self) -> Arc<Certs> {
+        Arc::clone(&self.certs.read())
+    }
+
+    /// Reload when the files' fingerprint differs from the one the current generation was
+    /// read at.
+    fn reload_if_changed(&self) -> Option<ReloadReport> {
+        let mut seen = self.reloading.lock();
+        if fingerprint(&self.paths) == *seen {
+            return None;
+        }
+        Some(self.reload_locked(&mut seen))
+    }
+
+    fn reload_locked(&self, seen: &mut Fingerprint) -> ReloadReport {
+        *seen = fingerprint(&self.paths);
+        let previous = self.current();
+        let (certs, report) = match scan(&self.paths, &self.provider, Some(&previous)) {
+            Ok(scanned) => scanned,
+            // Unreachable with a previous generation (scan then never fails); keep serving.
+            Err(e) => {
+                let mut report = ReloadReport::default();
+                report.skipped.push(e.file_and_reason());
+                return report;
+            }
+        };
+        if !Arc::ptr_eq(&certs.default, &previous.default)
+            && certs.default.cert != previous.default.cert
+        {
+            info!(file = %self.paths.default_cert.display(), "tls default certificate updated");
+        }
+        *self.certs.write() = Arc::new(certs);
+        if report.changed() {
+            info!(
+                added = ?report.added,
+                removed = ?report.removed,
+                updated = ?report.updated,
+                skipped = report.skipped.len(),
+                "tls certificates reloaded"
+            );
+        }
+        report
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.resolve_name(client_hello.server_name()))
+    }
+}
+
+/// Read the default pair and `cert_dir` into a new generation. With no `previous` (at load)
+/// a bad default pair or an unreadable directory is an error; with one, they keep what
+/// `previous` had and are reported as skipped, so this never fails.
+fn scan(
+    paths: &Paths,
+    provider: &CryptoProvider,
+    previous: Option<&Certs>,
+) -> Result<(Certs, ReloadReport), TlsError> {
+    let mut report = ReloadReport::default();
+    let default = match load_pair(provider, &paths.default_cert, &paths.default_key, None) {
+        Ok(ck) => ck,
+        Err(e) => {
+            let Some(previous) = previous else {
+                return Err(e);
+            };
+            let (file, reason) = e.file_and_reason();
+            skip(
+                &mut report,
+                file,
+                format!("{reason}; still serving the previous default"),
+            );
+            Arc::clone(&previous.default)
+        }
+    };
+
+    let files = match pairs_in(paths) {
+        Ok(files) => files,
+        Err(source) => {
+            let Some(previous) = previous else {
+                return Err(TlsError::Read {
+                    path: paths.cert_dir.clone(),
+                    source,
+                });
+            };
+            let reason = format!("cannot read directory: {source}; keeping every loaded name");
+            skip(&mut report, paths.cert_dir.clone(), reason);
+            let certs = Certs {
+                exact: previous.exact.clone(),
+                wildcard: previous.wildcard.clone(),
+                default,
+            };
+            return Ok((certs, report));
+        }
+    };
+
+    let mut certs = Certs {
+        exact: HashMap::new(),
+        wildcard: HashMap::new(),
+        default,
+    };
+    let mut hosts = HashSet::new();
+    for (stem, pair) in files {
+        let Some(any_file) = pair.cert.as_ref().or(pair.key.as_ref()) else {
+            continue;
+        };
+        let host = match Host::from_stem(&stem) {
+            Ok(host) => host,
+            Err(reason) => {
+                skip(&mut report, any_file.clone(), reason);
+                continue;
+            }
+        };
+        if !hosts.insert(host.clone()) {
+            let reason =
+                format!("another file pair already serves {host} (names are case-insensitive)");
+            skip(&mut report, any_file.clone(), reason);
+            continue;
+        }
+        let loaded = match (&pair.cert, &pair.key) {
+            (Some(cert), Some(key)) => load_pair(provider, cert, key, Some(&host)),
+            (Some(cert), None) => Err(TlsError::Invalid {
+                path: cert.clone(),
+                reason: format!("no key file {stem}.{KEY_EXT}"),
+            }),
+            (None, _) => Err(TlsError::Invalid {
+                path: any_file.clone(),
+                reason: format!("no certificate file {stem}.{CERT_EXT}"),
+            }),
+        };
+        let ck = match loaded {
+            Ok(ck) => ck,
+            Err(e) => {
+                let (file, mut reason) = e.file_and_reason();
+                // A pair being rewritten is briefly inconsistent: keep serving what was good.
+                let kept = previous.and_then(|p| match &host {
+                    Host::Exact(name) => p.exact.get(name),
+                    Host::Wildcard(domain) => p.wildcard.get(domain),
+                });
+                let Some(kept) = kept else {
+                    skip(&mut report, file, reason);
+                    continue;
+                };
+                reason.push_str(KEPT);
+                skip(&mut report, file, reason);
+                Arc::clone(kept)
+            }
+        };
+        match host {
+            Host::Exact(name) => certs.exact.insert(name, ck),
+            Host::Wildcard(domain) => certs.wildcard.insert(domain, ck),
+        };
+    }
+
+    let now = certs.by_name();
+    match previous {
+        None => report.added = now.keys().cloned().collect(),
+        Some(previous) => {
+            let before = previous.by_name();
+            for (name, ck) in &now {
+                match before.get(name) {
+                    None => report.added.push(name.clone()),
+                    Some(old) if old.cert != ck.cert => report.updated.push(name.clone()),
+                    Some(_) => {}
+                }
+            }
+            report.removed = before
+                .into_keys()
+                .filter(|name| !now.contains_key(name))
+                .collect();
+        }
+    }
+    Ok((certs, report))
+}
+
+/// Record and log a skipped file. The reason never holds key material.
+fn skip(report: &mut ReloadReport, file: PathBuf, reason: String) {
+    warn!(file = %file.display(), reason = %reason, "tls certificate file skipped");
+    report.skipped.push((file, reason));
+}
+
+/// The files of one host in `cert_dir`.
+#[derive(Debug, Default)]
+struct FilePair {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+/// The `.pem`/`.key` files of `cert_dir` grouped by file stem (sorted, so duplicates resolve
+/// the same way every time). Hidden files, other extensions, non-files and the default pair's
+/// own files are left out.
+fn pairs_in(paths: &Paths) -> io::Result<BTreeMap<String, FilePair>> {
+    let default_cert = canonical(&paths.default_cert);
+    let default_key = canonical(&paths.default_key);
+    let mut pairs: BTreeMap<String, FilePair> = BTreeMap::new();
+    for entry in fs::read_dir(&paths.cert_dir)? {
+        let path = entry?.path();
+        let Some((stem, ext)) = relevant(&path) else {
+            continue;
+        };
+        // Follows symlinks (Kubernetes secret volumes are symlinks into `..data/`).
+        if !fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        let canon = canonical(&path);
+        if canon == default_cert || canon == default_key {
+            continue;
+        }
+        let pair = pairs.entry(stem.to_string()).or_default();
+        if ext == CERT_EXT {
+            pair.cert = Some(path);
+        } else {
+            pair.key = Some(path);
+        }
+    }
+    Ok(pairs)
+}
+
+/// `(stem, extension)` of a certificate or key file name worth reading.
+fn relevant(path: &Path) -> Option<(&str, &str)> {
+    let name = path.file_name()?.to_str()?;
+    if name.starts_with('.') {
+        return None;
+    }
+    let (stem, ext) = name.rsplit_once('.')?;
+    (ext == CERT_EXT || ext == KEY_EXT).then_some((stem, ext))
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// See [`Fingerprint`]. Cheap: one directory listing and a stat per relevant file.
+fn fingerprint(paths: &Paths) -> Fingerprint {
+    let stat = |path: &Path| {
+        fs::metadata(path).ok().map(|m| {
+            let modified = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            (modified, m.len(), m.ino())
+        })
+    };
+    let mut files: Fingerprint = [&paths.default_cert, &paths.default_key]
+        .into_iter()
+        .map(|path| (path.clone(), stat(path)))
+        .collect();
+    match fs::read_dir(&paths.cert_dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if relevant(&path).is_some() {
+                    let stats = stat(&path);
+                    files.push((path, stats));
+                }
+            }
+        }
+        Err(_) => files.push((paths.cert_dir.clone(), None)),
+    }
+    files.sort();
+    files
+}
+
+/// Load and check one pair: the chain parses, the leaf is valid for `host` (when given), the
+/// key parses and belongs to the leaf.
+fn load_pair(
+    provider: &CryptoProvider,
+    cert_path: &Path,
+    key_path: &Path,
+    host: Option<&Host>,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let invalid = |path: &Path, reason: String| TlsError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let read = |path: &Path| {
+        fs::read(path).map_err(|source| TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+
+    let cert_pem = read(cert_path)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(cert_path, format!("invalid PEM: {}", pem_reason(&e))))?;
+    let Some(leaf) = chain.first() else {
+        return Err(invalid(cert_path, "no certificate found".to_string()));
+    };
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| invalid(cert_path, format!("not an X.509 certificate: {e}")))?;
+    if let Some(host) = host {
+        let san = parsed
+            .subject_alternative_name()
+            .map_err(|e| invalid(cert_path, format!("invalid subjectAltName: {e}")))?;
+        let dns_names: Vec<&str> = san
+            .iter()
+            .flat_map(|ext| ext.value.general_names.iter())
+            .filter_map(|name| match name {
+                GeneralName::DNSName(dns) => Some(*dns),
+                _ => None,
+            })
+            .collect();
+        if !dns_names.iter().any(|san| host.covered_by(san)) {
+            let names = if dns_names.is_empty() {
+                "it has no DNS names".to_string()
+            } else {
+                let mut listed = dns_names[..dns_names.len().min(REASON_MAX_NAMES)].join(", ");
+                if dns_names.len() > REASON_MAX_NAMES {
+                    listed.push_str(", …");
+                }
+                format!("it is for {listed}")
+            };
+            return Err(TlsError::NameMismatch {
+                path: cert_path.to_path_buf(),
+                name: host.to_string(),
+                names,
+            });
+        }
+    }
+    if !parsed.validity().is_valid() {
+        // Still served: falling back to another certificate would not help the client.
+        warn!(file = %cert_path.display(), "tls certificate is expired or not yet valid");
+    }
+
+    // The key's bytes go only to the parser and the signer; errors say what, never which bytes.
+    let key_pem = read(key_path)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => invalid(key_path, "no private key found".to_string()),
+        other => invalid(key_path, format!("invalid PEM: {}", pem_reason(&other))),
+    })?;
+    drop(key_pem);
+    let signer = provider.key_provider.load_private_key(key).map_err(|_| {
+        invalid(
+            key_path,
+            "not a usable private key (RSA, ECDSA P-256/P-384 or Ed25519 expected)".to_string(),
+        )
+    })?;
+    let certified = CertifiedKey::new(chain, signer);
+    match certified.keys_match() {
+        Ok(()) => Ok(Arc::new(certified)),
+        Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
+            Err(TlsError::KeyMismatch {
+                cert: cert_path.to_path_buf(),
+                key: key_path.to_path_buf(),
+            })
+        }
+        Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => Err(invalid(
+            key_path,
+            "cannot check that the private key matches the certificate".to_string(),
+        )),
+        Err(e) => Err(invalid(cert_path, format!("unusable certificate: {e}"))),
+    }
+}
+
+/// A PEM error without the bytes it quotes (a key file's lines must not reach a log).
+fn pem_reason(e: &pem::Error) -> &'static str {
+    match e {
+        pem::Error::MissingSectionEnd { .. } => "a section has no END line",
+        pem::Error::IllegalSectionStart { .. } => "a BEGIN line is malformed",
+        pem::Error::Base64Decode(_) => "bad base64",
+        pem::Error::NoItemsFound => "nothing found",
+        pem::Error::SectionTooLarge => "a section is too large",
+        _ => "unreadable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, HandshakeKind, RootCertStore};
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    const SHOP: &str = "shop.apps.example.com";
+    const BLOG: &str = "blog.apps.example.com";
+    const WILDCARD_STEM: &str = "_wildcard.apps.example.com";
+    /// The default certificate names every host the tests expect it to be served for, so
+    /// the client can verify chain *and* name even when the default is the answer.
+    const DEFAULT_NAMES: &[&str] = &[
+        "default.example.com",
+        "a.b.apps.example.com",
+        "other.apps.example.com",
+        "new.apps.example.com",
+        "127.0.0.1",
+    ];
+
+    /// A test CA issuing leaf certificates.
+    struct Ca {
+        issuer: Issuer<'static, KeyPair>,
+        roots: RootCertStore,
+    }
+
+    /// A leaf certificate and its key, as PEM, and the leaf's DER to compare with what a
+    /// handshake served.
+    struct Leaf {
+        cert_pem: String,
+        key_pem: String,
+        der: CertificateDer<'static>,
+    }
+
+    impl Ca {
+        fn new() -> Ca {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "grouter test ca");
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let cert = params.self_signed(&key).unwrap();
+            let mut roots = RootCertStore::empty();
+            roots.add(cert.der().clone()).unwrap();
+            Ca {
+                issuer: Issuer::new(params, key),
+                roots,
+            }
+        }
+
+        fn leaf(&self, names: &[&str]) -> Leaf {
+            let key = KeyPair::generate().unwrap();
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names).unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "grouter test leaf");
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            Leaf {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+                der: cert.der().clone(),
+            }
+        }
+
+        /// A client trusting only this CA, verifying chain and name, offering `alpn`.
+        fn client(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+            self.client_with(alpn, &[&rustls::version::TLS13, &rustls::version::TLS12])
+        }
+
+        fn client_with(
+            &self,
+            alpn: &[&[u8]],
+            versions: &[&'static rustls::SupportedProtocolVersion],
+        ) -> Arc<ClientConfig> {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(self.roots.clone())
+                .with_no_client_auth();
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Arc::new(config)
+        }
+    }
+
+    /// Write `<stem>.pem` and `<stem>.key`.
+    fn write_pair(dir: &Path, stem: &str, leaf: &Leaf) {
+        fs::write(dir.join(format!("{stem}.pem")), &leaf.cert_pem).unwrap();
+        fs::write(dir.join(format!("{stem}.key")), &leaf.key_pem).unwrap();
+    }
+
+    fn remove_pair(dir: &Path, stem: &str) {
+        fs::remove_file(dir.join(format!("{stem}.pem"))).unwrap();
+        fs::remove_file(dir.join(format!("{stem}.key"))).unwrap();
+    }
+
+    /// A cert dir with shop, blog, the wildcard and the default pair (the default inside the
+    /// cert dir, as in the contract's example config).
+    struct Fixture {
+        dir: tempfile::TempDir,
+        ca: Ca,
+        shop: Leaf,
+        blog: Leaf,
+        wildcard: Leaf,
+        default: Leaf,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let ca = Ca::new();
+            let fixture = Fixture {
+                shop: ca.leaf(&[SHOP]),
+                blog: ca.leaf(&[BLOG]),
+                wildcard: ca.leaf(&["*.apps.example.com"]),
+                default: ca.leaf(DEFAULT_NAMES),
+                dir,
+                ca,
+            };
+            write_pair(fixture.path(), "shop.apps.example.com", &fixture.shop);
+            write_pair(fixture.path(), "blog.apps.example.com", &fixture.blog);
+            write_pair(fixture.path(), WILDCARD_STEM, &fixture.wildcard);
+            write_pair(fixture.path(), "default", &fixture.default);
+            fixture
+        }
+
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        fn load(&self) -> Result<Arc<CertStore>, TlsError> {
+            CertStore::load(
+                self.path(),
+                &self.path().join("default.pem"),
+                &self.path().join("default.key"),
+            )
+        }
+    }
+
+    struct Served {
+        leaf: CertificateDer<'static>,
+        alpn: Option<Vec<u8>>,
+        kind: Option<HandshakeKind>,
+    }
+
+    /// One handshake over an in-memory pipe, the client verifying chain and name; what the
+    /// server presented and what was negotiated. The server sends one byte afterwards so
+    /// the client also processes any session tickets.
+    async fn handshake(
+        server: &Arc<ServerConfig>,
+        client: &Arc<ClientConfig>,
+        name: &str,
+    ) -> Served {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let acceptor = TlsAcceptor::from(Arc::clone(server));
+        let connector = TlsConnector::from(Arc::clone(client));
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        let server_side = async {
+            let mut stream = acceptor.accept(server_io).await.unwrap();
+            stream.write_all(b"x").await.unwrap();
+            stream.flush().await.unwrap();
+            stream
+        };
+        let client_side = async {
+            let mut stream = connector.connect(name, client_io).await.unwrap();
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.unwrap();
+            stream
+        };
+        let (_server, client) = tokio::join!(server_side, client_side);
+        let conn = client.get_ref().1;
+        Served {
+            leaf: conn.peer_certificates().unwrap()[0].clone(),
+            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+            kind: conn.handshake_kind(),
+        }
+    }
+
+    async fn served_for(
+        server: &Arc<ServerConfig>,
+        ca: &Ca,
+        name: &str,
+    ) -> CertificateDer<'static> {
+        handshake(server, &ca.client(&[b"h2"]), name).await.leaf
+    }
+
+    #[tokio::test]
+    async fn sni_picks_exact_then_one_level_wildcard_then_default() {
+        let f = Fixture::new();
+        let store = f.load().unwrap();
+        let server = store.server_config().unwrap();
+        assert_eq!(
+            store.names(),
+            vec!["*.apps.example.com", BLOG, SHOP],
+            "the default pair inside cert_dir is not a host pair"
+        );
+
+        // Exact beats the wildcard that also covers it.
+        assert_eq!(served_for(&server, &f.ca, SHOP).await, f.shop.der);
+        assert_eq!(served_for(&server, &f.ca, BLOG).await, f.blog.der);
+        assert_eq!(
+            served_for(&server, &f.ca, "other.apps.example.com").await,
+            f.wildcard.der
+        );
+        // Wildcards cover one level only.
+        assert_eq!(
+            served_for(&server, &f.ca, "a.b.apps.example.com").await,
+            f.default.der
+        );
+        // rustls clients send no SNI for an IP address.
+        assert_eq!(served_for(&server, &f.ca, "127.0.0.1").await, f.default.der);
+    }
+
+    #[test]
+    fn resolver_lowercases_and_defaults_without_sni() {
+        let f = Fixture::new();
+        let store = f.load().unwrap();
+        let served = |sni: Option<&str>| store.resolve_name(sni).cert[0].clone();
+        assert_eq!(served(None), f.default.der);
+        assert_eq!(served(Some("SHOP.Apps.Example.COM")), f.shop.der);
+        assert_eq!(served(Some("shop.apps.example.com.")), f.shop.der);
+        assert_eq!(served(Some("Other.APPS.example.com")), f.wildcard.der);
+        assert_eq!(served(Some("apps.example.com")), f.default.der);
+        assert_eq!(served(Some("x.y.apps.example.com")), f.default.der);
+        assert_eq!(served(Some("")), f.default.der);
+    }
+
+    #[tokio::test]
+    async fn exact_beats_wildcard_and_removal_falls_back() {
+        let f = Fixture::new();
+        let store = f.load().unwrap();
+        let server = store.server_config().unwrap();
+        assert_eq!(served_for(&server, &f.ca, SHOP).await, f.shop.der);
+
+        remove_pair(f.path(), "shop.apps.example.com");
+        let report = store.reload();
+        assert_eq!(report.removed, vec![SHOP]);
+        assert!(report.skipped.is_empty(), "{report:?}");
+        assert_eq!(served_for(&server, &f.ca, SHOP).await, f.wildcard.der);
+
+        remove_pair(f.path(), WILDCARD_STEM);
+        let report = store.reload();
+        assert_eq!(report.removed, vec!["*.apps.example.com"]);
+        assert_eq!(
+            served_for(&server, &f.ca, "other.apps.example.com").await,
+            f.default.der
+        );
+    }
+
+    #[tokio::test]
+    async fn watch_picks_up_new_and_removed_pairs() {
+        let f = Fixture::new();
+        let store = f.load().unwrap();
+        let server = store.server_config().unwrap();
+        let shutdown = CancellationToken::new();
+        let watcher =
+            tokio::spawn(Arc::clone(&store).watch(Duration::from_millis(200), shutdown.clone()));
+        let new_name = "new.apps.example.com";
+        assert_eq!(served_for(&server, &f.ca, new_name).await, f.wildcard.der);
+
+        // Added: served within 2 s.
+        let new = f.ca.leaf(&[new_name]);
+        let start = Instant::now();
+        write_pair(f.path(), new_name, &new);
+        while served_for(&server, &f.ca, new_name).await != new.der {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "new pair not served within 2 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(store.names().contains(&new_name.to_string()));
+
+        // Removed: back to the wildcard, then (wildcard gone too) to the default.
+        let start = Instant::now();
+        remove_pair(f.path(), new_name);
+        while served_for(&server, &f.ca, new_name).await != f.wildcard.der {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "removal not seen within 2 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let start = Instant::now();
+        remove_pair(f.path(), WILDCARD_STEM);
+        while served_for(&server, &f.ca, new_name).await != f.default.der {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "removal not seen within 2 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(2), watcher)
+            .await
+            .expect("watch stops on shutdown")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_files_are_skipped_and_the_rest_served() {
+        let f = Fixture::new();
+        let dir = f.path();
+        // A certificate without its key.
+        let lonely = f.ca.leaf(&["lonely.apps.example.com"]);
+        fs::write(dir.join("lonely.apps.example.com.pem"), &lonely.cert_pem).unwrap();
+        // A garbage certificate file (its key is fine).
+        let garbage = f.ca.leaf(&["garbage.apps.example.com"]);
+        fs::write(
+            dir.join("garbage.apps.example.com.pem"),
+            "not a certificate\n",
+        )
+        .unwrap();
+        fs::write(dir.join("garbage.apps.example.com.key"), &garbage.key_pem).unwrap();
+        // The key of another certificate.
+        let mismatch = f.ca.leaf(&["mismatch.apps.example.com"]);
+        let other = f.ca.leaf(&["mismatch.apps.example.com"]);
+        fs::write(
+            dir.join("mismatch.apps.example.com.pem"),
+            &mismatch.cert_pem,
+        )
+        .unwrap();
+        fs::write(dir.join("mismatch.apps.example.com.key"), &other.key_pem).unwrap();
+        // A certificate for another name than its file's.
+        write_pair(
+            dir,
+            "wrongname.apps.example.com",
+            &f.ca.leaf(&["shop.example.org"]),
+        );
+        // A wildcard file holding a certificate for a single name.
+        write_pair(
+            dir,
+            "_wildcard.example.net",
+            &f.ca.leaf(&["www.example.net"]),
+        );
+        // Files that are not ours are ignored.
+        fs::write(dir.join("README.txt"), "certificates live here").unwrap();
+
+        let store = f.load().unwrap();
+        assert_eq!(store.names(), vec!["*.apps.example.com", BLOG, SHOP]);
+        let server = store.server_config().unwrap();
+        assert_eq!(served_for(&server, &f.ca, SHOP).await, f.shop.der);
+        assert_eq!(served_for(&server, &f.ca, BLOG).await, f.blog.der);
+
+        let report = store.reload();
+        assert!(!report.changed(), "{report:?}");
+        let mut skipped: Vec<(String, String)> = report
+            .skipped
+            .iter()
+            .map(|(path, reason)| {
+                let file = path.file_name().unwrap().to_string_lossy().into_owned();
+                (file, reason.clone())
+            })
+            .collect();
+        skipped.sort();
+        let expect = [
+            ("_wildcard.example.net.pem", "not valid for *.example.net"),
+            ("garbage.apps.example.com.pem", "no certificate found"),
+            (
+                "lonely.apps.example.com.pem",
+                "no key file lonely.apps.example.com.key",
+            ),
+            (
+                "mismatch.apps.example.com.key",
+                "does not match the certificate",
+            ),
+            (
+                "wrongname.apps.example.com.pem",
+                "not valid for wrongname.apps.example.com",
+            ),
+        ];
+        assert_eq!(skipped.len(), expect.len(), "{skipped:?}");
+        for ((file, reason), (want_file, want_reason)) in skipped.iter().zip(expect) {
+            assert_eq!(file, want_file);
+            assert!(reason.contains(want_reason), "{file}: {reason}");
+        }
+        // No key material in any reason.
+        let key_body = |pem: &str| pem.lines().nth(1).unwrap().to_string();
+        for (_, reason) in &report.skipped {
+            for key in [&garbage.key_pem, &other.key_pem, &lonely.key_pem] {
+                assert!(!reason.contains(&key_body(key)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_broken_update_keeps_the_previous_certificate() {
+        let f = Fixture::new();
+        let store = f.load().unwrap();
+        fs::write(f.path().join("shop.apps.example.com.key"), "garbage").unwrap();
+        let report = store.reload();
+        assert_eq!(report.skipped.len(), 1, "{report:?}");
+        assert!(report.skipped[0].1.contains("no private key found"));
+        assert!(report.skipped[0].1.ends_with(KEPT));
+        assert!(!report.changed());
+        assert_eq!(store.resolve_name(Some(SHOP)).cert[0], f.shop.der);
+
+        // A good new pair replaces it and is reported as updated.
+        let renewed = f.ca.leaf(&[SHOP, "www.shop.apps.example.com"]);
+        write_pair(f.path(), "shop.apps.example.com", &renewed);
+        let report = store.reload();
+        assert_eq!(report.updated, vec![SHOP]);
+        assert!(report.added.is_empty() && report.removed.is_empty());
+        assert_eq!(store.resolve_name(Some(SHOP)).cert[0], renewed.der);
+
+        // A broken default keeps the previous default too.
+        fs::write(f.path().join("default.pem"), "garbage").unwrap();
+        let report = store.reload();
+        assert_eq!(report.skipped.len(), 1, "{report:?}");
+        assert_eq!(store.resolve_name(None).cert[0], f.default.der);
+    }
+
+    #[test]
+    fn load_fails_only_for_a_bad_default_pair() {
+        // Mismatched default key.
+        let f = Fixture::new();
+        fs::write(f.path().join("default.key"), &f.shop.key_pem).unwrap();
+        let err = f.load().unwrap_err();
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("default.key"), "{err}");
+
+        // Missing default certificate.
+        let f = Fixture::new();
+        fs::remove_file(f.path().join("default.pem")).unwrap();
+        let err = f.load().unwrap_err();
+        assert!(matches!(err, TlsError::Read { .. }), "{err}");
+        assert!(err.to_string().contains("default.pem"), "{err}");
+
+        // Garbage default certificate.
+        let f = Fixture::new();
+        fs::write(
+            f.path().join("default.pem"),
+            "-----BEGIN CERTIFICATE-----\n!!\n",
+        )
+        .unwrap();
+        let err = f.load().unwrap_err();
+        assert!(err.to_string().contains("default.pem"), "{err}");
+
+        // Missing cert_dir.
+        let f = Fixture::new();
+        let err = CertStore::load(
+            &f.path().join("nope"),
+            &f.path().join("default.pem"),
+            &f.path().join("default.key"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn file_names_map_to_hosts() {
+        assert_eq!(
+            Host::from_stem("Shop.Apps.Example.com"),
+            Ok(Host::Exact("shop.apps.example.com".to_string()))
+        );
+        assert_eq!(
+            Host::from_stem("_wildcard.nyc.apps.example.com"),
+            Ok(Host::Wildcard("nyc.apps.example.com".to_string()))
+        );
+        assert!(Host::from_stem("*.example.com").is_err());
+        assert!(Host::from_stem("a..b").is_err());
+        assert!(Host::from_stem("sp ace.example.com").is_err());
+
+        let exact = Host::Exact("a.b.c".to_string());
+        assert!(exact.covered_by("A.B.C"));
+        assert!(exact.covered_by("*.b.c"));
+        assert!(!exact.covered_by("*.c"));
+        let wildcard = Host::Wildcard("b.c".to_string());
+        assert!(wildcard.covered_by("*.b.c"));
+        assert!(!wildcard.covered_by("a.b.c"));
+        assert!(!wildcard.covered_by("*.c"));
+    }
+
+    #[tokio::test]
+    async fn server_config_negotiates_alpn_versions_and_resumes() {
+        let f = Fixture::new();
+        let store = f.load().unwrap();
+        let server = store.server_config().unwrap();
+
+        let h2 = handshake(&server, &f.ca.client(&[b"h2"]), SHOP).await;
+        assert_eq!(h2.alpn.as_deref(), Some(&b"h2"[..]));
+        let h1 = handshake(&server, &f.ca.client(&[b"http/1.1"]), SHOP).await;
+        assert_eq!(h1.alpn.as_deref(), Some(&b"http/1.1"[..]));
+        let both = handshake(&server, &f.ca.client(&[b"http/1.1", b"h2"]), SHOP).await;
+        assert_eq!(both.alpn.as_deref(), Some(&b"h2"[..]), "server preference");
+
+        // TLS 1.2 and 1.3, each resuming on a second connection with the same client.
+        for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+            let client = f.ca.client_with(&[b"h2"], &[version]);
+            let first = handshake(&server, &client, SHOP).await;
+            assert_eq!(first.leaf, f.shop.der);
+            assert_eq!(first.kind, Some(HandshakeKind::Full));
+            let second = handshake(&server, &client, SHOP).await;
+            assert_eq!(second.kind, Some(HandshakeKind::Resumed), "{version:?}");
+        }
+    }
+
+    #[test]
+    fn debug_names_files_not_keys() {
+        let f = Fixture::new();
+        let store = f.load().unwrap();
+        let debug = format!("{store:?}");
+        assert!(debug.contains("default.pem"));
+        assert!(!debug.contains("PRIVATE KEY"));
+        let body = f.default.key_pem.lines().nth(1).unwrap();
+        assert!(!debug.contains(body));
+    }
+}

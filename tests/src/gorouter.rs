@@ -1,0 +1,33 @@
+//! The GoRouter stand-in for tests: [`grouter::demo::standin::StandIn`] (the one `grouter
+//! demo` runs), behind a `start` that panics when it cannot bind, as fixtures may.
+//!
+//! See the stand-in's module docs for what it answers; every response carries
+//! `X-Stub-Site`.
+
+use std::ops::Deref;
+
+use grouter::demo::standin::StandIn;
+
+/// A running stand-in; stops when dropped. Dereferences to [`StandIn`] (`addr()`,
+/// `set_healthy()`, `stop()`, `requests()`).
+#[derive(Debug)]
+pub struct GoRouterStub(StandIn);
+
+impl GoRouterStub {
+    /// Start a stand-in for a GoRouter of `site` on a loopback port.
+    pub async fn start(site: &str) -> GoRouterStub {
+        GoRouterStub(
+            StandIn::start(site)
+                .await
+                .expect("bind the GoRouter stand-in"),
+        )
+    }
+}
+
+impl Deref for GoRouterStub {
+    type Target = StandIn;
+
+    fn deref(&self) -> &StandIn {
+        &self.0
+    }
+}
