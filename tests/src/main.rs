@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod churn;
+mod demo;
 mod gcf;
 mod learn;
 mod mesh;

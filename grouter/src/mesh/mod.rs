@@ -47,6 +47,8 @@ use liveness::{Detector, NodeView, Timeouts};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest pause between attempts to reach an address.
 const REDIAL_MAX: Duration = Duration::from_secs(2);
+/// How often the failure detector assesses liveness.
+const DETECTOR_TICK: Duration = Duration::from_millis(100);
 /// How long deleted routes are remembered before replicas behind them need a reset.
 const TOMBSTONE_GRACE: Duration = Duration::from_secs(600);
 /// How long a dead node's partition stays visible (as dead) before it is removed.
@@ -600,7 +602,10 @@ fn rank_sites(mesh: &Mesh) -> Vec<Arc<str>> {
 
 /// Beat, assess liveness, retire the long dead, set the sync state, forget old tombstones.
 async fn heartbeat_loop(mesh: Arc<Mesh>, node: Arc<NodeState>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(mesh.settings.heartbeat_interval);
+    // Liveness is assessed every DETECTOR_TICK, heartbeats go out every heartbeat_interval:
+    // a verdict then lags the silence by at most one tick, not one heartbeat.
+    let mut tick = tokio::time::interval(DETECTOR_TICK.min(mesh.settings.heartbeat_interval));
+    let mut next_beat = Instant::now();
     // Once a minute: every partition's version then. Tombstones older than the grace
     // period are those at or below the versions of a checkpoint that old.
     type Checkpoint = (Instant, Vec<(Arc<str>, u64)>);
@@ -612,13 +617,16 @@ async fn heartbeat_loop(mesh: Arc<Mesh>, node: Arc<NodeState>, shutdown: Cancell
             _ = tick.tick() => {}
         }
         let s = &mesh.settings;
-        mesh.table.update_local_record(|r| {
-            r.heartbeat += 1;
-            r.advertise.clone_from(&s.advertise);
-            r.region.clone_from(&s.region);
-            r.healthy = node.can_serve();
-        });
         let now = Instant::now();
+        if now >= next_beat {
+            next_beat = now + s.heartbeat_interval;
+            mesh.table.update_local_record(|r| {
+                r.heartbeat += 1;
+                r.advertise.clone_from(&s.advertise);
+                r.region.clone_from(&s.region);
+                r.healthy = node.can_serve();
+            });
+        }
         let assessment = mesh.detector.lock().assess(&mesh.table, now);
         for (node_id, state) in &assessment.transitions {
             info!(node = %node_id, state = state.as_str(), "mesh node state changed");

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::identity::NodeIdentity;
-use super::sync::{self, PeerView, Sender};
+use super::sync::{self, Authority as _, PeerView, Sender};
 use super::{Mesh, PeerLink};
 
 /// How long a peer has to say hello.
@@ -187,24 +187,29 @@ where
         })
     };
 
-    let mut view = PeerView::default();
+    // A delta still missing from a digest two digest intervals after it was sent is
+    // taken as lost and sent again; before that it is taken as in flight.
+    let mut view = PeerView::with_grace(mesh.settings.digest_interval * 2);
     // Until the peer's digest arrives we do not know what it holds: pushing then would
     // send it everything.
     let mut knows_peer = false;
     let mut changes = mesh.table.subscribe();
-    let mut digest_tick = tokio::time::interval(mesh.settings.digest_interval);
+    // The opening digest goes out at once below; the periodic ones start an interval later
+    // (an immediate second digest would make the peer send everything twice).
+    let first = tokio::time::Instant::now() + mesh.settings.digest_interval;
+    let mut digest_tick = tokio::time::interval_at(first, mesh.settings.digest_interval);
     let mut ping_tick = tokio::time::interval(mesh.settings.heartbeat_interval);
     let silent_limit = mesh.settings.timeouts.dead_after;
     let writer: Result<(), SessionError> = async {
         // Open with our digest, so the peer sends what we lack.
-        send(&mut sink, link, Body::Digest(sync::digest(&mesh.table))).await?;
+        send(&mut sink, link, Body::Digest(sync::digest(&mesh.table, |n| mesh.is_direct(n)))).await?;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
                 Some(msg) = control.recv() => match msg {
                     Control::Digest(d) => {
                         // The peer's own account of what it holds: send exactly the rest.
-                        view.set_from_digest(&d);
+                        view.set_from_digest(&d, Instant::now());
                         *link.held.lock() = d.partitions.iter().map(|p| (p.node_id.clone(), p.max_version)).collect();
                         knows_peer = true;
                         push(mesh, &mut sink, link, &mut view, &peer.node_id).await?;
@@ -221,7 +226,7 @@ where
                     push(mesh, &mut sink, link, &mut view, &peer.node_id).await?;
                 }
                 _ = digest_tick.tick() => {
-                    send(&mut sink, link, Body::Digest(sync::digest(&mesh.table))).await?;
+                    send(&mut sink, link, Body::Digest(sync::digest(&mesh.table, |n| mesh.is_direct(n)))).await?;
                 }
                 _ = ping_tick.tick() => {
                     let silent = Duration::from_millis(elapsed_ms(started).saturating_sub(last_rx.load(Ordering::Relaxed)));

@@ -20,8 +20,9 @@
 //!
 //! Must never: do I/O, or write this node's own partition.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use grouter_protocol::mesh as wire;
 use grouter_protocol::nats::RouteKey;
@@ -99,29 +100,85 @@ pub struct Applied {
     pub rejected: Vec<(String, Rejection)>,
 }
 
-/// What a peer is known to hold: `node_id → (generation, version)`. Set from the peer's
-/// digest, advanced by every delta sent to it.
-#[derive(Debug, Default, Clone)]
-pub struct PeerView(HashMap<String, (u64, u64)>);
+/// What a peer is known to hold: `node_id → (generation, version)`, set from the peer's
+/// digests and advanced by every delta sent to it; and which partitions it takes from their
+/// owners directly (never relayed to it).
+#[derive(Debug, Clone)]
+pub struct PeerView {
+    held: HashMap<String, (u64, u64)>,
+    /// When a delta of each partition was last sent to the peer.
+    sent_at: HashMap<String, Instant>,
+    direct: HashSet<String>,
+    grace: Duration,
+}
+
+impl Default for PeerView {
+    fn default() -> Self {
+        Self::with_grace(Duration::ZERO)
+    }
+}
 
 impl PeerView {
-    /// Replace with what the peer says it holds.
-    pub fn set_from_digest(&mut self, digest: &wire::Digest) {
-        self.0 = digest
+    /// A view in which a delta counts as lost when a digest still lacks it `grace` after it
+    /// was sent (over TCP, deltas arrive in order, so a digest that reports less within the
+    /// grace may simply predate them).
+    pub fn with_grace(grace: Duration) -> PeerView {
+        PeerView {
+            held: HashMap::new(),
+            sent_at: HashMap::new(),
+            direct: HashSet::new(),
+            grace,
+        }
+    }
+
+    /// Take in what the peer says it holds (at `now`). Where it reports less than was sent,
+    /// the view keeps its lead while the send is recent (in flight), and falls back to the
+    /// report once it is not (lost or rejected: sent again).
+    pub fn set_from_digest(&mut self, digest: &wire::Digest, now: Instant) {
+        let in_flight = |node: &str, sent_at: &HashMap<String, Instant>| {
+            sent_at
+                .get(node)
+                .is_some_and(|t| now.saturating_duration_since(*t) < self.grace)
+        };
+        let mut held = HashMap::with_capacity(digest.partitions.len());
+        for p in &digest.partitions {
+            let reported = (p.generation, p.max_version);
+            let value = match self.held.get(&p.node_id) {
+                Some(&(g, v))
+                    if g == p.generation
+                        && v > p.max_version
+                        && in_flight(&p.node_id, &self.sent_at) =>
+                {
+                    (g, v)
+                }
+                _ => reported,
+            };
+            held.insert(p.node_id.clone(), value);
+        }
+        // Sent but not listed yet: keep while in flight.
+        for (node, &sent) in &self.held {
+            if !held.contains_key(node) && in_flight(node, &self.sent_at) {
+                held.insert(node.clone(), sent);
+            }
+        }
+        self.held = held;
+        self.direct = digest
             .partitions
             .iter()
-            .map(|p| (p.node_id.clone(), (p.generation, p.max_version)))
+            .filter(|p| p.direct)
+            .map(|p| p.node_id.clone())
             .collect();
     }
 
     /// What the peer holds of `node_id`.
     pub fn held(&self, node_id: &str) -> Option<(u64, u64)> {
-        self.0.get(node_id).copied()
+        self.held.get(node_id).copied()
     }
 }
 
-/// This table's digest: every partition's incarnation and highest version.
-pub fn digest(table: &Table) -> wire::Digest {
+/// This table's digest: every partition's incarnation and highest version, and whether
+/// this node takes it from its owner directly (`direct(node_id)`).
+pub fn digest(table: &Table, direct: impl Fn(&str) -> bool) -> wire::Digest {
     let mut partitions: Vec<wire::DigestEntry> = table
         .digest()
         .into_iter()
@@ -129,6 +186,7 @@ pub fn digest(table: &Table) -> wire::Digest {
             node_id: o.node_id.to_string(),
             generation: o.generation,
             max_version: v,
+            direct: direct(&o.node_id),
         })
         .collect();
     partitions.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -152,17 +210,21 @@ pub fn delta(table: &Table, view: &mut PeerView, peer: &str) -> Option<wire::Del
         if budget == 0 {
             break;
         }
-        if *node_id == *peer {
+        let relayed = *node_id != *table.me().node_id;
+        if *node_id == *peer || (relayed && view.direct.contains(&*node_id)) {
+            // Its own partition, or one it takes from the owner directly (we would only be
+            // relaying it).
             continue;
         }
         let Some(export) = table.export(&node_id, view.held(&node_id), budget) else {
             continue;
         };
         budget = budget.saturating_sub(export.entries.len());
-        view.0.insert(
+        view.held.insert(
             node_id.to_string(),
             (export.origin.generation, export.up_to_version),
         );
+        view.sent_at.insert(node_id.to_string(), Instant::now());
         partitions.push(wire::PartitionDelta {
             node_id: node_id.to_string(),
             site: export.origin.site.to_string(),
@@ -490,7 +552,7 @@ mod tests {
         let a2 = Table::new("lon-1", "lon", 2);
         a2.upsert_local(&key("new.com"), route("new", 1));
         let mut view = PeerView::default();
-        view.set_from_digest(&digest(&b));
+        view.set_from_digest(&digest(&b, |_| false), Instant::now());
         send(&a2, &b, &mut view);
         assert!(
             b.lookup("old.com", "/").is_none(),
@@ -543,6 +605,57 @@ mod tests {
         );
         assert!(b.lookup("y.com", "/").is_some());
         assert_eq!(state(&a)["lon-1"].1, state(&b)["lon-1"].1);
+    }
+
+    #[test]
+    fn a_digest_that_predates_a_delta_does_not_cause_a_resend_but_loss_does() {
+        let a = Table::new("lon-1", "lon", 1);
+        a.upsert_local(&key("x.com"), route("x", 1));
+        let mut view = PeerView::with_grace(Duration::from_secs(2));
+        let empty = wire::Digest { partitions: vec![] };
+        let t0 = Instant::now();
+        view.set_from_digest(&empty, t0);
+        assert!(delta(&a, &mut view, "nyc-1").is_some());
+        // The peer's next digest was sent before our delta arrived: nothing is resent.
+        view.set_from_digest(&empty, t0 + Duration::from_millis(500));
+        assert!(
+            delta(&a, &mut view, "nyc-1").is_none(),
+            "in flight, not lost"
+        );
+        // Still missing well after it was sent: lost, so sent again.
+        view.set_from_digest(&empty, t0 + Duration::from_secs(3));
+        assert!(delta(&a, &mut view, "nyc-1").is_some(), "lost, so resent");
+        // A partition the peer takes from its owner directly is never relayed to it.
+        let b = Table::new("sgp-1", "sgp", 1);
+        send(&a, &b, &mut PeerView::default());
+        let direct = wire::Digest {
+            partitions: vec![wire::DigestEntry {
+                node_id: "lon-1".into(),
+                generation: 1,
+                max_version: 0,
+                direct: true,
+            }],
+        };
+        let mut view = PeerView::default();
+        view.set_from_digest(&direct, Instant::now());
+        // …while the owner itself still sends it.
+        let mut owner_view = PeerView::default();
+        owner_view.set_from_digest(&direct, Instant::now());
+        a.upsert_local(&key("y.com"), route("y", 1));
+        let own = delta(&a, &mut owner_view, "nyc-1");
+        assert!(own.is_some_and(|d| d.partitions.iter().any(|p| p.node_id == "lon-1")));
+        let relayed = delta(&b, &mut view, "nyc-1").map(|d| {
+            d.partitions
+                .iter()
+                .map(|p| p.node_id.clone())
+                .collect::<Vec<_>>()
+        });
+        assert!(
+            relayed
+                .as_ref()
+                .is_none_or(|p| !p.contains(&"lon-1".to_string())),
+            "{relayed:?}"
+        );
     }
 
     #[test]
@@ -635,7 +748,11 @@ mod tests {
                             wire_msgs.push((to, from, Msg::Delta(d)));
                         }
                         if rng.below(4) == 0 {
-                            wire_msgs.push((to, from, Msg::Digest(digest(&tables[from]))));
+                            wire_msgs.push((
+                                to,
+                                from,
+                                Msg::Digest(digest(&tables[from], |_| false)),
+                            ));
                         }
                     }
                 }
@@ -666,7 +783,10 @@ mod tests {
                         }
                         Msg::Digest(d) => {
                             // The digest's sender tells the receiver what it holds.
-                            views.entry((to, from)).or_default().set_from_digest(&d);
+                            views
+                                .entry((to, from))
+                                .or_default()
+                                .set_from_digest(&d, Instant::now());
                         }
                     }
                 }
