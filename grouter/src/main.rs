@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use grouter::config::{Config, LogFormat};
 use grouter::mesh::identity::{self, IdentityError, NameField, NodeIdentity};
-use grouter::node::{self, Listeners, NodeState, ProxyListeners};
+use grouter::node::{self, Listeners, NodeState};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -237,14 +237,12 @@ async fn serve(config: Config, token: String) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
     let state = Arc::new(NodeState::new(&config, token, node::new_generation()));
-    let proxy = ProxyListeners {
-        http: Some(bind(config.proxy.http_listen, "http", "proxy.http_listen").await?),
-        https: match config.proxy.https_listen {
-            Some(addr) => Some(bind(addr, "https", "proxy.https_listen").await?),
-            None => None,
-        },
-    };
-    node::run_with_proxy(config, state, Listeners::new(admin, mesh), proxy, shutdown).await?;
+    let mut listeners = Listeners::new(admin, mesh);
+    listeners.http = Some(bind(config.proxy.http_listen, "http", "proxy.http_listen").await?);
+    if let Some(addr) = config.proxy.https_listen {
+        listeners.https = Some(bind(addr, "https", "proxy.https_listen").await?);
+    }
+    node::run(config, state, listeners, shutdown).await?;
     Ok(())
 }
 

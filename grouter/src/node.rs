@@ -142,28 +142,26 @@ pub struct Listeners {
     pub admin: TcpListener,
     /// `mesh.listen`, when `[mesh]` is configured.
     pub mesh: Option<TcpListener>,
+    /// `proxy.http_listen`; without it (and `https`) the node runs no data plane, as some
+    /// tests and benchmarks want.
+    pub http: Option<TcpListener>,
+    /// `proxy.https_listen`, when `[tls]` is configured.
+    pub https: Option<TcpListener>,
     /// How the mesh opens connections (plain TCP outside tests).
     pub dialer: Arc<dyn crate::mesh::Dialer>,
 }
 
 impl Listeners {
-    /// Admin and optional mesh listeners, dialling with plain TCP.
+    /// Admin and optional mesh listeners, no data plane, dialling with plain TCP.
     pub fn new(admin: TcpListener, mesh: Option<TcpListener>) -> Listeners {
         Listeners {
             admin,
             mesh,
+            http: None,
+            https: None,
             dialer: Arc::new(crate::mesh::TcpDialer),
         }
     }
-}
-
-/// The data plane's listeners (plain HTTP, and HTTPS when `[tls]` is configured).
-#[derive(Debug, Default)]
-pub struct ProxyListeners {
-    /// `proxy.http_listen`.
-    pub http: Option<TcpListener>,
-    /// `proxy.https_listen`.
-    pub https: Option<TcpListener>,
 }
 
 /// Errors that stop a node.
@@ -194,31 +192,12 @@ pub fn new_generation() -> u64 {
     learn::unix_ms().saturating_mul(1000)
 }
 
-/// Run the node without a data plane (learning, mesh, admin) until `shutdown` is cancelled
-/// or a subsystem fails.
+/// Run the node until `shutdown` is cancelled or a subsystem fails. Without `http` and
+/// `https` listeners it runs no data plane.
 pub async fn run(
     config: Config,
     state: Arc<NodeState>,
     listeners: Listeners,
-    shutdown: CancellationToken,
-) -> Result<(), NodeError> {
-    run_with_proxy(
-        config,
-        state,
-        listeners,
-        ProxyListeners::default(),
-        shutdown,
-    )
-    .await
-}
-
-/// Run the whole node, serving HTTP(S) on `proxy`'s listeners, until `shutdown` is
-/// cancelled or a subsystem fails.
-pub async fn run_with_proxy(
-    config: Config,
-    state: Arc<NodeState>,
-    listeners: Listeners,
-    proxy: ProxyListeners,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let mut tasks: JoinSet<(&'static str, Result<(), NodeError>)> = JoinSet::new();
@@ -300,7 +279,7 @@ pub async fn run_with_proxy(
             ("gorouter probes", Ok(()))
         });
     }
-    if proxy.http.is_some() || proxy.https.is_some() {
+    if listeners.http.is_some() || listeners.https.is_some() {
         let remotes = state.mesh.get().map(|m| {
             crate::proxy::remote::Remotes::new(m.clone(), m.tls(), listeners.dialer.clone())
         });
@@ -325,14 +304,14 @@ pub async fn run_with_proxy(
                 ("peer requests", Ok(()))
             });
         }
-        if let Some(http) = proxy.http {
+        if let Some(http) = listeners.http {
             let (p, token) = (p.clone(), stop.child_token());
             tasks.spawn(async move {
                 crate::proxy::serve_http(p, http, token).await;
                 ("http", Ok(()))
             });
         }
-        if let (Some(https), Some(tls)) = (proxy.https, &config.tls) {
+        if let (Some(https), Some(tls)) = (listeners.https, &config.tls) {
             let store =
                 crate::tls::CertStore::load(&tls.cert_dir, &tls.default_cert, &tls.default_key)?;
             let server = store.server_config()?;

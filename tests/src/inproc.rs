@@ -256,6 +256,8 @@ impl InProcNodeBuilder {
         let token = format!("inproc-token-{}", self.node_id);
         std::fs::write(dir.path().join("admin.token"), &token).expect("write token");
         let servers: Vec<String> = self.nats.iter().map(|s| format!("{s:?}")).collect();
+        // The site's GoRouter: a stand-in that reports the site and the Host it got.
+        let stub = crate::gorouter::GoRouterStub::start(&self.site).await;
         let mut text = format!(
             r#"node_id = "{node_id}"
 site = "{site}"
@@ -264,7 +266,7 @@ site = "{site}"
 servers = [{servers}]
 
 [gorouters]
-addresses = ["127.0.0.1:9"]
+addresses = ["{gorouter}"]
 
 [proxy]
 http_listen = "127.0.0.1:0"
@@ -276,6 +278,7 @@ token_file = "admin.token"
             node_id = self.node_id,
             site = self.site,
             servers = servers.join(", "),
+            gorouter = stub.addr(),
         );
         if let Some((ca, seeds)) = &self.mesh {
             let id = grouter::mesh::identity::NodeIdentity::new(
@@ -297,6 +300,8 @@ token_file = "admin.token"
         let config = Config::from_toml(&text, &origin, dir.path())
             .unwrap_or_else(|e| panic!("config of {}:\n{e}\n---\n{text}", self.node_id));
 
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        let http_addr = http.local_addr().expect("http addr");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let admin_addr = admin.local_addr().expect("admin addr");
         let (mesh, mesh_addr) = if config.mesh.is_some() {
@@ -327,6 +332,8 @@ token_file = "admin.token"
             Listeners {
                 admin,
                 mesh,
+                http: Some(http),
+                https: None,
                 dialer,
             },
             shutdown.clone(),
@@ -337,6 +344,8 @@ token_file = "admin.token"
             state,
             admin_addr,
             mesh_addr,
+            http_addr,
+            stub,
             token,
             http: reqwest::Client::new(),
             shutdown,
@@ -354,6 +363,9 @@ pub struct InProcNode {
     state: Arc<NodeState>,
     admin_addr: SocketAddr,
     mesh_addr: Option<SocketAddr>,
+    http_addr: SocketAddr,
+    /// The site's GoRouter stand-in.
+    pub stub: crate::gorouter::GoRouterStub,
     token: String,
     http: reqwest::Client,
     shutdown: CancellationToken,
@@ -362,6 +374,11 @@ pub struct InProcNode {
 }
 
 impl InProcNode {
+    /// The proxy's plain HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
     /// A node `node_id` at `site`, with nothing else set.
     pub fn builder(node_id: &str, site: &str) -> InProcNodeBuilder {
         InProcNodeBuilder {

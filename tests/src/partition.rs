@@ -233,3 +233,134 @@ async fn a_partitioned_site_keeps_its_routes_and_everything_converges_after_the_
     assert_eq!(views[0], views[1], "lon and nyc differ");
     assert_eq!(views[0], views[2], "lon and sgp differ");
 }
+
+/// `GET http://node/` with `Host: host`: status and the site that served.
+async fn get(node: &InProcNode, host: &str) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/", node.http_addr()))
+        .header("host", host)
+        .timeout(5 * SEC)
+        .send()
+        .await
+        .expect("request");
+    let site = resp
+        .headers()
+        .get("x-grouter-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (resp.status().as_u16(), site)
+}
+
+/// Issue 4's acceptance: site C cut off from the mesh serves its local apps and forwards
+/// unknown hosts to its local GoRouters; A and B stop sending traffic to C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_off_site_serves_its_own_and_fails_open_while_the_others_stop_sending_to_it() {
+    let ca = MeshCa::new();
+    let net = Net::new();
+    let buses = [
+        NatsServer::start(),
+        NatsServer::start(),
+        NatsServer::start(),
+    ];
+    let lon = InProcNode::start("lon-1", "lon", &buses[0].url(), &ca, &[], &net).await;
+    let seeds = [lon.mesh_addr()];
+    let nyc = InProcNode::start("nyc-1", "nyc", &buses[1].url(), &ca, &seeds, &net).await;
+    let sgp = InProcNode::start("sgp-1", "sgp", &buses[2].url(), &ca, &seeds, &net).await;
+    let (lon_bus, sgp_bus) = (buses[0].client().await, buses[2].client().await);
+    for node in [&lon, &nyc, &sgp] {
+        wait_sync(node, SyncState::InSync, 15 * SEC).await;
+    }
+    let (shared, sgp_only, lon_only) = (
+        "shared.example.com",
+        "sgp-only.example.com",
+        "lon-only.example.com",
+    );
+    lon.register_until_learned(
+        &lon_bus,
+        &registration("10.0.0.1", 61001, shared, "shared"),
+        shared,
+    )
+    .await;
+    lon.register_until_learned(
+        &lon_bus,
+        &registration("10.0.0.1", 61002, lon_only, "l"),
+        lon_only,
+    )
+    .await;
+    sgp.register_until_learned(
+        &sgp_bus,
+        &registration("10.2.0.1", 61001, shared, "shared"),
+        shared,
+    )
+    .await;
+    sgp.register_until_learned(
+        &sgp_bus,
+        &registration("10.2.0.1", 61002, sgp_only, "s"),
+        sgp_only,
+    )
+    .await;
+    wait_until(
+        5 * SEC,
+        "nyc to know sgp-only and both sites of shared",
+        || async {
+            let both = served(&nyc, shared).is_some_and(|(_, s)| s.len() == 2);
+            (both && served(&nyc, sgp_only).is_some()).then_some(())
+        },
+    )
+    .await;
+    // Connected: lon and nyc send sgp-only to sgp.
+    assert_eq!(get(&lon, sgp_only).await, (200, "sgp".to_string()));
+    assert_eq!(get(&nyc, sgp_only).await, (200, "sgp".to_string()));
+
+    net.cut("sgp");
+    wait_sync(&sgp, SyncState::Lost, 10 * SEC).await;
+    wait_sync(&lon, SyncState::Degraded, 10 * SEC).await;
+    wait_sync(&nyc, SyncState::Degraded, 10 * SEC).await;
+    let sgp_requests = sgp.stub.requests();
+
+    // sgp serves its own apps, and fails open: anything it cannot place goes to its own
+    // GoRouters (which know their foundation's routes best).
+    assert_eq!(get(&sgp, sgp_only).await, (200, "sgp".to_string()));
+    assert_eq!(get(&sgp, shared).await, (200, "sgp".to_string()));
+    assert_eq!(
+        get(&sgp, "nothing.example.com").await,
+        (200, "sgp".to_string())
+    );
+    assert_eq!(
+        get(&sgp, lon_only).await,
+        (200, "sgp".to_string()),
+        "lon is unreachable: fail open"
+    );
+
+    // lon and nyc no longer send anything to sgp: its routes stop counting, and the shared
+    // app is served where it still can be.
+    let before = sgp.stub.requests();
+    for _ in 0..5 {
+        assert_eq!(get(&nyc, shared).await, (200, "lon".to_string()));
+        assert_eq!(get(&lon, shared).await, (200, "lon".to_string()));
+        let (status, _) = get(&nyc, sgp_only).await;
+        assert_eq!(
+            status, 404,
+            "a route only the cut-off site served is unknown elsewhere"
+        );
+    }
+    assert_eq!(
+        sgp.stub.requests(),
+        before,
+        "no traffic reached sgp from the other sites"
+    );
+    assert!(sgp.stub.requests() >= sgp_requests + 4);
+
+    // After the heal, traffic for sgp's apps flows to it again.
+    net.heal("sgp");
+    for node in [&lon, &nyc, &sgp] {
+        wait_sync(node, SyncState::InSync, 15 * SEC).await;
+    }
+    wait_until(
+        10 * SEC,
+        "sgp-only to be served by sgp from nyc again",
+        || async { (get(&nyc, sgp_only).await == (200, "sgp".to_string())).then_some(()) },
+    )
+    .await;
+}

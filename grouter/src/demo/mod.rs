@@ -16,6 +16,10 @@
 //! are the same on every run; without it every listener binds port 0 and the demo learns the
 //! ports from the children's `listening` log lines (JSON logs).
 //!
+//! Children run in their own process groups, so that a Ctrl-C in the terminal reaches the
+//! demo alone and it stops them in order (nodes first, then the buses). The flip side: a
+//! demo killed with SIGKILL leaves them running.
+//!
 //! Must never: leave a child process running when it returns (children are stopped by pid
 //! on every path; a [`Proc`] that is dropped kills its child); delete a directory the user
 //! named with `--dir` (only a directory it made itself under the system temp dir); signal
