@@ -33,6 +33,7 @@ cp "$dir/certs/app.example.test.key" "$dir/default.key"
 echo bench-token > "$dir/admin.token"
 cat > "$dir/bench.toml" <<TOML
 node_id = "bench-1"
+worker_threads = $WORKERS
 site = "lon"
 [nats]
 servers = ["nats://127.0.0.1:$NATS_PORT"]
@@ -53,7 +54,7 @@ token_file = "admin.token"
 access_log = false
 TOML
 
-TOKIO_WORKER_THREADS=$WORKERS RUST_LOG=warn "$GROUTER" run --config "$dir/bench.toml" &
+RUST_LOG=warn "$GROUTER" run --config "$dir/bench.toml" &
 pids+=($!)
 
 # Register the route as a route emitter would (NATS text protocol over /dev/tcp).

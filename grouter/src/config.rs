@@ -116,6 +116,10 @@ pub struct Config {
     /// Logging; every field has a default.
     #[serde(default)]
     pub log: LogConfig,
+    /// Threads that serve requests (default: one per CPU). `1` runs everything on a single
+    /// thread, which is also the fastest set-up on one core.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
     /// The file this configuration was read from, used to name it in errors. Not a TOML key;
     /// set by [`Config::load`] and [`Config::from_toml`].
     #[serde(skip)]
@@ -519,6 +523,11 @@ impl Config {
         check_site_name(p, "site", &self.site);
         if let Some(region) = &self.region {
             check_site_name(p, "region", region);
+        }
+        if let Some(n) = self.worker_threads
+            && !(1..=1024).contains(&n)
+        {
+            p.push("worker_threads", format!("{n} is out of range 1..=1024"));
         }
         self.nats.validate(p);
         self.gorouters.validate(p);

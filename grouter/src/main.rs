@@ -5,6 +5,11 @@
 
 #![forbid(unsafe_code)]
 
+/// mimalloc: the proxy allocates small, short-lived buffers per request, where it beats the
+/// system allocator measurably (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -195,10 +200,21 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One worker: a single-threaded runtime (no cross-thread wake-ups), the fastest set-up
+    // on one core. Otherwise one worker per CPU unless configured.
+    let runtime = match config.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("cannot start the runtime: {err}");
