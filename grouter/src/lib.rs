@@ -4,9 +4,9 @@
 //!
 //! ```text
 //!  site NATS ──► learn ──► table ◄── mesh ◄──► other sites' nodes (TLS 1.3, mutual auth)
-//!                           │  ▲
-//!                           │  └── admin (/healthz, /metrics, /v1/*)
-//!                           └──► proxy, dns (later issues)
+//!                           │  ▲        ▲ requests peers forward (h2 on the mesh port)
+//!                           │  └ admin  │
+//!  clients ──► tls (SNI) ──► proxy ─────┴──► local GoRouters | another site's node | 307
 //! ```
 //!
 //! - [`config`]: the TOML schema, defaults and validation (`grouter check`).
@@ -18,10 +18,17 @@
 //! - [`mesh`]: peers over mutual TLS; anti-entropy (`mesh::sync`, pure functions over the
 //!   table) replicates every partition to every node; the failure detector and the sync
 //!   state (`mesh::liveness`). It never writes this node's own partition.
+//! - [`proxy`]: the data plane: listeners, the routing decision (`proxy::decide`, pure),
+//!   forwarding to GoRouters or other sites with retries, headers, upgrades, access log.
+//!   It reads the table and never holds a lock across an `.await`.
+//! - [`tls`]: per-app certificates by SNI from `tls.cert_dir`, hot-reloaded.
 //! - [`admin`]: `/healthz`, `/metrics`, `/v1/*` (bearer token); reads table, mesh, metrics.
+//! - [`demo`]: `grouter demo` and the GoRouter stand-in it shares with the tests.
 //! - [`metrics`]: the Prometheus registry every subsystem increments.
 //! - [`node`]: the shared [`node::NodeState`] and [`node::run`], which runs every subsystem
 //!   under one cancellation token and drains them on shutdown.
+//!
+//! The DNS front (DESIGN.md, `dns`) will read the same merged view.
 
 #![forbid(unsafe_code)]
 
