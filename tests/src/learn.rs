@@ -3,32 +3,21 @@
 
 use std::time::{Duration, Instant};
 
+use grouter_tests::inproc::{publish, registration};
 use grouter_tests::{NatsServer, Node, wait_until};
 use serde_json::{Value, json};
 
 const SEC: Duration = Duration::from_secs(1);
 
-async fn publish(nats: &async_nats::Client, subject: &str, payload: Value) {
-    nats.publish(subject.to_string(), payload.to_string().into())
-        .await
-        .expect("publish");
-    nats.flush().await.expect("flush");
-}
-
-fn register(host: &str, port: u16, uri: &str, app: &str) -> Value {
-    json!({"host": host, "port": port, "uris": [uri], "app": app,
-           "private_instance_id": format!("{app}-{port}"), "tags": {"app_name": app}})
-}
-
 /// Publish a probe route until the node shows it: from then on its subscriptions are live.
 async fn until_subscribed(node: &Node, nats: &async_nats::Client) {
-    let probe = register("10.9.9.9", 1, "probe.internal", "probe");
+    let probe = registration("10.9.9.9", 1, "probe.internal", "probe");
     wait_until(10 * SEC, "the node to learn a probe route", || async {
-        publish(nats, "router.register", probe.clone()).await;
+        publish(nats, "router.register", &probe.clone()).await;
         node.route("probe.internal", "").await.map(|_| ())
     })
     .await;
-    publish(nats, "router.unregister", probe).await;
+    publish(nats, "router.unregister", &probe).await;
     wait_until(5 * SEC, "the probe to go", || async {
         node.route("probe.internal", "")
             .await
@@ -52,7 +41,7 @@ async fn register_is_visible_within_100ms_then_replaced_and_unregistered() {
     publish(
         &bus,
         "router.register",
-        register("10.0.0.1", 61001, "shop.apps.example.com/", "app-a"),
+        &registration("10.0.0.1", 61001, "shop.apps.example.com/", "app-a"),
     )
     .await;
     let route = wait_until(SEC, "the route", || node.route("shop.apps.example.com", "")).await;
@@ -68,13 +57,13 @@ async fn register_is_visible_within_100ms_then_replaced_and_unregistered() {
     publish(
         &bus,
         "router.register",
-        register("10.0.0.2", 61001, "shop.apps.example.com", "app-b"),
+        &registration("10.0.0.2", 61001, "shop.apps.example.com", "app-b"),
     )
     .await;
     publish(
         &bus,
         "router.register",
-        register("10.0.0.1", 61001, "SHOP.apps.example.com", "app-b"),
+        &registration("10.0.0.1", 61001, "SHOP.apps.example.com", "app-b"),
     )
     .await;
     wait_until(SEC, "both endpoints, both of app-b", || async {
@@ -88,7 +77,7 @@ async fn register_is_visible_within_100ms_then_replaced_and_unregistered() {
         publish(
             &bus,
             "router.unregister",
-            json!({"host": host, "port": 61001, "uris": ["shop.apps.example.com"]}),
+            &json!({"host": host, "port": 61001, "uris": ["shop.apps.example.com"]}),
         )
         .await;
     }
@@ -119,13 +108,13 @@ async fn stale_endpoints_are_pruned_but_tls_endpoints_are_not() {
     publish(
         &bus,
         "router.register",
-        register("10.0.0.1", 8080, "plain.example.com", "p"),
+        &registration("10.0.0.1", 8080, "plain.example.com", "p"),
     )
     .await;
     publish(
         &bus,
         "router.register",
-        json!({"host": "10.0.0.1", "tls_port": 8443,
+        &json!({"host": "10.0.0.1", "tls_port": 8443,
         "server_cert_domain_san": "i-1", "uris": ["tls.example.com"], "app": "t"}),
     )
     .await;
@@ -171,7 +160,7 @@ async fn nats_outage_suspends_pruning_and_reconnect_greets_and_refreshes() {
     publish(
         &bus,
         "router.register",
-        register("10.0.0.1", 8080, "kept.example.com", "k"),
+        &registration("10.0.0.1", 8080, "kept.example.com", "k"),
     )
     .await;
     wait_until(SEC, "the route", || node.route("kept.example.com", "")).await;
@@ -343,7 +332,7 @@ async fn garbage_on_the_bus_is_counted_by_reason_and_memory_stays_flat() {
     publish(
         &bus,
         "router.register",
-        register("10.0.0.7", 7, "after.example.com", "a"),
+        &registration("10.0.0.7", 7, "after.example.com", "a"),
     )
     .await;
     wait_until(SEC, "a valid route after the garbage", || {
@@ -366,13 +355,13 @@ async fn admin_api_requires_the_token_and_filters_routes() {
     publish(
         &bus,
         "router.register",
-        register("10.0.0.1", 1, "a.example.com", "a"),
+        &registration("10.0.0.1", 1, "a.example.com", "a"),
     )
     .await;
     publish(
         &bus,
         "router.register",
-        register("10.0.0.1", 2, "b.example.com/api", "b"),
+        &registration("10.0.0.1", 2, "b.example.com/api", "b"),
     )
     .await;
     wait_until(SEC, "both routes", || async {

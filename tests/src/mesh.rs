@@ -7,22 +7,11 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use grouter::mesh::identity::{MESH_SERVER_NAME, MeshTls};
 use grouter_protocol::mesh::{self as wire, frame::Body};
+use grouter_tests::inproc::{publish, registration};
 use grouter_tests::{MeshCa, NatsServer, Node, wait_until};
 use serde_json::{Value, json};
 
 const SEC: Duration = Duration::from_secs(1);
-
-async fn publish(nats: &async_nats::Client, subject: &str, payload: Value) {
-    nats.publish(subject.to_string(), payload.to_string().into())
-        .await
-        .expect("publish");
-    nats.flush().await.expect("flush");
-}
-
-fn register(host: &str, port: u16, uri: &str, app: &str) -> Value {
-    json!({"host": host, "port": port, "uris": [uri], "app": app,
-           "private_instance_id": format!("{app}-{port}"), "tags": {"app_name": app}})
-}
 
 /// The sites serving `host` per `node`'s `/v1/routes`, as `(site, local)` pairs.
 async fn sites_of(node: &Node, host: &str) -> Vec<(String, bool)> {
@@ -55,7 +44,7 @@ async fn sync_state(node: &Node) -> String {
 /// Publish a route at a site until the site's node has learned it (its subscription is live).
 async fn register_until_learned(node: &Node, bus: &async_nats::Client, msg: Value, host: &str) {
     wait_until(10 * SEC, "the site to learn the route", || async {
-        publish(bus, "router.register", msg.clone()).await;
+        publish(bus, "router.register", &msg.clone()).await;
         node.route(host, "").await.map(|_| ())
     })
     .await;
@@ -99,7 +88,7 @@ async fn three_sites_of_two_nodes_replicate_and_withdraw_routes() {
     register_until_learned(
         &nodes[0],
         &lon_bus,
-        register("10.0.0.1", 61001, "shop.apps.example.com", "shop"),
+        registration("10.0.0.1", 61001, "shop.apps.example.com", "shop"),
         "shop.apps.example.com",
     )
     .await;
@@ -125,7 +114,7 @@ async fn three_sites_of_two_nodes_replicate_and_withdraw_routes() {
     register_until_learned(
         &nodes[2],
         &nyc_bus,
-        register("10.1.0.1", 61001, "shop.apps.example.com", "shop"),
+        registration("10.1.0.1", 61001, "shop.apps.example.com", "shop"),
         "shop.apps.example.com",
     )
     .await;
@@ -165,13 +154,13 @@ async fn three_sites_of_two_nodes_replicate_and_withdraw_routes() {
     publish(
         &lon_bus,
         "router.unregister",
-        json!({"host": "10.0.0.1", "port": 61001, "uris": ["shop.apps.example.com"]}),
+        &json!({"host": "10.0.0.1", "port": 61001, "uris": ["shop.apps.example.com"]}),
     )
     .await;
     publish(
         &nyc_bus,
         "router.unregister",
-        json!({"host": "10.1.0.1", "port": 61001, "uris": ["shop.apps.example.com"]}),
+        &json!({"host": "10.1.0.1", "port": 61001, "uris": ["shop.apps.example.com"]}),
     )
     .await;
     for node in &nodes {
@@ -203,7 +192,7 @@ async fn a_restarted_node_gets_a_new_generation_and_relearns_the_mesh() {
     register_until_learned(
         &nyc,
         &nyc_client,
-        register("10.1.0.1", 1, "nyc-app.example.com", "n"),
+        registration("10.1.0.1", 1, "nyc-app.example.com", "n"),
         "nyc-app.example.com",
     )
     .await;
@@ -211,7 +200,7 @@ async fn a_restarted_node_gets_a_new_generation_and_relearns_the_mesh() {
     register_until_learned(
         &lon,
         &lon_client,
-        register("10.0.0.1", 1, "lon-old.example.com", "o"),
+        registration("10.0.0.1", 1, "lon-old.example.com", "o"),
         "lon-old.example.com",
     )
     .await;
@@ -250,7 +239,7 @@ async fn a_restarted_node_gets_a_new_generation_and_relearns_the_mesh() {
     publish(
         &lon_client,
         "router.register",
-        register("10.0.0.1", 1, "lon-old.example.com", "o"),
+        &registration("10.0.0.1", 1, "lon-old.example.com", "o"),
     )
     .await;
     wait_until(5 * SEC, "the re-registered route at nyc", || async {
@@ -401,7 +390,7 @@ async fn a_misbehaving_peer_changes_nothing() {
     register_until_learned(
         &lon,
         &bus,
-        register("10.0.0.1", 1, "mine.example.com", "mine"),
+        registration("10.0.0.1", 1, "mine.example.com", "mine"),
         "mine.example.com",
     )
     .await;
