@@ -5,6 +5,7 @@
 //! - `GET /health` → 200 `ok` (503 after [`StandIn::set_healthy`]`(false)`).
 //! - `GET /bytes/N` → N bytes, streamed in 64 KiB chunks.
 //! - `POST /consume` → reads the body as a stream and answers with its length.
+//! - `GET /delay/MS` → answers after MS milliseconds (at most 60 s): a request in flight.
 //! - A WebSocket upgrade → echoes every message, text prefixed with the site.
 //! - Anything else → 200 JSON `{site, host, method, path, query, headers}`.
 //!
@@ -169,6 +170,10 @@ async fn handle(s: &State, mut req: Request<Incoming>) -> Response<Body> {
         .and_then(|n| n.parse::<usize>().ok())
     {
         return bytes(s, n);
+    }
+        if let Some(ms) = path.strip_prefix("/delay/").and_then(|n| n.parse::<u64>().ok()) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+        return full(StatusCode::OK, s, format!("delayed {ms} ms"));
     }
     if path == "/consume" {
         let mut body = req.into_body();
