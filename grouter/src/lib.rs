@@ -28,13 +28,15 @@
 //! - [`node`]: the shared [`node::NodeState`] and [`node::run`], which runs every subsystem
 //!   under one cancellation token and drains them on shutdown.
 //!
-//! The DNS front (DESIGN.md, `dns`) will read the same merged view.
+//! The DNS front, [`dns`], answers for `dns.zones` from the same merged view (table, site
+//! health, sync state); see docs/DNS.md for what it does not do yet.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod dns;
 pub mod learn;
 pub mod mesh;
 pub mod metrics;

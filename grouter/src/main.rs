@@ -258,6 +258,18 @@ async fn serve(config: Config, token: String) -> anyhow::Result<()> {
     if let Some(addr) = config.proxy.https_listen {
         listeners.https = Some(bind(addr, "https", "proxy.https_listen").await?);
     }
+    if let Some(dns) = &config.dns {
+        let udp = tokio::net::UdpSocket::bind(dns.listen)
+            .await
+            .with_context(|| format!("dns.listen: cannot bind {} (udp)", dns.listen))?;
+        // TCP on the port UDP got (they differ only if the config asked for port 0).
+        let udp_addr = udp
+            .local_addr()
+            .with_context(|| format!("dns.listen: {}", dns.listen))?;
+        info!(service = "dns", proto = "udp", addr = %udp_addr, "listening");
+        listeners.dns_tcp = Some(bind(udp_addr, "dns", "dns.listen").await?);
+        listeners.dns_udp = Some(udp);
+    }
     node::run(config, state, listeners, shutdown).await?;
     Ok(())
 }
@@ -299,7 +311,8 @@ async fn signals(shutdown: CancellationToken) {
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // hickory-server logs every query at info: far too much for a DNS front under load.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub mesh_entries_applied: Counter,
     mesh_rejected: [Counter; crate::mesh::sync::Rejection::ALL.len()],
     sync_state: Family<Vec<(String, String)>, Gauge>,
+    dns_queries: Family<Vec<(String, String)>, Counter>,
+    dns_steering: [Counter; crate::dns::Reason::ALL.len()],
     routes: Gauge,
     local_routes: Gauge,
     partitions: Gauge,
@@ -92,6 +94,8 @@ impl Metrics {
             mesh_entries_applied: Counter::default(),
             mesh_rejected: Default::default(),
             sync_state: Family::default(),
+            dns_queries: Family::default(),
+            dns_steering: Default::default(),
             routes: Gauge::default(),
             local_routes: Gauge::default(),
             partitions: Gauge::default(),
@@ -218,10 +222,27 @@ impl Metrics {
             "1 for the node's current sync state",
             m.sync_state.clone(),
         );
+        r.register(
+            "dns_queries",
+            "DNS queries answered, by query type and response code",
+            m.dns_queries.clone(),
+        );
+        let steering: Family<Vec<(String, String)>, Counter> = Family::default();
+        r.register(
+            "dns_steering",
+            "DNS answers for app hosts, by why they name the sites they do",
+            steering.clone(),
+        );
+        let dns_steering = crate::dns::Reason::ALL.map(|why| {
+            steering
+                .get_or_create(&vec![("reason".to_string(), why.as_str().to_string())])
+                .clone()
+        });
         let m = Metrics {
             registry,
             nats_invalid,
             mesh_rejected,
+            dns_steering,
             ..m
         };
         m.set_sync(crate::node::SyncState::InSync);
@@ -241,6 +262,26 @@ impl Metrics {
             .iter()
             .position(|r| *r == why)
             && let Some(c) = self.mesh_rejected.get(i)
+        {
+            c.inc();
+        }
+    }
+
+    /// Count one DNS query by its type (`A`, `AAAA`, …) and response code (`noerror`, …).
+    /// The label set is small: types and codes are bounded enumerations.
+    pub fn count_dns_query(&self, qtype: &str, rcode: &str) {
+        self.dns_queries
+            .get_or_create(&vec![
+                ("type".to_string(), qtype.to_string()),
+                ("rcode".to_string(), rcode.to_string()),
+            ])
+            .inc();
+    }
+
+    /// Count one steering decision.
+    pub fn count_dns_steering(&self, why: crate::dns::Reason) {
+        if let Some(i) = crate::dns::Reason::ALL.iter().position(|r| *r == why)
+            && let Some(c) = self.dns_steering.get(i)
         {
             c.inc();
         }

@@ -147,6 +147,10 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
     /// `proxy.https_listen`, when `[tls]` is configured.
     pub https: Option<TcpListener>,
+    /// `dns.listen` over UDP, when `[dns]` is configured.
+    pub dns_udp: Option<tokio::net::UdpSocket>,
+    /// `dns.listen` over TCP, when `[dns]` is configured.
+    pub dns_tcp: Option<TcpListener>,
     /// How the mesh opens connections (plain TCP outside tests).
     pub dialer: Arc<dyn crate::mesh::Dialer>,
 }
@@ -159,6 +163,8 @@ impl Listeners {
             mesh,
             http: None,
             https: None,
+            dns_udp: None,
+            dns_tcp: None,
             dialer: Arc::new(crate::mesh::TcpDialer),
         }
     }
@@ -176,6 +182,9 @@ pub enum NodeError {
     /// The TLS certificates of the HTTPS listener could not be loaded.
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// The DNS server failed.
+    #[error("dns: {0}")]
+    Dns(#[from] crate::dns::DnsError),
     /// A subsystem panicked or was cancelled from outside.
     #[error("subsystem {name} failed: {reason}")]
     Subsystem {
@@ -205,6 +214,10 @@ pub async fn run(
     // shutdown request: so a subsystem that ends before then is always a failure, never a
     // race with the signal handler.
     let stop = CancellationToken::new();
+    // The data plane's servers stop first and drain their requests, while the rest (admin
+    // included: `/healthz` says 503 meanwhile) keeps running.
+    let stop_serving = CancellationToken::new();
+    let mut serving: JoinSet<(&'static str, Result<(), NodeError>)> = JoinSet::new();
     let settings = LearnSettings {
         servers: config.nats.servers.clone(),
         user_password: config.nats.user.clone().zip(config.nats.password.clone()),
@@ -252,8 +265,12 @@ pub async fn run(
         let bound = listener
             .local_addr()
             .map_err(|e| NodeError::Mesh(format!("mesh.listen: {e}")))?;
-        let settings =
+        let mut settings =
             crate::mesh::MeshSettings::from_config(mesh_config, config.region.as_deref(), bound);
+        // Other sites' DNS fronts answer with this site's entry addresses.
+        if let Some(dns) = &config.dns {
+            settings.site_addresses = dns.site_addresses.iter().map(ToString::to_string).collect();
+        }
         let mesh =
             crate::mesh::Mesh::new(state.table.clone(), state.metrics.clone(), settings, tls);
         let _ = state.mesh.set(mesh.clone());
@@ -298,15 +315,15 @@ pub async fn run(
             config.log.access_log,
         );
         if let Some(peers) = state.mesh.get().and_then(|m| m.take_peer_http()) {
-            let (p, token) = (p.clone(), stop.child_token());
-            tasks.spawn(async move {
+            let (p, token) = (p.clone(), stop_serving.child_token());
+            serving.spawn(async move {
                 crate::proxy::serve_peers(p, peers, token).await;
                 ("peer requests", Ok(()))
             });
         }
         if let Some(http) = listeners.http {
-            let (p, token) = (p.clone(), stop.child_token());
-            tasks.spawn(async move {
+            let (p, token) = (p.clone(), stop_serving.child_token());
+            serving.spawn(async move {
                 crate::proxy::serve_http(p, http, token).await;
                 ("http", Ok(()))
             });
@@ -320,12 +337,24 @@ pub async fn run(
                 watch.watch(CERT_POLL_INTERVAL, token).await;
                 ("certificate reload", Ok(()))
             });
-            let (p, token) = (p.clone(), stop.child_token());
-            tasks.spawn(async move {
+            let (p, token) = (p.clone(), stop_serving.child_token());
+            serving.spawn(async move {
                 crate::proxy::serve_https(p, https, server, token).await;
                 ("https", Ok(()))
             });
         }
+    }
+    if let (Some(dns), Some(udp), Some(tcp)) = (&config.dns, listeners.dns_udp, listeners.dns_tcp) {
+        let settings = crate::dns::DnsSettings::from_config(dns, &config.site);
+        let (state, token) = (state.clone(), stop.child_token());
+        tasks.spawn(async move {
+            (
+                "dns",
+                crate::dns::serve(settings, state, udp, tcp, token)
+                    .await
+                    .map_err(NodeError::from),
+            )
+        });
     }
     {
         let (state, token) = (state.clone(), stop.child_token());
@@ -341,6 +370,15 @@ pub async fn run(
     let mut first_error = None;
     tokio::select! {
         () = shutdown.cancelled() => {}
+        Some(done) = serving.join_next() => {
+            let err = match done {
+                Ok((name, Ok(()))) => NodeError::Subsystem { name, reason: "stopped unexpectedly".into() },
+                Ok((_, Err(err))) => err,
+                Err(join) => NodeError::Subsystem { name: "task", reason: join.to_string() },
+            };
+            error!(error = %err, "subsystem failed; shutting the node down");
+            first_error = Some(err);
+        }
         Some(done) = tasks.join_next() => {
             let err = match done {
                 Ok((name, Ok(()))) => NodeError::Subsystem { name, reason: "stopped unexpectedly".into() },
@@ -351,7 +389,29 @@ pub async fn run(
             first_error = Some(err);
         }
     }
+    // Phase 1: stop accepting and finish the requests in flight; health checks say 503.
     state.draining.store(true, Ordering::Release);
+    info!(
+        grace_secs = DRAIN_GRACE.as_secs(),
+        "draining: finishing requests in flight"
+    );
+    stop_serving.cancel();
+    let drained = tokio::time::timeout(DRAIN_GRACE, async {
+        while let Some(done) = serving.join_next().await {
+            if let Ok((name, Err(err))) = done {
+                warn!(subsystem = name, error = %err, "subsystem failed while draining");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            grace_secs = DRAIN_GRACE.as_secs(),
+            "requests still in flight after the grace period; cutting them"
+        );
+        serving.abort_all();
+    }
+    // Phase 2: everything else.
     stop.cancel();
     let drained = tokio::time::timeout(DRAIN_GRACE, async {
         while let Some(done) = tasks.join_next().await {

@@ -811,6 +811,47 @@ impl Table {
         })
     }
 
+    /// The sites that serve `host` on any path, for DNS: this node's site first, then the
+    /// others in [`Table::set_site_order`] order. `(site, local, live)` where `live` says a
+    /// live node of the site has endpoints; sites whose only servers are dead are included
+    /// with `live == false` (DNS falls back to them when nothing is healthy). The host
+    /// matches exactly when any server of it has endpoints, else through wildcards like
+    /// [`Table::lookup`]. `None` when nothing serves the host.
+    pub fn sites_for_host(&self, host: &str) -> Option<Vec<(Arc<str>, bool, bool)>> {
+        let host = normalize_host(host)?;
+        let collect = |name: &str| -> Option<Vec<(Arc<str>, bool, bool)>> {
+            let routes = self.index.get(name)?;
+            let mut sites: Vec<(Arc<str>, bool, bool)> = Vec::new();
+            for s in routes.paths.iter().flat_map(|p| p.servers.iter()) {
+                if s.entry.endpoints == 0 {
+                    continue;
+                }
+                let alive = s.origin.is_alive();
+                match sites.iter_mut().find(|(site, _, _)| *site == s.origin.site) {
+                    Some(found) => found.2 |= alive,
+                    None => sites.push((s.origin.site.clone(), s.origin.local_site, alive)),
+                }
+            }
+            (!sites.is_empty()).then_some(sites)
+        };
+        let mut found = collect(&host);
+        let mut rest: &str = &host;
+        while found.is_none()
+            && let Some(dot) = rest.find('.')
+        {
+            rest = &rest[dot + 1..];
+            if rest.is_empty() {
+                break;
+            }
+            found = collect(&format!("*.{rest}"));
+        }
+        let mut sites = found?;
+        let order = self.site_order.read().clone();
+        let rank = |site: &Arc<str>| order.iter().position(|s| s == site).unwrap_or(usize::MAX);
+        sites.sort_by(|a, b| (!a.1, rank(&a.0), &a.0).cmp(&(!b.1, rank(&b.0), &b.0)));
+        Some(sites)
+    }
+
     /// Every route (optionally of one host, exactly as registered), sorted by host then path.
     pub fn routes(&self, host: Option<&str>) -> Vec<RouteView> {
         let mut out = Vec::new();

@@ -334,6 +334,8 @@ token_file = "admin.token"
                 mesh,
                 http: Some(http),
                 https: None,
+                dns_udp: None,
+                dns_tcp: None,
                 dialer,
             },
             shutdown.clone(),

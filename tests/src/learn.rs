@@ -290,7 +290,7 @@ async fn garbage_on_the_bus_is_counted_by_reason_and_memory_stays_flat() {
             .unwrap_or(0.0)
     };
 
-        // Flat means a plateau: the first 10,000 let the allocator settle into its working
+    // Flat means a plateau: the first 10,000 let the allocator settle into its working
     // set (it keeps freed pages for reuse); 10,000 more must then add next to nothing,
     // where a leak would keep growing at the same rate.
     const ROUND: usize = 10_000;
@@ -301,11 +301,13 @@ async fn garbage_on_the_bus_is_counted_by_reason_and_memory_stays_flat() {
     .await;
     let rss_before = node.rss_kib();
     send(ROUND).await;
-    wait_until(20 * SEC, "10,000 more invalid messages to be counted", || async {
-        (invalid().await >= (2 * ROUND) as f64).then_some(())
-    })
+    wait_until(
+        20 * SEC,
+        "10,000 more invalid messages to be counted",
+        || async { (invalid().await >= (2 * ROUND) as f64).then_some(()) },
+    )
     .await;
-        let rss_after = node.rss_kib();
+    let rss_after = node.rss_kib();
     eprintln!("rss after the first {ROUND}: {rss_before} KiB, after {ROUND} more: {rss_after} KiB");
     assert_eq!(
         invalid().await,

@@ -5,6 +5,7 @@
 
 mod churn;
 mod demo;
+mod dns;
 mod gcf;
 mod learn;
 mod mesh;

@@ -668,3 +668,65 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
             .supported_schemes()
     }
 }
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_while_healthz_says_503() {
+    let bus = NatsServer::start();
+    let mut node = Node::builder("lon-1", "lon").nats(&bus.url()).start().await;
+    let client_bus = bus.client().await;
+    let msg = json!({"host": "10.0.0.1", "port": 1, "uris": ["slow.example.com"], "app": "s"});
+    wait_until(10 * SEC, "the route", || async {
+        client_bus
+            .publish("router.register", msg.to_string().into())
+            .await
+            .ok()?;
+        client_bus.flush().await.ok()?;
+        node.route("slow.example.com", "").await.map(|_| ())
+    })
+    .await;
+    let (status, _) = node.get("/healthz").await.expect("healthz");
+    assert_eq!(status, 200);
+
+    // A request that takes 2 s is in flight when SIGTERM arrives.
+    let addr = node.http_addr();
+    let in_flight = tokio::spawn(async move {
+        client()
+            .get(format!("http://{addr}/delay/2000"))
+            .header("host", "slow.example.com")
+            .timeout(10 * SEC)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    let admin = node.admin_addr();
+    let token = node.token().to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the request is on its way
+    let exit = tokio::task::spawn_blocking(move || node.terminate());
+
+    // While draining, the admin API answers and /healthz says 503, so load balancers and
+    // anycast withdraw this node.
+    let draining = wait_until(5 * SEC, "/healthz to answer 503 while draining", || async {
+        let r = reqwest::Client::new()
+            .get(format!("http://{admin}/healthz"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 503).then_some(r.text().await.unwrap_or_default())
+    })
+    .await;
+    assert!(draining.contains("draining"), "{draining}");
+    // New connections are refused; the one in flight completes.
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener closed at once"
+    );
+    assert_eq!(
+        in_flight
+            .await
+            .expect("join")
+            .expect("the in-flight request completed"),
+        200
+    );
+    assert_eq!(exit.await.expect("join"), Some(0), "drained and exited 0");
+}

@@ -171,7 +171,10 @@ async fn handle(s: &State, mut req: Request<Incoming>) -> Response<Body> {
     {
         return bytes(s, n);
     }
-        if let Some(ms) = path.strip_prefix("/delay/").and_then(|n| n.parse::<u64>().ok()) {
+    if let Some(ms) = path
+        .strip_prefix("/delay/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
         tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
         return full(StatusCode::OK, s, format!("delayed {ms} ms"));
     }

@@ -69,6 +69,9 @@ pub struct MeshSettings {
     pub timeouts: Timeouts,
     /// This node's region (carried in its record).
     pub region: String,
+    /// This site's public entry addresses, `dns.site_addresses` (carried in its record, so
+    /// other sites' DNS fronts can answer with them); empty without `[dns]`.
+    pub site_addresses: Vec<String>,
 }
 
 impl MeshSettings {
@@ -93,6 +96,7 @@ impl MeshSettings {
                 sync_lost_after: Duration::from_secs(c.sync_lost_after_secs),
             },
             region: region.unwrap_or_default().to_string(),
+            site_addresses: Vec::new(),
         }
     }
 }
@@ -624,6 +628,7 @@ async fn heartbeat_loop(mesh: Arc<Mesh>, node: Arc<NodeState>, shutdown: Cancell
                 r.heartbeat += 1;
                 r.advertise.clone_from(&s.advertise);
                 r.region.clone_from(&s.region);
+                r.site_addresses.clone_from(&s.site_addresses);
                 r.healthy = node.can_serve();
             });
         }

@@ -546,6 +546,8 @@ async fn serve(
             }
         });
     }
+    // Refuse new connections at once (load balancers see it), then let the open ones finish.
+    drop(listener);
     tracker.close();
     tracker.wait().await;
 }

@@ -1,0 +1,228 @@
+//! The DNS front with real processes: two meshed sites, each with its own `nats-server`;
+//! queries are real DNS packets (encoded with hickory-proto) over UDP and TCP, sent from
+//! chosen loopback source addresses (127.0.0.N) that `dns.client_networks` maps to sites.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use grouter_tests::inproc::{publish, registration};
+use grouter_tests::{MeshCa, NatsServer, Node, wait_until};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+use hickory_proto::rr::{Name, RData, RecordType};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, UdpSocket};
+
+const SEC: Duration = Duration::from_secs(1);
+const LON_ADDR: &str = "192.0.2.10";
+const NYC_ADDR: &str = "198.51.100.10";
+/// Resolvers: 127.0.0.2 is lon's, 127.0.0.3 is nyc's.
+const LON_RESOLVER: &str = "127.0.0.2";
+const NYC_RESOLVER: &str = "127.0.0.3";
+
+fn dns_toml(site_addr: &str) -> String {
+    format!(
+        "\n[dns]\nlisten = \"127.0.0.1:0\"\nzones = [\"apps.example.com\"]\nttl_secs = 5\n\
+         site_addresses = [\"{site_addr}\"]\n\
+         client_networks = {{ \"{LON_RESOLVER}/32\" = \"lon\", \"{NYC_RESOLVER}/32\" = \"nyc\" }}\n"
+    )
+}
+
+fn dns_addr(node: &Node) -> SocketAddr {
+    node.log.wait_for(10 * SEC, "the dns listener", |l| {
+        let v: Value = serde_json::from_str(l).ok()?;
+        (v["message"] == "listening" && v["service"] == "dns")
+            .then(|| v["addr"].as_str()?.parse::<SocketAddr>().ok())?
+    })
+}
+
+fn query(name: &str, qtype: RecordType, ecs: Option<&str>) -> Vec<u8> {
+    let mut m = Message::new(0x4242, MessageType::Query, OpCode::Query);
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    if let Some(net) = ecs {
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        edns.options_mut()
+            .insert(EdnsOption::Subnet(net.parse::<ClientSubnet>().unwrap()));
+        m.set_edns(edns);
+    }
+    m.to_vec().unwrap()
+}
+
+async fn udp_raw(server: SocketAddr, from: &str, packet: &[u8]) -> Option<Message> {
+    let sock = UdpSocket::bind((from.parse::<IpAddr>().unwrap(), 0))
+        .await
+        .unwrap();
+    sock.send_to(packet, server).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(2 * SEC, sock.recv(&mut buf))
+        .await
+        .ok()?
+        .unwrap();
+    Some(Message::from_vec(&buf[..n]).unwrap())
+}
+
+async fn udp(
+    server: SocketAddr,
+    from: &str,
+    name: &str,
+    qtype: RecordType,
+    ecs: Option<&str>,
+) -> Message {
+    udp_raw(server, from, &query(name, qtype, ecs))
+        .await
+        .unwrap_or_else(|| panic!("no UDP answer for {name} from {from}"))
+}
+
+async fn tcp(server: SocketAddr, from: &str, name: &str, qtype: RecordType) -> Message {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    let mut stream = sock.connect(server).await.unwrap();
+    let packet = query(name, qtype, None);
+    let len = u16::try_from(packet.len()).unwrap().to_be_bytes();
+    stream.write_all(&len).await.unwrap();
+    stream.write_all(&packet).await.unwrap();
+    let mut len = [0u8; 2];
+    tokio::time::timeout(2 * SEC, stream.read_exact(&mut len))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut buf).await.unwrap();
+    Message::from_vec(&buf).unwrap()
+}
+
+fn addresses(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            RData::AAAA(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_soa_authority(m: &Message) -> bool {
+    m.authorities
+        .iter()
+        .any(|r| r.record_type() == RecordType::SOA)
+}
+
+#[tokio::test]
+async fn two_sites_steer_by_resolver_and_ecs_over_udp_and_tcp() {
+    let ca = MeshCa::new();
+    let (lon_bus, nyc_bus) = (NatsServer::start(), NatsServer::start());
+    let lon = Node::builder("lon-1", "lon")
+        .nats(&lon_bus.url())
+        .mesh(&ca, &[])
+        .extra(&dns_toml(LON_ADDR))
+        .start()
+        .await;
+    let nyc = Node::builder("nyc-1", "nyc")
+        .nats(&nyc_bus.url())
+        .mesh(&ca, &[lon.mesh_addr()])
+        .extra(&dns_toml(NYC_ADDR))
+        .start()
+        .await;
+    let server = dns_addr(&lon);
+    let host = "shop.apps.example.com";
+    for (node, bus) in [(&lon, &lon_bus), (&nyc, &nyc_bus)] {
+        let bus = bus.client().await;
+        let msg = registration(host, 8080, host, "app-shop");
+        wait_until(10 * SEC, "the site to learn the route", || async {
+            publish(&bus, "router.register", &msg.clone()).await;
+            node.route(host, "").await.map(|_| ())
+        })
+        .await;
+    }
+    // lon's resolver gets lon; once nyc's route and record (with its site address) have
+    // replicated, nyc's resolver gets nyc.
+    let a = udp(server, LON_RESOLVER, host, RecordType::A, None).await;
+    assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+    assert!(a.metadata.authoritative);
+    assert_eq!(addresses(&a), [LON_ADDR]);
+    wait_until(10 * SEC, "nyc's resolver to be steered to nyc", || async {
+        let m = udp(server, NYC_RESOLVER, host, RecordType::A, None).await;
+        (addresses(&m) == [NYC_ADDR]).then_some(())
+    })
+    .await;
+    // ECS from nyc's network wins over lon's resolver address.
+    let ecs = udp(
+        server,
+        LON_RESOLVER,
+        host,
+        RecordType::A,
+        Some("127.0.0.3/32"),
+    )
+    .await;
+    assert_eq!(addresses(&ecs), [NYC_ADDR]);
+    assert!(ecs.edns.is_some(), "EDNS answered with EDNS");
+    // The same over TCP.
+    let t = tcp(server, NYC_RESOLVER, host, RecordType::A).await;
+    assert_eq!(addresses(&t), [NYC_ADDR]);
+
+    // Unknown names: NXDOMAIN with the SOA; outside the zones: REFUSED.
+    let nx = udp(
+        server,
+        LON_RESOLVER,
+        "nope.apps.example.com",
+        RecordType::A,
+        None,
+    )
+    .await;
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    assert!(has_soa_authority(&nx), "{nx:?}");
+    let refused = udp(
+        server,
+        LON_RESOLVER,
+        "shop.example.org",
+        RecordType::A,
+        None,
+    )
+    .await;
+    assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+    // The apex: SOA and NS.
+    let soa = tcp(server, LON_RESOLVER, "apps.example.com", RecordType::SOA).await;
+    assert_eq!(
+        soa.answers.first().map(|r| r.record_type()),
+        Some(RecordType::SOA)
+    );
+    let ns = udp(
+        server,
+        LON_RESOLVER,
+        "apps.example.com",
+        RecordType::NS,
+        None,
+    )
+    .await;
+    assert_eq!(
+        ns.answers.first().map(|r| r.record_type()),
+        Some(RecordType::NS)
+    );
+    // ANY and malformed packets: no panic, the server keeps answering.
+    let any = udp(server, LON_RESOLVER, host, RecordType::ANY, None).await;
+    assert_eq!(any.metadata.response_code, ResponseCode::NoError);
+    let _ = udp_raw(server, LON_RESOLVER, b"\x12\x34\x01").await;
+    let mut truncated = query(host, RecordType::A, None);
+    truncated.truncate(truncated.len() - 3);
+    let _ = udp_raw(server, LON_RESOLVER, &truncated).await;
+    let again = udp(server, LON_RESOLVER, host, RecordType::A, None).await;
+    assert_eq!(addresses(&again), [LON_ADDR]);
+
+    // Metrics.
+    let queries = lon
+        .metric_labelled("grouter_dns_queries_total", r#"type="A",rcode="nxdomain""#)
+        .await;
+    assert_eq!(queries, Some(1.0));
+    let steered = lon
+        .metric_labelled("grouter_dns_steering_total", r#"reason="client_network""#)
+        .await
+        .unwrap_or_default();
+    assert!(
+        steered >= 4.0,
+        "steering by client network counted: {steered}"
+    );
+}
