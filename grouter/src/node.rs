@@ -195,6 +195,43 @@ pub enum NodeError {
     },
 }
 
+/// The subsystems of one drain phase.
+type Subsystems = JoinSet<(&'static str, Result<(), NodeError>)>;
+
+/// What a subsystem that ended while the node runs amounts to: always a failure.
+fn failure(
+    done: Result<(&'static str, Result<(), NodeError>), tokio::task::JoinError>,
+) -> NodeError {
+    match done {
+        Ok((name, Ok(()))) => NodeError::Subsystem {
+            name,
+            reason: "stopped unexpectedly".into(),
+        },
+        Ok((_, Err(err))) => err,
+        Err(join) => NodeError::Subsystem {
+            name: "task",
+            reason: join.to_string(),
+        },
+    }
+}
+
+/// Wait (at most [`DRAIN_GRACE`]) for `set` to finish after its token was cancelled; abort
+/// what is left, saying `late`.
+async fn drain(set: &mut Subsystems, late: &str) {
+    let finished = tokio::time::timeout(DRAIN_GRACE, async {
+        while let Some(done) = set.join_next().await {
+            if let Ok((name, Err(err))) = done {
+                warn!(subsystem = name, error = %err, "subsystem failed while draining");
+            }
+        }
+    })
+    .await;
+    if finished.is_err() {
+        warn!(grace_secs = DRAIN_GRACE.as_secs(), "{late}");
+        set.abort_all();
+    }
+}
+
 /// A new generation for this incarnation: microseconds since the Unix epoch, so a restarted
 /// node always starts a newer generation than its previous life (given a sane clock).
 pub fn new_generation() -> u64 {
@@ -209,7 +246,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
-    let mut tasks: JoinSet<(&'static str, Result<(), NodeError>)> = JoinSet::new();
+    let mut tasks = Subsystems::new();
     // Subsystems hang off `stop`, which is cancelled only once this function has seen the
     // shutdown request: so a subsystem that ends before then is always a failure, never a
     // race with the signal handler.
@@ -217,7 +254,7 @@ pub async fn run(
     // The data plane's servers stop first and drain their requests, while the rest (admin
     // included: `/healthz` says 503 meanwhile) keeps running.
     let stop_serving = CancellationToken::new();
-    let mut serving: JoinSet<(&'static str, Result<(), NodeError>)> = JoinSet::new();
+    let mut serving = Subsystems::new();
     let settings = LearnSettings {
         servers: config.nats.servers.clone(),
         user_password: config.nats.user.clone().zip(config.nats.password.clone()),
@@ -367,27 +404,13 @@ pub async fn run(
         generation = state.table.me().generation, "node running");
 
     // Wait for shutdown, or for the first subsystem to end (which is a failure while we run).
-    let mut first_error = None;
-    tokio::select! {
-        () = shutdown.cancelled() => {}
-        Some(done) = serving.join_next() => {
-            let err = match done {
-                Ok((name, Ok(()))) => NodeError::Subsystem { name, reason: "stopped unexpectedly".into() },
-                Ok((_, Err(err))) => err,
-                Err(join) => NodeError::Subsystem { name: "task", reason: join.to_string() },
-            };
-            error!(error = %err, "subsystem failed; shutting the node down");
-            first_error = Some(err);
-        }
-        Some(done) = tasks.join_next() => {
-            let err = match done {
-                Ok((name, Ok(()))) => NodeError::Subsystem { name, reason: "stopped unexpectedly".into() },
-                Ok((_, Err(err))) => err,
-                Err(join) => NodeError::Subsystem { name: "task", reason: join.to_string() },
-            };
-            error!(error = %err, "subsystem failed; shutting the node down");
-            first_error = Some(err);
-        }
+    let first_error = tokio::select! {
+        () = shutdown.cancelled() => None,
+        Some(done) = serving.join_next() => Some(failure(done)),
+        Some(done) = tasks.join_next() => Some(failure(done)),
+    };
+    if let Some(err) = &first_error {
+        error!(error = %err, "subsystem failed; shutting the node down");
     }
     // Phase 1: stop accepting and finish the requests in flight; health checks say 503.
     state.draining.store(true, Ordering::Release);
@@ -396,38 +419,14 @@ pub async fn run(
         "draining: finishing requests in flight"
     );
     stop_serving.cancel();
-    let drained = tokio::time::timeout(DRAIN_GRACE, async {
-        while let Some(done) = serving.join_next().await {
-            if let Ok((name, Err(err))) = done {
-                warn!(subsystem = name, error = %err, "subsystem failed while draining");
-            }
-        }
-    })
+    drain(
+        &mut serving,
+        "requests still in flight after the grace period; cutting them",
+    )
     .await;
-    if drained.is_err() {
-        warn!(
-            grace_secs = DRAIN_GRACE.as_secs(),
-            "requests still in flight after the grace period; cutting them"
-        );
-        serving.abort_all();
-    }
     // Phase 2: everything else.
     stop.cancel();
-    let drained = tokio::time::timeout(DRAIN_GRACE, async {
-        while let Some(done) = tasks.join_next().await {
-            if let Ok((name, Err(err))) = done {
-                warn!(subsystem = name, error = %err, "subsystem failed while draining");
-            }
-        }
-    })
-    .await;
-    if drained.is_err() {
-        warn!(
-            grace_secs = DRAIN_GRACE.as_secs(),
-            "grace period over; aborting what is left"
-        );
-        tasks.abort_all();
-    }
+    drain(&mut tasks, "grace period over; aborting what is left").await;
     info!("node stopped");
     first_error.map_or(Ok(()), Err)
 }
