@@ -226,3 +226,103 @@ async fn two_sites_steer_by_resolver_and_ecs_over_udp_and_tcp() {
         "steering by client network counted: {steered}"
     );
 }
+
+/// The steering follows live state: a site that loses an app's last endpoint drops out of
+/// its answers within 2 s; a site whose GoRouters fail gives way to the other; a node that
+/// has lost every other site answers with its own site rather than NXDOMAIN.
+#[tokio::test]
+async fn answers_follow_endpoints_and_health_and_a_lost_node_fails_open() {
+    let ca = MeshCa::new();
+    let (lon_bus, nyc_bus) = (NatsServer::start(), NatsServer::start());
+    let lon = Node::builder("lon-1", "lon")
+        .nats(&lon_bus.url())
+        .mesh(&ca, &[])
+        .extra(&dns_toml(LON_ADDR))
+        .start()
+        .await;
+    let nyc = Node::builder("nyc-1", "nyc")
+        .nats(&nyc_bus.url())
+        .mesh(&ca, &[lon.mesh_addr()])
+        .extra(&dns_toml(NYC_ADDR))
+        .start()
+        .await;
+    let server = dns_addr(&lon);
+    let (shop, blog) = ("shop.apps.example.com", "blog.apps.example.com");
+    let (lon_client, nyc_client) = (lon_bus.client().await, nyc_bus.client().await);
+    for host in [shop, blog] {
+        for (node, bus) in [(&lon, &lon_client), (&nyc, &nyc_client)] {
+            let msg = registration(host, 8080, host, host);
+            wait_until(10 * SEC, "the site to learn the route", || async {
+                publish(bus, "router.register", &msg.clone()).await;
+                node.route(host, "").await.map(|_| ())
+            })
+            .await;
+        }
+    }
+    wait_until(10 * SEC, "nyc's resolver to be steered to nyc", || async {
+        let m = udp(server, NYC_RESOLVER, blog, RecordType::A, None).await;
+        (addresses(&m) == [NYC_ADDR]).then_some(())
+    })
+    .await;
+
+    // nyc loses blog's last endpoint: within 2 s nyc's resolver is sent to lon.
+    let gone = std::time::Instant::now();
+    publish(
+        &nyc_client,
+        "router.unregister",
+        &grouter_tests::inproc::unregistration(blog, 8080, blog),
+    )
+    .await;
+    wait_until(3 * SEC, "blog to leave nyc's answers", || async {
+        let m = udp(server, NYC_RESOLVER, blog, RecordType::A, None).await;
+        (addresses(&m) == [LON_ADDR]).then_some(())
+    })
+    .await;
+    assert!(gone.elapsed() < 2 * SEC, "took {:?}", gone.elapsed());
+
+    // lon's GoRouters fail: once the probes notice, lon's own resolver is sent to nyc.
+    assert_eq!(
+        addresses(&udp(server, LON_RESOLVER, shop, RecordType::A, None).await),
+        [LON_ADDR]
+    );
+    lon.stub.as_ref().expect("lon's stand-in").stop();
+    wait_until(5 * SEC, "shop to be answered with nyc", || async {
+        let m = udp(server, LON_RESOLVER, shop, RecordType::A, None).await;
+        (addresses(&m) == [NYC_ADDR]).then_some(())
+    })
+    .await;
+
+    // A node cut off from every other site (here: one that never met another) fails open.
+    let sgp_bus = NatsServer::start();
+    let sgp = Node::builder("sgp-1", "sgp")
+        .nats(&sgp_bus.url())
+        .mesh(&ca, &[])
+        .extra(&dns_toml("203.0.113.10"))
+        .start()
+        .await;
+    assert_eq!(sgp.json("/v1/status").await["sync"], "lost");
+    let sgp_dns = dns_addr(&sgp);
+    let open = udp(
+        sgp_dns,
+        LON_RESOLVER,
+        "anything.apps.example.com",
+        RecordType::A,
+        None,
+    )
+    .await;
+    assert_eq!(open.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&open), ["203.0.113.10"]);
+    let outside = udp(
+        sgp_dns,
+        LON_RESOLVER,
+        "www.example.org",
+        RecordType::A,
+        None,
+    )
+    .await;
+    assert_eq!(
+        outside.metadata.response_code,
+        ResponseCode::Refused,
+        "fail-open stays inside the zones"
+    );
+}
