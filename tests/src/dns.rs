@@ -326,3 +326,48 @@ async fn answers_follow_endpoints_and_health_and_a_lost_node_fails_open() {
         "fail-open stays inside the zones"
     );
 }
+
+/// The answers as a standard tool sees them: `kdig` (knot-dnsutils) over UDP and TCP.
+#[tokio::test]
+async fn kdig_gets_steered_answers_over_udp_and_tcp() {
+    let kdig = ["/usr/bin/kdig", "/usr/local/bin/kdig"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .unwrap_or_else(|| panic!("kdig not found: install it with `apt-get install -y knot-dnsutils` (deploy/test.sh does this)"));
+    let ca = MeshCa::new();
+    let bus = NatsServer::start();
+    let lon = Node::builder("lon-1", "lon")
+        .nats(&bus.url())
+        .mesh(&ca, &[])
+        .extra(&dns_toml(LON_ADDR))
+        .start()
+        .await;
+    let client = bus.client().await;
+    let host = "shop.apps.example.com";
+    let msg = registration(host, 8080, host, "shop");
+    wait_until(10 * SEC, "the route", || async {
+        publish(&client, "router.register", &msg.clone()).await;
+        lon.route(host, "").await.map(|_| ())
+    })
+    .await;
+    let server = dns_addr(&lon);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(kdig)
+            .arg(format!("@{}", server.ip()))
+            .args(["-p", &server.port().to_string(), "+time=2", "+retry=0"])
+            .args(args)
+            .output()
+            .expect("run kdig");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // This node is lost (no other site), so it answers from its own site either way; the
+    // route exists, so it is a plain steered answer.
+    assert_eq!(run(&["+short", host, "A"]).trim(), LON_ADDR);
+    assert_eq!(run(&["+tcp", "+short", host, "A"]).trim(), LON_ADDR);
+    let soa = run(&["apps.example.com", "SOA"]);
+    assert!(soa.contains("NOERROR") && soa.contains("SOA"), "{soa}");
+    let refused = run(&["www.example.org", "A"]);
+    assert!(refused.contains("REFUSED"), "{refused}");
+    let flags = run(&[host, "A"]);
+    assert!(flags.contains(" aa"), "authoritative answer: {flags}");
+}
