@@ -75,6 +75,24 @@ struct Conn {
     scheme: &'static str,
     /// A peer forwarded this over the mesh: route locally only, keep its forwarding headers.
     peer: Option<String>,
+    /// This client connection's own upstream connection (HTTP/1.1 only).
+    affinity: Affinity,
+}
+
+/// An HTTP/1.1 client sends one request at a time, so its connection can keep one upstream
+/// connection of its own: no pool checkout, no lock shared with other connections. The
+/// sender is taken out while a request uses it and put back when the response head arrives
+/// (its next request waits in `ready()` until the body has been sent on).
+#[derive(Debug, Default, Clone)]
+struct Affinity(Arc<parking_lot::Mutex<Option<(String, Upstream)>>>);
+
+/// One HTTP/1.1 connection to a GoRouter.
+type Upstream = hyper::client::conn::http1::SendRequest<Reclaimable>;
+
+/// Why an affine send failed: `Connect` means nothing reached the GoRouter.
+enum AffineError {
+    Connect(String),
+    Request(hyper::Error),
 }
 
 impl Proxy {
@@ -231,19 +249,26 @@ impl Proxy {
                         break;
                     };
                     let req = build(&parts.method, uri, Version::HTTP_11, headers, body.clone());
-                    match self.gorouters.client().request(req).await {
-                        Ok(resp) => Ok(resp),
-                        Err(e) if e.is_connect() => {
-                            if let Some(r) = self.gorouters.all().iter().find(|r| r.addr == *addr) {
-                                self.gorouters.eject(r);
+                    let affine = parts.version <= Version::HTTP_11 && !upgrade;
+                    if affine {
+                        match send_affine(&conn.affinity, addr, req, &body).await {
+                            Ok(resp) => Ok(resp),
+                            Err(AffineError::Connect(e)) => {
+                                if let Some(r) =
+                                    self.gorouters.all().iter().find(|r| r.addr == *addr)
+                                {
+                                    self.gorouters.eject(r);
+                                }
+                                warn!(gorouter = %addr, error = %e, "gorouter refused the connection; trying the next target");
+                                Err(true)
                             }
-                            warn!(gorouter = %addr, error = %e, "gorouter refused the connection; trying the next target");
-                            Err(true)
+                            Err(AffineError::Request(e)) => {
+                                warn!(gorouter = %addr, error = %e, "gorouter request failed");
+                                Err(false)
+                            }
                         }
-                        Err(e) => {
-                            warn!(gorouter = %addr, error = %e, "gorouter request failed");
-                            Err(false)
-                        }
+                    } else {
+                        self.pooled(addr, req).await
                     }
                 }
                 Target::Site(site) => {
@@ -309,6 +334,28 @@ impl Proxy {
         RouterError::EndpointFailure.response()
     }
 
+    /// Send through the shared keep-alive pool (HTTP/2 clients, upgrades).
+    async fn pooled(
+        &self,
+        addr: &str,
+        req: Request<Reclaimable>,
+    ) -> Result<Response<Incoming>, bool> {
+        match self.gorouters.client().request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(e) if e.is_connect() => {
+                if let Some(r) = self.gorouters.all().iter().find(|r| r.addr == *addr) {
+                    self.gorouters.eject(r);
+                }
+                warn!(gorouter = %addr, error = %e, "gorouter refused the connection; trying the next target");
+                Err(true)
+            }
+            Err(e) => {
+                warn!(gorouter = %addr, error = %e, "gorouter request failed");
+                Err(false)
+            }
+        }
+    }
+
     /// Prepare an upstream response for the client.
     fn downstream(&self, resp: Response<Incoming>) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
@@ -317,6 +364,79 @@ impl Proxy {
         }
         Response::from_parts(parts, upstream::boxed(body))
     }
+}
+
+/// Send `req` to `addr` on the client connection's own upstream connection, opening one
+/// when there is none (or it is to another GoRouter, or closed). A reused connection that the
+/// GoRouter closed while idle (the classic keep-alive race) is replaced once, as long as no
+/// byte of the body was read.
+async fn send_affine(
+    affinity: &Affinity,
+    addr: &str,
+    req: Request<Reclaimable>,
+    body: &Reclaimable,
+) -> Result<Response<Incoming>, AffineError> {
+    let cached = affinity
+        .0
+        .lock()
+        .take()
+        .filter(|(a, s)| a == addr && !s.is_closed());
+    let reused = cached.is_some();
+    let mut sender = match cached {
+        Some((_, s)) => s,
+        None => open_upstream(addr).await?,
+    };
+    // Keep a copy of the request head in case the reused connection turns out dead.
+    let (method, uri, headers) = (
+        req.method().clone(),
+        req.uri().clone(),
+        req.headers().clone(),
+    );
+    let result = match sender.ready().await {
+        Ok(()) => sender.send_request(req).await,
+        Err(e) => Err(e),
+    };
+    let result = match result {
+        Err(e) if reused && body.unread() => {
+            debug!(gorouter = %addr, error = %e, "idle upstream connection was closed; opening a new one");
+            sender = open_upstream(addr).await?;
+            sender.ready().await.map_err(AffineError::Request)?;
+            sender
+                .send_request(build(&method, uri, Version::HTTP_11, headers, body.clone()))
+                .await
+        }
+        other => other,
+    };
+    match result {
+        Ok(resp) => {
+            affinity.0.lock().replace((addr.to_string(), sender));
+            Ok(resp)
+        }
+        Err(e) => Err(AffineError::Request(e)),
+    }
+}
+
+async fn open_upstream(
+    addr: &str,
+) -> Result<hyper::client::conn::http1::SendRequest<Reclaimable>, AffineError> {
+    let tcp =
+        match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return Err(AffineError::Connect(e.to_string())),
+            Err(_) => return Err(AffineError::Connect("connect timed out".into())),
+        };
+    let _ = tcp.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| AffineError::Connect(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.await {
+            debug!(%err, "upstream connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 #[derive(Debug)]
@@ -533,6 +653,7 @@ async fn serve(
                 client,
                 scheme,
                 peer: None,
+                affinity: Affinity::default(),
             };
             match tls {
                 None => serve_conn(proxy, tcp, conn, shutdown).await,
@@ -577,6 +698,7 @@ pub async fn serve_peers(
             client,
             scheme: "https",
             peer: Some(peer.peer.node_id.clone()),
+            affinity: Affinity::default(),
         };
         tracker.spawn(serve_conn(
             proxy.clone(),
@@ -645,6 +767,7 @@ mod tests {
             client,
             scheme: "https",
             peer: None,
+            affinity: Affinity::default(),
         };
         let h = upstream_headers(&incoming, &conn, "shop.example.com", false);
         assert_eq!(h[header::HOST], "shop.example.com");
@@ -666,6 +789,7 @@ mod tests {
             client,
             scheme: "https",
             peer: Some("lon-1".into()),
+            affinity: Affinity::default(),
         };
         let h = upstream_headers(&fresh, &peer, "h2.example.com", false);
         assert_eq!(
@@ -688,6 +812,7 @@ mod tests {
             client: "127.0.0.1:1".parse().unwrap(),
             scheme: "http",
             peer: None,
+            affinity: Affinity::default(),
         };
         let h = upstream_headers(&incoming, &conn, "ws.example.com", true);
         assert_eq!(h[header::UPGRADE], "websocket");
