@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The cases `grouter demo --check` runs, as it names them.
-const CASES: [&str; 10] = [
+const CASES: [&str; 11] = [
     "local app (shop at lon)",
     "local app (cdn at sgp)",
     "remote app proxied (blog at lon)",
@@ -16,6 +16,7 @@ const CASES: [&str; 10] = [
     "unknown host (at lon)",
     "unknown host (at sgp, in sync)",
     "admin API (at lon)",
+    "dns (at lon)",
     "fail open (sgp cut off, unknown host)",
     "recovery (every node in sync)",
 ];

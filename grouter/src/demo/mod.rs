@@ -149,6 +149,8 @@ enum PortOffset {
     Nats = 30,
     /// The site's GoRouter stand-in.
     GoRouter = 40,
+    /// `dns.listen` (UDP and TCP).
+    Dns = 50,
 }
 /// Ports used above `--base-port`.
 const PORT_SPAN: u16 = PortOffset::GoRouter as u16 + SITES.len() as u16;
@@ -698,6 +700,8 @@ struct Site {
     http: SocketAddr,
     admin: SocketAddr,
     mesh: SocketAddr,
+    /// `dns.listen`.
+    dns: SocketAddr,
 }
 
 /// The running demo.
@@ -763,6 +767,8 @@ impl Demo {
                 admin: port(PortOffset::Admin),
                 mesh: port(PortOffset::Mesh),
                 seeds: sites.iter().map(|s| s.mesh).collect(),
+                dns: port(PortOffset::Dns),
+                entry: entry_address(name),
             }
             .render();
             let config_path = site_dir.join(CONFIG_FILE);
@@ -777,7 +783,8 @@ impl Demo {
 
             let (node, listening) = start_node(&node_id, &config_path, &site_dir).await?;
             let addr = |service: &str| listening.get(service).copied();
-            let (Some(http), Some(admin), Some(mesh)) = (addr("http"), addr("admin"), addr("mesh"))
+            let (Some(http), Some(admin), Some(mesh), Some(dns)) =
+                (addr("http"), addr("admin"), addr("mesh"), addr("dns"))
             else {
                 // wait_listening returned every service asked for.
                 return Err(DemoError::Timeout {
@@ -797,6 +804,7 @@ impl Demo {
                 http,
                 admin,
                 mesh,
+                dns,
             });
         }
 
@@ -1046,6 +1054,30 @@ impl Demo {
             let _ = writeln!(out, "  {cmd}");
         }
         let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "DNS for apps.example.com (each site's entry address is a documentation address):"
+        );
+        let dig = |site: &Site, host: &str| {
+            format!(
+                "dig @{} -p {} +short {host}",
+                site.dns.ip(),
+                site.dns.port()
+            )
+        };
+        let _ = writeln!(
+            out,
+            "  # shop is served at lon: lon's node answers {}",
+            entry_address("lon")
+        );
+        let _ = writeln!(out, "  {}", dig(lon, "shop.apps.example.com"));
+        let _ = writeln!(
+            out,
+            "  # blog is served only at nyc: {}",
+            entry_address("nyc")
+        );
+        let _ = writeln!(out, "  {}", dig(lon, "blog.apps.example.com"));
+        let _ = writeln!(out);
         let _ = writeln!(out, "Admin API and gcf (the token is in {token_file}):");
         let _ = writeln!(out, "  curl -s http://{}/healthz", lon.admin);
         let _ = writeln!(
@@ -1184,6 +1216,22 @@ impl Demo {
             Ok("GET /v1/sites: 401 without the token; lon, nyc, sgp with it".to_string())
         };
         report("admin API (at lon)", admin.await);
+
+        // DNS: lon's node answers for the app zone, steering to the sites that serve a host.
+        let dns = async {
+            let shop = dns_a(lon.dns, "shop.apps.example.com").await?;
+            let blog = dns_a(lon.dns, "blog.apps.example.com").await?;
+            let (want_shop, want_blog) = (entry_address("lon"), entry_address("nyc"));
+            if shop != [want_shop] || blog != [want_blog] {
+                return Err(format!(
+                    "expected shop -> {want_shop} (lon serves it), blog -> {want_blog} (only nyc does); got {shop:?}, {blog:?}"
+                ));
+            }
+            Ok(format!(
+                "shop -> {want_shop} (lon), blog -> {want_blog} (nyc)"
+            ))
+        };
+        report("dns (at lon)", dns.await);
 
         // Fail open: stop the other sites' nodes, whatever happens resume them.
         let cut = [&lon.node, &nyc.node];
@@ -1408,12 +1456,52 @@ async fn start_node(
         grouter_listening,
     )?;
     let found = proc
-        .wait_listening(&mut rx, &["admin", "mesh", "http"])
+        .wait_listening(&mut rx, &["admin", "mesh", "http", "dns"])
         .await?;
     Ok((proc, found))
 }
 
 /// A node's config, as the demo writes it.
+/// The A records a DNS server answers for `name` (one UDP query, 2 s to answer).
+async fn dns_a(server: SocketAddr, name: &str) -> Result<Vec<String>, String> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut m = Message::new(0x6472, MessageType::Query, OpCode::Query);
+    let qname = Name::from_ascii(name).map_err(|e| format!("{name}: {e}"))?;
+    m.add_query(Query::query(qname, RecordType::A));
+    let packet = m.to_vec().map_err(|e| format!("encode: {e}"))?;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    sock.send_to(&packet, server)
+        .await
+        .map_err(|e| format!("send to {server}: {e}"))?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf))
+        .await
+        .map_err(|_| format!("no answer from {server} within 2 s"))?
+        .map_err(|e| e.to_string())?;
+    let reply =
+        Message::from_vec(buf.get(..n).unwrap_or_default()).map_err(|e| format!("decode: {e}"))?;
+    Ok(reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect())
+}
+
+/// A site's entry address in DNS answers: documentation ranges (RFC 5737), never dialled.
+fn entry_address(site: &str) -> &'static str {
+    match site {
+        "lon" => "192.0.2.10",
+        "nyc" => "198.51.100.10",
+        _ => "203.0.113.10",
+    }
+}
+
 #[derive(Debug)]
 struct NodeConfig<'a> {
     node_id: &'a str,
@@ -1426,6 +1514,10 @@ struct NodeConfig<'a> {
     admin: SocketAddr,
     mesh: SocketAddr,
     seeds: Vec<SocketAddr>,
+    dns: SocketAddr,
+    /// The site's entry address, as DNS answers it (a documentation address: nothing is
+    /// sent there).
+    entry: &'a str,
 }
 
 impl NodeConfig<'_> {
@@ -1459,9 +1551,16 @@ sync_lost_after_secs = {lost}
 listen = "{admin}"
 token_file = "../{TOKEN_FILE}"
 
+[dns]
+listen = "{dns}"
+zones = ["apps.example.com"]
+site_addresses = ["{entry}"]
+
 [log]
 format = "json"
 "#,
+            dns = self.dns,
+            entry = self.entry,
             node_id = self.node_id,
             site = self.site,
             region = self.region,
@@ -1560,6 +1659,8 @@ mod tests {
             admin: "127.0.0.1:0".parse().unwrap(),
             mesh: "127.0.0.1:0".parse().unwrap(),
             seeds: vec!["127.0.0.1:7946".parse().unwrap()],
+            dns: "127.0.0.1:0".parse().unwrap(),
+            entry: entry_address("lon"),
         }
         .render();
         let path = dir.join("lon").join(CONFIG_FILE);
