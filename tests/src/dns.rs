@@ -29,6 +29,26 @@ fn dns_toml(site_addr: &str) -> String {
     )
 }
 
+/// lon and nyc, meshed, each with its own `nats-server` and a `[dns]` section answering
+/// with its site's entry address.
+async fn two_dns_sites() -> (MeshCa, NatsServer, NatsServer, Node, Node) {
+    let ca = MeshCa::new();
+    let (lon_bus, nyc_bus) = (NatsServer::start(), NatsServer::start());
+    let lon = Node::builder("lon-1", "lon")
+        .nats(&lon_bus.url())
+        .mesh(&ca, &[])
+        .extra(&dns_toml(LON_ADDR))
+        .start()
+        .await;
+    let nyc = Node::builder("nyc-1", "nyc")
+        .nats(&nyc_bus.url())
+        .mesh(&ca, &[lon.mesh_addr()])
+        .extra(&dns_toml(NYC_ADDR))
+        .start()
+        .await;
+    (ca, lon_bus, nyc_bus, lon, nyc)
+}
+
 fn dns_addr(node: &Node) -> SocketAddr {
     node.log.wait_for(10 * SEC, "the dns listener", |l| {
         let v: Value = serde_json::from_str(l).ok()?;
@@ -113,20 +133,7 @@ fn has_soa_authority(m: &Message) -> bool {
 
 #[tokio::test]
 async fn two_sites_steer_by_resolver_and_ecs_over_udp_and_tcp() {
-    let ca = MeshCa::new();
-    let (lon_bus, nyc_bus) = (NatsServer::start(), NatsServer::start());
-    let lon = Node::builder("lon-1", "lon")
-        .nats(&lon_bus.url())
-        .mesh(&ca, &[])
-        .extra(&dns_toml(LON_ADDR))
-        .start()
-        .await;
-    let nyc = Node::builder("nyc-1", "nyc")
-        .nats(&nyc_bus.url())
-        .mesh(&ca, &[lon.mesh_addr()])
-        .extra(&dns_toml(NYC_ADDR))
-        .start()
-        .await;
+    let (_ca, lon_bus, nyc_bus, lon, nyc) = two_dns_sites().await;
     let server = dns_addr(&lon);
     let host = "shop.apps.example.com";
     for (node, bus) in [(&lon, &lon_bus), (&nyc, &nyc_bus)] {
@@ -232,20 +239,7 @@ async fn two_sites_steer_by_resolver_and_ecs_over_udp_and_tcp() {
 /// has lost every other site answers with its own site rather than NXDOMAIN.
 #[tokio::test]
 async fn answers_follow_endpoints_and_health_and_a_lost_node_fails_open() {
-    let ca = MeshCa::new();
-    let (lon_bus, nyc_bus) = (NatsServer::start(), NatsServer::start());
-    let lon = Node::builder("lon-1", "lon")
-        .nats(&lon_bus.url())
-        .mesh(&ca, &[])
-        .extra(&dns_toml(LON_ADDR))
-        .start()
-        .await;
-    let nyc = Node::builder("nyc-1", "nyc")
-        .nats(&nyc_bus.url())
-        .mesh(&ca, &[lon.mesh_addr()])
-        .extra(&dns_toml(NYC_ADDR))
-        .start()
-        .await;
+    let (ca, lon_bus, nyc_bus, lon, nyc) = two_dns_sites().await;
     let server = dns_addr(&lon);
     let (shop, blog) = ("shop.apps.example.com", "blog.apps.example.com");
     let (lon_client, nyc_client) = (lon_bus.client().await, nyc_bus.client().await);
