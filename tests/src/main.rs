@@ -7,6 +7,7 @@ mod churn;
 mod demo;
 mod dns;
 mod gcf;
+mod http1;
 mod learn;
 mod mesh;
 mod partition;

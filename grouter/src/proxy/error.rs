@@ -23,7 +23,7 @@ pub enum RouterError {
 
 impl RouterError {
     /// Status, `X-Cf-Routererror` value and body, as gorouter answers.
-    fn parts(&self) -> (StatusCode, &'static str, String) {
+    pub(super) fn parts(&self) -> (StatusCode, &'static str, String) {
         match self {
             RouterError::UnknownRoute(host) => (
                 StatusCode::NOT_FOUND,

@@ -18,6 +18,7 @@
 
 pub mod decide;
 pub mod error;
+mod h1;
 pub mod remote;
 pub mod upstream;
 
@@ -180,28 +181,44 @@ impl Proxy {
                 .headers()
                 .get(SITE_HEADER)
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            info!(
-                target: "grouter::access",
-                site = %self.rules.site,
-                served_by = %served,
-                client = %conn.client,
-                peer = conn.peer.as_deref().unwrap_or(""),
-                scheme = conn.scheme,
-                host = %host,
-                path = %path,
-                route = route.as_ref().map(|m| format!("{}{}", m.host, m.path)).unwrap_or_default(),
-                decision = log.decision,
-                status = resp.status().as_u16(),
-                upstream = %log.upstream,
-                attempts = log.attempts,
-                router_error = log.error,
-                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-                "access"
-            );
+                .unwrap_or("");
+            self.log_access(&AccessLine {
+                served_by: served,
+                conn: &conn,
+                host: &host,
+                path: &path,
+                route: route.as_ref(),
+                decision: log.decision,
+                status: resp.status().as_u16(),
+                upstream: &log.upstream,
+                attempts: log.attempts,
+                router_error: log.error,
+                started,
+            });
         }
         resp
+    }
+
+    /// One access log line (target `grouter::access`).
+    fn log_access(&self, a: &AccessLine<'_>) {
+        info!(
+            target: "grouter::access",
+            site = %self.rules.site,
+            served_by = %a.served_by,
+            client = %a.conn.client,
+            peer = a.conn.peer.as_deref().unwrap_or(""),
+            scheme = a.conn.scheme,
+            host = %a.host,
+            path = %a.path,
+            route = a.route.map(|m| format!("{}{}", m.host, m.path)).unwrap_or_default(),
+            decision = a.decision,
+            status = a.status,
+            upstream = %a.upstream,
+            attempts = a.attempts,
+            router_error = a.router_error,
+            duration_ms = a.started.elapsed().as_secs_f64() * 1000.0,
+            "access"
+        );
     }
 
     fn own_error(&self, log: &mut Access, err: RouterError) -> Response<ProxyBody> {
@@ -245,11 +262,18 @@ impl Proxy {
             let result = match &target {
                 Target::GoRouter(addr) => {
                     log.upstream.clone_from(addr);
-                    let Ok(uri) = format!("http://{addr}{path_and_query}").parse::<Uri>() else {
+                    let affine = parts.version <= Version::HTTP_11 && !upgrade;
+                    // On its own connection a request goes in origin form; the pool needs
+                    // the address in the URI (and sends origin form itself).
+                    let uri = if affine {
+                        path_and_query.parse::<Uri>()
+                    } else {
+                        format!("http://{addr}{path_and_query}").parse::<Uri>()
+                    };
+                    let Ok(uri) = uri else {
                         break;
                     };
                     let req = build(&parts.method, uri, Version::HTTP_11, headers, body.clone());
-                    let affine = parts.version <= Version::HTTP_11 && !upgrade;
                     if affine {
                         match send_affine(&conn.affinity, addr, req, &body).await {
                             Ok(resp) => Ok(resp),
@@ -445,6 +469,21 @@ enum Target {
     Site(String),
 }
 
+/// What one access log line says.
+struct AccessLine<'a> {
+    served_by: &'a str,
+    conn: &'a Conn,
+    host: &'a str,
+    path: &'a str,
+    route: Option<&'a crate::table::RouteMatch>,
+    decision: &'static str,
+    status: u16,
+    upstream: &'a str,
+    attempts: usize,
+    router_error: &'static str,
+    started: Instant,
+}
+
 struct Access {
     decision: &'static str,
     upstream: String,
@@ -499,6 +538,11 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
+/// Whether a method (as the request line spells it) is idempotent.
+fn is_idempotent_str(m: &str) -> bool {
+    matches!(m, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
+}
+
 fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -506,14 +550,15 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -525,7 +570,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for h in named.iter().chain(HOP_BY_HOP.iter()) {
+    for h in &named {
+        headers.remove(h);
+    }
+    for h in HOP_BY_HOP {
         headers.remove(h);
     }
 }
@@ -656,10 +704,13 @@ async fn serve(
                 affinity: Affinity::default(),
             };
             match tls {
-                None => serve_conn(proxy, tcp, conn, shutdown).await,
+                None => h1::serve(proxy, tcp, conn, shutdown).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => serve_conn(proxy, stream, conn, shutdown).await,
+                        Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                            serve_conn(proxy, stream, conn, shutdown).await;
+                        }
+                        Ok(Ok(stream)) => h1::serve(proxy, stream, conn, shutdown).await,
                         Ok(Err(err)) => debug!(%client, %err, "tls handshake failed"),
                         Err(_) => debug!(%client, "tls handshake timed out"),
                     }

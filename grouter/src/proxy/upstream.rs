@@ -193,6 +193,22 @@ impl GoRouters {
         good
     }
 
+    /// One usable GoRouter, by index: `prefer` when it is usable (a client connection
+    /// keeps the GoRouter its upstream connection goes to), otherwise the next usable one
+    /// round-robin. `None` when none is usable.
+    pub fn pick(&self, prefer: Option<usize>) -> Option<usize> {
+        if let Some(i) = prefer
+            && self.routers.get(i).is_some_and(|r| self.usable(r))
+        {
+            return Some(i);
+        }
+        let n = self.routers.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| self.usable(&self.routers[i]))
+    }
+
     /// Skip `r` for a while: it refused a connection.
     pub fn eject(&self, r: &GoRouter) {
         let until = self.now_ms() + u64::try_from(EJECT_FOR.as_millis()).unwrap_or(u64::MAX);

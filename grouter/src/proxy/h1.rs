@@ -1,0 +1,1204 @@
+//! The HTTP/1.1 fast path: a client's HTTP/1.1 request for a route served at this site goes
+//! to a local GoRouter on the client connection's own upstream connection, in the
+//! connection's one task. The request and response heads are rewritten into a buffer and
+//! bodies pass through as they are framed: no per-request task, channel, pool or header map.
+//!
+//! Only the plain case is taken: `HTTP/1.1`, origin-form target, one Host, no
+//! `Transfer-Encoding`, `Expect` or `Upgrade`, a `Content-Length` body of at most
+//! [`MAX_BUFFERED_BODY`], a decision of `Local` or `FailOpen` and a usable GoRouter that
+//! accepts the connection. Anything else (another site, a redirect, a 404, an upgrade, a
+//! streamed or chunked request body, HTTP/1.0, a malformed or oversized head, a GoRouter
+//! refusing the connection) hands the connection, with every byte already read, to the
+//! general path ([`super::serve_conn`], hyper) for the rest of its life. Each of those
+//! behaviours so has one implementation.
+//!
+//! Must never: forward a byte past the end of a message, reuse an upstream connection
+//! whose state is unknown, or answer a request the general path would answer differently.
+
+use std::io::Write as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::decide::{self, Decision};
+use super::error::RouterError;
+use super::{
+    AccessLine, Conn, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, Proxy, SITE_HEADER, client_ip,
+    decision_name, serve_conn,
+};
+use crate::table::RouteMatch;
+
+/// Request bodies up to this size are read whole before forwarding (larger ones stream
+/// through the general path).
+pub(super) const MAX_BUFFERED_BODY: usize = 64 * 1024;
+/// Headers per message the fast path parses (more: the general path).
+const MAX_HEADERS: usize = 100;
+/// How long a keep-alive connection may sit idle between requests.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a client has to send a buffered body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connect timeout to a GoRouter.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+/// Response body bytes written together with the head; more go in their own write.
+const COALESCE: usize = 16 * 1024;
+
+/// Serve an HTTP/1.1 client connection: the fast path while requests fit it, then the
+/// general path.
+pub(super) async fn serve<S>(proxy: Arc<Proxy>, mut io: S, conn: Conn, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut c = Connection {
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        out: Vec::with_capacity(1024),
+        head: Vec::with_capacity(1024),
+        up: None,
+        ip: client_ip(conn.client).to_string(),
+    };
+    let cancelled = shutdown.clone().cancelled_owned();
+    tokio::pin!(cancelled);
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + HEADER_READ_TIMEOUT,
+        HEADER_READ_TIMEOUT,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut patience = Patience::default();
+    loop {
+        let plan = match c.plan(&proxy, &conn) {
+            Parsed::Forward(plan) => plan,
+            Parsed::Fallback => break,
+            Parsed::Partial if c.buf.len() >= MAX_HEADER_BYTES => break,
+            Parsed::Partial => {
+                let idle = c.buf.is_empty();
+                c.buf.reserve(READ_CHUNK);
+                let read = tokio::select! {
+                    biased;
+                    () = cancelled.as_mut(), if idle => return close(io).await,
+                    _ = tick.tick() => {
+                        if patience.expired(!idle) {
+                            debug!(client = %conn.client, "client timed out");
+                            return close(io).await;
+                        }
+                        continue;
+                    }
+                    r = io.read_buf(&mut c.buf) => r,
+                };
+                match read {
+                    Ok(n) if n > 0 => continue,
+                    Ok(_) => return, // the client closed
+                    Err(err) => {
+                        debug!(client = %conn.client, %err, "client read failed");
+                        return;
+                    }
+                }
+            }
+        };
+        let closing = plan.close || shutdown.is_cancelled();
+        match c.exchange(&proxy, &conn, &mut io, &plan, closing).await {
+            Exchanged::Done if closing => return close(io).await,
+            Exchanged::Done => patience.exchanges += 1,
+            Exchanged::Close => return close(io).await,
+            Exchanged::Fallback => break,
+        }
+    }
+    // The general path takes the connection with every byte read and not yet used.
+    let Connection { buf, .. } = c;
+    serve_conn(proxy, Prefixed { pre: buf, io }, conn, shutdown).await;
+}
+
+async fn close<S: AsyncWrite + Unpin>(mut io: S) {
+    let _ = io.shutdown().await;
+}
+
+/// Request-head timeouts without a timer per request: one ticker per connection, every
+/// [`HEADER_READ_TIMEOUT`], and this account of progress between ticks. A head is due
+/// within one to two header timeouts of its first byte (of the connection's start, for the
+/// first request); an idle kept-alive connection closes after [`IDLE_TIMEOUT`], to within a
+/// tick.
+#[derive(Debug, Default)]
+struct Patience {
+    /// Exchanges completed on the connection.
+    exchanges: u64,
+    at_last_tick: u64,
+    partial_at_last_tick: bool,
+    idle_ticks: u32,
+}
+
+impl Patience {
+    /// A tick passed while waiting for a head (`partial`: part of it is in): whether the
+    /// client has run out of time.
+    fn expired(&mut self, partial: bool) -> bool {
+        let progressed = self.exchanges != self.at_last_tick;
+        self.at_last_tick = self.exchanges;
+        let expired = if progressed {
+            self.idle_ticks = 0;
+            false
+        } else if partial {
+            // Part of a head was already in a whole tick ago.
+            self.partial_at_last_tick
+        } else if self.exchanges == 0 {
+            true
+        } else {
+            self.idle_ticks += 1;
+            HEADER_READ_TIMEOUT * self.idle_ticks >= IDLE_TIMEOUT
+        };
+        self.partial_at_last_tick = partial;
+        expired
+    }
+}
+
+/// One client connection's state between requests.
+struct Connection {
+    /// Bytes read from the client and not yet used.
+    buf: BytesMut,
+    /// The request head (and buffered body) for the GoRouter.
+    out: Vec<u8>,
+    /// The response head for the client.
+    head: Vec<u8>,
+    /// This connection's own upstream connection.
+    up: Option<Upstream>,
+    /// The client's address as it goes into `X-Forwarded-For`.
+    ip: String,
+}
+
+/// An HTTP/1.1 connection to one GoRouter.
+struct Upstream {
+    /// Index into [`super::upstream::GoRouters::all`].
+    router: usize,
+    tcp: TcpStream,
+    buf: BytesMut,
+}
+
+impl Upstream {
+    /// Whether nothing, not even a close, has come from the GoRouter since its last
+    /// response. Costs no syscall while the socket is not readable.
+    fn open_and_quiet(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// What the fast path makes of the bytes at the front of the client buffer.
+enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// The general path's request (from here on, the connection is its).
+    Fallback,
+    /// Forward: the upstream head is in `out`.
+    Forward(Plan),
+}
+
+/// A request the fast path forwards.
+struct Plan {
+    head_len: usize,
+    body_len: usize,
+    /// `HEAD`: the response has no body whatever its headers say.
+    head_method: bool,
+    /// Resending after a dead keep-alive connection is safe.
+    idempotent: bool,
+    /// The client asked to close after this response.
+    close: bool,
+    router: usize,
+    decision: &'static str,
+    /// For the access log (only when it is on).
+    log: Option<Box<LogStart>>,
+}
+
+/// What the access log line of a forwarded request needs from its head.
+struct LogStart {
+    started: Instant,
+    host: String,
+    path: String,
+    route: Option<RouteMatch>,
+}
+
+/// How an exchange ended.
+enum Exchanged {
+    /// The response was sent whole; the connection can carry the next request.
+    Done,
+    /// The connection must close (a failure mid-response, or a close-delimited body).
+    Close,
+    /// Nothing was sent anywhere yet: the general path takes the request.
+    Fallback,
+}
+
+/// How a response body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// A response head from the GoRouter.
+struct Response {
+    head_len: usize,
+    status: u16,
+    framing: Framing,
+    /// The GoRouter will not take another request on this connection.
+    upstream_close: bool,
+}
+
+impl Connection {
+    /// Parse the request at the front of `buf` and, when the fast path takes it, write the
+    /// upstream head into `out`.
+    fn plan(&mut self, proxy: &Proxy, conn: &Conn) -> Parsed {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let head_len = match req.parse(&self.buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Fallback,
+        };
+        let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+            return Parsed::Fallback;
+        };
+        if !target.starts_with('/') {
+            return Parsed::Fallback;
+        }
+        let mut host = None;
+        let mut body_len: Option<usize> = None;
+        let mut close = false;
+        let mut xff: Option<&[u8]> = None;
+        let (mut has_start, mut has_id) = (false, false);
+        for h in req.headers.iter() {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("host") {
+                if host.is_some() {
+                    return Parsed::Fallback;
+                }
+                host = std::str::from_utf8(h.value).ok();
+            } else if name.eq_ignore_ascii_case("content-length") {
+                let Some(n) = parse_length(h.value) else {
+                    return Parsed::Fallback;
+                };
+                if body_len.is_some_and(|b| b as u64 != n) {
+                    return Parsed::Fallback;
+                }
+                match usize::try_from(n) {
+                    Ok(n) if n <= MAX_BUFFERED_BODY => body_len = Some(n),
+                    _ => return Parsed::Fallback,
+                }
+            } else if name.eq_ignore_ascii_case("connection") {
+                for token in h.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                        // Other tokens name hop-by-hop headers (or ask to upgrade).
+                        return Parsed::Fallback;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case("transfer-encoding")
+                || name.eq_ignore_ascii_case("upgrade")
+                || name.eq_ignore_ascii_case("expect")
+            {
+                return Parsed::Fallback;
+            } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+                if xff.is_some() {
+                    return Parsed::Fallback;
+                }
+                xff = Some(h.value.trim_ascii());
+            } else if name.eq_ignore_ascii_case("x-request-start") {
+                has_start = true;
+            } else if name.eq_ignore_ascii_case("x-vcap-request-id") {
+                has_id = true;
+            }
+        }
+        let Some(host) = host else {
+            return Parsed::Fallback;
+        };
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let ask = decide::Ask {
+            scheme: conn.scheme,
+            host,
+            path,
+            query,
+            from_peer: conn.peer.is_some(),
+        };
+        let (decision, route) =
+            decide::decide(&proxy.node.table, &proxy.rules, proxy.node.sync(), ask);
+        if !matches!(decision, Decision::Local { .. } | Decision::FailOpen) {
+            return Parsed::Fallback;
+        }
+        let prefer = self.up.as_ref().map(|u| u.router);
+        let Some(router) = proxy.gorouters.pick(prefer) else {
+            return Parsed::Fallback;
+        };
+
+        // The upstream head: the request line and headers as they came, less the hop-by-hop
+        // ones and the forwarding headers this node sets (CONTRACT.md; as
+        // `super::upstream_headers`).
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for h in req.headers.iter() {
+            if hop_by_hop(h.name).is_some()
+                || h.name.eq_ignore_ascii_case("x-forwarded-for")
+                || h.name.eq_ignore_ascii_case("x-forwarded-proto")
+            {
+                continue;
+            }
+            put_header(out, h.name.as_bytes(), h.value);
+        }
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prev) = xff.filter(|v| !v.is_empty()) {
+            out.extend_from_slice(prev);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(self.ip.as_bytes());
+        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        out.extend_from_slice(conn.scheme.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if !has_start {
+            let ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            out.extend_from_slice(b"x-request-start: ");
+            out.extend_from_slice(itoa::Buffer::new().format(ms).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !has_id {
+            let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            out.extend_from_slice(b"x-vcap-request-id: ");
+            out.extend_from_slice(
+                uuid::Uuid::new_v4()
+                    .hyphenated()
+                    .encode_lower(&mut id)
+                    .as_bytes(),
+            );
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        Parsed::Forward(Plan {
+            head_len,
+            body_len: body_len.unwrap_or(0),
+            head_method: method == "HEAD",
+            idempotent: super::is_idempotent_str(method),
+            close,
+            router,
+            decision: decision_name(&decision),
+            log: proxy.access_log.then(|| {
+                Box::new(LogStart {
+                    started: Instant::now(),
+                    host: host.to_string(),
+                    path: path.to_string(),
+                    route,
+                })
+            }),
+        })
+    }
+
+    /// Send the planned request to its GoRouter and its response to the client.
+    async fn exchange<S>(
+        &mut self,
+        proxy: &Proxy,
+        conn: &Conn,
+        io: &mut S,
+        plan: &Plan,
+        closing: bool,
+    ) -> Exchanged
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        // The whole request: head (already in `out`) and body.
+        let total = plan.head_len + plan.body_len;
+        if self.buf.len() < total {
+            let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
+            while self.buf.len() < total {
+                self.buf.reserve(total - self.buf.len());
+                match tokio::time::timeout_at(deadline, io.read_buf(&mut self.buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return Exchanged::Close, // vanished or too slow mid-body
+                }
+            }
+        }
+        self.out.extend_from_slice(&self.buf[plan.head_len..total]);
+
+        let routers = proxy.gorouters.all();
+        let Some(router) = routers.get(plan.router) else {
+            return Exchanged::Fallback;
+        };
+        if self.up.as_ref().is_some_and(|u| !u.open_and_quiet()) {
+            self.up = None; // the GoRouter closed it while idle (or sent unasked bytes)
+        }
+        let mut attempt = 0;
+        let resp = loop {
+            attempt += 1;
+            let reused = self.up.as_ref().is_some_and(|u| u.router == plan.router);
+            if !reused {
+                self.up = None;
+                match connect(&router.addr).await {
+                    Ok(tcp) => {
+                        self.up = Some(Upstream {
+                            router: plan.router,
+                            tcp,
+                            buf: BytesMut::with_capacity(READ_CHUNK),
+                        });
+                    }
+                    Err(err) => {
+                        // The general path tries the other GoRouters and sites.
+                        proxy.gorouters.eject(router);
+                        warn!(gorouter = %router.addr, error = %err, "gorouter refused the connection; trying the next target");
+                        return Exchanged::Fallback;
+                    }
+                }
+            }
+            let Some(up) = self.up.as_mut() else {
+                return Exchanged::Fallback;
+            };
+            let rewrite = Rewrite {
+                head_method: plan.head_method,
+                closing,
+                site_header: proxy.site_header,
+                site: &proxy.site,
+            };
+            match send_and_read_head(up, &self.out, &rewrite, &mut self.head).await {
+                Ok(resp) => break resp,
+                // A kept-alive connection the GoRouter closed while idle: once more, fresh.
+                Err(Failure::Silent(err))
+                    if reused && attempt == 1 && (plan.body_len == 0 || plan.idempotent) =>
+                {
+                    debug!(gorouter = %router.addr, %err, "idle upstream connection was closed; opening a new one");
+                    self.up = None;
+                }
+                Err(Failure::Silent(err) | Failure::Broken(err)) => {
+                    warn!(gorouter = %router.addr, %err, "gorouter request failed");
+                    self.up = None;
+                    self.buf.advance(total);
+                    let err = RouterError::EndpointFailure;
+                    let written = write_own(io, &err, proxy, closing).await;
+                    log(proxy, conn, plan, 502, &router.addr, attempt, err.code());
+                    return if written {
+                        Exchanged::Done
+                    } else {
+                        Exchanged::Close
+                    };
+                }
+            }
+        };
+        self.buf.advance(total);
+
+        let Some(up) = self.up.as_mut() else {
+            return Exchanged::Close;
+        };
+        let status = resp.status;
+        let outcome = relay_body(up, io, &mut self.head, &resp).await;
+        let reusable = outcome == Relayed::Whole
+            && !resp.upstream_close
+            && resp.framing != Framing::UntilClose
+            && up.buf.is_empty();
+        if !reusable {
+            self.up = None;
+        }
+        log(proxy, conn, plan, status, &router.addr, attempt, "");
+        match outcome {
+            Relayed::Whole if resp.framing != Framing::UntilClose => Exchanged::Done,
+            _ => Exchanged::Close,
+        }
+    }
+}
+
+/// The access log line of a forwarded request.
+fn log(
+    proxy: &Proxy,
+    conn: &Conn,
+    plan: &Plan,
+    status: u16,
+    upstream: &str,
+    attempts: usize,
+    router_error: &'static str,
+) {
+    let Some(LogStart {
+        started,
+        host,
+        path,
+        route,
+    }) = plan.log.as_deref()
+    else {
+        return;
+    };
+    proxy.log_access(&AccessLine {
+        served_by: &proxy.rules.site,
+        conn,
+        host,
+        path,
+        route: route.as_ref(),
+        decision: plan.decision,
+        status,
+        upstream,
+        attempts,
+        router_error,
+        started: *started,
+    });
+}
+
+/// Why an exchange with a GoRouter failed before a response head arrived.
+enum Failure {
+    /// Nothing came back: on a kept-alive connection, the GoRouter may have closed it idle.
+    Silent(std::io::Error),
+    /// Something was wrong after bytes came back (or it could not be parsed).
+    Broken(std::io::Error),
+}
+
+async fn connect(addr: &str) -> std::io::Result<TcpStream> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// How a response head is rewritten for the client.
+struct Rewrite<'a> {
+    /// The request was `HEAD`: the response has no body whatever its headers say.
+    head_method: bool,
+    /// The client connection closes after this response.
+    closing: bool,
+    site_header: bool,
+    site: &'a http::HeaderValue,
+}
+
+/// Write the request and read the response head, rewriting it for the client into `out`.
+/// Interim 1xx heads are dropped, as the general path's client does.
+async fn send_and_read_head(
+    up: &mut Upstream,
+    request: &[u8],
+    rewrite: &Rewrite<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Response, Failure> {
+    up.buf.clear();
+    up.tcp.write_all(request).await.map_err(Failure::Silent)?;
+    let mut received = false;
+    loop {
+        up.buf.reserve(READ_CHUNK);
+        match up.tcp.read_buf(&mut up.buf).await {
+            Ok(0) if !received => {
+                return Err(Failure::Silent(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok(0) => return Err(Failure::Broken(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => received = true,
+            Err(err) if !received => return Err(Failure::Silent(err)),
+            Err(err) => return Err(Failure::Broken(err)),
+        }
+        let mut parsed = response_head(&up.buf, rewrite, out);
+        while let Ok(Some(Head::Interim(n))) = parsed {
+            up.buf.advance(n);
+            parsed = response_head(&up.buf, rewrite, out);
+        }
+        match parsed {
+            Ok(Some(Head::Final(head))) => return Ok(head),
+            Ok(Some(Head::Interim(_))) => {}
+            Ok(None) if up.buf.len() < MAX_HEADER_BYTES => {}
+            Ok(None) | Err(()) => {
+                return Err(Failure::Broken(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "unusable response head",
+                )));
+            }
+        }
+    }
+}
+
+/// A parsed response head.
+enum Head {
+    /// A 1xx other than 101, `n` bytes long.
+    Interim(usize),
+    Final(Response),
+}
+
+/// Parse a response head and write the client's into `out`: the GoRouter's, less hop-by-hop
+/// headers (`Transfer-Encoding` stays: the body passes as it is framed), with
+/// `X-Grouter-Site` (or without, per config) and `Connection: close` when the connection
+/// ends after it. `Ok(None)`: not whole yet; `Err`: not one to pass on (a 101 to a request
+/// that asked for no upgrade, a bad framing, a header named hop-by-hop).
+fn response_head(buf: &[u8], rewrite: &Rewrite<'_>, out: &mut Vec<u8>) -> Result<Option<Head>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Err(());
+    };
+    if status == 101 {
+        return Err(());
+    }
+    if (100..200).contains(&status) {
+        return Ok(Some(Head::Interim(head_len)));
+    }
+    let mut length = None;
+    let mut chunked = false;
+    let mut upstream_close = version == 0;
+    let mut has_site = false;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let keep = match hop_by_hop(h.name) {
+            Some(Hop::TransferEncoding) => true,
+            Some(_) => false,
+            None if h.name.eq_ignore_ascii_case(SITE_HEADER) => {
+                has_site = true;
+                rewrite.site_header
+            }
+            None => true,
+        };
+        if keep {
+            put_header(out, h.name.as_bytes(), h.value);
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = parse_length(h.value).ok_or(())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(());
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Passed through as it is; its last coding decides the framing.
+            chunked = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            if !chunked {
+                return Err(());
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    upstream_close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    upstream_close = upstream_close && version != 0;
+                } else if !token.is_empty() {
+                    // A header named hop-by-hop: the general path strips those.
+                    return Err(());
+                }
+            }
+        }
+    }
+    let framing = if rewrite.head_method || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        if n == 0 {
+            Framing::Empty
+        } else {
+            Framing::Length(n)
+        }
+    } else {
+        Framing::UntilClose
+    };
+    if rewrite.site_header && !has_site {
+        put_header(out, SITE_HEADER.as_bytes(), rewrite.site.as_bytes());
+    }
+    if rewrite.closing || framing == Framing::UntilClose {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(Head::Final(Response {
+        head_len,
+        status,
+        framing,
+        upstream_close,
+    })))
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relayed {
+    /// The whole body reached the client.
+    Whole,
+    /// Either side failed mid-body.
+    Cut,
+}
+
+/// Send the response head and body to the client, as framed.
+async fn relay_body<S>(up: &mut Upstream, io: &mut S, out: &mut Vec<u8>, resp: &Response) -> Relayed
+where
+    S: AsyncWrite + Unpin,
+{
+    let mut chunks = Chunked::default();
+    let mut left = match resp.framing {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    up.buf.advance(resp.head_len);
+    let mut first = true;
+    loop {
+        // Take the part of `up.buf` that belongs to this body.
+        let (take, done) = match resp.framing {
+            Framing::Empty => (0, true),
+            Framing::Length(_) => {
+                let take = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(up.buf.len());
+                left -= take as u64;
+                (take, left == 0)
+            }
+            Framing::Chunked => match chunks.scan(&up.buf) {
+                Ok(n) => (n, chunks.done()),
+                Err(()) => return Relayed::Cut,
+            },
+            Framing::UntilClose => (up.buf.len(), false),
+        };
+        let body = &up.buf[..take];
+        let written = if first && body.len() <= COALESCE {
+            out.extend_from_slice(body);
+            io.write_all(out).await
+        } else if first {
+            match io.write_all(out).await {
+                Ok(()) => io.write_all(body).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            io.write_all(body).await
+        };
+        first = false;
+        up.buf.advance(take);
+        if written.is_err() {
+            return Relayed::Cut;
+        }
+        if done {
+            return match io.flush().await {
+                Ok(()) => Relayed::Whole,
+                Err(_) => Relayed::Cut,
+            };
+        }
+        if !up.buf.is_empty() {
+            // Bytes past what the framing allows: the GoRouter broke the protocol.
+            return Relayed::Cut;
+        }
+        up.buf.reserve(READ_CHUNK);
+        match up.tcp.read_buf(&mut up.buf).await {
+            Ok(0) if resp.framing == Framing::UntilClose => {
+                return match io.flush().await {
+                    Ok(()) => Relayed::Whole,
+                    Err(_) => Relayed::Cut,
+                };
+            }
+            Ok(0) | Err(_) => return Relayed::Cut,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Write one of the proxy's own answers. `false` when the client is gone.
+async fn write_own<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    err: &RouterError,
+    proxy: &Proxy,
+    close: bool,
+) -> bool {
+    let (status, code, body) = err.parts();
+    let mut out = Vec::with_capacity(256 + body.len());
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\nx-cf-routererror: {code}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    if proxy.site_header {
+        out.extend_from_slice(SITE_HEADER.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(proxy.site.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+    io.write_all(&out).await.is_ok() && io.flush().await.is_ok()
+}
+
+/// A `Content-Length` value: digits only, no sign, no list.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// The hop-by-hop headers (as [`super::HOP_BY_HOP`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    TransferEncoding,
+    Other,
+}
+
+fn hop_by_hop(name: &str) -> Option<Hop> {
+    let hop = super::HOP_BY_HOP
+        .iter()
+        .any(|h| h.len() == name.len() && name.eq_ignore_ascii_case(h));
+    match hop {
+        false => None,
+        true if name.eq_ignore_ascii_case("transfer-encoding") => Some(Hop::TransferEncoding),
+        true => Some(Hop::Other),
+    }
+}
+
+/// Where a chunked body ends (RFC 9112 §7.1), found incrementally as bytes pass through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Chunked {
+    /// Reading a chunk size; `digits` tells whether any hex digit was seen.
+    #[default]
+    SizeStart,
+    Size {
+        n: u64,
+    },
+    Extension {
+        n: u64,
+    },
+    SizeLf {
+        n: u64,
+    },
+    Data {
+        left: u64,
+    },
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or the final empty line).
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+impl Chunked {
+    fn done(self) -> bool {
+        self == Chunked::Done
+    }
+
+    /// Consume the bytes of `buf` that belong to the body; stops at its end.
+    fn scan(&mut self, buf: &[u8]) -> Result<usize, ()> {
+        let mut i = 0;
+        while i < buf.len() && *self != Chunked::Done {
+            let b = buf[i];
+            *self = match *self {
+                Chunked::SizeStart => Chunked::Size {
+                    n: u64::from(hex(b).ok_or(())?),
+                },
+                Chunked::Size { n } => match hex(b) {
+                    Some(d) => {
+                        if n >> 56 != 0 {
+                            return Err(());
+                        }
+                        Chunked::Size {
+                            n: n * 16 + u64::from(d),
+                        }
+                    }
+                    None if b == b';' || b == b' ' || b == b'\t' => Chunked::Extension { n },
+                    None if b == b'\r' => Chunked::SizeLf { n },
+                    None => return Err(()),
+                },
+                Chunked::Extension { n } => match b {
+                    b'\r' => Chunked::SizeLf { n },
+                    b'\n' => return Err(()),
+                    _ => Chunked::Extension { n },
+                },
+                Chunked::SizeLf { n } if b == b'\n' => {
+                    if n == 0 {
+                        Chunked::TrailerStart
+                    } else {
+                        Chunked::Data { left: n }
+                    }
+                }
+                Chunked::Data { left } => {
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(buf.len() - i);
+                    i += take;
+                    let left = left - take as u64;
+                    *self = if left == 0 {
+                        Chunked::DataCr
+                    } else {
+                        Chunked::Data { left }
+                    };
+                    continue;
+                }
+                Chunked::DataCr if b == b'\r' => Chunked::DataLf,
+                Chunked::DataLf if b == b'\n' => Chunked::SizeStart,
+                Chunked::TrailerStart if b == b'\r' => Chunked::EndLf,
+                Chunked::TrailerStart | Chunked::TrailerLine if b != b'\r' && b != b'\n' => {
+                    Chunked::TrailerLine
+                }
+                Chunked::TrailerLine if b == b'\r' => Chunked::TrailerLf,
+                Chunked::TrailerLf if b == b'\n' => Chunked::TrailerStart,
+                Chunked::EndLf if b == b'\n' => Chunked::Done,
+                _ => return Err(()),
+            };
+            i += 1;
+        }
+        Ok(i)
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// A connection whose first bytes were already read: they are read again first.
+struct Prefixed<S> {
+    pre: BytesMut,
+    io: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.pre.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.pre.len().min(buf.remaining());
+        buf.put_slice(&self.pre[..n]);
+        self.pre.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &[u8] = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
+
+    #[test]
+    fn a_chunked_body_ends_exactly_where_its_framing_says() {
+        // Whole, with the next message behind it: only the body is consumed.
+        let mut c = Chunked::default();
+        let mut whole = BODY.to_vec();
+        whole.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        assert_eq!(c.scan(&whole), Ok(BODY.len()));
+        assert!(c.done());
+        // Byte by byte: the same end, found only at the last byte.
+        let mut c = Chunked::default();
+        for (i, b) in BODY.iter().enumerate() {
+            assert!(!c.done(), "done early at {i}");
+            assert_eq!(c.scan(std::slice::from_ref(b)), Ok(1));
+        }
+        assert!(c.done());
+        // Without trailers, upper-case hex.
+        let mut c = Chunked::default();
+        let body = b"A\r\n0123456789\r\n0\r\n\r\n";
+        assert_eq!(c.scan(body), Ok(body.len()));
+        assert!(c.done());
+    }
+
+    #[test]
+    fn a_broken_chunked_body_is_refused() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloX",
+            b"5\nhello",
+            b"ffffffffffffffffff\r\n",
+            b"0\r\nbad\nline\r\n",
+        ] {
+            let mut c = Chunked::default();
+            assert_eq!(c.scan(bad), Err(()), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b" 42 "), Some(42));
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"+1",
+            b"1,1",
+            b"0x10",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                parse_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    fn rewrite(head_method: bool, closing: bool) -> (Rewrite<'static>, Vec<u8>) {
+        static SITE: http::HeaderValue = http::HeaderValue::from_static("lon");
+        (
+            Rewrite {
+                head_method,
+                closing,
+                site_header: true,
+                site: &SITE,
+            },
+            Vec::new(),
+        )
+    }
+
+    fn framing(raw: &[u8], head_method: bool) -> Result<Framing, ()> {
+        let (r, mut out) = rewrite(head_method, false);
+        match response_head(raw, &r, &mut out)? {
+            Some(Head::Final(resp)) => Ok(resp.framing),
+            _ => Err(()),
+        }
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let len = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(framing(len, false), Ok(Framing::Length(3)));
+        assert_eq!(framing(len, true), Ok(Framing::Empty), "HEAD");
+        assert_eq!(
+            framing(b"HTTP/1.1 204 No Content\r\n\r\n", false),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false
+            ),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                false
+            ),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\n\r\n", false),
+            Ok(Framing::UntilClose)
+        );
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\n\r\n",
+        ] {
+            assert_eq!(
+                framing(bad, false),
+                Err(()),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn response_heads_lose_hop_by_hop_headers_and_gain_the_site() {
+        let (r, mut out) = rewrite(false, true);
+        let raw = b"HTTP/1.0 200 OK\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\nContent-Length: 2\r\nX-App: a\r\n\r\nok";
+        let Ok(Some(Head::Final(resp))) = response_head(raw, &r, &mut out) else {
+            panic!("a final head");
+        };
+        assert_eq!(resp.head_len, raw.len() - 2);
+        assert!(!resp.upstream_close, "HTTP/1.0 with keep-alive stays open");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-App: a\r\nx-grouter-site: lon\r\nconnection: close\r\n\r\n"
+        );
+        let interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n";
+        assert!(matches!(
+            response_head(interim, &r, &mut out),
+            Ok(Some(Head::Interim(n))) if n == interim.len()
+        ));
+        assert!(matches!(
+            response_head(b"HTTP/1.1 200 OK\r\nContent-Le", &r, &mut out),
+            Ok(None)
+        ));
+    }
+
+    #[test]
+    fn slow_heads_and_idle_connections_run_out_of_patience() {
+        // The first head must begin within a tick and end within the next.
+        assert!(Patience::default().expired(false));
+        let mut p = Patience::default();
+        assert!(!p.expired(true));
+        assert!(p.expired(true));
+        // After an exchange, idle ticks add up to the idle timeout.
+        let mut p = Patience {
+            exchanges: 1,
+            ..Patience::default()
+        };
+        let ticks = (IDLE_TIMEOUT.as_secs() / HEADER_READ_TIMEOUT.as_secs()) as usize;
+        let verdicts: Vec<bool> = (0..=ticks).map(|_| p.expired(false)).collect();
+        assert!(!verdicts[..ticks].iter().any(|&v| v), "{verdicts:?}");
+        assert!(verdicts[ticks], "{verdicts:?}");
+        // Progress between ticks keeps a busy connection alive.
+        let mut p = Patience::default();
+        for _ in 0..100 {
+            p.exchanges += 1;
+            assert!(!p.expired(true));
+        }
+    }
+}
