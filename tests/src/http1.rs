@@ -530,3 +530,73 @@ async fn a_gorouter_closing_kept_alive_connections_costs_no_client_error() {
     );
     assert_eq!(got.header("connection"), Some("close"));
 }
+
+#[tokio::test]
+async fn http2_streams_reach_the_gorouter_as_http1_with_every_framing() {
+    let bus = NatsServer::start();
+    let gorouter = Scripted::start(false).await;
+    let node = node_for(&bus, gorouter.addr).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let url = |path: &str| format!("http://{}{path}", node.http_addr());
+    let get = |path: &'static str| {
+        let req = h2.get(url(path)).header("host", "app.example.com");
+        async move {
+            let resp = req.send().await.expect("response");
+            assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+            let status = resp.status().as_u16();
+            let site = resp.headers().get("x-grouter-site").cloned();
+            let te = resp.headers().get("transfer-encoding").cloned();
+            let body = resp.text().await.expect("body");
+            assert_eq!(
+                site.as_ref().map(|v| v.as_bytes()),
+                Some(&b"lon"[..]),
+                "{path}"
+            );
+            assert!(te.is_none(), "no HTTP/1.1 framing in HTTP/2: {path}");
+            (status, body)
+        }
+    };
+    // Chunked, by length, after an interim 103, and delimited by the GoRouter's close: each
+    // arrives whole, the chunked one decoded.
+    assert_eq!(get("/chunked").await, (200, "hello world".to_string()));
+    assert_eq!(get("/len").await, (200, "abc".to_string()));
+    assert_eq!(get("/hints").await, (200, "ok".to_string()));
+    assert_eq!(get("/until-close").await, (200, "until close".to_string()));
+    assert_eq!(get("/len").await, (200, "abc".to_string()));
+    let head = h2
+        .head(url("/len"))
+        .header("host", "app.example.com")
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], "3");
+    // Connections are kept: one up to the response the GoRouter closed, one after it.
+    assert_eq!(gorouter.connections.load(Ordering::SeqCst), 2);
+    // Concurrent streams, each answered right.
+    let many = futures::future::join_all((0..20).map(|_| get("/chunked"))).await;
+    assert!(
+        many.iter().all(|r| r == &(200, "hello world".to_string())),
+        "{many:?}"
+    );
+
+    // What the GoRouter got: HTTP/1.1 with the Host and the contract's headers.
+    let seen = gorouter.seen();
+    assert_eq!(seen.len(), 26, "{seen:?}");
+    for s in &seen {
+        assert_eq!(s.header("host"), Some("app.example.com"), "{s:?}");
+        assert_eq!(s.header("x-forwarded-for"), Some("127.0.0.1"), "{s:?}");
+        assert_eq!(s.header("x-forwarded-proto"), Some("http"), "{s:?}");
+        assert_eq!(
+            s.header("x-vcap-request-id").map(str::len),
+            Some(36),
+            "{s:?}"
+        );
+    }
+    // At most one more per concurrent stream.
+    let opened = gorouter.connections.load(Ordering::SeqCst);
+    assert!(opened <= 22, "{opened} connections");
+}

@@ -23,12 +23,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::decide::{self, Decision};
 use super::error::RouterError;
+use super::wire::{
+    Chunked, Failure, Framing, Hop, READ_CHUNK, Upstream, connect, hop_by_hop, parse_length,
+};
 use super::{
     AccessLine, Conn, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, Proxy, SITE_HEADER, client_ip,
     decision_name, serve_conn,
@@ -44,10 +46,6 @@ const MAX_HEADERS: usize = 100;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a client has to send a buffered body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connect timeout to a GoRouter.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Read buffer growth step.
-const READ_CHUNK: usize = 16 * 1024;
 /// Response body bytes written together with the head; more go in their own write.
 const COALESCE: usize = 16 * 1024;
 
@@ -170,23 +168,6 @@ struct Connection {
     ip: String,
 }
 
-/// An HTTP/1.1 connection to one GoRouter.
-struct Upstream {
-    /// Index into [`super::upstream::GoRouters::all`].
-    router: usize,
-    tcp: TcpStream,
-    buf: BytesMut,
-}
-
-impl Upstream {
-    /// Whether nothing, not even a close, has come from the GoRouter since its last
-    /// response. Costs no syscall while the socket is not readable.
-    fn open_and_quiet(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-    }
-}
-
 /// What the fast path makes of the bytes at the front of the client buffer.
 enum Parsed {
     /// Not a whole head yet.
@@ -229,15 +210,6 @@ enum Exchanged {
     Close,
     /// Nothing was sent anywhere yet: the general path takes the request.
     Fallback,
-}
-
-/// How a response body is framed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    UntilClose,
 }
 
 /// A response head from the GoRouter.
@@ -549,22 +521,6 @@ fn log(
     });
 }
 
-/// Why an exchange with a GoRouter failed before a response head arrived.
-enum Failure {
-    /// Nothing came back: on a kept-alive connection, the GoRouter may have closed it idle.
-    Silent(std::io::Error),
-    /// Something was wrong after bytes came back (or it could not be parsed).
-    Broken(std::io::Error),
-}
-
-async fn connect(addr: &str) -> std::io::Result<TcpStream> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    tcp.set_nodelay(true)?;
-    Ok(tcp)
-}
-
 /// How a response head is rewritten for the client.
 struct Rewrite<'a> {
     /// The request was `HEAD`: the response has no body whatever its headers say.
@@ -764,7 +720,7 @@ where
                 left -= take as u64;
                 (take, left == 0)
             }
-            Framing::Chunked => match chunks.scan(&up.buf) {
+            Framing::Chunked => match chunks.scan(&up.buf, |_| {}) {
                 Ok(n) => (n, chunks.done()),
                 Err(()) => return Relayed::Cut,
             },
@@ -841,141 +797,6 @@ async fn write_own<S: AsyncWrite + Unpin>(
     io.write_all(&out).await.is_ok() && io.flush().await.is_ok()
 }
 
-/// A `Content-Length` value: digits only, no sign, no list.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
-
-/// The hop-by-hop headers (as [`super::HOP_BY_HOP`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hop {
-    TransferEncoding,
-    Other,
-}
-
-fn hop_by_hop(name: &str) -> Option<Hop> {
-    let hop = super::HOP_BY_HOP
-        .iter()
-        .any(|h| h.len() == name.len() && name.eq_ignore_ascii_case(h));
-    match hop {
-        false => None,
-        true if name.eq_ignore_ascii_case("transfer-encoding") => Some(Hop::TransferEncoding),
-        true => Some(Hop::Other),
-    }
-}
-
-/// Where a chunked body ends (RFC 9112 §7.1), found incrementally as bytes pass through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum Chunked {
-    /// Reading a chunk size; `digits` tells whether any hex digit was seen.
-    #[default]
-    SizeStart,
-    Size {
-        n: u64,
-    },
-    Extension {
-        n: u64,
-    },
-    SizeLf {
-        n: u64,
-    },
-    Data {
-        left: u64,
-    },
-    DataCr,
-    DataLf,
-    /// At the start of a trailer line (or the final empty line).
-    TrailerStart,
-    TrailerLine,
-    TrailerLf,
-    EndLf,
-    Done,
-}
-
-impl Chunked {
-    fn done(self) -> bool {
-        self == Chunked::Done
-    }
-
-    /// Consume the bytes of `buf` that belong to the body; stops at its end.
-    fn scan(&mut self, buf: &[u8]) -> Result<usize, ()> {
-        let mut i = 0;
-        while i < buf.len() && *self != Chunked::Done {
-            let b = buf[i];
-            *self = match *self {
-                Chunked::SizeStart => Chunked::Size {
-                    n: u64::from(hex(b).ok_or(())?),
-                },
-                Chunked::Size { n } => match hex(b) {
-                    Some(d) => {
-                        if n >> 56 != 0 {
-                            return Err(());
-                        }
-                        Chunked::Size {
-                            n: n * 16 + u64::from(d),
-                        }
-                    }
-                    None if b == b';' || b == b' ' || b == b'\t' => Chunked::Extension { n },
-                    None if b == b'\r' => Chunked::SizeLf { n },
-                    None => return Err(()),
-                },
-                Chunked::Extension { n } => match b {
-                    b'\r' => Chunked::SizeLf { n },
-                    b'\n' => return Err(()),
-                    _ => Chunked::Extension { n },
-                },
-                Chunked::SizeLf { n } if b == b'\n' => {
-                    if n == 0 {
-                        Chunked::TrailerStart
-                    } else {
-                        Chunked::Data { left: n }
-                    }
-                }
-                Chunked::Data { left } => {
-                    let take = usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .min(buf.len() - i);
-                    i += take;
-                    let left = left - take as u64;
-                    *self = if left == 0 {
-                        Chunked::DataCr
-                    } else {
-                        Chunked::Data { left }
-                    };
-                    continue;
-                }
-                Chunked::DataCr if b == b'\r' => Chunked::DataLf,
-                Chunked::DataLf if b == b'\n' => Chunked::SizeStart,
-                Chunked::TrailerStart if b == b'\r' => Chunked::EndLf,
-                Chunked::TrailerStart | Chunked::TrailerLine if b != b'\r' && b != b'\n' => {
-                    Chunked::TrailerLine
-                }
-                Chunked::TrailerLine if b == b'\r' => Chunked::TrailerLf,
-                Chunked::TrailerLf if b == b'\n' => Chunked::TrailerStart,
-                Chunked::EndLf if b == b'\n' => Chunked::Done,
-                _ => return Err(()),
-            };
-            i += 1;
-        }
-        Ok(i)
-    }
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// A connection whose first bytes were already read: they are read again first.
 struct Prefixed<S> {
     pre: BytesMut,
@@ -1031,65 +852,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const BODY: &[u8] = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
-
-    #[test]
-    fn a_chunked_body_ends_exactly_where_its_framing_says() {
-        // Whole, with the next message behind it: only the body is consumed.
-        let mut c = Chunked::default();
-        let mut whole = BODY.to_vec();
-        whole.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-        assert_eq!(c.scan(&whole), Ok(BODY.len()));
-        assert!(c.done());
-        // Byte by byte: the same end, found only at the last byte.
-        let mut c = Chunked::default();
-        for (i, b) in BODY.iter().enumerate() {
-            assert!(!c.done(), "done early at {i}");
-            assert_eq!(c.scan(std::slice::from_ref(b)), Ok(1));
-        }
-        assert!(c.done());
-        // Without trailers, upper-case hex.
-        let mut c = Chunked::default();
-        let body = b"A\r\n0123456789\r\n0\r\n\r\n";
-        assert_eq!(c.scan(body), Ok(body.len()));
-        assert!(c.done());
-    }
-
-    #[test]
-    fn a_broken_chunked_body_is_refused() {
-        for bad in [
-            &b"x\r\n"[..],
-            b"5\r\nhelloX",
-            b"5\nhello",
-            b"ffffffffffffffffff\r\n",
-            b"0\r\nbad\nline\r\n",
-        ] {
-            let mut c = Chunked::default();
-            assert_eq!(c.scan(bad), Err(()), "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
-    fn content_length_is_digits_only() {
-        assert_eq!(parse_length(b"0"), Some(0));
-        assert_eq!(parse_length(b" 42 "), Some(42));
-        for bad in [
-            &b""[..],
-            b"-1",
-            b"+1",
-            b"1,1",
-            b"0x10",
-            b"99999999999999999999",
-        ] {
-            assert_eq!(
-                parse_length(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
 
     fn rewrite(head_method: bool, closing: bool) -> (Rewrite<'static>, Vec<u8>) {
         static SITE: http::HeaderValue = http::HeaderValue::from_static("lon");

@@ -19,8 +19,10 @@
 pub mod decide;
 pub mod error;
 mod h1;
+mod h2;
 pub mod remote;
 pub mod upstream;
+mod wire;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -78,6 +80,8 @@ struct Conn {
     peer: Option<String>,
     /// This client connection's own upstream connection (HTTP/1.1 only).
     affinity: Affinity,
+    /// This client connection's idle GoRouter connections for its HTTP/2 streams.
+    streams: h2::Streams,
 }
 
 /// An HTTP/1.1 client sends one request at a time, so its connection can keep one upstream
@@ -130,19 +134,19 @@ impl Proxy {
         conn: Conn,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let host = host_of(&req).unwrap_or_default();
-        let path = req.uri().path().to_string();
-        let query = req.uri().query().map(str::to_string);
+        let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let host = host_of(&parts).unwrap_or_default();
+        let path = parts.uri.path();
         let ask = decide::Ask {
             scheme: conn.scheme,
-            host: &host,
-            path: &path,
-            query: query.as_deref(),
+            host,
+            path,
+            query: parts.uri.query(),
             from_peer: conn.peer.is_some(),
         };
         let (decision, route) =
             decide::decide(&self.node.table, &self.rules, self.node.sync(), ask);
-        let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let mut log = Access {
             decision: decision_name(&decision),
             upstream: String::new(),
@@ -151,19 +155,24 @@ impl Proxy {
         };
         let mut resp = match &decision {
             Decision::EmptyHost => self.own_error(&mut log, RouterError::EmptyHost),
-            Decision::NotFound => self.own_error(&mut log, RouterError::UnknownRoute(host.clone())),
+            Decision::NotFound => {
+                self.own_error(&mut log, RouterError::UnknownRoute(host.to_string()))
+            }
             Decision::Redirect { location, .. } => error::redirect(location),
             Decision::Local { also } => {
                 let targets = self.local_targets(also);
-                self.forward(req, &conn, &host, targets, &mut log).await
+                self.forward(&parts, body, &conn, host, targets, &mut log)
+                    .await
             }
             Decision::FailOpen => {
-                self.forward(req, &conn, &host, self.local_targets(&[]), &mut log)
+                let targets = self.local_targets(&[]);
+                self.forward(&parts, body, &conn, host, targets, &mut log)
                     .await
             }
             Decision::Remote { sites } => {
                 let targets = sites.iter().map(|s| Target::Site(s.to_string())).collect();
-                self.forward(req, &conn, &host, targets, &mut log).await
+                self.forward(&parts, body, &conn, host, targets, &mut log)
+                    .await
             }
         };
         if let Some(client_upgrade) = client_upgrade
@@ -185,8 +194,8 @@ impl Proxy {
             self.log_access(&AccessLine {
                 served_by: served,
                 conn: &conn,
-                host: &host,
-                path: &path,
+                host,
+                path,
                 route: route.as_ref(),
                 decision: log.decision,
                 status: resp.status().as_u16(),
@@ -240,16 +249,19 @@ impl Proxy {
     /// Try `targets` in order (at most [`MAX_ATTEMPTS`]).
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        parts: &http::request::Parts,
+        body: Incoming,
         conn: &Conn,
         host: &str,
         targets: Vec<Target>,
         log: &mut Access,
     ) -> Response<ProxyBody> {
-        let (parts, body) = req.into_parts();
         let upgrade = is_upgrade(&parts.headers);
-        let headers = upstream_headers(&parts.headers, conn, host, upgrade);
+        let mut prepared: Option<HeaderMap> = None;
         let idempotent_without_body = is_idempotent(&parts.method) && body.is_end_stream();
+        // A bodiless HTTP/2 stream goes to a GoRouter as bytes on the connection's own set.
+        let h2_head = (parts.version == Version::HTTP_2 && body.is_end_stream())
+            .then(|| h2::request_head(parts, conn, host));
         let body = Reclaimable::new(upstream::boxed(body));
         let path_and_query = parts
             .uri
@@ -258,10 +270,44 @@ impl Proxy {
             .to_string();
         for target in targets.into_iter().take(MAX_ATTEMPTS) {
             log.attempts += 1;
-            let mut headers = headers.clone();
+            // A bodiless HTTP/2 stream to a GoRouter is written as bytes; the rest needs the
+            // upstream header map.
+            let raw_router = match (&h2_head, &target) {
+                (Some(_), Target::GoRouter(addr)) => {
+                    self.gorouters.all().iter().position(|r| r.addr == *addr)
+                }
+                _ => None,
+            };
+            let mut headers = if raw_router.is_some() {
+                HeaderMap::new()
+            } else {
+                prepared
+                    .get_or_insert_with(|| upstream_headers(&parts.headers, conn, host, upgrade))
+                    .clone()
+            };
             let result = match &target {
                 Target::GoRouter(addr) => {
-                    log.upstream.clone_from(addr);
+                    if self.access_log {
+                        log.upstream.clone_from(addr);
+                    }
+                    if let (Some(head), Some(router)) = (&h2_head, raw_router) {
+                        let head_method = parts.method == Method::HEAD;
+                        match h2::send(&conn.streams, router, addr, head, head_method).await {
+                            Ok(resp) => return resp,
+                            Err(h2::SendError::Connect(e)) => {
+                                self.gorouters.eject(&self.gorouters.all()[router]);
+                                warn!(gorouter = %addr, error = %e, "gorouter refused the connection; trying the next target");
+                                continue;
+                            }
+                            Err(h2::SendError::Failed(e)) => {
+                                warn!(gorouter = %addr, error = %e, "gorouter request failed");
+                                if idempotent_without_body {
+                                    continue;
+                                }
+                                break;
+                            }
+                        }
+                    }
                     let affine = parts.version <= Version::HTTP_11 && !upgrade;
                     // On its own connection a request goes in origin form; the pool needs
                     // the address in the URI (and sends origin form itself).
@@ -518,12 +564,12 @@ fn build(
 }
 
 /// The request's host: the Host header, or the URI's authority (HTTP/2).
-fn host_of<B>(req: &Request<B>) -> Option<String> {
-    req.headers()
+fn host_of(parts: &http::request::Parts) -> Option<&str> {
+    parts
+        .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+        .or_else(|| parts.uri.authority().map(http::uri::Authority::as_str))
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -702,6 +748,7 @@ async fn serve(
                 scheme,
                 peer: None,
                 affinity: Affinity::default(),
+                streams: h2::Streams::default(),
             };
             match tls {
                 None => h1::serve(proxy, tcp, conn, shutdown).await,
@@ -750,6 +797,7 @@ pub async fn serve_peers(
             scheme: "https",
             peer: Some(peer.peer.node_id.clone()),
             affinity: Affinity::default(),
+            streams: h2::Streams::default(),
         };
         tracker.spawn(serve_conn(
             proxy.clone(),
@@ -768,7 +816,9 @@ where
 {
     let service = service_fn(move |req| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
-        async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
+        // Boxed: HTTP/2 spawns a task per stream, and a small task moves cheaply.
+        let handled = Box::pin(proxy.handle(req, conn));
+        async move { Ok::<_, Infallible>(handled.await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -781,7 +831,8 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
-        .adaptive_window(true);
+        .initial_stream_window_size(1024 * 1024)
+        .initial_connection_window_size(4 * 1024 * 1024);
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(served);
     tokio::select! {
@@ -819,6 +870,7 @@ mod tests {
             scheme: "https",
             peer: None,
             affinity: Affinity::default(),
+            streams: h2::Streams::default(),
         };
         let h = upstream_headers(&incoming, &conn, "shop.example.com", false);
         assert_eq!(h[header::HOST], "shop.example.com");
@@ -841,6 +893,7 @@ mod tests {
             scheme: "https",
             peer: Some("lon-1".into()),
             affinity: Affinity::default(),
+            streams: h2::Streams::default(),
         };
         let h = upstream_headers(&fresh, &peer, "h2.example.com", false);
         assert_eq!(
@@ -864,6 +917,7 @@ mod tests {
             scheme: "http",
             peer: None,
             affinity: Affinity::default(),
+            streams: h2::Streams::default(),
         };
         let h = upstream_headers(&incoming, &conn, "ws.example.com", true);
         assert_eq!(h[header::UPGRADE], "websocket");

@@ -26,8 +26,11 @@ use tracing::{info, warn};
 
 use crate::config::GoroutersConfig;
 
+/// Errors of the bodies the proxy passes on.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Bodies the proxy sends upstream and back.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// How long a GoRouter that refused a connection is skipped (unless none is left).
 const EJECT_FOR: Duration = Duration::from_secs(5);
@@ -68,12 +71,12 @@ impl Reclaimable {
 
 impl Body for Reclaimable {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut s = self.0.lock();
         s.started = true;
         match s.body.as_mut() {
@@ -98,7 +101,7 @@ impl Body for Reclaimable {
 /// Box an incoming body.
 pub fn boxed(body: Incoming) -> ProxyBody {
     use http_body_util::BodyExt;
-    body.boxed()
+    body.map_err(BoxError::from).boxed()
 }
 
 /// One GoRouter.

@@ -1,0 +1,469 @@
+//! HTTP/2 client streams without a body, to this site's GoRouters, over HTTP/1.1 connections
+//! that belong to the client connection ([`Streams`]). The request is written as bytes and
+//! the response head parsed with httparse ([`super::wire`]): no client library, shared pool
+//! or connection task per request. The response body streams straight from the GoRouter
+//! connection, which rejoins the set when the body has ended exactly.
+//!
+//! Requests with a body, upgrades and other sites go the general way (`super::Proxy::forward`).
+//!
+//! Must never: put a connection back before its response ended, keep more than [`MAX_IDLE`]
+//! idle connections per client connection, or hold the set's lock across an `.await`.
+
+use std::io::Write as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::upstream::{BoxError, ProxyBody};
+use super::wire::{
+    Chunked, Failure, Framing, Hop, READ_CHUNK, Upstream, connect, hop_by_hop, parse_length,
+};
+use super::{Conn, MAX_HEADER_BYTES, client_ip};
+
+/// Idle GoRouter connections one client connection keeps.
+const MAX_IDLE: usize = 64;
+/// Headers per response parsed.
+const MAX_HEADERS: usize = 100;
+
+/// The idle GoRouter connections of one HTTP/2 client connection.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Streams(Arc<Mutex<Vec<Upstream>>>);
+
+impl Streams {
+    /// An idle connection to GoRouter `router` that is still open.
+    fn take(&self, router: usize) -> Option<Upstream> {
+        let mut idle = self.0.lock();
+        while let Some(pos) = idle.iter().rposition(|u| u.router == router) {
+            let up = idle.swap_remove(pos);
+            if up.open_and_quiet() {
+                return Some(up);
+            }
+        }
+        None
+    }
+
+    fn put(&self, up: Upstream) {
+        let mut idle = self.0.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push(up);
+        }
+    }
+}
+
+/// Why a stream could not be forwarded.
+#[derive(Debug)]
+pub(super) enum SendError {
+    /// The GoRouter could not be connected to: nothing was sent.
+    Connect(std::io::Error),
+    /// The exchange failed after the request was sent.
+    Failed(std::io::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) | SendError::Failed(e) => e.fmt(f),
+        }
+    }
+}
+
+/// The HTTP/1.1 request head for a bodiless stream, with the contract's headers (as
+/// `super::upstream_headers`).
+pub(super) fn request_head(parts: &http::request::Parts, conn: &Conn, host: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let direct = conn.peer.is_none();
+    let (mut has_host, mut has_start, mut has_id) = (false, false, false);
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        if hop_by_hop(n).is_some()
+            || (direct && (n == "x-forwarded-for" || n == "x-forwarded-proto"))
+        {
+            continue;
+        }
+        has_host |= name == http::header::HOST;
+        has_start |= n == "x-request-start";
+        has_id |= n == "x-vcap-request-id";
+        put(&mut out, n.as_bytes(), value.as_bytes());
+    }
+    if !has_host {
+        put(&mut out, b"host", host.as_bytes());
+    }
+    if direct {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for prev in parts.headers.get_all("x-forwarded-for") {
+            let prev = prev.as_bytes().trim_ascii();
+            if !prev.is_empty() {
+                out.extend_from_slice(prev);
+                out.extend_from_slice(b", ");
+            }
+        }
+        let _ = write!(out, "{}\r\n", client_ip(conn.client));
+        put(&mut out, b"x-forwarded-proto", conn.scheme.as_bytes());
+    }
+    if !has_start {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        put(
+            &mut out,
+            b"x-request-start",
+            itoa::Buffer::new().format(ms).as_bytes(),
+        );
+    }
+    if !has_id {
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
+        put(&mut out, b"x-vcap-request-id", id.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Send a bodiless request (`head`, from [`request_head`]) to GoRouter `router` at `addr`
+/// on one of `streams`' connections (or a new one), and return its response. A kept-alive
+/// connection the GoRouter closed before answering is replaced once: the request has no
+/// body, so sending it again is safe.
+pub(super) async fn send(
+    streams: &Streams,
+    router: usize,
+    addr: &str,
+    head: &[u8],
+    head_method: bool,
+) -> Result<Response<ProxyBody>, SendError> {
+    let mut first = true;
+    loop {
+        let (mut up, reused) = match streams.take(router).filter(|_| first) {
+            Some(up) => (up, true),
+            None => (
+                Upstream {
+                    router,
+                    tcp: connect(addr).await.map_err(SendError::Connect)?,
+                    buf: BytesMut::with_capacity(READ_CHUNK),
+                },
+                false,
+            ),
+        };
+        match exchange(&mut up, head, head_method).await {
+            Ok(parsed) => return Ok(respond(up, parsed, streams)),
+            Err(Failure::Silent(_)) if reused && first => first = false,
+            Err(Failure::Silent(e) | Failure::Broken(e)) => return Err(SendError::Failed(e)),
+        }
+    }
+}
+
+/// A response head as parsed.
+struct Parsed {
+    head: http::response::Parts,
+    framing: Framing,
+    upstream_close: bool,
+}
+
+/// Write `head`, then read up to the end of the (final) response head, which is consumed
+/// from `up.buf`.
+async fn exchange(up: &mut Upstream, head: &[u8], head_method: bool) -> Result<Parsed, Failure> {
+    up.buf.clear();
+    up.tcp.write_all(head).await.map_err(Failure::Silent)?;
+    let mut received = false;
+    loop {
+        up.buf.reserve(READ_CHUNK);
+        match up.tcp.read_buf(&mut up.buf).await {
+            Ok(0) if !received => {
+                return Err(Failure::Silent(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok(0) => return Err(Failure::Broken(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => received = true,
+            Err(e) if !received => return Err(Failure::Silent(e)),
+            Err(e) => return Err(Failure::Broken(e)),
+        }
+        loop {
+            match parse(&up.buf, head_method) {
+                Ok(Some((len, None))) => up.buf.advance(len), // an interim 1xx
+                Ok(Some((len, Some(parsed)))) => {
+                    up.buf.advance(len);
+                    return Ok(parsed);
+                }
+                Ok(None) if up.buf.len() < MAX_HEADER_BYTES => break,
+                Ok(None) | Err(()) => {
+                    return Err(Failure::Broken(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "unusable response head",
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Parse a response head: its length, and `None` for an interim 1xx.
+#[allow(clippy::type_complexity)]
+fn parse(buf: &[u8], head_method: bool) -> Result<Option<(usize, Option<Parsed>)>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let (Some(version), Some(code)) = (resp.version, resp.code) else {
+        return Err(());
+    };
+    if code == 101 {
+        return Err(());
+    }
+    if (100..200).contains(&code) {
+        return Ok(Some((len, None)));
+    }
+    let mut map = HeaderMap::with_capacity(resp.headers.len() + 2);
+    let (mut length, mut chunked) = (None, false);
+    let mut upstream_close = version == 0;
+    for h in resp.headers.iter() {
+        match hop_by_hop(h.name) {
+            Some(Hop::TransferEncoding) => {
+                chunked = h
+                    .value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                if !chunked {
+                    return Err(());
+                }
+                continue;
+            }
+            Some(Hop::Other) => {
+                if h.name.eq_ignore_ascii_case("connection") {
+                    for token in h.value.split(|&b| b == b',') {
+                        let token = token.trim_ascii();
+                        if token.eq_ignore_ascii_case(b"close") {
+                            upstream_close = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            upstream_close = upstream_close && version != 0;
+                        } else if !token.is_empty() {
+                            return Err(()); // names a hop-by-hop header
+                        }
+                    }
+                }
+                continue;
+            }
+            None => {}
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = parse_length(h.value).ok_or(())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(());
+            }
+            if length.is_some() {
+                continue;
+            }
+            length = Some(n);
+        }
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ())?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| ())?;
+        map.append(name, value);
+    }
+    let framing = if head_method || code == 204 || code == 304 {
+        Framing::Empty
+    } else if chunked {
+        if length.is_some() {
+            map.remove(http::header::CONTENT_LENGTH); // RFC 9112 §6.3: chunked wins
+        }
+        Framing::Chunked
+    } else {
+        match length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    let mut head = Response::new(()).into_parts().0;
+    head.status = StatusCode::from_u16(code).map_err(|_| ())?;
+    head.headers = map;
+    Ok(Some((
+        len,
+        Some(Parsed {
+            head,
+            framing,
+            upstream_close,
+        }),
+    )))
+}
+
+/// The response for the client: whole when its body is already in, streaming otherwise.
+fn respond(mut up: Upstream, parsed: Parsed, streams: &Streams) -> Response<ProxyBody> {
+    let Parsed {
+        head,
+        framing,
+        upstream_close,
+    } = parsed;
+    let keep = !upstream_close;
+    let body = match framing {
+        Framing::Empty => {
+            if keep && up.buf.is_empty() {
+                streams.put(up);
+            }
+            Empty::new().map_err(|never| match never {}).boxed()
+        }
+        Framing::Length(n) if up.buf.len() as u64 == n => {
+            let data = up.buf.split().freeze();
+            if keep {
+                streams.put(up);
+            }
+            Full::new(data).map_err(|never| match never {}).boxed()
+        }
+        framing => BodyExt::boxed(Streaming {
+            up: Some(up),
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            chunks: Chunked::default(),
+            keep: keep && framing != Framing::UntilClose,
+            streams: streams.clone(),
+        }),
+    };
+    Response::from_parts(head, body)
+}
+
+/// A response body read from the GoRouter connection as the client takes it.
+struct Streaming {
+    /// `None` once the body has ended.
+    up: Option<Upstream>,
+    framing: Framing,
+    /// `Length`: bytes still to come.
+    left: u64,
+    chunks: Chunked,
+    /// The connection may carry another request after this body.
+    keep: bool,
+    streams: Streams,
+}
+
+impl Streaming {
+    /// The body ended exactly here: the connection goes back to the set.
+    fn finish(&mut self) {
+        if let Some(up) = self.up.take()
+            && self.keep
+            && up.buf.is_empty()
+        {
+            self.streams.put(up);
+        }
+    }
+}
+
+impl Body for Streaming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(up) = this.up.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if !up.buf.is_empty() {
+                let data = match this.framing {
+                    Framing::Length(_) => {
+                        let take = usize::try_from(this.left)
+                            .unwrap_or(usize::MAX)
+                            .min(up.buf.len());
+                        this.left -= take as u64;
+                        up.buf.split_to(take).freeze()
+                    }
+                    Framing::Chunked => {
+                        let mut data = BytesMut::new();
+                        let Ok(used) = this.chunks.scan(&up.buf, |d| data.extend_from_slice(d))
+                        else {
+                            this.up = None;
+                            return Poll::Ready(Some(Err("bad chunked framing".into())));
+                        };
+                        up.buf.advance(used);
+                        data.freeze()
+                    }
+                    _ => up.buf.split().freeze(),
+                };
+                let ended = match this.framing {
+                    Framing::Length(_) => this.left == 0,
+                    Framing::Chunked => this.chunks.done(),
+                    _ => false,
+                };
+                if ended {
+                    this.finish();
+                }
+                if !data.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                if ended {
+                    return Poll::Ready(None);
+                }
+                // Only framing was in the buffer (a chunk-size line): read on.
+            }
+            let Some(up) = this.up.as_mut() else {
+                return Poll::Ready(None);
+            };
+            up.buf.reserve(READ_CHUNK);
+            match up.tcp.try_read_buf(&mut up.buf) {
+                Ok(0) if this.framing == Framing::UntilClose => {
+                    this.up = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.up = None;
+                    return Poll::Ready(Some(Err("the GoRouter closed mid-body".into())));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    match up.tcp.poll_read_ready(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => {
+                            this.up = None;
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                    }
+                }
+                Err(e) => {
+                    this.up = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.up.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(_) => SizeHint::with_exact(self.left),
+            _ => SizeHint::default(),
+        }
+    }
+}

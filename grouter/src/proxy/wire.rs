@@ -1,0 +1,265 @@
+//! HTTP/1.1 on the wire to a GoRouter, without a client library: the connection, its
+//! buffer, and where a message ends (`Content-Length`, chunked framing, hop-by-hop headers).
+//! Shared by the client-side fast paths ([`super::h1`] for HTTP/1.1 clients and
+//! [`super::h2`] for HTTP/2 streams), which write requests and parse responses themselves.
+//!
+//! Must never: accept a framing it cannot delimit exactly.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+/// Connect timeout to a GoRouter.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Read buffer growth step.
+pub(super) const READ_CHUNK: usize = 16 * 1024;
+
+/// An HTTP/1.1 connection to one GoRouter.
+#[derive(Debug)]
+pub(super) struct Upstream {
+    /// Index into [`super::upstream::GoRouters::all`].
+    pub(super) router: usize,
+    pub(super) tcp: TcpStream,
+    pub(super) buf: BytesMut,
+}
+
+impl Upstream {
+    /// Whether nothing, not even a close, has come from the GoRouter since its last
+    /// response. Costs no syscall while the socket is not readable.
+    pub(super) fn open_and_quiet(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// How a response body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Why an exchange with a GoRouter failed before a response head arrived.
+pub(super) enum Failure {
+    /// Nothing came back: on a kept-alive connection, the GoRouter may have closed it idle.
+    Silent(std::io::Error),
+    /// Something was wrong after bytes came back (or it could not be parsed).
+    Broken(std::io::Error),
+}
+
+pub(super) async fn connect(addr: &str) -> std::io::Result<TcpStream> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// A `Content-Length` value: digits only, no sign, no list.
+pub(super) fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// The hop-by-hop headers (as [`super::HOP_BY_HOP`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hop {
+    TransferEncoding,
+    Other,
+}
+
+pub(super) fn hop_by_hop(name: &str) -> Option<Hop> {
+    let hop = super::HOP_BY_HOP
+        .iter()
+        .any(|h| h.len() == name.len() && name.eq_ignore_ascii_case(h));
+    match hop {
+        false => None,
+        true if name.eq_ignore_ascii_case("transfer-encoding") => Some(Hop::TransferEncoding),
+        true => Some(Hop::Other),
+    }
+}
+
+/// Where a chunked body ends (RFC 9112 §7.1), found incrementally as bytes pass through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) enum Chunked {
+    /// Reading a chunk size; `digits` tells whether any hex digit was seen.
+    #[default]
+    SizeStart,
+    Size {
+        n: u64,
+    },
+    Extension {
+        n: u64,
+    },
+    SizeLf {
+        n: u64,
+    },
+    Data {
+        left: u64,
+    },
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or the final empty line).
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+impl Chunked {
+    pub(super) fn done(self) -> bool {
+        self == Chunked::Done
+    }
+
+    /// Consume the bytes of `buf` that belong to the body, handing the chunks' data to
+    /// `data`; stops at the body's end.
+    pub(super) fn scan(&mut self, buf: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ()> {
+        let mut i = 0;
+        while i < buf.len() && *self != Chunked::Done {
+            let b = buf[i];
+            *self = match *self {
+                Chunked::SizeStart => Chunked::Size {
+                    n: u64::from(hex(b).ok_or(())?),
+                },
+                Chunked::Size { n } => match hex(b) {
+                    Some(d) => {
+                        if n >> 56 != 0 {
+                            return Err(());
+                        }
+                        Chunked::Size {
+                            n: n * 16 + u64::from(d),
+                        }
+                    }
+                    None if b == b';' || b == b' ' || b == b'\t' => Chunked::Extension { n },
+                    None if b == b'\r' => Chunked::SizeLf { n },
+                    None => return Err(()),
+                },
+                Chunked::Extension { n } => match b {
+                    b'\r' => Chunked::SizeLf { n },
+                    b'\n' => return Err(()),
+                    _ => Chunked::Extension { n },
+                },
+                Chunked::SizeLf { n } if b == b'\n' => {
+                    if n == 0 {
+                        Chunked::TrailerStart
+                    } else {
+                        Chunked::Data { left: n }
+                    }
+                }
+                Chunked::Data { left } => {
+                    let take = usize::try_from(left)
+                        .unwrap_or(usize::MAX)
+                        .min(buf.len() - i);
+                    data(&buf[i..i + take]);
+                    i += take;
+                    let left = left - take as u64;
+                    *self = if left == 0 {
+                        Chunked::DataCr
+                    } else {
+                        Chunked::Data { left }
+                    };
+                    continue;
+                }
+                Chunked::DataCr if b == b'\r' => Chunked::DataLf,
+                Chunked::DataLf if b == b'\n' => Chunked::SizeStart,
+                Chunked::TrailerStart if b == b'\r' => Chunked::EndLf,
+                Chunked::TrailerStart | Chunked::TrailerLine if b != b'\r' && b != b'\n' => {
+                    Chunked::TrailerLine
+                }
+                Chunked::TrailerLine if b == b'\r' => Chunked::TrailerLf,
+                Chunked::TrailerLf if b == b'\n' => Chunked::TrailerStart,
+                Chunked::EndLf if b == b'\n' => Chunked::Done,
+                _ => return Err(()),
+            };
+            i += 1;
+        }
+        Ok(i)
+    }
+}
+
+pub(super) fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &[u8] = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n";
+
+    #[test]
+    fn a_chunked_body_ends_exactly_where_its_framing_says() {
+        // Whole, with the next message behind it: only the body is consumed.
+        let mut c = Chunked::default();
+        let mut whole = BODY.to_vec();
+        whole.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        assert_eq!(c.scan(&whole, |_| {}), Ok(BODY.len()));
+        assert!(c.done());
+        // Byte by byte: the same end, found only at the last byte.
+        let mut c = Chunked::default();
+        for (i, b) in BODY.iter().enumerate() {
+            assert!(!c.done(), "done early at {i}");
+            assert_eq!(c.scan(std::slice::from_ref(b), |_| {}), Ok(1));
+        }
+        assert!(c.done());
+        // Without trailers, upper-case hex.
+        let mut c = Chunked::default();
+        let body = b"A\r\n0123456789\r\n0\r\n\r\n";
+        assert_eq!(c.scan(body, |_| {}), Ok(body.len()));
+        assert!(c.done());
+    }
+
+    #[test]
+    fn a_broken_chunked_body_is_refused() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloX",
+            b"5\nhello",
+            b"ffffffffffffffffff\r\n",
+            b"0\r\nbad\nline\r\n",
+        ] {
+            let mut c = Chunked::default();
+            assert_eq!(
+                c.scan(bad, |_| {}),
+                Err(()),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b" 42 "), Some(42));
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"+1",
+            b"1,1",
+            b"0x10",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                parse_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
