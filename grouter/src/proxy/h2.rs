@@ -32,6 +32,8 @@ use super::{Conn, MAX_HEADER_BYTES, client_ip};
 const MAX_IDLE: usize = 64;
 /// Headers per response parsed.
 const MAX_HEADERS: usize = 100;
+/// Response bodies up to this size are copied out of the connection's read buffer.
+const SMALL_BODY: usize = 4096;
 
 /// The idle GoRouter connections of one HTTP/2 client connection.
 #[derive(Debug, Default, Clone)]
@@ -328,7 +330,14 @@ fn respond(mut up: Upstream, parsed: Parsed, streams: &Streams) -> Response<Prox
             Empty::new().map_err(|never| match never {}).boxed()
         }
         Framing::Length(n) if up.buf.len() as u64 == n => {
-            let data = up.buf.split().freeze();
+            // A small body is copied, so the connection keeps its read buffer.
+            let data = if up.buf.len() <= SMALL_BODY {
+                let data = Bytes::copy_from_slice(&up.buf);
+                up.buf.clear();
+                data
+            } else {
+                up.buf.split().freeze()
+            };
             if keep {
                 streams.put(up);
             }

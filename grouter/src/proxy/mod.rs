@@ -240,7 +240,7 @@ impl Proxy {
             .gorouters
             .order()
             .into_iter()
-            .map(|r| Target::GoRouter(r.addr.clone()))
+            .map(Target::GoRouter)
             .collect();
         t.extend(also.iter().map(|s| Target::Site(s.to_string())));
         t
@@ -263,19 +263,13 @@ impl Proxy {
         let h2_head = (parts.version == Version::HTTP_2 && body.is_end_stream())
             .then(|| h2::request_head(parts, conn, host));
         let body = Reclaimable::new(upstream::boxed(body));
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string();
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         for target in targets.into_iter().take(MAX_ATTEMPTS) {
             log.attempts += 1;
             // A bodiless HTTP/2 stream to a GoRouter is written as bytes; the rest needs the
             // upstream header map.
             let raw_router = match (&h2_head, &target) {
-                (Some(_), Target::GoRouter(addr)) => {
-                    self.gorouters.all().iter().position(|r| r.addr == *addr)
-                }
+                (Some(_), Target::GoRouter(i)) => Some(*i),
                 _ => None,
             };
             let mut headers = if raw_router.is_some() {
@@ -286,7 +280,11 @@ impl Proxy {
                     .clone()
             };
             let result = match &target {
-                Target::GoRouter(addr) => {
+                Target::GoRouter(i) => {
+                    let Some(gorouter) = self.gorouters.all().get(*i) else {
+                        continue;
+                    };
+                    let addr = &gorouter.addr;
                     if self.access_log {
                         log.upstream.clone_from(addr);
                     }
@@ -295,7 +293,7 @@ impl Proxy {
                         match h2::send(&conn.streams, router, addr, head, head_method).await {
                             Ok(resp) => return resp,
                             Err(h2::SendError::Connect(e)) => {
-                                self.gorouters.eject(&self.gorouters.all()[router]);
+                                self.gorouters.eject(gorouter);
                                 warn!(gorouter = %addr, error = %e, "gorouter refused the connection; trying the next target");
                                 continue;
                             }
@@ -324,11 +322,7 @@ impl Proxy {
                         match send_affine(&conn.affinity, addr, req, &body).await {
                             Ok(resp) => Ok(resp),
                             Err(AffineError::Connect(e)) => {
-                                if let Some(r) =
-                                    self.gorouters.all().iter().find(|r| r.addr == *addr)
-                                {
-                                    self.gorouters.eject(r);
-                                }
+                                self.gorouters.eject(gorouter);
                                 warn!(gorouter = %addr, error = %e, "gorouter refused the connection; trying the next target");
                                 Err(true)
                             }
@@ -338,7 +332,7 @@ impl Proxy {
                             }
                         }
                     } else {
-                        self.pooled(addr, req).await
+                        self.pooled(gorouter, req).await
                     }
                 }
                 Target::Site(site) => {
@@ -407,15 +401,14 @@ impl Proxy {
     /// Send through the shared keep-alive pool (HTTP/2 clients, upgrades).
     async fn pooled(
         &self,
-        addr: &str,
+        gorouter: &upstream::GoRouter,
         req: Request<Reclaimable>,
     ) -> Result<Response<Incoming>, bool> {
+        let addr = &gorouter.addr;
         match self.gorouters.client().request(req).await {
             Ok(resp) => Ok(resp),
             Err(e) if e.is_connect() => {
-                if let Some(r) = self.gorouters.all().iter().find(|r| r.addr == *addr) {
-                    self.gorouters.eject(r);
-                }
+                self.gorouters.eject(gorouter);
                 warn!(gorouter = %addr, error = %e, "gorouter refused the connection; trying the next target");
                 Err(true)
             }
@@ -511,7 +504,8 @@ async fn open_upstream(
 
 #[derive(Debug)]
 enum Target {
-    GoRouter(String),
+    /// Index into [`GoRouters::all`].
+    GoRouter(usize),
     Site(String),
 }
 

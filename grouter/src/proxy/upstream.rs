@@ -184,14 +184,14 @@ impl GoRouters {
             && r.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms()
     }
 
-    /// GoRouters to try, in order: the usable ones round-robin, then the rest (a router
+    /// GoRouters to try (by index), in order: the usable ones round-robin, then the rest (a router
     /// marked down may still answer; trying it beats failing the request).
-    pub fn order(&self) -> Vec<&GoRouter> {
+    pub fn order(&self) -> Vec<usize> {
         let n = self.routers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let rotated = (0..n).map(|i| &self.routers[(start + i) % n]);
-        let (mut good, bad): (Vec<&GoRouter>, Vec<&GoRouter>) =
-            rotated.partition(|r| self.usable(r));
+        let (mut good, bad): (Vec<usize>, Vec<usize>) = (0..n)
+            .map(|i| (start + i) % n)
+            .partition(|&i| self.usable(&self.routers[i]));
         good.extend(bad);
         good
     }
