@@ -126,22 +126,26 @@ fn script(req: &Seen) -> (Vec<u8>, bool) {
     }
 }
 
-/// Read one request (head and `Content-Length` body).
+/// Parsed headers as owned (name, value) pairs.
+fn owned(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Read one request (head and `Content-Length` or chunked body).
 async fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         if let Ok(httparse::Status::Complete(n)) = req.parse(buf) {
-            let headers: Vec<(String, String)> = req
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_string(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
+            let headers = owned(req.headers);
             let len = headers
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
@@ -230,16 +234,7 @@ async fn read_response(tcp: &mut TcpStream, buf: &mut Vec<u8>, head: bool) -> Go
         let mut hs = [httparse::EMPTY_HEADER; 64];
         let mut resp = httparse::Response::new(&mut hs);
         if let Ok(httparse::Status::Complete(n)) = resp.parse(buf) {
-            let headers: Vec<(String, String)> = resp
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
+            let headers = owned(resp.headers);
             break (resp.code.expect("status"), headers, n);
         }
         assert!(

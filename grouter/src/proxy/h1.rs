@@ -29,7 +29,8 @@ use tracing::{debug, warn};
 use super::decide::{self, Decision};
 use super::error::RouterError;
 use super::wire::{
-    Chunked, Failure, Framing, Hop, READ_CHUNK, Upstream, connect, hop_by_hop, parse_length,
+    Chunked, Failure, Framing, Part, READ_CHUNK, ResponseHead, Upstream, connect, hop_by_hop,
+    parse_length, response_head, round_trip,
 };
 use super::{
     AccessLine, Conn, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, Proxy, SITE_HEADER, client_ip,
@@ -210,15 +211,6 @@ enum Exchanged {
     Close,
     /// Nothing was sent anywhere yet: the general path takes the request.
     Fallback,
-}
-
-/// A response head from the GoRouter.
-struct Response {
-    head_len: usize,
-    status: u16,
-    framing: Framing,
-    /// The GoRouter will not take another request on this connection.
-    upstream_close: bool,
 }
 
 impl Connection {
@@ -441,7 +433,8 @@ impl Connection {
                 site_header: proxy.site_header,
                 site: &proxy.site,
             };
-            match send_and_read_head(up, &self.out, &rewrite, &mut self.head).await {
+            let head = &mut self.head;
+            match round_trip(up, &self.out, |buf| client_head(buf, &rewrite, head)).await {
                 Ok(resp) => break resp,
                 // A kept-alive connection the GoRouter closed while idle: once more, fresh.
                 Err(Failure::Silent(err))
@@ -531,155 +524,47 @@ struct Rewrite<'a> {
     site: &'a http::HeaderValue,
 }
 
-/// Write the request and read the response head, rewriting it for the client into `out`.
-/// Interim 1xx heads are dropped, as the general path's client does.
-async fn send_and_read_head(
-    up: &mut Upstream,
-    request: &[u8],
+/// The client's response head, written into `out` as the GoRouter's is parsed: its
+/// status and headers (`Transfer-Encoding` kept: the body passes as it is framed), with
+/// `X-Grouter-Site` (or without, per config) and `Connection: close` when the connection
+/// ends after it.
+#[allow(clippy::type_complexity)]
+fn client_head(
+    buf: &[u8],
     rewrite: &Rewrite<'_>,
     out: &mut Vec<u8>,
-) -> Result<Response, Failure> {
-    up.buf.clear();
-    up.tcp.write_all(request).await.map_err(Failure::Silent)?;
-    let mut received = false;
-    loop {
-        up.buf.reserve(READ_CHUNK);
-        match up.tcp.read_buf(&mut up.buf).await {
-            Ok(0) if !received => {
-                return Err(Failure::Silent(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-            Ok(0) => return Err(Failure::Broken(std::io::ErrorKind::UnexpectedEof.into())),
-            Ok(_) => received = true,
-            Err(err) if !received => return Err(Failure::Silent(err)),
-            Err(err) => return Err(Failure::Broken(err)),
-        }
-        let mut parsed = response_head(&up.buf, rewrite, out);
-        while let Ok(Some(Head::Interim(n))) = parsed {
-            up.buf.advance(n);
-            parsed = response_head(&up.buf, rewrite, out);
-        }
-        match parsed {
-            Ok(Some(Head::Final(head))) => return Ok(head),
-            Ok(Some(Head::Interim(_))) => {}
-            Ok(None) if up.buf.len() < MAX_HEADER_BYTES => {}
-            Ok(None) | Err(()) => {
-                return Err(Failure::Broken(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "unusable response head",
-                )));
-            }
-        }
-    }
-}
-
-/// A parsed response head.
-enum Head {
-    /// A 1xx other than 101, `n` bytes long.
-    Interim(usize),
-    Final(Response),
-}
-
-/// Parse a response head and write the client's into `out`: the GoRouter's, less hop-by-hop
-/// headers (`Transfer-Encoding` stays: the body passes as it is framed), with
-/// `X-Grouter-Site` (or without, per config) and `Connection: close` when the connection
-/// ends after it. `Ok(None)`: not whole yet; `Err`: not one to pass on (a 101 to a request
-/// that asked for no upgrade, a bad framing, a header named hop-by-hop).
-fn response_head(buf: &[u8], rewrite: &Rewrite<'_>, out: &mut Vec<u8>) -> Result<Option<Head>, ()> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(()),
-    };
-    let (Some(version), Some(status)) = (resp.version, resp.code) else {
-        return Err(());
-    };
-    if status == 101 {
-        return Err(());
-    }
-    if (100..200).contains(&status) {
-        return Ok(Some(Head::Interim(head_len)));
-    }
-    let mut length = None;
-    let mut chunked = false;
-    let mut upstream_close = version == 0;
-    let mut has_site = false;
+) -> Result<Option<(usize, Option<ResponseHead>)>, ()> {
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        let keep = match hop_by_hop(h.name) {
-            Some(Hop::TransferEncoding) => true,
-            Some(_) => false,
-            None if h.name.eq_ignore_ascii_case(SITE_HEADER) => {
-                has_site = true;
-                rewrite.site_header
+    let mut has_site = false;
+    let parsed = response_head(buf, rewrite.head_method, true, |part| {
+        match part {
+            Part::Status(code, reason) => {
+                out.extend_from_slice(b"HTTP/1.1 ");
+                out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(reason.as_bytes());
+                out.extend_from_slice(b"\r\n");
             }
-            None => true,
-        };
-        if keep {
-            put_header(out, h.name.as_bytes(), h.value);
-        }
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let n = parse_length(h.value).ok_or(())?;
-            if length.is_some_and(|l| l != n) {
-                return Err(());
-            }
-            length = Some(n);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // Passed through as it is; its last coding decides the framing.
-            chunked = h
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            if !chunked {
-                return Err(());
-            }
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    upstream_close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    upstream_close = upstream_close && version != 0;
-                } else if !token.is_empty() {
-                    // A header named hop-by-hop: the general path strips those.
-                    return Err(());
+            Part::Header(name, value) => {
+                let site = name.eq_ignore_ascii_case(SITE_HEADER);
+                has_site |= site;
+                if !site || rewrite.site_header {
+                    put_header(out, name.as_bytes(), value);
                 }
             }
         }
-    }
-    let framing = if rewrite.head_method || status == 204 || status == 304 {
-        Framing::Empty
-    } else if chunked {
-        Framing::Chunked
-    } else if let Some(n) = length {
-        if n == 0 {
-            Framing::Empty
-        } else {
-            Framing::Length(n)
+        Ok(())
+    })?;
+    if let Some((_, Some(head))) = &parsed {
+        if rewrite.site_header && !has_site {
+            put_header(out, SITE_HEADER.as_bytes(), rewrite.site.as_bytes());
         }
-    } else {
-        Framing::UntilClose
-    };
-    if rewrite.site_header && !has_site {
-        put_header(out, SITE_HEADER.as_bytes(), rewrite.site.as_bytes());
+        if rewrite.closing || head.framing == Framing::UntilClose {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
     }
-    if rewrite.closing || framing == Framing::UntilClose {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok(Some(Head::Final(Response {
-        head_len,
-        status,
-        framing,
-        upstream_close,
-    })))
+    Ok(parsed)
 }
 
 fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -698,7 +583,12 @@ enum Relayed {
 }
 
 /// Send the response head and body to the client, as framed.
-async fn relay_body<S>(up: &mut Upstream, io: &mut S, out: &mut Vec<u8>, resp: &Response) -> Relayed
+async fn relay_body<S>(
+    up: &mut Upstream,
+    io: &mut S,
+    out: &mut Vec<u8>,
+    resp: &ResponseHead,
+) -> Relayed
 where
     S: AsyncWrite + Unpin,
 {
@@ -707,7 +597,6 @@ where
         Framing::Length(n) => n,
         _ => 0,
     };
-    up.buf.advance(resp.head_len);
     let mut first = true;
     loop {
         // Take the part of `up.buf` that belongs to this body.
@@ -868,8 +757,8 @@ mod tests {
 
     fn framing(raw: &[u8], head_method: bool) -> Result<Framing, ()> {
         let (r, mut out) = rewrite(head_method, false);
-        match response_head(raw, &r, &mut out)? {
-            Some(Head::Final(resp)) => Ok(resp.framing),
+        match client_head(raw, &r, &mut out)? {
+            Some((_, Some(resp))) => Ok(resp.framing),
             _ => Err(()),
         }
     }
@@ -920,10 +809,10 @@ mod tests {
     fn response_heads_lose_hop_by_hop_headers_and_gain_the_site() {
         let (r, mut out) = rewrite(false, true);
         let raw = b"HTTP/1.0 200 OK\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\nContent-Length: 2\r\nX-App: a\r\n\r\nok";
-        let Ok(Some(Head::Final(resp))) = response_head(raw, &r, &mut out) else {
+        let Ok(Some((len, Some(resp)))) = client_head(raw, &r, &mut out) else {
             panic!("a final head");
         };
-        assert_eq!(resp.head_len, raw.len() - 2);
+        assert_eq!(len, raw.len() - 2);
         assert!(!resp.upstream_close, "HTTP/1.0 with keep-alive stays open");
         assert_eq!(
             String::from_utf8_lossy(&out),
@@ -931,13 +820,30 @@ mod tests {
         );
         let interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n";
         assert!(matches!(
-            response_head(interim, &r, &mut out),
-            Ok(Some(Head::Interim(n))) if n == interim.len()
+            client_head(interim, &r, &mut out),
+            Ok(Some((n, None))) if n == interim.len()
         ));
         assert!(matches!(
-            response_head(b"HTTP/1.1 200 OK\r\nContent-Le", &r, &mut out),
+            client_head(b"HTTP/1.1 200 OK\r\nContent-Le", &r, &mut out),
             Ok(None)
         ));
+        // Chunked framing wins over a Content-Length, which is not passed on.
+        let (r, mut out) = rewrite(false, false);
+        let both = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(matches!(
+            client_head(both, &r, &mut out),
+            Ok(Some((
+                _,
+                Some(ResponseHead {
+                    framing: Framing::Chunked,
+                    ..
+                })
+            )))
+        ));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-grouter-site: lon\r\n\r\n"
+        );
     }
 
     #[test]

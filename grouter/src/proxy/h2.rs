@@ -20,18 +20,16 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::upstream::{BoxError, ProxyBody};
 use super::wire::{
-    Chunked, Failure, Framing, Hop, READ_CHUNK, Upstream, connect, hop_by_hop, parse_length,
+    Chunked, Failure, Framing, Part, READ_CHUNK, Upstream, connect, hop_by_hop, response_head,
+    round_trip,
 };
-use super::{Conn, MAX_HEADER_BYTES, client_ip};
+use super::{Conn, client_ip};
 
 /// Idle GoRouter connections one client connection keeps.
 const MAX_IDLE: usize = 64;
-/// Headers per response parsed.
-const MAX_HEADERS: usize = 100;
 /// Response bodies up to this size are copied out of the connection's read buffer.
 const SMALL_BODY: usize = 4096;
 
@@ -178,140 +176,40 @@ pub(super) async fn send(
     }
 }
 
-/// A response head as parsed.
+/// A response head as parsed for the client.
 struct Parsed {
     head: http::response::Parts,
     framing: Framing,
     upstream_close: bool,
 }
 
-/// Write `head`, then read up to the end of the (final) response head, which is consumed
-/// from `up.buf`.
+/// Write `head` and read the response head into a header map (no hop-by-hop headers: HTTP/2
+/// has its own framing).
 async fn exchange(up: &mut Upstream, head: &[u8], head_method: bool) -> Result<Parsed, Failure> {
-    up.buf.clear();
-    up.tcp.write_all(head).await.map_err(Failure::Silent)?;
-    let mut received = false;
-    loop {
-        up.buf.reserve(READ_CHUNK);
-        match up.tcp.read_buf(&mut up.buf).await {
-            Ok(0) if !received => {
-                return Err(Failure::Silent(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-            Ok(0) => return Err(Failure::Broken(std::io::ErrorKind::UnexpectedEof.into())),
-            Ok(_) => received = true,
-            Err(e) if !received => return Err(Failure::Silent(e)),
-            Err(e) => return Err(Failure::Broken(e)),
-        }
-        loop {
-            match parse(&up.buf, head_method) {
-                Ok(Some((len, None))) => up.buf.advance(len), // an interim 1xx
-                Ok(Some((len, Some(parsed)))) => {
-                    up.buf.advance(len);
-                    return Ok(parsed);
-                }
-                Ok(None) if up.buf.len() < MAX_HEADER_BYTES => break,
-                Ok(None) | Err(()) => {
-                    return Err(Failure::Broken(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "unusable response head",
-                    )));
+    let mut map = HeaderMap::new();
+    let mut status = StatusCode::OK;
+    let parsed = round_trip(up, head, |buf| {
+        map.clear();
+        response_head(buf, head_method, false, |part| {
+            match part {
+                Part::Status(code, _) => status = StatusCode::from_u16(code).map_err(|_| ())?,
+                Part::Header(name, value) => {
+                    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| ())?;
+                    map.append(name, HeaderValue::from_bytes(value).map_err(|_| ())?);
                 }
             }
-        }
-    }
-}
-
-/// Parse a response head: its length, and `None` for an interim 1xx.
-#[allow(clippy::type_complexity)]
-fn parse(buf: &[u8], head_method: bool) -> Result<Option<(usize, Option<Parsed>)>, ()> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(()),
-    };
-    let (Some(version), Some(code)) = (resp.version, resp.code) else {
-        return Err(());
-    };
-    if code == 101 {
-        return Err(());
-    }
-    if (100..200).contains(&code) {
-        return Ok(Some((len, None)));
-    }
-    let mut map = HeaderMap::with_capacity(resp.headers.len() + 2);
-    let (mut length, mut chunked) = (None, false);
-    let mut upstream_close = version == 0;
-    for h in resp.headers.iter() {
-        match hop_by_hop(h.name) {
-            Some(Hop::TransferEncoding) => {
-                chunked = h
-                    .value
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                if !chunked {
-                    return Err(());
-                }
-                continue;
-            }
-            Some(Hop::Other) => {
-                if h.name.eq_ignore_ascii_case("connection") {
-                    for token in h.value.split(|&b| b == b',') {
-                        let token = token.trim_ascii();
-                        if token.eq_ignore_ascii_case(b"close") {
-                            upstream_close = true;
-                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                            upstream_close = upstream_close && version != 0;
-                        } else if !token.is_empty() {
-                            return Err(()); // names a hop-by-hop header
-                        }
-                    }
-                }
-                continue;
-            }
-            None => {}
-        }
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let n = parse_length(h.value).ok_or(())?;
-            if length.is_some_and(|l| l != n) {
-                return Err(());
-            }
-            if length.is_some() {
-                continue;
-            }
-            length = Some(n);
-        }
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ())?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| ())?;
-        map.append(name, value);
-    }
-    let framing = if head_method || code == 204 || code == 304 {
-        Framing::Empty
-    } else if chunked {
-        if length.is_some() {
-            map.remove(http::header::CONTENT_LENGTH); // RFC 9112 §6.3: chunked wins
-        }
-        Framing::Chunked
-    } else {
-        match length {
-            Some(0) => Framing::Empty,
-            Some(n) => Framing::Length(n),
-            None => Framing::UntilClose,
-        }
-    };
-    let mut head = Response::new(()).into_parts().0;
-    head.status = StatusCode::from_u16(code).map_err(|_| ())?;
-    head.headers = map;
-    Ok(Some((
-        len,
-        Some(Parsed {
-            head,
-            framing,
-            upstream_close,
-        }),
-    )))
+            Ok(())
+        })
+    })
+    .await?;
+    let mut parts = Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.headers = map;
+    Ok(Parsed {
+        head: parts,
+        framing: parsed.framing,
+        upstream_close: parsed.upstream_close,
+    })
 }
 
 /// The response for the client: whole when its body is already in, streaming otherwise.

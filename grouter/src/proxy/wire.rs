@@ -7,13 +7,173 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::MAX_HEADER_BYTES;
 
 /// Connect timeout to a GoRouter.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Read buffer growth step.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
+/// Headers per response parsed.
+const MAX_HEADERS: usize = 100;
+
+/// A response head, as far as forwarding it goes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ResponseHead {
+    pub(super) status: u16,
+    pub(super) framing: Framing,
+    /// The GoRouter will not take another request on this connection.
+    pub(super) upstream_close: bool,
+}
+
+/// Write `request` and read up to the end of the final response head, which `parse` reads
+/// (interim 1xx heads are skipped, as hyper's client does) and which is then consumed
+/// from `up.buf`. `parse` returns `None` while the head is not whole.
+pub(super) async fn round_trip<T>(
+    up: &mut Upstream,
+    request: &[u8],
+    mut parse: impl FnMut(&[u8]) -> Result<Option<(usize, Option<T>)>, ()>,
+) -> Result<T, Failure> {
+    up.buf.clear();
+    up.tcp.write_all(request).await.map_err(Failure::Silent)?;
+    let mut received = false;
+    loop {
+        up.buf.reserve(READ_CHUNK);
+        match up.tcp.read_buf(&mut up.buf).await {
+            Ok(0) if !received => {
+                return Err(Failure::Silent(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok(0) => return Err(Failure::Broken(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => received = true,
+            Err(e) if !received => return Err(Failure::Silent(e)),
+            Err(e) => return Err(Failure::Broken(e)),
+        }
+        loop {
+            match parse(&up.buf) {
+                Ok(Some((len, None))) => up.buf.advance(len), // an interim 1xx
+                Ok(Some((len, Some(head)))) => {
+                    up.buf.advance(len);
+                    return Ok(head);
+                }
+                Ok(None) if up.buf.len() < MAX_HEADER_BYTES => break,
+                Ok(None) | Err(()) => {
+                    return Err(Failure::Broken(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "unusable response head",
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// A part of a response head to pass on.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Part<'a> {
+    /// Status code and reason.
+    Status(u16, &'a str),
+    Header(&'a str, &'a [u8]),
+}
+
+/// Parse the response head at the front of `buf`: its length, and `None` for an interim
+/// 1xx. `emit` gets the status first, then every header to pass on: not the hop-by-hop ones, except `Transfer-Encoding` when `keep_te` (the body then
+/// passes as it is framed), and not `Content-Length` beside chunked framing (RFC 9112
+/// §6.3). `Err`: a head not to pass on (a 101 to a request that asked for no upgrade, a
+/// framing that cannot be delimited, a header named hop-by-hop), or a part `emit` refused.
+#[allow(clippy::type_complexity)]
+pub(super) fn response_head(
+    buf: &[u8],
+    head_method: bool,
+    keep_te: bool,
+    mut emit: impl FnMut(Part<'_>) -> Result<(), ()>,
+) -> Result<Option<(usize, Option<ResponseHead>)>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let (Some(version), Some(code)) = (resp.version, resp.code) else {
+        return Err(());
+    };
+    if code == 101 {
+        return Err(());
+    }
+    if (100..200).contains(&code) {
+        return Ok(Some((len, None)));
+    }
+    // Framing first: it decides which headers pass.
+    let (mut length, mut chunked) = (None, false);
+    let mut upstream_close = version == 0;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = parse_length(h.value).ok_or(())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(());
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Its last coding decides the framing.
+            chunked = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            if !chunked {
+                return Err(());
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    upstream_close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    upstream_close = upstream_close && version != 0;
+                } else if !token.is_empty() {
+                    return Err(()); // names a hop-by-hop header
+                }
+            }
+        }
+    }
+    emit(Part::Status(code, resp.reason.unwrap_or("")))?;
+    let mut length_sent = false;
+    for h in resp.headers.iter() {
+        let pass = match hop_by_hop(h.name) {
+            Some(Hop::TransferEncoding) => keep_te,
+            Some(Hop::Other) => false,
+            None if h.name.eq_ignore_ascii_case("content-length") => {
+                !chunked && !std::mem::replace(&mut length_sent, true)
+            }
+            None => true,
+        };
+        if pass {
+            emit(Part::Header(h.name, h.value))?;
+        }
+    }
+    let framing = if head_method || code == 204 || code == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else {
+        match length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    Ok(Some((
+        len,
+        Some(ResponseHead {
+            status: code,
+            framing,
+            upstream_close,
+        }),
+    )))
+}
 
 /// An HTTP/1.1 connection to one GoRouter.
 #[derive(Debug)]
