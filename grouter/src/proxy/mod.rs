@@ -133,7 +133,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: Conn,
     ) -> Response<ProxyBody> {
-        let started = Instant::now();
+        let started = self.access_log.then(Instant::now);
         let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let host = host_of(&parts).unwrap_or_default();
@@ -202,7 +202,7 @@ impl Proxy {
                 upstream: &log.upstream,
                 attempts: log.attempts,
                 router_error: log.error,
-                started,
+                started: started.unwrap_or_else(Instant::now),
             });
         }
         resp
@@ -264,6 +264,8 @@ impl Proxy {
             .then(|| h2::request_head(parts, conn, host));
         let body = Reclaimable::new(upstream::boxed(body));
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        // The rarer ways' futures are boxed, so that this one (moved into a task per
+        // HTTP/2 stream) stays small.
         for target in targets.into_iter().take(MAX_ATTEMPTS) {
             log.attempts += 1;
             // A bodiless HTTP/2 stream to a GoRouter is written as bytes; the rest needs the
@@ -319,7 +321,7 @@ impl Proxy {
                     };
                     let req = build(&parts.method, uri, Version::HTTP_11, headers, body.clone());
                     if affine {
-                        match send_affine(&conn.affinity, addr, req, &body).await {
+                        match Box::pin(send_affine(&conn.affinity, addr, req, &body)).await {
                             Ok(resp) => Ok(resp),
                             Err(AffineError::Connect(e)) => {
                                 self.gorouters.eject(gorouter);
@@ -332,7 +334,7 @@ impl Proxy {
                             }
                         }
                     } else {
-                        self.pooled(gorouter, req).await
+                        Box::pin(self.pooled(gorouter, req)).await
                     }
                 }
                 Target::Site(site) => {
@@ -352,26 +354,18 @@ impl Proxy {
                         if let Ok(v) = HeaderValue::from_str(host) {
                             headers.insert(header::HOST, v);
                         }
-                        remotes
-                            .send_upgrade(
-                                site,
-                                build(
-                                    &parts.method,
-                                    origin,
-                                    Version::HTTP_11,
-                                    headers,
-                                    body.clone(),
-                                ),
-                            )
-                            .await
+                        let req = build(
+                            &parts.method,
+                            origin,
+                            Version::HTTP_11,
+                            headers,
+                            body.clone(),
+                        );
+                        Box::pin(remotes.send_upgrade(site, req)).await
                     } else {
                         headers.remove(header::HOST);
-                        remotes
-                            .send(
-                                site,
-                                build(&parts.method, uri, Version::HTTP_2, headers, body.clone()),
-                            )
-                            .await
+                        let req = build(&parts.method, uri, Version::HTTP_2, headers, body.clone());
+                        Box::pin(remotes.send(site, req)).await
                     };
                     match sent {
                         Ok((resp, node)) => {
