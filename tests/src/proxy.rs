@@ -230,8 +230,10 @@ async fn local_wins_and_a_failing_site_is_replaced_without_client_errors() {
         assert_eq!((status, site_of(&headers)), (200, "lon"), "local wins");
     }
     // lon's endpoints go: requests keep succeeding, and land at nyc once lon has pruned it.
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let hammer = {
         let addr = lon.http_addr();
+        let answered = answered.clone();
         tokio::spawn(async move {
             let c = client();
             let mut sites = Vec::new();
@@ -244,12 +246,16 @@ async fn local_wins_and_a_failing_site_is_replaced_without_client_errors() {
                     .expect("request");
                 assert_eq!(r.status(), 200, "no client-visible error");
                 sites.push(site_of(r.headers()).to_string());
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             sites
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until(10 * SEC, "the first requests to be answered", || async {
+        (answered.load(std::sync::atomic::Ordering::SeqCst) >= 10).then_some(())
+    })
+    .await;
     mesh.unserve(0, "both.example.com").await;
     let sites = hammer.await.expect("hammer");
     assert_eq!(sites.first().map(String::as_str), Some("lon"));
@@ -700,7 +706,15 @@ async fn sigterm_drains_in_flight_requests_while_healthz_says_503() {
     });
     let admin = node.admin_addr();
     let token = node.token().to_string();
-    tokio::time::sleep(Duration::from_millis(300)).await; // the request is on its way
+    wait_until(
+        5 * SEC,
+        "the slow request to reach the GoRouter",
+        || async {
+            let stub = node.stub.as_ref()?;
+            (stub.requests() >= 1).then_some(())
+        },
+    )
+    .await;
     let exit = tokio::task::spawn_blocking(move || node.terminate());
 
     // While draining, the admin API answers and /healthz says 503, so load balancers and
