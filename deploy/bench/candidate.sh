@@ -9,20 +9,10 @@
 #   CANDIDATE_HTTP=http://app.example.test:19080/ CANDIDATE_HTTPS=https://app.example.test:19443/ \
 #     ../shared/bench/http-peers.sh
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-GROUTER=${GROUTER:-target/release/grouter}
 WORKERS=${WORKERS:-1}
 NATS_PORT=${NATS_PORT:-14222}
-dir=$(mktemp -d /tmp/grouter-candidate.XXXXXX)
-pids=()
-stop() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap 'stop; exit 0' TERM INT
-trap stop EXIT
-
-[ -x "$GROUTER" ] || cargo build --release -p grouter >&2
-nats=$(command -v nats-server || echo /usr/sbin/nats-server)
-"$nats" -a 127.0.0.1 -p "$NATS_PORT" >"$dir/nats.log" 2>&1 &
-pids+=($!)
+source "$(dirname "$0")/common.sh"
+bench_start grouter-candidate "$NATS_PORT"
 
 mkdir -p "$dir/certs"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
@@ -59,11 +49,8 @@ pids+=($!)
 
 # Register the route as a route emitter would (NATS text protocol over /dev/tcp).
 msg='{"host":"127.0.0.1","port":18080,"uris":["app.example.test"],"app":"bench"}'
-for _ in $(seq 1 100); do
-  if exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT" 2>/dev/null; then break; fi
-  sleep 0.1
-done
-printf 'CONNECT {"verbose":false}\r\nPUB router.register %d\r\n%s\r\nPING\r\n' "${#msg}" "$msg" >&3
+nats_open "$NATS_PORT"
+printf 'PUB router.register %d\r\n%s\r\nPING\r\n' "${#msg}" "$msg" >&3
 for _ in $(seq 1 100); do
   if curl -sf -H "Authorization: Bearer bench-token" "http://127.0.0.1:19090/v1/routes?host=app.example.test" | grep -q app.example.test; then
     break

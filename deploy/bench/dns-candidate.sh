@@ -9,19 +9,9 @@
 #   CANDIDATE_CMD=deploy/bench/dns-candidate.sh CANDIDATE_DNS=127.0.0.1:15360 \
 #     ../shared/bench/dns-peers.sh
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-GROUTER=${GROUTER:-target/release/grouter}
 NATS_PORT=${NATS_PORT:-14223}
-dir=$(mktemp -d /tmp/grouter-dns-candidate.XXXXXX)
-pids=()
-stop() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap 'stop; exit 0' TERM INT
-trap stop EXIT
-
-[ -x "$GROUTER" ] || cargo build --release -p grouter >&2
-nats=$(command -v nats-server || echo /usr/sbin/nats-server)
-"$nats" -a 127.0.0.1 -p "$NATS_PORT" >"$dir/nats.log" 2>&1 &
-pids+=($!)
+source "$(dirname "$0")/common.sh"
+bench_start grouter-dns-candidate "$NATS_PORT"
 "$GROUTER" tls ca --out "$dir/ca" >/dev/null
 echo bench-token > "$dir/admin.token"
 i=0
@@ -62,11 +52,7 @@ TOML
 done
 
 msg='{"host":"127.0.0.1","port":1,"uris":["app.example.test"],"app":"bench"}'
-for _ in $(seq 1 100); do
-  if exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT" 2>/dev/null; then break; fi
-  sleep 0.1
-done
-printf 'CONNECT {"verbose":false}\r\n' >&3
+nats_open "$NATS_PORT"
 for _ in $(seq 1 100); do
   printf 'PUB router.register %d\r\n%s\r\n' "${#msg}" "$msg" >&3
   n=0
