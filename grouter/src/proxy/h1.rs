@@ -19,7 +19,7 @@ use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -30,7 +30,7 @@ use super::decide::{self, Decision};
 use super::error::RouterError;
 use super::wire::{
     Chunked, Failure, Framing, Part, READ_CHUNK, ResponseHead, Upstream, connect, hop_by_hop,
-    parse_length, response_head, round_trip,
+    parse_length, put_forwarded, put_header, put_request_ids, response_head, round_trip,
 };
 use super::{
     AccessLine, Conn, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, Proxy, SITE_HEADER, client_ip,
@@ -321,34 +321,8 @@ impl Connection {
             }
             put_header(out, h.name.as_bytes(), h.value);
         }
-        out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(prev) = xff.filter(|v| !v.is_empty()) {
-            out.extend_from_slice(prev);
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(self.ip.as_bytes());
-        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
-        out.extend_from_slice(conn.scheme.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        if !has_start {
-            let ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis());
-            out.extend_from_slice(b"x-request-start: ");
-            out.extend_from_slice(itoa::Buffer::new().format(ms).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if !has_id {
-            let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
-            out.extend_from_slice(b"x-vcap-request-id: ");
-            out.extend_from_slice(
-                uuid::Uuid::new_v4()
-                    .hyphenated()
-                    .encode_lower(&mut id)
-                    .as_bytes(),
-            );
-            out.extend_from_slice(b"\r\n");
-        }
+        put_forwarded(out, xff, &self.ip, conn.scheme);
+        put_request_ids(out, has_start, has_id);
         out.extend_from_slice(b"\r\n");
         Parsed::Forward(Plan {
             head_len,
@@ -565,13 +539,6 @@ fn client_head(
         out.extend_from_slice(b"\r\n");
     }
     Ok(parsed)
-}
-
-fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,11 +9,9 @@
 //! Must never: put a connection back before its response ended, keep more than [`MAX_IDLE`]
 //! idle connections per client connection, or hold the set's lock across an `.await`.
 
-use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
@@ -23,8 +21,8 @@ use parking_lot::Mutex;
 
 use super::upstream::{BoxError, ProxyBody};
 use super::wire::{
-    Chunked, Failure, Framing, Part, READ_CHUNK, Upstream, connect, hop_by_hop, response_head,
-    round_trip,
+    Chunked, Failure, Framing, Part, READ_CHUNK, Upstream, connect, hop_by_hop, put_forwarded,
+    put_header, put_request_ids, response_head, round_trip,
 };
 use super::{Conn, client_ip};
 
@@ -101,47 +99,23 @@ pub(super) fn request_head(parts: &http::request::Parts, conn: &Conn, host: &str
         has_host |= name == http::header::HOST;
         has_start |= n == "x-request-start";
         has_id |= n == "x-vcap-request-id";
-        put(&mut out, n.as_bytes(), value.as_bytes());
+        put_header(&mut out, n.as_bytes(), value.as_bytes());
     }
     if !has_host {
-        put(&mut out, b"host", host.as_bytes());
+        put_header(&mut out, b"host", host.as_bytes());
     }
     if direct {
-        out.extend_from_slice(b"x-forwarded-for: ");
-        for prev in parts.headers.get_all("x-forwarded-for") {
-            let prev = prev.as_bytes().trim_ascii();
-            if !prev.is_empty() {
-                out.extend_from_slice(prev);
-                out.extend_from_slice(b", ");
-            }
-        }
-        let _ = write!(out, "{}\r\n", client_ip(conn.client));
-        put(&mut out, b"x-forwarded-proto", conn.scheme.as_bytes());
-    }
-    if !has_start {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        put(
+        let prev = parts.headers.get_all("x-forwarded-for");
+        put_forwarded(
             &mut out,
-            b"x-request-start",
-            itoa::Buffer::new().format(ms).as_bytes(),
+            prev.iter().map(HeaderValue::as_bytes),
+            client_ip(conn.client),
+            conn.scheme,
         );
     }
-    if !has_id {
-        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
-        put(&mut out, b"x-vcap-request-id", id.as_bytes());
-    }
+    put_request_ids(&mut out, has_start, has_id);
     out.extend_from_slice(b"\r\n");
     out
-}
-
-fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Send a bodiless request (`head`, from [`request_head`]) to GoRouter `router` at `addr`

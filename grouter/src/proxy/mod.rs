@@ -476,15 +476,9 @@ async fn send_affine(
 async fn open_upstream(
     addr: &str,
 ) -> Result<hyper::client::conn::http1::SendRequest<Reclaimable>, AffineError> {
-    let tcp =
-        match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-            .await
-        {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return Err(AffineError::Connect(e.to_string())),
-            Err(_) => return Err(AffineError::Connect("connect timed out".into())),
-        };
-    let _ = tcp.set_nodelay(true);
+    let tcp = wire::connect(addr)
+        .await
+        .map_err(|e| AffineError::Connect(e.to_string()))?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|e| AffineError::Connect(e.to_string()))?;
@@ -578,10 +572,7 @@ fn is_idempotent_str(m: &str) -> bool {
 }
 
 fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
+    is_idempotent_str(m.as_str())
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).

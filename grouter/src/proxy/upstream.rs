@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::wire::CONNECT_TIMEOUT;
 use crate::config::GoroutersConfig;
 
 /// Errors of the bodies the proxy passes on.
@@ -34,9 +35,6 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// How long a GoRouter that refused a connection is skipped (unless none is left).
 const EJECT_FOR: Duration = Duration::from_secs(5);
-/// Connect timeout to a GoRouter (gorouter's own `endpoint_dial_timeout` is 5 s; ours is
-/// to a router on the same site).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A request body that can be taken back while nobody has read from it.
 #[derive(Debug, Clone)]

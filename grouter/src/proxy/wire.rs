@@ -5,7 +5,8 @@
 //!
 //! Must never: accept a framing it cannot delimit exactly.
 
-use std::time::Duration;
+use std::io::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,12 +14,62 @@ use tokio::net::TcpStream;
 
 use super::MAX_HEADER_BYTES;
 
-/// Connect timeout to a GoRouter.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connect timeout to a GoRouter (gorouter's own `endpoint_dial_timeout` is 5 s; ours is
+/// to a router on the same site).
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Read buffer growth step.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
 /// Headers per response parsed.
 const MAX_HEADERS: usize = 100;
+
+/// Write one header line.
+pub(super) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Write the forwarding headers of a request from a client (CONTRACT.md, as
+/// `super::upstream_headers`): `X-Forwarded-For` with the client's own values (`prev`)
+/// and then `ip`, and `X-Forwarded-Proto`.
+pub(super) fn put_forwarded<'a>(
+    out: &mut Vec<u8>,
+    prev: impl IntoIterator<Item = &'a [u8]>,
+    ip: impl std::fmt::Display,
+    scheme: &str,
+) {
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for p in prev {
+        let p = p.trim_ascii();
+        if !p.is_empty() {
+            out.extend_from_slice(p);
+            out.extend_from_slice(b", ");
+        }
+    }
+    let _ = write!(out, "{ip}\r\n");
+    put_header(out, b"x-forwarded-proto", scheme.as_bytes());
+}
+
+/// Write `X-Request-Start` (milliseconds since the epoch) and `X-Vcap-Request-Id` (a new
+/// UUID), each unless the request has one.
+pub(super) fn put_request_ids(out: &mut Vec<u8>, has_start: bool, has_id: bool) {
+    if !has_start {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        put_header(
+            out,
+            b"x-request-start",
+            itoa::Buffer::new().format(ms).as_bytes(),
+        );
+    }
+    if !has_id {
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
+        put_header(out, b"x-vcap-request-id", id.as_bytes());
+    }
+}
 
 /// A response head, as far as forwarding it goes.
 #[derive(Debug, Clone, Copy)]
@@ -210,6 +261,7 @@ pub(super) enum Failure {
     Broken(std::io::Error),
 }
 
+/// Connect to a GoRouter within [`CONNECT_TIMEOUT`], with Nagle off.
 pub(super) async fn connect(addr: &str) -> std::io::Result<TcpStream> {
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
