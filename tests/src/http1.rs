@@ -331,15 +331,8 @@ async fn node_for(bus: &NatsServer, gorouter: SocketAddr) -> Node {
         .await;
     let client = bus.client().await;
     let msg = json!({"host": "10.0.0.1", "port": 8080, "uris": ["app.example.com"], "app": "a"});
-    wait_until(10 * SEC, "the route", || async {
-        client
-            .publish("router.register", msg.to_string().into())
-            .await
-            .ok()?;
-        client.flush().await.ok()?;
-        node.route("app.example.com", "").await.map(|_| ())
-    })
-    .await;
+    node.register_until_routed(&client, &msg, "app.example.com")
+        .await;
     node
 }
 

@@ -517,6 +517,19 @@ impl Node {
             .find(|r| r["path"] == path)
     }
 
+    /// Publish `msg` (a `router.register` body) on `bus`, again and again, until this node
+    /// lists the route `host` (path `""`): as a route emitter would, with no delay guessed.
+    pub async fn register_until_routed(&self, bus: &async_nats::Client, msg: &Value, host: &str) {
+        wait_until(Duration::from_secs(10), "the route", || async {
+            bus.publish("router.register", msg.to_string().into())
+                .await
+                .ok()?;
+            bus.flush().await.ok()?;
+            self.route(host, "").await.map(|_| ())
+        })
+        .await;
+    }
+
     /// Sum of every sample of `name` (all label sets) in `/metrics`, or `None` if absent.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let (_, text) = self.get("/metrics").await.ok()?;

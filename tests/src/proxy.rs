@@ -393,15 +393,8 @@ async fn bad_input_gets_clear_statuses_and_leaks_nothing() {
         .await;
     let bus_client = bus.client().await;
     let msg = json!({"host": "10.0.0.1", "port": 1, "uris": ["app.example.com"], "app": "a"});
-    wait_until(10 * SEC, "the route", || async {
-        bus_client
-            .publish("router.register", msg.to_string().into())
-            .await
-            .ok()?;
-        bus_client.flush().await.ok()?;
-        node.route("app.example.com", "").await.map(|_| ())
-    })
-    .await;
+    node.register_until_routed(&bus_client, &msg, "app.example.com")
+        .await;
     // Warm up, then count descriptors.
     for _ in 0..3 {
         let _ = get(&node, "app.example.com", "/").await;
@@ -454,14 +447,9 @@ async fn bad_input_gets_clear_statuses_and_leaks_nothing() {
         .start()
         .await;
     let c2 = bus2.client().await;
-    wait_until(10 * SEC, "the route", || async {
-        c2.publish("router.register", msg.to_string().into())
-            .await
-            .ok()?;
-        c2.flush().await.ok()?;
-        resetting.route("app.example.com", "").await.map(|_| ())
-    })
-    .await;
+    resetting
+        .register_until_routed(&c2, &msg, "app.example.com")
+        .await;
     let (status, headers, body) = get(&resetting, "app.example.com", "/").await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(headers["x-cf-routererror"], "endpoint_failure");
@@ -600,14 +588,8 @@ async fn sni_picks_each_apps_certificate_and_new_ones_are_served_within_2s() {
     let msg =
         json!({"host": "10.0.0.1", "port": 1, "uris": ["shop.apps.example.com"], "app": "shop"});
     let nats = bus.client().await;
-    wait_until(10 * SEC, "the route", || async {
-        nats.publish("router.register", msg.to_string().into())
-            .await
-            .ok()?;
-        nats.flush().await.ok()?;
-        node.route("shop.apps.example.com", "").await.map(|_| ())
-    })
-    .await;
+    node.register_until_routed(&nats, &msg, "shop.apps.example.com")
+        .await;
     let https = reqwest::Client::builder()
         .tls_backend_preconfigured(certs.client_config())
         .resolve("shop.apps.example.com", addr)
@@ -681,15 +663,8 @@ async fn sigterm_drains_in_flight_requests_while_healthz_says_503() {
     let mut node = Node::builder("lon-1", "lon").nats(&bus.url()).start().await;
     let client_bus = bus.client().await;
     let msg = json!({"host": "10.0.0.1", "port": 1, "uris": ["slow.example.com"], "app": "s"});
-    wait_until(10 * SEC, "the route", || async {
-        client_bus
-            .publish("router.register", msg.to_string().into())
-            .await
-            .ok()?;
-        client_bus.flush().await.ok()?;
-        node.route("slow.example.com", "").await.map(|_| ())
-    })
-    .await;
+    node.register_until_routed(&client_bus, &msg, "slow.example.com")
+        .await;
     let (status, _) = node.get("/healthz").await.expect("healthz");
     assert_eq!(status, 200);
 
