@@ -41,15 +41,6 @@ async fn sync_state(node: &Node) -> String {
         .to_string()
 }
 
-/// Publish a route at a site until the site's node has learned it (its subscription is live).
-async fn register_until_learned(node: &Node, bus: &async_nats::Client, msg: Value, host: &str) {
-    wait_until(10 * SEC, "the site to learn the route", || async {
-        publish(bus, "router.register", &msg.clone()).await;
-        node.route(host, "").await.map(|_| ())
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn three_sites_of_two_nodes_replicate_and_withdraw_routes() {
     let ca = MeshCa::new();
@@ -85,13 +76,13 @@ async fn three_sites_of_two_nodes_replicate_and_withdraw_routes() {
     }
 
     let lon_bus = buses[0].client().await;
-    register_until_learned(
-        &nodes[0],
-        &lon_bus,
-        registration("10.0.0.1", 61001, "shop.apps.example.com", "shop"),
-        "shop.apps.example.com",
-    )
-    .await;
+    nodes[0]
+        .register_until_routed(
+            &lon_bus,
+            &registration("10.0.0.1", 61001, "shop.apps.example.com", "shop"),
+            "shop.apps.example.com",
+        )
+        .await;
     for node in &nodes {
         let want_local = node.json("/v1/status").await["site"] == "lon";
         wait_until(5 * SEC, "the route at every node", || async {
@@ -111,13 +102,13 @@ async fn three_sites_of_two_nodes_replicate_and_withdraw_routes() {
 
     // Served at nyc too: each node lists both sites, marking its own when it is one of them.
     let nyc_bus = buses[1].client().await;
-    register_until_learned(
-        &nodes[2],
-        &nyc_bus,
-        registration("10.1.0.1", 61001, "shop.apps.example.com", "shop"),
-        "shop.apps.example.com",
-    )
-    .await;
+    nodes[2]
+        .register_until_routed(
+            &nyc_bus,
+            &registration("10.1.0.1", 61001, "shop.apps.example.com", "shop"),
+            "shop.apps.example.com",
+        )
+        .await;
     wait_until(5 * SEC, "both sites at sgp", || async {
         (sites_of(&nodes[4], "shop.apps.example.com").await
             == vec![("lon".to_string(), false), ("nyc".to_string(), false)])
@@ -189,18 +180,16 @@ async fn a_restarted_node_gets_a_new_generation_and_relearns_the_mesh() {
         .start()
         .await;
     let nyc_client = nyc_bus.client().await;
-    register_until_learned(
-        &nyc,
+    nyc.register_until_routed(
         &nyc_client,
-        registration("10.1.0.1", 1, "nyc-app.example.com", "n"),
+        &registration("10.1.0.1", 1, "nyc-app.example.com", "n"),
         "nyc-app.example.com",
     )
     .await;
     let lon_client = lon_bus.client().await;
-    register_until_learned(
-        &lon,
+    lon.register_until_routed(
         &lon_client,
-        registration("10.0.0.1", 1, "lon-old.example.com", "o"),
+        &registration("10.0.0.1", 1, "lon-old.example.com", "o"),
         "lon-old.example.com",
     )
     .await;
@@ -387,10 +376,9 @@ async fn a_misbehaving_peer_changes_nothing() {
         .start()
         .await;
     let bus = lon_bus.client().await;
-    register_until_learned(
-        &lon,
+    lon.register_until_routed(
         &bus,
-        registration("10.0.0.1", 1, "mine.example.com", "mine"),
+        &registration("10.0.0.1", 1, "mine.example.com", "mine"),
         "mine.example.com",
     )
     .await;
