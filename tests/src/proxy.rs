@@ -668,25 +668,34 @@ async fn sigterm_drains_in_flight_requests_while_healthz_says_503() {
     let (status, _) = node.get("/healthz").await.expect("healthz");
     assert_eq!(status, 200);
 
-    // A request that takes 2 s is in flight when SIGTERM arrives.
+    // Two requests that take 2 s are in flight when SIGTERM arrives: one over HTTP/1.1, one
+    // an HTTP/2 stream.
     let addr = node.http_addr();
-    let in_flight = tokio::spawn(async move {
-        client()
-            .get(format!("http://{addr}/delay/2000"))
-            .header("host", "slow.example.com")
-            .timeout(10 * SEC)
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-    });
+    let slow = |client: reqwest::Client| {
+        tokio::spawn(async move {
+            client
+                .get(format!("http://{addr}/delay/2000"))
+                .header("host", "slow.example.com")
+                .timeout(10 * SEC)
+                .send()
+                .await
+                .map(|r| (r.version(), r.status().as_u16()))
+        })
+    };
+    let in_flight = slow(client());
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let in_flight_h2 = slow(h2);
     let admin = node.admin_addr();
     let token = node.token().to_string();
     wait_until(
         5 * SEC,
-        "the slow request to reach the GoRouter",
+        "the slow requests to reach the GoRouter",
         || async {
             let stub = node.stub.as_ref()?;
-            (stub.requests() >= 1).then_some(())
+            (stub.requests() >= 2).then_some(())
         },
     )
     .await;
@@ -715,7 +724,14 @@ async fn sigterm_drains_in_flight_requests_while_healthz_says_503() {
             .await
             .expect("join")
             .expect("the in-flight request completed"),
-        200
+        (reqwest::Version::HTTP_11, 200)
+    );
+    assert_eq!(
+        in_flight_h2
+            .await
+            .expect("join")
+            .expect("the in-flight HTTP/2 stream completed"),
+        (reqwest::Version::HTTP_2, 200)
     );
     assert_eq!(exit.await.expect("join"), Some(0), "drained and exited 0");
 }

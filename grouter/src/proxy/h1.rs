@@ -33,8 +33,8 @@ use super::wire::{
     parse_length, put_forwarded, put_header, put_request_ids, response_head, round_trip,
 };
 use super::{
-    AccessLine, Conn, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, Proxy, SITE_HEADER, client_ip,
-    decision_name, serve_conn,
+    AccessLine, Conn, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, Proxy, SITE_HEADER, decision_name,
+    serve_conn,
 };
 use crate::table::RouteMatch;
 
@@ -61,7 +61,6 @@ where
         out: Vec::with_capacity(1024),
         head: Vec::with_capacity(1024),
         up: None,
-        ip: client_ip(conn.client).to_string(),
     };
     let cancelled = shutdown.clone().cancelled_owned();
     tokio::pin!(cancelled);
@@ -165,8 +164,6 @@ struct Connection {
     head: Vec<u8>,
     /// This connection's own upstream connection.
     up: Option<Upstream>,
-    /// The client's address as it goes into `X-Forwarded-For`.
-    ip: String,
 }
 
 /// What the fast path makes of the bytes at the front of the client buffer.
@@ -321,7 +318,7 @@ impl Connection {
             }
             put_header(out, h.name.as_bytes(), h.value);
         }
-        put_forwarded(out, xff, &self.ip, conn.scheme);
+        put_forwarded(out, xff, &conn.ip, conn.scheme);
         put_request_ids(out, has_start, has_id);
         out.extend_from_slice(b"\r\n");
         Parsed::Forward(Plan {

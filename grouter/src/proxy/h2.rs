@@ -15,16 +15,16 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 
+use super::Conn;
 use super::upstream::{BoxError, ProxyBody};
 use super::wire::{
     Chunked, Failure, Framing, Part, READ_CHUNK, Upstream, connect, hop_by_hop, put_forwarded,
     put_header, put_request_ids, response_head, round_trip,
 };
-use super::{Conn, client_ip};
 
 /// Idle GoRouter connections one client connection keeps.
 const MAX_IDLE: usize = 64;
@@ -109,7 +109,7 @@ pub(super) fn request_head(parts: &http::request::Parts, conn: &Conn, host: &str
         put_forwarded(
             &mut out,
             prev.iter().map(HeaderValue::as_bytes),
-            client_ip(conn.client),
+            &conn.ip,
             conn.scheme,
         );
     }
@@ -199,7 +199,7 @@ fn respond(mut up: Upstream, parsed: Parsed, streams: &Streams) -> Response<Prox
             if keep && up.buf.is_empty() {
                 streams.put(up);
             }
-            Empty::new().map_err(|never| match never {}).boxed()
+            super::upstream::empty()
         }
         Framing::Length(n) if up.buf.len() as u64 == n => {
             // A small body is copied, so the connection keeps its read buffer.

@@ -20,12 +20,15 @@ pub mod decide;
 pub mod error;
 mod h1;
 mod h2;
+mod inline;
 pub mod remote;
 pub mod upstream;
 mod wire;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,7 +36,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -72,9 +75,12 @@ pub struct Proxy {
 }
 
 /// How a connection reached us.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Conn {
     client: SocketAddr,
+    /// The client's address as `X-Forwarded-For` names it (IPv4-mapped IPv6 as IPv4),
+    /// formatted once per connection.
+    ip: Box<str>,
     scheme: &'static str,
     /// A peer forwarded this over the mesh: route locally only, keep its forwarding headers.
     peer: Option<String>,
@@ -82,6 +88,19 @@ struct Conn {
     affinity: Affinity,
     /// This client connection's idle GoRouter connections for its HTTP/2 streams.
     streams: h2::Streams,
+}
+
+impl Conn {
+    fn new(client: SocketAddr, scheme: &'static str, peer: Option<String>) -> Conn {
+        Conn {
+            client,
+            ip: client_ip(client).to_string().into(),
+            scheme,
+            peer,
+            affinity: Affinity::default(),
+            streams: h2::Streams::default(),
+        }
+    }
 }
 
 /// An HTTP/1.1 client sends one request at a time, so its connection can keep one upstream
@@ -131,7 +150,7 @@ impl Proxy {
     async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
-        conn: Conn,
+        conn: Arc<Conn>,
     ) -> Response<ProxyBody> {
         let started = self.access_log.then(Instant::now);
         let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
@@ -262,7 +281,9 @@ impl Proxy {
         // A bodiless HTTP/2 stream goes to a GoRouter as bytes on the connection's own set.
         let h2_head = (parts.version == Version::HTTP_2 && body.is_end_stream())
             .then(|| h2::request_head(parts, conn, host));
-        let body = Reclaimable::new(upstream::boxed(body));
+        // Made when a target needs it: a stream the fast way never does.
+        let mut incoming = Some(body);
+        let mut body: Option<Reclaimable> = None;
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         // The rarer ways' futures are boxed, so that this one (moved into a task per
         // HTTP/2 stream) stays small.
@@ -319,9 +340,10 @@ impl Proxy {
                     let Ok(uri) = uri else {
                         break;
                     };
+                    let body = body.get_or_insert_with(|| reclaimable(incoming.take()));
                     let req = build(&parts.method, uri, Version::HTTP_11, headers, body.clone());
                     if affine {
-                        match Box::pin(send_affine(&conn.affinity, addr, req, &body)).await {
+                        match Box::pin(send_affine(&conn.affinity, addr, req, body)).await {
                             Ok(resp) => Ok(resp),
                             Err(AffineError::Connect(e)) => {
                                 self.gorouters.eject(gorouter);
@@ -346,6 +368,7 @@ impl Proxy {
                     else {
                         break;
                     };
+                    let body = body.get_or_insert_with(|| reclaimable(incoming.take()));
                     let sent = if upgrade {
                         // HTTP/1.1 to the peer: origin-form URI with the Host header.
                         let origin: Uri = path_and_query
@@ -383,7 +406,7 @@ impl Proxy {
             match result {
                 Ok(resp) => return self.downstream(resp),
                 // Not a byte was sent (or nothing that matters was): the next target gets it.
-                Err(true) if body.unread() => continue,
+                Err(true) if body.as_ref().is_none_or(Reclaimable::unread) => continue,
                 Err(_) if idempotent_without_body => continue,
                 Err(_) => break,
             }
@@ -622,7 +645,7 @@ fn upstream_headers(incoming: &HeaderMap, conn: &Conn, host: &str, upgrade: bool
         h.insert(header::HOST, v);
     }
     if conn.peer.is_none() {
-        let ip = client_ip(conn.client);
+        let ip = &conn.ip;
         let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
             _ => ip.to_string(),
@@ -653,6 +676,11 @@ fn client_ip(addr: SocketAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         ip => ip,
     }
+}
+
+/// A request body that can go to the next target while unread.
+fn reclaimable(body: Option<Incoming>) -> Reclaimable {
+    Reclaimable::new(body.map_or_else(upstream::empty, upstream::boxed))
 }
 
 /// Join the client's upgraded connection to the upstream's, both ways, once both are ready.
@@ -722,13 +750,7 @@ async fn serve(
         let (proxy, tls, shutdown) = (proxy.clone(), tls.clone(), shutdown.clone());
         tracker.spawn(async move {
             let _permit = permit;
-            let conn = Conn {
-                client,
-                scheme,
-                peer: None,
-                affinity: Affinity::default(),
-                streams: h2::Streams::default(),
-            };
+            let conn = Conn::new(client, scheme, None);
             match tls {
                 None => h1::serve(proxy, tcp, conn, shutdown).await,
                 Some(acceptor) => {
@@ -771,13 +793,7 @@ pub async fn serve_peers(
             .0
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let conn = Conn {
-            client,
-            scheme: "https",
-            peer: Some(peer.peer.node_id.clone()),
-            affinity: Affinity::default(),
-            streams: h2::Streams::default(),
-        };
+        let conn = Conn::new(client, "https", Some(peer.peer.node_id.clone()));
         tracker.spawn(serve_conn(
             proxy.clone(),
             peer.stream,
@@ -793,13 +809,16 @@ async fn serve_conn<S>(proxy: Arc<Proxy>, io: S, conn: Conn, shutdown: Cancellat
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let conn = Arc::new(conn);
     let service = service_fn(move |req| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
-        // Boxed: HTTP/2 spawns a task per stream, and a small task moves cheaply.
-        let handled = Box::pin(proxy.handle(req, conn));
+        // Boxed: each HTTP/2 stream is a future of its own, and a small one moves cheaply.
+        let handled: Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> =
+            Box::pin(proxy.handle(req, conn));
         async move { Ok::<_, Infallible>(handled.await) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let streams = inline::Inline::default();
+    let mut builder = auto::Builder::new(streams.clone());
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -813,15 +832,17 @@ where
         .initial_stream_window_size(1024 * 1024)
         .initial_connection_window_size(4 * 1024 * 1024);
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(served);
+    let mut driven = inline::Driven::new(served, streams);
     tokio::select! {
-        res = served.as_mut() => if let Err(err) = res {
+        res = &mut driven => if let Err(err) = res {
             debug!(%err, "connection ended with an error");
         },
         () = shutdown.cancelled() => {
             // Drain: finish the requests in flight, accept no new ones on this connection.
-            served.as_mut().graceful_shutdown();
-            if let Err(err) = served.await {
+            if let Some(served) = driven.connection() {
+                served.graceful_shutdown();
+            }
+            if let Err(err) = driven.await {
                 debug!(%err, "connection ended with an error while draining");
             }
         }
@@ -844,13 +865,7 @@ mod tests {
         );
         incoming.insert("x-secret", HeaderValue::from_static("hop"));
         let client: SocketAddr = "10.9.8.7:5555".parse().unwrap();
-        let conn = Conn {
-            client,
-            scheme: "https",
-            peer: None,
-            affinity: Affinity::default(),
-            streams: h2::Streams::default(),
-        };
+        let conn = Conn::new(client, "https", None);
         let h = upstream_headers(&incoming, &conn, "shop.example.com", false);
         assert_eq!(h[header::HOST], "shop.example.com");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.9.8.7");
@@ -867,13 +882,7 @@ mod tests {
         // A fresh request gets an id; a peer's request keeps its forwarding headers.
         let mut fresh = HeaderMap::new();
         fresh.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        let peer = Conn {
-            client,
-            scheme: "https",
-            peer: Some("lon-1".into()),
-            affinity: Affinity::default(),
-            streams: h2::Streams::default(),
-        };
+        let peer = Conn::new(client, "https", Some("lon-1".into()));
         let h = upstream_headers(&fresh, &peer, "h2.example.com", false);
         assert_eq!(
             h[header::HOST],
@@ -891,13 +900,7 @@ mod tests {
         incoming.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         incoming.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(is_upgrade(&incoming));
-        let conn = Conn {
-            client: "127.0.0.1:1".parse().unwrap(),
-            scheme: "http",
-            peer: None,
-            affinity: Affinity::default(),
-            streams: h2::Streams::default(),
-        };
+        let conn = Conn::new("127.0.0.1:1".parse().unwrap(), "http", None);
         let h = upstream_headers(&incoming, &conn, "ws.example.com", true);
         assert_eq!(h[header::UPGRADE], "websocket");
         assert_eq!(h[header::CONNECTION], "upgrade");

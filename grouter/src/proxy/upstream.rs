@@ -102,6 +102,14 @@ pub fn boxed(body: Incoming) -> ProxyBody {
     body.map_err(BoxError::from).boxed()
 }
 
+/// An empty body.
+pub fn empty() -> ProxyBody {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 /// One GoRouter.
 #[derive(Debug)]
 pub struct GoRouter {

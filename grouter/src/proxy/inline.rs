@@ -1,0 +1,91 @@
+//! The HTTP/2 streams of a client connection, run inside that connection's own task.
+//!
+//! hyper hands every HTTP/2 stream to an executor; the usual one spawns a runtime task per
+//! stream. [`Inline`] keeps them instead, and [`drive`] polls them together with the
+//! connection: no task set-up and tear-down per request, and the connection flushes the
+//! responses of all the streams that finished in one poll together. The price: a
+//! connection's streams share one task, so they use one core at a time (as in HAProxy and
+//! nginx, whose connections each live on one thread).
+//!
+//! Must never: let the connection end before its streams (a stream still sending a body
+//! needs the connection polled), or poll a finished connection again.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use parking_lot::Mutex;
+
+use super::upstream::BoxError;
+
+type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// hyper's executor for one connection: streams wait here until [`drive`] takes them.
+#[derive(Clone, Default)]
+pub(super) struct Inline(Arc<Mutex<Vec<Stream>>>);
+
+impl<F> hyper::rt::Executor<F> for Inline
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        self.0.lock().push(Box::pin(stream));
+    }
+}
+
+/// A connection and its running streams: a future that is ready when the connection has
+/// ended and every stream has finished.
+pub(super) struct Driven<C> {
+    conn: Pin<Box<C>>,
+    inline: Inline,
+    running: FuturesUnordered<Stream>,
+    /// The connection's result, once it has ended.
+    ended: Option<Ended>,
+}
+
+/// How a connection ended.
+pub(super) type Ended = Result<(), BoxError>;
+
+// No field is ever pinned through `Driven` (the connection is boxed).
+impl<C> Unpin for Driven<C> {}
+
+impl<C: Future<Output = Ended>> Driven<C> {
+    /// `conn`, served with `inline` as its executor.
+    pub(super) fn new(conn: C, inline: Inline) -> Self {
+        Driven {
+            conn: Box::pin(conn),
+            inline,
+            running: FuturesUnordered::new(),
+            ended: None,
+        }
+    }
+
+    /// The connection, while it has not ended (its streams may run on after it).
+    pub(super) fn connection(&mut self) -> Option<Pin<&mut C>> {
+        self.ended.is_none().then_some(self.conn.as_mut())
+    }
+}
+
+impl<C: Future<Output = Ended>> Future for Driven<C> {
+    type Output = Ended;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let d = &mut *self;
+        if d.ended.is_none()
+            && let Poll::Ready(out) = d.conn.as_mut().poll(cx)
+        {
+            d.ended = Some(out);
+        }
+        d.running.extend(d.inline.0.lock().drain(..));
+        // Streams that finish wake the connection (this task) to flush what they queued.
+        while let Poll::Ready(Some(())) = d.running.poll_next_unpin(cx) {}
+        if d.running.is_empty()
+            && let Some(out) = d.ended.take()
+        {
+            return Poll::Ready(out);
+        }
+        Poll::Pending
+    }
+}
