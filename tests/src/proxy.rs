@@ -658,6 +658,54 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
 }
 
 #[tokio::test]
+async fn http2_streams_on_one_connection_do_not_wait_for_each_other() {
+    let bus = NatsServer::start();
+    let mut node = Node::builder("lon-1", "lon").nats(&bus.url()).start().await;
+    let client_bus = bus.client().await;
+    let msg = json!({"host": "10.0.0.1", "port": 1, "uris": ["app.example.com"], "app": "a"});
+    node.register_until_routed(&client_bus, &msg, "app.example.com")
+        .await;
+    let addr = node.http_addr();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let get = |path: &'static str| {
+        let h2 = h2.clone();
+        async move {
+            h2.get(format!("http://{addr}{path}"))
+                .header("host", "app.example.com")
+                .timeout(30 * SEC)
+                .send()
+                .await
+                .map(|r| (r.version(), r.status().as_u16()))
+        }
+    };
+    // The connection is open before the streams share it.
+    assert_eq!(
+        get("/").await.expect("first"),
+        (reqwest::Version::HTTP_2, 200)
+    );
+
+    // A stream the GoRouter answers after 20 s is in flight; streams after it on the same
+    // connection are answered meanwhile.
+    let slow = tokio::spawn(get("/delay/20000"));
+    wait_until(5 * SEC, "the slow stream to reach the GoRouter", || async {
+        let stub = node.stub.as_ref()?;
+        (stub.requests() >= 2).then_some(())
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            get("/fast").await.expect("fast"),
+            (reqwest::Version::HTTP_2, 200)
+        );
+    }
+    assert!(!slow.is_finished(), "the slow stream is still in flight");
+    slow.abort();
+}
+
+#[tokio::test]
 async fn sigterm_drains_in_flight_requests_while_healthz_says_503() {
     let bus = NatsServer::start();
     let mut node = Node::builder("lon-1", "lon").nats(&bus.url()).start().await;

@@ -22,6 +22,9 @@ use super::upstream::BoxError;
 
 type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// Rounds of connection-then-streams in one poll while streams keep finishing.
+const ROUNDS: u32 = 8;
+
 /// hyper's executor for one connection: streams wait here until [`drive`] takes them.
 #[derive(Clone, Default)]
 pub(super) struct Inline(Arc<Mutex<Vec<Stream>>>);
@@ -73,14 +76,28 @@ impl<C: Future<Output = Ended>> Future for Driven<C> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
         let d = &mut *self;
-        if d.ended.is_none()
-            && let Poll::Ready(out) = d.conn.as_mut().poll(cx)
-        {
-            d.ended = Some(out);
+        for round in 1.. {
+            if d.ended.is_none()
+                && let Poll::Ready(out) = d.conn.as_mut().poll(cx)
+            {
+                d.ended = Some(out);
+            }
+            d.running.extend(d.inline.0.lock().drain(..));
+            let mut finished = false;
+            while let Poll::Ready(Some(())) = d.running.poll_next_unpin(cx) {
+                finished = true;
+            }
+            // A stream that finished has queued its response's last frames: the connection
+            // writes them now rather than a scheduler round later.
+            if !finished || d.ended.is_some() {
+                break;
+            }
+            if round == ROUNDS {
+                // Busy: let the other connections run, and come back.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
         }
-        d.running.extend(d.inline.0.lock().drain(..));
-        // Streams that finish wake the connection (this task) to flush what they queued.
-        while let Poll::Ready(Some(())) = d.running.poll_next_unpin(cx) {}
         if d.running.is_empty()
             && let Some(out) = d.ended.take()
         {
