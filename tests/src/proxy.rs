@@ -660,7 +660,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
 #[tokio::test]
 async fn http2_streams_on_one_connection_do_not_wait_for_each_other() {
     let bus = NatsServer::start();
-    let mut node = Node::builder("lon-1", "lon").nats(&bus.url()).start().await;
+    let node = Node::builder("lon-1", "lon").nats(&bus.url()).start().await;
     let client_bus = bus.client().await;
     let msg = json!({"host": "10.0.0.1", "port": 1, "uris": ["app.example.com"], "app": "a"});
     node.register_until_routed(&client_bus, &msg, "app.example.com")
