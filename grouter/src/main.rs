@@ -20,7 +20,7 @@ use grouter::config::{Config, LogFormat};
 use grouter::mesh::identity::{self, IdentityError, NameField, NodeIdentity};
 use grouter::node::{self, Listeners, NodeState};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -259,16 +259,9 @@ async fn serve(config: Config, token: String) -> anyhow::Result<()> {
         listeners.https = Some(bind(addr, "https", "proxy.https_listen").await?);
     }
     if let Some(dns) = &config.dns {
-        let udp = tokio::net::UdpSocket::bind(dns.listen)
-            .await
-            .with_context(|| format!("dns.listen: cannot bind {} (udp)", dns.listen))?;
-        // TCP on the port UDP got (they differ only if the config asked for port 0).
-        let udp_addr = udp
-            .local_addr()
-            .with_context(|| format!("dns.listen: {}", dns.listen))?;
-        info!(service = "dns", proto = "udp", addr = %udp_addr, "listening");
-        listeners.dns_tcp = Some(bind(udp_addr, "dns", "dns.listen").await?);
+        let (udp, tcp) = bind_dns(dns.listen).await?;
         listeners.dns_udp = Some(udp);
+        listeners.dns_tcp = Some(tcp);
     }
     node::run(config, state, listeners, shutdown).await?;
     Ok(())
@@ -287,6 +280,40 @@ async fn bind(
         .with_context(|| format!("{key}: {addr}"))?;
     info!(service, addr = %bound, "listening");
     Ok(listener)
+}
+
+/// DNS over UDP and TCP on one port. For port 0 the port UDP gets may be taken for TCP
+/// (the two have separate port spaces), so another is tried, a few times.
+async fn bind_dns(
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    const TRIES: usize = 16;
+    for attempt in 1..=TRIES {
+        let udp = tokio::net::UdpSocket::bind(listen)
+            .await
+            .with_context(|| format!("dns.listen: cannot bind {listen} (udp)"))?;
+        let addr = udp
+            .local_addr()
+            .with_context(|| format!("dns.listen: {listen}"))?;
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(tcp) => {
+                info!(service = "dns", proto = "udp", %addr, "listening");
+                info!(service = "dns", %addr, "listening");
+                return Ok((udp, tcp));
+            }
+            Err(err)
+                if listen.port() == 0
+                    && err.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt < TRIES =>
+            {
+                debug!(%addr, "dns: the udp port is taken for tcp; trying another");
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("dns.listen: cannot bind {addr} (tcp)"));
+            }
+        }
+    }
+    anyhow::bail!("dns.listen: no port free for both udp and tcp after {TRIES} tries")
 }
 
 /// Cancel `shutdown` on SIGINT or SIGTERM; both drain the same way.
@@ -319,5 +346,35 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dns_binds_udp_and_tcp_on_one_port_and_names_a_taken_one() {
+        // Port 0: both protocols on the same port, whichever it is.
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (udp, tcp) = bind_dns(any).await.unwrap();
+        assert_eq!(udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+        // A configured port whose TCP side is taken is an error naming the key and the
+        // protocol, not a silent move to another port.
+        let mut checked = false;
+        for _ in 0..16 {
+            let taken = tokio::net::TcpListener::bind(any).await.unwrap();
+            let port = taken.local_addr().unwrap();
+            if tokio::net::UdpSocket::bind(port).await.is_err() {
+                continue; // taken for UDP too: not the case under test
+            }
+            let err = bind_dns(port).await.unwrap_err();
+            let text = format!("{err:#}");
+            assert!(text.starts_with("dns.listen: cannot bind"), "{text}");
+            assert!(text.contains("(tcp)"), "{text}");
+            checked = true;
+            break;
+        }
+        assert!(checked, "no port was free for UDP and taken for TCP");
     }
 }

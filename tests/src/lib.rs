@@ -434,10 +434,17 @@ impl Node {
                 listening("https"),
             ));
         }
-        wait_until(Duration::from_secs(10), "the admin API", || async {
-            self.get("/healthz").await.ok().map(|_| ())
+        let answered = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.get("/healthz").await.is_err() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         })
         .await;
+        assert!(
+            answered.is_ok(),
+            "the admin API did not answer within 10 s; output so far:\n{}",
+            self.log.tail(40)
+        );
     }
 
     /// Kill the process (SIGKILL: a crash) and start it again with the same config; it comes
