@@ -321,13 +321,84 @@ async fn answers_follow_endpoints_and_health_and_a_lost_node_fails_open() {
     );
 }
 
+/// `kdig` (knot-dnsutils), or a panic naming the install command.
+fn kdig() -> &'static str {
+    ["/usr/bin/kdig", "/usr/local/bin/kdig"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .unwrap_or_else(|| panic!("kdig not found: install it with `apt-get install -y knot-dnsutils` (deploy/test.sh does this)"))
+}
+
+/// An answer too large for a plain UDP reply (512 bytes without EDNS) comes truncated with
+/// the TC bit, so the resolver asks again over TCP and gets all of it.
+#[tokio::test]
+async fn a_large_answer_is_truncated_over_udp_and_whole_over_tcp() {
+    let ca = MeshCa::new();
+    let bus = NatsServer::start();
+    // 40 entry addresses: 40 A records of 16 bytes each do not fit in 512.
+    let many: Vec<String> = (1..=40).map(|i| format!("192.0.2.{i}")).collect();
+    let lon = Node::builder("lon-1", "lon")
+        .nats(&bus.url())
+        .mesh(&ca, &[])
+        .extra(&dns_toml(&many.join("\", \"")))
+        .start()
+        .await;
+    let client = bus.client().await;
+    let host = "big.apps.example.com";
+    let msg = registration(host, 8080, host, "big");
+    wait_until(10 * SEC, "the route", || async {
+        publish(&client, "router.register", &msg.clone()).await;
+        lon.route(host, "").await.map(|_| ())
+    })
+    .await;
+    let server = dns_addr(&lon);
+
+    let over_udp = udp(server, LON_RESOLVER, host, RecordType::A, None).await;
+    assert!(over_udp.metadata.truncation, "TC set over UDP");
+    assert!(
+        over_udp.to_vec().unwrap().len() <= 512,
+        "the UDP reply fits 512 bytes"
+    );
+    assert!(
+        addresses(&over_udp).len() < many.len(),
+        "a truncated reply cannot hold every address"
+    );
+
+    let over_tcp = tcp(server, LON_RESOLVER, host, RecordType::A).await;
+    assert!(!over_tcp.metadata.truncation, "TC clear over TCP");
+    let mut got = addresses(&over_tcp);
+    got.sort();
+    let mut want = many.clone();
+    want.sort();
+    assert_eq!(got, want, "every entry address over TCP");
+
+    // A standard resolver does exactly that: kdig asks over UDP (no EDNS), sees TC and
+    // asks again over TCP.
+    let out = std::process::Command::new(kdig())
+        .arg(format!("@{}", server.ip()))
+        .args([
+            "-p",
+            &server.port().to_string(),
+            "+time=2",
+            "+retry=0",
+            "+noedns",
+        ])
+        .args(["+short", host, "A"])
+        .output()
+        .expect("run kdig");
+    let mut got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    got.sort();
+    assert_eq!(got, want, "kdig retried over TCP and got every address");
+}
+
 /// The answers as a standard tool sees them: `kdig` (knot-dnsutils) over UDP and TCP.
 #[tokio::test]
 async fn kdig_gets_steered_answers_over_udp_and_tcp() {
-    let kdig = ["/usr/bin/kdig", "/usr/local/bin/kdig"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).is_file())
-        .unwrap_or_else(|| panic!("kdig not found: install it with `apt-get install -y knot-dnsutils` (deploy/test.sh does this)"));
+    let kdig = kdig();
     let ca = MeshCa::new();
     let bus = NatsServer::start();
     let lon = Node::builder("lon-1", "lon")
