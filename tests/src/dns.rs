@@ -22,9 +22,18 @@ const LON_RESOLVER: &str = "127.0.0.2";
 const NYC_RESOLVER: &str = "127.0.0.3";
 
 fn dns_toml(site_addr: &str) -> String {
+    dns_toml_many(&[site_addr])
+}
+
+fn dns_toml_many(site_addrs: &[&str]) -> String {
+    let site_addrs = site_addrs
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         "\n[dns]\nlisten = \"127.0.0.1:0\"\nzones = [\"apps.example.com\"]\nttl_secs = 5\n\
-         site_addresses = [\"{site_addr}\"]\n\
+         site_addresses = [{site_addrs}]\n\
          client_networks = {{ \"{LON_RESOLVER}/32\" = \"lon\", \"{NYC_RESOLVER}/32\" = \"nyc\" }}\n"
     )
 }
@@ -47,6 +56,28 @@ async fn two_dns_sites() -> (MeshCa, NatsServer, NatsServer, Node, Node) {
         .start()
         .await;
     (ca, lon_bus, nyc_bus, lon, nyc)
+}
+
+/// lon alone (so its sync is `lost`), answering with `site_addrs`, with `host` routed; and
+/// its DNS address.
+async fn one_dns_site(site_addrs: &[&str], host: &str) -> (MeshCa, NatsServer, Node, SocketAddr) {
+    let ca = MeshCa::new();
+    let bus = NatsServer::start();
+    let lon = Node::builder("lon-1", "lon")
+        .nats(&bus.url())
+        .mesh(&ca, &[])
+        .extra(&dns_toml_many(site_addrs))
+        .start()
+        .await;
+    let client = bus.client().await;
+    let msg = registration(host, 8080, host, "app");
+    wait_until(10 * SEC, "the route", || async {
+        publish(&client, "router.register", &msg.clone()).await;
+        lon.route(host, "").await.map(|_| ())
+    })
+    .await;
+    let server = dns_addr(&lon);
+    (ca, bus, lon, server)
 }
 
 fn dns_addr(node: &Node) -> SocketAddr {
@@ -333,25 +364,11 @@ fn kdig() -> &'static str {
 /// the TC bit, so the resolver asks again over TCP and gets all of it.
 #[tokio::test]
 async fn a_large_answer_is_truncated_over_udp_and_whole_over_tcp() {
-    let ca = MeshCa::new();
-    let bus = NatsServer::start();
     // 40 entry addresses: 40 A records of 16 bytes each do not fit in 512.
     let many: Vec<String> = (1..=40).map(|i| format!("192.0.2.{i}")).collect();
-    let lon = Node::builder("lon-1", "lon")
-        .nats(&bus.url())
-        .mesh(&ca, &[])
-        .extra(&dns_toml(&many.join("\", \"")))
-        .start()
-        .await;
-    let client = bus.client().await;
     let host = "big.apps.example.com";
-    let msg = registration(host, 8080, host, "big");
-    wait_until(10 * SEC, "the route", || async {
-        publish(&client, "router.register", &msg.clone()).await;
-        lon.route(host, "").await.map(|_| ())
-    })
-    .await;
-    let server = dns_addr(&lon);
+    let (_ca, _bus, _lon, server) =
+        one_dns_site(&many.iter().map(String::as_str).collect::<Vec<_>>(), host).await;
 
     let over_udp = udp(server, LON_RESOLVER, host, RecordType::A, None).await;
     assert!(over_udp.metadata.truncation, "TC set over UDP");
@@ -399,23 +416,8 @@ async fn a_large_answer_is_truncated_over_udp_and_whole_over_tcp() {
 #[tokio::test]
 async fn kdig_gets_steered_answers_over_udp_and_tcp() {
     let kdig = kdig();
-    let ca = MeshCa::new();
-    let bus = NatsServer::start();
-    let lon = Node::builder("lon-1", "lon")
-        .nats(&bus.url())
-        .mesh(&ca, &[])
-        .extra(&dns_toml(LON_ADDR))
-        .start()
-        .await;
-    let client = bus.client().await;
     let host = "shop.apps.example.com";
-    let msg = registration(host, 8080, host, "shop");
-    wait_until(10 * SEC, "the route", || async {
-        publish(&client, "router.register", &msg.clone()).await;
-        lon.route(host, "").await.map(|_| ())
-    })
-    .await;
-    let server = dns_addr(&lon);
+    let (_ca, _bus, _lon, server) = one_dns_site(&[LON_ADDR], host).await;
     let run = |args: &[&str]| {
         let out = std::process::Command::new(kdig)
             .arg(format!("@{}", server.ip()))
