@@ -70,12 +70,8 @@ async fn one_dns_site(site_addrs: &[&str], host: &str) -> (MeshCa, NatsServer, N
         .start()
         .await;
     let client = bus.client().await;
-    let msg = registration(host, 8080, host, "app");
-    wait_until(10 * SEC, "the route", || async {
-        publish(&client, "router.register", &msg.clone()).await;
-        lon.route(host, "").await.map(|_| ())
-    })
-    .await;
+    lon.register_until_routed(&client, &registration(host, 8080, host, "app"), host)
+        .await;
     let server = dns_addr(&lon);
     (ca, bus, lon, server)
 }
@@ -169,12 +165,8 @@ async fn two_sites_steer_by_resolver_and_ecs_over_udp_and_tcp() {
     let host = "shop.apps.example.com";
     for (node, bus) in [(&lon, &lon_bus), (&nyc, &nyc_bus)] {
         let bus = bus.client().await;
-        let msg = registration(host, 8080, host, "app-shop");
-        wait_until(10 * SEC, "the site to learn the route", || async {
-            publish(&bus, "router.register", &msg.clone()).await;
-            node.route(host, "").await.map(|_| ())
-        })
-        .await;
+        node.register_until_routed(&bus, &registration(host, 8080, host, "app-shop"), host)
+            .await;
     }
     // lon's resolver gets lon; once nyc's route and record (with its site address) have
     // replicated, nyc's resolver gets nyc.
@@ -276,12 +268,8 @@ async fn answers_follow_endpoints_and_health_and_a_lost_node_fails_open() {
     let (lon_client, nyc_client) = (lon_bus.client().await, nyc_bus.client().await);
     for host in [shop, blog] {
         for (node, bus) in [(&lon, &lon_client), (&nyc, &nyc_client)] {
-            let msg = registration(host, 8080, host, host);
-            wait_until(10 * SEC, "the site to learn the route", || async {
-                publish(bus, "router.register", &msg.clone()).await;
-                node.route(host, "").await.map(|_| ())
-            })
-            .await;
+            node.register_until_routed(bus, &registration(host, 8080, host, host), host)
+                .await;
         }
     }
     wait_until(10 * SEC, "nyc's resolver to be steered to nyc", || async {
