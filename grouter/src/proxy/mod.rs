@@ -285,8 +285,8 @@ impl Proxy {
         let mut incoming = Some(body);
         let mut body: Option<Reclaimable> = None;
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        // The rarer ways' futures are boxed, so that this one (moved into a task per
-        // HTTP/2 stream) stays small.
+        // The rarer ways' futures are boxed, so that this one (boxed once per HTTP/2
+        // stream) stays small.
         for target in targets.into_iter().take(MAX_ATTEMPTS) {
             log.attempts += 1;
             // A bodiless HTTP/2 stream to a GoRouter is written as bytes; the rest needs the
