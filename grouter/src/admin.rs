@@ -22,14 +22,35 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::mesh::liveness::NodeState;
-use crate::node::NodeState as Node;
-use crate::table::RouteView;
+use crate::health::Health;
+use crate::mesh::Mesh;
+use crate::mesh::liveness::Verdict;
+use crate::metrics::Metrics;
+use crate::table::{RouteView, Table};
 
 type Body = Full<Bytes>;
 
+/// What the admin API reads.
+#[derive(Debug)]
+pub struct AdminState {
+    /// The merged route table.
+    pub table: Arc<Table>,
+    /// Sync state, drain flag and GoRouter health.
+    pub health: Arc<Health>,
+    /// The registry `/metrics` encodes.
+    pub metrics: Arc<Metrics>,
+    /// The mesh, when `[mesh]` is configured.
+    pub mesh: Option<Arc<Mesh>>,
+    /// Bearer token of `/v1/*`.
+    pub token: String,
+    /// The node's region, if configured.
+    pub region: Option<String>,
+    /// When the node started.
+    pub started: std::time::Instant,
+}
+
 /// Serve the admin API on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, state: Arc<Node>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -66,13 +87,15 @@ pub async fn serve(listener: TcpListener, state: Arc<Node>, shutdown: Cancellati
     connections.wait().await;
 }
 
-fn handle(state: &Node, req: Request<Incoming>) -> Response<Body> {
+fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
     match (req.method(), path) {
         (&Method::GET, "/healthz") => healthz(state),
         (&Method::GET, "/metrics") => {
-            let text = state.metrics.encode(state.table.stats());
+            let text = state
+                .metrics
+                .encode(state.table.stats(), state.health.sync());
             Response::builder()
                 .header(
                     header::CONTENT_TYPE,
@@ -110,22 +133,22 @@ fn handle(state: &Node, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-fn healthz(state: &Node) -> Response<Body> {
-    let (status, word) = if state.is_draining() {
+fn healthz(state: &AdminState) -> Response<Body> {
+    let (status, word) = if state.health.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if !state.gorouters_healthy() {
+    } else if !state.health.gorouters_healthy() {
         (StatusCode::SERVICE_UNAVAILABLE, "no_healthy_gorouter")
     } else {
         (StatusCode::OK, "ok")
     };
-    let body = json!({ "status": word, "sync": state.sync().as_str() });
+    let body = json!({ "status": word, "sync": state.health.sync().as_str() });
     let mut resp = ok(body);
     *resp.status_mut() = status;
     resp
 }
 
 /// Constant-time comparison of the bearer token, so that timing does not reveal it.
-fn authorized(state: &Node, req: &Request<Incoming>) -> bool {
+fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
     let Some(got) = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -139,26 +162,26 @@ fn authorized(state: &Node, req: &Request<Incoming>) -> bool {
     got.len() == want.len() && got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-fn status(state: &Node) -> Value {
+fn status(state: &AdminState) -> Value {
     let stats = state.table.stats();
     json!({
         "node_id": &*state.table.me().node_id,
         "site": &*state.table.me().site,
         "region": state.region,
         "generation": state.table.me().generation,
-        "sync": state.sync().as_str(),
+        "sync": state.health.sync().as_str(),
         "routes": stats.routes,
         "local_routes": stats.local_routes,
         "local_endpoints": stats.local_endpoints,
-        "peers_alive": state.mesh.get().map_or(0, |m| {
-            m.nodes().iter().filter(|n| n.state != NodeState::Dead).count()
+        "peers_alive": state.mesh.as_deref().map_or(0, |m| {
+            m.nodes().iter().filter(|n| n.state != Verdict::Dead).count()
         }),
-        "peers_connected": state.mesh.get().map_or(0, |m| m.peers().len()),
+        "peers_connected": state.mesh.as_deref().map_or(0, |m| m.peers().len()),
         "uptime_secs": state.started.elapsed().as_secs(),
     })
 }
 
-fn routes(state: &Node, params: &BTreeMap<String, String>) -> Value {
+fn routes(state: &AdminState, params: &BTreeMap<String, String>) -> Value {
     let site_filter = params.get("site").map(String::as_str);
     let views = state.table.routes(params.get("host").map(String::as_str));
     let routes: Vec<Value> = views
@@ -219,7 +242,7 @@ fn route_json(view: &RouteView, site_filter: Option<&str>) -> Option<Value> {
 }
 
 /// The global `cf apps`: every app, its routes, and its instances per site.
-fn apps(state: &Node, params: &BTreeMap<String, String>) -> Value {
+fn apps(state: &AdminState, params: &BTreeMap<String, String>) -> Value {
     #[derive(Default)]
     struct App<'a> {
         name: Option<&'a str>,
@@ -260,7 +283,7 @@ fn apps(state: &Node, params: &BTreeMap<String, String>) -> Value {
 }
 
 /// Every site: its nodes and their liveness, health, RTT from here, and routes.
-fn sites(state: &Node) -> Value {
+fn sites(state: &AdminState) -> Value {
     #[derive(Default)]
     struct Site {
         region: String,
@@ -270,8 +293,8 @@ fn sites(state: &Node) -> Value {
         nodes: Vec<Value>,
     }
     let me = state.table.me();
-    let mesh = state.mesh.get();
-    let verdicts: BTreeMap<String, (NodeState, u128)> = mesh
+    let mesh = state.mesh.as_deref();
+    let verdicts: BTreeMap<String, (Verdict, u128)> = mesh
         .map(|m| m.nodes())
         .unwrap_or_default()
         .into_iter()
@@ -292,12 +315,12 @@ fn sites(state: &Node) -> Value {
     for p in state.table.partitions() {
         let own = Arc::ptr_eq(&p.origin, me);
         let (verdict, silent_ms) = if own {
-            (NodeState::Alive, 0)
+            (Verdict::Alive, 0)
         } else {
             verdicts
                 .get(&*p.origin.node_id)
                 .copied()
-                .unwrap_or((NodeState::Alive, 0))
+                .unwrap_or((Verdict::Alive, 0))
         };
         let site = sites.entry(p.origin.site.to_string()).or_default();
         let record = p.record.as_ref();
@@ -309,11 +332,11 @@ fn sites(state: &Node) -> Value {
             };
         }
         let healthy = if own {
-            state.can_serve()
+            state.health.can_serve()
         } else {
             record.is_some_and(|r| r.healthy)
         };
-        if verdict != NodeState::Dead {
+        if verdict != Verdict::Dead {
             site.healthy |= healthy;
             site.routes = site.routes.max(p.routes);
         }
@@ -348,8 +371,8 @@ fn sites(state: &Node) -> Value {
 }
 
 /// This node's peer connections, what each peer holds, and this node's own watermarks.
-fn peers(state: &Node) -> Value {
-    let links = state.mesh.get().map(|m| m.peers()).unwrap_or_default();
+fn peers(state: &AdminState) -> Value {
+    let links = state.mesh.as_deref().map(|m| m.peers()).unwrap_or_default();
     let peers: Vec<Value> = links
         .iter()
         .map(|p| {

@@ -29,12 +29,15 @@ use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use ipnet::IpNet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::DnsConfig;
-use crate::node::{NodeState, SyncState};
+use crate::health::{Health, SyncState};
+use crate::metrics::Metrics;
 use crate::table::Table;
 
 /// How long a TCP client may stay silent before its connection is closed.
@@ -168,6 +171,61 @@ impl Reason {
             Reason::FailOpen => "fail_open",
         }
     }
+}
+
+/// The DNS front's counters: `grouter_dns_queries_total{type,rcode}` and
+/// `grouter_dns_steering_total{reason}`.
+#[derive(Debug)]
+pub struct DnsMetrics {
+    queries: Family<Vec<(String, String)>, Counter>,
+    steering: [Counter; Reason::ALL.len()],
+}
+
+impl DnsMetrics {
+    /// The counters, registered in `metrics` (the steering reasons at zero).
+    pub fn new(metrics: &Metrics) -> DnsMetrics {
+        let queries = Family::default();
+        metrics.register(
+            "dns_queries",
+            "DNS queries answered, by query type and response code",
+            queries.clone(),
+        );
+        let steering = metrics.reason_counters(
+            "dns_steering",
+            "DNS answers for app hosts, by why they name the sites they do",
+            Reason::ALL.map(Reason::as_str),
+        );
+        DnsMetrics { queries, steering }
+    }
+
+    /// Count one query by its type (`A`, `AAAA`, …) and response code (`noerror`, …). The
+    /// label set is small: types and codes are bounded enumerations.
+    fn count_query(&self, qtype: &str, rcode: &str) {
+        self.queries
+            .get_or_create(&vec![
+                ("type".to_string(), qtype.to_string()),
+                ("rcode".to_string(), rcode.to_string()),
+            ])
+            .inc();
+    }
+
+    /// Count one steering decision.
+    fn count_steering(&self, why: Reason) {
+        if let Some(c) = self.steering.get(why as usize) {
+            c.inc();
+        }
+    }
+}
+
+/// What the DNS front reads and counts.
+#[derive(Debug)]
+pub struct Front {
+    /// The merged route table.
+    pub table: Arc<Table>,
+    /// This node's sync state and health.
+    pub health: Arc<Health>,
+    /// The front's counters.
+    pub metrics: Arc<DnsMetrics>,
 }
 
 /// Records at the zone apex.
@@ -394,7 +452,7 @@ pub enum DnsError {
 /// The request handler: decodes the question, calls [`answer`], encodes the records.
 #[derive(Debug)]
 struct Handler {
-    state: Arc<NodeState>,
+    state: Front,
     settings: DnsSettings,
 }
 
@@ -455,29 +513,29 @@ impl Handler {
         if req_edns.is_some() {
             builder.edns(&resp_edns);
         }
-        let metrics = &self.state.metrics;
+        let metrics = &*self.state.metrics;
         if request.metadata.message_type != MessageType::Query
             || request.metadata.op_code != OpCode::Query
         {
-            metrics.count_dns_query("other", rcode_label(ResponseCode::NotImp));
+            metrics.count_query("other", rcode_label(ResponseCode::NotImp));
             let msg = builder.error_msg(&request.metadata, ResponseCode::NotImp);
             return response.send_response(msg).await.map_err(|e| e.to_string());
         }
         if req_edns.is_some_and(|e| e.version() > 0) {
-            metrics.count_dns_query("other", rcode_label(ResponseCode::BADVERS));
+            metrics.count_query("other", rcode_label(ResponseCode::BADVERS));
             let msg = builder.error_msg(&request.metadata, ResponseCode::BADVERS);
             return response.send_response(msg).await.map_err(|e| e.to_string());
         }
         let Ok(info) = request.request_info() else {
-            metrics.count_dns_query("other", rcode_label(ResponseCode::FormErr));
+            metrics.count_query("other", rcode_label(ResponseCode::FormErr));
             let msg = builder.error_msg(&request.metadata, ResponseCode::FormErr);
             return response.send_response(msg).await.map_err(|e| e.to_string());
         };
         let qname: Name = info.query.name().into();
         let qtype = info.query.query_type();
         let status = NodeStatus {
-            sync: self.state.sync(),
-            healthy: self.state.can_serve(),
+            sync: self.state.health.sync(),
+            healthy: self.state.health.can_serve(),
         };
         let decided = answer(
             &self.state.table,
@@ -528,9 +586,9 @@ impl Handler {
             RecordType::ANY => "ANY".to_string(),
             _ => "other".to_string(),
         };
-        metrics.count_dns_query(&type_label, rcode_label(rcode));
+        metrics.count_query(&type_label, rcode_label(rcode));
         if let Some(reason) = decided.reason {
-            metrics.count_dns_steering(reason);
+            metrics.count_steering(reason);
         }
         debug!(name = %qname, qtype = %qtype, rcode = %rcode, answers = decided.answers.len(),
             reason = decided.reason.map(Reason::as_str), "dns answer");
@@ -570,7 +628,7 @@ impl RequestHandler for Handler {
 /// Serve `[dns]` on the bound UDP socket and TCP listener until `shutdown`.
 pub async fn serve(
     settings: DnsSettings,
-    state: Arc<NodeState>,
+    state: Front,
     udp: UdpSocket,
     tcp: TcpListener,
     shutdown: CancellationToken,
@@ -600,6 +658,13 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steering_reasons_index_their_counters_in_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{}", r.as_str());
+        }
+    }
     use crate::table::{Import, NodeRecord, RouteEntry, RouteKey};
 
     fn key(uri: &str) -> Arc<RouteKey> {

@@ -22,11 +22,20 @@
 //!   forwarding to GoRouters or other sites with retries, headers, upgrades, access log.
 //!   It reads the table and never holds a lock across an `.await`.
 //! - [`tls`]: per-app certificates by SNI from `tls.cert_dir`, hot-reloaded.
-//! - [`admin`]: `/healthz`, `/metrics`, `/v1/*` (bearer token); reads table, mesh, metrics.
+//! - [`admin`]: `/healthz`, `/metrics`, `/v1/*` (bearer token); reads table, health, mesh,
+//!   metrics.
 //! - [`demo`]: `grouter demo` and the GoRouter stand-in it shares with the tests.
-//! - [`metrics`]: the Prometheus registry every subsystem increments.
-//! - [`node`]: the shared [`node::NodeState`] and [`node::run`], which runs every subsystem
-//!   under one cancellation token and drains them on shutdown.
+//! - [`health`] (leaf): the sync state, the drain flag and GoRouter health, which the mesh,
+//!   the probes and shutdown write and the proxy, DNS and admin read.
+//! - [`metrics`]: the Prometheus registry; the learner's and mesh links' counters, the table
+//!   gauges. Subsystems with counters of their own types (DNS, mesh refusals) register them.
+//! - [`node`]: wiring only. [`node::NodeState`] holds the handles, and [`node::run`] hands
+//!   each subsystem the ones it uses, runs them under one cancellation token and drains them
+//!   on shutdown. Nothing but the binary and the test fixtures imports it.
+//!
+//! Dependencies point one way (docs/MODULES.md lists who imports whom; no cycles):
+//! `node` → `admin`, `dns`, `proxy`, `mesh`, `learn`, `tls` → `metrics`, `table`, `health`,
+//! `config`.
 //!
 //! The DNS front, [`dns`], answers for `dns.zones` from the same merged view (table, site
 //! health, sync state); see docs/DNS.md for what it does not do yet.
@@ -37,6 +46,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod dns;
+pub mod health;
 pub mod learn;
 pub mod mesh;
 pub mod metrics;

@@ -1,26 +1,33 @@
 //! Prometheus metrics of the node.
 //!
-//! Owns: the metric registry and the handles every subsystem increments. Counters on hot
-//! paths are plain atomics (no label lookup per message); gauges derived from the table are
-//! set when `/metrics` is scraped.
+//! Owns: the metric registry, the counters of the learner and the mesh links, and the gauges
+//! derived from the table and the sync state (set when `/metrics` is scraped). A subsystem
+//! whose counters carry its own types (the DNS front's reasons, the mesh's refusals) owns
+//! them and registers them here through [`Metrics::register`] and
+//! [`Metrics::reason_counters`]. Counters on hot paths are plain atomics (no label lookup per
+//! message).
 //!
-//! Must never: block, or allocate on a hot path.
+//! Must never: import a subsystem (it assembles what they register), block on a hot path, or
+//! allocate on one.
 
 use std::fmt::Write as _;
 
 use grouter_protocol::nats::InvalidMessage;
+use parking_lot::Mutex;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
+use crate::health::SyncState;
 use crate::table::TableStats;
 
 /// Every metric of the node.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
+    /// Locked only to register (at start) and to encode (per scrape).
+    registry: Mutex<Registry>,
     /// `router.register` messages received.
     pub nats_register: Counter,
     /// `router.unregister` messages received.
@@ -55,10 +62,7 @@ pub struct Metrics {
     pub entries_sent: Counter,
     /// Replicated entries (and records) that changed this node's table.
     pub mesh_entries_applied: Counter,
-    mesh_rejected: [Counter; crate::mesh::sync::Rejection::ALL.len()],
     sync_state: Family<Vec<(String, String)>, Gauge>,
-    dns_queries: Family<Vec<(String, String)>, Counter>,
-    dns_steering: [Counter; crate::dns::Reason::ALL.len()],
     routes: Gauge,
     local_routes: Gauge,
     partitions: Gauge,
@@ -92,14 +96,11 @@ impl Metrics {
             mesh_handshake_failures: Counter::default(),
             entries_sent: Counter::default(),
             mesh_entries_applied: Counter::default(),
-            mesh_rejected: Default::default(),
             sync_state: Family::default(),
-            dns_queries: Family::default(),
-            dns_steering: Default::default(),
             routes: Gauge::default(),
             local_routes: Gauge::default(),
             partitions: Gauge::default(),
-            registry: Registry::default(),
+            registry: Mutex::new(Registry::default()),
         };
         let r = &mut registry;
         r.register(
@@ -162,19 +163,12 @@ impl Metrics {
             "partitions in the table, this node's included",
             m.partitions.clone(),
         );
-        // One family, every reason created up front: scrapes show zeros, and the hot path
-        // increments a plain counter instead of looking up a label set.
-        let invalid: Family<Vec<(String, String)>, Counter> = Family::default();
-        r.register(
+        let nats_invalid = reason_counters(
+            r,
             "nats_invalid_messages",
             "messages dropped as invalid, by reason",
-            invalid.clone(),
+            InvalidMessage::REASONS,
         );
-        let nats_invalid = InvalidMessage::REASONS.map(|reason| {
-            invalid
-                .get_or_create(&vec![("reason".to_string(), reason.to_string())])
-                .clone()
-        });
         r.register(
             "nats_slow_consumer_events",
             "times registrations were dropped because the learner fell behind (emitters re-send them)",
@@ -206,47 +200,33 @@ impl Metrics {
             "replicated entries that changed the table",
             m.mesh_entries_applied.clone(),
         );
-        let rejected: Family<Vec<(String, String)>, Counter> = Family::default();
-        r.register(
-            "mesh_deltas_rejected",
-            "partition deltas dropped, by reason",
-            rejected.clone(),
-        );
-        let mesh_rejected = crate::mesh::sync::Rejection::ALL.map(|why| {
-            rejected
-                .get_or_create(&vec![("reason".to_string(), why.as_str().to_string())])
-                .clone()
-        });
         r.register(
             "sync_state",
             "1 for the node's current sync state",
             m.sync_state.clone(),
         );
-        r.register(
-            "dns_queries",
-            "DNS queries answered, by query type and response code",
-            m.dns_queries.clone(),
-        );
-        let steering: Family<Vec<(String, String)>, Counter> = Family::default();
-        r.register(
-            "dns_steering",
-            "DNS answers for app hosts, by why they name the sites they do",
-            steering.clone(),
-        );
-        let dns_steering = crate::dns::Reason::ALL.map(|why| {
-            steering
-                .get_or_create(&vec![("reason".to_string(), why.as_str().to_string())])
-                .clone()
-        });
-        let m = Metrics {
-            registry,
+        Metrics {
+            registry: Mutex::new(registry),
             nats_invalid,
-            mesh_rejected,
-            dns_steering,
             ..m
-        };
-        m.set_sync(crate::node::SyncState::InSync);
-        m
+        }
+    }
+
+    /// Register a subsystem's metric (at start; scrapes include it from then on).
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        self.registry.lock().register(name, help, metric);
+    }
+
+    /// One counter per reason in a family labelled `reason`, every one created up front:
+    /// scrapes show zeros, and a hot path increments a plain counter instead of looking up a
+    /// label set.
+    pub fn reason_counters<const N: usize>(
+        &self,
+        name: &str,
+        help: &str,
+        reasons: [&str; N],
+    ) -> [Counter; N] {
+        reason_counters(&mut self.registry.lock(), name, help, reasons)
     }
 
     /// Count one invalid message.
@@ -256,60 +236,41 @@ impl Metrics {
         }
     }
 
-    /// Count one dropped partition delta.
-    pub fn count_mesh_rejection(&self, why: crate::mesh::sync::Rejection) {
-        if let Some(i) = crate::mesh::sync::Rejection::ALL
-            .iter()
-            .position(|r| *r == why)
-            && let Some(c) = self.mesh_rejected.get(i)
-        {
-            c.inc();
-        }
-    }
-
-    /// Count one DNS query by its type (`A`, `AAAA`, …) and response code (`noerror`, …).
-    /// The label set is small: types and codes are bounded enumerations.
-    pub fn count_dns_query(&self, qtype: &str, rcode: &str) {
-        self.dns_queries
-            .get_or_create(&vec![
-                ("type".to_string(), qtype.to_string()),
-                ("rcode".to_string(), rcode.to_string()),
-            ])
-            .inc();
-    }
-
-    /// Count one steering decision.
-    pub fn count_dns_steering(&self, why: crate::dns::Reason) {
-        if let Some(i) = crate::dns::Reason::ALL.iter().position(|r| *r == why)
-            && let Some(c) = self.dns_steering.get(i)
-        {
-            c.inc();
-        }
-    }
-
-    /// Expose the sync state as `grouter_sync_state{state=…}` (1 for the current one).
-    pub fn set_sync(&self, sync: crate::node::SyncState) {
-        use crate::node::SyncState;
-        for s in [SyncState::InSync, SyncState::Degraded, SyncState::Lost] {
-            self.sync_state
-                .get_or_create(&vec![("state".to_string(), s.as_str().to_string())])
-                .set(i64::from(s == sync));
-        }
-    }
-
-    /// Prometheus text exposition, with table gauges refreshed from `stats`.
-    pub fn encode(&self, stats: TableStats) -> String {
+    /// Prometheus text exposition, with the table gauges refreshed from `stats` and
+    /// `grouter_sync_state{state=…}` from `sync` (1 for the current state).
+    pub fn encode(&self, stats: TableStats, sync: SyncState) -> String {
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.routes.set(as_i64(stats.routes));
         self.local_routes.set(as_i64(stats.local_routes));
         self.partitions.set(as_i64(stats.partitions));
+        for s in SyncState::ALL {
+            self.sync_state
+                .get_or_create(&vec![("state".to_string(), s.as_str().to_string())])
+                .set(i64::from(s == sync));
+        }
         let mut out = String::with_capacity(4096);
-        if encode(&mut out, &self.registry).is_err() {
+        if encode(&mut out, &self.registry.lock()).is_err() {
             // Encoding into a String cannot fail; keep the endpoint answering regardless.
             let _ = writeln!(out, "# encoding error");
         }
         out
     }
+}
+
+/// See [`Metrics::reason_counters`].
+fn reason_counters<const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    reasons: [&str; N],
+) -> [Counter; N] {
+    let family: Family<Vec<(String, String)>, Counter> = Family::default();
+    registry.register(name, help, family.clone());
+    reasons.map(|reason| {
+        family
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .clone()
+    })
 }
 
 #[cfg(test)]
@@ -322,10 +283,13 @@ mod tests {
         m.count_invalid(&InvalidMessage::MissingHost);
         m.count_invalid(&InvalidMessage::MissingHost);
         m.nats_register.inc();
-        let text = m.encode(TableStats {
-            routes: 7,
-            ..Default::default()
-        });
+        let text = m.encode(
+            TableStats {
+                routes: 7,
+                ..Default::default()
+            },
+            SyncState::InSync,
+        );
         assert!(
             text.contains(r#"grouter_nats_invalid_messages_total{reason="missing_host"} 2"#),
             "{text}"
@@ -336,7 +300,6 @@ mod tests {
         for name in [
             "grouter_nats_slow_consumer_events_total 0",
             "grouter_mesh_handshake_failures_total 0",
-            r#"grouter_mesh_deltas_rejected_total{reason="own_partition"} 0"#,
             r#"grouter_sync_state{state="in_sync"} 1"#,
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");

@@ -1,13 +1,15 @@
 //! One GRouter node: the state its subsystems share and the tree they run in.
 //!
-//! Owns: the node's shared state ([`NodeState`]: table, metrics, sync state, drain flag) and
-//! [`run`], which starts every subsystem under one cancellation token, reports the first
-//! subsystem that fails, and drains the rest within a grace period.
+//! Owns: the wiring and nothing else. [`NodeState`] holds the handles the subsystems are built
+//! from (table, health, metrics, mesh); [`run`] hands each subsystem the handles it uses,
+//! starts them under one cancellation token, reports the first that fails, and drains the
+//! rest within a grace period.
 //!
-//! Must never: bind sockets (the binary does, so tests pass port-0 listeners) or read flags.
+//! Must never: define a type another module needs (shared types live in leaf modules such as
+//! `health`), be imported by anything but the binary and the test fixtures, bind sockets (the
+//! binary does, so tests pass port-0 listeners), or read flags.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -15,8 +17,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::admin::AdminState;
 use crate::config::Config;
+use crate::dns::DnsMetrics;
+use crate::health::Health;
 use crate::learn::{self, LearnSettings};
+use crate::mesh::{MeshHandle, Rejections};
 use crate::metrics::Metrics;
 use crate::table::Table;
 
@@ -29,36 +35,20 @@ const CERT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How long subsystems get to finish after shutdown is requested.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
-/// Whether this node is in contact with the other sites (DESIGN.md, "Sync state").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SyncState {
-    /// Recent contact with at least one node of every other known site (or no mesh at all).
-    InSync,
-    /// Some sites unreachable.
-    Degraded,
-    /// No contact with any other site: fail open.
-    #[default]
-    Lost,
-}
-
-impl SyncState {
-    /// The contract's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SyncState::InSync => "in_sync",
-            SyncState::Degraded => "degraded",
-            SyncState::Lost => "lost",
-        }
-    }
-}
-
-/// What the subsystems of one node share.
+/// The handles one node's subsystems are built from. Each subsystem takes the handles it
+/// uses, never this whole struct.
 #[derive(Debug)]
 pub struct NodeState {
     /// The merged route table.
     pub table: Arc<Table>,
-    /// The node's metrics.
+    /// Sync state, drain flag and GoRouter health.
+    pub health: Arc<Health>,
+    /// The node's metrics registry and its shared counters.
     pub metrics: Arc<Metrics>,
+    /// The DNS front's counters (registered even without `[dns]`, so scrapes show zeros).
+    pub dns_metrics: Arc<DnsMetrics>,
+    /// The mesh's refusal counters (registered even without `[mesh]`).
+    pub mesh_rejections: Arc<Rejections>,
     /// Bearer token of `/v1/*`.
     pub token: String,
     /// The node's region, if configured.
@@ -66,71 +56,23 @@ pub struct NodeState {
     /// When the node started.
     pub started: Instant,
     /// The mesh, when `[mesh]` is configured (set once at start).
-    pub mesh: crate::mesh::MeshHandle,
-    draining: AtomicBool,
-    gorouters_healthy: AtomicBool,
-    sync: AtomicU8,
+    pub mesh: MeshHandle,
 }
 
 impl NodeState {
     /// State of a node with an empty table.
     pub fn new(config: &Config, token: String, generation: u64) -> NodeState {
+        let metrics = Arc::new(Metrics::new());
         NodeState {
             table: Arc::new(Table::new(&config.node_id, &config.site, generation)),
-            metrics: Arc::new(Metrics::new()),
+            health: Arc::new(Health::new()),
+            dns_metrics: Arc::new(DnsMetrics::new(&metrics)),
+            mesh_rejections: Arc::new(Rejections::new(&metrics)),
+            metrics,
             token,
             region: config.region.clone(),
             started: Instant::now(),
-            mesh: crate::mesh::MeshHandle::new(),
-            draining: AtomicBool::new(false),
-            gorouters_healthy: AtomicBool::new(true),
-            // A node without a mesh runs alone and is always in sync; with one, the mesh sets
-            // the state as it learns.
-            sync: AtomicU8::new(SyncState::InSync as u8),
-        }
-    }
-
-    /// Whether the node is shutting down (health checks then say 503).
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
-    /// Whether any of this site's GoRouters passes its health check.
-    pub fn gorouters_healthy(&self) -> bool {
-        self.gorouters_healthy.load(Ordering::Acquire)
-    }
-
-    /// Whether the node can serve: not draining and some local GoRouter healthy (what
-    /// `/healthz` and this node's record in the mesh say).
-    pub fn can_serve(&self) -> bool {
-        !self.is_draining() && self.gorouters_healthy()
-    }
-
-    fn set_gorouters_healthy(&self, healthy: bool) {
-        if self.gorouters_healthy.swap(healthy, Ordering::AcqRel) != healthy {
-            if healthy {
-                info!("a local gorouter is healthy again");
-            } else {
-                warn!("no local gorouter is healthy: /healthz answers 503");
-            }
-        }
-    }
-
-    /// The node's sync state.
-    pub fn sync(&self) -> SyncState {
-        match self.sync.load(Ordering::Acquire) {
-            0 => SyncState::InSync,
-            1 => SyncState::Degraded,
-            _ => SyncState::Lost,
-        }
-    }
-
-    /// Record a new sync state; transitions are logged.
-    pub fn set_sync(&self, new: SyncState) {
-        self.metrics.set_sync(new);
-        let old = self.sync.swap(new as u8, Ordering::AcqRel);
-        if old != new as u8 {
-            info!(sync = new.as_str(), "sync state changed");
+            mesh: MeshHandle::new(),
         }
     }
 }
@@ -308,25 +250,34 @@ pub async fn run(
         if let Some(dns) = &config.dns {
             settings.site_addresses = dns.site_addresses.iter().map(ToString::to_string).collect();
         }
-        let mesh =
-            crate::mesh::Mesh::new(state.table.clone(), state.metrics.clone(), settings, tls);
+        let mesh = crate::mesh::Mesh::new(
+            state.table.clone(),
+            state.metrics.clone(),
+            state.mesh_rejections.clone(),
+            settings,
+            tls,
+        );
         let _ = state.mesh.set(mesh.clone());
-        let (state, dialer, token) = (state.clone(), listeners.dialer.clone(), stop.child_token());
+        let (health, dialer, token) = (
+            state.health.clone(),
+            listeners.dialer.clone(),
+            stop.child_token(),
+        );
         tasks.spawn(async move {
-            crate::mesh::run(mesh, listener, dialer, state, token).await;
+            crate::mesh::run(mesh, listener, dialer, health, token).await;
             ("mesh", Ok(()))
         });
     }
     // The data plane: GoRouter health, the proxy, and requests peers forward to us.
     let gorouters = Arc::new(crate::proxy::upstream::GoRouters::new(&config.gorouters));
     {
-        let (gorouters, state, token) = (gorouters.clone(), state.clone(), stop.child_token());
+        let (gorouters, health, token) =
+            (gorouters.clone(), state.health.clone(), stop.child_token());
         tasks.spawn(async move {
-            let node = state.clone();
             gorouters
                 .probe(
                     GOROUTER_PROBE_INTERVAL,
-                    move |healthy| node.set_gorouters_healthy(healthy),
+                    move |healthy| health.set_gorouters_healthy(healthy),
                     token,
                 )
                 .await;
@@ -344,7 +295,8 @@ pub async fn run(
             redirect_host: config.proxy.redirect_host.clone(),
         };
         let p = crate::proxy::Proxy::new(
-            state.clone(),
+            state.table.clone(),
+            state.health.clone(),
             rules,
             gorouters.clone(),
             remotes,
@@ -383,20 +335,34 @@ pub async fn run(
     }
     if let (Some(dns), Some(udp), Some(tcp)) = (&config.dns, listeners.dns_udp, listeners.dns_tcp) {
         let settings = crate::dns::DnsSettings::from_config(dns, &config.site);
-        let (state, token) = (state.clone(), stop.child_token());
+        let front = crate::dns::Front {
+            table: state.table.clone(),
+            health: state.health.clone(),
+            metrics: state.dns_metrics.clone(),
+        };
+        let token = stop.child_token();
         tasks.spawn(async move {
             (
                 "dns",
-                crate::dns::serve(settings, state, udp, tcp, token)
+                crate::dns::serve(settings, front, udp, tcp, token)
                     .await
                     .map_err(NodeError::from),
             )
         });
     }
     {
-        let (state, token) = (state.clone(), stop.child_token());
+        let admin = Arc::new(AdminState {
+            table: state.table.clone(),
+            health: state.health.clone(),
+            metrics: state.metrics.clone(),
+            mesh: state.mesh.get().cloned(),
+            token: state.token.clone(),
+            region: state.region.clone(),
+            started: state.started,
+        });
+        let token = stop.child_token();
         tasks.spawn(async move {
-            crate::admin::serve(listeners.admin, state, token).await;
+            crate::admin::serve(listeners.admin, admin, token).await;
             ("admin", Ok(()))
         });
     }
@@ -413,7 +379,7 @@ pub async fn run(
         error!(error = %err, "subsystem failed; shutting the node down");
     }
     // Phase 1: stop accepting and finish the requests in flight; health checks say 503.
-    state.draining.store(true, Ordering::Release);
+    state.health.start_draining();
     info!(
         grace_secs = DRAIN_GRACE.as_secs(),
         "draining: finishing requests in flight"
@@ -429,4 +395,47 @@ pub async fn run(
     drain(&mut tasks, "grace period over; aborting what is left").await;
     info!("node stopped");
     first_error.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn a_scrape_shows_every_subsystems_counters_at_zero_even_without_mesh_or_dns() {
+        let config = Config::from_toml(
+            r#"
+node_id = "solo"
+site = "lon"
+[nats]
+servers = ["127.0.0.1:4222"]
+[gorouters]
+addresses = ["127.0.0.1:8081"]
+[proxy]
+http_listen = "127.0.0.1:8080"
+[admin]
+listen = "127.0.0.1:9090"
+token_file = "admin.token"
+"#,
+            Path::new("solo.toml"),
+            Path::new("/etc/grouter"),
+        );
+        let Ok(config) = config else {
+            panic!("config: {config:?}");
+        };
+        let state = NodeState::new(&config, "t".into(), 1);
+        let text = state
+            .metrics
+            .encode(state.table.stats(), state.health.sync());
+        for line in [
+            r#"grouter_mesh_deltas_rejected_total{reason="own_partition"} 0"#,
+            r#"grouter_dns_steering_total{reason="fail_open"} 0"#,
+            r#"grouter_sync_state{state="in_sync"} 1"#,
+            "grouter_nats_slow_consumer_events_total 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
 }

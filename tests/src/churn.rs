@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use grouter::node::{NodeState, SyncState};
+use grouter::health::SyncState;
+use grouter::node::NodeState;
 use grouter_tests::inproc::{InProcNode, registration};
 use grouter_tests::{MeshCa, NatsServer, wait_until};
 use serde_json::Value;
@@ -136,7 +137,7 @@ async fn two_thousand_route_changes_per_second_arrive_complete_and_in_order() {
         .await;
     for node in [&lon, &sgp] {
         wait_until(10 * SEC, "the mesh in sync", || async {
-            (node.state().sync() == SyncState::InSync).then_some(())
+            (node.state().health.sync() == SyncState::InSync).then_some(())
         })
         .await;
     }

@@ -492,7 +492,7 @@ impl InProcNode {
             self.node_id,
             self.site,
             table.me().generation,
-            self.state.sync().as_str()
+            self.state.health.sync().as_str()
         );
         if let Some(mesh) = self.state.mesh.get() {
             let peers: Vec<String> = mesh.peers().iter().map(|p| p.node_id.clone()).collect();

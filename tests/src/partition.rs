@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use grouter::node::SyncState;
+use grouter::health::SyncState;
 use grouter_tests::inproc::{InProcNode, Net, publish, registration, unregistration};
 use grouter_tests::{MeshCa, NatsServer, wait_until};
 
@@ -49,7 +49,7 @@ async fn wait_sync(node: &InProcNode, want: SyncState, timeout: Duration) {
     wait_until(
         timeout,
         &format!("{} to be {}", node.node_id(), want.as_str()),
-        || async { (node.state().sync() == want).then_some(()) },
+        || async { (node.state().health.sync() == want).then_some(()) },
     )
     .await;
 }
@@ -78,7 +78,7 @@ async fn a_partitioned_site_keeps_its_routes_and_everything_converges_after_the_
     for node in nodes {
         wait_until(15 * SEC, "a full mesh", || async {
             let peers = node.state().mesh.get()?.peers().len();
-            (peers == 2 && node.state().sync() == SyncState::InSync).then_some(())
+            (peers == 2 && node.state().health.sync() == SyncState::InSync).then_some(())
         })
         .await;
     }
@@ -164,7 +164,7 @@ async fn a_partitioned_site_keeps_its_routes_and_everything_converges_after_the_
         sgp.state().table.routes(Some(a2)).is_empty(),
         "a2 reached sgp through the cut"
     );
-    assert_eq!(sgp.state().sync(), SyncState::Lost);
+    assert_eq!(sgp.state().health.sync(), SyncState::Lost);
 
     // Heal: everything converges, nothing lost, nothing duplicated.
     net.heal("sgp");
@@ -174,7 +174,7 @@ async fn a_partitioned_site_keeps_its_routes_and_everything_converges_after_the_
             &format!("{} in sync after the heal", node.node_id()),
             || async {
                 let peers = node.state().mesh.get()?.peers().len();
-                (peers == 2 && node.state().sync() == SyncState::InSync).then_some(())
+                (peers == 2 && node.state().health.sync() == SyncState::InSync).then_some(())
             },
         )
         .await;

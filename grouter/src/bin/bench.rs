@@ -455,7 +455,7 @@ mod mesh_bench {
 
     use anyhow::{Context, anyhow, bail};
     use grouter::config::Config;
-    use grouter::mesh::liveness::NodeState as Verdict;
+    use grouter::mesh::liveness::Verdict;
     use grouter::mesh::sync::{self, Authority, PeerView, Sender};
     use grouter::mesh::{Dialer, Mesh, PeerLink, identity};
     use grouter::node::{self, Listeners, NodeError, NodeState};
@@ -689,7 +689,10 @@ heartbeat_interval_ms = {hb}
 
         /// `grouter_mesh_deltas_rejected_total` by reason.
         fn rejections(&self) -> BTreeMap<String, u64> {
-            let text = self.state.metrics.encode(self.table().stats());
+            let text = self
+                .state
+                .metrics
+                .encode(self.table().stats(), self.state.health.sync());
             text.lines()
                 .filter_map(|l| l.strip_prefix("grouter_mesh_deltas_rejected_total{reason=\""))
                 .filter_map(|l| {
@@ -1232,7 +1235,7 @@ heartbeat_interval_ms = {hb}
             tick.tick().await;
             polls += 1;
             for n in nodes {
-                if n.state.sync() != node::SyncState::InSync {
+                if n.state.health.sync() != grouter::health::SyncState::InSync {
                     not_in_sync += 1;
                 }
                 for v in n.mesh.nodes() {

@@ -17,12 +17,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::node::SyncState;
+use crate::health::SyncState;
 use crate::table::{Origin, Table};
 
 /// A node's state as the detector sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeState {
+pub enum Verdict {
     /// Heard from recently.
     Alive,
     /// Silent for longer than `suspect_after`; still counts toward its site.
@@ -31,13 +31,13 @@ pub enum NodeState {
     Dead,
 }
 
-impl NodeState {
+impl Verdict {
     /// The contract's spelling.
     pub fn as_str(self) -> &'static str {
         match self {
-            NodeState::Alive => "alive",
-            NodeState::Suspect => "suspect",
-            NodeState::Dead => "dead",
+            Verdict::Alive => "alive",
+            Verdict::Suspect => "suspect",
+            Verdict::Dead => "dead",
         }
     }
 }
@@ -60,7 +60,7 @@ struct Tracked {
     origin: Arc<Origin>,
     heartbeat: u64,
     last_progress: Instant,
-    state: NodeState,
+    state: Verdict,
 }
 
 /// One node as last assessed.
@@ -69,7 +69,7 @@ pub struct NodeView {
     /// The node's partition owner.
     pub origin: Arc<Origin>,
     /// Verdict.
-    pub state: NodeState,
+    pub state: Verdict,
     /// Time since its heartbeat last advanced.
     pub silent_for: Duration,
 }
@@ -78,7 +78,7 @@ pub struct NodeView {
 #[derive(Debug, Default)]
 pub struct Assessment {
     /// Nodes whose state changed: `(node_id, new state)`.
-    pub transitions: Vec<(Arc<str>, NodeState)>,
+    pub transitions: Vec<(Arc<str>, Verdict)>,
     /// Nodes dead for longer than `retire_after`: the caller retires their partitions.
     pub to_retire: Vec<Arc<str>>,
     /// The sync state now.
@@ -120,7 +120,7 @@ impl Detector {
                     heartbeat,
                     // A node first heard of gets the benefit of the doubt for one period.
                     last_progress: now,
-                    state: NodeState::Alive,
+                    state: Verdict::Alive,
                 });
             if !Arc::ptr_eq(&t.origin, &p.origin) {
                 // A new incarnation: alive from now.
@@ -128,7 +128,7 @@ impl Detector {
                     origin: p.origin.clone(),
                     heartbeat,
                     last_progress: now,
-                    state: NodeState::Alive,
+                    state: Verdict::Alive,
                 };
             } else if heartbeat > t.heartbeat {
                 t.heartbeat = heartbeat;
@@ -136,18 +136,18 @@ impl Detector {
             }
             let silent = now.saturating_duration_since(t.last_progress);
             let state = if silent >= self.timeouts.dead_after {
-                NodeState::Dead
+                Verdict::Dead
             } else if silent >= self.timeouts.suspect_after {
-                NodeState::Suspect
+                Verdict::Suspect
             } else {
-                NodeState::Alive
+                Verdict::Alive
             };
             if state != t.state {
                 t.state = state;
                 out.transitions.push((p.origin.node_id.clone(), state));
             }
-            t.origin.set_alive(state != NodeState::Dead);
-            if state == NodeState::Dead
+            t.origin.set_alive(state != Verdict::Dead);
+            if state == Verdict::Dead
                 && silent >= self.timeouts.dead_after + self.timeouts.retire_after
             {
                 out.to_retire.push(p.origin.node_id.clone());
@@ -236,9 +236,9 @@ mod tests {
         let a = d.assess(&t, t0 + Duration::from_secs(1));
         assert!(a.transitions.is_empty());
         let a = d.assess(&t, t0 + Duration::from_millis(3000));
-        assert_eq!(a.transitions, [(Arc::from("nyc-1"), NodeState::Suspect)]);
+        assert_eq!(a.transitions, [(Arc::from("nyc-1"), Verdict::Suspect)]);
         let a = d.assess(&t, t0 + Duration::from_millis(3600));
-        assert_eq!(a.transitions, [(Arc::from("nyc-1"), NodeState::Dead)]);
+        assert_eq!(a.transitions, [(Arc::from("nyc-1"), Verdict::Dead)]);
         assert!(
             !t.partitions()
                 .iter()
@@ -247,7 +247,7 @@ mod tests {
         // A heartbeat brings it back.
         beat(&t, "nyc-1", "nyc", 3);
         let a = d.assess(&t, t0 + Duration::from_secs(4));
-        assert_eq!(a.transitions, [(Arc::from("nyc-1"), NodeState::Alive)]);
+        assert_eq!(a.transitions, [(Arc::from("nyc-1"), Verdict::Alive)]);
         let a = d.assess(&t, t0 + Duration::from_secs(70));
         assert_eq!(a.to_retire, [Arc::from("nyc-1")]);
         assert_eq!(a.sync, SyncState::Lost);

@@ -37,8 +37,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::MeshConfig;
+use crate::health::{Health, SyncState};
 use crate::metrics::Metrics;
-use crate::node::NodeState;
 use crate::table::Table;
 use identity::{MeshTls, NodeIdentity};
 use liveness::{Detector, NodeView, Timeouts};
@@ -212,6 +212,7 @@ impl PeerLink {
 pub struct Mesh {
     table: Arc<Table>,
     metrics: Arc<Metrics>,
+    rejections: Arc<Rejections>,
     settings: MeshSettings,
     tls: MeshTls,
     peers: Mutex<HashMap<String, Arc<PeerLink>>>,
@@ -255,6 +256,7 @@ impl Mesh {
     pub fn new(
         table: Arc<Table>,
         metrics: Arc<Metrics>,
+        rejections: Arc<Rejections>,
         settings: MeshSettings,
         tls: MeshTls,
     ) -> Arc<Mesh> {
@@ -262,6 +264,7 @@ impl Mesh {
         Arc::new(Mesh {
             table,
             metrics,
+            rejections,
             settings,
             tls,
             peers: Mutex::new(HashMap::new()),
@@ -337,7 +340,7 @@ impl Mesh {
             .mesh_entries_applied
             .inc_by(applied.changed as u64);
         for (node, why) in &applied.rejected {
-            self.metrics.count_mesh_rejection(*why);
+            self.rejections.count(*why);
             match why {
                 // Routine: a relay raced the owner's own push, or a late or lost delta that
                 // the next digest repairs.
@@ -363,16 +366,38 @@ impl sync::Authority for Mesh {
 /// The mesh of a running node, for the admin API.
 pub type MeshHandle = OnceLock<Arc<Mesh>>;
 
+/// `grouter_mesh_deltas_rejected_total`, one counter per [`sync::Rejection`].
+#[derive(Debug)]
+pub struct Rejections([prometheus_client::metrics::counter::Counter; sync::Rejection::ALL.len()]);
+
+impl Rejections {
+    /// The counters, registered in `metrics` at zero.
+    pub fn new(metrics: &Metrics) -> Rejections {
+        Rejections(metrics.reason_counters(
+            "mesh_deltas_rejected",
+            "partition deltas dropped, by reason",
+            sync::Rejection::ALL.map(sync::Rejection::as_str),
+        ))
+    }
+
+    /// Count one dropped partition delta.
+    pub fn count(&self, why: sync::Rejection) {
+        if let Some(c) = self.0.get(why as usize) {
+            c.inc();
+        }
+    }
+}
+
 /// Run the mesh on `listener` until `shutdown`.
 pub async fn run(
     mesh: Arc<Mesh>,
     listener: TcpListener,
     dialer: Arc<dyn Dialer>,
-    node: Arc<NodeState>,
+    health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
     let tasks = TaskTracker::new();
-    node.set_sync(crate::node::SyncState::Lost);
+    health.set_sync(SyncState::Lost);
     tasks.spawn(accept_loop(
         mesh.clone(),
         listener,
@@ -385,7 +410,7 @@ pub async fn run(
         tasks.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(heartbeat_loop(mesh.clone(), node, shutdown.clone()));
+    tasks.spawn(heartbeat_loop(mesh.clone(), health, shutdown.clone()));
     shutdown.cancelled().await;
     tasks.close();
     tasks.wait().await;
@@ -605,7 +630,7 @@ fn rank_sites(mesh: &Mesh) -> Vec<Arc<str>> {
 }
 
 /// Beat, assess liveness, retire the long dead, set the sync state, forget old tombstones.
-async fn heartbeat_loop(mesh: Arc<Mesh>, node: Arc<NodeState>, shutdown: CancellationToken) {
+async fn heartbeat_loop(mesh: Arc<Mesh>, health: Arc<Health>, shutdown: CancellationToken) {
     // Liveness is assessed every DETECTOR_TICK, heartbeats go out every heartbeat_interval:
     // a verdict then lags the silence by at most one tick, not one heartbeat.
     let mut tick = tokio::time::interval(DETECTOR_TICK.min(mesh.settings.heartbeat_interval));
@@ -629,7 +654,7 @@ async fn heartbeat_loop(mesh: Arc<Mesh>, node: Arc<NodeState>, shutdown: Cancell
                 r.advertise.clone_from(&s.advertise);
                 r.region.clone_from(&s.region);
                 r.site_addresses.clone_from(&s.site_addresses);
-                r.healthy = node.can_serve();
+                r.healthy = health.can_serve();
             });
         }
         let assessment = mesh.detector.lock().assess(&mesh.table, now);
@@ -641,7 +666,7 @@ async fn heartbeat_loop(mesh: Arc<Mesh>, node: Arc<NodeState>, shutdown: Cancell
                 info!(node = %node_id, "dead node's partition retired");
             }
         }
-        node.set_sync(assessment.sync);
+        health.set_sync(assessment.sync);
         mesh.table.set_site_order(rank_sites(&mesh));
 
         // Tombstones: remember each partition's version once a minute; purge what was

@@ -381,6 +381,13 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn rejection_reasons_index_their_counters_in_order() {
+        for (i, r) in Rejection::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{}", r.as_str());
+        }
+    }
+
     /// No direct peers; no certificates seen.
     struct Nobody;
     impl Authority for Nobody {

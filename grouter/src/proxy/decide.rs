@@ -14,7 +14,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use crate::config::RemoteMode;
-use crate::node::SyncState;
+use crate::health::SyncState;
 use crate::table::{RouteMatch, Table};
 
 /// What to do with a request.

@@ -45,7 +45,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::node::NodeState;
+use crate::health::{Health, SyncState};
+use crate::table::Table;
 use decide::{Decision, Rules};
 use error::RouterError;
 use remote::Remotes;
@@ -62,10 +63,23 @@ const MAX_CONNECTIONS: usize = 20_000;
 /// Header telling which site served.
 const SITE_HEADER: &str = "x-grouter-site";
 
+/// What the proxy reads of its node: the table and the sync state.
+#[derive(Debug)]
+struct NodeView {
+    table: Arc<Table>,
+    health: Arc<Health>,
+}
+
+impl NodeView {
+    fn sync(&self) -> SyncState {
+        self.health.sync()
+    }
+}
+
 /// The proxy of one node.
 #[derive(Debug)]
 pub struct Proxy {
-    node: Arc<NodeState>,
+    node: NodeView,
     rules: Rules,
     gorouters: Arc<GoRouters>,
     remotes: Option<Remotes>,
@@ -120,9 +134,11 @@ enum AffineError {
 }
 
 impl Proxy {
-    /// A proxy for `node`; `remotes` when the node is in a mesh.
+    /// A proxy over `table`, failing open by `health`'s sync state; `remotes` when the node
+    /// is in a mesh.
     pub fn new(
-        node: Arc<NodeState>,
+        table: Arc<Table>,
+        health: Arc<Health>,
         rules: Rules,
         gorouters: Arc<GoRouters>,
         remotes: Option<Remotes>,
@@ -132,7 +148,7 @@ impl Proxy {
         let site = HeaderValue::from_str(&rules.site)
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Arc::new(Proxy {
-            node,
+            node: NodeView { table, health },
             rules,
             gorouters,
             remotes,
