@@ -23,13 +23,11 @@ use ipnet::IpNet;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use crate::names;
+
 // ---------------------------------------------------------------------------------------------
 // Limits and defaults (named, so the docs, the serde attributes and the checks agree).
 
-/// Longest accepted `node_id`.
-const NODE_ID_MAX_LEN: usize = 64;
-/// Longest accepted `site` or `region`: they become DNS labels in redirect hosts.
-const SITE_MAX_LEN: usize = 32;
 /// Default `nats.stale_threshold_secs`, gorouter's `droplet_stale_threshold`.
 const DEFAULT_STALE_THRESHOLD_SECS: u64 = 120;
 /// Default `nats.prune_interval_secs`.
@@ -512,14 +510,9 @@ impl Config {
     /// Checks everything types cannot express, collecting every problem; normalises
     /// `dns.zones` and orders `dns.client_networks`.
     fn validate(&mut self, p: &mut Problems<'_>) {
-        check_name(
-            p,
-            "node_id",
-            &self.node_id,
-            NODE_ID_MAX_LEN,
-            "[a-z0-9._-]",
-            |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'),
-        );
+        if let Err(reason) = names::check_node_id(&self.node_id) {
+            p.push("node_id", reason);
+        }
         check_site_name(p, "site", &self.site);
         if let Some(region) = &self.region {
             check_site_name(p, "region", region);
@@ -801,41 +794,10 @@ fn check_path(p: &mut Problems<'_>, key: &str, path: &Path) {
     }
 }
 
-fn check_name(
-    p: &mut Problems<'_>,
-    key: &str,
-    value: &str,
-    max_len: usize,
-    charset: &str,
-    allowed: impl Fn(char) -> bool,
-) -> bool {
-    if value.is_empty() || value.len() > max_len {
-        p.push(
-            key,
-            format!("{value:?} must be 1..={max_len} characters long"),
-        );
-        false
-    } else if let Some(c) = value.chars().find(|c| !allowed(*c)) {
-        p.push(
-            key,
-            format!("{value:?} contains {c:?}; allowed characters are {charset}"),
-        );
-        false
-    } else {
-        true
-    }
-}
-
-/// A site or region name: it becomes a DNS label, so it also may not start or end with '-'.
+/// A site or region name (see [`names::check_site`]).
 fn check_site_name(p: &mut Problems<'_>, key: &str, value: &str) {
-    let ok = check_name(p, key, value, SITE_MAX_LEN, "[a-z0-9-]", |c| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
-    });
-    if ok && (value.starts_with('-') || value.ends_with('-')) {
-        p.push(
-            key,
-            format!("{value:?} must start and end with a letter or digit"),
-        );
+    if let Err(reason) = names::check_site(value) {
+        p.push(key, reason);
     }
 }
 

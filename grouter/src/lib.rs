@@ -29,6 +29,8 @@
 //!   the probes and shutdown write and the proxy, DNS and admin read.
 //! - [`metrics`]: the Prometheus registry; the learner's and mesh links' counters, the table
 //!   gauges. Subsystems with counters of their own types (DNS, mesh refusals) register them.
+//! - [`names`] (leaf): what a node id, a site and a region may be, for the config and the
+//!   mesh certificates alike.
 //! - [`node`]: wiring only. [`node::NodeState`] holds the handles, and [`node::run`] hands
 //!   each subsystem the ones it uses, runs them under one cancellation token and drains them
 //!   on shutdown. Nothing but the binary and the test fixtures imports it.
@@ -50,6 +52,7 @@ pub mod health;
 pub mod learn;
 pub mod mesh;
 pub mod metrics;
+pub mod names;
 pub mod node;
 pub mod proxy;
 pub mod table;

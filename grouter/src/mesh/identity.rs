@@ -38,6 +38,8 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use x509_parser::extensions::GeneralName;
 
+use crate::names::{check_node_id, check_site};
+
 /// DNS name every node certificate carries and every client verifies (peers are dialled by
 /// address, so the name is shared; the node identity is in the URI SAN).
 pub const MESH_SERVER_NAME: &str = "mesh.grouter.internal";
@@ -59,10 +61,6 @@ const IDENTITY_URI_PREFIX: &str = "spiffe://grouter.mesh/site/";
 const IDENTITY_URI_NODE: &str = "/node/";
 /// Common name of the mesh CA.
 const CA_COMMON_NAME: &str = "GRouter mesh CA";
-/// Longest accepted node id (as in the config's `node_id`).
-const NODE_ID_MAX_LEN: usize = 64;
-/// Longest accepted site (as in the config's `site`): it becomes a DNS label.
-const SITE_MAX_LEN: usize = 32;
 /// How long the mesh CA is valid: about ten years (replacing it means re-issuing every node).
 const CA_VALIDITY: Duration = Duration::from_secs(3652 * 24 * 60 * 60);
 /// How long a node certificate is valid: about two years.
@@ -466,44 +464,6 @@ fn identity_of(der: &CertificateDer<'_>) -> Result<NodeIdentity, String> {
         node_id: node_id.to_string(),
         site: site.to_string(),
     })
-}
-
-/// Length and charset of a name; the reason names the value.
-fn check_name(
-    value: &str,
-    max_len: usize,
-    charset: &str,
-    allowed: impl Fn(char) -> bool,
-) -> Result<(), String> {
-    if value.is_empty() || value.len() > max_len {
-        Err(format!("{value:?} must be 1..={max_len} characters long"))
-    } else if let Some(c) = value.chars().find(|c| !allowed(*c)) {
-        Err(format!(
-            "{value:?} contains {c:?}; allowed characters are {charset}"
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-/// A node id: 1..=64 of `[a-z0-9._-]`.
-fn check_node_id(value: &str) -> Result<(), String> {
-    check_name(value, NODE_ID_MAX_LEN, "[a-z0-9._-]", |c| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-    })
-}
-
-/// A site: 1..=32 of `[a-z0-9-]`, a DNS label, so not starting or ending with '-'.
-fn check_site(value: &str) -> Result<(), String> {
-    check_name(value, SITE_MAX_LEN, "[a-z0-9-]", |c| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
-    })?;
-    if value.starts_with('-') || value.ends_with('-') {
-        return Err(format!(
-            "{value:?} must start and end with a letter or digit"
-        ));
-    }
-    Ok(())
 }
 
 fn common_name(cn: &str) -> DistinguishedName {
