@@ -658,27 +658,11 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::testing::{first_import, key};
+    use crate::table::{Import, NodeRecord};
 
-    #[test]
-    fn steering_reasons_index_their_counters_in_order() {
-        for (i, r) in Reason::ALL.iter().enumerate() {
-            assert_eq!(*r as usize, i, "{}", r.as_str());
-        }
-    }
-    use crate::table::{Import, NodeRecord, RouteEntry, RouteKey};
-
-    fn key(uri: &str) -> Arc<RouteKey> {
-        Arc::new(RouteKey::parse(uri).unwrap())
-    }
-
-    fn entry(endpoints: u32) -> RouteEntry {
-        RouteEntry {
-            app_id: "app".into(),
-            app_name: None,
-            endpoints,
-            instances: endpoints,
-            updated_at_ms: 0,
-        }
+    fn entry(endpoints: u32) -> crate::table::RouteEntry {
+        crate::table::testing::entry("app", endpoints)
     }
 
     const LON: &str = "192.0.2.10";
@@ -705,21 +689,9 @@ mod tests {
         for h in local {
             t.upsert_local(&key(h), entry(2));
         }
-        let entries = remote
-            .iter()
-            .enumerate()
-            .map(|(i, h)| crate::table::ReplicatedEntry {
-                key: key(h),
-                version: i as u64 + 1,
-                value: Some(Arc::new(entry(1))),
-            })
-            .collect::<Vec<_>>();
-        let n = entries.len() as u64;
+        let routes: Vec<_> = remote.iter().map(|h| (*h, "app", 1)).collect();
+        let n = routes.len() as u64;
         t.import(Import {
-            node_id: "nyc-1".into(),
-            site: "nyc".into(),
-            generation: 1,
-            from_version: 0,
             up_to_version: n + 1,
             reset: true,
             record: Some(NodeRecord {
@@ -728,9 +700,16 @@ mod tests {
                 site_addresses: vec![NYC.into(), NYC6.into(), "junk".into()],
                 ..Default::default()
             }),
-            entries,
+            ..first_import("nyc-1", "nyc", &routes)
         });
         t
+    }
+
+    #[test]
+    fn steering_reasons_index_their_counters_in_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{}", r.as_str());
+        }
     }
 
     fn ok() -> NodeStatus {

@@ -937,11 +937,19 @@ pub fn normalize_host(host: &str) -> Option<Cow<'_, str>> {
     }
 }
 
+/// Builders the unit tests of every module that holds a table share.
 #[cfg(test)]
-mod tests {
+#[allow(clippy::unwrap_used)]
+pub(crate) mod testing {
     use super::*;
 
-    fn entry(app: &str, endpoints: u32) -> RouteEntry {
+    /// The key of `uri`, which must be valid.
+    pub(crate) fn key(uri: &str) -> Arc<RouteKey> {
+        Arc::new(RouteKey::parse(uri).unwrap())
+    }
+
+    /// A route of `app` with `endpoints` endpoints, one instance each.
+    pub(crate) fn entry(app: &str, endpoints: u32) -> RouteEntry {
         RouteEntry {
             app_id: app.into(),
             app_name: None,
@@ -951,9 +959,34 @@ mod tests {
         }
     }
 
-    fn key(uri: &str) -> Arc<RouteKey> {
-        Arc::new(RouteKey::parse(uri).unwrap())
+    /// The first delta of `node`'s partition (generation 1, no record): `routes` as
+    /// `(uri, app, endpoints)` at versions 1, 2, …
+    pub(crate) fn first_import(node: &str, site: &str, routes: &[(&str, &str, u32)]) -> Import {
+        Import {
+            node_id: node.into(),
+            site: site.into(),
+            generation: 1,
+            from_version: 0,
+            up_to_version: routes.len() as u64,
+            reset: false,
+            record: None,
+            entries: routes
+                .iter()
+                .zip(1..)
+                .map(|((uri, app, eps), version)| ReplicatedEntry {
+                    key: key(uri),
+                    version,
+                    value: Some(Arc::new(entry(app, *eps))),
+                })
+                .collect(),
+        }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{entry, first_import, key};
+    use super::*;
 
     fn table(routes: &[(&str, &str, u32)]) -> Table {
         let t = Table::new("lon-1", "lon", 1);
@@ -1069,20 +1102,8 @@ mod tests {
     #[test]
     fn remote_candidates_follow_the_site_order_and_local_wins() {
         let t = Table::new("lon-1", "lon", 1);
-        let remote = |node: &str, site: &str, app: &str| Import {
-            node_id: node.into(),
-            site: site.into(),
-            generation: 1,
-            from_version: 0,
-            up_to_version: 1,
-            reset: false,
-            record: None,
-            entries: vec![ReplicatedEntry {
-                key: key("shop.com"),
-                version: 1,
-                value: Some(Arc::new(entry(app, 2))),
-            }],
-        };
+        let remote =
+            |node: &str, site: &str, app: &str| first_import(node, site, &[("shop.com", app, 2)]);
         t.import(remote("sgp-1", "sgp", "shop"));
         t.import(remote("nyc-1", "nyc", "shop"));
         let sites = |t: &Table| {

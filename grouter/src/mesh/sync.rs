@@ -380,6 +380,7 @@ mod tests {
     use std::collections::{BTreeMap, HashSet};
 
     use super::*;
+    use crate::table::testing::{entry, key};
 
     #[test]
     fn rejection_reasons_index_their_counters_in_order() {
@@ -397,20 +398,6 @@ mod tests {
         fn certified_site(&self, _: &str) -> Option<String> {
             None
         }
-    }
-
-    fn route(app: &str, eps: u32) -> RouteEntry {
-        RouteEntry {
-            app_id: app.into(),
-            app_name: None,
-            endpoints: eps,
-            instances: eps,
-            updated_at_ms: 1,
-        }
-    }
-
-    fn key(uri: &str) -> Arc<RouteKey> {
-        Arc::new(RouteKey::parse(uri).unwrap())
     }
 
     /// Everything a table holds, comparable across replicas: per partition, live routes and
@@ -457,8 +444,8 @@ mod tests {
     fn a_delta_carries_routes_tombstones_and_records() {
         let a = Table::new("lon-1", "lon", 1);
         let b = Table::new("nyc-1", "nyc", 1);
-        a.upsert_local(&key("shop.com"), route("shop", 2));
-        a.upsert_local(&key("gone.com/x"), route("gone", 1));
+        a.upsert_local(&key("shop.com"), entry("shop", 2));
+        a.upsert_local(&key("gone.com/x"), entry("gone", 1));
         a.remove_local(&key("gone.com/x"));
         a.update_local_record(|r| r.heartbeat = 7);
         let mut view = PeerView::default();
@@ -479,7 +466,7 @@ mod tests {
     #[test]
     fn nobody_writes_the_receivers_partition_or_re_homes_a_node() {
         let a = Table::new("lon-1", "lon", 1);
-        a.upsert_local(&key("mine.com"), route("mine", 1));
+        a.upsert_local(&key("mine.com"), entry("mine", 1));
         let forged = |node: &str, site: &str| wire::Delta {
             partitions: vec![wire::PartitionDelta {
                 node_id: node.into(),
@@ -551,13 +538,13 @@ mod tests {
     #[test]
     fn a_new_generation_supersedes_and_retired_ones_stay_dead() {
         let a1 = Table::new("lon-1", "lon", 1);
-        a1.upsert_local(&key("old.com"), route("old", 1));
+        a1.upsert_local(&key("old.com"), entry("old", 1));
         let b = Table::new("nyc-1", "nyc", 1);
         send(&a1, &b, &mut PeerView::default());
         assert!(b.lookup("old.com", "/").is_some());
         // lon-1 restarts empty with a newer generation.
         let a2 = Table::new("lon-1", "lon", 2);
-        a2.upsert_local(&key("new.com"), route("new", 1));
+        a2.upsert_local(&key("new.com"), entry("new", 1));
         let mut view = PeerView::default();
         view.set_from_digest(&digest(&b, |_| false), Instant::now());
         send(&a2, &b, &mut view);
@@ -570,7 +557,7 @@ mod tests {
         let r = send(&a1, &b, &mut PeerView::default());
         assert_eq!(r.rejected, [("lon-1".to_string(), Rejection::Stale)]);
         // The restarted node relearns everything else from its peer.
-        b.upsert_local(&key("nyc.com"), route("n", 1));
+        b.upsert_local(&key("nyc.com"), entry("n", 1));
         send(&b, &a2, &mut PeerView::default());
         assert!(a2.lookup("nyc.com", "/").is_some());
         // A retired incarnation is never resurrected by a relay…
@@ -591,8 +578,8 @@ mod tests {
     fn a_replica_behind_the_tombstone_horizon_gets_a_reset() {
         let a = Table::new("lon-1", "lon", 1);
         let b = Table::new("nyc-1", "nyc", 1);
-        a.upsert_local(&key("x.com"), route("x", 1));
-        a.upsert_local(&key("y.com"), route("y", 1));
+        a.upsert_local(&key("x.com"), entry("x", 1));
+        a.upsert_local(&key("y.com"), entry("y", 1));
         let mut view = PeerView::default();
         send(&a, &b, &mut view);
         // b misses the deletion of x, and a forgets it.
@@ -617,7 +604,7 @@ mod tests {
     #[test]
     fn a_digest_that_predates_a_delta_does_not_cause_a_resend_but_loss_does() {
         let a = Table::new("lon-1", "lon", 1);
-        a.upsert_local(&key("x.com"), route("x", 1));
+        a.upsert_local(&key("x.com"), entry("x", 1));
         let mut view = PeerView::with_grace(Duration::from_secs(2));
         let empty = wire::Digest { partitions: vec![] };
         let t0 = Instant::now();
@@ -648,7 +635,7 @@ mod tests {
         // …while the owner itself still sends it.
         let mut owner_view = PeerView::default();
         owner_view.set_from_digest(&direct, Instant::now());
-        a.upsert_local(&key("y.com"), route("y", 1));
+        a.upsert_local(&key("y.com"), entry("y", 1));
         let own = delta(&a, &mut owner_view, "nyc-1");
         assert!(own.is_some_and(|d| d.partitions.iter().any(|p| p.node_id == "lon-1")));
         let relayed = delta(&b, &mut view, "nyc-1").map(|d| {
@@ -669,7 +656,7 @@ mod tests {
     fn large_partitions_go_in_budgeted_chunks() {
         let a = Table::new("lon-1", "lon", 1);
         for i in 0..(DELTA_BUDGET * 2 + 10) {
-            a.upsert_local(&key(&format!("app-{i}.com")), route("a", 1));
+            a.upsert_local(&key(&format!("app-{i}.com")), entry("a", 1));
         }
         let b = Table::new("nyc-1", "nyc", 1);
         let mut view = PeerView::default();
@@ -741,7 +728,7 @@ mod tests {
                         } else {
                             tables[t].upsert_local(
                                 &key(&k),
-                                route(&format!("a{}", rng.below(5)), 1 + rng.below(3) as u32),
+                                entry(&format!("a{}", rng.below(5)), 1 + rng.below(3) as u32),
                             );
                             live.insert((t, k));
                         }
