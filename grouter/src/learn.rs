@@ -33,6 +33,120 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::table::{RouteEntry, Table};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+/// The learner's counters, registered in the node's [`Metrics`].
+#[derive(Debug)]
+pub struct LearnMetrics {
+    /// `router.register` messages received.
+    pub register_messages: Counter,
+    /// `router.unregister` messages received.
+    pub unregister_messages: Counter,
+    /// Messages dropped, one counter per [`InvalidMessage::REASONS`] entry.
+    invalid: [Counter; InvalidMessage::REASONS.len()],
+    /// URIs dropped from otherwise valid messages.
+    pub invalid_uris: Counter,
+    /// 1 while connected to the site's NATS.
+    pub connected: Gauge,
+    /// Successful connections to NATS (the first and every reconnect).
+    pub connects: Counter,
+    /// `router.greet` requests sent.
+    pub greets_sent: Counter,
+    /// `router.greet` requests answered by a router.
+    pub greet_replies: Counter,
+    /// Times the NATS client dropped messages because the learner fell behind.
+    pub slow_consumer: Counter,
+    /// Endpoints removed because they were not re-registered in time.
+    pub pruned: Counter,
+    /// Endpoints known to this node's learner.
+    pub endpoints: Gauge,
+}
+
+impl LearnMetrics {
+    /// The counters, registered in `metrics` at zero.
+    pub fn new(metrics: &Metrics) -> LearnMetrics {
+        let m = LearnMetrics {
+            register_messages: Counter::default(),
+            unregister_messages: Counter::default(),
+            invalid: metrics.reason_counters(
+                "nats_invalid_messages",
+                "messages dropped as invalid, by reason",
+                InvalidMessage::REASONS,
+            ),
+            invalid_uris: Counter::default(),
+            connected: Gauge::default(),
+            connects: Counter::default(),
+            greets_sent: Counter::default(),
+            greet_replies: Counter::default(),
+            slow_consumer: Counter::default(),
+            pruned: Counter::default(),
+            endpoints: Gauge::default(),
+        };
+        for (name, help, counter) in [
+            (
+                "nats_register_messages",
+                "router.register messages received",
+                &m.register_messages,
+            ),
+            (
+                "nats_unregister_messages",
+                "router.unregister messages received",
+                &m.unregister_messages,
+            ),
+            (
+                "nats_invalid_uris",
+                "URIs dropped from otherwise valid messages",
+                &m.invalid_uris,
+            ),
+            (
+                "nats_connects",
+                "connections to NATS, the first and every reconnect",
+                &m.connects,
+            ),
+            (
+                "nats_greets_sent",
+                "router.greet requests sent",
+                &m.greets_sent,
+            ),
+            (
+                "nats_greet_replies",
+                "router.greet requests answered",
+                &m.greet_replies,
+            ),
+            (
+                "endpoints_pruned",
+                "endpoints removed for not re-registering in time",
+                &m.pruned,
+            ),
+            (
+                "nats_slow_consumer_events",
+                "times registrations were dropped because the learner fell behind (emitters re-send them)",
+                &m.slow_consumer,
+            ),
+        ] {
+            metrics.register(name, help, counter.clone());
+        }
+        metrics.register(
+            "nats_connected",
+            "1 while connected to the site's NATS",
+            m.connected.clone(),
+        );
+        metrics.register(
+            "local_endpoints",
+            "endpoints learned from this site's NATS",
+            m.endpoints.clone(),
+        );
+        m
+    }
+
+    /// Count one invalid message.
+    pub fn count_invalid(&self, err: &InvalidMessage) {
+        if let Some(c) = self.invalid.get(err.index()) {
+            c.inc();
+        }
+    }
+}
 
 /// How the learner reaches NATS and expires endpoints.
 #[derive(Debug, Clone)]
@@ -403,7 +517,7 @@ impl LoggedOnce {
 pub async fn run(
     settings: LearnSettings,
     table: Arc<Table>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<LearnMetrics>,
     shutdown: CancellationToken,
 ) -> Result<(), LearnError> {
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -458,8 +572,8 @@ pub async fn run(
                     // Emitters get a full threshold to re-register after an outage.
                     registry.refresh_all(now_ms());
                     connected = true;
-                    metrics.nats_connected.set(1);
-                    metrics.nats_connects.inc();
+                    metrics.connected.set(1);
+                    metrics.connects.inc();
                     info!(endpoints = registry.endpoints(), "nats connected; endpoints refreshed");
                     if let Some(previous) = greeter.take() {
                         previous.cancel();
@@ -470,24 +584,24 @@ pub async fn run(
                 }
                 async_nats::Event::Disconnected => {
                     connected = false;
-                    metrics.nats_connected.set(0);
+                    metrics.connected.set(0);
                     warn!(endpoints = registry.endpoints(), "nats disconnected; pruning suspended");
                 }
                 async_nats::Event::SlowConsumer(sid) => {
-                    metrics.nats_slow_consumer.inc();
+                    metrics.slow_consumer.inc();
                     warn!(sid, "nats slow consumer: registrations were dropped; emitters re-send them within their register interval");
                 }
                 other => debug!(event = %other, "nats event"),
             },
             Some((kind, payload)) = messages.next() => {
                 match kind {
-                    MessageKind::Register => metrics.nats_register.inc(),
-                    MessageKind::Unregister => metrics.nats_unregister.inc(),
+                    MessageKind::Register => metrics.register_messages.inc(),
+                    MessageKind::Unregister => metrics.unregister_messages.inc(),
                 };
                 match Registration::parse(&payload, kind) {
                     Ok(reg) => {
                         if reg.dropped_uris > 0 {
-                            metrics.nats_invalid_uris.inc_by(reg.dropped_uris as u64);
+                            metrics.invalid_uris.inc_by(reg.dropped_uris as u64);
                         }
                         match kind {
                             MessageKind::Register => registry.register(&reg, now_ms()),
@@ -510,7 +624,7 @@ pub async fn run(
                 if connected && client.connection_state() == State::Connected {
                     let applied = registry.prune(now_ms());
                     if applied.removed > 0 {
-                        metrics.endpoints_pruned.inc_by(applied.removed as u64);
+                        metrics.pruned.inc_by(applied.removed as u64);
                         metrics.endpoints.set(i64::try_from(registry.endpoints()).unwrap_or(i64::MAX));
                         info!(removed = applied.removed, routes_changed = applied.routes_changed,
                             "pruned stale endpoints");
@@ -530,11 +644,11 @@ pub async fn run(
 
 /// Send `router.greet` until a router answers (like route-emitter: every second, at most
 /// 30 times), and log what the site's routers expect.
-async fn greet(client: async_nats::Client, metrics: Arc<Metrics>, stop: CancellationToken) {
+async fn greet(client: async_nats::Client, metrics: Arc<LearnMetrics>, stop: CancellationToken) {
     const ATTEMPTS: usize = 30;
     const WAIT: Duration = Duration::from_secs(1);
     for attempt in 1..=ATTEMPTS {
-        metrics.nats_greets_sent.inc();
+        metrics.greets_sent.inc();
         let request = client.request(SUBJECT_GREET, bytes::Bytes::new());
         let reply = tokio::select! {
             () = stop.cancelled() => return,
@@ -542,7 +656,7 @@ async fn greet(client: async_nats::Client, metrics: Arc<Metrics>, stop: Cancella
         };
         match reply {
             Ok(Ok(msg)) => {
-                metrics.nats_greet_replies.inc();
+                metrics.greet_replies.inc();
                 match serde_json::from_slice::<RouterStart>(&msg.payload) {
                     Ok(start) => info!(
                         router = %start.id,

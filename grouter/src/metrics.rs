@@ -1,18 +1,16 @@
 //! Prometheus metrics of the node.
 //!
-//! Owns: the metric registry, the counters of the learner and the mesh links, and the gauges
-//! derived from the table and the sync state (set when `/metrics` is scraped). A subsystem
-//! whose counters carry its own types (the DNS front's reasons, the mesh's refusals) owns
-//! them and registers them here through [`Metrics::register`] and
-//! [`Metrics::reason_counters`]. Counters on hot paths are plain atomics (no label lookup per
-//! message).
+//! Owns: the metric registry, the mesh links' counters, and the gauges derived from the table
+//! and the sync state (set when `/metrics` is scraped). The other subsystems own their
+//! counters (`learn::LearnMetrics`, `dns::DnsMetrics`, `mesh::Rejections`) and register them
+//! here through [`Metrics::register`] and [`Metrics::reason_counters`]. Counters on hot paths
+//! are plain atomics (no label lookup per message).
 //!
 //! Must never: import a subsystem (it assembles what they register), block on a hot path, or
 //! allocate on one.
 
 use std::fmt::Write as _;
 
-use grouter_protocol::nats::InvalidMessage;
 use parking_lot::Mutex;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -28,28 +26,6 @@ use crate::table::TableStats;
 pub struct Metrics {
     /// Locked only to register (at start) and to encode (per scrape).
     registry: Mutex<Registry>,
-    /// `router.register` messages received.
-    pub nats_register: Counter,
-    /// `router.unregister` messages received.
-    pub nats_unregister: Counter,
-    /// Messages dropped, one counter per [`InvalidMessage::REASONS`] entry.
-    pub nats_invalid: [Counter; InvalidMessage::REASONS.len()],
-    /// URIs dropped from otherwise valid messages.
-    pub nats_invalid_uris: Counter,
-    /// 1 while connected to the site's NATS.
-    pub nats_connected: Gauge,
-    /// Successful connections to NATS (the first and every reconnect).
-    pub nats_connects: Counter,
-    /// `router.greet` requests sent.
-    pub nats_greets_sent: Counter,
-    /// `router.greet` requests answered by a router.
-    pub nats_greet_replies: Counter,
-    /// Times the NATS client dropped messages because the learner fell behind.
-    pub nats_slow_consumer: Counter,
-    /// Endpoints removed because they were not re-registered in time.
-    pub endpoints_pruned: Counter,
-    /// Endpoints known to this node's learner.
-    pub endpoints: Gauge,
     /// Mesh peers connected now.
     pub mesh_peers: Gauge,
     /// Mesh connections established.
@@ -79,17 +55,6 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("grouter");
         let m = Metrics {
-            nats_register: Counter::default(),
-            nats_unregister: Counter::default(),
-            nats_invalid: Default::default(),
-            nats_invalid_uris: Counter::default(),
-            nats_connected: Gauge::default(),
-            nats_connects: Counter::default(),
-            nats_greets_sent: Counter::default(),
-            nats_greet_replies: Counter::default(),
-            nats_slow_consumer: Counter::default(),
-            endpoints_pruned: Counter::default(),
-            endpoints: Gauge::default(),
             mesh_peers: Gauge::default(),
             mesh_connects: Counter::default(),
             mesh_duplicates: Counter::default(),
@@ -104,51 +69,6 @@ impl Metrics {
         };
         let r = &mut registry;
         r.register(
-            "nats_register_messages",
-            "router.register messages received",
-            m.nats_register.clone(),
-        );
-        r.register(
-            "nats_unregister_messages",
-            "router.unregister messages received",
-            m.nats_unregister.clone(),
-        );
-        r.register(
-            "nats_invalid_uris",
-            "URIs dropped from otherwise valid messages",
-            m.nats_invalid_uris.clone(),
-        );
-        r.register(
-            "nats_connected",
-            "1 while connected to the site's NATS",
-            m.nats_connected.clone(),
-        );
-        r.register(
-            "nats_connects",
-            "connections to NATS, the first and every reconnect",
-            m.nats_connects.clone(),
-        );
-        r.register(
-            "nats_greets_sent",
-            "router.greet requests sent",
-            m.nats_greets_sent.clone(),
-        );
-        r.register(
-            "nats_greet_replies",
-            "router.greet requests answered",
-            m.nats_greet_replies.clone(),
-        );
-        r.register(
-            "endpoints_pruned",
-            "endpoints removed for not re-registering in time",
-            m.endpoints_pruned.clone(),
-        );
-        r.register(
-            "local_endpoints",
-            "endpoints learned from this site's NATS",
-            m.endpoints.clone(),
-        );
-        r.register(
             "routes",
             "distinct routes served by any site",
             m.routes.clone(),
@@ -162,17 +82,6 @@ impl Metrics {
             "partitions",
             "partitions in the table, this node's included",
             m.partitions.clone(),
-        );
-        let nats_invalid = reason_counters(
-            r,
-            "nats_invalid_messages",
-            "messages dropped as invalid, by reason",
-            InvalidMessage::REASONS,
-        );
-        r.register(
-            "nats_slow_consumer_events",
-            "times registrations were dropped because the learner fell behind (emitters re-send them)",
-            m.nats_slow_consumer.clone(),
         );
         r.register("mesh_peers", "mesh peers connected", m.mesh_peers.clone());
         r.register(
@@ -207,7 +116,6 @@ impl Metrics {
         );
         Metrics {
             registry: Mutex::new(registry),
-            nats_invalid,
             ..m
         }
     }
@@ -227,13 +135,6 @@ impl Metrics {
         reasons: [&str; N],
     ) -> [Counter; N] {
         reason_counters(&mut self.registry.lock(), name, help, reasons)
-    }
-
-    /// Count one invalid message.
-    pub fn count_invalid(&self, err: &InvalidMessage) {
-        if let Some(c) = self.nats_invalid.get(err.index()) {
-            c.inc();
-        }
     }
 
     /// Prometheus text exposition, with the table gauges refreshed from `stats` and
@@ -278,31 +179,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exposes_invalid_reasons_and_counts() {
+    fn exposes_reason_counters_table_gauges_and_the_sync_state() {
         let m = Metrics::new();
-        m.count_invalid(&InvalidMessage::MissingHost);
-        m.count_invalid(&InvalidMessage::MissingHost);
-        m.nats_register.inc();
+        let [missing_host, truncated] = m.reason_counters(
+            "nats_invalid_messages",
+            "messages dropped as invalid, by reason",
+            ["missing_host", "truncated"],
+        );
+        missing_host.inc();
+        missing_host.inc();
+        let _ = truncated;
         let text = m.encode(
             TableStats {
                 routes: 7,
                 ..Default::default()
             },
-            SyncState::InSync,
+            SyncState::Degraded,
         );
-        assert!(
-            text.contains(r#"grouter_nats_invalid_messages_total{reason="missing_host"} 2"#),
-            "{text}"
-        );
-        assert!(text.contains(r#"grouter_nats_invalid_messages_total{reason="truncated"} 0"#));
-        assert!(text.contains("grouter_nats_register_messages_total 1"));
-        assert!(text.contains("grouter_routes 7"));
-        for name in [
-            "grouter_nats_slow_consumer_events_total 0",
+        for line in [
+            r#"grouter_nats_invalid_messages_total{reason="missing_host"} 2"#,
+            r#"grouter_nats_invalid_messages_total{reason="truncated"} 0"#,
+            "grouter_routes 7",
             "grouter_mesh_handshake_failures_total 0",
-            r#"grouter_sync_state{state="in_sync"} 1"#,
+            r#"grouter_sync_state{state="degraded"} 1"#,
+            r#"grouter_sync_state{state="in_sync"} 0"#,
         ] {
-            assert!(text.contains(name), "{name} missing from:\n{text}");
+            assert!(text.contains(line), "{line} missing from:\n{text}");
         }
     }
 }

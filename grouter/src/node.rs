@@ -21,7 +21,7 @@ use crate::admin::AdminState;
 use crate::config::Config;
 use crate::dns::DnsMetrics;
 use crate::health::Health;
-use crate::learn::{self, LearnSettings};
+use crate::learn::{self, LearnMetrics, LearnSettings};
 use crate::mesh::{MeshHandle, Rejections};
 use crate::metrics::Metrics;
 use crate::table::Table;
@@ -45,6 +45,8 @@ pub struct NodeState {
     pub health: Arc<Health>,
     /// The node's metrics registry and its shared counters.
     pub metrics: Arc<Metrics>,
+    /// The learner's counters.
+    pub learn_metrics: Arc<LearnMetrics>,
     /// The DNS front's counters (registered even without `[dns]`, so scrapes show zeros).
     pub dns_metrics: Arc<DnsMetrics>,
     /// The mesh's refusal counters (registered even without `[mesh]`).
@@ -66,6 +68,7 @@ impl NodeState {
         NodeState {
             table: Arc::new(Table::new(&config.node_id, &config.site, generation)),
             health: Arc::new(Health::new()),
+            learn_metrics: Arc::new(LearnMetrics::new(&metrics)),
             dns_metrics: Arc::new(DnsMetrics::new(&metrics)),
             mesh_rejections: Arc::new(Rejections::new(&metrics)),
             metrics,
@@ -209,7 +212,7 @@ pub async fn run(
     {
         let (table, metrics, token) = (
             state.table.clone(),
-            state.metrics.clone(),
+            state.learn_metrics.clone(),
             stop.child_token(),
         );
         tasks.spawn(async move {

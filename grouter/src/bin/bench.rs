@@ -315,7 +315,7 @@ async fn ingest(
     let avg_len = payloads.iter().map(bytes::Bytes::len).sum::<usize>() / total.max(1);
 
     let table = Arc::new(Table::new("bench-1", "lon", 1));
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(learn::LearnMetrics::new(&Metrics::new()));
     let shutdown = CancellationToken::new();
     let settings = LearnSettings {
         servers: vec![url.clone()],
