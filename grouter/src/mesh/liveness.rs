@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::health::SyncState;
-use crate::table::{Origin, Table};
+use crate::table::{Origin, PartitionSummary, Table};
 
 /// A node's state as the detector sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,11 +103,21 @@ impl Detector {
 
     /// Look at every partition's record, update verdicts, and compute the sync state.
     pub fn assess(&mut self, table: &Table, now: Instant) -> Assessment {
-        let me = table.me().clone();
+        self.assess_partitions(table.me(), &table.partitions(), now)
+    }
+
+    /// [`Detector::assess`] over a snapshot of the table's partitions (`me`: this node's
+    /// origin, skipped), so a caller can take it before locking the detector.
+    pub fn assess_partitions(
+        &mut self,
+        me: &Arc<Origin>,
+        partitions: &[PartitionSummary],
+        now: Instant,
+    ) -> Assessment {
         let mut out = Assessment::default();
         let mut seen = Vec::new();
-        for p in table.partitions() {
-            if Arc::ptr_eq(&p.origin, &me) {
+        for p in partitions {
+            if Arc::ptr_eq(&p.origin, me) {
                 continue;
             }
             let heartbeat = p.record.as_ref().map_or(0, |r| r.heartbeat);

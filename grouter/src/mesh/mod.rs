@@ -6,22 +6,29 @@
 //! - [`sync`]: anti-entropy as pure functions over the table (digest, delta, apply) and the
 //!   rule of who may speak for which partition.
 //! - [`liveness`]: the failure detector and the node's sync state.
+//! - `membership`: the rules, without I/O and with time passed in: which of two connections
+//!   to a peer stays, the certified sites and address owners, whom to dial, the site
+//!   ranking, and the tombstone horizon; it holds the failure detector.
 //! - `session`: one connection (hello, digests, deltas, pings).
 //!
-//! This module owns the listener, dialling (seeds from config, the rest discovered from the
-//! node records in the table), at most one connection per peer, the heartbeat that travels
-//! in this node's record, and the periodic assessment that marks nodes dead, retires them
-//! and sets the sync state.
+//! This module does the I/O around those rules: the listener, the TLS handshakes, dialling
+//! the targets membership names (with back-off), closing the connection membership says
+//! lost, the heartbeat that travels in this node's record, and the periodic step that
+//! assesses liveness, retires the long dead, sets the sync state and the site order, and
+//! purges old tombstones. Membership sits behind the mesh's one lock, which is never held
+//! across an `.await` or while the table is read.
 //!
 //! Must never: accept a peer's update to this node's partition, or a peer without a
-//! certificate from the mesh CA.
+//! certificate from the mesh CA; decide membership itself (a rule that lives here cannot be
+//! tested without sockets).
 
 pub mod identity;
 pub mod liveness;
+mod membership;
 mod session;
 pub mod sync;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -42,6 +49,7 @@ use crate::metrics::Metrics;
 use crate::table::Table;
 use identity::{MeshTls, NodeIdentity};
 use liveness::{Detector, NodeView, Timeouts};
+use membership::{Admission, Membership, TombstoneHorizon};
 
 /// How long a TCP connect plus TLS handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -51,6 +59,8 @@ const REDIAL_MAX: Duration = Duration::from_secs(2);
 const DETECTOR_TICK: Duration = Duration::from_millis(100);
 /// How long deleted routes are remembered before replicas behind them need a reset.
 const TOMBSTONE_GRACE: Duration = Duration::from_secs(600);
+/// How often each partition's version is noted for the tombstone horizon.
+const TOMBSTONE_CHECKPOINT: Duration = Duration::from_secs(60);
 /// How long a dead node's partition stays visible (as dead) before it is removed.
 const RETIRE_AFTER: Duration = Duration::from_secs(600);
 
@@ -201,9 +211,31 @@ impl PeerLink {
             self.rtt_us.store(rtt.max(1), Ordering::Relaxed);
         }
     }
+}
 
-    fn dialer<'a>(&'a self, me: &'a str) -> &'a str {
-        if self.dialed { me } else { &self.node_id }
+impl membership::Link for Arc<PeerLink> {
+    fn peer(&self) -> &str {
+        &self.node_id
+    }
+
+    fn site(&self) -> &str {
+        &self.site
+    }
+
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn dialed(&self) -> bool {
+        self.dialed
+    }
+
+    fn rtt(&self) -> Option<Duration> {
+        PeerLink::rtt(self)
+    }
+
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(self, other)
     }
 }
 
@@ -215,13 +247,9 @@ pub struct Mesh {
     rejections: Arc<Rejections>,
     settings: MeshSettings,
     tls: MeshTls,
-    peers: Mutex<HashMap<String, Arc<PeerLink>>>,
-    /// Sites of nodes met directly (from their certificates).
-    certified: Mutex<HashMap<String, String>>,
-    /// Addresses that turned out to be a given node (seeds are dialled before we know who
-    /// answers), or this node itself.
-    addr_owner: Mutex<HashMap<String, String>>,
-    detector: Mutex<Detector>,
+    /// The peer set and every rule about it: the one lock of the mesh, never held across an
+    /// `.await` or while reading the table.
+    membership: Mutex<Membership<Arc<PeerLink>>>,
     /// Where connections from peers that forward HTTP go (set by the proxy).
     peer_http: OnceLock<mpsc::Sender<PeerHttp>>,
 }
@@ -261,60 +289,50 @@ impl Mesh {
         tls: MeshTls,
     ) -> Arc<Mesh> {
         let detector = Detector::new(settings.timeouts);
+        let membership = Membership::new(
+            table.me().clone(),
+            settings.advertise.clone(),
+            settings.seeds.clone(),
+            detector,
+        );
         Arc::new(Mesh {
             table,
             metrics,
             rejections,
             settings,
             tls,
-            peers: Mutex::new(HashMap::new()),
-            certified: Mutex::new(HashMap::new()),
-            addr_owner: Mutex::new(HashMap::new()),
-            detector: Mutex::new(detector),
+            membership: Mutex::new(membership),
             peer_http: OnceLock::new(),
         })
     }
 
     /// Current connections, sorted by peer.
     pub fn peers(&self) -> Vec<Arc<PeerLink>> {
-        let mut v: Vec<_> = self.peers.lock().values().cloned().collect();
+        let mut v: Vec<_> = self.membership.lock().links().cloned().collect();
         v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         v
     }
 
     /// Every other node as the failure detector sees it.
     pub fn nodes(&self) -> Vec<NodeView> {
-        self.detector.lock().nodes(Instant::now())
+        self.membership.lock().nodes(Instant::now())
     }
 
-    /// Keep at most one connection per peer: of two, the one dialled by the node with the
-    /// smaller id wins (both ends decide alike); a reconnect in the same direction replaces
-    /// the old connection. False when `link` lost and must close.
+    /// Keep at most one connection per peer (the rule is [`Membership::register`]'s), and
+    /// close the one that lost. False when `link` lost and must close.
     fn register(&self, link: Arc<PeerLink>) -> bool {
-        let me = self.table.me().node_id.clone();
-        self.certified
-            .lock()
-            .insert(link.node_id.clone(), link.site.clone());
-        if link.dialed {
-            self.addr_owner
-                .lock()
-                .insert(link.addr.clone(), link.node_id.clone());
-        }
-        let mut peers = self.peers.lock();
-        if let Some(old) = peers.get(&link.node_id) {
-            let (old_dialer, new_dialer) = (old.dialer(&me), link.dialer(&me));
-            let smaller = if *me < *link.node_id {
-                &*me
-            } else {
-                link.node_id.as_str()
-            };
-            if old_dialer != new_dialer && old_dialer == smaller {
+        let mut peers = self.membership.lock();
+        match peers.register(link) {
+            Admission::Duplicate => {
                 self.metrics.mesh_duplicates.inc();
                 return false;
             }
-            old.cancel.cancel();
+            Admission::Admitted { replaced } => {
+                if let Some(old) = replaced {
+                    old.cancel.cancel();
+                }
+            }
         }
-        peers.insert(link.node_id.clone(), link);
         self.metrics
             .mesh_peers
             .set(i64::try_from(peers.len()).unwrap_or(i64::MAX));
@@ -323,13 +341,8 @@ impl Mesh {
     }
 
     fn unregister(&self, link: &Arc<PeerLink>) {
-        let mut peers = self.peers.lock();
-        if peers
-            .get(&link.node_id)
-            .is_some_and(|p| Arc::ptr_eq(p, link))
-        {
-            peers.remove(&link.node_id);
-        }
+        let mut peers = self.membership.lock();
+        peers.unregister(link);
         self.metrics
             .mesh_peers
             .set(i64::try_from(peers.len()).unwrap_or(i64::MAX));
@@ -355,11 +368,14 @@ impl Mesh {
 
 impl sync::Authority for Mesh {
     fn is_direct(&self, node_id: &str) -> bool {
-        self.peers.lock().contains_key(node_id)
+        self.membership.lock().is_direct(node_id)
     }
 
     fn certified_site(&self, node_id: &str) -> Option<String> {
-        self.certified.lock().get(node_id).cloned()
+        self.membership
+            .lock()
+            .certified_site(node_id)
+            .map(str::to_owned)
     }
 }
 
@@ -518,36 +534,10 @@ async fn dial_loop(
     }
 }
 
-/// Addresses worth dialling now: seeds and advertised addresses of known nodes, except this
-/// node's own and those of nodes already connected.
+/// Addresses worth dialling now ([`Membership::targets`]).
 fn targets(mesh: &Mesh) -> Vec<String> {
-    let me = mesh.table.me().node_id.clone();
-    let connected: HashSet<String> = mesh.peers.lock().keys().cloned().collect();
-    let owners = mesh.addr_owner.lock().clone();
-    let mut out: Vec<String> = Vec::new();
-    let mut consider = |addr: &str, node: Option<&str>| {
-        if addr.is_empty() || addr == mesh.settings.advertise {
-            return;
-        }
-        let owner = node.or_else(|| owners.get(addr).map(String::as_str));
-        if owner.is_some_and(|n| *n == *me || connected.contains(n)) {
-            return;
-        }
-        if !out.iter().any(|a| a == addr) {
-            out.push(addr.to_string());
-        }
-    };
-    for seed in &mesh.settings.seeds {
-        consider(seed, None);
-    }
-    for p in mesh.table.partitions() {
-        if let Some(r) = &p.record
-            && p.origin.is_alive()
-        {
-            consider(&r.advertise, Some(&p.origin.node_id));
-        }
-    }
-    out
+    let partitions = mesh.table.partitions();
+    mesh.membership.lock().targets(&partitions)
 }
 
 /// One connection attempt; runs the session when it succeeds. True when a session ran.
@@ -587,9 +577,7 @@ async fn dial(
     };
     if peer.node_id == *mesh.table.me().node_id {
         // A seed list may name this node itself.
-        mesh.addr_owner
-            .lock()
-            .insert(addr.to_string(), peer.node_id);
+        mesh.membership.lock().owner_is(addr, &peer.node_id);
         return false;
     }
     session::run(mesh.clone(), tls, peer, true, addr.to_string(), shutdown)
@@ -597,36 +585,10 @@ async fn dial(
         .is_ok()
 }
 
-/// Other sites, best first: healthy before unhealthy (a site is healthy when a live node of
-/// it says its GoRouters are), then by the lowest RTT to any of its nodes.
+/// Other sites, best first ([`Membership::rank_sites`]).
 fn rank_sites(mesh: &Mesh) -> Vec<Arc<str>> {
-    let mut rtt: HashMap<String, Duration> = HashMap::new();
-    for p in mesh.peers() {
-        if let Some(r) = p.rtt() {
-            let e = rtt.entry(p.site.clone()).or_insert(r);
-            *e = (*e).min(r);
-        }
-    }
-    let mut sites: HashMap<Arc<str>, bool> = HashMap::new();
-    for p in mesh.table.partitions() {
-        if p.origin.local_site || !p.origin.is_alive() {
-            continue;
-        }
-        let healthy = p.record.as_ref().is_some_and(|r| r.healthy);
-        *sites.entry(p.origin.site.clone()).or_default() |= healthy;
-    }
-    let mut ranked: Vec<(bool, Duration, Arc<str>)> = sites
-        .into_iter()
-        .map(|(site, healthy)| {
-            (
-                !healthy,
-                rtt.get(&*site).copied().unwrap_or(Duration::MAX),
-                site,
-            )
-        })
-        .collect();
-    ranked.sort();
-    ranked.into_iter().map(|(_, _, site)| site).collect()
+    let partitions = mesh.table.partitions();
+    mesh.membership.lock().rank_sites(&partitions)
 }
 
 /// Beat, assess liveness, retire the long dead, set the sync state, forget old tombstones.
@@ -635,11 +597,9 @@ async fn heartbeat_loop(mesh: Arc<Mesh>, health: Arc<Health>, shutdown: Cancella
     // a verdict then lags the silence by at most one tick, not one heartbeat.
     let mut tick = tokio::time::interval(DETECTOR_TICK.min(mesh.settings.heartbeat_interval));
     let mut next_beat = Instant::now();
-    // Once a minute: every partition's version then. Tombstones older than the grace
-    // period are those at or below the versions of a checkpoint that old.
-    type Checkpoint = (Instant, Vec<(Arc<str>, u64)>);
-    let mut checkpoints: VecDeque<Checkpoint> = VecDeque::new();
-    let mut last_checkpoint = Instant::now();
+    // Only this loop forgets tombstones, so the horizon needs no lock.
+    let mut tombstones =
+        TombstoneHorizon::new(TOMBSTONE_GRACE, TOMBSTONE_CHECKPOINT, Instant::now());
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -657,7 +617,8 @@ async fn heartbeat_loop(mesh: Arc<Mesh>, health: Arc<Health>, shutdown: Cancella
                 r.healthy = health.can_serve();
             });
         }
-        let assessment = mesh.detector.lock().assess(&mesh.table, now);
+        let partitions = mesh.table.partitions();
+        let assessment = mesh.membership.lock().assess(&partitions, now);
         for (node_id, state) in &assessment.transitions {
             info!(node = %node_id, state = state.as_str(), "mesh node state changed");
         }
@@ -669,27 +630,16 @@ async fn heartbeat_loop(mesh: Arc<Mesh>, health: Arc<Health>, shutdown: Cancella
         health.set_sync(assessment.sync);
         mesh.table.set_site_order(rank_sites(&mesh));
 
-        // Tombstones: remember each partition's version once a minute; purge what was
-        // deleted before the grace period.
-        if now.duration_since(last_checkpoint) >= Duration::from_secs(60) {
-            last_checkpoint = now;
-            checkpoints.push_back((
-                now,
-                mesh.table
-                    .digest()
-                    .into_iter()
-                    .map(|(o, v)| (o.node_id.clone(), v))
-                    .collect(),
-            ));
-        }
-        while let Some((at, versions)) = checkpoints.front() {
-            if now.duration_since(*at) < TOMBSTONE_GRACE {
-                break;
-            }
-            for (node_id, v) in versions {
-                mesh.table.purge_tombstones(node_id, *v);
-            }
-            checkpoints.pop_front();
+        // Tombstones: purge what was deleted before the grace period.
+        let versions = || {
+            mesh.table
+                .digest()
+                .into_iter()
+                .map(|(o, v)| (o.node_id.clone(), v))
+                .collect()
+        };
+        for (node_id, v) in tombstones.tick(now, versions) {
+            mesh.table.purge_tombstones(&node_id, v);
         }
     }
 }

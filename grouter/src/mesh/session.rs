@@ -8,6 +8,10 @@
 //! reading because it is busy writing: two peers pushing large deltas at each other cannot
 //! deadlock on full socket buffers.
 //!
+//! A session runs over any `AsyncRead + AsyncWrite` stream: the mesh's TLS stream, or in
+//! this module's tests an in-memory `tokio::io::duplex` pair, so two ends replicate without
+//! sockets or certificates on the wire.
+//!
 //! Must never: accept a hello that contradicts the peer's certificate, or apply a delta
 //! without the authority rule of [`super::sync`].
 
@@ -46,7 +50,7 @@ pub enum SessionError {
     /// Nothing heard for too long.
     #[error("peer silent for {0:?}")]
     Silent(Duration),
-    /// Another connection to the same peer won (see [`Mesh::register`]).
+    /// Another connection to the same peer won (the rule is in `membership`).
     #[error("duplicate connection")]
     Duplicate,
 }
@@ -64,7 +68,8 @@ fn codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
-/// Run a session over an established TLS stream with an authenticated `peer`.
+/// Run a session over an established stream (TLS in production) with an authenticated
+/// `peer`.
 pub(super) async fn run<S>(
     mesh: Arc<Mesh>,
     stream: S,
@@ -277,4 +282,207 @@ where
 
 fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::mesh::MeshSettings;
+    use crate::mesh::identity::{self, MeshTls};
+    use crate::mesh::liveness::Timeouts;
+    use crate::metrics::Metrics;
+    use crate::table::{RouteEntry, RouteKey, Table};
+
+    /// How long a test waits for replication before it fails (it takes milliseconds).
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// A mesh of `node@site` with a certificate from the CA in `root/ca`. It never listens
+    /// or dials: the test hands its sessions their streams. (The session does not use the
+    /// TLS configuration; `Mesh` merely holds one.)
+    fn mesh(root: &Path, node: &str, site: &str) -> Arc<Mesh> {
+        let ca = root.join("ca");
+        if !ca.exists() {
+            identity::create_ca(&ca).unwrap();
+        }
+        let dir = root.join(node);
+        identity::create_node(&ca, &NodeIdentity::new(node, site).unwrap(), &dir).unwrap();
+        let tls = MeshTls::load(
+            &dir.join(identity::CA_CERT_FILE),
+            &dir.join(identity::NODE_CERT_FILE),
+            &dir.join(identity::NODE_KEY_FILE),
+        )
+        .unwrap();
+        let settings = MeshSettings {
+            advertise: format!("{node}:7000"),
+            seeds: Vec::new(),
+            heartbeat_interval: Duration::from_millis(500),
+            digest_interval: Duration::from_secs(1),
+            timeouts: Timeouts {
+                suspect_after: Duration::from_secs(2),
+                dead_after: Duration::from_millis(2500),
+                retire_after: Duration::from_secs(600),
+                sync_lost_after: Duration::from_secs(10),
+            },
+            region: String::new(),
+            site_addresses: Vec::new(),
+        };
+        let table = Arc::new(Table::new(node, site, 1));
+        let metrics = Arc::new(Metrics::new());
+        let rejections = Arc::new(crate::mesh::Rejections::new(&metrics));
+        Mesh::new(table, metrics, rejections, settings, tls)
+    }
+
+    /// One end of a connection: `mesh` talking to `peer` over `stream`.
+    fn end<S>(
+        mesh: &Arc<Mesh>,
+        stream: S,
+        peer: &Mesh,
+        dialed: bool,
+        shutdown: &CancellationToken,
+    ) -> tokio::task::JoinHandle<Result<(), SessionError>>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let me = peer.table.me();
+        let identity = NodeIdentity::new(&*me.node_id, &*me.site).unwrap();
+        tokio::spawn(run(
+            mesh.clone(),
+            stream,
+            identity,
+            dialed,
+            format!("{}:7000", me.node_id),
+            shutdown.clone(),
+        ))
+    }
+
+    fn key(host: &str) -> Arc<RouteKey> {
+        Arc::new(RouteKey::parse(host).unwrap())
+    }
+
+    fn route(app: &str) -> RouteEntry {
+        RouteEntry {
+            app_id: app.into(),
+            app_name: None,
+            endpoints: 1,
+            instances: 1,
+            updated_at_ms: 1,
+        }
+    }
+
+    /// The sites `table` would send a request for `host` to, if any serves it.
+    fn sites(table: &Table, host: &str) -> Option<Vec<String>> {
+        table
+            .lookup(host, "/")
+            .map(|m| m.remote_sites.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// Wait for `table` to satisfy `cond`, woken by its changes (never by a timer).
+    async fn until(table: &Table, what: &str, cond: impl Fn(&Table) -> bool) {
+        let mut changes = table.subscribe();
+        let wait = async {
+            while !cond(table) {
+                changes.changed().await.unwrap();
+            }
+        };
+        if tokio::time::timeout(PATIENCE, wait).await.is_err() {
+            panic!("{what}: not within {PATIENCE:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn two_ends_over_a_duplex_stream_replicate_routes_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let lon = mesh(dir.path(), "lon-1", "lon");
+        let nyc = mesh(dir.path(), "nyc-1", "nyc");
+        // Held before the connection: it goes over in the opening exchange of digests.
+        lon.table
+            .upsert_local(&key("early.example.com"), route("a"));
+
+        let (lon_io, nyc_io) = tokio::io::duplex(64 * 1024);
+        let shutdown = CancellationToken::new();
+        let lon_end = end(&lon, lon_io, &nyc, true, &shutdown);
+        let nyc_end = end(&nyc, nyc_io, &lon, false, &shutdown);
+
+        until(&nyc.table, "the early route at nyc", |t| {
+            sites(t, "early.example.com").is_some()
+        })
+        .await;
+        assert_eq!(sites(&nyc.table, "early.example.com").unwrap(), ["lon"]);
+        // Each end took the other as its direct peer, from the identity it was given.
+        assert_eq!(lon.peers()[0].node_id, "nyc-1");
+        assert!(lon.peers()[0].dialed);
+        assert_eq!(nyc.peers()[0].node_id, "lon-1");
+        assert!(!nyc.peers()[0].dialed);
+
+        // Changes once connected are pushed, both ways.
+        lon.table.upsert_local(&key("late.example.com"), route("b"));
+        nyc.table.upsert_local(&key("nyc.example.com"), route("c"));
+        until(&nyc.table, "the late route at nyc", |t| {
+            sites(t, "late.example.com").is_some()
+        })
+        .await;
+        until(&lon.table, "nyc's route at lon", |t| {
+            sites(t, "nyc.example.com").is_some_and(|s| s == ["nyc"])
+        })
+        .await;
+
+        // A delete travels as a tombstone.
+        assert!(lon.table.remove_local(&key("early.example.com")).is_some());
+        until(&nyc.table, "the delete at nyc", |t| {
+            sites(t, "early.example.com").is_none()
+        })
+        .await;
+        assert!(sites(&nyc.table, "late.example.com").is_some());
+
+        // Shut down, both ends let go of the peer.
+        shutdown.cancel();
+        let _ = lon_end.await.unwrap();
+        let _ = nyc_end.await.unwrap();
+        assert!(lon.peers().is_empty());
+        assert!(nyc.peers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_second_connection_dialled_by_the_larger_id_is_refused_on_both_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let lon = mesh(dir.path(), "lon-1", "lon");
+        let nyc = mesh(dir.path(), "nyc-1", "nyc");
+        let shutdown = CancellationToken::new();
+        // lon-1 dials first; lon-1 < nyc-1, so its connection is the one to keep.
+        let (lon_io, nyc_io) = tokio::io::duplex(64 * 1024);
+        let _first = (
+            end(&lon, lon_io, &nyc, true, &shutdown),
+            end(&nyc, nyc_io, &lon, false, &shutdown),
+        );
+        lon.table.upsert_local(&key("one.example.com"), route("a"));
+        until(&nyc.table, "the first connection replicating", |t| {
+            sites(t, "one.example.com").is_some()
+        })
+        .await;
+
+        // nyc-1 dials too: both ends refuse it after the hellos.
+        let (lon_io, nyc_io) = tokio::io::duplex(64 * 1024);
+        let lon_second = end(&lon, lon_io, &nyc, false, &shutdown);
+        let nyc_second = end(&nyc, nyc_io, &lon, true, &shutdown);
+        assert!(matches!(
+            lon_second.await.unwrap(),
+            Err(SessionError::Duplicate)
+        ));
+        assert!(matches!(
+            nyc_second.await.unwrap(),
+            Err(SessionError::Duplicate)
+        ));
+
+        // The first connection is still the peer's, and still replicates.
+        assert!(lon.peers()[0].dialed);
+        assert!(!nyc.peers()[0].dialed);
+        lon.table.upsert_local(&key("two.example.com"), route("b"));
+        until(&nyc.table, "the first connection still replicating", |t| {
+            sites(t, "two.example.com").is_some()
+        })
+        .await;
+        shutdown.cancel();
+    }
 }
