@@ -1,10 +1,10 @@
 //! Prometheus metrics of the node.
 //!
-//! Owns: the metric registry, the mesh links' counters, and the gauges derived from the table
-//! and the sync state (set when `/metrics` is scraped). The other subsystems own their
-//! counters (`learn::LearnMetrics`, `dns::DnsMetrics`, `mesh::Rejections`) and register them
-//! here through [`Metrics::register`] and [`Metrics::reason_counters`]. Counters on hot paths
-//! are plain atomics (no label lookup per message).
+//! Owns: the metric registry and the gauges derived from the table and the sync state (set
+//! when `/metrics` is scraped). Each subsystem owns its counters (`learn::LearnMetrics`,
+//! `mesh::MeshMetrics`, `dns::DnsMetrics`) and registers them here through
+//! [`Metrics::register`] and [`Metrics::reason_counters`]. Counters on hot paths are plain
+//! atomics (no label lookup per message).
 //!
 //! Must never: import a subsystem (it assembles what they register), block on a hot path, or
 //! allocate on one.
@@ -26,18 +26,6 @@ use crate::table::TableStats;
 pub struct Metrics {
     /// Locked only to register (at start) and to encode (per scrape).
     registry: Mutex<Registry>,
-    /// Mesh peers connected now.
-    pub mesh_peers: Gauge,
-    /// Mesh connections established.
-    pub mesh_connects: Counter,
-    /// Mesh connections closed because another one to the same peer won.
-    pub mesh_duplicates: Counter,
-    /// TLS handshakes or identities refused.
-    pub mesh_handshake_failures: Counter,
-    /// Replicated entries sent.
-    pub entries_sent: Counter,
-    /// Replicated entries (and records) that changed this node's table.
-    pub mesh_entries_applied: Counter,
     sync_state: Family<Vec<(String, String)>, Gauge>,
     routes: Gauge,
     local_routes: Gauge,
@@ -55,12 +43,6 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("grouter");
         let m = Metrics {
-            mesh_peers: Gauge::default(),
-            mesh_connects: Counter::default(),
-            mesh_duplicates: Counter::default(),
-            mesh_handshake_failures: Counter::default(),
-            entries_sent: Counter::default(),
-            mesh_entries_applied: Counter::default(),
             sync_state: Family::default(),
             routes: Gauge::default(),
             local_routes: Gauge::default(),
@@ -82,32 +64,6 @@ impl Metrics {
             "partitions",
             "partitions in the table, this node's included",
             m.partitions.clone(),
-        );
-        r.register("mesh_peers", "mesh peers connected", m.mesh_peers.clone());
-        r.register(
-            "mesh_connects",
-            "mesh connections established",
-            m.mesh_connects.clone(),
-        );
-        r.register(
-            "mesh_duplicate_connections",
-            "mesh connections closed as duplicates",
-            m.mesh_duplicates.clone(),
-        );
-        r.register(
-            "mesh_handshake_failures",
-            "mesh TLS handshakes or identities refused",
-            m.mesh_handshake_failures.clone(),
-        );
-        r.register(
-            "mesh_entries_sent",
-            "replicated entries sent to peers",
-            m.entries_sent.clone(),
-        );
-        r.register(
-            "mesh_entries_applied",
-            "replicated entries that changed the table",
-            m.mesh_entries_applied.clone(),
         );
         r.register(
             "sync_state",
@@ -200,7 +156,6 @@ mod tests {
             r#"grouter_nats_invalid_messages_total{reason="missing_host"} 2"#,
             r#"grouter_nats_invalid_messages_total{reason="truncated"} 0"#,
             "grouter_routes 7",
-            "grouter_mesh_handshake_failures_total 0",
             r#"grouter_sync_state{state="degraded"} 1"#,
             r#"grouter_sync_state{state="in_sync"} 0"#,
         ] {

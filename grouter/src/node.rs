@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::dns::DnsMetrics;
 use crate::health::Health;
 use crate::learn::{self, LearnMetrics, LearnSettings};
-use crate::mesh::{MeshHandle, Rejections};
+use crate::mesh::{MeshHandle, MeshMetrics};
 use crate::metrics::Metrics;
 use crate::table::Table;
 
@@ -49,8 +49,8 @@ pub struct NodeState {
     pub learn_metrics: Arc<LearnMetrics>,
     /// The DNS front's counters (registered even without `[dns]`, so scrapes show zeros).
     pub dns_metrics: Arc<DnsMetrics>,
-    /// The mesh's refusal counters (registered even without `[mesh]`).
-    pub mesh_rejections: Arc<Rejections>,
+    /// The mesh's counters (registered even without `[mesh]`).
+    pub mesh_metrics: Arc<MeshMetrics>,
     /// Bearer token of `/v1/*`.
     pub token: String,
     /// The node's region, if configured.
@@ -70,7 +70,7 @@ impl NodeState {
             health: Arc::new(Health::new()),
             learn_metrics: Arc::new(LearnMetrics::new(&metrics)),
             dns_metrics: Arc::new(DnsMetrics::new(&metrics)),
-            mesh_rejections: Arc::new(Rejections::new(&metrics)),
+            mesh_metrics: Arc::new(MeshMetrics::new(&metrics)),
             metrics,
             token,
             region: config.region.clone(),
@@ -255,8 +255,7 @@ pub async fn run(
         }
         let mesh = crate::mesh::Mesh::new(
             state.table.clone(),
-            state.metrics.clone(),
-            state.mesh_rejections.clone(),
+            state.mesh_metrics.clone(),
             settings,
             tls,
         );
@@ -437,6 +436,7 @@ token_file = "admin.token"
             r#"grouter_dns_steering_total{reason="fail_open"} 0"#,
             r#"grouter_sync_state{state="in_sync"} 1"#,
             "grouter_nats_slow_consumer_events_total 0",
+            "grouter_mesh_handshake_failures_total 0",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

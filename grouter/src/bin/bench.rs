@@ -703,7 +703,7 @@ heartbeat_interval_ms = {hb}
         }
 
         fn entries_sent(&self) -> u64 {
-            self.state.metrics.entries_sent.get()
+            self.state.mesh_metrics.entries_sent.get()
         }
 
         async fn stop(self) {

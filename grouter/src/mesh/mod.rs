@@ -50,6 +50,8 @@ use crate::table::Table;
 use identity::{MeshTls, NodeIdentity};
 use liveness::{Detector, NodeView, Timeouts};
 use membership::{Admission, Membership, TombstoneHorizon};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// How long a TCP connect plus TLS handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -243,8 +245,7 @@ impl membership::Link for Arc<PeerLink> {
 #[derive(Debug)]
 pub struct Mesh {
     table: Arc<Table>,
-    metrics: Arc<Metrics>,
-    rejections: Arc<Rejections>,
+    metrics: Arc<MeshMetrics>,
     settings: MeshSettings,
     tls: MeshTls,
     /// The peer set and every rule about it: the one lock of the mesh, never held across an
@@ -283,8 +284,7 @@ impl Mesh {
     /// A mesh for `table`, authenticated by `tls`.
     pub fn new(
         table: Arc<Table>,
-        metrics: Arc<Metrics>,
-        rejections: Arc<Rejections>,
+        metrics: Arc<MeshMetrics>,
         settings: MeshSettings,
         tls: MeshTls,
     ) -> Arc<Mesh> {
@@ -298,7 +298,6 @@ impl Mesh {
         Arc::new(Mesh {
             table,
             metrics,
-            rejections,
             settings,
             tls,
             membership: Mutex::new(membership),
@@ -324,7 +323,7 @@ impl Mesh {
         let mut peers = self.membership.lock();
         match peers.register(link) {
             Admission::Duplicate => {
-                self.metrics.mesh_duplicates.inc();
+                self.metrics.duplicates.inc();
                 return false;
             }
             Admission::Admitted { replaced } => {
@@ -334,9 +333,9 @@ impl Mesh {
             }
         }
         self.metrics
-            .mesh_peers
+            .peers
             .set(i64::try_from(peers.len()).unwrap_or(i64::MAX));
-        self.metrics.mesh_connects.inc();
+        self.metrics.connects.inc();
         true
     }
 
@@ -344,16 +343,14 @@ impl Mesh {
         let mut peers = self.membership.lock();
         peers.unregister(link);
         self.metrics
-            .mesh_peers
+            .peers
             .set(i64::try_from(peers.len()).unwrap_or(i64::MAX));
     }
 
     fn count_applied(&self, applied: &sync::Applied) {
-        self.metrics
-            .mesh_entries_applied
-            .inc_by(applied.changed as u64);
+        self.metrics.entries_applied.inc_by(applied.changed as u64);
         for (node, why) in &applied.rejected {
-            self.rejections.count(*why);
+            self.metrics.count_rejection(*why);
             match why {
                 // Routine: a relay raced the owner's own push, or a late or lost delta that
                 // the next digest repairs.
@@ -382,23 +379,74 @@ impl sync::Authority for Mesh {
 /// The mesh of a running node, for the admin API.
 pub type MeshHandle = OnceLock<Arc<Mesh>>;
 
-/// `grouter_mesh_deltas_rejected_total`, one counter per [`sync::Rejection`].
+/// The mesh's counters, registered in the node's [`Metrics`] (even without `[mesh]`, so
+/// scrapes show zeros).
 #[derive(Debug)]
-pub struct Rejections([prometheus_client::metrics::counter::Counter; sync::Rejection::ALL.len()]);
+pub struct MeshMetrics {
+    /// Mesh peers connected now.
+    pub peers: Gauge,
+    /// Mesh connections established.
+    pub connects: Counter,
+    /// Mesh connections closed because another one to the same peer won.
+    pub duplicates: Counter,
+    /// TLS handshakes or identities refused.
+    pub handshake_failures: Counter,
+    /// Replicated entries sent.
+    pub entries_sent: Counter,
+    /// Replicated entries (and records) that changed this node's table.
+    pub entries_applied: Counter,
+    /// `grouter_mesh_deltas_rejected_total`, one counter per [`sync::Rejection`].
+    rejected: [Counter; sync::Rejection::ALL.len()],
+}
 
-impl Rejections {
+impl MeshMetrics {
     /// The counters, registered in `metrics` at zero.
-    pub fn new(metrics: &Metrics) -> Rejections {
-        Rejections(metrics.reason_counters(
-            "mesh_deltas_rejected",
-            "partition deltas dropped, by reason",
-            sync::Rejection::ALL.map(sync::Rejection::as_str),
-        ))
+    pub fn new(metrics: &Metrics) -> MeshMetrics {
+        let m = MeshMetrics {
+            peers: Gauge::default(),
+            connects: Counter::default(),
+            duplicates: Counter::default(),
+            handshake_failures: Counter::default(),
+            entries_sent: Counter::default(),
+            entries_applied: Counter::default(),
+            rejected: metrics.reason_counters(
+                "mesh_deltas_rejected",
+                "partition deltas dropped, by reason",
+                sync::Rejection::ALL.map(sync::Rejection::as_str),
+            ),
+        };
+        metrics.register("mesh_peers", "mesh peers connected", m.peers.clone());
+        for (name, help, counter) in [
+            ("mesh_connects", "mesh connections established", &m.connects),
+            (
+                "mesh_duplicate_connections",
+                "mesh connections closed as duplicates",
+                &m.duplicates,
+            ),
+            (
+                "mesh_handshake_failures",
+                "mesh TLS handshakes or identities refused",
+                &m.handshake_failures,
+            ),
+            (
+                "mesh_entries_sent",
+                "replicated entries sent to peers",
+                &m.entries_sent,
+            ),
+            (
+                "mesh_entries_applied",
+                "replicated entries that changed the table",
+                &m.entries_applied,
+            ),
+        ] {
+            metrics.register(name, help, counter.clone());
+        }
+        m
     }
 
     /// Count one dropped partition delta.
-    pub fn count(&self, why: sync::Rejection) {
-        if let Some(c) = self.0.get(why as usize) {
+    pub fn count_rejection(&self, why: sync::Rejection) {
+        if let Some(c) = self.rejected.get(why as usize) {
             c.inc();
         }
     }
@@ -458,12 +506,12 @@ async fn accept_loop(
             let tls = match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(err)) => {
-                    mesh.metrics.mesh_handshake_failures.inc();
+                    mesh.metrics.handshake_failures.inc();
                     warn!(%addr, %err, "mesh handshake refused");
                     return;
                 }
                 Err(_) => {
-                    mesh.metrics.mesh_handshake_failures.inc();
+                    mesh.metrics.handshake_failures.inc();
                     debug!(%addr, "mesh handshake timed out");
                     return;
                 }
@@ -471,7 +519,7 @@ async fn accept_loop(
             let peer = match tls.get_ref().1.peer_certificates().map(identity::peer_identity) {
                 Some(Ok(p)) => p,
                 other => {
-                    mesh.metrics.mesh_handshake_failures.inc();
+                    mesh.metrics.handshake_failures.inc();
                     warn!(%addr, error = ?other.map(|r| r.err()), "mesh peer without a node identity");
                     return;
                 }
@@ -571,7 +619,7 @@ async fn dial(
     {
         Some(Ok(p)) => p,
         _ => {
-            mesh.metrics.mesh_handshake_failures.inc();
+            mesh.metrics.handshake_failures.inc();
             return false;
         }
     };

@@ -329,9 +329,8 @@ mod tests {
             site_addresses: Vec::new(),
         };
         let table = Arc::new(Table::new(node, site, 1));
-        let metrics = Arc::new(Metrics::new());
-        let rejections = Arc::new(crate::mesh::Rejections::new(&metrics));
-        Mesh::new(table, metrics, rejections, settings, tls)
+        let metrics = Arc::new(crate::mesh::MeshMetrics::new(&Metrics::new()));
+        Mesh::new(table, metrics, settings, tls)
     }
 
     /// One end of a connection: `mesh` talking to `peer` over `stream`.
