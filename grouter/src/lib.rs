@@ -23,19 +23,22 @@
 //!   It reads the table and never holds a lock across an `.await`.
 //! - [`tls`]: per-app certificates by SNI from `tls.cert_dir`, hot-reloaded.
 //! - [`admin`]: `/healthz`, `/metrics`, `/v1/*` (bearer token); reads table, mesh, metrics.
-//! - [`demo`]: `grouter demo` and the GoRouter stand-in it shares with the tests.
 //! - [`metrics`]: the Prometheus registry every subsystem increments.
 //! - [`node`]: the shared [`node::NodeState`] and [`node::run`], which runs every subsystem
 //!   under one cancellation token and drains them on shutdown.
 //!
 //! The DNS front, [`dns`], answers for `dns.zones` from the same merged view (table, site
 //! health, sync state); see docs/DNS.md for what it does not do yet.
+//!
+//! Only the product lives here. `grouter demo` is part of the `grouter` binary (`main.rs`'s
+//! `demo` module), not of this library; the GoRouter stand-in (`grouter-standin`) and the
+//! benchmarks (`grouter-bench`) are crates of their own that depend on this one, never the
+//! other way round.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
-pub mod demo;
 pub mod dns;
 pub mod learn;
 pub mod mesh;
