@@ -3,12 +3,12 @@
 //! For each site (`lon`, `nyc`, `sgp`) it starts a `nats-server` (the site's bus), a GoRouter
 //! stand-in (a `grouter-standin` child process, found next to this binary as cargo builds
 //! them) and a `grouter run` child process (this very binary) whose config, mesh certificate
-//! and log it writes into one directory. It then
-//! registers sample routes at each site's NATS as a route emitter would (again every 20 s),
-//! waits until every node is `in_sync` and knows every route, and prints the sites and
-//! ready-to-paste `curl` and `gcf` commands for each branch of the routing decision: a local
-//! app, a remote app proxied over the mesh, a redirect (`sgp` redirects instead of
-//! proxying), an unknown host, the admin API, and fail-open when a site is cut off.
+//! and log it writes into one directory. It then registers sample routes at each site's NATS
+//! as a route emitter would (again every 20 s), waits until every node is `in_sync` and
+//! knows every route, and prints the sites and ready-to-paste `curl` and `gcf` commands for
+//! each branch of the routing decision: a local app, a remote app proxied over the mesh, a
+//! redirect (`sgp` redirects instead of proxying), an unknown host, the admin API, and
+//! fail-open when a site is cut off.
 //!
 //! With `--check` it runs those examples itself, prints `PASS` or `FAIL` per case and exits
 //! 0 only when all pass; otherwise it runs until SIGINT or SIGTERM.
@@ -18,8 +18,8 @@
 //! ports from the children's `listening` log lines (JSON logs).
 //!
 //! Children run in their own process groups, so that a Ctrl-C in the terminal reaches the
-//! demo alone and it stops them in order (nodes first, then the buses). The flip side: a
-//! demo killed with SIGKILL leaves them running.
+//! demo alone and it stops them in order (nodes first, then the buses, then the stand-ins).
+//! The flip side: a demo killed with SIGKILL leaves them running.
 //!
 //! It is part of the `grouter` binary, not of the library, and links no stand-in code: the
 //! product must not depend on the stand-in's crate or its WebSocket library.
