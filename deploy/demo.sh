@@ -11,5 +11,5 @@ cd "$(dirname "$0")/.."
 . deploy/lib.sh
 ensure_packages nats-server:nats-server curl:curl
 
-cargo build --release -p grouter -p gcf
+cargo build --release -p grouter -p gcf -p grouter-standin
 exec target/release/grouter demo "$@"

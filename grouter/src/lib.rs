@@ -24,11 +24,10 @@
 //! - [`tls`]: per-app certificates by SNI from `tls.cert_dir`, hot-reloaded.
 //! - [`admin`]: `/healthz`, `/metrics`, `/v1/*` (bearer token); reads table, health, mesh,
 //!   metrics.
-//! - [`demo`]: `grouter demo` and the GoRouter stand-in it shares with the tests.
 //! - [`health`] (leaf): the sync state, the drain flag and GoRouter health, which the mesh,
 //!   the probes and shutdown write and the proxy, DNS and admin read.
-//! - [`metrics`]: the Prometheus registry; the learner's and mesh links' counters, the table
-//!   gauges. Subsystems with counters of their own types (DNS, mesh refusals) register them.
+//! - [`metrics`]: the Prometheus registry and the gauges set at scrape time; each subsystem
+//!   owns its counters and registers them.
 //! - [`names`] (leaf): what a node id, a site and a region may be, for the config and the
 //!   mesh certificates alike.
 //! - [`node`]: wiring only. [`node::NodeState`] holds the handles, and [`node::run`] hands
@@ -41,12 +40,16 @@
 //!
 //! The DNS front, [`dns`], answers for `dns.zones` from the same merged view (table, site
 //! health, sync state); see docs/DNS.md for what it does not do yet.
+//!
+//! Only the product lives here. `grouter demo` is part of the `grouter` binary (`main.rs`'s
+//! `demo` module), not of this library; the GoRouter stand-in (`grouter-standin`) and the
+//! benchmarks (`grouter-bench`) are crates of their own that depend on this one, never the
+//! other way round.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
-pub mod demo;
 pub mod dns;
 pub mod health;
 pub mod learn;

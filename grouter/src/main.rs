@@ -1,5 +1,6 @@
 //! The `grouter` binary: parses flags, loads and validates the config, installs logging,
 //! binds sockets (logging every bound address) and hands over to [`grouter::node::run`].
+//! `grouter demo` lives in this binary's [`demo`] module, outside the library.
 //!
 //! Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
 
@@ -9,6 +10,8 @@
 /// system allocator measurably (docs/BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod demo;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -48,7 +51,7 @@ enum Command {
         config: PathBuf,
     },
     /// Run a self-contained 3-site mesh on loopback (lon, nyc, sgp) and print what to try.
-    Demo(grouter::demo::DemoArgs),
+    Demo(demo::DemoArgs),
     /// Make the mesh CA and node certificates.
     Tls {
         #[command(subcommand)]
@@ -98,7 +101,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
         Command::Tls { command } => tls(command),
-        Command::Demo(args) => grouter::demo::main(args),
+        Command::Demo(args) => demo::main(args),
     }
 }
 

@@ -1,5 +1,5 @@
 //! `grouter demo --check` end to end: three sites on loopback (real `nats-server`s, real
-//! `grouter` nodes, in-process GoRouter stand-ins), every example request the demo prints,
+//! `grouter` nodes, `grouter-standin` processes), every example request the demo prints,
 //! fail-open included, each reported PASS; a clean stop that removes its temporary directory.
 
 use std::io::Read;

@@ -1,12 +1,12 @@
-//! The GoRouter stand-in for tests: [`grouter::demo::standin::StandIn`] (the one `grouter
-//! demo` runs), behind a `start` that panics when it cannot bind, as fixtures may.
+//! The GoRouter stand-in for tests: [`grouter_standin::StandIn`] (the one `grouter demo`
+//! runs as a process), behind a `start` that panics when it cannot bind, as fixtures may.
 //!
 //! See the stand-in's module docs for what it answers; every response carries
 //! `X-Stub-Site`.
 
 use std::ops::Deref;
 
-use grouter::demo::standin::StandIn;
+use grouter_standin::StandIn;
 
 /// A running stand-in; stops when dropped. Dereferences to [`StandIn`] (`addr()`,
 /// `set_healthy()`, `stop()`, `requests()`).

@@ -2,7 +2,9 @@
 //!
 //! [`Net`] stands between the nodes' mesh connections: every connection a node dials goes
 //! through a TCP relay in this process, so a test can cut a site off (every relay to or from
-//! it is torn down and new dials are refused) and heal it again. [`InProcNode`] runs a whole
+//! it is torn down and new dials are refused) and heal it again. The relays also count the
+//! bytes each site sends each other site and can throttle a direction, for the benchmarks
+//! (`grouter-bench`), which run these same nodes. [`InProcNode`] runs a whole
 //! node ([`grouter::node::run`]) as a task of the test's runtime, with its listeners bound
 //! on loopback port 0, and hands the test its [`NodeState`] so assertions read the table and
 //! the sync state directly. NATS stays real: one [`crate::NatsServer`] per site.
@@ -18,6 +20,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use grouter::config::Config;
@@ -25,6 +28,7 @@ use grouter::mesh::{Dialer, TcpDialer};
 use grouter::node::{Listeners, NodeError, NodeState};
 use parking_lot::Mutex;
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +37,8 @@ use crate::MeshCa;
 
 /// How long a dropped node gets to stop on its own before its task is aborted.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Bytes a relay reads at a time, each way.
+const RELAY_BUFFER: usize = 16 * 1024;
 
 /// Process-wide set-up, idempotent: the rustls provider (reqwest is built without one) and,
 /// when `RUST_LOG` is set, the nodes' logs routed to the test output.
@@ -63,6 +69,11 @@ struct NetState {
     isolated: HashSet<String>,
     /// Live relays.
     relays: Vec<Relay>,
+    /// `(sender site, receiver site)` → bytes relayed that way so far (TLS records and all),
+    /// over every relay ever made.
+    sent: HashMap<(String, String), Arc<AtomicU64>>,
+    /// `(sender site, receiver site)` → bytes/s allowed that way on relays made from now on.
+    limits: HashMap<(String, String), u64>,
 }
 
 /// One relayed connection, dialled by a node of `from` to a node of `to`.
@@ -78,6 +89,13 @@ impl NetState {
     /// a cut separates a site from the others.
     fn blocked(&self, from: &str, to: &str) -> bool {
         from != to && (self.isolated.contains(from) || self.isolated.contains(to))
+    }
+
+    /// The byte counter and the rate limit of the direction `from` → `to`.
+    fn direction(&mut self, from: &str, to: &str) -> (Arc<AtomicU64>, Option<u64>) {
+        let key = (from.to_string(), to.to_string());
+        let limit = self.limits.get(&key).copied();
+        (self.sent.entry(key).or_default().clone(), limit)
     }
 }
 
@@ -122,6 +140,25 @@ impl Net {
         self.inner.lock().isolated.remove(site);
     }
 
+    /// Throttle what nodes of `from` send nodes of `to` to `bytes_per_sec`, on connections
+    /// opened from now on (whichever side dials).
+    pub fn limit(&self, from: &str, to: &str, bytes_per_sec: u64) {
+        self.inner
+            .lock()
+            .limits
+            .insert((from.to_string(), to.to_string()), bytes_per_sec.max(1));
+    }
+
+    /// Bytes nodes of `from` have sent nodes of `to` through this network so far, on every
+    /// connection either of them dialled: TCP payload, so TLS records and all.
+    pub fn bytes_sent(&self, from: &str, to: &str) -> u64 {
+        self.inner
+            .lock()
+            .sent
+            .get(&(from.to_string(), to.to_string()))
+            .map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
     /// Live relays between `a` and `b`, in either direction (for diagnostics).
     pub fn relays_between(&self, a: &str, b: &str) -> usize {
         let mut net = self.inner.lock();
@@ -163,10 +200,20 @@ impl Net {
         for s in [&client, &inbound, &upstream] {
             s.set_nodelay(true)?;
         }
+        let (up, down) = {
+            let mut net = self.inner.lock();
+            (net.direction(from, &to), net.direction(&to, from))
+        };
         let task = tokio::spawn(async move {
-            // Ends when either side closes, or when the relay is aborted (a cut): dropping
-            // both sockets then closes the connection for both nodes.
-            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream).await;
+            // Like `copy_bidirectional`: a direction that reaches EOF shuts its write side and
+            // the other carries on; an error ends both. Aborting the task (a cut) drops both
+            // sockets, which closes the connection for both nodes.
+            let (inbound_read, inbound_write) = inbound.split();
+            let (upstream_read, upstream_write) = upstream.split();
+            let _ = tokio::try_join!(
+                pump(inbound_read, upstream_write, up),
+                pump(upstream_read, inbound_write, down),
+            );
         });
         let mut net = self.inner.lock();
         // A cut may have come while we connected.
@@ -182,6 +229,33 @@ impl Net {
         });
         Ok(client)
     }
+}
+
+/// Copy `from` to `to` until EOF, counting into `sent` and, with a limit, pacing to that many
+/// bytes/s from the first byte on; then shut `to`'s write side.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    (sent, limit): (Arc<AtomicU64>, Option<u64>),
+) -> io::Result<()> {
+    let mut buf = vec![0u8; RELAY_BUFFER];
+    let started = tokio::time::Instant::now();
+    let mut total: u64 = 0;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        to.write_all(&buf[..n]).await?;
+        sent.fetch_add(n as u64, Ordering::Relaxed);
+        total += n as u64;
+        if let Some(rate) = limit {
+            // Throttling is the point here: the next read waits until the rate allows it.
+            let due = started + Duration::from_secs_f64(total as f64 / rate as f64);
+            tokio::time::sleep_until(due).await;
+        }
+    }
+    to.shutdown().await
 }
 
 impl Drop for NetState {
@@ -220,6 +294,9 @@ pub struct InProcNodeBuilder {
     mesh: Option<(std::path::PathBuf, Vec<SocketAddr>)>,
     net: Option<Net>,
     sync_lost_after_secs: u64,
+    heartbeat_interval_ms: Option<u64>,
+    expiry: Option<(u64, u64)>,
+    gorouters: Vec<SocketAddr>,
 }
 
 impl InProcNodeBuilder {
@@ -248,25 +325,61 @@ impl InProcNodeBuilder {
         self
     }
 
+    /// Forward to these GoRouters (default: a new [`crate::gorouter::GoRouterStub`] of the
+    /// node's site, kept by the node as [`InProcNode::stub`]).
+    pub fn gorouters(mut self, addrs: &[SocketAddr]) -> Self {
+        self.gorouters = addrs.to_vec();
+        self
+    }
+
+    /// `mesh.heartbeat_interval_ms` (the config's default unless set).
+    pub fn heartbeat_interval_ms(mut self, ms: u64) -> Self {
+        self.heartbeat_interval_ms = Some(ms);
+        self
+    }
+
+    /// `nats.stale_threshold_secs` and `nats.prune_interval_secs` (the config's defaults
+    /// unless set).
+    pub fn expiry(mut self, stale_threshold_secs: u64, prune_interval_secs: u64) -> Self {
+        self.expiry = Some((stale_threshold_secs, prune_interval_secs));
+        self
+    }
+
     /// Write certificates, token and config into a temporary directory, bind the listeners
     /// on loopback port 0 and run the node as a task of the current runtime.
     pub async fn start(self) -> InProcNode {
+        self.prepare().await.run()
+    }
+
+    /// Everything [`Self::start`] does before the node runs: certificates, token, config,
+    /// the GoRouter stand-in and bound listeners. [`PreparedNode::run`] starts it, so a
+    /// benchmark can time the node alone.
+    pub async fn prepare(self) -> PreparedNode {
         init_process();
         let dir = tempfile::tempdir().expect("tempdir");
         let token = format!("inproc-token-{}", self.node_id);
         std::fs::write(dir.path().join("admin.token"), &token).expect("write token");
         let servers: Vec<String> = self.nats.iter().map(|s| format!("{s:?}")).collect();
-        // The site's GoRouter: a stand-in that reports the site and the Host it got.
-        let stub = crate::gorouter::GoRouterStub::start(&self.site).await;
+        // The site's GoRouter: a stand-in that reports the site and the Host it got, unless
+        // the caller named GoRouters.
+        let stub = if self.gorouters.is_empty() {
+            Some(crate::gorouter::GoRouterStub::start(&self.site).await)
+        } else {
+            None
+        };
+        let gorouters: Vec<String> = match &stub {
+            Some(stub) => vec![format!("\"{}\"", stub.addr())],
+            None => self.gorouters.iter().map(|a| format!("\"{a}\"")).collect(),
+        };
         let mut text = format!(
             r#"node_id = "{node_id}"
 site = "{site}"
 
 [nats]
 servers = [{servers}]
-
+{expiry}
 [gorouters]
-addresses = ["{gorouter}"]
+addresses = [{gorouters}]
 
 [proxy]
 http_listen = "127.0.0.1:0"
@@ -278,7 +391,10 @@ token_file = "admin.token"
             node_id = self.node_id,
             site = self.site,
             servers = servers.join(", "),
-            gorouter = stub.addr(),
+            gorouters = gorouters.join(", "),
+            expiry = self.expiry.map_or(String::new(), |(stale, prune)| format!(
+                "stale_threshold_secs = {stale}\nprune_interval_secs = {prune}\n"
+            )),
         );
         if let Some((ca, seeds)) = &self.mesh {
             let id = grouter::mesh::identity::NodeIdentity::new(
@@ -295,6 +411,9 @@ token_file = "admin.token"
                 seeds.join(", "),
                 self.sync_lost_after_secs,
             ));
+            if let Some(ms) = self.heartbeat_interval_ms {
+                text.push_str(&format!("heartbeat_interval_ms = {ms}\n"));
+            }
         }
         let origin = dir.path().join(format!("{}.toml", self.node_id));
         let config = Config::from_toml(&text, &origin, dir.path())
@@ -325,11 +444,12 @@ token_file = "admin.token"
             token.clone(),
             grouter::node::new_generation(),
         ));
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(grouter::node::run(
+        PreparedNode {
+            node_id: self.node_id,
+            site: self.site,
             config,
-            state.clone(),
-            Listeners {
+            state,
+            listeners: Listeners {
                 admin,
                 mesh,
                 http: Some(http),
@@ -338,21 +458,55 @@ token_file = "admin.token"
                 dns_tcp: None,
                 dialer,
             },
-            shutdown.clone(),
-        ));
-        InProcNode {
-            node_id: self.node_id,
-            site: self.site,
-            state,
             admin_addr,
             mesh_addr,
             http_addr,
             stub,
             token,
+            dir,
+        }
+    }
+}
+
+/// An in-process node ready to run: [`InProcNodeBuilder::prepare`].
+#[derive(Debug)]
+pub struct PreparedNode {
+    node_id: String,
+    site: String,
+    config: Config,
+    state: Arc<NodeState>,
+    listeners: Listeners,
+    admin_addr: SocketAddr,
+    mesh_addr: Option<SocketAddr>,
+    http_addr: SocketAddr,
+    stub: Option<crate::gorouter::GoRouterStub>,
+    token: String,
+    dir: tempfile::TempDir,
+}
+
+impl PreparedNode {
+    /// Run the node ([`grouter::node::run`]) as a task of the current runtime.
+    pub fn run(self) -> InProcNode {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(grouter::node::run(
+            self.config,
+            self.state.clone(),
+            self.listeners,
+            shutdown.clone(),
+        ));
+        InProcNode {
+            node_id: self.node_id,
+            site: self.site,
+            state: self.state,
+            admin_addr: self.admin_addr,
+            mesh_addr: self.mesh_addr,
+            http_addr: self.http_addr,
+            stub: self.stub,
+            token: self.token,
             http: reqwest::Client::new(),
             shutdown,
             task: Some(task),
-            _dir: dir,
+            _dir: self.dir,
         }
     }
 }
@@ -366,8 +520,8 @@ pub struct InProcNode {
     admin_addr: SocketAddr,
     mesh_addr: Option<SocketAddr>,
     http_addr: SocketAddr,
-    /// The site's GoRouter stand-in.
-    pub stub: crate::gorouter::GoRouterStub,
+    /// The site's GoRouter stand-in, unless the builder was given GoRouters.
+    pub stub: Option<crate::gorouter::GoRouterStub>,
     token: String,
     http: reqwest::Client,
     shutdown: CancellationToken,
@@ -390,6 +544,9 @@ impl InProcNode {
             mesh: None,
             net: None,
             sync_lost_after_secs: 3,
+            heartbeat_interval_ms: None,
+            expiry: None,
+            gorouters: Vec::new(),
         }
     }
 
@@ -438,6 +595,23 @@ impl InProcNode {
     /// Whether the node's task has ended (a subsystem failed, or it was stopped).
     pub fn has_stopped(&self) -> bool {
         self.task.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Tell the node to stop, as SIGTERM would, without waiting: it drains and its task
+    /// ends (see [`Self::has_stopped`]).
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Stop the node and wait until its task has ended, aborting it after a grace period.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
+                abort.abort();
+            }
+        }
     }
 
     /// GET an admin path with the token and parse JSON, asserting 200.

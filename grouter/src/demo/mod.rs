@@ -1,13 +1,14 @@
 //! `grouter demo`: a self-contained three-site mesh on loopback, to see GRouter route.
 //!
 //! For each site (`lon`, `nyc`, `sgp`) it starts a `nats-server` (the site's bus), a GoRouter
-//! stand-in ([`standin`], in this process) and a `grouter run` child process (this very
-//! binary) whose config, mesh certificate and log it writes into one directory. It then
-//! registers sample routes at each site's NATS as a route emitter would (again every 20 s),
-//! waits until every node is `in_sync` and knows every route, and prints the sites and
-//! ready-to-paste `curl` and `gcf` commands for each branch of the routing decision: a local
-//! app, a remote app proxied over the mesh, a redirect (`sgp` redirects instead of
-//! proxying), an unknown host, the admin API, and fail-open when a site is cut off.
+//! stand-in (a `grouter-standin` child process, found next to this binary as cargo builds
+//! them) and a `grouter run` child process (this very binary) whose config, mesh certificate
+//! and log it writes into one directory. It then registers sample routes at each site's NATS
+//! as a route emitter would (again every 20 s), waits until every node is `in_sync` and
+//! knows every route, and prints the sites and ready-to-paste `curl` and `gcf` commands for
+//! each branch of the routing decision: a local app, a remote app proxied over the mesh, a
+//! redirect (`sgp` redirects instead of proxying), an unknown host, the admin API, and
+//! fail-open when a site is cut off.
 //!
 //! With `--check` it runs those examples itself, prints `PASS` or `FAIL` per case and exits
 //! 0 only when all pass; otherwise it runs until SIGINT or SIGTERM.
@@ -17,15 +18,16 @@
 //! ports from the children's `listening` log lines (JSON logs).
 //!
 //! Children run in their own process groups, so that a Ctrl-C in the terminal reaches the
-//! demo alone and it stops them in order (nodes first, then the buses). The flip side: a
-//! demo killed with SIGKILL leaves them running.
+//! demo alone and it stops them in order (nodes first, then the buses, then the stand-ins).
+//! The flip side: a demo killed with SIGKILL leaves them running.
+//!
+//! It is part of the `grouter` binary, not of the library, and links no stand-in code: the
+//! product must not depend on the stand-in's crate or its WebSocket library.
 //!
 //! Must never: leave a child process running when it returns (children are stopped by pid
 //! on every path; a [`Proc`] that is dropped kills its child); delete a directory the user
 //! named with `--dir` (only a directory it made itself under the system temp dir); signal
 //! any process it did not start.
-
-pub mod standin;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -52,9 +54,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{Config, ConfigErrors, RemoteMode};
-use crate::mesh::identity::{self, IdentityError, NodeIdentity};
-use standin::StandIn;
+use grouter::config::{Config, ConfigErrors, RemoteMode};
+use grouter::mesh::identity::{self, IdentityError, NodeIdentity};
 
 /// The demo's sites in start order: name, region, policy for apps served only elsewhere.
 /// `sgp` redirects so that the redirect branch can be shown next to the proxy branch.
@@ -134,6 +135,8 @@ const CA_DIR: &str = "mesh-ca";
 const CONFIG_FILE: &str = "grouter.toml";
 /// The install command named when `nats-server` is missing.
 const NATS_INSTALL: &str = "apt-get install -y nats-server";
+/// The GoRouter stand-in's binary, next to this one.
+const STANDIN_BIN: &str = "grouter-standin";
 
 /// Where each listener sits with `--base-port N`: port `N + offset + site index`.
 #[derive(Debug, Clone, Copy)]
@@ -179,6 +182,16 @@ pub enum DemoError {
     /// `nats-server` is not installed.
     #[error("nats-server not found on PATH or in /usr/sbin: install it with `{NATS_INSTALL}`")]
     NatsServerMissing,
+    /// The `grouter-standin` binary is not next to this one.
+    #[error(
+        "the GoRouter stand-in {} not found: build it with `cargo build --workspace` \
+         (or `cargo build -p grouter-standin`, with `--release` for a release build)",
+        path.display()
+    )]
+    StandInMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
     /// A file or directory could not be read, written or created.
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
@@ -286,13 +299,18 @@ async fn run(args: DemoArgs) -> Result<Outcome, DemoError> {
     // cleanly instead of killing it and orphaning its children.
     let mut signals = Signals::new()?;
     let nats_bin = find_program("nats-server").ok_or(DemoError::NatsServerMissing)?;
+    let standin_bin = standin_program()?;
     let (dir, temporary) = prepare_dir(args.dir.as_deref())?;
     println!(
         "grouter demo: files in {}{}",
         dir.display(),
         if temporary { " (removed on exit)" } else { "" }
     );
-    let outcome = run_in(&dir, &nats_bin, &args, &mut signals).await;
+    let programs = Programs {
+        nats: nats_bin,
+        standin: standin_bin,
+    };
+    let outcome = run_in(&dir, &programs, &args, &mut signals).await;
     if temporary {
         if let Err(err) = fs::remove_dir_all(&dir) {
             eprintln!("grouter demo: cannot remove {}: {err}", dir.display());
@@ -304,13 +322,13 @@ async fn run(args: DemoArgs) -> Result<Outcome, DemoError> {
 /// Start, serve or check, stop: the part that needs the directory.
 async fn run_in(
     dir: &Path,
-    nats_bin: &Path,
+    programs: &Programs,
     args: &DemoArgs,
     signals: &mut Signals,
 ) -> Result<Outcome, DemoError> {
     // A signal during start-up drops the half-started demo, whose processes are killed.
     let mut demo = tokio::select! {
-        demo = Demo::start(dir, nats_bin, args.base_port) => demo?,
+        demo = Demo::start(dir, programs, args.base_port) => demo?,
         name = signals.recv() => {
             println!("{name}: stopping");
             return Ok(Outcome::Stopped);
@@ -358,6 +376,31 @@ impl Signals {
             _ = self.interrupt.recv() => "SIGINT",
             _ = self.terminate.recv() => "SIGTERM",
         }
+    }
+}
+
+/// The programs the demo runs besides this binary.
+#[derive(Debug)]
+struct Programs {
+    /// `nats-server`.
+    nats: PathBuf,
+    /// `grouter-standin`.
+    standin: PathBuf,
+}
+
+/// `grouter-standin` next to this binary, where `cargo build --workspace` puts it.
+fn standin_program() -> Result<PathBuf, DemoError> {
+    let exe = std::env::current_exe().map_err(|source| DemoError::Start {
+        what: "the demo: cannot find this executable".into(),
+        source,
+    })?;
+    let path = exe
+        .parent()
+        .map_or_else(|| PathBuf::from(STANDIN_BIN), |dir| dir.join(STANDIN_BIN));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(DemoError::StandInMissing { path })
     }
 }
 
@@ -453,7 +496,8 @@ struct Listening {
     addr: SocketAddr,
 }
 
-/// `grouter`'s JSON log line `{"message":"listening","service":…,"addr":…}`.
+/// The JSON log line `{"message":"listening","service":…,"addr":…}` of `grouter` and of
+/// `grouter-standin`.
 fn grouter_listening(line: &str) -> Option<Listening> {
     let v: Value = serde_json::from_str(line).ok()?;
     if v["message"] != "listening" {
@@ -695,7 +739,10 @@ struct Site {
     dir: PathBuf,
     nats: Proc,
     nats_url: String,
-    stand_in: StandIn,
+    /// The `grouter-standin` process.
+    stand_in: Proc,
+    /// The stand-in's address.
+    gorouter: SocketAddr,
     node: Proc,
     http: SocketAddr,
     admin: SocketAddr,
@@ -719,7 +766,7 @@ struct Demo {
 impl Demo {
     /// Start every site in order (later sites seed the mesh with the earlier ones) and the
     /// route emitter.
-    async fn start(dir: &Path, nats_bin: &Path, base: Option<u16>) -> Result<Demo, DemoError> {
+    async fn start(dir: &Path, programs: &Programs, base: Option<u16>) -> Result<Demo, DemoError> {
         let token = ensure_token(&dir.join(TOKEN_FILE))?;
         let ca_dir = dir.join(CA_DIR);
         // A kept directory keeps its CA: `grouter tls ca` never overwrites a CA key.
@@ -741,16 +788,14 @@ impl Demo {
             })?;
 
             let (nats, nats_addr) =
-                start_nats(nats_bin, name, &site_dir, port(PortOffset::Nats)).await?;
-            let stand_in = StandIn::start_on(name, port(PortOffset::GoRouter))
-                .await
-                .map_err(|source| DemoError::Start {
-                    what: format!(
-                        "the GoRouter stand-in of {name} on {}",
-                        port(PortOffset::GoRouter)
-                    ),
-                    source,
-                })?;
+                start_nats(&programs.nats, name, &site_dir, port(PortOffset::Nats)).await?;
+            let (stand_in, gorouter) = start_standin(
+                &programs.standin,
+                name,
+                &site_dir,
+                port(PortOffset::GoRouter),
+            )
+            .await?;
 
             let node_id = format!("{name}-1");
             let identity = NodeIdentity::new(node_id.as_str(), name)?;
@@ -762,7 +807,7 @@ impl Demo {
                 region,
                 remote,
                 nats_url: &nats_url,
-                gorouter: stand_in.addr(),
+                gorouter,
                 http: port(PortOffset::Http),
                 admin: port(PortOffset::Admin),
                 mesh: port(PortOffset::Mesh),
@@ -800,6 +845,7 @@ impl Demo {
                 nats,
                 nats_url,
                 stand_in,
+                gorouter,
                 node,
                 http,
                 admin,
@@ -864,7 +910,7 @@ impl Demo {
     /// The first child that exited, as an error.
     fn exited(&mut self) -> Option<DemoError> {
         for site in &mut self.sites {
-            for proc in [&mut site.node, &mut site.nats] {
+            for proc in [&mut site.node, &mut site.nats, &mut site.stand_in] {
                 if let Some(status) = proc.exit_status() {
                     return Some(proc.exited(Some(status)));
                 }
@@ -998,7 +1044,7 @@ impl Demo {
                 s.admin.to_string(),
                 s.mesh.to_string(),
                 s.nats_url,
-                s.stand_in.addr().to_string(),
+                s.gorouter.to_string(),
                 s.node.pid()
             );
         }
@@ -1112,7 +1158,7 @@ impl Demo {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "Configs and logs: {dir}/<site>/{CONFIG_FILE}, grouter.log, nats.log"
+            "Configs and logs: {dir}/<site>/{CONFIG_FILE}, grouter.log, nats.log, gorouter.log"
         );
         out
     }
@@ -1316,6 +1362,13 @@ impl Demo {
         for site in &mut sites {
             site.nats.wait_stopped(deadline).await;
         }
+        for site in &mut sites {
+            site.stand_in.ask_to_stop();
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for site in &mut sites {
+            site.stand_in.wait_stopped(deadline).await;
+        }
         println!("stopped");
     }
 }
@@ -1429,6 +1482,36 @@ async fn start_nats(
         .copied()
         .ok_or_else(|| DemoError::Timeout {
             what: format!("the nats-server of {site} to listen"),
+            timeout: START_TIMEOUT,
+        })?;
+    Ok((proc, addr))
+}
+
+/// Start a site's `grouter-standin` on `addr` (port 0: one of the system's choosing); it and
+/// the address it reported.
+async fn start_standin(
+    bin: &Path,
+    site: &str,
+    dir: &Path,
+    addr: SocketAddr,
+) -> Result<(Proc, SocketAddr), DemoError> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--site")
+        .arg(site)
+        .arg("--listen")
+        .arg(addr.to_string());
+    let (mut proc, mut rx) = Proc::spawn(
+        format!("the GoRouter stand-in of {site}"),
+        cmd,
+        dir.join("gorouter.log"),
+        grouter_listening,
+    )?;
+    let found = proc.wait_listening(&mut rx, &["gorouter"]).await?;
+    let addr = found
+        .get("gorouter")
+        .copied()
+        .ok_or_else(|| DemoError::Timeout {
+            what: format!("the GoRouter stand-in of {site} to listen"),
             timeout: START_TIMEOUT,
         })?;
     Ok((proc, addr))

@@ -14,22 +14,32 @@
 //! - `wire`: bytes on the wire per route change, above the idle heartbeat traffic.
 //! - `mesh-memory`: one table holding 5 sites × 200,000 routes (4 imported via `sync::apply`).
 //!
-//! Results and the exact commands are recorded in `docs/BENCHMARKS.md`.
+//! Results and the exact commands are recorded in `docs/BENCHMARKS.md`
+//! (`cargo run --release -p grouter-bench -- SUBCOMMAND`).
+//!
+//! It owns the measurements and their reports, nothing else: the `nats-server` launcher,
+//! the in-process node, the mesh CA and the relaying network (which counts bytes and
+//! throttles) are the integration tests' fixtures (`grouter_tests`), so the benchmarks run
+//! exactly what the tests check. Where a benchmark needs a knob a fixture lacks, the knob
+//! goes into the fixture.
+//!
+//! Must never: be a dependency of the product (it depends on `grouter`, never the other
+//! way round), bind a fixed port, or leave a `nats-server` or a directory behind (the
+//! fixtures stop and remove theirs on drop).
 
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use grouter::learn::{self, LearnSettings};
 use grouter::metrics::Metrics;
 use grouter::table::Table;
+use grouter_tests::NatsServer;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -217,41 +227,6 @@ fn message(route: usize, endpoint: usize) -> String {
     )
 }
 
-struct NatsChild(Child);
-
-impl Drop for NatsChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_nats() -> anyhow::Result<(NatsChild, String)> {
-    let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .context("nats-server not found: apt-get install -y nats-server")?;
-    // Pick a free port, then hand it to the server.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let url = format!("nats://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nats-server did not start on {url}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok((NatsChild(child), url))
-}
-
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -300,11 +275,12 @@ async fn ingest(
     timeout: Duration,
     rate: u64,
 ) -> anyhow::Result<()> {
-    let (_child, url) = match nats {
+    let (_server, url) = match nats {
         Some(url) => (None, url),
         None => {
-            let (c, u) = start_nats()?;
-            (Some(c), u)
+            let server = NatsServer::start();
+            let url = server.url();
+            (Some(server), url)
         }
     };
     let total = routes * endpoints;
@@ -444,219 +420,136 @@ async fn ingest(
 /// Issue 3: the mesh. Full nodes run in this process, each with its own `nats-server`.
 mod mesh_bench {
     use std::collections::{BTreeMap, HashMap};
-    use std::future::Future;
     use std::io::{Read, Write};
-    use std::path::PathBuf;
-    use std::pin::Pin;
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
     use std::process::{Command, Stdio};
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
 
     use anyhow::{Context, anyhow, bail};
-    use grouter::config::Config;
     use grouter::mesh::liveness::Verdict;
     use grouter::mesh::sync::{self, Authority, PeerView, Sender};
-    use grouter::mesh::{Dialer, Mesh, PeerLink, identity};
-    use grouter::node::{self, Listeners, NodeError, NodeState};
+    use grouter::mesh::{Mesh, PeerLink};
+    use grouter::node::NodeState;
     use grouter::table::{RouteEntry, Table};
     use grouter_protocol::mesh as wire;
     use grouter_protocol::nats::RouteKey;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-    use tokio_util::sync::CancellationToken;
+    use grouter_tests::inproc::{InProcNode, InProcNodeBuilder, Net, PreparedNode};
+    use grouter_tests::{MeshCa, NatsServer};
 
-    use super::{NatsChild, rss_bytes, start_nats};
+    use super::rss_bytes;
 
     // ---------------------------------------------------------------------------------------
-    // Set-up: a throw-away directory, a mesh CA, nats-servers and in-process nodes.
+    // Set-up: the tests' fixtures (a mesh CA, a nats-server per site, in-process nodes).
 
-    /// A unique directory under the system temp dir, removed on drop.
-    #[derive(Debug)]
-    struct BenchDir(PathBuf);
+    /// `mesh.sync_lost_after_secs` of the benchmarks' nodes: the config's default (the
+    /// fixture's own is shorter, for tests).
+    const SYNC_LOST_AFTER_SECS: u64 = 10;
 
-    impl BenchDir {
-        fn new(what: &str) -> anyhow::Result<BenchDir> {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            let dir = std::env::temp_dir().join(format!(
-                "grouter-bench-{what}-{}-{nanos}",
-                std::process::id()
-            ));
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            Ok(BenchDir(dir))
-        }
-    }
-
-    impl Drop for BenchDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    /// The benchmarks' nodes' GoRouter: the discard port, where nothing listens. No
+    /// measurement here forwards a request, and every node's record says the same
+    /// (`healthy = false`) on every run.
+    const NO_GOROUTER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
 
     /// Everything the nodes of one benchmark share. Dropping it stops the nats-servers and
-    /// removes the directory (nodes are stopped first, by their owners).
+    /// removes the CA (nodes are stopped first, by their owners).
     struct Lab {
-        dir: BenchDir,
-        ca: PathBuf,
-        nats: HashMap<String, (NatsChild, String)>,
-        serial: usize,
+        ca: MeshCa,
+        nats: HashMap<String, NatsServer>,
         heartbeat_ms: u64,
     }
 
     impl Lab {
-        fn new(what: &str, heartbeat_ms: u64) -> anyhow::Result<Lab> {
-            let dir = BenchDir::new(what)?;
-            let ca = dir.0.join("ca");
-            identity::create_ca(&ca).map_err(|e| anyhow!("mesh CA: {e}"))?;
-            Ok(Lab {
-                dir,
-                ca,
+        fn new(heartbeat_ms: u64) -> Lab {
+            Lab {
+                ca: MeshCa::new(),
                 nats: HashMap::new(),
-                serial: 0,
                 heartbeat_ms,
-            })
+            }
         }
 
         /// The site's NATS, started on first use.
-        fn nats_url(&mut self, site: &str) -> anyhow::Result<String> {
-            if let Some((_, url)) = self.nats.get(site) {
-                return Ok(url.clone());
-            }
-            let (child, url) = start_nats()?;
-            self.nats.insert(site.to_string(), (child, url.clone()));
-            Ok(url)
+        fn nats_url(&mut self, site: &str) -> String {
+            self.nats
+                .entry(site.to_string())
+                .or_insert_with(NatsServer::start)
+                .url()
         }
 
-        /// Certificates, config and listeners of a node, ready to [`Prepared::launch`].
+        /// A node of `site` learning from the site's NATS and dialling `seeds`, with
+        /// registrations that never go stale while a benchmark runs.
+        fn builder(&mut self, id: &str, site: &str, seeds: &[SocketAddr]) -> InProcNodeBuilder {
+            InProcNode::builder(id, site)
+                .nats(&self.nats_url(site))
+                .mesh(&self.ca, seeds)
+                .expiry(3600, 3600)
+                .gorouters(&[NO_GOROUTER])
+                .heartbeat_interval_ms(self.heartbeat_ms)
+                .sync_lost_after_secs(SYNC_LOST_AFTER_SECS)
+        }
+
+        /// Certificates, config and listeners of a node (dialling through `net` if given),
+        /// ready to [`launch`].
         async fn prepare(
             &mut self,
             id: &str,
             site: &str,
-            seeds: &[&str],
-            dialer: Option<Arc<dyn Dialer>>,
-        ) -> anyhow::Result<Prepared> {
-            let nats = self.nats_url(site)?;
-            self.serial += 1;
-            let dir = self.dir.0.join(format!("{id}-{}", self.serial));
-            let id_cert =
-                identity::NodeIdentity::new(id, site).map_err(|e| anyhow!("identity: {e}"))?;
-            identity::create_node(&self.ca, &id_cert, &dir.join("mesh"))
-                .map_err(|e| anyhow!("node certificate: {e}"))?;
-            let token = format!("bench-{id}");
-            std::fs::write(dir.join("admin.token"), &token)?;
-            let seeds: Vec<String> = seeds.iter().map(|s| format!("{s:?}")).collect();
-            let text = format!(
-                r#"node_id = "{id}"
-site = "{site}"
-
-[nats]
-servers = ["{nats}"]
-stale_threshold_secs = 3600
-prune_interval_secs = 3600
-
-[gorouters]
-addresses = ["127.0.0.1:9"]
-
-[proxy]
-http_listen = "127.0.0.1:0"
-
-[admin]
-listen = "127.0.0.1:0"
-token_file = "admin.token"
-
-[mesh]
-listen = "127.0.0.1:0"
-seeds = [{seeds}]
-ca = "mesh/ca.pem"
-cert = "mesh/node.pem"
-key = "mesh/node.key"
-heartbeat_interval_ms = {hb}
-"#,
-                seeds = seeds.join(", "),
-                hb = self.heartbeat_ms,
-            );
-            let path = dir.join(format!("{id}.toml"));
-            std::fs::write(&path, &text)?;
-            let config = Config::from_toml(&text, &path, &dir).map_err(|e| anyhow!("{e}"))?;
-            let admin = TcpListener::bind("127.0.0.1:0").await?;
-            let mesh = TcpListener::bind("127.0.0.1:0").await?;
-            let addr = mesh.local_addr()?.to_string();
-            let mut listeners = Listeners::new(admin, Some(mesh));
-            if let Some(d) = dialer {
-                listeners.dialer = d;
+            seeds: &[SocketAddr],
+            net: Option<&Net>,
+        ) -> PreparedNode {
+            let builder = self.builder(id, site, seeds);
+            match net {
+                Some(net) => builder.net(net),
+                None => builder,
             }
-            let state = Arc::new(NodeState::new(&config, token, node::new_generation()));
-            Ok(Prepared {
-                id: id.to_string(),
-                config,
-                state,
-                listeners,
-                addr,
-            })
+            .prepare()
+            .await
         }
 
         async fn start(
             &mut self,
             id: &str,
             site: &str,
-            seeds: &[&str],
-            dialer: Option<Arc<dyn Dialer>>,
+            seeds: &[SocketAddr],
+            net: Option<&Net>,
         ) -> anyhow::Result<BenchNode> {
-            self.prepare(id, site, seeds, dialer).await?.launch().await
+            launch(self.prepare(id, site, seeds, net).await).await
         }
     }
 
-    struct Prepared {
-        id: String,
-        config: Config,
-        state: Arc<NodeState>,
-        listeners: Listeners,
-        addr: String,
-    }
-
-    impl Prepared {
-        /// Run the node; returns once its mesh exists.
-        async fn launch(self) -> anyhow::Result<BenchNode> {
-            let shutdown = CancellationToken::new();
-            let task = tokio::spawn(node::run(
-                self.config,
-                self.state.clone(),
-                self.listeners,
-                shutdown.clone(),
-            ));
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let mesh = loop {
-                if let Some(m) = self.state.mesh.get() {
-                    break m.clone();
-                }
-                if Instant::now() > deadline {
-                    bail!("{}: the mesh did not start", self.id);
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            };
-            Ok(BenchNode {
-                id: self.id,
-                state: self.state,
-                mesh,
-                addr: self.addr,
-                shutdown,
-                task,
-            })
-        }
+    /// Run the node; returns once its mesh exists.
+    async fn launch(prepared: PreparedNode) -> anyhow::Result<BenchNode> {
+        let node = prepared.run();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mesh = loop {
+            if let Some(m) = node.state().mesh.get() {
+                break m.clone();
+            }
+            if Instant::now() > deadline {
+                bail!("{}: the mesh did not start", node.node_id());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        Ok(BenchNode {
+            id: node.node_id().to_string(),
+            site: node.site().to_string(),
+            state: node.state().clone(),
+            addr: node.mesh_addr(),
+            mesh,
+            node,
+        })
     }
 
     /// A node running in this process.
     struct BenchNode {
         id: String,
+        site: String,
         state: Arc<NodeState>,
         mesh: Arc<Mesh>,
         /// Its mesh listener.
-        addr: String,
-        shutdown: CancellationToken,
-        task: tokio::task::JoinHandle<Result<(), NodeError>>,
+        addr: SocketAddr,
+        node: InProcNode,
     }
 
     impl BenchNode {
@@ -707,8 +600,7 @@ heartbeat_interval_ms = {hb}
         }
 
         async fn stop(self) {
-            self.shutdown.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
+            self.node.stop().await;
         }
     }
 
@@ -858,12 +750,12 @@ heartbeat_interval_ms = {hb}
         interval: Duration,
         poll: bool,
     ) -> anyhow::Result<()> {
-        let mut lab = Lab::new("propagation", 500)?;
+        let mut lab = Lab::new(500);
         let a = lab.start("a-1", "lon", &[], None).await?;
-        let b = lab.start("b-1", "nyc", &[&a.addr], None).await?;
-        let c = lab.start("c-1", "sgp", &[&a.addr], None).await?;
+        let b = lab.start("b-1", "nyc", &[a.addr], None).await?;
+        let c = lab.start("c-1", "sgp", &[a.addr], None).await?;
         let formed = form_mesh(&[&a, &b, &c], Duration::from_secs(2)).await?;
-        let url = lab.nats_url("lon")?;
+        let url = lab.nats_url("lon");
         let publisher = async_nats::connect(&url).await?;
 
         // Until a probe registration shows up at C, A's learner may not be subscribed yet.
@@ -997,9 +889,16 @@ heartbeat_interval_ms = {hb}
         runs: usize,
         limit_mbit: u64,
     ) -> anyhow::Result<()> {
-        let relays = Arc::new(Relays::default());
-        let mut lab = Lab::new("full-sync", 500)?;
+        let mut lab = Lab::new(500);
         let a = lab.start("a-1", "lon", &[], None).await?;
+        // With a limit, the new nodes dial a-1 through a relay that throttles what lon sends
+        // sgp; a-1 itself dials plain TCP, as without one.
+        let net = (limit_mbit > 0).then(|| {
+            let net = Net::new();
+            net.register(a.addr, &a.site);
+            net.limit(&a.site, "sgp", limit_mbit * 1_000_000 / 8);
+            net
+        });
         let keys: Vec<Arc<RouteKey>> = (0..routes)
             .map(|i| bench_key(&bench_host(i)))
             .collect::<anyhow::Result<_>>()?;
@@ -1027,16 +926,9 @@ heartbeat_interval_ms = {hb}
         for run in 1..=runs {
             let id = format!("c-{run}");
             let sent_before = a.entries_sent();
-            let dialer: Option<Arc<dyn Dialer>> = (limit_mbit > 0).then(|| {
-                Arc::new(CountingDialer {
-                    from: id.clone(),
-                    relays: relays.clone(),
-                    down_limit: Some(limit_mbit * 1_000_000 / 8),
-                }) as Arc<dyn Dialer>
-            });
-            let prepared = lab.prepare(&id, "sgp", &[&a.addr], dialer).await?;
+            let prepared = lab.prepare(&id, "sgp", &[a.addr], net.as_ref()).await;
             let t0 = Instant::now();
-            let c = prepared.launch().await?;
+            let c = launch(prepared).await?;
             let (mut connected, mut first) = (None, None);
             let deadline = t0 + Duration::from_secs(120);
             let all = loop {
@@ -1118,10 +1010,10 @@ heartbeat_interval_ms = {hb}
     // failure
 
     pub(super) async fn failure(runs: usize, heartbeat_ms: u64) -> anyhow::Result<()> {
-        let mut lab = Lab::new("failure", heartbeat_ms)?;
+        let mut lab = Lab::new(heartbeat_ms);
         let a = lab.start("a-1", "lon", &[], None).await?;
-        let mut b = lab.start("b-1", "nyc", &[&a.addr], None).await?;
-        let c = lab.start("c-1", "sgp", &[&a.addr], None).await?;
+        let mut b = lab.start("b-1", "nyc", &[a.addr], None).await?;
+        let c = lab.start("c-1", "sgp", &[a.addr], None).await?;
         form_mesh(&[&a, &b, &c], Duration::from_secs(2)).await?;
         let hb = Duration::from_millis(heartbeat_ms);
         println!(
@@ -1140,7 +1032,7 @@ heartbeat_interval_ms = {hb}
             tokio::time::sleep(phase).await;
             let generation = b.table().me().generation;
             let killed = Instant::now();
-            b.shutdown.cancel();
+            b.node.shut_down();
             let mut seen: [Option<Duration>; 4] = [None; 4];
             let deadline = killed + Duration::from_secs(15);
             while seen[1].is_none() || seen[3].is_none() {
@@ -1173,8 +1065,8 @@ heartbeat_interval_ms = {hb}
                 show(seen[3])
             );
             dead_times.extend([seen[1], seen[3]]);
-            let old = std::mem::replace(&mut b, lab.start("b-1", "nyc", &[&a.addr], None).await?);
-            let _ = tokio::time::timeout(Duration::from_secs(15), old.task).await;
+            let old = std::mem::replace(&mut b, lab.start("b-1", "nyc", &[a.addr], None).await?);
+            old.stop().await;
             form_mesh(&[&a, &b, &c], Duration::from_secs(1)).await?;
         }
         let worst = dead_times
@@ -1206,10 +1098,10 @@ heartbeat_interval_ms = {hb}
     // idle
 
     pub(super) async fn idle(minutes: u64) -> anyhow::Result<()> {
-        let mut lab = Lab::new("idle", 500)?;
+        let mut lab = Lab::new(500);
         let a = lab.start("a-1", "lon", &[], None).await?;
-        let b = lab.start("b-1", "nyc", &[&a.addr], None).await?;
-        let c = lab.start("c-1", "sgp", &[&a.addr], None).await?;
+        let b = lab.start("b-1", "nyc", &[a.addr], None).await?;
+        let c = lab.start("c-1", "sgp", &[a.addr], None).await?;
         form_mesh(&[&a, &b, &c], Duration::from_secs(3)).await?;
         let nodes = [&a, &b, &c];
         println!(
@@ -1300,102 +1192,6 @@ heartbeat_interval_ms = {hb}
     // ---------------------------------------------------------------------------------------
     // wire
 
-    /// Bytes through one relayed TCP connection: `up` from the dialling node to the address
-    /// it dialled, `down` back.
-    #[derive(Debug, Default)]
-    struct Pipe {
-        up: AtomicU64,
-        down: AtomicU64,
-    }
-
-    /// Byte counts of every relayed connection: `(dialling node, dialled address)`.
-    #[derive(Debug, Default)]
-    struct Relays(parking_lot::Mutex<HashMap<(String, String), Arc<Pipe>>>);
-
-    impl Relays {
-        fn pipe(&self, from: &str, to: &str) -> Arc<Pipe> {
-            self.0
-                .lock()
-                .entry((from.to_string(), to.to_string()))
-                .or_default()
-                .clone()
-        }
-
-        /// TCP payload bytes (TLS records) sent by node `from` (listening on `from_addr`) to
-        /// node `to` (listening on `to_addr`), whichever of them dialled.
-        fn bytes(&self, from: &str, from_addr: &str, to: &str, to_addr: &str) -> u64 {
-            let map = self.0.lock();
-            let up = map
-                .get(&(from.to_string(), to_addr.to_string()))
-                .map_or(0, |p| p.up.load(Ordering::Relaxed));
-            let down = map
-                .get(&(to.to_string(), from_addr.to_string()))
-                .map_or(0, |p| p.down.load(Ordering::Relaxed));
-            up + down
-        }
-    }
-
-    /// Dials through a loopback relay that counts the bytes each way (TLS included).
-    #[derive(Debug)]
-    struct CountingDialer {
-        from: String,
-        relays: Arc<Relays>,
-        /// Bytes/s allowed from the dialled node back to the dialler.
-        down_limit: Option<u64>,
-    }
-
-    impl Dialer for CountingDialer {
-        fn dial<'a>(
-            &'a self,
-            addr: &'a str,
-        ) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + 'a>> {
-            Box::pin(async move {
-                let upstream = TcpStream::connect(addr).await?;
-                upstream.set_nodelay(true)?;
-                let relay = TcpListener::bind("127.0.0.1:0").await?;
-                let client = TcpStream::connect(relay.local_addr()?).await?;
-                client.set_nodelay(true)?;
-                let (inner, _) = relay.accept().await?;
-                inner.set_nodelay(true)?;
-                let pipe = self.relays.pipe(&self.from, addr);
-                let (ir, iw) = inner.into_split();
-                let (ur, uw) = upstream.into_split();
-                tokio::spawn(copy_counting(ir, uw, pipe.clone(), true, None));
-                tokio::spawn(copy_counting(ur, iw, pipe, false, self.down_limit));
-                Ok(client)
-            })
-        }
-    }
-
-    async fn copy_counting(
-        mut from: tokio::net::tcp::OwnedReadHalf,
-        mut to: tokio::net::tcp::OwnedWriteHalf,
-        pipe: Arc<Pipe>,
-        up: bool,
-        limit: Option<u64>,
-    ) {
-        let mut buf = vec![0u8; 16 * 1024];
-        let started = Instant::now();
-        let mut total = 0u64;
-        loop {
-            let n = match from.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if to.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-            let counter = if up { &pipe.up } else { &pipe.down };
-            counter.fetch_add(n as u64, Ordering::Relaxed);
-            total += n as u64;
-            if let Some(rate) = limit {
-                let due = started + Duration::from_secs_f64(total as f64 / rate as f64);
-                tokio::time::sleep_until(due.into()).await;
-            }
-        }
-        let _ = to.shutdown().await;
-    }
-
     /// Byte counters of every ordered pair of nodes at one moment.
     struct Snapshot {
         /// `(from, to)` → (frame bytes from the sender's PeerLink, TLS bytes from the relay).
@@ -1406,7 +1202,7 @@ heartbeat_interval_ms = {hb}
         owner_connected: BTreeMap<String, u64>,
     }
 
-    fn snapshot(nodes: &[&BenchNode], relays: &Relays) -> Snapshot {
+    fn snapshot(nodes: &[&BenchNode], net: &Net) -> Snapshot {
         let mut s = Snapshot {
             bytes: BTreeMap::new(),
             since: BTreeMap::new(),
@@ -1424,7 +1220,7 @@ heartbeat_interval_ms = {hb}
                 let frames = link
                     .as_ref()
                     .map_or(0, |l| l.bytes_out.load(Ordering::Relaxed));
-                let tls = relays.bytes(&n.id, &n.addr, &o.id, &o.addr);
+                let tls = net.bytes_sent(&n.site, &o.site);
                 let key = (n.id.clone(), o.id.clone());
                 s.bytes.insert(key.clone(), (frames, tls));
                 if let Some(l) = link {
@@ -1454,18 +1250,13 @@ heartbeat_interval_ms = {hb}
 
     pub(super) async fn wire(changes: usize, rate: u64) -> anyhow::Result<()> {
         let rate = rate.max(1);
-        let mut lab = Lab::new("wire", 500)?;
-        let relays = Arc::new(Relays::default());
-        let dialer = |id: &str| -> Option<Arc<dyn Dialer>> {
-            Some(Arc::new(CountingDialer {
-                from: id.to_string(),
-                relays: relays.clone(),
-                down_limit: None,
-            }))
-        };
-        let a = lab.start("a-1", "lon", &[], dialer("a-1")).await?;
-        let b = lab.start("b-1", "nyc", &[&a.addr], dialer("b-1")).await?;
-        let c = lab.start("c-1", "sgp", &[&a.addr], dialer("c-1")).await?;
+        let mut lab = Lab::new(500);
+        // Every connection through a relay of `net`, which counts what each site sends each
+        // other (one node per site, so per node).
+        let net = Net::new();
+        let a = lab.start("a-1", "lon", &[], Some(&net)).await?;
+        let b = lab.start("b-1", "nyc", &[a.addr], Some(&net)).await?;
+        let c = lab.start("c-1", "sgp", &[a.addr], Some(&net)).await?;
         let nodes = [&a, &b, &c];
         form_mesh(&nodes, Duration::from_secs(3)).await?;
 
@@ -1477,13 +1268,13 @@ heartbeat_interval_ms = {hb}
             .collect::<anyhow::Result<_>>()?;
 
         // 1. Idle: heartbeats, pings, digests.
-        let s0 = snapshot(&nodes, &relays);
+        let s0 = snapshot(&nodes, &net);
         tokio::time::sleep(window_len).await;
-        let s1 = snapshot(&nodes, &relays);
+        let s1 = snapshot(&nodes, &net);
         let idle = window(&s0, &s1)?;
 
         // 2. The same length of time with a steady stream of changes at a-1.
-        let s2 = snapshot(&nodes, &relays);
+        let s2 = snapshot(&nodes, &net);
         let started = Instant::now();
         for i in 0..changes {
             let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
@@ -1506,7 +1297,7 @@ heartbeat_interval_ms = {hb}
             println!("  (warning: the stream took longer than the idle window)");
         }
         tokio::time::sleep(rest).await;
-        let s3 = snapshot(&nodes, &relays);
+        let s3 = snapshot(&nodes, &net);
         let busy = window(&s2, &s3)?;
 
         println!(

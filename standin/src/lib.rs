@@ -1,6 +1,7 @@
-//! A GoRouter stand-in: an HTTP server on a loopback port that answers for every app of its
-//! site and tells where a request landed. `grouter demo` runs one per site in place of a
-//! Cloud Foundry foundation; the integration tests use it the same way.
+//! `grouter-standin`: a GoRouter stand-in, an HTTP server on a loopback port that answers for
+//! every app of its site and tells where a request landed. `grouter demo` runs one per site
+//! (the `grouter-standin` binary, as a child process) in place of a Cloud Foundry
+//! foundation; the integration tests run it in process ([`StandIn`]).
 //!
 //! - `GET /health` → 200 `ok` (503 after [`StandIn::set_healthy`]`(false)`).
 //! - `GET /bytes/N` → N bytes, streamed in 64 KiB chunks.
@@ -11,8 +12,14 @@
 //!
 //! Every response carries `X-Stub-Site: <site>`.
 //!
+//! It owns nothing of GRouter's and depends on no GRouter crate: it is what GRouter forwards
+//! to, so the product can be tested against it without linking it (the product crate must
+//! not depend on this one, nor on its WebSocket library).
+//!
 //! Must never: buffer a body whole, or outlive its [`StandIn`] (dropping it stops the
 //! listener and cuts every open connection, as a GoRouter that dies would).
+
+#![forbid(unsafe_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
