@@ -27,10 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::decide::{self, Decision};
-use super::error::RouterError;
+use super::error::{Replay, RouterError};
 use super::wire::{
-    Chunked, Failure, Framing, Part, READ_CHUNK, ResponseHead, Upstream, connect, hop_by_hop,
-    parse_length, put_forwarded, put_header, put_request_ids, response_head, round_trip,
+    Chunked, Framing, Part, READ_CHUNK, ResponseHead, Upstream, connect, hop_by_hop, parse_length,
+    put_forwarded, put_header, put_request_ids, response_head, round_trip,
 };
 use super::{
     AccessLine, Conn, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, Proxy, SITE_HEADER, decision_name,
@@ -325,7 +325,7 @@ impl Connection {
             head_len,
             body_len: body_len.unwrap_or(0),
             head_method: method == "HEAD",
-            idempotent: super::is_idempotent_str(method),
+            idempotent: super::error::is_idempotent(method),
             close,
             router,
             decision: decision_name(&decision),
@@ -405,16 +405,24 @@ impl Connection {
                 site: &proxy.site,
             };
             let head = &mut self.head;
-            match round_trip(up, &self.out, |buf| client_head(buf, &rewrite, head)).await {
+            let replay = Replay {
+                idempotent: plan.idempotent,
+                bodiless: plan.body_len == 0,
+                whole: true, // buffered
+                unsent: plan.body_len == 0,
+            };
+            match round_trip(up, &self.out, reused, |buf| {
+                client_head(buf, &rewrite, head)
+            })
+            .await
+            {
                 Ok(resp) => break resp,
                 // A kept-alive connection the GoRouter closed while idle: once more, fresh.
-                Err(Failure::Silent(err))
-                    if reused && attempt == 1 && (plan.body_len == 0 || plan.idempotent) =>
-                {
+                Err(err) if attempt == 1 && err.retry_fresh(replay) => {
                     debug!(gorouter = %router.addr, %err, "idle upstream connection was closed; opening a new one");
                     self.up = None;
                 }
-                Err(Failure::Silent(err) | Failure::Broken(err)) => {
+                Err(err) => {
                     warn!(gorouter = %router.addr, %err, "gorouter request failed");
                     self.up = None;
                     self.buf.advance(total);

@@ -20,10 +20,11 @@ use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 
 use super::Conn;
+use super::error::{AttemptError, AttemptKind, Replay};
 use super::upstream::{BoxError, ProxyBody};
 use super::wire::{
-    Chunked, Failure, Framing, Part, READ_CHUNK, Upstream, connect, hop_by_hop, put_forwarded,
-    put_header, put_request_ids, response_head, round_trip,
+    Chunked, Framing, Part, READ_CHUNK, Upstream, connect, hop_by_hop, put_forwarded, put_header,
+    put_request_ids, response_head, round_trip,
 };
 
 /// Idle GoRouter connections one client connection keeps.
@@ -52,23 +53,6 @@ impl Streams {
         let mut idle = self.0.lock();
         if idle.len() < MAX_IDLE {
             idle.push(up);
-        }
-    }
-}
-
-/// Why a stream could not be forwarded.
-#[derive(Debug)]
-pub(super) enum SendError {
-    /// The GoRouter could not be connected to: nothing was sent.
-    Connect(std::io::Error),
-    /// The exchange failed after the request was sent.
-    Failed(std::io::Error),
-}
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Connect(e) | SendError::Failed(e) => e.fmt(f),
         }
     }
 }
@@ -128,7 +112,7 @@ pub(super) async fn send(
     addr: &str,
     head: &[u8],
     head_method: bool,
-) -> Result<Response<ProxyBody>, SendError> {
+) -> Result<Response<ProxyBody>, AttemptError> {
     let mut first = true;
     loop {
         let (mut up, reused) = match streams.take(router).filter(|_| first) {
@@ -136,19 +120,30 @@ pub(super) async fn send(
             None => (
                 Upstream {
                     router,
-                    tcp: connect(addr).await.map_err(SendError::Connect)?,
+                    tcp: connect(addr)
+                        .await
+                        .map_err(|e| AttemptError::new(AttemptKind::Connect, e))?,
                     buf: BytesMut::with_capacity(READ_CHUNK),
                 },
                 false,
             ),
         };
-        match exchange(&mut up, head, head_method).await {
+        match exchange(&mut up, head, head_method, reused).await {
             Ok(parsed) => return Ok(respond(up, parsed, streams)),
-            Err(Failure::Silent(_)) if reused && first => first = false,
-            Err(Failure::Silent(e) | Failure::Broken(e)) => return Err(SendError::Failed(e)),
+            Err(e) if first && e.retry_fresh(BODILESS) => first = false,
+            Err(e) => return Err(e),
         }
     }
 }
+
+/// What a bodiless stream allows once an attempt failed (its method is not known here:
+/// only the retry on a fresh connection, which needs no idempotence, is asked).
+const BODILESS: Replay = Replay {
+    idempotent: false,
+    bodiless: true,
+    whole: true,
+    unsent: true,
+};
 
 /// A response head as parsed for the client.
 struct Parsed {
@@ -159,10 +154,15 @@ struct Parsed {
 
 /// Write `head` and read the response head into a header map (no hop-by-hop headers: HTTP/2
 /// has its own framing).
-async fn exchange(up: &mut Upstream, head: &[u8], head_method: bool) -> Result<Parsed, Failure> {
+async fn exchange(
+    up: &mut Upstream,
+    head: &[u8],
+    head_method: bool,
+    reused: bool,
+) -> Result<Parsed, AttemptError> {
     let mut map = HeaderMap::new();
     let mut status = StatusCode::OK;
-    let parsed = round_trip(up, head, |buf| {
+    let parsed = round_trip(up, head, reused, |buf| {
         map.clear();
         response_head(buf, head_method, false, |part| {
             match part {

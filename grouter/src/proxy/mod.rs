@@ -47,7 +47,7 @@ use tracing::{debug, info, warn};
 
 use crate::node::NodeState;
 use decide::{Decision, Rules};
-use error::RouterError;
+use error::{AttemptError, AttemptKind, Replay, RouterError};
 use remote::Remotes;
 use upstream::{GoRouters, ProxyBody, Reclaimable};
 
@@ -112,12 +112,6 @@ struct Affinity(Arc<parking_lot::Mutex<Option<(String, Upstream)>>>);
 
 /// One HTTP/1.1 connection to a GoRouter.
 type Upstream = hyper::client::conn::http1::SendRequest<Reclaimable>;
-
-/// Why an affine send failed: `Connect` means nothing reached the GoRouter.
-enum AffineError {
-    Connect(String),
-    Request(hyper::Error),
-}
 
 impl Proxy {
     /// A proxy for `node`; `remotes` when the node is in a mesh.
@@ -277,7 +271,8 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let upgrade = is_upgrade(&parts.headers);
         let mut prepared: Option<HeaderMap> = None;
-        let idempotent_without_body = is_idempotent(&parts.method) && body.is_end_stream();
+        let idempotent = error::is_idempotent(parts.method.as_str());
+        let bodiless = body.is_end_stream();
         // A bodiless HTTP/2 stream goes to a GoRouter as bytes on the connection's own set.
         let h2_head = (parts.version == Version::HTTP_2 && body.is_end_stream())
             .then(|| h2::request_head(parts, conn, host));
@@ -314,49 +309,66 @@ impl Proxy {
                     if let (Some(head), Some(router)) = (&h2_head, raw_router) {
                         let head_method = parts.method == Method::HEAD;
                         match h2::send(&conn.streams, router, addr, head, head_method).await {
-                            Ok(resp) => return resp,
-                            Err(h2::SendError::Connect(e)) => {
-                                self.gorouters.eject(gorouter);
-                                warn!(gorouter = %addr, error = %e, "gorouter refused the connection; trying the next target");
-                                continue;
-                            }
-                            Err(h2::SendError::Failed(e)) => {
-                                warn!(gorouter = %addr, error = %e, "gorouter request failed");
-                                if idempotent_without_body {
-                                    continue;
-                                }
-                                break;
-                            }
-                        }
-                    }
-                    let affine = parts.version <= Version::HTTP_11 && !upgrade;
-                    // On its own connection a request goes in origin form; the pool needs
-                    // the address in the URI (and sends origin form itself).
-                    let uri = if affine {
-                        path_and_query.parse::<Uri>()
-                    } else {
-                        format!("http://{addr}{path_and_query}").parse::<Uri>()
-                    };
-                    let Ok(uri) = uri else {
-                        break;
-                    };
-                    let body = body.get_or_insert_with(|| reclaimable(incoming.take()));
-                    let req = build(&parts.method, uri, Version::HTTP_11, headers, body.clone());
-                    if affine {
-                        match Box::pin(send_affine(&conn.affinity, addr, req, body)).await {
                             Ok(resp) => Ok(resp),
-                            Err(AffineError::Connect(e)) => {
-                                self.gorouters.eject(gorouter);
-                                warn!(gorouter = %addr, error = %e, "gorouter refused the connection; trying the next target");
-                                Err(true)
-                            }
-                            Err(AffineError::Request(e)) => {
-                                warn!(gorouter = %addr, error = %e, "gorouter request failed");
-                                Err(false)
+                            Err(e) => {
+                                if e.ejects() {
+                                    self.gorouters.eject(gorouter);
+                                    warn!(gorouter = %addr, error = %e, "gorouter refused the connection; trying the next target");
+                                } else {
+                                    warn!(gorouter = %addr, error = %e, "gorouter request failed");
+                                }
+                                Err(e)
                             }
                         }
                     } else {
-                        Box::pin(self.pooled(gorouter, req)).await
+                        let affine = parts.version <= Version::HTTP_11 && !upgrade;
+                        // On its own connection a request goes in origin form; the pool needs
+                        // the address in the URI (and sends origin form itself).
+                        let uri = if affine {
+                            path_and_query.parse::<Uri>()
+                        } else {
+                            format!("http://{addr}{path_and_query}").parse::<Uri>()
+                        };
+                        let Ok(uri) = uri else {
+                            break;
+                        };
+                        let body = body.get_or_insert_with(|| reclaimable(incoming.take()));
+                        let req =
+                            build(&parts.method, uri, Version::HTTP_11, headers, body.clone());
+                        let sent = if affine {
+                            Box::pin(send_affine(
+                                &conn.affinity,
+                                addr,
+                                req,
+                                body,
+                                bodiless,
+                                idempotent,
+                            ))
+                            .await
+                        } else {
+                            Box::pin(self.gorouters.client().request(req))
+                                .await
+                                .map_err(|e| {
+                                    let kind = if e.is_connect() {
+                                        AttemptKind::Connect
+                                    } else {
+                                        AttemptKind::Request
+                                    };
+                                    AttemptError::new(kind, e)
+                                })
+                        };
+                        match sent {
+                            Ok(resp) => Ok(self.downstream(resp)),
+                            Err(e) => {
+                                if e.ejects() {
+                                    self.gorouters.eject(gorouter);
+                                    warn!(gorouter = %addr, error = %e, "gorouter refused the connection; trying the next target");
+                                } else {
+                                    warn!(gorouter = %addr, error = %e, "gorouter request failed");
+                                }
+                                Err(e)
+                            }
+                        }
                     }
                 }
                 Target::Site(site) => {
@@ -393,47 +405,34 @@ impl Proxy {
                     match sent {
                         Ok((resp, node)) => {
                             log.upstream = format!("{site}/{node}");
-                            Ok(resp)
+                            Ok(self.downstream(resp))
                         }
                         Err(e) => {
                             log.upstream = site.clone();
                             warn!(site = %site, error = %e, "remote site failed; trying the next target");
-                            Err(e.before_sending())
+                            Err(e)
                         }
                     }
                 }
             };
             match result {
-                Ok(resp) => return self.downstream(resp),
-                // Not a byte was sent (or nothing that matters was): the next target gets it.
-                Err(true) if body.as_ref().is_none_or(Reclaimable::unread) => continue,
-                Err(_) if idempotent_without_body => continue,
-                Err(_) => break,
+                Ok(resp) => return resp,
+                Err(e) => {
+                    let unread = bodiless || body.as_ref().is_none_or(Reclaimable::unread);
+                    let replay = Replay {
+                        idempotent,
+                        bodiless,
+                        whole: unread,
+                        unsent: unread,
+                    };
+                    if !e.retry_elsewhere(replay) {
+                        break;
+                    }
+                }
             }
         }
         log.error = RouterError::EndpointFailure.code();
         RouterError::EndpointFailure.response()
-    }
-
-    /// Send through the shared keep-alive pool (HTTP/2 clients, upgrades).
-    async fn pooled(
-        &self,
-        gorouter: &upstream::GoRouter,
-        req: Request<Reclaimable>,
-    ) -> Result<Response<Incoming>, bool> {
-        let addr = &gorouter.addr;
-        match self.gorouters.client().request(req).await {
-            Ok(resp) => Ok(resp),
-            Err(e) if e.is_connect() => {
-                self.gorouters.eject(gorouter);
-                warn!(gorouter = %addr, error = %e, "gorouter refused the connection; trying the next target");
-                Err(true)
-            }
-            Err(e) => {
-                warn!(gorouter = %addr, error = %e, "gorouter request failed");
-                Err(false)
-            }
-        }
     }
 
     /// Prepare an upstream response for the client.
@@ -448,14 +447,16 @@ impl Proxy {
 
 /// Send `req` to `addr` on the client connection's own upstream connection, opening one
 /// when there is none (or it is to another GoRouter, or closed). A reused connection that the
-/// GoRouter closed while idle (the classic keep-alive race) is replaced once, as long as no
-/// byte of the body was read.
+/// GoRouter closed while idle (the classic keep-alive race) is replaced once, when
+/// [`AttemptError::retry_fresh`] allows.
 async fn send_affine(
     affinity: &Affinity,
     addr: &str,
     req: Request<Reclaimable>,
     body: &Reclaimable,
-) -> Result<Response<Incoming>, AffineError> {
+    bodiless: bool,
+    idempotent: bool,
+) -> Result<Response<Incoming>, AttemptError> {
     let cached = affinity
         .0
         .lock()
@@ -472,39 +473,55 @@ async fn send_affine(
         req.uri().clone(),
         req.headers().clone(),
     );
+    let failed = |e: hyper::Error, reused: bool| {
+        let kind = if reused {
+            AttemptKind::IdleClosed
+        } else {
+            AttemptKind::Request
+        };
+        AttemptError::new(kind, e)
+    };
     let result = match sender.ready().await {
         Ok(()) => sender.send_request(req).await,
         Err(e) => Err(e),
     };
-    let result = match result {
-        Err(e) if reused && body.unread() => {
+    let result = match result.map_err(|e| failed(e, reused)) {
+        Err(e)
+            if {
+                let unread = bodiless || body.unread();
+                let replay = Replay {
+                    idempotent,
+                    bodiless,
+                    whole: unread,
+                    unsent: unread,
+                };
+                e.retry_fresh(replay)
+            } =>
+        {
             debug!(gorouter = %addr, error = %e, "idle upstream connection was closed; opening a new one");
             sender = open_upstream(addr).await?;
-            sender.ready().await.map_err(AffineError::Request)?;
+            sender.ready().await.map_err(|e| failed(e, false))?;
             sender
                 .send_request(build(&method, uri, Version::HTTP_11, headers, body.clone()))
                 .await
+                .map_err(|e| failed(e, false))
         }
         other => other,
     };
-    match result {
-        Ok(resp) => {
-            affinity.0.lock().replace((addr.to_string(), sender));
-            Ok(resp)
-        }
-        Err(e) => Err(AffineError::Request(e)),
-    }
+    let resp = result?;
+    affinity.0.lock().replace((addr.to_string(), sender));
+    Ok(resp)
 }
 
 async fn open_upstream(
     addr: &str,
-) -> Result<hyper::client::conn::http1::SendRequest<Reclaimable>, AffineError> {
+) -> Result<hyper::client::conn::http1::SendRequest<Reclaimable>, AttemptError> {
     let tcp = wire::connect(addr)
         .await
-        .map_err(|e| AffineError::Connect(e.to_string()))?;
+        .map_err(|e| AttemptError::new(AttemptKind::Connect, e))?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
-        .map_err(|e| AffineError::Connect(e.to_string()))?;
+        .map_err(|e| AttemptError::new(AttemptKind::Connect, e))?;
     tokio::spawn(async move {
         if let Err(err) = conn.await {
             debug!(%err, "upstream connection ended");
@@ -587,15 +604,6 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
             })
-}
-
-/// Whether a method (as the request line spells it) is idempotent.
-fn is_idempotent_str(m: &str) -> bool {
-    matches!(m, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    is_idempotent_str(m.as_str())
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).

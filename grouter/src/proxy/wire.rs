@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::MAX_HEADER_BYTES;
+use super::error::{AttemptError, AttemptKind};
 
 /// Connect timeout to a GoRouter (gorouter's own `endpoint_dial_timeout` is 5 s; ours is
 /// to a router on the same site).
@@ -82,25 +83,43 @@ pub(super) struct ResponseHead {
 
 /// Write `request` and read up to the end of the final response head, which `parse` reads
 /// (interim 1xx heads are skipped, as hyper's client does) and which is then consumed
-/// from `up.buf`. `parse` returns `None` while the head is not whole.
+/// from `up.buf`. `parse` returns `None` while the head is not whole. A failure before a
+/// byte came back on a `reused` connection is [`AttemptKind::IdleClosed`]: the GoRouter
+/// may have closed it while idle.
 pub(super) async fn round_trip<T>(
     up: &mut Upstream,
     request: &[u8],
+    reused: bool,
     mut parse: impl FnMut(&[u8]) -> Result<Option<(usize, Option<T>)>, ()>,
-) -> Result<T, Failure> {
+) -> Result<T, AttemptError> {
+    let silent = if reused {
+        AttemptKind::IdleClosed
+    } else {
+        AttemptKind::Request
+    };
     up.buf.clear();
-    up.tcp.write_all(request).await.map_err(Failure::Silent)?;
+    up.tcp
+        .write_all(request)
+        .await
+        .map_err(|e| AttemptError::new(silent, e))?;
     let mut received = false;
     loop {
         up.buf.reserve(READ_CHUNK);
         match up.tcp.read_buf(&mut up.buf).await {
-            Ok(0) if !received => {
-                return Err(Failure::Silent(std::io::ErrorKind::UnexpectedEof.into()));
+            Ok(0) => {
+                let kind = if received {
+                    AttemptKind::Request
+                } else {
+                    silent
+                };
+                return Err(AttemptError::new(
+                    kind,
+                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                ));
             }
-            Ok(0) => return Err(Failure::Broken(std::io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => received = true,
-            Err(e) if !received => return Err(Failure::Silent(e)),
-            Err(e) => return Err(Failure::Broken(e)),
+            Err(e) if !received => return Err(AttemptError::new(silent, e)),
+            Err(e) => return Err(AttemptError::new(AttemptKind::Request, e)),
         }
         loop {
             match parse(&up.buf) {
@@ -111,10 +130,10 @@ pub(super) async fn round_trip<T>(
                 }
                 Ok(None) if up.buf.len() < MAX_HEADER_BYTES => break,
                 Ok(None) | Err(()) => {
-                    return Err(Failure::Broken(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
+                    return Err(AttemptError::new(
+                        AttemptKind::Request,
                         "unusable response head",
-                    )));
+                    ));
                 }
             }
         }
@@ -251,14 +270,6 @@ pub(super) enum Framing {
     Length(u64),
     Chunked,
     UntilClose,
-}
-
-/// Why an exchange with a GoRouter failed before a response head arrived.
-pub(super) enum Failure {
-    /// Nothing came back: on a kept-alive connection, the GoRouter may have closed it idle.
-    Silent(std::io::Error),
-    /// Something was wrong after bytes came back (or it could not be parsed).
-    Broken(std::io::Error),
 }
 
 /// Connect to a GoRouter within [`CONNECT_TIMEOUT`], with Nagle off.
