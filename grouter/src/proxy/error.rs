@@ -20,8 +20,6 @@ pub enum RouterError {
     EmptyHost,
     /// Every target failed: 502 `endpoint_failure`.
     EndpointFailure,
-    /// No target at all (the route exists, but nothing can serve it now): 503 `no_endpoints`.
-    NoEndpoints,
 }
 
 impl RouterError {
@@ -42,11 +40,6 @@ impl RouterError {
                 StatusCode::BAD_GATEWAY,
                 "endpoint_failure",
                 "502 Bad Gateway: Registered endpoint failed to handle the request.\n".into(),
-            ),
-            RouterError::NoEndpoints => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_endpoints",
-                "503 Service Unavailable\n".into(),
             ),
         }
     }
@@ -205,7 +198,6 @@ mod tests {
             RouterError::EndpointFailure.response().headers()["x-cf-routererror"],
             "endpoint_failure"
         );
-        assert_eq!(RouterError::NoEndpoints.response().status(), 503);
         assert_eq!(
             redirect("https://a.b/c?d").headers()["location"],
             "https://a.b/c?d"

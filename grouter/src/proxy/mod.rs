@@ -136,11 +136,6 @@ impl Proxy {
         })
     }
 
-    /// This site's GoRouters.
-    pub fn gorouters(&self) -> &Arc<GoRouters> {
-        &self.gorouters
-    }
-
     async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,

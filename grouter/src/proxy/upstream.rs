@@ -59,12 +59,6 @@ impl Reclaimable {
     pub fn unread(&self) -> bool {
         !self.0.lock().started
     }
-
-    /// The body back, if no byte of it was read.
-    pub fn reclaim(&self) -> Option<ProxyBody> {
-        let mut s = self.0.lock();
-        if s.started { None } else { s.body.take() }
-    }
 }
 
 impl Body for Reclaimable {
