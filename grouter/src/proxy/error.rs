@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
-use super::upstream::{BoxError, ProxyBody};
+use super::body::{BoxError, ProxyBody};
 
 /// Why the proxy answered on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]

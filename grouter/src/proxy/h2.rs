@@ -4,7 +4,8 @@
 //! or connection task per request. The response body streams straight from the GoRouter
 //! connection, which rejoins the set when the body has ended exactly.
 //!
-//! Requests with a body, upgrades and other sites go the general way (`super::Proxy::forward`).
+//! One of the general path's upstream codecs (`super::server`'s `General` picks it);
+//! requests with a body, upgrades and other sites go the other ways.
 //!
 //! Must never: put a connection back before its response ended, keep more than [`MAX_IDLE`]
 //! idle connections per client connection, or hold the set's lock across an `.await`.
@@ -19,12 +20,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 
-use super::Conn;
-use super::error::{AttemptError, AttemptKind, Replay};
-use super::upstream::{BoxError, ProxyBody};
+use super::body::{self, BoxError, ProxyBody};
+use super::error::{AttemptError, AttemptKind};
+use super::headers::{Client, hop_by_hop, put_forwarded, put_header, put_request_ids};
 use super::wire::{
-    Chunked, Framing, Part, READ_CHUNK, Upstream, connect, hop_by_hop, put_forwarded, put_header,
-    put_request_ids, response_head, round_trip,
+    Chunked, Framing, Part, READ_CHUNK, Upstream, connect, response_head, round_trip,
 };
 
 /// Idle GoRouter connections one client connection keeps.
@@ -58,8 +58,12 @@ impl Streams {
 }
 
 /// The HTTP/1.1 request head for a bodiless stream, with the contract's headers (as
-/// `super::upstream_headers`).
-pub(super) fn request_head(parts: &http::request::Parts, conn: &Conn, host: &str) -> Vec<u8> {
+/// `super::headers::upstream_headers`).
+pub(super) fn request_head(
+    parts: &http::request::Parts,
+    client: Client<'_>,
+    host: &str,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -71,7 +75,7 @@ pub(super) fn request_head(parts: &http::request::Parts, conn: &Conn, host: &str
             .as_bytes(),
     );
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let direct = conn.peer.is_none();
+    let direct = client.direct;
     let (mut has_host, mut has_start, mut has_id) = (false, false, false);
     for (name, value) in &parts.headers {
         let n = name.as_str();
@@ -93,8 +97,8 @@ pub(super) fn request_head(parts: &http::request::Parts, conn: &Conn, host: &str
         put_forwarded(
             &mut out,
             prev.iter().map(HeaderValue::as_bytes),
-            &conn.ip,
-            conn.scheme,
+            client.ip,
+            client.scheme,
         );
     }
     put_request_ids(&mut out, has_start, has_id);
@@ -103,47 +107,34 @@ pub(super) fn request_head(parts: &http::request::Parts, conn: &Conn, host: &str
 }
 
 /// Send a bodiless request (`head`, from [`request_head`]) to GoRouter `router` at `addr`
-/// on one of `streams`' connections (or a new one), and return its response. A kept-alive
-/// connection the GoRouter closed before answering is replaced once: the request has no
-/// body, so sending it again is safe.
+/// on one of `streams`' idle connections (or a new one, always when `fresh`), and return
+/// its response. A failure before anything came back on an idle connection is
+/// [`AttemptKind::IdleClosed`]: the forwarder sends it again, fresh.
 pub(super) async fn send(
     streams: &Streams,
     router: usize,
     addr: &str,
     head: &[u8],
     head_method: bool,
+    fresh: bool,
 ) -> Result<Response<ProxyBody>, AttemptError> {
-    let mut first = true;
-    loop {
-        let (mut up, reused) = match streams.take(router).filter(|_| first) {
-            Some(up) => (up, true),
-            None => (
-                Upstream {
-                    router,
-                    tcp: connect(addr)
-                        .await
-                        .map_err(|e| AttemptError::new(AttemptKind::Connect, e))?,
-                    buf: BytesMut::with_capacity(READ_CHUNK),
-                },
-                false,
-            ),
-        };
-        match exchange(&mut up, head, head_method, reused).await {
-            Ok(parsed) => return Ok(respond(up, parsed, streams)),
-            Err(e) if first && e.retry_fresh(BODILESS) => first = false,
-            Err(e) => return Err(e),
-        }
-    }
+    let idle = if fresh { None } else { streams.take(router) };
+    let (mut up, reused) = match idle {
+        Some(up) => (up, true),
+        None => (
+            Upstream {
+                router,
+                tcp: connect(addr)
+                    .await
+                    .map_err(|e| AttemptError::new(AttemptKind::Connect, e))?,
+                buf: BytesMut::with_capacity(READ_CHUNK),
+            },
+            false,
+        ),
+    };
+    let parsed = exchange(&mut up, head, head_method, reused).await?;
+    Ok(respond(up, parsed, streams))
 }
-
-/// What a bodiless stream allows once an attempt failed (its method is not known here:
-/// only the retry on a fresh connection, which needs no idempotence, is asked).
-const BODILESS: Replay = Replay {
-    idempotent: false,
-    bodiless: true,
-    whole: true,
-    unsent: true,
-};
 
 /// A response head as parsed for the client.
 struct Parsed {
@@ -199,7 +190,7 @@ fn respond(mut up: Upstream, parsed: Parsed, streams: &Streams) -> Response<Prox
             if keep && up.buf.is_empty() {
                 streams.put(up);
             }
-            super::upstream::empty()
+            body::empty()
         }
         Framing::Length(n) if up.buf.len() as u64 == n => {
             // A small body is copied, so the connection keeps its read buffer.

@@ -21,8 +21,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tracing::debug;
 
+use super::body::Reclaimable;
 use super::error::{AttemptError, AttemptKind};
-use super::upstream::Reclaimable;
 use crate::mesh::Mesh;
 use crate::mesh::identity::MeshTls;
 
