@@ -113,7 +113,7 @@ pub enum AttemptKind {
 
 /// A failed attempt to forward a request to one target.
 #[derive(Debug, thiserror::Error)]
-#[error("{kind:?}: {source}")]
+#[error("{}: {source}", kind.what())]
 pub struct AttemptError {
     kind: AttemptKind,
     source: BoxError,
@@ -130,6 +130,18 @@ pub struct Replay {
     pub whole: bool,
     /// No byte of the body has gone out (none, or not read yet).
     pub unsent: bool,
+}
+
+impl AttemptKind {
+    fn what(self) -> &'static str {
+        match self {
+            AttemptKind::Connect => "connect",
+            AttemptKind::NoNode => "no node",
+            AttemptKind::NotSent => "not sent",
+            AttemptKind::IdleClosed => "kept-alive connection closed",
+            AttemptKind::Request => "request",
+        }
+    }
 }
 
 impl AttemptError {

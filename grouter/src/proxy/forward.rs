@@ -213,27 +213,27 @@ impl Proxy {
             "access"
         );
     }
+}
 
-    /// Note a failed attempt: eject a GoRouter that refused the connection, and say why.
-    fn failed(&self, target: &Target, err: &AttemptError, fresh_next: bool) {
-        match target {
-            Target::GoRouter(i) => {
-                let Some(router) = self.gorouters.all().get(*i) else {
-                    return;
-                };
-                let addr = &router.addr;
-                if fresh_next {
-                    debug!(gorouter = %addr, error = %err, "idle upstream connection was closed; opening a new one");
-                } else if err.ejects() {
-                    self.gorouters.eject(router);
-                    warn!(gorouter = %addr, error = %err, "gorouter refused the connection; trying the next target");
-                } else {
-                    warn!(gorouter = %addr, error = %err, "gorouter request failed");
-                }
+/// Note a failed attempt: eject a GoRouter that refused the connection, and say why.
+fn failed(gorouters: &GoRouters, target: &Target, err: &AttemptError, fresh_next: bool) {
+    match target {
+        Target::GoRouter(i) => {
+            let Some(router) = gorouters.all().get(*i) else {
+                return;
+            };
+            let addr = &router.addr;
+            if fresh_next {
+                debug!(gorouter = %addr, error = %err, "idle upstream connection was closed; opening a new one");
+            } else if err.ejects() {
+                gorouters.eject(router);
+                warn!(gorouter = %addr, error = %err, "gorouter refused the connection; trying the next target");
+            } else {
+                warn!(gorouter = %addr, error = %err, "gorouter request failed");
             }
-            Target::Site(site) => {
-                warn!(site = %site, error = %err, "remote site failed; trying the next target");
-            }
+        }
+        Target::Site(site) => {
+            warn!(site = %site, error = %err, "remote site failed; trying the next target");
         }
     }
 }
@@ -275,7 +275,7 @@ pub(super) enum Forwarded<R> {
 /// caller can take the request elsewhere (the HTTP/1.1 fast path's targets are one
 /// GoRouter; the general path tries the rest).
 pub(super) async fn forward<C: Codec>(
-    proxy: &Proxy,
+    gorouters: &GoRouters,
     targets: impl IntoIterator<Item = Target>,
     handoff: bool,
     codec: &mut C,
@@ -293,7 +293,7 @@ pub(super) async fn forward<C: Codec>(
             };
             let replay = codec.replay();
             let again = !fresh && err.retry_fresh(replay);
-            proxy.failed(&target, &err, again);
+            failed(gorouters, &target, &err, again);
             if again {
                 fresh = true;
                 continue;
@@ -317,8 +317,179 @@ pub(super) async fn forward<C: Codec>(
 mod tests {
     use http::header::{self, HeaderMap, HeaderValue};
 
+    use std::collections::VecDeque;
+
+    use super::super::error::AttemptKind;
     use super::super::headers::{is_upgrade, upstream_headers};
     use super::*;
+    use crate::config::GoroutersConfig;
+
+    /// A codec that fails as scripted (then succeeds) and records every attempt.
+    struct Scripted {
+        failures: VecDeque<AttemptKind>,
+        replay: Replay,
+        calls: Vec<String>,
+    }
+
+    impl Scripted {
+        fn new(failures: &[AttemptKind], replay: Replay) -> Scripted {
+            Scripted {
+                failures: failures.iter().copied().collect(),
+                replay,
+                calls: Vec::new(),
+            }
+        }
+    }
+
+    impl Codec for Scripted {
+        type Response = ();
+
+        fn replay(&self) -> Replay {
+            self.replay
+        }
+
+        async fn send(
+            &mut self,
+            target: &Target,
+            fresh: bool,
+            _served: &mut Served,
+        ) -> Result<(), AttemptError> {
+            let to = match target {
+                Target::GoRouter(i) => format!("gorouter {i}"),
+                Target::Site(s) => format!("site {s}"),
+            };
+            self.calls
+                .push(if fresh { format!("{to}, fresh") } else { to });
+            match self.failures.pop_front() {
+                Some(kind) => Err(AttemptError::new(kind, "scripted")),
+                None => Ok(()),
+            }
+        }
+    }
+
+    const GET: Replay = Replay {
+        idempotent: true,
+        bodiless: true,
+        whole: true,
+        unsent: true,
+    };
+    const POST: Replay = Replay {
+        idempotent: false,
+        bodiless: false,
+        whole: true,
+        unsent: false,
+    };
+
+    fn gorouters(n: usize) -> GoRouters {
+        GoRouters::new(&GoroutersConfig {
+            addresses: (0..n).map(|i| format!("127.0.0.1:{}", 1 + i)).collect(),
+            health_url_path: "/health".into(),
+            health_port: None,
+        })
+    }
+
+    fn all_targets() -> Vec<Target> {
+        vec![
+            Target::GoRouter(0),
+            Target::GoRouter(1),
+            Target::Site("nyc".into()),
+            Target::Site("sfo".into()),
+        ]
+    }
+
+    async fn run(
+        routers: &GoRouters,
+        targets: Vec<Target>,
+        handoff: bool,
+        codec: &mut Scripted,
+    ) -> (&'static str, Access) {
+        let mut log = Access::new("local");
+        let out = match forward(routers, targets, handoff, codec, &mut log).await {
+            Forwarded::Response(()) => "response",
+            Forwarded::Failed => "failed",
+            Forwarded::Handoff => "handoff",
+        };
+        (out, log)
+    }
+
+    #[tokio::test]
+    async fn nothing_sent_moves_on_and_ejects_a_gorouter() {
+        use AttemptKind::*;
+        let routers = gorouters(2);
+        let mut codec = Scripted::new(&[Connect, NoNode], POST);
+        let (out, log) = run(&routers, all_targets(), false, &mut codec).await;
+        assert_eq!(out, "response");
+        assert_eq!(codec.calls, ["gorouter 0", "gorouter 1", "site nyc"]);
+        assert_eq!(log.attempts, 3);
+        assert_eq!(log.router_error, "");
+        assert_eq!(routers.pick(Some(0)), Some(1), "gorouter 0 is ejected");
+    }
+
+    #[tokio::test]
+    async fn at_most_three_targets() {
+        use AttemptKind::*;
+        let routers = gorouters(2);
+        let mut codec = Scripted::new(&[Connect, Connect, NotSent, NotSent], GET);
+        let (out, log) = run(&routers, all_targets(), false, &mut codec).await;
+        assert_eq!(out, "failed");
+        assert_eq!(codec.calls.len(), MAX_ATTEMPTS);
+        assert_eq!(log.router_error, "endpoint_failure");
+    }
+
+    #[tokio::test]
+    async fn partly_sent_moves_on_only_when_idempotent_and_bodiless() {
+        let routers = gorouters(2);
+        let mut get = Scripted::new(&[AttemptKind::Request], GET);
+        assert_eq!(
+            run(&routers, all_targets(), false, &mut get).await.0,
+            "response"
+        );
+        assert_eq!(get.calls, ["gorouter 0", "gorouter 1"]);
+        let mut post = Scripted::new(&[AttemptKind::Request], POST);
+        let (out, log) = run(&routers, all_targets(), false, &mut post).await;
+        assert_eq!(out, "failed");
+        assert_eq!(post.calls, ["gorouter 0"]);
+        assert_eq!(log.router_error, "endpoint_failure");
+    }
+
+    #[tokio::test]
+    async fn an_idle_closed_connection_is_replaced_once() {
+        use AttemptKind::*;
+        let routers = gorouters(2);
+        let mut codec = Scripted::new(&[IdleClosed], GET);
+        let (out, log) = run(&routers, all_targets(), false, &mut codec).await;
+        assert_eq!(out, "response");
+        assert_eq!(codec.calls, ["gorouter 0", "gorouter 0, fresh"]);
+        assert_eq!(log.attempts, 2);
+        assert_eq!(routers.pick(Some(0)), Some(0), "not ejected");
+        // Once per target: a second idle close goes on as partly sent.
+        let mut codec = Scripted::new(&[IdleClosed, IdleClosed], GET);
+        run(&routers, all_targets(), false, &mut codec).await;
+        assert_eq!(
+            codec.calls,
+            ["gorouter 0", "gorouter 0, fresh", "gorouter 1"]
+        );
+        // A POST whose body went out is not sent again.
+        let mut codec = Scripted::new(&[IdleClosed], POST);
+        assert_eq!(
+            run(&routers, all_targets(), false, &mut codec).await.0,
+            "failed"
+        );
+        assert_eq!(codec.calls, ["gorouter 0"]);
+    }
+
+    #[tokio::test]
+    async fn the_fast_path_hands_off_only_what_sent_nothing() {
+        let routers = gorouters(2);
+        let one = || vec![Target::GoRouter(0)];
+        let mut codec = Scripted::new(&[AttemptKind::Connect], POST);
+        assert_eq!(run(&routers, one(), true, &mut codec).await.0, "handoff");
+        let mut codec = Scripted::new(&[AttemptKind::Request], GET);
+        assert_eq!(run(&routers, one(), true, &mut codec).await.0, "failed");
+        // Without a hand-off, running out of targets is a failure.
+        let mut codec = Scripted::new(&[AttemptKind::Connect], GET);
+        assert_eq!(run(&routers, one(), false, &mut codec).await.0, "failed");
+    }
 
     #[test]
     fn upstream_headers_follow_the_contract() {

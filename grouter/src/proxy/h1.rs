@@ -393,7 +393,7 @@ impl Connection {
         // One GoRouter: when it cannot be connected to, the general path tries the other
         // GoRouters and sites.
         let target = std::iter::once(Target::GoRouter(plan.router));
-        let resp = match forward(proxy, target, true, &mut codec, &mut log).await {
+        let resp = match forward(&proxy.gorouters, target, true, &mut codec, &mut log).await {
             Forwarded::Response(resp) => resp,
             Forwarded::Handoff => return Exchanged::Fallback,
             Forwarded::Failed => {

@@ -106,7 +106,7 @@ async fn handle(
         (Decision::Redirect { location, .. }, _) => error::redirect(location),
         (_, Some(targets)) => {
             let mut codec = General::new(&proxy, &parts, body, &conn, host);
-            match forward(&proxy, targets, false, &mut codec, &mut log).await {
+            match forward(&proxy.gorouters, targets, false, &mut codec, &mut log).await {
                 Forwarded::Response(resp) => resp,
                 Forwarded::Failed | Forwarded::Handoff => RouterError::EndpointFailure.response(),
             }
