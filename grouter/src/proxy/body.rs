@@ -3,6 +3,8 @@
 //! was read can be retried on the next target without buffering the body.
 //!
 //! A leaf: imports nothing of the crate.
+//!
+//! Must never: buffer a body whole.
 
 use std::pin::Pin;
 use std::sync::Arc;

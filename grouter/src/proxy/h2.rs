@@ -22,7 +22,6 @@ use parking_lot::Mutex;
 
 use super::body::{self, BoxError, ProxyBody};
 use super::error::{AttemptError, AttemptKind};
-use super::headers::{Client, hop_by_hop, put_forwarded, put_header, put_request_ids};
 use super::wire::{
     Chunked, Framing, Part, READ_CHUNK, Upstream, connect, response_head, round_trip,
 };
@@ -57,56 +56,7 @@ impl Streams {
     }
 }
 
-/// The HTTP/1.1 request head for a bodiless stream, with the contract's headers (as
-/// `super::headers::upstream_headers`).
-pub(super) fn request_head(
-    parts: &http::request::Parts,
-    client: Client<'_>,
-    host: &str,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(
-        parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .as_bytes(),
-    );
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let direct = client.direct;
-    let (mut has_host, mut has_start, mut has_id) = (false, false, false);
-    for (name, value) in &parts.headers {
-        let n = name.as_str();
-        if hop_by_hop(n).is_some()
-            || (direct && (n == "x-forwarded-for" || n == "x-forwarded-proto"))
-        {
-            continue;
-        }
-        has_host |= name == http::header::HOST;
-        has_start |= n == "x-request-start";
-        has_id |= n == "x-vcap-request-id";
-        put_header(&mut out, n.as_bytes(), value.as_bytes());
-    }
-    if !has_host {
-        put_header(&mut out, b"host", host.as_bytes());
-    }
-    if direct {
-        let prev = parts.headers.get_all("x-forwarded-for");
-        put_forwarded(
-            &mut out,
-            prev.iter().map(HeaderValue::as_bytes),
-            client.ip,
-            client.scheme,
-        );
-    }
-    put_request_ids(&mut out, has_start, has_id);
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-/// Send a bodiless request (`head`, from [`request_head`]) to GoRouter `router` at `addr`
+/// Send a bodiless request (`head`, from [`super::headers::request_head`]) to GoRouter `router` at `addr`
 /// on one of `streams`' idle connections (or a new one, always when `fresh`), and return
 /// its response. A failure before anything came back on an idle connection is
 /// [`AttemptKind::IdleClosed`]: the forwarder sends it again, fresh.

@@ -1,8 +1,13 @@
 //! The contract's header rules (CONTRACT.md) for requests sent upstream, in both forms:
 //! a header map for hyper's clients ([`upstream_headers`]) and bytes for the byte codecs
-//! ([`put_forwarded`], [`put_request_ids`]); which headers are hop-by-hop.
+//! ([`request_head`] for HTTP/2 streams; [`put_forwarded`] and [`put_request_ids`], which
+//! the HTTP/1.1 fast path also writes with, as it copies the head it parsed); which headers
+//! are hop-by-hop.
 //!
 //! A leaf: imports nothing of the crate.
+//!
+//! Must never: pass a hop-by-hop header upstream (but an upgrade's own pair), or replace
+//! the forwarding headers of a request a peer forwarded.
 
 use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -120,6 +125,55 @@ pub(super) fn upstream_headers(
         h.insert("x-vcap-request-id", v);
     }
     h
+}
+
+/// The HTTP/1.1 request head, as bytes, for a bodiless HTTP/2 stream (the `super::h2`
+/// codec), with the contract's headers (as [`upstream_headers`]).
+pub(super) fn request_head(
+    parts: &http::request::Parts,
+    client: Client<'_>,
+    host: &str,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let direct = client.direct;
+    let (mut has_host, mut has_start, mut has_id) = (false, false, false);
+    for (name, value) in &parts.headers {
+        let n = name.as_str();
+        if hop_by_hop(n).is_some()
+            || (direct && (n == "x-forwarded-for" || n == "x-forwarded-proto"))
+        {
+            continue;
+        }
+        has_host |= name == http::header::HOST;
+        has_start |= n == "x-request-start";
+        has_id |= n == "x-vcap-request-id";
+        put_header(&mut out, n.as_bytes(), value.as_bytes());
+    }
+    if !has_host {
+        put_header(&mut out, b"host", host.as_bytes());
+    }
+    if direct {
+        let prev = parts.headers.get_all("x-forwarded-for");
+        put_forwarded(
+            &mut out,
+            prev.iter().map(HeaderValue::as_bytes),
+            client.ip,
+            client.scheme,
+        );
+    }
+    put_request_ids(&mut out, has_start, has_id);
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// Write one header line.

@@ -32,7 +32,9 @@ use super::error::{self, AttemptError, AttemptKind, Replay, RouterError};
 use super::forward::{
     Access, AccessLine, Codec, Conn, Forwarded, Served, Target, decision_name, forward,
 };
-use super::headers::{MAX_HEADER_BYTES, host_of, is_upgrade, strip_hop_by_hop, upstream_headers};
+use super::headers::{
+    MAX_HEADER_BYTES, host_of, is_upgrade, request_head, strip_hop_by_hop, upstream_headers,
+};
 use super::{HEADER_READ_TIMEOUT, Proxy, SITE_HEADER, body, h2, inline};
 
 /// Serve a connection with hyper (HTTP/1.1 or HTTP/2, by what the client speaks) until it
@@ -186,7 +188,7 @@ impl<'a> General<'a> {
             bodiless,
             path_and_query: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
             h2_head: (parts.version == Version::HTTP_2 && bodiless)
-                .then(|| h2::request_head(parts, conn.headers(), host)),
+                .then(|| request_head(parts, conn.headers(), host)),
             prepared: None,
             incoming: Some(body),
             body: None,
