@@ -168,18 +168,18 @@ impl std::fmt::Display for Upstream<'_> {
 }
 
 impl Proxy {
-    /// The targets a forwarding decision tries, in order; `None` for the proxy's own
-    /// answers. `Local`: the GoRouters (usable ones round-robin, then the rest), then the
+    /// The targets a forwarding decision tries, in order (none for the proxy's own
+    /// answers). `Local`: the GoRouters (usable ones round-robin, then the rest), then the
     /// other sites serving the route; `Remote`: the serving sites, best first.
-    pub(super) fn targets(&self, decision: &Decision) -> Option<Vec<Target>> {
+    pub(super) fn targets(&self, decision: &Decision) -> Vec<Target> {
         let also = match decision {
             Decision::Local { also } => also.as_slice(),
             Decision::FailOpen => &[],
             Decision::Remote { sites } => {
-                return Some(sites.iter().cloned().map(Target::Site).collect());
+                return sites.iter().cloned().map(Target::Site).collect();
             }
             Decision::Redirect { .. } | Decision::NotFound | Decision::EmptyHost => {
-                return None;
+                return Vec::new();
             }
         };
         let mut t: Vec<Target> = self
@@ -189,7 +189,7 @@ impl Proxy {
             .map(Target::GoRouter)
             .collect();
         t.extend(also.iter().cloned().map(Target::Site));
-        Some(t)
+        t
     }
 
     /// One access log line (target `grouter::access`).

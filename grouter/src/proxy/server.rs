@@ -103,17 +103,18 @@ async fn handle(
     };
     let (decision, route) = proxy.decide(ask);
     let mut log = Access::new(decision_name(&decision));
-    let mut resp = match (&decision, proxy.targets(&decision)) {
-        (Decision::EmptyHost, _) => own_error(&mut log, &RouterError::EmptyHost),
-        (Decision::Redirect { location, .. }, _) => error::redirect(location),
-        (_, Some(targets)) => {
+    let mut resp = match &decision {
+        Decision::EmptyHost => own_error(&mut log, &RouterError::EmptyHost),
+        Decision::NotFound => own_error(&mut log, &RouterError::UnknownRoute(host.to_string())),
+        Decision::Redirect { location, .. } => error::redirect(location),
+        Decision::Local { .. } | Decision::FailOpen | Decision::Remote { .. } => {
+            let targets = proxy.targets(&decision);
             let mut codec = General::new(&proxy, &parts, body, &conn, host);
             match forward(&proxy.gorouters, targets, false, &mut codec, &mut log).await {
                 Forwarded::Response(resp) => resp,
                 Forwarded::Failed | Forwarded::Handoff => RouterError::EndpointFailure.response(),
             }
         }
-        (_, None) => own_error(&mut log, &RouterError::UnknownRoute(host.to_string())),
     };
     if let Some(client_upgrade) = client_upgrade
         && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
