@@ -9,7 +9,7 @@
 //! accepts the connection. Anything else (another site, a redirect, a 404, an upgrade, a
 //! streamed or chunked request body, HTTP/1.0, a malformed or oversized head, a GoRouter
 //! refusing the connection) hands the connection, with every byte already read, to the
-//! general path ([`super::serve_conn`], hyper) for the rest of its life. Each of those
+//! general path ([`super::server::serve_conn`], hyper) for the rest of its life. Each of those
 //! behaviours so has one implementation.
 //!
 //! Must never: forward a byte past the end of a message, reuse an upstream connection
@@ -24,18 +24,21 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::decide::{self, Decision};
-use super::error::RouterError;
+use super::error::{self, AttemptError, AttemptKind, Replay, RouterError};
+use super::forward::{
+    Access, AccessLine, Codec, Conn, Forwarded, Served, Target, decision_name, forward,
+};
+use super::headers::{MAX_HEADER_BYTES, hop_by_hop, put_forwarded, put_header, put_request_ids};
+use super::server::serve_conn;
+use super::upstream::GoRouters;
 use super::wire::{
-    Chunked, Failure, Framing, Part, READ_CHUNK, ResponseHead, Upstream, connect, hop_by_hop,
-    parse_length, put_forwarded, put_header, put_request_ids, response_head, round_trip,
+    Chunked, Framing, Part, READ_CHUNK, ResponseHead, Upstream, connect, parse_length,
+    response_head, round_trip,
 };
-use super::{
-    AccessLine, Conn, HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, Proxy, SITE_HEADER, decision_name,
-    serve_conn,
-};
+use super::{HEADER_READ_TIMEOUT, Proxy, SITE_HEADER};
 use crate::table::RouteMatch;
 
 /// Request bodies up to this size are read whole before forwarding (larger ones stream
@@ -290,8 +293,7 @@ impl Connection {
             query,
             from_peer: conn.peer.is_some(),
         };
-        let (decision, route) =
-            decide::decide(&proxy.node.table, &proxy.rules, proxy.node.sync(), ask);
+        let (decision, route) = proxy.decide(ask);
         if !matches!(decision, Decision::Local { .. } | Decision::FailOpen) {
             return Parsed::Fallback;
         }
@@ -302,7 +304,7 @@ impl Connection {
 
         // The upstream head: the request line and headers as they came, less the hop-by-hop
         // ones and the forwarding headers this node sets (CONTRACT.md; as
-        // `super::upstream_headers`).
+        // `super::headers::upstream_headers`).
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(method.as_bytes());
@@ -325,7 +327,7 @@ impl Connection {
             head_len,
             body_len: body_len.unwrap_or(0),
             head_method: method == "HEAD",
-            idempotent: super::is_idempotent_str(method),
+            idempotent: error::is_idempotent(method),
             close,
             router,
             decision: decision_name(&decision),
@@ -366,67 +368,44 @@ impl Connection {
         }
         self.out.extend_from_slice(&self.buf[plan.head_len..total]);
 
-        let routers = proxy.gorouters.all();
-        let Some(router) = routers.get(plan.router) else {
-            return Exchanged::Fallback;
-        };
         if self.up.as_ref().is_some_and(|u| !u.open_and_quiet()) {
             self.up = None; // the GoRouter closed it while idle (or sent unasked bytes)
         }
-        let mut attempt = 0;
-        let resp = loop {
-            attempt += 1;
-            let reused = self.up.as_ref().is_some_and(|u| u.router == plan.router);
-            if !reused {
-                self.up = None;
-                match connect(&router.addr).await {
-                    Ok(tcp) => {
-                        self.up = Some(Upstream {
-                            router: plan.router,
-                            tcp,
-                            buf: BytesMut::with_capacity(READ_CHUNK),
-                        });
-                    }
-                    Err(err) => {
-                        // The general path tries the other GoRouters and sites.
-                        proxy.gorouters.eject(router);
-                        warn!(gorouter = %router.addr, error = %err, "gorouter refused the connection; trying the next target");
-                        return Exchanged::Fallback;
-                    }
-                }
-            }
-            let Some(up) = self.up.as_mut() else {
-                return Exchanged::Fallback;
-            };
-            let rewrite = Rewrite {
+        let mut log = Access::new(plan.decision);
+        let mut codec = ByteCodec {
+            gorouters: &proxy.gorouters,
+            up: &mut self.up,
+            out: &self.out,
+            head: &mut self.head,
+            rewrite: Rewrite {
                 head_method: plan.head_method,
                 closing,
                 site_header: proxy.site_header,
                 site: &proxy.site,
-            };
-            let head = &mut self.head;
-            match round_trip(up, &self.out, |buf| client_head(buf, &rewrite, head)).await {
-                Ok(resp) => break resp,
-                // A kept-alive connection the GoRouter closed while idle: once more, fresh.
-                Err(Failure::Silent(err))
-                    if reused && attempt == 1 && (plan.body_len == 0 || plan.idempotent) =>
-                {
-                    debug!(gorouter = %router.addr, %err, "idle upstream connection was closed; opening a new one");
-                    self.up = None;
-                }
-                Err(Failure::Silent(err) | Failure::Broken(err)) => {
-                    warn!(gorouter = %router.addr, %err, "gorouter request failed");
-                    self.up = None;
-                    self.buf.advance(total);
-                    let err = RouterError::EndpointFailure;
-                    let written = write_own(io, &err, proxy, closing).await;
-                    log(proxy, conn, plan, 502, &router.addr, attempt, err.code());
-                    return if written {
-                        Exchanged::Done
-                    } else {
-                        Exchanged::Close
-                    };
-                }
+            },
+            replay: Replay {
+                idempotent: plan.idempotent,
+                bodiless: plan.body_len == 0,
+                whole: true, // buffered
+                unsent: plan.body_len == 0,
+            },
+        };
+        // One GoRouter: when it cannot be connected to, the general path tries the other
+        // GoRouters and sites.
+        let target = std::iter::once(Target::GoRouter(plan.router));
+        let resp = match forward(&proxy.gorouters, target, true, &mut codec, &mut log).await {
+            Forwarded::Response(resp) => resp,
+            Forwarded::Handoff => return Exchanged::Fallback,
+            Forwarded::Failed => {
+                self.up = None;
+                self.buf.advance(total);
+                let written = write_own(io, &RouterError::EndpointFailure, proxy, closing).await;
+                access_line(proxy, conn, plan, 502, &log);
+                return if written {
+                    Exchanged::Done
+                } else {
+                    Exchanged::Close
+                };
             }
         };
         self.buf.advance(total);
@@ -443,7 +422,7 @@ impl Connection {
         if !reusable {
             self.up = None;
         }
-        log(proxy, conn, plan, status, &router.addr, attempt, "");
+        access_line(proxy, conn, plan, status, &log);
         match outcome {
             Relayed::Whole if resp.framing != Framing::UntilClose => Exchanged::Done,
             _ => Exchanged::Close,
@@ -451,16 +430,65 @@ impl Connection {
     }
 }
 
+/// The fast path's upstream codec: the planned request, as bytes, to a GoRouter on the
+/// client connection's own upstream connection; the response head rewritten for the client
+/// as it is parsed. The body is relayed after (by [`relay_body`]).
+struct ByteCodec<'a> {
+    gorouters: &'a GoRouters,
+    up: &'a mut Option<Upstream>,
+    /// The request: head and buffered body.
+    out: &'a [u8],
+    /// The client's response head.
+    head: &'a mut Vec<u8>,
+    rewrite: Rewrite<'a>,
+    replay: Replay,
+}
+
+impl Codec for ByteCodec<'_> {
+    type Response = ResponseHead;
+
+    fn replay(&self) -> Replay {
+        self.replay
+    }
+
+    async fn send(
+        &mut self,
+        target: &Target,
+        fresh: bool,
+        _served: &mut Served,
+    ) -> Result<ResponseHead, AttemptError> {
+        let &Target::GoRouter(i) = target else {
+            return Err(AttemptError::new(AttemptKind::NotSent, "not a GoRouter"));
+        };
+        let Some(router) = self.gorouters.all().get(i) else {
+            return Err(AttemptError::new(AttemptKind::NotSent, "no such GoRouter"));
+        };
+        let reused = !fresh && self.up.as_ref().is_some_and(|u| u.router == i);
+        if !reused {
+            *self.up = None;
+            let tcp = connect(&router.addr)
+                .await
+                .map_err(|e| AttemptError::new(AttemptKind::Connect, e))?;
+            *self.up = Some(Upstream {
+                router: i,
+                tcp,
+                buf: BytesMut::with_capacity(READ_CHUNK),
+            });
+        }
+        let Some(up) = self.up.as_mut() else {
+            return Err(AttemptError::new(AttemptKind::NotSent, "no connection"));
+        };
+        let (rewrite, head) = (&self.rewrite, &mut *self.head);
+        let sent = round_trip(up, self.out, reused, |buf| client_head(buf, rewrite, head)).await;
+        if sent.is_err() {
+            *self.up = None;
+        }
+        sent
+    }
+}
+
 /// The access log line of a forwarded request.
-fn log(
-    proxy: &Proxy,
-    conn: &Conn,
-    plan: &Plan,
-    status: u16,
-    upstream: &str,
-    attempts: usize,
-    router_error: &'static str,
-) {
+fn access_line(proxy: &Proxy, conn: &Conn, plan: &Plan, status: u16, log: &Access) {
     let Some(LogStart {
         started,
         host,
@@ -470,19 +498,16 @@ fn log(
     else {
         return;
     };
-    proxy.log_access(&AccessLine {
+    let line = AccessLine {
         served_by: &proxy.rules.site,
         conn,
         host,
         path,
         route: route.as_ref(),
-        decision: plan.decision,
         status,
-        upstream,
-        attempts,
-        router_error,
         started: *started,
-    });
+    };
+    proxy.log_access(&line, log);
 }
 
 /// How a response head is rewritten for the client.

@@ -4,7 +4,8 @@
 //! or connection task per request. The response body streams straight from the GoRouter
 //! connection, which rejoins the set when the body has ended exactly.
 //!
-//! Requests with a body, upgrades and other sites go the general way (`super::Proxy::forward`).
+//! One of the general path's upstream codecs (`super::server`'s `General` picks it);
+//! requests with a body, upgrades and other sites go the other ways.
 //!
 //! Must never: put a connection back before its response ended, keep more than [`MAX_IDLE`]
 //! idle connections per client connection, or hold the set's lock across an `.await`.
@@ -19,11 +20,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 
-use super::Conn;
-use super::upstream::{BoxError, ProxyBody};
+use super::body::{self, BoxError, ProxyBody};
+use super::error::{AttemptError, AttemptKind};
 use super::wire::{
-    Chunked, Failure, Framing, Part, READ_CHUNK, Upstream, connect, hop_by_hop, put_forwarded,
-    put_header, put_request_ids, response_head, round_trip,
+    Chunked, Framing, Part, READ_CHUNK, Upstream, connect, response_head, round_trip,
 };
 
 /// Idle GoRouter connections one client connection keeps.
@@ -56,98 +56,34 @@ impl Streams {
     }
 }
 
-/// Why a stream could not be forwarded.
-#[derive(Debug)]
-pub(super) enum SendError {
-    /// The GoRouter could not be connected to: nothing was sent.
-    Connect(std::io::Error),
-    /// The exchange failed after the request was sent.
-    Failed(std::io::Error),
-}
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SendError::Connect(e) | SendError::Failed(e) => e.fmt(f),
-        }
-    }
-}
-
-/// The HTTP/1.1 request head for a bodiless stream, with the contract's headers (as
-/// `super::upstream_headers`).
-pub(super) fn request_head(parts: &http::request::Parts, conn: &Conn, host: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(
-        parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .as_bytes(),
-    );
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let direct = conn.peer.is_none();
-    let (mut has_host, mut has_start, mut has_id) = (false, false, false);
-    for (name, value) in &parts.headers {
-        let n = name.as_str();
-        if hop_by_hop(n).is_some()
-            || (direct && (n == "x-forwarded-for" || n == "x-forwarded-proto"))
-        {
-            continue;
-        }
-        has_host |= name == http::header::HOST;
-        has_start |= n == "x-request-start";
-        has_id |= n == "x-vcap-request-id";
-        put_header(&mut out, n.as_bytes(), value.as_bytes());
-    }
-    if !has_host {
-        put_header(&mut out, b"host", host.as_bytes());
-    }
-    if direct {
-        let prev = parts.headers.get_all("x-forwarded-for");
-        put_forwarded(
-            &mut out,
-            prev.iter().map(HeaderValue::as_bytes),
-            &conn.ip,
-            conn.scheme,
-        );
-    }
-    put_request_ids(&mut out, has_start, has_id);
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-/// Send a bodiless request (`head`, from [`request_head`]) to GoRouter `router` at `addr`
-/// on one of `streams`' connections (or a new one), and return its response. A kept-alive
-/// connection the GoRouter closed before answering is replaced once: the request has no
-/// body, so sending it again is safe.
+/// Send a bodiless request (`head`, from [`super::headers::request_head`]) to GoRouter `router` at `addr`
+/// on one of `streams`' idle connections (or a new one, always when `fresh`), and return
+/// its response. A failure before anything came back on an idle connection is
+/// [`AttemptKind::IdleClosed`]: the forwarder sends it again, fresh.
 pub(super) async fn send(
     streams: &Streams,
     router: usize,
     addr: &str,
     head: &[u8],
     head_method: bool,
-) -> Result<Response<ProxyBody>, SendError> {
-    let mut first = true;
-    loop {
-        let (mut up, reused) = match streams.take(router).filter(|_| first) {
-            Some(up) => (up, true),
-            None => (
-                Upstream {
-                    router,
-                    tcp: connect(addr).await.map_err(SendError::Connect)?,
-                    buf: BytesMut::with_capacity(READ_CHUNK),
-                },
-                false,
-            ),
-        };
-        match exchange(&mut up, head, head_method).await {
-            Ok(parsed) => return Ok(respond(up, parsed, streams)),
-            Err(Failure::Silent(_)) if reused && first => first = false,
-            Err(Failure::Silent(e) | Failure::Broken(e)) => return Err(SendError::Failed(e)),
-        }
-    }
+    fresh: bool,
+) -> Result<Response<ProxyBody>, AttemptError> {
+    let idle = if fresh { None } else { streams.take(router) };
+    let (mut up, reused) = match idle {
+        Some(up) => (up, true),
+        None => (
+            Upstream {
+                router,
+                tcp: connect(addr)
+                    .await
+                    .map_err(|e| AttemptError::new(AttemptKind::Connect, e))?,
+                buf: BytesMut::with_capacity(READ_CHUNK),
+            },
+            false,
+        ),
+    };
+    let parsed = exchange(&mut up, head, head_method, reused).await?;
+    Ok(respond(up, parsed, streams))
 }
 
 /// A response head as parsed for the client.
@@ -159,10 +95,15 @@ struct Parsed {
 
 /// Write `head` and read the response head into a header map (no hop-by-hop headers: HTTP/2
 /// has its own framing).
-async fn exchange(up: &mut Upstream, head: &[u8], head_method: bool) -> Result<Parsed, Failure> {
+async fn exchange(
+    up: &mut Upstream,
+    head: &[u8],
+    head_method: bool,
+    reused: bool,
+) -> Result<Parsed, AttemptError> {
     let mut map = HeaderMap::new();
     let mut status = StatusCode::OK;
-    let parsed = round_trip(up, head, |buf| {
+    let parsed = round_trip(up, head, reused, |buf| {
         map.clear();
         response_head(buf, head_method, false, |part| {
             match part {
@@ -199,7 +140,7 @@ fn respond(mut up: Upstream, parsed: Parsed, streams: &Streams) -> Response<Prox
             if keep && up.buf.is_empty() {
                 streams.put(up);
             }
-            super::upstream::empty()
+            body::empty()
         }
         Framing::Length(n) if up.buf.len() as u64 == n => {
             // A small body is copied, so the connection keeps its read buffer.

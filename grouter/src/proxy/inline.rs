@@ -1,7 +1,7 @@
 //! The HTTP/2 streams of a client connection, run inside that connection's own task.
 //!
 //! hyper hands every HTTP/2 stream to an executor; the usual one spawns a runtime task per
-//! stream. [`Inline`] keeps them instead, and [`drive`] polls them together with the
+//! stream. [`Inline`] keeps them instead, and [`Driven`] polls them together with the
 //! connection: no task set-up and tear-down per request, and the connection flushes the
 //! responses of all the streams that finished in one poll together. The price: a
 //! connection's streams share one task, so they use one core at a time (as in HAProxy and
@@ -18,14 +18,14 @@ use std::task::{Context, Poll};
 use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 
-use super::upstream::BoxError;
+use super::body::BoxError;
 
 type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Rounds of connection-then-streams in one poll while streams keep finishing.
 const ROUNDS: u32 = 8;
 
-/// hyper's executor for one connection: streams wait here until [`drive`] takes them.
+/// hyper's executor for one connection: streams wait here until [`Driven`] takes them.
 #[derive(Clone, Default)]
 pub(super) struct Inline(Arc<Mutex<Vec<Stream>>>);
 

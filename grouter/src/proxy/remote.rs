@@ -21,35 +21,30 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tracing::debug;
 
-use super::upstream::Reclaimable;
+use super::body::Reclaimable;
+use super::error::{AttemptError, AttemptKind};
 use crate::mesh::Mesh;
 use crate::mesh::identity::MeshTls;
 
 /// How long opening a connection to a remote node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Why a request could not be sent to a remote site.
-#[derive(Debug, thiserror::Error)]
-pub enum RemoteError {
-    /// No live node of the site has an address.
-    #[error("no live node of site {0}")]
-    NoNode(String),
-    /// The connection could not be opened (nothing was sent).
-    #[error("connect to {0}: {1}")]
-    Connect(String, String),
-    /// The request failed on an open connection.
-    #[error("request to {0}: {1}")]
-    Request(String, hyper::Error),
+/// A failed request on an open connection: cancelled before it was sent, or failed after.
+fn request_failed(addr: &str, e: hyper::Error) -> AttemptError {
+    let kind = if e.is_canceled() {
+        AttemptKind::NotSent
+    } else {
+        AttemptKind::Request
+    };
+    AttemptError::new(kind, format!("request to {addr}: {e}"))
 }
 
-impl RemoteError {
-    /// Nothing of the request reached the remote node: it may go elsewhere.
-    pub fn before_sending(&self) -> bool {
-        match self {
-            RemoteError::NoNode(_) | RemoteError::Connect(..) => true,
-            RemoteError::Request(_, e) => e.is_canceled(),
-        }
-    }
+fn connect_failed(addr: &str, e: impl std::fmt::Display) -> AttemptError {
+    AttemptError::new(AttemptKind::Connect, format!("connect to {addr}: {e}"))
+}
+
+fn no_node(site: &str) -> AttemptError {
+    AttemptError::new(AttemptKind::NoNode, format!("no live node of site {site}"))
 }
 
 /// Connections to remote nodes.
@@ -111,7 +106,7 @@ impl Remotes {
         &self,
         addr: &str,
         config: Arc<rustls::ClientConfig>,
-    ) -> Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, RemoteError> {
+    ) -> Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, AttemptError> {
         let attempt = async {
             let tcp = self.dialer.dial(addr).await.map_err(|e| e.to_string())?;
             tokio_rustls::TlsConnector::from(config)
@@ -121,8 +116,8 @@ impl Remotes {
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
             Ok(Ok(tls)) => Ok(TokioIo::new(tls)),
-            Ok(Err(e)) => Err(RemoteError::Connect(addr.to_string(), e)),
-            Err(_) => Err(RemoteError::Connect(addr.to_string(), "timed out".into())),
+            Ok(Err(e)) => Err(connect_failed(addr, e)),
+            Err(_) => Err(connect_failed(addr, "timed out")),
         }
     }
 
@@ -130,7 +125,7 @@ impl Remotes {
         &self,
         node: &str,
         addr: &str,
-    ) -> Result<SendRequest<Reclaimable>, RemoteError> {
+    ) -> Result<SendRequest<Reclaimable>, AttemptError> {
         if let Some(s) = self
             .conns
             .lock()
@@ -147,7 +142,7 @@ impl Remotes {
             .adaptive_window(true)
             .handshake(io)
             .await
-            .map_err(|e| RemoteError::Connect(addr.to_string(), e.to_string()))?;
+            .map_err(|e| connect_failed(addr, e))?;
         let node_name = node.to_string();
         tokio::spawn(async move {
             if let Err(err) = conn.await {
@@ -163,14 +158,12 @@ impl Remotes {
         &self,
         site: &str,
         req: Request<Reclaimable>,
-    ) -> Result<(Response<Incoming>, String), RemoteError> {
-        let (node, addr) = self
-            .pick(site)
-            .ok_or_else(|| RemoteError::NoNode(site.to_string()))?;
+    ) -> Result<(Response<Incoming>, String), AttemptError> {
+        let (node, addr) = self.pick(site).ok_or_else(|| no_node(site))?;
         let mut sender = self.sender(&node, &addr).await?;
         if sender.ready().await.is_err() {
             self.conns.lock().remove(&node);
-            return Err(RemoteError::Connect(addr, "connection closed".into()));
+            return Err(connect_failed(&addr, "connection closed"));
         }
         match sender.send_request(req).await {
             Ok(resp) => Ok((resp, node)),
@@ -178,7 +171,7 @@ impl Remotes {
                 if e.is_closed() || e.is_canceled() {
                     self.conns.lock().remove(&node);
                 }
-                Err(RemoteError::Request(addr, e))
+                Err(request_failed(&addr, e))
             }
         }
     }
@@ -189,21 +182,19 @@ impl Remotes {
         &self,
         site: &str,
         req: Request<Reclaimable>,
-    ) -> Result<(Response<Incoming>, String), RemoteError> {
-        let (node, addr) = self
-            .pick(site)
-            .ok_or_else(|| RemoteError::NoNode(site.to_string()))?;
+    ) -> Result<(Response<Incoming>, String), AttemptError> {
+        let (node, addr) = self.pick(site).ok_or_else(|| no_node(site))?;
         let io = self.tls(&addr, self.h1.clone()).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
-            .map_err(|e| RemoteError::Connect(addr.clone(), e.to_string()))?;
+            .map_err(|e| connect_failed(&addr, e))?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| RemoteError::Request(addr, e))?;
+            .map_err(|e| request_failed(&addr, e))?;
         Ok((resp, node))
     }
 }

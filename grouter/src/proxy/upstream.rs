@@ -1,114 +1,31 @@
-//! This site's GoRouters: a keep-alive pool to each, round-robin choice among the healthy,
-//! passive ejection on connect failure, and active health probes.
-//!
-//! Also the request body that can be taken back ([`Reclaimable`]): a request whose
-//! connection attempt failed before a byte of its body was sent can be retried on the next
-//! target without buffering the body.
+//! This site's GoRouters: their health (active probes, passive ejection), round-robin
+//! choice among the healthy, and hyper's HTTP/1.1 client to them, the upstream codec of the
+//! general path: a client connection's own connection (`Affinity`, for HTTP/1.1
+//! clients) or the shared keep-alive pool (HTTP/2 streams with a body, upgrades).
 //!
 //! Must never: hold a lock across an `.await`, or block a request on a health probe.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Uri;
-use http_body_util::combinators::BoxBody;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::wire::CONNECT_TIMEOUT;
+use super::body::Reclaimable;
+use super::error::{AttemptError, AttemptKind};
+use super::wire::{CONNECT_TIMEOUT, connect};
 use crate::config::GoroutersConfig;
-
-/// Errors of the bodies the proxy passes on.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Bodies the proxy sends upstream and back.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// How long a GoRouter that refused a connection is skipped (unless none is left).
 const EJECT_FOR: Duration = Duration::from_secs(5);
-
-/// A request body that can be taken back while nobody has read from it.
-#[derive(Debug, Clone)]
-pub struct Reclaimable(Arc<Mutex<ReclaimState>>);
-
-#[derive(Debug)]
-struct ReclaimState {
-    body: Option<ProxyBody>,
-    started: bool,
-}
-
-impl Reclaimable {
-    /// Wrap a body.
-    pub fn new(body: ProxyBody) -> Reclaimable {
-        Reclaimable(Arc::new(Mutex::new(ReclaimState {
-            body: Some(body),
-            started: false,
-        })))
-    }
-
-    /// Whether no byte of the body was read yet (it can still go to another target).
-    pub fn unread(&self) -> bool {
-        !self.0.lock().started
-    }
-
-    /// The body back, if no byte of it was read.
-    pub fn reclaim(&self) -> Option<ProxyBody> {
-        let mut s = self.0.lock();
-        if s.started { None } else { s.body.take() }
-    }
-}
-
-impl Body for Reclaimable {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut s = self.0.lock();
-        s.started = true;
-        match s.body.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.lock().body.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.0
-            .lock()
-            .body
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
-    }
-}
-
-/// Box an incoming body.
-pub fn boxed(body: Incoming) -> ProxyBody {
-    use http_body_util::BodyExt;
-    body.map_err(BoxError::from).boxed()
-}
-
-/// An empty body.
-pub fn empty() -> ProxyBody {
-    use http_body_util::BodyExt;
-    http_body_util::Empty::new()
-        .map_err(|never| match never {})
-        .boxed()
-}
 
 /// One GoRouter.
 #[derive(Debug)]
@@ -171,9 +88,19 @@ impl GoRouters {
         }
     }
 
-    /// The pooled client.
-    pub fn client(&self) -> &Client<HttpConnector, Reclaimable> {
-        &self.client
+    /// Send `req` (absolute-form URI) through the shared keep-alive pool.
+    pub(super) async fn send_pooled(
+        &self,
+        req: Request<Reclaimable>,
+    ) -> Result<Response<Incoming>, AttemptError> {
+        self.client.request(req).await.map_err(|e| {
+            let kind = if e.is_connect() {
+                AttemptKind::Connect
+            } else {
+                AttemptKind::Request
+            };
+            AttemptError::new(kind, e)
+        })
     }
 
     /// Every GoRouter.
@@ -275,4 +202,71 @@ impl GoRouters {
             }
         }
     }
+}
+
+/// An HTTP/1.1 client sends one request at a time, so its connection can keep one upstream
+/// connection of its own: no pool checkout, no lock shared with other connections. The
+/// sender is taken out while a request uses it and put back when the response head arrives
+/// (its next request waits in `ready()` until the body has been sent on).
+#[derive(Debug, Default, Clone)]
+pub(super) struct Affinity(Arc<Mutex<Option<(String, Sender)>>>);
+
+/// One HTTP/1.1 connection to a GoRouter, through hyper.
+type Sender = hyper::client::conn::http1::SendRequest<Reclaimable>;
+
+impl Affinity {
+    /// Send `req` (origin-form URI) to `addr` on this client connection's own upstream
+    /// connection, opening one when there is none (or it is to another GoRouter, or closed,
+    /// or `fresh` asks for a new one). A failure on a reused connection is
+    /// [`AttemptKind::IdleClosed`]: the GoRouter may have closed it while idle.
+    pub(super) async fn send(
+        &self,
+        addr: &str,
+        req: Request<Reclaimable>,
+        fresh: bool,
+    ) -> Result<Response<Incoming>, AttemptError> {
+        let cached = self
+            .0
+            .lock()
+            .take()
+            .filter(|(a, s)| !fresh && a == addr && !s.is_closed());
+        let reused = cached.is_some();
+        let mut sender = match cached {
+            Some((_, s)) => s,
+            None => open(addr).await?,
+        };
+        let result = match sender.ready().await {
+            Ok(()) => sender.send_request(req).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(resp) => {
+                self.0.lock().replace((addr.to_string(), sender));
+                Ok(resp)
+            }
+            Err(e) => {
+                let kind = if reused {
+                    AttemptKind::IdleClosed
+                } else {
+                    AttemptKind::Request
+                };
+                Err(AttemptError::new(kind, e))
+            }
+        }
+    }
+}
+
+async fn open(addr: &str) -> Result<Sender, AttemptError> {
+    let tcp = connect(addr)
+        .await
+        .map_err(|e| AttemptError::new(AttemptKind::Connect, e))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| AttemptError::new(AttemptKind::Connect, e))?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.await {
+            debug!(%err, "upstream connection ended");
+        }
+    });
+    Ok(sender)
 }

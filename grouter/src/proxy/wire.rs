@@ -1,18 +1,18 @@
 //! HTTP/1.1 on the wire to a GoRouter, without a client library: the connection, its
-//! buffer, and where a message ends (`Content-Length`, chunked framing, hop-by-hop headers).
-//! Shared by the client-side fast paths ([`super::h1`] for HTTP/1.1 clients and
+//! buffer, one round trip, and where a message ends (`Content-Length`, chunked framing,
+//! hop-by-hop headers). Shared by the byte codecs ([`super::h1`]'s for HTTP/1.1 clients and
 //! [`super::h2`] for HTTP/2 streams), which write requests and parse responses themselves.
 //!
 //! Must never: accept a framing it cannot delimit exactly.
 
-use std::io::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::MAX_HEADER_BYTES;
+use super::error::{AttemptError, AttemptKind};
+use super::headers::{Hop, MAX_HEADER_BYTES, hop_by_hop};
 
 /// Connect timeout to a GoRouter (gorouter's own `endpoint_dial_timeout` is 5 s; ours is
 /// to a router on the same site).
@@ -21,55 +21,6 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub(super) const READ_CHUNK: usize = 16 * 1024;
 /// Headers per response parsed.
 const MAX_HEADERS: usize = 100;
-
-/// Write one header line.
-pub(super) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Write the forwarding headers of a request from a client (CONTRACT.md, as
-/// `super::upstream_headers`): `X-Forwarded-For` with the client's own values (`prev`)
-/// and then `ip`, and `X-Forwarded-Proto`.
-pub(super) fn put_forwarded<'a>(
-    out: &mut Vec<u8>,
-    prev: impl IntoIterator<Item = &'a [u8]>,
-    ip: impl std::fmt::Display,
-    scheme: &str,
-) {
-    out.extend_from_slice(b"x-forwarded-for: ");
-    for p in prev {
-        let p = p.trim_ascii();
-        if !p.is_empty() {
-            out.extend_from_slice(p);
-            out.extend_from_slice(b", ");
-        }
-    }
-    let _ = write!(out, "{ip}\r\n");
-    put_header(out, b"x-forwarded-proto", scheme.as_bytes());
-}
-
-/// Write `X-Request-Start` (milliseconds since the epoch) and `X-Vcap-Request-Id` (a new
-/// UUID), each unless the request has one.
-pub(super) fn put_request_ids(out: &mut Vec<u8>, has_start: bool, has_id: bool) {
-    if !has_start {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        put_header(
-            out,
-            b"x-request-start",
-            itoa::Buffer::new().format(ms).as_bytes(),
-        );
-    }
-    if !has_id {
-        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut id);
-        put_header(out, b"x-vcap-request-id", id.as_bytes());
-    }
-}
 
 /// A response head, as far as forwarding it goes.
 #[derive(Debug, Clone, Copy)]
@@ -82,25 +33,43 @@ pub(super) struct ResponseHead {
 
 /// Write `request` and read up to the end of the final response head, which `parse` reads
 /// (interim 1xx heads are skipped, as hyper's client does) and which is then consumed
-/// from `up.buf`. `parse` returns `None` while the head is not whole.
+/// from `up.buf`. `parse` returns `None` while the head is not whole. A failure before a
+/// byte came back on a `reused` connection is [`AttemptKind::IdleClosed`]: the GoRouter
+/// may have closed it while idle.
 pub(super) async fn round_trip<T>(
     up: &mut Upstream,
     request: &[u8],
+    reused: bool,
     mut parse: impl FnMut(&[u8]) -> Result<Option<(usize, Option<T>)>, ()>,
-) -> Result<T, Failure> {
+) -> Result<T, AttemptError> {
+    let silent = if reused {
+        AttemptKind::IdleClosed
+    } else {
+        AttemptKind::Request
+    };
     up.buf.clear();
-    up.tcp.write_all(request).await.map_err(Failure::Silent)?;
+    up.tcp
+        .write_all(request)
+        .await
+        .map_err(|e| AttemptError::new(silent, e))?;
     let mut received = false;
     loop {
         up.buf.reserve(READ_CHUNK);
         match up.tcp.read_buf(&mut up.buf).await {
-            Ok(0) if !received => {
-                return Err(Failure::Silent(std::io::ErrorKind::UnexpectedEof.into()));
+            Ok(0) => {
+                let kind = if received {
+                    AttemptKind::Request
+                } else {
+                    silent
+                };
+                return Err(AttemptError::new(
+                    kind,
+                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                ));
             }
-            Ok(0) => return Err(Failure::Broken(std::io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => received = true,
-            Err(e) if !received => return Err(Failure::Silent(e)),
-            Err(e) => return Err(Failure::Broken(e)),
+            Err(e) if !received => return Err(AttemptError::new(silent, e)),
+            Err(e) => return Err(AttemptError::new(AttemptKind::Request, e)),
         }
         loop {
             match parse(&up.buf) {
@@ -111,10 +80,10 @@ pub(super) async fn round_trip<T>(
                 }
                 Ok(None) if up.buf.len() < MAX_HEADER_BYTES => break,
                 Ok(None) | Err(()) => {
-                    return Err(Failure::Broken(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
+                    return Err(AttemptError::new(
+                        AttemptKind::Request,
                         "unusable response head",
-                    )));
+                    ));
                 }
             }
         }
@@ -253,14 +222,6 @@ pub(super) enum Framing {
     UntilClose,
 }
 
-/// Why an exchange with a GoRouter failed before a response head arrived.
-pub(super) enum Failure {
-    /// Nothing came back: on a kept-alive connection, the GoRouter may have closed it idle.
-    Silent(std::io::Error),
-    /// Something was wrong after bytes came back (or it could not be parsed).
-    Broken(std::io::Error),
-}
-
 /// Connect to a GoRouter within [`CONNECT_TIMEOUT`], with Nagle off.
 pub(super) async fn connect(addr: &str) -> std::io::Result<TcpStream> {
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -279,24 +240,6 @@ pub(super) fn parse_length(v: &[u8]) -> Option<u64> {
     v.iter().try_fold(0u64, |n, &d| {
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
-}
-
-/// The hop-by-hop headers (as [`super::HOP_BY_HOP`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Hop {
-    TransferEncoding,
-    Other,
-}
-
-pub(super) fn hop_by_hop(name: &str) -> Option<Hop> {
-    let hop = super::HOP_BY_HOP
-        .iter()
-        .any(|h| h.len() == name.len() && name.eq_ignore_ascii_case(h));
-    match hop {
-        false => None,
-        true if name.eq_ignore_ascii_case("transfer-encoding") => Some(Hop::TransferEncoding),
-        true => Some(Hop::Other),
-    }
 }
 
 /// Where a chunked body ends (RFC 9112 §7.1), found incrementally as bytes pass through.

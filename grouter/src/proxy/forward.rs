@@ -1,0 +1,546 @@
+//! The one forwarder: every request that goes upstream, from whichever listener and codec,
+//! passes through [`forward`]. It owns the choice of targets ([`Proxy::targets`]), the retry
+//! loop (at most [`MAX_ATTEMPTS`], each failure asked [`AttemptError::retry_fresh`] and
+//! [`AttemptError::retry_elsewhere`]), the ejection of GoRouters that refuse connections, and
+//! the access-log record ([`Access`], written out by [`Proxy::log_access`]).
+//!
+//! What it does not own is the protocol: a [`Codec`] sends one attempt to one target. The
+//! HTTP/1.1 fast path (`super::h1`) and the general path (`super::server`, with the HTTP/2
+//! byte codec `super::h2`, hyper's clients in `super::upstream` and `super::remote`) each
+//! bring theirs, generic so the fast paths pay for no boxing.
+//!
+//! Must never: retry a request its [`Replay`] does not allow, or try more than
+//! [`MAX_ATTEMPTS`] targets.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use super::Proxy;
+use super::decide::Decision;
+use super::error::{AttemptError, Replay, RouterError, Sent};
+use super::h2;
+use super::headers::Client;
+use super::upstream::{Affinity, GoRouters};
+use crate::table::RouteMatch;
+
+/// Most attempts for one request (gorouter's `max_attempts`).
+pub(super) const MAX_ATTEMPTS: usize = 3;
+
+/// How a connection reached us.
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) client: SocketAddr,
+    /// The client's address as `X-Forwarded-For` names it (IPv4-mapped IPv6 as IPv4),
+    /// formatted once per connection.
+    pub(super) ip: Box<str>,
+    pub(super) scheme: &'static str,
+    /// A peer forwarded this over the mesh: route locally only, keep its forwarding headers.
+    pub(super) peer: Option<String>,
+    /// This client connection's own upstream connection (HTTP/1.1 on the general path).
+    pub(super) affinity: Affinity,
+    /// This client connection's idle GoRouter connections for its HTTP/2 streams.
+    pub(super) streams: h2::Streams,
+}
+
+impl Conn {
+    pub(super) fn new(client: SocketAddr, scheme: &'static str, peer: Option<String>) -> Conn {
+        Conn {
+            client,
+            ip: client_ip(client).to_string().into(),
+            scheme,
+            peer,
+            affinity: Affinity::default(),
+            streams: h2::Streams::default(),
+        }
+    }
+
+    /// What the forwarding headers need of this connection.
+    pub(super) fn headers(&self) -> Client<'_> {
+        Client {
+            ip: &self.ip,
+            scheme: self.scheme,
+            direct: self.peer.is_none(),
+        }
+    }
+}
+
+fn client_ip(addr: SocketAddr) -> IpAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        ip => ip,
+    }
+}
+
+/// Where one attempt goes.
+#[derive(Debug, Clone)]
+pub(super) enum Target {
+    /// Index into [`GoRouters::all`].
+    GoRouter(usize),
+    /// Another site, over the mesh.
+    Site(Arc<str>),
+}
+
+/// Who served (or last failed) a request, for the access log; rendered only when written.
+#[derive(Debug, Default)]
+pub(super) enum Served {
+    #[default]
+    Nobody,
+    /// Index into [`GoRouters::all`].
+    GoRouter(usize),
+    /// A site, before a node of it answered.
+    Site(Arc<str>),
+    /// A site and the node of it that answered.
+    Node(Arc<str>, String),
+}
+
+impl Served {
+    fn of(target: &Target) -> Served {
+        match target {
+            Target::GoRouter(i) => Served::GoRouter(*i),
+            Target::Site(s) => Served::Site(s.clone()),
+        }
+    }
+}
+
+/// The access-log record of one request, filled in as it is forwarded.
+#[derive(Debug)]
+pub(super) struct Access {
+    pub(super) decision: &'static str,
+    pub(super) upstream: Served,
+    pub(super) attempts: usize,
+    pub(super) router_error: &'static str,
+}
+
+impl Access {
+    /// The record of a request decided `decision` (as [`decision_name`] names it).
+    pub(super) fn new(decision: &'static str) -> Access {
+        Access {
+            decision,
+            upstream: Served::Nobody,
+            attempts: 0,
+            router_error: "",
+        }
+    }
+}
+
+/// What one access log line says beyond the [`Access`] record.
+pub(super) struct AccessLine<'a> {
+    pub(super) served_by: &'a str,
+    pub(super) conn: &'a Conn,
+    pub(super) host: &'a str,
+    pub(super) path: &'a str,
+    pub(super) route: Option<&'a RouteMatch>,
+    pub(super) status: u16,
+    pub(super) started: Instant,
+}
+
+/// The access log's name of a decision.
+pub(super) fn decision_name(d: &Decision) -> &'static str {
+    match d {
+        Decision::Local { .. } => "local",
+        Decision::Remote { .. } => "remote",
+        Decision::Redirect { .. } => "redirect",
+        Decision::FailOpen => "fail_open",
+        Decision::NotFound => "unknown_route",
+        Decision::EmptyHost => "empty_host",
+    }
+}
+
+/// `Served` as the access log writes it.
+struct Upstream<'a>(&'a Served, &'a GoRouters);
+
+impl std::fmt::Display for Upstream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Served::Nobody => Ok(()),
+            Served::GoRouter(i) => match self.1.all().get(*i) {
+                Some(r) => f.write_str(&r.addr),
+                None => Ok(()),
+            },
+            Served::Site(s) => f.write_str(s),
+            Served::Node(s, n) => write!(f, "{s}/{n}"),
+        }
+    }
+}
+
+impl Proxy {
+    /// The targets a forwarding decision tries, in order (none for the proxy's own
+    /// answers). `Local`: the GoRouters (usable ones round-robin, then the rest), then the
+    /// other sites serving the route; `Remote`: the serving sites, best first.
+    pub(super) fn targets(&self, decision: &Decision) -> Vec<Target> {
+        let also = match decision {
+            Decision::Local { also } => also.as_slice(),
+            Decision::FailOpen => &[],
+            Decision::Remote { sites } => {
+                return sites.iter().cloned().map(Target::Site).collect();
+            }
+            Decision::Redirect { .. } | Decision::NotFound | Decision::EmptyHost => {
+                return Vec::new();
+            }
+        };
+        let mut t: Vec<Target> = self
+            .gorouters
+            .order()
+            .into_iter()
+            .map(Target::GoRouter)
+            .collect();
+        t.extend(also.iter().cloned().map(Target::Site));
+        t
+    }
+
+    /// One access log line (target `grouter::access`).
+    pub(super) fn log_access(&self, a: &AccessLine<'_>, log: &Access) {
+        info!(
+            target: "grouter::access",
+            site = %self.rules.site,
+            served_by = %a.served_by,
+            client = %a.conn.client,
+            peer = a.conn.peer.as_deref().unwrap_or(""),
+            scheme = a.conn.scheme,
+            host = %a.host,
+            path = %a.path,
+            route = a.route.map(|m| format!("{}{}", m.host, m.path)).unwrap_or_default(),
+            decision = log.decision,
+            status = a.status,
+            upstream = %Upstream(&log.upstream, &self.gorouters),
+            attempts = log.attempts,
+            router_error = log.router_error,
+            duration_ms = a.started.elapsed().as_secs_f64() * 1000.0,
+            "access"
+        );
+    }
+}
+
+/// Note a failed attempt: eject a GoRouter that refused the connection, and say why.
+fn failed(gorouters: &GoRouters, target: &Target, err: &AttemptError, fresh_next: bool) {
+    match target {
+        Target::GoRouter(i) => {
+            let Some(router) = gorouters.all().get(*i) else {
+                return;
+            };
+            let addr = &router.addr;
+            if fresh_next {
+                debug!(gorouter = %addr, error = %err, "idle upstream connection was closed; opening a new one");
+            } else if err.ejects() {
+                gorouters.eject(router);
+                warn!(gorouter = %addr, error = %err, "gorouter refused the connection; trying the next target");
+            } else {
+                warn!(gorouter = %addr, error = %err, "gorouter request failed");
+            }
+        }
+        Target::Site(site) => {
+            warn!(site = %site, error = %err, "remote site failed; trying the next target");
+        }
+    }
+}
+
+/// One upstream protocol: sends one attempt of a request to one target.
+pub(super) trait Codec {
+    /// What a successful attempt hands back.
+    type Response;
+
+    /// What the request allows once an attempt failed (asked after each failure: a
+    /// streamed body may have been read meanwhile).
+    fn replay(&self) -> Replay;
+
+    /// Send the request to `target`; `fresh`: on a new connection, not a kept-alive one.
+    /// `served` starts as the target and may be made more precise (the node of a site).
+    fn send(
+        &mut self,
+        target: &Target,
+        fresh: bool,
+        served: &mut Served,
+    ) -> impl Future<Output = Result<Self::Response, AttemptError>> + Send;
+}
+
+/// How forwarding ended.
+pub(super) enum Forwarded<R> {
+    /// A target answered.
+    Response(R),
+    /// Every allowed attempt failed: answer 502 `endpoint_failure` (`log` says so).
+    Failed,
+    /// Nothing was sent, and the targets left are not this codec's: the caller hands the
+    /// request to the general path.
+    Handoff,
+}
+
+/// Forward through `codec` to `targets` in order, at most [`MAX_ATTEMPTS`] of them. A
+/// kept-alive connection found closed is replaced once per target when the request allows
+/// it; a failure goes on to the next target only when [`AttemptError::retry_elsewhere`]
+/// says so. `handoff`: when the targets run out after a failure that sent nothing, the
+/// caller can take the request elsewhere (the HTTP/1.1 fast path's targets are one
+/// GoRouter; the general path tries the rest).
+pub(super) async fn forward<C: Codec>(
+    gorouters: &GoRouters,
+    targets: impl IntoIterator<Item = Target>,
+    handoff: bool,
+    codec: &mut C,
+    log: &mut Access,
+) -> Forwarded<C::Response> {
+    let mut last = None;
+    for target in targets.into_iter().take(MAX_ATTEMPTS) {
+        let mut fresh = false;
+        loop {
+            log.attempts += 1;
+            log.upstream = Served::of(&target);
+            let err = match codec.send(&target, fresh, &mut log.upstream).await {
+                Ok(resp) => return Forwarded::Response(resp),
+                Err(err) => err,
+            };
+            let replay = codec.replay();
+            let again = !fresh && err.retry_fresh(replay);
+            failed(gorouters, &target, &err, again);
+            if again {
+                fresh = true;
+                continue;
+            }
+            if !err.retry_elsewhere(replay) {
+                log.router_error = RouterError::EndpointFailure.code();
+                return Forwarded::Failed;
+            }
+            last = Some(err.sent());
+            break;
+        }
+    }
+    if handoff && last == Some(Sent::Nothing) {
+        return Forwarded::Handoff;
+    }
+    log.router_error = RouterError::EndpointFailure.code();
+    Forwarded::Failed
+}
+
+#[cfg(test)]
+mod tests {
+    use http::header::{self, HeaderMap, HeaderValue};
+
+    use std::collections::VecDeque;
+
+    use super::super::error::AttemptKind;
+    use super::super::headers::{is_upgrade, upstream_headers};
+    use super::*;
+    use crate::config::GoroutersConfig;
+
+    /// A codec that fails as scripted (then succeeds) and records every attempt.
+    struct Scripted {
+        failures: VecDeque<AttemptKind>,
+        replay: Replay,
+        calls: Vec<String>,
+    }
+
+    impl Scripted {
+        fn new(failures: &[AttemptKind], replay: Replay) -> Scripted {
+            Scripted {
+                failures: failures.iter().copied().collect(),
+                replay,
+                calls: Vec::new(),
+            }
+        }
+    }
+
+    impl Codec for Scripted {
+        type Response = ();
+
+        fn replay(&self) -> Replay {
+            self.replay
+        }
+
+        async fn send(
+            &mut self,
+            target: &Target,
+            fresh: bool,
+            _served: &mut Served,
+        ) -> Result<(), AttemptError> {
+            let to = match target {
+                Target::GoRouter(i) => format!("gorouter {i}"),
+                Target::Site(s) => format!("site {s}"),
+            };
+            self.calls
+                .push(if fresh { format!("{to}, fresh") } else { to });
+            match self.failures.pop_front() {
+                Some(kind) => Err(AttemptError::new(kind, "scripted")),
+                None => Ok(()),
+            }
+        }
+    }
+
+    const GET: Replay = Replay {
+        idempotent: true,
+        bodiless: true,
+        whole: true,
+        unsent: true,
+    };
+    const POST: Replay = Replay {
+        idempotent: false,
+        bodiless: false,
+        whole: true,
+        unsent: false,
+    };
+
+    fn gorouters(n: usize) -> GoRouters {
+        GoRouters::new(&GoroutersConfig {
+            addresses: (0..n).map(|i| format!("127.0.0.1:{}", 1 + i)).collect(),
+            health_url_path: "/health".into(),
+            health_port: None,
+        })
+    }
+
+    fn all_targets() -> Vec<Target> {
+        vec![
+            Target::GoRouter(0),
+            Target::GoRouter(1),
+            Target::Site("nyc".into()),
+            Target::Site("sfo".into()),
+        ]
+    }
+
+    async fn run(
+        routers: &GoRouters,
+        targets: Vec<Target>,
+        handoff: bool,
+        codec: &mut Scripted,
+    ) -> (&'static str, Access) {
+        let mut log = Access::new("local");
+        let out = match forward(routers, targets, handoff, codec, &mut log).await {
+            Forwarded::Response(()) => "response",
+            Forwarded::Failed => "failed",
+            Forwarded::Handoff => "handoff",
+        };
+        (out, log)
+    }
+
+    #[tokio::test]
+    async fn nothing_sent_moves_on_and_ejects_a_gorouter() {
+        use AttemptKind::*;
+        let routers = gorouters(2);
+        let mut codec = Scripted::new(&[Connect, NoNode], POST);
+        let (out, log) = run(&routers, all_targets(), false, &mut codec).await;
+        assert_eq!(out, "response");
+        assert_eq!(codec.calls, ["gorouter 0", "gorouter 1", "site nyc"]);
+        assert_eq!(log.attempts, 3);
+        assert_eq!(log.router_error, "");
+        assert_eq!(routers.pick(Some(0)), Some(1), "gorouter 0 is ejected");
+    }
+
+    #[tokio::test]
+    async fn at_most_three_targets() {
+        use AttemptKind::*;
+        let routers = gorouters(2);
+        let mut codec = Scripted::new(&[Connect, Connect, NotSent, NotSent], GET);
+        let (out, log) = run(&routers, all_targets(), false, &mut codec).await;
+        assert_eq!(out, "failed");
+        assert_eq!(codec.calls.len(), MAX_ATTEMPTS);
+        assert_eq!(log.router_error, "endpoint_failure");
+    }
+
+    #[tokio::test]
+    async fn partly_sent_moves_on_only_when_idempotent_and_bodiless() {
+        let routers = gorouters(2);
+        let mut get = Scripted::new(&[AttemptKind::Request], GET);
+        assert_eq!(
+            run(&routers, all_targets(), false, &mut get).await.0,
+            "response"
+        );
+        assert_eq!(get.calls, ["gorouter 0", "gorouter 1"]);
+        let mut post = Scripted::new(&[AttemptKind::Request], POST);
+        let (out, log) = run(&routers, all_targets(), false, &mut post).await;
+        assert_eq!(out, "failed");
+        assert_eq!(post.calls, ["gorouter 0"]);
+        assert_eq!(log.router_error, "endpoint_failure");
+    }
+
+    #[tokio::test]
+    async fn an_idle_closed_connection_is_replaced_once() {
+        use AttemptKind::*;
+        let routers = gorouters(2);
+        let mut codec = Scripted::new(&[IdleClosed], GET);
+        let (out, log) = run(&routers, all_targets(), false, &mut codec).await;
+        assert_eq!(out, "response");
+        assert_eq!(codec.calls, ["gorouter 0", "gorouter 0, fresh"]);
+        assert_eq!(log.attempts, 2);
+        assert_eq!(routers.pick(Some(0)), Some(0), "not ejected");
+        // Once per target: a second idle close goes on as partly sent.
+        let mut codec = Scripted::new(&[IdleClosed, IdleClosed], GET);
+        run(&routers, all_targets(), false, &mut codec).await;
+        assert_eq!(
+            codec.calls,
+            ["gorouter 0", "gorouter 0, fresh", "gorouter 1"]
+        );
+        // A POST whose body went out is not sent again.
+        let mut codec = Scripted::new(&[IdleClosed], POST);
+        assert_eq!(
+            run(&routers, all_targets(), false, &mut codec).await.0,
+            "failed"
+        );
+        assert_eq!(codec.calls, ["gorouter 0"]);
+    }
+
+    #[tokio::test]
+    async fn the_fast_path_hands_off_only_what_sent_nothing() {
+        let routers = gorouters(2);
+        let one = || vec![Target::GoRouter(0)];
+        let mut codec = Scripted::new(&[AttemptKind::Connect], POST);
+        assert_eq!(run(&routers, one(), true, &mut codec).await.0, "handoff");
+        let mut codec = Scripted::new(&[AttemptKind::Request], GET);
+        assert_eq!(run(&routers, one(), true, &mut codec).await.0, "failed");
+        // Without a hand-off, running out of targets is a failure.
+        let mut codec = Scripted::new(&[AttemptKind::Connect], GET);
+        assert_eq!(run(&routers, one(), false, &mut codec).await.0, "failed");
+    }
+
+    #[test]
+    fn upstream_headers_follow_the_contract() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(header::HOST, HeaderValue::from_static("shop.example.com"));
+        incoming.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        incoming.insert("x-vcap-request-id", HeaderValue::from_static("keep-me"));
+        incoming.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        incoming.insert("x-secret", HeaderValue::from_static("hop"));
+        let client: SocketAddr = "10.9.8.7:5555".parse().unwrap();
+        let conn = Conn::new(client, "https", None);
+        let h = upstream_headers(&incoming, conn.headers(), "shop.example.com", false);
+        assert_eq!(h[header::HOST], "shop.example.com");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.9.8.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-vcap-request-id"], "keep-me");
+        assert!(
+            h["x-request-start"]
+                .to_str()
+                .unwrap()
+                .parse::<u128>()
+                .is_ok()
+        );
+        assert!(!h.contains_key(header::CONNECTION) && !h.contains_key("x-secret"));
+        // A fresh request gets an id; a peer's request keeps its forwarding headers.
+        let mut fresh = HeaderMap::new();
+        fresh.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        let peer = Conn::new(client, "https", Some("lon-1".into()));
+        let h = upstream_headers(&fresh, peer.headers(), "h2.example.com", false);
+        assert_eq!(
+            h[header::HOST],
+            "h2.example.com",
+            "HTTP/2's authority becomes the Host"
+        );
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("x-forwarded-for"));
+        assert_eq!(h["x-vcap-request-id"].len(), 36);
+    }
+
+    #[test]
+    fn upgrade_requests_keep_their_upgrade_headers() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        incoming.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&incoming));
+        let conn = Conn::new("127.0.0.1:1".parse().unwrap(), "http", None);
+        let h = upstream_headers(&incoming, conn.headers(), "ws.example.com", true);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+}
