@@ -293,7 +293,8 @@ mod tests {
     use crate::mesh::identity::{self, MeshTls};
     use crate::mesh::liveness::Timeouts;
     use crate::metrics::Metrics;
-    use crate::table::{RouteEntry, RouteKey, Table};
+    use crate::table::testing::key;
+    use crate::table::{RouteEntry, Table};
 
     /// How long a test waits for replication before it fails (it takes milliseconds).
     const PATIENCE: Duration = Duration::from_secs(10);
@@ -356,18 +357,8 @@ mod tests {
         ))
     }
 
-    fn key(host: &str) -> Arc<RouteKey> {
-        Arc::new(RouteKey::parse(host).unwrap())
-    }
-
     fn route(app: &str) -> RouteEntry {
-        RouteEntry {
-            app_id: app.into(),
-            app_name: None,
-            endpoints: 1,
-            instances: 1,
-            updated_at_ms: 1,
-        }
+        crate::table::testing::entry(app, 1)
     }
 
     /// The sites `table` would send a request for `host` to, if any serves it.

@@ -171,37 +171,15 @@ pub fn redirect_form_of(template: &str, site: &str, region: &str, host: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{Import, ReplicatedEntry, RouteEntry, RouteKey};
+    use crate::table::RouteEntry;
+    use crate::table::testing::{first_import, key};
 
     fn entry(app: &str) -> RouteEntry {
-        RouteEntry {
-            app_id: app.into(),
-            app_name: None,
-            endpoints: 1,
-            instances: 1,
-            updated_at_ms: 0,
-        }
-    }
-
-    fn key(uri: &str) -> Arc<RouteKey> {
-        Arc::new(RouteKey::parse(uri).unwrap())
+        crate::table::testing::entry(app, 1)
     }
 
     fn remote(t: &Table, node: &str, site: &str, uri: &str) {
-        t.import(Import {
-            node_id: node.into(),
-            site: site.into(),
-            generation: 1,
-            from_version: 0,
-            up_to_version: 1,
-            reset: false,
-            record: None,
-            entries: vec![ReplicatedEntry {
-                key: key(uri),
-                version: 1,
-                value: Some(Arc::new(entry("x"))),
-            }],
-        });
+        t.import(first_import(node, site, &[(uri, "x", 1)]));
     }
 
     fn rules(remote: RemoteMode) -> Rules {
