@@ -17,10 +17,12 @@
 //!   No I/O.
 //! - [`mesh`]: peers over mutual TLS; anti-entropy (`mesh::sync`, pure functions over the
 //!   table) replicates every partition to every node; the failure detector and the sync
-//!   state (`mesh::liveness`). It never writes this node's own partition.
-//! - [`proxy`]: the data plane: listeners, the routing decision (`proxy::decide`, pure),
-//!   forwarding to GoRouters or other sites with retries, headers, upgrades, access log.
-//!   It reads the table and never holds a lock across an `.await`.
+//!   state (`mesh::liveness`); the membership rules without I/O (`mesh::membership`). It
+//!   never writes this node's own partition.
+//! - [`proxy`]: the data plane, one way through: listener and codec → request head → the
+//!   routing decision (`proxy::decide`, pure) → one forwarder (targets, retries, ejection,
+//!   access log) → a codec per upstream protocol. It reads the table and never holds a lock
+//!   across an `.await`.
 //! - [`tls`]: per-app certificates by SNI from `tls.cert_dir`, hot-reloaded.
 //! - [`admin`]: `/healthz`, `/metrics`, `/v1/*` (bearer token); reads table, health, mesh,
 //!   metrics.
