@@ -439,6 +439,8 @@ async fn a_misbehaving_peer_changes_nothing() {
                 }),
             },
         ],
+        seal: None,
+        owner_cert: Vec::new(),
     };
     let delta = wire::Delta {
         partitions: vec![
