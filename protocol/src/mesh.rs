@@ -105,6 +105,11 @@ mod tests {
                         }),
                     },
                 ],
+                seal: Some(Seal {
+                    scheme: 0x0403,
+                    signature: vec![1, 2, 3],
+                }),
+                owner_cert: vec![4, 5],
             }],
         });
         assert_eq!(decode(&encode(delta.clone())).unwrap(), delta);

@@ -874,6 +874,407 @@ mod tests {
         assert!(b.lookup("shop.com", "/").is_none());
     }
 
+    /// The one delta `from` would send `to` now (a fresh view: everything it holds).
+    fn one_delta(from: &Table, to: &str) -> wire::Delta {
+        delta(from, &TestTrust::of(from), &mut PeerView::default(), to).expect("a delta")
+    }
+
+    /// `owner` (lon-1) serves shop.com; relay (mal-1, a genuine member) holds a verified copy;
+    /// the victim (nyc-1) holds it too, from the relay. What the relay then sends, however it
+    /// tampers with the owner's partition, changes nothing and is counted.
+    #[test]
+    fn a_relay_cannot_forge_roll_back_delete_or_re_date_anothers_partition() {
+        let owner = Table::new("lon-1", "lon", 1);
+        owner.upsert_local(&key("shop.com"), entry("shop", 2));
+        owner.update_local_record(|r| r.advertise = "10.0.0.1:7000".into());
+        let relay = Table::new("mal-1", "mal", 1);
+        let victim = Table::new("nyc-1", "nyc", 1);
+        send(&owner, &relay, &mut PeerView::default());
+        let honest = one_delta(&relay, "nyc-1");
+        let r = apply_at(
+            &victim,
+            &mut Inbox::default(),
+            sender_of(&relay),
+            honest.clone(),
+        );
+        assert!(r.rejected.is_empty(), "an honest relay is accepted: {r:?}");
+        let before = state(&victim);
+        let lon = |d: &wire::Delta| {
+            d.partitions
+                .iter()
+                .find(|p| p.node_id == "lon-1")
+                .cloned()
+                .expect("lon-1's partition")
+        };
+        let tamper = |f: &dyn Fn(&mut wire::PartitionDelta)| {
+            let mut p = lon(&honest);
+            f(&mut p);
+            wire::Delta {
+                partitions: vec![p],
+            }
+        };
+        let tombstone = |version| wire::Entry {
+            host: "shop.com".into(),
+            path: String::new(),
+            version,
+            route: None,
+        };
+        let attacks: Vec<(&str, wire::Delta, Rejection)> = vec![
+            (
+                "a tombstone at version 2^62, under the owner's old seal",
+                tamper(&|p| {
+                    p.up_to_version = 1 << 62;
+                    p.entries = vec![tombstone(1 << 62)];
+                }),
+                Rejection::BadSignature,
+            ),
+            (
+                "a tombstone above the sealed version",
+                tamper(&|p| {
+                    let v = p.up_to_version;
+                    p.entries = vec![tombstone(v + 1)];
+                }),
+                Rejection::Malformed,
+            ),
+            (
+                "a tombstone at a version above what the victim holds, sealed by nobody",
+                tamper(&|p| {
+                    p.up_to_version += 1;
+                    let v = p.up_to_version;
+                    p.entries = vec![tombstone(v)];
+                }),
+                Rejection::BadSignature,
+            ),
+            (
+                "another app for the route",
+                tamper(&|p| {
+                    if let Some(r) = p.entries[0].route.as_mut() {
+                        r.app_id = "evil".into();
+                    }
+                }),
+                Rejection::BadSignature,
+            ),
+            (
+                "another advertised address",
+                tamper(&|p| {
+                    if let Some(r) = p.record.as_mut() {
+                        r.advertise = "attacker:7000".into();
+                    }
+                }),
+                Rejection::BadSignature,
+            ),
+            (
+                "the entries dropped (a deletion by omission)",
+                tamper(&|p| p.entries.clear()),
+                Rejection::BadSignature,
+            ),
+            (
+                "sealed by the relay itself",
+                tamper(&|p| {
+                    let stmt = b"anything";
+                    let (scheme, sig) = TestTrust::of(&relay).sign(stmt).unwrap();
+                    p.seal = Some(wire::Seal {
+                        scheme,
+                        signature: sig,
+                    });
+                }),
+                Rejection::BadSignature,
+            ),
+            (
+                "the relay's own certificate as the owner's",
+                tamper(&|p| p.owner_cert = b"mal-1@mal".to_vec()),
+                Rejection::UnknownOwner,
+            ),
+            (
+                "a generation far in the future",
+                tamper(&|p| p.generation = u64::MAX),
+                Rejection::GenerationInFuture,
+            ),
+            (
+                "a newer generation under the old seal",
+                tamper(&|p| p.generation = 2),
+                Rejection::BadSignature,
+            ),
+            (
+                "moved to another site",
+                tamper(&|p| p.site = "mal".into()),
+                Rejection::SiteMismatch,
+            ),
+        ];
+        for (what, d, want) in attacks {
+            // A node that does not hold the partition yet refuses it…
+            let fresh = Table::new("sgp-1", "sgp", 1);
+            let r = apply_at(&fresh, &mut Inbox::default(), sender_of(&relay), d.clone());
+            assert_eq!(r.rejected, [("lon-1".to_string(), want)], "{what}");
+            assert_eq!(fresh.partitions().len(), 1, "{what}: nothing imported");
+            // …and one that holds it keeps what it holds (a version it has is a no-op).
+            let r = apply_at(&victim, &mut Inbox::default(), sender_of(&relay), d);
+            assert!(
+                r.rejected.iter().all(|(_, why)| *why == want),
+                "{what}: {r:?}"
+            );
+            assert_eq!(state(&victim), before, "{what}: nothing changed");
+        }
+        // A resend of what the victim holds, whatever it says, is a no-op.
+        let r = apply_at(
+            &victim,
+            &mut Inbox::default(),
+            sender_of(&relay),
+            tamper(&|p| p.entries = vec![tombstone(p.up_to_version)]),
+        );
+        assert_eq!((r.changed, r.rejected.len()), (0, 0));
+        assert_eq!(state(&victim), before);
+        // The owner's later updates still arrive (nothing was re-dated past them).
+        owner.upsert_local(&key("shop.com"), entry("shop", 3));
+        let mut view = PeerView::default();
+        view.set_from_digest(&digest(&victim, |_| false), Instant::now(), usize::MAX);
+        let r = send(&owner, &victim, &mut view);
+        assert!(r.rejected.is_empty(), "{r:?}");
+        assert_eq!(
+            state(&victim)["lon-1"].1,
+            [("shop.com".into(), "shop:3".into())]
+        );
+    }
+
+    #[test]
+    fn nodes_exist_only_by_certificate_and_nobody_writes_the_receivers_partition() {
+        let victim = Table::new("lon-1", "lon", 1);
+        victim.upsert_local(&key("mine.com"), entry("mine", 1));
+        let mal = Table::new("mal-1", "mal", 1);
+        let ghost = |node: &str, site: &str, cert: &[u8]| wire::Delta {
+            partitions: vec![wire::PartitionDelta {
+                node_id: node.into(),
+                site: site.into(),
+                generation: 5,
+                from_version: 0,
+                up_to_version: 1,
+                reset: false,
+                record: None,
+                entries: vec![wire::Entry {
+                    host: "mine.com".into(),
+                    path: String::new(),
+                    version: 1,
+                    route: Some(wire::RouteValue {
+                        app_id: "evil".into(),
+                        endpoints: 1,
+                        ..Default::default()
+                    }),
+                }],
+                seal: Some(wire::Seal {
+                    scheme: 7,
+                    signature: vec![0; 32],
+                }),
+                owner_cert: cert.to_vec(),
+            }],
+        };
+        let before = state(&victim);
+        for (what, d, want) in [
+            (
+                "a ghost without a certificate",
+                ghost("lon-9", "lon", b""),
+                Rejection::UnknownOwner,
+            ),
+            (
+                "a ghost with garbage for one",
+                ghost("lon-9", "lon", b"\xff"),
+                Rejection::UnknownCa,
+            ),
+            (
+                "a revoked node",
+                ghost(REVOKED, "lon", b"revoked-1@lon"),
+                Rejection::Revoked,
+            ),
+            (
+                "another node's certificate",
+                ghost("lon-9", "lon", b"mal-1@mal"),
+                Rejection::UnknownOwner,
+            ),
+            (
+                "the receiver's own partition",
+                ghost("lon-1", "lon", b"lon-1@lon"),
+                Rejection::OwnPartition,
+            ),
+            (
+                "the sender's own, under another site",
+                ghost("mal-1", "lon", b"mal-1@mal"),
+                Rejection::SiteMismatch,
+            ),
+            (
+                "an invalid node id",
+                ghost("Lon 9", "lon", b""),
+                Rejection::Malformed,
+            ),
+        ] {
+            let r = apply_at(&victim, &mut Inbox::default(), sender_of(&mal), d);
+            assert_eq!(r.rejected.len(), 1, "{what}");
+            assert_eq!(r.rejected[0].1, want, "{what}");
+            assert_eq!(state(&victim), before, "{what}: nothing changed");
+        }
+        assert!(victim.lookup("mine.com", "/").unwrap().local);
+    }
+
+    #[test]
+    fn what_a_peer_can_make_a_node_hold_is_bounded() {
+        let victim = Table::new("lon-1", "lon", 1);
+        victim.set_limits(crate::table::Limits {
+            max_nodes: 3,
+            max_entries_per_partition: 100,
+        });
+        // A genuine partition over the entry limit: refused whole, in one frame or staged.
+        let big = Table::new("mal-1", "mal", 1);
+        for i in 0..101 {
+            big.upsert_local(&key(&format!("r{i}.com")), entry("a", 1));
+        }
+        let r = send(&big, &victim, &mut PeerView::default());
+        assert_eq!(r.rejected, [("mal-1".to_string(), Rejection::OverLimit)]);
+        assert_eq!(victim.partitions().len(), 1);
+        // Chunks that stage more than the limit are dropped as soon as they would.
+        let mut inbox = Inbox::default();
+        let mut chunk = one_delta(&big, "lon-1");
+        chunk.partitions[0].seal = None;
+        chunk.partitions[0].entries.truncate(60);
+        chunk.partitions[0].up_to_version = 60;
+        let r = apply_at(&victim, &mut inbox, sender_of(&big), chunk.clone());
+        assert_eq!((r.staged, inbox.staged_entries()), (1, 60));
+        let mut next = one_delta(&big, "lon-1");
+        next.partitions[0].seal = None;
+        next.partitions[0].from_version = 60;
+        next.partitions[0].entries.drain(..60);
+        let r = apply_at(&victim, &mut inbox, sender_of(&big), next);
+        assert_eq!(r.rejected, [("mal-1".to_string(), Rejection::OverLimit)]);
+        assert_eq!(inbox.staged_entries(), 0, "the staging is dropped");
+        // Partitions beyond max_nodes (the receiver's own counts).
+        for n in ["a-1", "b-1", "c-1"] {
+            let t = Table::new(n, &n[..1], 1);
+            t.upsert_local(&key("x.com"), entry("x", 1));
+            let r = send(&t, &victim, &mut PeerView::default());
+            if n == "c-1" {
+                assert_eq!(r.rejected, [("c-1".to_string(), Rejection::OverLimit)]);
+            } else {
+                assert!(r.rejected.is_empty(), "{r:?}");
+            }
+        }
+        assert_eq!(victim.partitions().len(), 3);
+        // A digest listing more partitions than max_nodes is refused whole.
+        let mut view = PeerView::default();
+        let huge = wire::Digest {
+            partitions: (0..4)
+                .map(|i| wire::DigestEntry {
+                    node_id: format!("n-{i}"),
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        assert!(!view.set_from_digest(&huge, Instant::now(), 3));
+        assert_eq!(view.held("n-0"), None);
+    }
+
+    #[test]
+    fn malformed_partitions_are_refused_without_a_change() {
+        let victim = Table::new("lon-1", "lon", 1);
+        let owner = Table::new("nyc-1", "nyc", 1);
+        owner.upsert_local(&key("a.com"), entry("a", 1));
+        owner.upsert_local(&key("b.com"), entry("b", 1));
+        let honest = one_delta(&owner, "lon-1");
+        let cases: Vec<(&str, Box<dyn Fn(&mut wire::PartitionDelta)>)> = vec![
+            (
+                "a key twice",
+                Box::new(|p| {
+                    let dup = p.entries[0].clone();
+                    p.entries.push(dup);
+                }),
+            ),
+            (
+                "a version above up_to",
+                Box::new(|p| p.entries[0].version = p.up_to_version + 1),
+            ),
+            ("version zero", Box::new(|p| p.entries[0].version = 0)),
+            (
+                "a key not in normal form",
+                Box::new(|p| p.entries[0].host = "A.com".into()),
+            ),
+            (
+                "up_to below from",
+                Box::new(|p| p.from_version = p.up_to_version + 1),
+            ),
+        ];
+        for (what, f) in cases {
+            let mut d = honest.clone();
+            f(&mut d.partitions[0]);
+            let r = apply_at(&victim, &mut Inbox::default(), sender_of(&owner), d);
+            assert_eq!(
+                r.rejected,
+                [("nyc-1".to_string(), Rejection::Malformed)],
+                "{what}"
+            );
+            assert_eq!(victim.partitions().len(), 1, "{what}");
+        }
+        let r = apply_at(&victim, &mut Inbox::default(), sender_of(&owner), honest);
+        assert!(r.rejected.is_empty());
+    }
+
+    /// p and q are not connected; r relays q's partition to p, which verifies it against q's
+    /// seal; r's replica survives a purge of its tombstones (they are not hashed).
+    #[test]
+    fn a_partial_mesh_converges_through_a_relay_that_cannot_tamper() {
+        let p = Table::new("p-1", "p", 1);
+        let r = Table::new("r-1", "r", 1);
+        let q = Table::new("q-1", "q", 1);
+        q.upsert_local(&key("kept.com"), entry("k", 1));
+        q.upsert_local(&key("gone.com"), entry("g", 1));
+        q.remove_local(&key("gone.com"));
+        send(&q, &r, &mut PeerView::default());
+        r.purge_tombstones("q-1", u64::MAX);
+        let out = send(&r, &p, &mut PeerView::default());
+        assert!(out.rejected.is_empty(), "{out:?}");
+        assert_eq!(state(&p)["q-1"], state(&q)["q-1"]);
+        assert!(p.lookup("kept.com", "/").is_some());
+        assert!(p.lookup("gone.com", "/").is_none());
+    }
+
+    #[test]
+    fn routes_outside_a_sites_domains_are_held_and_relayed_but_never_routed() {
+        let owner = Table::new("lon-1", "lon", 1);
+        owner.upsert_local(&key("shop.apps.example.com"), entry("shop", 1));
+        owner.upsert_local(&key("bank.example.org"), entry("evil", 1));
+        let victim = Table::new("nyc-1", "nyc", 1);
+        victim.set_site_domains(HashMap::from([(
+            "lon".to_string(),
+            vec!["apps.example.com".to_string()],
+        )]));
+        let r = send(&owner, &victim, &mut PeerView::default());
+        assert!(r.rejected.is_empty(), "{r:?}");
+        assert_eq!(r.not_allowed, 1);
+        assert!(victim.lookup("shop.apps.example.com", "/").is_some());
+        assert!(victim.lookup("bank.example.org", "/").is_none());
+        assert!(victim.sites_for_host("bank.example.org").is_none());
+        // Forwarded intact: a third node without the rule verifies and holds both.
+        let third = Table::new("sgp-1", "sgp", 1);
+        let r = send(&victim, &third, &mut PeerView::default());
+        assert!(r.rejected.is_empty(), "{r:?}");
+        assert!(third.lookup("bank.example.org", "/").is_some());
+    }
+
+    #[test]
+    fn domain_patterns() {
+        for (d, host, want) in [
+            ("apps.example.com", "apps.example.com", true),
+            ("apps.example.com", "shop.apps.example.com", true),
+            ("apps.example.com", "*.apps.example.com", true),
+            ("apps.example.com", "evilapps.example.com", false),
+            ("apps.example.com", "example.com", false),
+            ("*.lon.example.com", "a.lon.example.com", true),
+            ("*.lon.example.com", "a.b.lon.example.com", true),
+            ("*.lon.example.com", "lon.example.com", false),
+            ("*.lon.example.com", "xlon.example.com", false),
+        ] {
+            let t = Table::new("nyc-1", "nyc", 1);
+            t.set_site_domains(HashMap::from([("lon".to_string(), vec![d.to_string()])]));
+            assert_eq!(t.site_may_announce("lon", host), want, "{d} / {host}");
+            assert!(t.site_may_announce("sgp", host), "a site without a list");
+        }
+    }
+
     #[test]
     fn a_new_generation_supersedes_and_retired_ones_stay_dead() {
         let a1 = Table::new("lon-1", "lon", 1);
