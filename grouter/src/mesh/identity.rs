@@ -723,6 +723,11 @@ impl MeshTls {
         // Gossip first; peers also forward requests over the same authenticated listener
         // (`h2`, or `http/1.1` for upgrades), which the proxy serves and routes locally only.
         server.alpn_protocols = vec![MESH_ALPN.to_vec(), b"h2".to_vec(), b"http/1.1".to_vec()];
+        // No resumption: a resumed session skips certificate verification, so a peer revoked
+        // since its first handshake would get back in on its ticket. Mesh connections are
+        // long-lived; a full handshake per connection costs little.
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
 
         let mut client = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -732,6 +737,7 @@ impl MeshTls {
             .with_client_auth_cert(chain, key_der)
             .map_err(cert_error)?;
         client.alpn_protocols = vec![MESH_ALPN.to_vec()];
+        client.resumption = rustls::client::Resumption::disabled();
 
         Ok(MeshTls {
             me,
@@ -1796,7 +1802,15 @@ mod tests {
         let mut changes = lon.crl_changes();
 
         let (s, c) = tcp_handshake(server.clone(), nyc.client.clone()).await;
-        assert!(s.is_ok() && c.is_ok(), "accepted before the revocation");
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        // Data both ways, so that a session ticket (if one were sent) reaches the client: a
+        // resumed handshake would skip the certificate check below.
+        c.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(b"pong").await.unwrap();
+        c.read_exact(&mut buf).await.unwrap();
+        drop((s, c));
 
         let revoked = revoke_node(&ca, "nyc-1").unwrap();
         assert_eq!(revoked.added.len(), 1);

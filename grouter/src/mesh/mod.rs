@@ -900,6 +900,111 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    /// A running mesh node `node@site` with certificates from the CA in `ca` (and its CRL
+    /// when `crl`), dialling `seeds`.
+    async fn start(
+        root: &Path,
+        ca: &Path,
+        (node, site): (&str, &str),
+        crl: bool,
+        seeds: &[String],
+        shutdown: &CancellationToken,
+    ) -> (Arc<Mesh>, String) {
+        let dir = root.join(node);
+        let id = NodeIdentity::new(node, site).unwrap();
+        identity::create_node(ca, &id, &dir).unwrap();
+        let tls = MeshTls::load_with_crl(
+            &dir.join(identity::CA_CERT_FILE),
+            &dir.join(identity::NODE_CERT_FILE),
+            &dir.join(identity::NODE_KEY_FILE),
+            crl.then(|| ca.join(identity::CRL_FILE)).as_deref(),
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let settings = MeshSettings {
+            advertise: addr.clone(),
+            seeds: seeds.to_vec(),
+            heartbeat_interval: Duration::from_millis(100),
+            digest_interval: Duration::from_millis(200),
+            timeouts: Timeouts {
+                suspect_after: Duration::from_secs(2),
+                dead_after: Duration::from_secs(3),
+                retire_after: RETIRE_AFTER,
+                sync_lost_after: Duration::from_secs(10),
+            },
+            region: String::new(),
+            site_addresses: Vec::new(),
+        };
+        let table = Arc::new(Table::new(node, site, 1));
+        let metrics = Arc::new(MeshMetrics::new(&Metrics::new()));
+        let mesh = Mesh::new(table, metrics, settings, tls);
+        tokio::spawn(run(
+            mesh.clone(),
+            listener,
+            Arc::new(TcpDialer),
+            Arc::new(Health::new()),
+            shutdown.clone(),
+        ));
+        (mesh, addr)
+    }
+
+    /// Wait until `f` holds, for at most 10 s.
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut poll = tokio::time::interval(Duration::from_millis(10));
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            poll.tick().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revoked_peer_is_disconnected_and_refused_after_the_crl_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        identity::create_ca(&ca).unwrap();
+        let shutdown = CancellationToken::new();
+        let (lon, lon_addr) = start(dir.path(), &ca, ("lon-1", "lon"), true, &[], &shutdown).await;
+        let (nyc, _) = start(
+            dir.path(),
+            &ca,
+            ("nyc-1", "nyc"),
+            false,
+            &[lon_addr],
+            &shutdown,
+        )
+        .await;
+        until("nyc-1 connected to lon-1", || {
+            lon.peers().iter().any(|p| p.node_id == "nyc-1")
+        })
+        .await;
+        let link = lon
+            .peers()
+            .into_iter()
+            .find(|p| p.node_id == "nyc-1")
+            .unwrap();
+        assert!(link.cert().is_some_and(|c| !c.is_empty()));
+
+        identity::revoke_node(&ca, "nyc-1").unwrap();
+        until("lon-1 closed the revoked link", || {
+            lon.metrics.revoked_closed.get() == 1 && lon.peers().is_empty()
+        })
+        .await;
+        assert!(link.cancel.is_cancelled());
+        until("nyc-1 saw the link close", || nyc.peers().is_empty()).await;
+        // nyc-1 keeps dialling, and every handshake is refused now.
+        let failures = lon.metrics.handshake_failures.get();
+        until("a redial refused", || {
+            lon.metrics.handshake_failures.get() > failures
+        })
+        .await;
+        assert!(lon.peers().is_empty());
+        drop(nyc);
+        shutdown.cancel();
+    }
 
     #[tokio::test]
     async fn a_dial_answered_by_another_node_is_dropped_and_counted() {
