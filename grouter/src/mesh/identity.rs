@@ -6,9 +6,16 @@
 //! - node certificates (`grouter tls node`): the node id and site are carried in a URI SAN
 //!   `spiffe://grouter.mesh/site/<site>/node/<node_id>`; every node certificate also names
 //!   [`MESH_SERVER_NAME`], because peers are dialled by address and the name is shared;
+//!   each with a random serial, valid for `--days`; the CA directory keeps a copy of each in
+//!   `issued/` so that it can be revoked by node id;
+//! - revocation (`grouter tls revoke`): the CA's CRL `crl.pem`, signed by the CA key, whose
+//!   entries only accumulate and whose number only grows;
 //! - [`MeshTls`]: TLS 1.3-only server and client configurations with mutual authentication
-//!   against the mesh CA alone, ALPN [`MESH_ALPN`], on the ring provider (never a
-//!   process-wide default provider);
+//!   against the mesh CA alone and the current CRL (reloadable without rebuilding the
+//!   configurations: both verify through verifiers that delegate to rustls's WebPKI ones
+//!   held behind a lock), no session resumption, ALPN [`MESH_ALPN`], on the ring provider
+//!   (never a process-wide default provider); [`MeshTls::verify_node_cert`] applies the
+//!   same check to a certificate that did not come from a handshake;
 //! - [`peer_identity`]: a peer's [`NodeIdentity`] from its verified certificate.
 //!
 //! Must never:
@@ -16,7 +23,8 @@
 //! - accept a peer that does not present a certificate issued by the mesh CA (the server
 //!   requires a client certificate; both sides trust the mesh CA and nothing else);
 //! - take a peer's identity from anything but its certificate (not the address it dials
-//!   from, not what it says in a message).
+//!   from, not what it says in a message);
+//! - resume a TLS session (resumption skips the certificate check, so the CRL with it).
 
 use std::fs;
 use std::io::{self, BufReader, Write as _};
@@ -604,9 +612,9 @@ fn since_epoch() -> Duration {
 
 /// TLS configurations of one node, built from PEM files.
 ///
-/// Both configurations verify peers through [`Trust`], which holds the current CRL: a
-/// [`MeshTls::reload_crl`] takes effect for every clone and for every configuration built
-/// from it (the `Arc`s other code holds stay the same).
+/// Both configurations verify peers through a shared trust state that holds the current
+/// CRL: a [`MeshTls::reload_crl`] takes effect for every clone and for every configuration
+/// built from it (the `Arc`s other code holds stay the same).
 #[derive(Debug, Clone)]
 pub struct MeshTls {
     /// This node, as its own certificate says.

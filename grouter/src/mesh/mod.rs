@@ -16,7 +16,9 @@
 //! lost, the heartbeat that travels in this node's record, and the periodic step that
 //! assesses liveness, retires the long dead, sets the sync state and the site order, and
 //! purges old tombstones. Membership sits behind the mesh's one lock, which is never held
-//! across an `.await` or while the table is read.
+//! across an `.await` or while the table is read. A dialled peer must present the
+//! certificate of the node whose record advertises the address; with `mesh.crl`, a loop
+//! reloads the CRL and closes the connections of peers it revokes.
 //!
 //! Must never: accept a peer's update to this node's partition, or a peer without a
 //! certificate from the mesh CA; decide membership itself (a rule that lives here cannot be
