@@ -14,7 +14,7 @@
 //! ([`Config::missing_files`]); open sockets or start anything. Other modules receive a
 //! [`Config`] that has already been validated and need not re-check it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -44,6 +44,10 @@ const DEFAULT_SYNC_LOST_AFTER_SECS: u64 = 10;
 const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 500;
 /// Shortest accepted `mesh.heartbeat_interval_ms`: faster only burns CPU and bandwidth.
 const MIN_HEARTBEAT_INTERVAL_MS: u64 = 50;
+/// Default `mesh.max_nodes`.
+const DEFAULT_MAX_NODES: usize = 1000;
+/// Default `mesh.max_entries_per_partition`.
+const DEFAULT_MAX_ENTRIES_PER_PARTITION: usize = 1_000_000;
 /// Default `dns.ttl_secs`.
 const DEFAULT_DNS_TTL_SECS: u32 = 30;
 /// Default `dns.answer_sites`.
@@ -51,6 +55,12 @@ const DEFAULT_ANSWER_SITES: usize = 1;
 /// Most sites one DNS answer may name.
 const MAX_ANSWER_SITES: usize = 8;
 
+fn default_max_nodes() -> usize {
+    DEFAULT_MAX_NODES
+}
+fn default_max_entries_per_partition() -> usize {
+    DEFAULT_MAX_ENTRIES_PER_PARTITION
+}
 fn default_stale_threshold_secs() -> u64 {
     DEFAULT_STALE_THRESHOLD_SECS
 }
@@ -253,6 +263,24 @@ pub struct MeshConfig {
     /// `sync_lost_after_secs`.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
+    /// The mesh CA's certificate revocation list (PEM, as `grouter tls revoke` writes it).
+    /// Optional; when set it must exist at start, and it is reloaded when it changes: a
+    /// revoked certificate is refused at the handshake and its connections are closed.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+    /// Which names each site may announce: site -> patterns, each an exact host name or
+    /// `*.suffix` (any name under `suffix`, not `suffix` itself); lower-cased. A route of a
+    /// site's node under none of its patterns is not imported. A site without an entry may
+    /// announce anything.
+    #[serde(default)]
+    pub site_domains: BTreeMap<String, Vec<String>>,
+    /// Most nodes (partitions) this node holds; more are refused and counted. At least 1.
+    #[serde(default = "default_max_nodes")]
+    pub max_nodes: usize,
+    /// Most routes (entries and tombstones) one partition may hold; more are refused and
+    /// counted. At least 1.
+    #[serde(default = "default_max_entries_per_partition")]
+    pub max_entries_per_partition: usize,
 }
 
 /// `[dns]`: authoritative answers for the apps' zones, steering clients to a site.
@@ -490,6 +518,9 @@ impl Config {
             files.push(("mesh.ca", &mesh.ca));
             files.push(("mesh.cert", &mesh.cert));
             files.push(("mesh.key", &mesh.key));
+            if let Some(crl) = &mesh.crl {
+                files.push(("mesh.crl", crl));
+            }
         }
         for (key, path) in files {
             match std::fs::read(path) {
@@ -531,7 +562,7 @@ impl Config {
         if let Some(tls) = &self.tls {
             tls.validate(p);
         }
-        if let Some(mesh) = &self.mesh {
+        if let Some(mesh) = &mut self.mesh {
             mesh.validate(p);
         }
         if let Some(dns) = &mut self.dns {
@@ -581,6 +612,9 @@ impl Config {
             resolve(&mut mesh.ca);
             resolve(&mut mesh.cert);
             resolve(&mut mesh.key);
+            if let Some(crl) = &mut mesh.crl {
+                resolve(crl);
+            }
         }
         resolve(&mut self.admin.token_file);
     }
@@ -675,7 +709,8 @@ impl TlsConfig {
 }
 
 impl MeshConfig {
-    fn validate(&self, p: &mut Problems<'_>) {
+    /// Checks the section and lower-cases `site_domains`.
+    fn validate(&mut self, p: &mut Problems<'_>) {
         match &self.advertise {
             Some(advertise) => {
                 if let Err(why) = check_host_port(advertise) {
@@ -702,6 +737,37 @@ impl MeshConfig {
         check_path(p, "mesh.ca", &self.ca);
         check_path(p, "mesh.cert", &self.cert);
         check_path(p, "mesh.key", &self.key);
+        if let Some(crl) = &self.crl {
+            check_path(p, "mesh.crl", crl);
+        }
+        for (site, patterns) in &mut self.site_domains {
+            let key = format!("mesh.site_domains.{site}");
+            check_site_name(p, &key, site);
+            let mut seen = BTreeSet::new();
+            for (i, pattern) in patterns.iter_mut().enumerate() {
+                let normal = pattern.to_ascii_lowercase();
+                let host = normal.strip_prefix("*.").unwrap_or(&normal);
+                if let Err(why) = check_dns_name(host) {
+                    p.push(
+                        format!("{key}[{i}]"),
+                        format!("invalid domain {pattern:?} (a host name or *.suffix): {why}"),
+                    );
+                } else if !seen.insert(normal.clone()) {
+                    p.push(
+                        format!("{key}[{i}]"),
+                        format!("duplicate domain {normal:?}"),
+                    );
+                }
+                *pattern = normal;
+            }
+        }
+        check_at_least(p, "mesh.max_nodes", to_u64(self.max_nodes), 1);
+        check_at_least(
+            p,
+            "mesh.max_entries_per_partition",
+            to_u64(self.max_entries_per_partition),
+            1,
+        );
         check_at_least(p, "mesh.sync_lost_after_secs", self.sync_lost_after_secs, 1);
         check_at_least(
             p,
@@ -786,6 +852,10 @@ fn check_at_least(p: &mut Problems<'_>, key: &str, value: u64, min: u64) {
     if value < min {
         p.push(key, format!("must be at least {min}, got {value}"));
     }
+}
+
+fn to_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 fn check_path(p: &mut Problems<'_>, key: &str, path: &Path) {
@@ -1166,6 +1236,97 @@ token_file = "admin.token"
         );
         assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(c.source, Path::new("lon-1.toml"));
+    }
+
+    /// MINIMAL with a `[mesh]` section ending in `extra` lines.
+    fn with_mesh(extra: &str) -> String {
+        format!(
+            "{MINIMAL}\n[mesh]\nlisten = \"127.0.0.1:7946\"\nca = \"mesh/ca.pem\"\n\
+             cert = \"mesh/node.pem\"\nkey = \"mesh/node.key\"\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn mesh_trust_keys_default_and_parse() {
+        let c = parse(&with_mesh("")).unwrap();
+        let mesh = c.mesh.unwrap();
+        assert_eq!(mesh.crl, None);
+        assert!(mesh.site_domains.is_empty());
+        assert_eq!(mesh.max_nodes, 1000);
+        assert_eq!(mesh.max_entries_per_partition, 1_000_000);
+
+        let c = parse(&with_mesh(
+            "crl = \"mesh/crl.pem\"\nmax_nodes = 5\nmax_entries_per_partition = 7\n\
+             site_domains = { \"lon\" = [\"Apps.Example.com\", \"*.LON.example.com\"], \"nyc\" = [] }",
+        ))
+        .unwrap();
+        let mesh = c.mesh.unwrap();
+        // Relative, so resolved against the config's directory like the other mesh files.
+        assert_eq!(
+            mesh.crl.as_deref(),
+            Some(Path::new("/etc/grouter/mesh/crl.pem"))
+        );
+        assert_eq!((mesh.max_nodes, mesh.max_entries_per_partition), (5, 7));
+        assert_eq!(
+            mesh.site_domains,
+            BTreeMap::from([
+                (
+                    "lon".to_string(),
+                    vec![
+                        "apps.example.com".to_string(),
+                        "*.lon.example.com".to_string()
+                    ]
+                ),
+                ("nyc".to_string(), Vec::new()),
+            ])
+        );
+        let c = parse(&with_mesh("crl = \"/var/lib/crl.pem\"")).unwrap();
+        assert_eq!(
+            c.mesh.unwrap().crl.as_deref(),
+            Some(Path::new("/var/lib/crl.pem"))
+        );
+    }
+
+    #[test]
+    fn mesh_trust_keys_are_validated() {
+        let reason = single_error(&with_mesh("max_nodes = 0"), "mesh.max_nodes");
+        assert!(reason.contains("at least 1"), "{reason}");
+        single_error(
+            &with_mesh("max_entries_per_partition = 0"),
+            "mesh.max_entries_per_partition",
+        );
+        single_error(&with_mesh("max_nodes = -1"), "mesh.max_nodes");
+        single_error(&with_mesh("crl = \"\""), "mesh.crl");
+        let reason = single_error(
+            &with_mesh("site_domains = { \"LON!\" = [\"apps.example.com\"] }"),
+            "mesh.site_domains.LON!",
+        );
+        assert!(reason.contains("LON!"), "{reason}");
+        for bad in [
+            "*",
+            "*.",
+            "a..b",
+            "foo.*.com",
+            "**.a.com",
+            "a b.com",
+            "-a.com",
+            "",
+        ] {
+            let text = with_mesh(&format!(
+                "site_domains = {{ \"lon\" = [\"ok.com\", {bad:?}] }}"
+            ));
+            let reason = single_error(&text, "mesh.site_domains.lon[1]");
+            assert!(reason.contains("*.suffix"), "{bad}: {reason}");
+        }
+        let reason = single_error(
+            &with_mesh("site_domains = { \"lon\" = [\"a.com\", \"A.com\"] }"),
+            "mesh.site_domains.lon[1]",
+        );
+        assert!(reason.contains("duplicate"), "{reason}");
+        single_error(
+            &with_mesh("site_domains = { \"lon\" = \"a.com\" }"),
+            "mesh.site_domains.lon",
+        );
     }
 
     #[test]

@@ -61,14 +61,16 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TlsCommand {
-    /// Create the mesh CA: `ca.pem` and `ca.key` (mode 0600); never overwrites a CA key.
+    /// Create the mesh CA: `ca.pem`, `ca.key` (mode 0600) and an empty `crl.pem`; never
+    /// overwrites a CA key.
     Ca {
         /// Directory to write to (created if missing).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
     /// Issue a node certificate signed by the mesh CA: `node.pem`, `node.key` (mode 0600)
-    /// and a copy of `ca.pem`.
+    /// and a copy of `ca.pem`; the CA directory keeps a copy in
+    /// `issued/<node_id>-<serial>.pem` for `grouter tls revoke`.
     Node {
         /// Directory holding the mesh CA's `ca.pem` and `ca.key`.
         #[arg(long, value_name = "DIR")]
@@ -82,6 +84,27 @@ enum TlsCommand {
         /// Directory to write to (created if missing).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// How many days the certificate is valid (1..=3652).
+        #[arg(long, value_name = "N", default_value_t = identity::DEFAULT_NODE_DAYS)]
+        days: u32,
+    },
+    /// Revoke certificates: adds them to the CA's `crl.pem` (signed by the CA key; earlier
+    /// entries are kept and the CRL number grows). Nodes with `mesh.crl` refuse them.
+    Revoke {
+        /// Directory holding the mesh CA's `ca.pem`, `ca.key` and `issued/`.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Revoke every certificate issued to this node id (found in `DIR/issued/`).
+        #[arg(
+            long,
+            value_name = "NODE_ID",
+            required_unless_present = "cert",
+            conflicts_with = "cert"
+        )]
+        node: Option<String>,
+        /// Revoke this certificate file instead.
+        #[arg(long, value_name = "FILE")]
+        cert: Option<PathBuf>,
     },
 }
 
@@ -111,16 +134,21 @@ fn tls(command: TlsCommand) -> ExitCode {
     let (what, result, written) = match command {
         TlsCommand::Ca { out } => (
             "grouter tls ca",
-            identity::create_ca(&out),
-            [identity::CA_CERT_FILE, identity::CA_KEY_FILE]
-                .map(|f| out.join(f))
-                .to_vec(),
+            identity::create_ca(&out).map(|()| Vec::new()),
+            [
+                identity::CA_CERT_FILE,
+                identity::CA_KEY_FILE,
+                identity::CRL_FILE,
+            ]
+            .map(|f| out.join(f))
+            .to_vec(),
         ),
         TlsCommand::Node {
             ca,
             node,
             site,
             out,
+            days,
         } => {
             let node = match NodeIdentity::new(node, site) {
                 Ok(node) => node,
@@ -139,7 +167,7 @@ fn tls(command: TlsCommand) -> ExitCode {
             };
             (
                 "grouter tls node",
-                identity::create_node(&ca, &node, &out),
+                identity::issue_node(&ca, &node, &out, days).map(|issued| vec![issued]),
                 [
                     identity::NODE_CERT_FILE,
                     identity::NODE_KEY_FILE,
@@ -149,16 +177,59 @@ fn tls(command: TlsCommand) -> ExitCode {
                 .to_vec(),
             )
         }
+        TlsCommand::Revoke { ca, node, cert } => return revoke(&ca, node, cert.as_deref()),
     };
     match result {
-        Ok(()) => {
-            for file in written {
+        Ok(also) => {
+            for file in written.iter().chain(&also) {
                 println!("wrote {}", file.display());
             }
             ExitCode::SUCCESS
         }
+        Err(err @ IdentityError::InvalidDays { .. }) => {
+            eprintln!("{what}: {err}");
+            ExitCode::from(2)
+        }
         Err(err) => {
             eprintln!("{what}: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `grouter tls revoke`: an invalid node id is a usage error (2); a node without issued
+/// certificates, or a certificate of another CA, is a failure (1).
+fn revoke(ca: &Path, node: Option<String>, cert: Option<&Path>) -> ExitCode {
+    let result = match (node, cert) {
+        (_, Some(cert)) => identity::revoke_cert(ca, cert),
+        (Some(node), None) => identity::revoke_node(ca, &node),
+        (None, None) => {
+            eprintln!("grouter tls revoke: --node or --cert is required");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(r) => {
+            for serial in &r.added {
+                println!("revoked serial {serial}");
+            }
+            if r.added.is_empty() {
+                println!("already revoked");
+            }
+            println!(
+                "wrote {} (CRL number {}, {} revoked)",
+                r.crl.display(),
+                r.crl_number,
+                r.total
+            );
+            ExitCode::SUCCESS
+        }
+        Err(IdentityError::InvalidName { reason, .. }) => {
+            eprintln!("grouter tls revoke: --node: {reason}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("grouter tls revoke: {err}");
             ExitCode::from(1)
         }
     }

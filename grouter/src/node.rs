@@ -228,10 +228,11 @@ pub async fn run(
         let listener = listeners
             .mesh
             .ok_or_else(|| NodeError::Mesh("mesh.listen: no listener bound".into()))?;
-        let tls = crate::mesh::identity::MeshTls::load(
+        let tls = crate::mesh::identity::MeshTls::load_with_crl(
             &mesh_config.ca,
             &mesh_config.cert,
             &mesh_config.key,
+            mesh_config.crl.as_deref(),
         )
         .map_err(|e| NodeError::Mesh(e.to_string()))?;
         if tls.me.node_id != config.node_id || tls.me.site != config.site {

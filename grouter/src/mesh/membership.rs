@@ -135,6 +135,28 @@ impl<L: Link> Membership<L> {
             .insert(addr.to_string(), node_id.to_string());
     }
 
+    /// The nodes a dial of `addr` must reach: the live nodes in `partitions` whose record
+    /// advertises it (this node excluded). Empty when no node does (a seed nobody claims):
+    /// then any node the mesh CA certified may answer.
+    pub(super) fn expected_owners(
+        &self,
+        addr: &str,
+        partitions: &[PartitionSummary],
+    ) -> Vec<String> {
+        let mut owners: Vec<String> = Vec::new();
+        for p in partitions {
+            if let Some(r) = &p.record
+                && p.origin.is_alive()
+                && r.advertise == addr
+                && p.origin.node_id != self.me.node_id
+                && !owners.iter().any(|o| **o == *p.origin.node_id)
+            {
+                owners.push(p.origin.node_id.to_string());
+            }
+        }
+        owners
+    }
+
     /// Addresses worth dialling now, each once: the seeds, then the advertised addresses of
     /// the live nodes in `partitions`; except this node's own address and those known to be
     /// this node or a node already connected.
@@ -489,6 +511,31 @@ mod tests {
         // So is a node whose connection ended.
         lon.unregister(&conn(1, "nyc-1", false));
         assert_eq!(lon.targets(&parts), ["seed-b:1", "nyc-1:7000"]);
+    }
+
+    #[test]
+    fn a_dialled_address_must_be_the_live_node_that_advertises_it() {
+        let lon = membership("lon-1", &["seed:1"]);
+        let parts = [
+            PartitionSummary {
+                origin: lon.me.clone(),
+                ..part("lon-1", "lon-1:7000", true, true)
+            },
+            part("nyc-1", "nyc-1:7000", true, true),
+            part("nyc-2", "shared:7000", true, true),
+            part("sgp-1", "shared:7000", true, true),
+            part("sgp-2", "old:7000", true, false),
+        ];
+        assert_eq!(lon.expected_owners("nyc-1:7000", &parts), ["nyc-1"]);
+        // Two live claims: either may answer (owner-signed records settle who lies).
+        assert_eq!(
+            lon.expected_owners("shared:7000", &parts),
+            ["nyc-2", "sgp-1"]
+        );
+        // A dead node's address, a seed nobody advertises, and this node's own: anyone.
+        assert!(lon.expected_owners("old:7000", &parts).is_empty());
+        assert!(lon.expected_owners("seed:1", &parts).is_empty());
+        assert!(lon.expected_owners("lon-1:7000", &parts).is_empty());
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //! lost, the heartbeat that travels in this node's record, and the periodic step that
 //! assesses liveness, retires the long dead, sets the sync state and the site order, and
 //! purges old tombstones. Membership sits behind the mesh's one lock, which is never held
-//! across an `.await` or while the table is read.
+//! across an `.await` or while the table is read. A dialled peer must present the
+//! certificate of the node whose record advertises the address; with `mesh.crl`, a loop
+//! reloads the CRL and closes the connections of peers it revokes.
 //!
 //! Must never: accept a peer's update to this node's partition, or a peer without a
 //! certificate from the mesh CA; decide membership itself (a rule that lives here cannot be
@@ -164,6 +166,9 @@ pub struct PeerLink {
     ping_sent_us: AtomicU64,
     held: Mutex<BTreeMap<String, u64>>,
     cancel: CancellationToken,
+    /// The peer's end-entity certificate (DER) as the handshake verified it, so that a
+    /// CRL reload can close the connections of revoked certificates.
+    cert: Option<Arc<[u8]>>,
 }
 
 impl PeerLink {
@@ -181,7 +186,15 @@ impl PeerLink {
             ping_sent_us: AtomicU64::new(0),
             held: Mutex::new(BTreeMap::new()),
             cancel,
+            // Set by `accept_loop` or `dial` around the session that makes this link.
+            cert: PEER_CERT.try_with(Arc::clone).ok(),
         }
+    }
+
+    /// The peer's end-entity certificate (DER), when the connection was made by this
+    /// module's listener or dialler.
+    pub fn cert(&self) -> Option<&[u8]> {
+        self.cert.as_deref()
     }
 
     /// Round-trip time of the last answered ping (`None` before the first).
@@ -459,6 +472,11 @@ pub struct MeshMetrics {
     pub duplicates: Counter,
     /// TLS handshakes or identities refused.
     pub handshake_failures: Counter,
+    /// Dialled nodes (mesh or remote proxy) whose certificate named another node than the
+    /// one dialled.
+    pub dial_identity_mismatch: Counter,
+    /// Live connections closed because a reloaded CRL revoked the peer's certificate.
+    pub revoked_closed: Counter,
     /// Replicated entries sent.
     pub entries_sent: Counter,
     /// Replicated entries (and records) that changed this node's table.
@@ -475,6 +493,8 @@ impl MeshMetrics {
             connects: Counter::default(),
             duplicates: Counter::default(),
             handshake_failures: Counter::default(),
+            dial_identity_mismatch: Counter::default(),
+            revoked_closed: Counter::default(),
             entries_sent: Counter::default(),
             entries_applied: Counter::default(),
             rejected: metrics.reason_counters(
@@ -495,6 +515,16 @@ impl MeshMetrics {
                 "mesh_handshake_failures",
                 "mesh TLS handshakes or identities refused",
                 &m.handshake_failures,
+            ),
+            (
+                "mesh_dial_identity_mismatch",
+                "dialled nodes whose certificate named another node",
+                &m.dial_identity_mismatch,
+            ),
+            (
+                "mesh_revoked_connections_closed",
+                "mesh connections closed because the CRL revoked the peer",
+                &m.revoked_closed,
             ),
             (
                 "mesh_entries_sent",
@@ -543,6 +573,9 @@ pub async fn run(
         shutdown.clone(),
     ));
     tasks.spawn(heartbeat_loop(mesh.clone(), health, shutdown.clone()));
+    if mesh.tls.crl_path().is_some() {
+        tasks.spawn(crl_loop(mesh.clone(), shutdown.clone()));
+    }
     shutdown.cancelled().await;
     tasks.close();
     tasks.wait().await;
@@ -592,9 +625,11 @@ async fn accept_loop(
                     return;
                 }
             };
+            let cert = end_entity(tls.get_ref().1.peer_certificates());
             match tls.get_ref().1.alpn_protocol() {
                 Some(p) if p == identity::MESH_ALPN => {
-                    let _ = session::run(mesh, tls, peer, false, addr.to_string(), shutdown).await;
+                    let session = session::run(mesh, tls, peer, false, addr.to_string(), shutdown);
+                    let _ = PEER_CERT.scope(cert, session).await;
                 }
                 Some(b"h2" | b"http/1.1") => match mesh.peer_http.get() {
                     Some(tx) => {
@@ -696,9 +731,21 @@ async fn dial(
         mesh.membership.lock().owner_is(addr, &peer.node_id);
         return false;
     }
-    session::run(mesh.clone(), tls, peer, true, addr.to_string(), shutdown)
-        .await
-        .is_ok()
+    // The address is a known node's: whoever answers must be that node (a node that
+    // advertises another's address, or a listener in the way, is not spoken to).
+    let expected = {
+        let partitions = mesh.table.partitions();
+        mesh.membership.lock().expected_owners(addr, &partitions)
+    };
+    if !expected.is_empty() && !expected.contains(&peer.node_id) {
+        mesh.metrics.handshake_failures.inc();
+        mesh.metrics.dial_identity_mismatch.inc();
+        warn!(%addr, expected = ?expected, presented = %peer, "mesh dial answered by another node; dropped");
+        return false;
+    }
+    let cert = end_entity(tls.get_ref().1.peer_certificates());
+    let session = session::run(mesh.clone(), tls, peer, true, addr.to_string(), shutdown);
+    PEER_CERT.scope(cert, session).await.is_ok()
 }
 
 /// Other sites, best first ([`Membership::rank_sites`]).
@@ -757,5 +804,312 @@ async fn heartbeat_loop(mesh: Arc<Mesh>, health: Arc<Health>, shutdown: Cancella
         for (node_id, v) in tombstones.tick(now, versions) {
             mesh.table.purge_tombstones(&node_id, v);
         }
+    }
+}
+
+tokio::task_local! {
+    /// The peer certificate of the connection whose session runs in this scope: the
+    /// session makes the [`PeerLink`], which takes the certificate from here.
+    static PEER_CERT: Arc<[u8]>;
+}
+
+/// The end-entity certificate of a verified chain (empty when there is none: such a
+/// connection never gets this far, and an empty certificate matches no revocation).
+fn end_entity(chain: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> Arc<[u8]> {
+    chain
+        .and_then(|c| c.first())
+        .map_or_else(|| Arc::from(&[][..]), |c| Arc::from(c.as_ref()))
+}
+
+/// How often the CRL file is looked at.
+const CRL_POLL: Duration = Duration::from_millis(500);
+
+/// Reload the CRL when its file changes and close every connection whose peer certificate
+/// it now revokes (new handshakes are refused by the verifiers themselves).
+async fn crl_loop(mesh: Arc<Mesh>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(CRL_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match mesh.tls.reload_crl() {
+            Ok(false) => {}
+            Ok(true) => {
+                failing = false;
+                info!(crl = ?mesh.tls.crl_path(), "mesh CRL reloaded");
+                close_revoked(&mesh);
+            }
+            // Once per spell of failures, not every 500 ms; the previous CRL stays.
+            Err(err) if !failing => {
+                failing = true;
+                warn!(%err, "mesh CRL not reloaded; the previous one stays in force");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Close every live connection whose peer certificate the current CRL revokes.
+fn close_revoked(mesh: &Mesh) {
+    for link in mesh.peers() {
+        let Some(cert) = link.cert() else { continue };
+        if let Err(why @ identity::CertRejection::Revoked) = mesh.tls.verify_node_cert(cert) {
+            mesh.metrics.revoked_closed.inc();
+            info!(peer = %link.node_id, site = %link.site, reason = why.as_str(), "mesh peer's certificate revoked; closing");
+            link.cancel.cancel();
+        }
+    }
+}
+
+impl Mesh {
+    /// Count a dialled node whose certificate named another node (the remote proxy's
+    /// client checks this too).
+    pub fn count_dial_identity_mismatch(&self) {
+        self.metrics.dial_identity_mismatch.inc();
+    }
+
+    /// The counters, for tests elsewhere in the crate.
+    #[cfg(test)]
+    pub(crate) fn metrics_for_test(&self) -> &MeshMetrics {
+        &self.metrics
+    }
+}
+
+/// Fixtures for tests of the mesh and of what dials through it.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::Path;
+
+    use super::*;
+    use crate::table::{Import, NodeRecord};
+
+    /// lon-1's mesh (not running), and a listener at `impostor` that completes the TLS
+    /// handshake with a genuine mesh certificate for mal-1@mal, then hangs up. The table
+    /// knows one more node, `advertised_as` (`node@site`), whose record advertises the
+    /// impostor's address.
+    pub(crate) struct Impostor {
+        pub(crate) mesh: Arc<Mesh>,
+        pub(crate) impostor: String,
+        _dir: tempfile::TempDir,
+    }
+
+    fn load(dir: &Path) -> MeshTls {
+        MeshTls::load(
+            &dir.join(identity::CA_CERT_FILE),
+            &dir.join(identity::NODE_CERT_FILE),
+            &dir.join(identity::NODE_KEY_FILE),
+        )
+        .unwrap()
+    }
+
+    pub(crate) async fn impostor(advertised_as: (&str, &str)) -> Impostor {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        identity::create_ca(&ca).unwrap();
+        for (node, site) in [("lon-1", "lon"), ("mal-1", "mal")] {
+            let id = NodeIdentity::new(node, site).unwrap();
+            identity::create_node(&ca, &id, &dir.path().join(node)).unwrap();
+        }
+        let mal = load(&dir.path().join("mal-1"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let impostor = listener.local_addr().unwrap().to_string();
+        let acceptor = tokio_rustls::TlsAcceptor::from(mal.server.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = acceptor.accept(tcp).await;
+                });
+            }
+        });
+
+        let table = Arc::new(Table::new("lon-1", "lon", 1));
+        let (node, site) = advertised_as;
+        table.import(Import {
+            node_id: node.into(),
+            site: site.into(),
+            generation: 1,
+            from_version: 0,
+            up_to_version: 1,
+            reset: false,
+            record: Some(NodeRecord {
+                version: 1,
+                heartbeat: 1,
+                advertise: impostor.clone(),
+                ..Default::default()
+            }),
+            entries: vec![],
+        });
+        let settings = MeshSettings {
+            advertise: "127.0.0.1:1".into(),
+            seeds: Vec::new(),
+            heartbeat_interval: Duration::from_millis(500),
+            digest_interval: Duration::from_secs(1),
+            timeouts: Timeouts {
+                suspect_after: Duration::from_secs(2),
+                dead_after: Duration::from_secs(3),
+                retire_after: RETIRE_AFTER,
+                sync_lost_after: Duration::from_secs(10),
+            },
+            region: String::new(),
+            site_addresses: Vec::new(),
+        };
+        let metrics = Arc::new(MeshMetrics::new(&Metrics::new()));
+        let mesh = Mesh::new(table, metrics, settings, load(&dir.path().join("lon-1")));
+        Impostor {
+            mesh,
+            impostor,
+            _dir: dir,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// A running mesh node `node@site` with certificates from the CA in `ca` (and its CRL
+    /// when `crl`), dialling `seeds`.
+    async fn start(
+        root: &Path,
+        ca: &Path,
+        (node, site): (&str, &str),
+        crl: bool,
+        seeds: &[String],
+        shutdown: &CancellationToken,
+    ) -> (Arc<Mesh>, String) {
+        let dir = root.join(node);
+        let id = NodeIdentity::new(node, site).unwrap();
+        identity::create_node(ca, &id, &dir).unwrap();
+        let tls = MeshTls::load_with_crl(
+            &dir.join(identity::CA_CERT_FILE),
+            &dir.join(identity::NODE_CERT_FILE),
+            &dir.join(identity::NODE_KEY_FILE),
+            crl.then(|| ca.join(identity::CRL_FILE)).as_deref(),
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let settings = MeshSettings {
+            advertise: addr.clone(),
+            seeds: seeds.to_vec(),
+            heartbeat_interval: Duration::from_millis(100),
+            digest_interval: Duration::from_millis(200),
+            timeouts: Timeouts {
+                suspect_after: Duration::from_secs(2),
+                dead_after: Duration::from_secs(3),
+                retire_after: RETIRE_AFTER,
+                sync_lost_after: Duration::from_secs(10),
+            },
+            region: String::new(),
+            site_addresses: Vec::new(),
+        };
+        let table = Arc::new(Table::new(node, site, 1));
+        let metrics = Arc::new(MeshMetrics::new(&Metrics::new()));
+        let mesh = Mesh::new(table, metrics, settings, tls);
+        tokio::spawn(run(
+            mesh.clone(),
+            listener,
+            Arc::new(TcpDialer),
+            Arc::new(Health::new()),
+            shutdown.clone(),
+        ));
+        (mesh, addr)
+    }
+
+    /// Wait until `f` holds, for at most 10 s.
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut poll = tokio::time::interval(Duration::from_millis(10));
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            poll.tick().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revoked_peer_is_disconnected_and_refused_after_the_crl_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        identity::create_ca(&ca).unwrap();
+        let shutdown = CancellationToken::new();
+        let (lon, lon_addr) = start(dir.path(), &ca, ("lon-1", "lon"), true, &[], &shutdown).await;
+        let (nyc, _) = start(
+            dir.path(),
+            &ca,
+            ("nyc-1", "nyc"),
+            false,
+            &[lon_addr],
+            &shutdown,
+        )
+        .await;
+        until("nyc-1 connected to lon-1", || {
+            lon.peers().iter().any(|p| p.node_id == "nyc-1")
+        })
+        .await;
+        let link = lon
+            .peers()
+            .into_iter()
+            .find(|p| p.node_id == "nyc-1")
+            .unwrap();
+        assert!(link.cert().is_some_and(|c| !c.is_empty()));
+
+        identity::revoke_node(&ca, "nyc-1").unwrap();
+        until("lon-1 closed the revoked link", || {
+            lon.metrics.revoked_closed.get() == 1 && lon.peers().is_empty()
+        })
+        .await;
+        assert!(link.cancel.is_cancelled());
+        until("nyc-1 saw the link close", || nyc.peers().is_empty()).await;
+        // nyc-1 keeps dialling, and every handshake is refused now.
+        let failures = lon.metrics.handshake_failures.get();
+        until("a redial refused", || {
+            lon.metrics.handshake_failures.get() > failures
+        })
+        .await;
+        assert!(lon.peers().is_empty());
+        drop(nyc);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_dial_answered_by_another_node_is_dropped_and_counted() {
+        // nyc-1 advertises the address, mal-1 answers it.
+        let f = test_support::impostor(("nyc-1", "nyc")).await;
+        let connector = tokio_rustls::TlsConnector::from(f.mesh.tls.client.clone());
+        let ran = dial(
+            &f.mesh,
+            &TcpDialer,
+            &connector,
+            &f.impostor,
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(!ran);
+        assert_eq!(f.mesh.metrics.dial_identity_mismatch.get(), 1);
+        assert_eq!(f.mesh.metrics.handshake_failures.get(), 1);
+        assert!(f.mesh.peers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dial_answered_by_the_node_that_advertises_the_address_goes_on() {
+        // mal-1 advertises its own address: the session starts (and fails at the hello,
+        // because this impostor hangs up), and nothing is counted as a mismatch.
+        let f = test_support::impostor(("mal-1", "mal")).await;
+        let connector = tokio_rustls::TlsConnector::from(f.mesh.tls.client.clone());
+        dial(
+            &f.mesh,
+            &TcpDialer,
+            &connector,
+            &f.impostor,
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(f.mesh.metrics.dial_identity_mismatch.get(), 0);
+        assert_eq!(f.mesh.metrics.handshake_failures.get(), 0);
     }
 }

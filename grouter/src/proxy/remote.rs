@@ -8,7 +8,13 @@
 //! The receiving node knows the request comes from a peer by the certificate on the
 //! connection, and routes it only to its own GoRouters.
 //!
-//! Must never: dial anything but the advertised mesh address of a live node.
+//! Every connection is identity-checked: the certificate the dialled node presents must
+//! name the node (and site) that was picked, or the connection is closed, counted in
+//! `grouter_mesh_dial_identity_mismatch_total`, and the attempt fails as a connect error so
+//! the next candidate is tried.
+//!
+//! Must never: dial anything but the advertised mesh address of a live node, or send a
+//! request to a node other than the one picked.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,12 +25,12 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::body::Reclaimable;
 use super::error::{AttemptError, AttemptKind};
 use crate::mesh::Mesh;
-use crate::mesh::identity::MeshTls;
+use crate::mesh::identity::{MeshTls, peer_identity};
 
 /// How long opening a connection to a remote node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -102,8 +108,11 @@ impl Remotes {
         fallback
     }
 
+    /// A TLS connection to `node` (of `site`) at `addr`, whose certificate names it.
     async fn tls(
         &self,
+        node: &str,
+        site: &str,
         addr: &str,
         config: Arc<rustls::ClientConfig>,
     ) -> Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, AttemptError> {
@@ -114,16 +123,35 @@ impl Remotes {
                 .await
                 .map_err(|e| e.to_string())
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-            Ok(Ok(tls)) => Ok(TokioIo::new(tls)),
-            Ok(Err(e)) => Err(connect_failed(addr, e)),
-            Err(_) => Err(connect_failed(addr, "timed out")),
+        let tls = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(connect_failed(addr, e)),
+            Err(_) => return Err(connect_failed(addr, "timed out")),
+        };
+        // The mesh CA vouches for every node; only the certificate says which one answered.
+        let presented = tls.get_ref().1.peer_certificates().map(peer_identity);
+        match presented {
+            Some(Ok(id)) if id.node_id == node && id.site == site => Ok(TokioIo::new(tls)),
+            other => {
+                // Dropping `tls` closes the connection before anything was sent.
+                self.mesh.count_dial_identity_mismatch();
+                let presented = match other {
+                    Some(Ok(id)) => id.to_string(),
+                    _ => "no node identity".to_string(),
+                };
+                warn!(%addr, expected = %format_args!("{node}@{site}"), %presented, "remote node answered with another identity; dropped");
+                Err(connect_failed(
+                    addr,
+                    format!("certificate names {presented}, not {node}@{site}"),
+                ))
+            }
         }
     }
 
     async fn sender(
         &self,
         node: &str,
+        site: &str,
         addr: &str,
     ) -> Result<SendRequest<Reclaimable>, AttemptError> {
         if let Some(s) = self
@@ -135,7 +163,7 @@ impl Remotes {
         {
             return Ok(s);
         }
-        let io = self.tls(addr, self.h2.clone()).await?;
+        let io = self.tls(node, site, addr, self.h2.clone()).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(10))
@@ -160,7 +188,7 @@ impl Remotes {
         req: Request<Reclaimable>,
     ) -> Result<(Response<Incoming>, String), AttemptError> {
         let (node, addr) = self.pick(site).ok_or_else(|| no_node(site))?;
-        let mut sender = self.sender(&node, &addr).await?;
+        let mut sender = self.sender(&node, site, &addr).await?;
         if sender.ready().await.is_err() {
             self.conns.lock().remove(&node);
             return Err(connect_failed(&addr, "connection closed"));
@@ -184,7 +212,7 @@ impl Remotes {
         req: Request<Reclaimable>,
     ) -> Result<(Response<Incoming>, String), AttemptError> {
         let (node, addr) = self.pick(site).ok_or_else(|| no_node(site))?;
-        let io = self.tls(&addr, self.h1.clone()).await?;
+        let io = self.tls(&node, site, &addr, self.h1.clone()).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| connect_failed(&addr, e))?;
@@ -196,5 +224,62 @@ impl Remotes {
             .await
             .map_err(|e| request_failed(&addr, e))?;
         Ok((resp, node))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::TcpDialer;
+    use crate::mesh::test_support::impostor;
+    use crate::proxy::body;
+
+    fn request() -> Request<Reclaimable> {
+        Request::builder()
+            .uri("http://shop.apps.example.com/")
+            .body(Reclaimable::new(body::empty()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_remote_node_answering_with_another_identity_is_a_connect_error() {
+        // nyc-1 is picked for site nyc; mal-1 answers at its address.
+        let f = impostor(("nyc-1", "nyc")).await;
+        let tls = f.mesh.tls().clone();
+        let remotes = Remotes::new(f.mesh.clone(), &tls, Arc::new(TcpDialer));
+        assert_eq!(
+            remotes.pick("nyc"),
+            Some(("nyc-1".into(), f.impostor.clone()))
+        );
+
+        let err = remotes.send("nyc", request()).await.unwrap_err();
+        assert_eq!(err.kind(), AttemptKind::Connect, "{err}");
+        assert!(err.to_string().contains("mal-1@mal"), "{err}");
+        let err = remotes.send_upgrade("nyc", request()).await.unwrap_err();
+        assert_eq!(err.kind(), AttemptKind::Connect, "{err}");
+        assert_eq!(f.mesh.peers().len(), 0);
+        let metrics = f.mesh.metrics_for_test();
+        assert_eq!(metrics.dial_identity_mismatch.get(), 2);
+        // Nothing was kept for the next request.
+        assert!(remotes.conns.lock().is_empty());
+
+        // The node that is what it says passes the check.
+        let f = impostor(("mal-1", "mal")).await;
+        let tls = f.mesh.tls().clone();
+        let remotes = Remotes::new(f.mesh.clone(), &tls, Arc::new(TcpDialer));
+        assert!(
+            remotes
+                .tls("mal-1", "mal", &f.impostor, remotes.h2.clone())
+                .await
+                .is_ok()
+        );
+        // The right node id at the wrong site is not.
+        assert!(
+            remotes
+                .tls("mal-1", "lon", &f.impostor, remotes.h2.clone())
+                .await
+                .is_err()
+        );
+        assert_eq!(f.mesh.metrics_for_test().dial_identity_mismatch.get(), 1);
     }
 }
