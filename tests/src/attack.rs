@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use grouter_protocol::mesh::{self as wire, frame::Body};
-use grouter_tests::evil::{EvilIdentity, EvilListener, EvilPeer, garbage};
+use grouter_tests::evil::{EvilIdentity, EvilListener, EvilPeer, garbage, now_micros};
 use grouter_tests::inproc::registration;
 use grouter_tests::{MeshCa, NatsServer, Node, wait_until};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
@@ -60,7 +60,11 @@ struct Trio {
 impl Trio {
     async fn start(p_mesh: &str) -> Trio {
         let ca = MeshCa::new();
-        let buses = [NatsServer::start(), NatsServer::start(), NatsServer::start()];
+        let buses = [
+            NatsServer::start(),
+            NatsServer::start(),
+            NatsServer::start(),
+        ];
         let r = Node::builder("sgp-1", "sgp")
             .nats(&buses[1].url())
             .mesh(&ca, &[])
@@ -83,13 +87,7 @@ impl Trio {
             .extra(&dns_toml(NYC_ADDR))
             .start()
             .await;
-        let trio = Trio {
-            ca,
-            buses,
-            p,
-            r,
-            q,
-        };
+        let trio = Trio { ca, buses, p, r, q };
         let q_bus = trio.buses[2].client().await;
         trio.q
             .register_until_routed(&q_bus, &registration("10.1.0.1", 1, SHOP, "shop"), SHOP)
@@ -187,9 +185,11 @@ async fn rejected(node: &Node, reason: &str) -> f64 {
 
 /// Wait until `node` has counted at least `at_least` rejections for `reason`.
 async fn wait_rejected(node: &Node, reason: &str, at_least: f64) {
-    wait_until(5 * SEC, &format!("{at_least} rejections for {reason}"), || async {
-        (rejected(node, reason).await >= at_least).then_some(())
-    })
+    wait_until(
+        5 * SEC,
+        &format!("{at_least} rejections for {reason}"),
+        || async { (rejected(node, reason).await >= at_least).then_some(()) },
+    )
     .await;
 }
 
@@ -303,7 +303,12 @@ fn entry(host: &str, version: u64, value: Option<wire::RouteValue>) -> wire::Ent
 
 /// A partition of a node no certificate names, with a node record that advertises
 /// `advertise` (mesh and proxy) and [`EVIL_ADDR`] as its site's DNS address.
-fn ghost(node_id: &str, site: &str, advertise: &str, entries: Vec<wire::Entry>) -> wire::PartitionDelta {
+fn ghost(
+    node_id: &str,
+    site: &str,
+    advertise: &str,
+    entries: Vec<wire::Entry>,
+) -> wire::PartitionDelta {
     let up_to = entries.iter().map(|e| e.version).max().unwrap_or(1) + 1;
     wire::PartitionDelta {
         node_id: node_id.into(),
@@ -342,7 +347,10 @@ async fn a_partial_mesh_relays_the_owners_partition_verified() {
             "lon".to_string()
         )
     );
-    assert_eq!(dns_a(&trio.p, SHOP).await, [NYC_ADDR.parse::<IpAddr>().unwrap()]);
+    assert_eq!(
+        dns_a(&trio.p, SHOP).await,
+        [NYC_ADDR.parse::<IpAddr>().unwrap()]
+    );
     // Changes keep flowing through r: a new route and a withdrawal.
     trio.q_registers("later.apps.example.com", "10.1.0.2").await;
     let bus = trio.buses[2].client().await;
@@ -384,7 +392,12 @@ async fn invented_nodes_are_not_imported_dialled_or_answered() {
         partitions: vec![
             // A ghost at the victim's own site claiming nyc's app: local wins, so p would
             // serve shop itself.
-            ghost("lon-ghost", "lon", &lure, vec![entry(SHOP, 1, route("shop"))]),
+            ghost(
+                "lon-ghost",
+                "lon",
+                &lure,
+                vec![entry(SHOP, 1, route("shop"))],
+            ),
             // A ghost at nyc adding the attacker's address to nyc's DNS answers and luring
             // every node to dial (and proxy to) the attacker's listener.
             ghost(
@@ -408,7 +421,11 @@ async fn invented_nodes_are_not_imported_dialled_or_answered() {
         !held.iter().any(|n| n.contains("ghost")),
         "p holds a ghost: {held:?}"
     );
-    assert_eq!(listener.connections(), 0, "something dialled the ghost's address");
+    assert_eq!(
+        listener.connections(),
+        0,
+        "something dialled the ghost's address"
+    );
     assert!(listener.accept(Duration::ZERO).await.is_none());
     // Nor did p relay them: r holds no ghost either.
     let at_r: Vec<String> = watermarks(&trio.r).await.into_iter().map(|w| w.0).collect();
@@ -432,10 +449,24 @@ fn flood(nodes: usize, routes: usize, per_frame: usize) -> Vec<wire::Delta> {
                     let entries = (0..routes)
                         .map(|j| {
                             let v = j as u64 + 1;
-                            entry(&format!("r{j}.g{i}.apps.example.com"), v, route(&format!("g{i}")))
+                            entry(
+                                &format!("r{j}.g{i}.apps.example.com"),
+                                v,
+                                route(&format!("g{i}")),
+                            )
                         })
                         .collect();
-                    ghost(&format!("flood-{i}"), "sgp", NOWHERE, entries)
+                    let pd = ghost(&format!("flood-{i}"), "sgp", NOWHERE, entries);
+                    // Half of them sealed (with noise, as no certificate names them), half
+                    // not (staged, waiting for a seal).
+                    if i % 2 == 0 {
+                        wire::PartitionDelta {
+                            seal: forged_seal(0x0403),
+                            ..pd
+                        }
+                    } else {
+                        pd
+                    }
                 })
                 .collect(),
         })
@@ -448,6 +479,7 @@ async fn a_flood_of_invented_nodes_costs_nothing_and_goes_nowhere() {
     let attacker = EvilIdentity::issue(&trio.ca, "sgp-9", "sgp");
     let before = seen(&trio.p).await;
     let rss_before = trio.p.rss_kib();
+    let unknown_before = rejected(&trio.p, "unknown_owner").await;
     let mut evil = EvilPeer::dial(&attacker, trio.p.mesh_addr()).await;
     let frames = flood(2_000, 50, 40);
     let mut bytes = 0;
@@ -469,6 +501,8 @@ async fn a_flood_of_invented_nodes_costs_nothing_and_goes_nowhere() {
         );
         assert!(node.route("r0.g0.apps.example.com", "").await.is_none());
     }
+    // Every sealed one refused as a node no certificate names.
+    wait_rejected(&trio.p, "unknown_owner", unknown_before + 1_000.0).await;
     let grown = rss_after.saturating_sub(rss_before);
     assert!(
         grown < 24 * 1024,
@@ -500,7 +534,10 @@ async fn garbage_is_refused_without_harm() {
     evil.send_bytes(&over.to_be_bytes());
     evil.send_bytes(&garbage(3, 1024 * 1024));
     assert!(evil.closed_within(5 * SEC).await, "oversized frame kept");
-    assert!(trio.p.rss_kib() < rss + 16 * 1024, "the oversized frame was buffered");
+    assert!(
+        trio.p.rss_kib() < rss + 16 * 1024,
+        "the oversized frame was buffered"
+    );
 
     // Deltas that decode but make no sense: refused, counted, the connection kept.
     let mut evil = EvilPeer::dial(&attacker, trio.p.mesh_addr()).await;
@@ -521,7 +558,12 @@ async fn garbage_is_refused_without_harm() {
         // No node id.
         ghost("", "sgp", NOWHERE, vec![entry(SHOP, 1, route("a"))]),
         // A key that is not a route key.
-        ghost("sgp-9", "sgp", NOWHERE, vec![entry("NOT A HOST/..", 1, route("a"))]),
+        ghost(
+            "sgp-9",
+            "sgp",
+            NOWHERE,
+            vec![entry("NOT A HOST/..", 1, route("a"))],
+        ),
     ];
     let n = nonsense.len();
     for pd in nonsense {
@@ -534,4 +576,412 @@ async fn garbage_is_refused_without_harm() {
     assert_eq!(seen(&trio.p).await, before);
     assert!(trio.p.route(SHOP, "").await.is_some());
     trio.q_registers("later.apps.example.com", "10.1.0.2").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Genuine frames of other nodes, to replay and tamper with.
+
+/// q's partition as r relays it, sealed by q and with q's certificate: asked of r by a
+/// member that says it holds nothing.
+async fn q_partition_from_r(trio: &Trio, attacker: &EvilIdentity) -> wire::PartitionDelta {
+    let mut at_r = EvilPeer::dial(attacker, trio.r.mesh_addr()).await;
+    let got = at_r
+        .fetch_partitions("q's sealed partition from r", |got| {
+            got.iter()
+                .any(|pd| pd.node_id == "nyc-1" && pd.seal.is_some() && !pd.owner_cert.is_empty())
+        })
+        .await;
+    let mut q: Vec<wire::PartitionDelta> =
+        got.into_iter().filter(|pd| pd.node_id == "nyc-1").collect();
+    assert_eq!(q.len(), 1, "q's partition in one frame: {q:?}");
+    let q = q.remove(0);
+    assert!(
+        q.entries
+            .iter()
+            .any(|e| e.host == SHOP && e.route.is_some()),
+        "q's partition serves shop: {q:?}"
+    );
+    q
+}
+
+/// A seal of `scheme` whose signature is noise.
+fn forged_seal(scheme: u32) -> Option<wire::Seal> {
+    Some(wire::Seal {
+        scheme,
+        signature: garbage(7, 72),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a) A relay erasing another node's route at version 2^62.
+
+#[tokio::test]
+async fn a_relay_cannot_erase_or_roll_back_another_nodes_partition() {
+    let trio = Trio::start("").await;
+    let attacker = EvilIdentity::issue(&trio.ca, "sgp-9", "sgp");
+    let genuine = q_partition_from_r(&trio, &attacker).await;
+    let seal = genuine.seal.clone().unwrap();
+    let before = seen(&trio.p).await;
+    let (sig_before, unknown_before) = (
+        rejected(&trio.p, "bad_signature").await,
+        rejected(&trio.p, "unknown_owner").await,
+    );
+
+    let huge = 1u64 << 62;
+    // q's partition with shop tombstoned at 2^62, on from where p holds it.
+    let erase = wire::PartitionDelta {
+        from_version: genuine.up_to_version,
+        up_to_version: huge,
+        reset: false,
+        record: None,
+        entries: vec![entry(SHOP, huge, None)],
+        ..genuine.clone()
+    };
+    // The same as a reset of the whole partition: nothing listed, so everything dropped.
+    let wipe = wire::PartitionDelta {
+        from_version: 0,
+        up_to_version: huge,
+        reset: true,
+        entries: vec![],
+        ..genuine.clone()
+    };
+    let mut evil = EvilPeer::dial(&attacker, trio.p.mesh_addr()).await;
+    let attempts = [
+        // A seal of noise with q's certificate.
+        wire::PartitionDelta {
+            seal: forged_seal(seal.scheme),
+            ..erase.clone()
+        },
+        // q's genuine seal of its real state, reused.
+        wire::PartitionDelta {
+            seal: Some(seal.clone()),
+            ..erase.clone()
+        },
+        wire::PartitionDelta {
+            seal: Some(seal.clone()),
+            ..wipe.clone()
+        },
+        // No certificate along: p checks the seal with the one it holds for q.
+        wire::PartitionDelta {
+            seal: Some(seal.clone()),
+            owner_cert: vec![],
+            ..erase.clone()
+        },
+    ];
+    let n = attempts.len() as f64;
+    for pd in attempts {
+        evil.send(Body::Delta(wire::Delta {
+            partitions: vec![pd],
+        }));
+    }
+    // And with no seal at all: staged, waiting for a seal that never comes.
+    evil.send(Body::Delta(wire::Delta {
+        partitions: vec![wire::PartitionDelta {
+            seal: None,
+            ..erase.clone()
+        }],
+    }));
+    evil.sync().await;
+    wait_rejected(&trio.p, "bad_signature", sig_before + n).await;
+    assert_eq!(rejected(&trio.p, "unknown_owner").await, unknown_before);
+    assert_eq!(seen(&trio.p).await, before);
+    let (_, gen_q, v_q) = watermarks(&trio.p)
+        .await
+        .into_iter()
+        .find(|w| w.0 == "nyc-1")
+        .unwrap();
+    assert_eq!(gen_q, genuine.generation);
+    assert!(v_q < huge, "p holds q at version {v_q}");
+
+    // q's later updates still arrive through r...
+    trio.q_registers("later.apps.example.com", "10.1.0.2").await;
+    // ...and q's genuine old state, replayed, does not roll them back (old news: nothing
+    // to apply, so nothing changes).
+    let held_q = |w: Vec<(String, u64, u64)>| w.into_iter().find(|w| w.0 == "nyc-1");
+    let q_before = held_q(watermarks(&trio.p).await).unwrap();
+    evil.send(Body::Delta(wire::Delta {
+        partitions: vec![genuine.clone()],
+    }));
+    evil.sync().await;
+    let q_after = held_q(watermarks(&trio.p).await).unwrap();
+    assert_eq!(q_after.1, q_before.1);
+    assert!(
+        q_after.2 >= q_before.2,
+        "rolled back: {q_before:?} -> {q_after:?}"
+    );
+    assert_eq!(sites_of(&trio.p, "later.apps.example.com").await, ["nyc"]);
+    assert_eq!(sites_of(&trio.p, SHOP).await, ["nyc"]);
+    assert_eq!(sync_state(&trio.p).await, "in_sync");
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) Generation lock-out.
+
+#[tokio::test]
+async fn a_future_generation_locks_nobody_out() {
+    let mut trio = Trio::start("").await;
+    let attacker = EvilIdentity::issue(&trio.ca, "sgp-9", "sgp");
+    let genuine = q_partition_from_r(&trio, &attacker).await;
+    let before = seen(&trio.p).await;
+    let future_before = rejected(&trio.p, "generation_in_future").await;
+    let mut evil = EvilPeer::dial(&attacker, trio.p.mesh_addr()).await;
+
+    // q at generation u64::MAX and an hour ahead, with q's seal and certificate...
+    let mut attempts = vec![];
+    for generation in [u64::MAX, now_micros() + 3_600_000_000] {
+        attempts.push(wire::PartitionDelta {
+            generation,
+            ..genuine.clone()
+        });
+    }
+    // ...and sealed by the attacker's own key, under its own certificate.
+    let trust = attacker.trust();
+    let (scheme, signature) =
+        grouter::mesh::sync::Trust::sign(&trust, b"nyc-1 at u64::MAX").unwrap();
+    attempts.push(wire::PartitionDelta {
+        generation: u64::MAX,
+        seal: Some(wire::Seal { scheme, signature }),
+        owner_cert: attacker.cert_der(),
+        ..genuine.clone()
+    });
+    // The attacker's own genuine partition at u64::MAX (an owner dating itself ahead).
+    let own = attacker.partition(u64::MAX);
+    own.upsert("mine.apps.example.com", "mine");
+    attempts.extend(own.delta("lon-1").partitions);
+    let n = attempts.len() as f64;
+    for pd in attempts {
+        evil.send(Body::Delta(wire::Delta {
+            partitions: vec![pd],
+        }));
+    }
+    evil.sync().await;
+    wait_rejected(&trio.p, "generation_in_future", future_before + n).await;
+    assert_eq!(seen(&trio.p).await, before);
+    assert!(
+        watermarks(&trio.p).await.iter().all(|w| w.1 < u64::MAX / 2),
+        "a generation in the future is held"
+    );
+    // The attacker, honest again with a real start time, is not locked out of its own
+    // partition either.
+    let honest = attacker.partition(now_micros());
+    honest.upsert("mine.apps.example.com", "mine");
+    evil.send(Body::Delta(honest.delta("lon-1")));
+    evil.sync().await;
+    wait_until(5 * SEC, "the attacker's honest partition", || async {
+        (sites_of(&trio.p, "mine.apps.example.com").await == ["sgp"]).then_some(())
+    })
+    .await;
+
+    // q restarts: p takes its new generation (relayed by r) and its routes as they return.
+    trio.q.restart().await;
+    let bus = trio.buses[2].client().await;
+    trio.q
+        .register_until_routed(&bus, &registration("10.1.0.1", 1, SHOP, "shop"), SHOP)
+        .await;
+    wait_until(15 * SEC, "q's new generation at p", || async {
+        let (_, g, _) = watermarks(&trio.p)
+            .await
+            .into_iter()
+            .find(|w| w.0 == "nyc-1")?;
+        (g > genuine.generation).then_some(())
+    })
+    .await;
+    trio.q_registers("later.apps.example.com", "10.1.0.2").await;
+    assert_eq!(sites_of(&trio.p, SHOP).await, ["nyc"]);
+    assert_eq!(sync_state(&trio.p).await, "in_sync");
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c, sealed) Invented nodes that bring a seal: no certificate, or one of another node.
+
+#[tokio::test]
+async fn invented_nodes_with_seals_are_unknown_owners() {
+    let trio = Trio::start("").await;
+    let attacker = EvilIdentity::issue(&trio.ca, "sgp-9", "sgp");
+    let mut listener = EvilListener::bind(&attacker).await;
+    let lure = listener.addr().to_string();
+    let before = seen(&trio.p).await;
+    let unknown_before = rejected(&trio.p, "unknown_owner").await;
+    let trust = attacker.trust();
+    let (scheme, signature) =
+        grouter::mesh::sync::Trust::sign(&trust, b"a ghost's statement").unwrap();
+    let sealed = |pd: wire::PartitionDelta, cert: Vec<u8>| wire::PartitionDelta {
+        seal: Some(wire::Seal {
+            scheme,
+            signature: signature.clone(),
+        }),
+        owner_cert: cert,
+        ..pd
+    };
+    let mut evil = EvilPeer::dial(&attacker, trio.p.mesh_addr()).await;
+    let attempts = [
+        // No certificate at all.
+        sealed(
+            ghost(
+                "lon-ghost",
+                "lon",
+                &lure,
+                vec![entry(SHOP, 1, route("shop"))],
+            ),
+            vec![],
+        ),
+        // The attacker's genuine certificate, which names sgp-9, not the ghost.
+        sealed(
+            ghost(
+                "lon-ghost",
+                "lon",
+                &lure,
+                vec![entry(SHOP, 1, route("shop"))],
+            ),
+            attacker.cert_der(),
+        ),
+        sealed(
+            ghost(
+                "nyc-ghost",
+                "nyc",
+                &lure,
+                vec![entry("ghost.apps.example.com", 1, route("ghost"))],
+            ),
+            attacker.cert_der(),
+        ),
+        // Not a certificate.
+        sealed(
+            ghost(
+                "nyc-ghost",
+                "nyc",
+                &lure,
+                vec![entry(SHOP, 1, route("shop"))],
+            ),
+            garbage(9, 600),
+        ),
+    ];
+    let n = attempts.len() as f64;
+    for pd in attempts {
+        evil.send(Body::Delta(wire::Delta {
+            partitions: vec![pd],
+        }));
+    }
+    evil.sync().await;
+    evil.wait_digests(2).await;
+    // Noise where a certificate should be is not from the mesh CA: counted as such, or as
+    // an unknown owner; either way refused.
+    let unknown_ca = rejected(&trio.p, "unknown_ca").await;
+    assert!(
+        rejected(&trio.p, "unknown_owner").await + unknown_ca >= unknown_before + n,
+        "every ghost refused and counted"
+    );
+    assert!(rejected(&trio.p, "unknown_owner").await >= unknown_before + n - 1.0);
+    assert_eq!(seen(&trio.p).await, before);
+    assert_eq!(
+        listener.connections(),
+        0,
+        "something dialled the ghost's address"
+    );
+    assert!(listener.accept(Duration::ZERO).await.is_none());
+    assert!(
+        !watermarks(&trio.p)
+            .await
+            .iter()
+            .any(|w| w.0.contains("ghost"))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// (d) Bounds on what a genuine member can make a node hold.
+
+#[tokio::test]
+async fn a_member_over_the_limits_is_refused() {
+    let trio = Trio::start("max_nodes = 6\nmax_entries_per_partition = 1000").await;
+    let attacker = EvilIdentity::issue(&trio.ca, "sgp-9", "sgp");
+    let over_before = rejected(&trio.p, "over_limit").await;
+    let mut evil = EvilPeer::dial(&attacker, trio.p.mesh_addr()).await;
+
+    // Its own genuine partition of 1,500 routes, over max_entries_per_partition.
+    let own = attacker.partition(now_micros());
+    for i in 0..1_500 {
+        own.upsert(&format!("r{i}.big.apps.example.com"), "big");
+    }
+    evil.send(Body::Delta(own.delta("lon-1")));
+    evil.sync().await;
+    wait_rejected(&trio.p, "over_limit", over_before + 1.0).await;
+    assert!(trio.p.route("r0.big.apps.example.com", "").await.is_none());
+    assert!(
+        !watermarks(&trio.p).await.iter().any(|w| w.0 == "sgp-9"),
+        "the oversized partition is held"
+    );
+
+    // Genuine partitions of five more certified nodes, relayed: p holds three (lon-1,
+    // sgp-1, nyc-1), so three more reach max_nodes and the other two are refused.
+    let others: Vec<EvilIdentity> = (10..15)
+        .map(|i| EvilIdentity::issue(&trio.ca, &format!("sgp-{i}"), "sgp"))
+        .collect();
+    for (i, other) in others.iter().enumerate() {
+        let part = other.partition(now_micros());
+        part.upsert(&format!("n{i}.apps.example.com"), "n");
+        evil.send(Body::Delta(part.delta("lon-1")));
+    }
+    evil.sync().await;
+    wait_rejected(&trio.p, "over_limit", over_before + 3.0).await;
+    let held = watermarks(&trio.p).await;
+    assert_eq!(held.len(), 6, "{held:?}");
+    let mut routed = 0;
+    for i in 0..5 {
+        if trio
+            .p
+            .route(&format!("n{i}.apps.example.com"), "")
+            .await
+            .is_some()
+        {
+            routed += 1;
+        }
+    }
+    assert_eq!(routed, 3, "routes of the nodes within max_nodes");
+    // The real nodes are unaffected, and q's updates still arrive.
+    assert_eq!(sites_of(&trio.p, SHOP).await, ["nyc"]);
+    assert_eq!(sites_of(&trio.p, HOME).await, ["lon"]);
+    trio.q_registers("later.apps.example.com", "10.1.0.2").await;
+    assert_eq!(sync_state(&trio.p).await, "in_sync");
+}
+
+// ---------------------------------------------------------------------------------------------
+// (e) Per-site name authority.
+
+#[tokio::test]
+async fn a_site_announces_only_its_domains() {
+    let trio = Trio::start("site_domains = { \"nyc\" = [\"apps.example.com\"] }").await;
+    let attacker = EvilIdentity::issue(&trio.ca, "nyc-9", "nyc");
+    let before = rejected(&trio.p, "domain_not_allowed").await;
+    let mut evil = EvilPeer::dial(&attacker, trio.p.mesh_addr()).await;
+    let own = attacker.partition(now_micros());
+    own.upsert("ok.apps.example.com", "ok");
+    own.upsert("login.bank.example.org", "bank");
+    evil.send(Body::Delta(own.delta("lon-1")));
+    evil.sync().await;
+    wait_until(5 * SEC, "the allowed route", || async {
+        (sites_of(&trio.p, "ok.apps.example.com").await == ["nyc"]).then_some(())
+    })
+    .await;
+    wait_rejected(&trio.p, "domain_not_allowed", before + 1.0).await;
+    assert!(trio.p.route("login.bank.example.org", "").await.is_none());
+    // A user asking p for the name gets what p answers for a name nobody serves.
+    let client = reqwest::Client::new();
+    let resp = client
+        .get(format!("http://{}/", trio.p.http_addr()))
+        .header("host", "login.bank.example.org")
+        .timeout(5 * SEC)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert_eq!(
+        resp.headers()
+            .get("x-cf-routererror")
+            .and_then(|v| v.to_str().ok()),
+        Some("unknown_route")
+    );
+    // The allowed one is redirected to nyc like any nyc app.
+    assert_eq!(
+        http_get(&trio.p, "ok.apps.example.com").await.1,
+        "http://ok.nyc.apps.example.com/"
+    );
 }

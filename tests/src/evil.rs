@@ -29,6 +29,7 @@ use std::time::Duration;
 use bytes::{BufMut as _, Bytes, BytesMut};
 use futures::StreamExt as _;
 use grouter::mesh::identity::{MESH_SERVER_NAME, MeshTls};
+use grouter::mesh::trust::MeshTrust;
 use grouter_protocol::mesh::{self as wire, frame::Body};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -475,4 +476,87 @@ pub fn garbage(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// Now, in microseconds since the Unix epoch: the unit of generations (a start time).
+pub fn now_micros() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    u64::try_from(since.as_micros()).expect("before the year 586,000")
+}
+
+/// The attacker's own partition, kept and sealed by the product's own code
+/// ([`grouter::table::Table`], [`grouter::mesh::sync::delta`], [`MeshTrust`]): what it
+/// sends is exactly what a genuine node of its identity would, so a victim accepts it
+/// unless a rule other than authorship refuses it. Tamper with the result to attack.
+pub struct OwnPartition {
+    table: grouter::table::Table,
+    trust: MeshTrust,
+}
+
+impl std::fmt::Debug for OwnPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnPartition")
+            .field("me", &self.table.me().node_id)
+            .field("generation", &self.table.me().generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EvilIdentity {
+    /// The product's signer for this identity's key.
+    pub fn trust(&self) -> MeshTrust {
+        crate::install_crypto();
+        MeshTrust::load(&self.ca_pem(), &self.cert_pem(), &self.key_pem())
+            .expect("load the harness's own mesh trust")
+    }
+
+    /// A partition of this identity at `generation` (e.g. [`now_micros`]), empty.
+    pub fn partition(&self, generation: u64) -> OwnPartition {
+        OwnPartition {
+            table: grouter::table::Table::new(&self.node_id, &self.site, generation),
+            trust: self.trust(),
+        }
+    }
+}
+
+impl OwnPartition {
+    /// Serve `host` (path "") as app `app`.
+    pub fn upsert(&self, host: &str, app: &str) {
+        let key =
+            Arc::new(grouter_protocol::nats::RouteKey::parse(host).expect("a valid route key"));
+        self.table.upsert_local(
+            &key,
+            grouter::table::RouteEntry {
+                app_id: app.into(),
+                app_name: Some(app.into()),
+                endpoints: 1,
+                instances: 1,
+                updated_at_ms: 1,
+            },
+        );
+    }
+
+    /// Stop serving `host`, leaving a tombstone.
+    pub fn remove(&self, host: &str) {
+        let key = grouter_protocol::nats::RouteKey::parse(host).expect("a valid route key");
+        self.table.remove_local(&key);
+    }
+
+    /// The whole partition, sealed, as its owner sends it to `peer` that holds none of it.
+    pub fn delta(&self, peer: &str) -> wire::Delta {
+        grouter::mesh::sync::delta(
+            &self.table,
+            &self.trust,
+            &mut grouter::mesh::sync::PeerView::default(),
+            peer,
+        )
+        .expect("a partition to send")
+    }
+
+    /// The signer.
+    pub fn trust(&self) -> &MeshTrust {
+        &self.trust
+    }
 }

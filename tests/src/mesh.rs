@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use grouter::mesh::identity::{MESH_SERVER_NAME, MeshTls};
 use grouter_protocol::mesh::{self as wire, frame::Body};
-use grouter_tests::inproc::{publish, registration};
 use grouter_tests::evil::{EvilIdentity, EvilPeer};
+use grouter_tests::inproc::{publish, registration};
 use grouter_tests::{MeshCa, NatsServer, Node, wait_until};
 use serde_json::{Value, json};
 
@@ -423,6 +423,7 @@ async fn a_misbehaving_peer_changes_nothing() {
                 }),
             },
         ],
+        ..Default::default()
     };
     evil_peer.send(Body::Delta(wire::Delta {
         partitions: vec![
