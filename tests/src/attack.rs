@@ -183,6 +183,19 @@ async fn rejected(node: &Node, reason: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Refusals of `reason` that `node` counted against what `peer` sent, per `/v1/peers` (the
+/// peer's own entry while it is connected, else the list of past peers).
+async fn peer_rejections(node: &Node, peer: &str, reason: &str) -> u64 {
+    let peers = node.json("/v1/peers").await;
+    let live = peers["peers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["node_id"] == peer))
+        .map(|p| p["rejections"][reason].clone());
+    live.unwrap_or_else(|| peers["rejections"][peer][reason].clone())
+        .as_u64()
+        .unwrap_or(0)
+}
+
 /// Wait until `node` has counted at least `at_least` rejections for `reason`.
 async fn wait_rejected(node: &Node, reason: &str, at_least: f64) {
     wait_until(
@@ -503,6 +516,10 @@ async fn a_flood_of_invented_nodes_costs_nothing_and_goes_nowhere() {
     }
     // Every sealed one refused as a node no certificate names.
     wait_rejected(&trio.p, "unknown_owner", unknown_before + 1_000.0).await;
+    assert_eq!(
+        peer_rejections(&trio.p, "sgp-9", "unknown_owner").await,
+        1_000
+    );
     let grown = rss_after.saturating_sub(rss_before);
     assert!(
         grown < 24 * 1024,
@@ -684,6 +701,12 @@ async fn a_relay_cannot_erase_or_roll_back_another_nodes_partition() {
     evil.sync().await;
     wait_rejected(&trio.p, "bad_signature", sig_before + n).await;
     assert_eq!(rejected(&trio.p, "unknown_owner").await, unknown_before);
+    // The operator sees who sent them, and that the honest relay sent none.
+    assert_eq!(
+        peer_rejections(&trio.p, "sgp-9", "bad_signature").await,
+        n as u64
+    );
+    assert_eq!(peer_rejections(&trio.p, "sgp-1", "bad_signature").await, 0);
     assert_eq!(seen(&trio.p).await, before);
     let (_, gen_q, v_q) = watermarks(&trio.p)
         .await
@@ -871,6 +894,7 @@ async fn invented_nodes_with_seals_are_unknown_owners() {
         "every ghost refused and counted"
     );
     assert!(rejected(&trio.p, "unknown_owner").await >= unknown_before + n - 1.0);
+    assert!(peer_rejections(&trio.p, "sgp-9", "unknown_owner").await >= 3);
     assert_eq!(seen(&trio.p).await, before);
     assert_eq!(
         listener.connections(),
@@ -962,6 +986,10 @@ async fn a_site_announces_only_its_domains() {
     })
     .await;
     wait_rejected(&trio.p, "domain_not_allowed", before + 1.0).await;
+    assert_eq!(
+        peer_rejections(&trio.p, "nyc-9", "domain_not_allowed").await,
+        1
+    );
     assert!(trio.p.route("login.bank.example.org", "").await.is_none());
     // A user asking p for the name gets what p answers for a name nobody serves.
     let client = reqwest::Client::new();
