@@ -143,6 +143,9 @@ enum Bench {
     /// (internal) Fill a table in this process and write its deltas to stdout.
     #[command(hide = true)]
     EmitPartition {
+        /// Directory with the node's `ca.pem`, `node.pem` and `node.key` (it seals with them).
+        #[arg(long)]
+        cert_dir: std::path::PathBuf,
         #[arg(long)]
         node: String,
         #[arg(long)]
@@ -201,12 +204,15 @@ fn main() -> anyhow::Result<()> {
             distinct_hosts,
         } => mesh_bench::mesh_memory(routes, sites, distinct_hosts),
         Bench::EmitPartition {
+            cert_dir,
             node,
             site,
             site_index,
             routes,
             distinct_hosts,
-        } => mesh_bench::emit_partition(&node, &site, site_index, routes, distinct_hosts),
+        } => {
+            mesh_bench::emit_partition(&cert_dir, &node, &site, site_index, routes, distinct_hosts)
+        }
     }
 }
 
@@ -429,7 +435,7 @@ mod mesh_bench {
 
     use anyhow::{Context, anyhow, bail};
     use grouter::mesh::liveness::Verdict;
-    use grouter::mesh::sync::{self, Authority, PeerView, Sender};
+    use grouter::mesh::sync::{self, PeerView, Sender};
     use grouter::mesh::{Mesh, PeerLink};
     use grouter::node::NodeState;
     use grouter::table::{RouteEntry, Table};
@@ -1364,16 +1370,13 @@ mod mesh_bench {
     // ---------------------------------------------------------------------------------------
     // mesh-memory
 
-    /// Delta sources in the benchmark have no live peers and no certificates.
-    struct NoPeers;
-
-    impl Authority for NoPeers {
-        fn is_direct(&self, _: &str) -> bool {
-            false
-        }
-        fn certified_site(&self, _: &str) -> Option<String> {
-            None
-        }
+    /// The trust of a node whose certificate is in `dir` (as `MeshCa::issue` writes it).
+    fn trust_in(dir: &std::path::Path) -> anyhow::Result<grouter::mesh::trust::MeshTrust> {
+        Ok(grouter::mesh::trust::MeshTrust::load(
+            &dir.join("ca.pem"),
+            &dir.join("node.pem"),
+            &dir.join("node.key"),
+        )?)
     }
 
     fn site_host(site: usize, route: usize, distinct: bool) -> String {
@@ -1395,6 +1398,7 @@ mod mesh_bench {
     /// Child process: a table filled with `upsert_local`, written out as the deltas a peer
     /// would receive (`u32` big-endian length, then the encoded frame).
     pub(super) fn emit_partition(
+        cert_dir: &std::path::Path,
         node: &str,
         site: &str,
         site_index: usize,
@@ -1403,9 +1407,10 @@ mod mesh_bench {
     ) -> anyhow::Result<()> {
         let table = Table::new(node, site, 1);
         fill(&table, site_index, routes, distinct)?;
+        let trust = trust_in(cert_dir)?;
         let mut view = PeerView::default();
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        while let Some(d) = sync::delta(&table, &mut view, "bench-target") {
+        while let Some(d) = sync::delta(&table, &trust, &mut view, "bench-target") {
             let frame = wire::encode(wire::frame::Body::Delta(d));
             out.write_all(&u32::try_from(frame.len())?.to_be_bytes())?;
             out.write_all(&frame)?;
@@ -1430,6 +1435,9 @@ mod mesh_bench {
                 "every site serves the same hosts"
             }
         );
+        let ca = grouter_tests::MeshCa::new();
+        let own_dir = ca.issue(&format!("{}-1", site_name(0)), &site_name(0));
+        let trust = trust_in(own_dir.path())?;
         let rss0 = rss_bytes();
         let table = Table::new(&format!("{}-1", site_name(0)), &site_name(0), 1);
         let t = Instant::now();
@@ -1451,8 +1459,11 @@ mod mesh_bench {
         for s in 1..sites {
             let node = format!("{}-1", site_name(s));
             let site = site_name(s);
+            let dir = ca.issue(&node, &site);
             let mut child = Command::new(&exe)
                 .args(["emit-partition", "--node", &node, "--site", &site])
+                .arg("--cert-dir")
+                .arg(dir.path())
                 .args([
                     "--site-index",
                     &s.to_string(),
@@ -1467,6 +1478,7 @@ mod mesh_bench {
             let mut buf = Vec::new();
             let mut applying = Duration::ZERO;
             let mut frames = 0;
+            let mut inbox = sync::Inbox::default();
             loop {
                 let mut len = [0u8; 4];
                 match pipe.read_exact(&mut len) {
@@ -1480,9 +1492,15 @@ mod mesh_bench {
                 let wire::frame::Body::Delta(delta) = wire::decode(&buf)? else {
                     bail!("child sent a frame that is not a delta");
                 };
+                let cx = sync::Context {
+                    table: &table,
+                    trust: &trust,
+                    is_direct: &|_| false,
+                    now_micros: u64::MAX / 2,
+                };
                 let applied = sync::apply(
-                    &table,
-                    &NoPeers,
+                    &cx,
+                    &mut inbox,
                     Sender {
                         node_id: &node,
                         site: &site,

@@ -373,6 +373,11 @@ fn sites(state: &AdminState) -> Value {
 /// This node's peer connections, what each peer holds, and this node's own watermarks.
 fn peers(state: &AdminState) -> Value {
     let links = state.mesh.as_deref().map(|m| m.peers()).unwrap_or_default();
+    let mut rejections = state
+        .mesh
+        .as_deref()
+        .map(|m| m.rejections())
+        .unwrap_or_default();
     let peers: Vec<Value> = links
         .iter()
         .map(|p| {
@@ -386,6 +391,7 @@ fn peers(state: &AdminState) -> Value {
                 "bytes_in": p.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
                 "bytes_out": p.bytes_out.load(std::sync::atomic::Ordering::Relaxed),
                 "held": p.held(),
+                "rejections": rejections.remove(&p.node_id).unwrap_or_default(),
             })
         })
         .collect();
@@ -396,7 +402,8 @@ fn peers(state: &AdminState) -> Value {
         .map(|(o, v)| json!({ "node_id": &*o.node_id, "site": &*o.site, "generation": o.generation, "max_version": v }))
         .collect();
     watermarks.sort_by(|a, b| a["node_id"].as_str().cmp(&b["node_id"].as_str()));
-    json!({ "peers": peers, "watermarks": watermarks })
+    // Refusals of peers not connected now (what connected peers sent is listed with them).
+    json!({ "peers": peers, "watermarks": watermarks, "rejections": rejections })
 }
 
 fn ok(body: Value) -> Response<Body> {

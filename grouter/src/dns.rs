@@ -691,7 +691,7 @@ mod tests {
         }
         let routes: Vec<_> = remote.iter().map(|h| (*h, "app", 1)).collect();
         let n = routes.len() as u64;
-        t.import(Import {
+        t.import_trusted(Import {
             up_to_version: n + 1,
             reset: true,
             record: Some(NodeRecord {

@@ -253,11 +253,18 @@ pub async fn run(
         if let Some(dns) = &config.dns {
             settings.site_addresses = dns.site_addresses.iter().map(ToString::to_string).collect();
         }
+        let trust = crate::mesh::trust::MeshTrust::new(
+            tls,
+            &mesh_config.ca,
+            &mesh_config.cert,
+            &mesh_config.key,
+        )
+        .map_err(|e| NodeError::Mesh(e.to_string()))?;
         let mesh = crate::mesh::Mesh::new(
             state.table.clone(),
             state.mesh_metrics.clone(),
             settings,
-            tls,
+            trust,
         );
         let _ = state.mesh.set(mesh.clone());
         let (health, dialer, token) = (

@@ -219,7 +219,7 @@ mod tests {
 
     fn beat(t: &Table, node: &str, site: &str, heartbeat: u64) {
         let version = heartbeat + 1;
-        t.import(Import {
+        t.import_trusted(Import {
             node_id: node.into(),
             site: site.into(),
             generation: 1,
@@ -232,6 +232,8 @@ mod tests {
                 ..Default::default()
             }),
             entries: vec![],
+            seal: crate::table::testing::no_seal(),
+            owner_cert: std::sync::Arc::from(&b""[..]),
         });
     }
 

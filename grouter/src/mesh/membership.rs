@@ -5,9 +5,8 @@
 //! - the **peer set**: at most one connection per peer. Of two connections between the same
 //!   pair of nodes, the one dialled by the node with the smaller id wins, on both ends alike;
 //!   a reconnect in the same direction replaces the old connection;
-//! - the **certified sites** of the nodes met directly (the authority rule of
-//!   [`super::sync`] asks for them) and the **address owners**: which node an address turned
-//!   out to be (seeds are dialled before anyone knows who answers), this node included;
+//! - the **address owners**: which node an address turned out to be (seeds are dialled
+//!   before anyone knows who answers), this node included;
 //! - the **dial targets**: seeds and the advertised addresses of live known nodes, except
 //!   this node's own and those of nodes already connected;
 //! - the **site ranking**: healthy sites before unhealthy, then by the lowest RTT to any
@@ -65,8 +64,6 @@ pub(super) struct Membership<L> {
     advertise: String,
     seeds: Vec<String>,
     peers: HashMap<String, L>,
-    /// Sites of nodes met directly (from their certificates).
-    certified: HashMap<String, String>,
     /// Addresses that turned out to be a given node, or this node itself.
     addr_owner: HashMap<String, String>,
     detector: Detector,
@@ -86,18 +83,14 @@ impl<L: Link> Membership<L> {
             advertise,
             seeds,
             peers: HashMap::new(),
-            certified: HashMap::new(),
             addr_owner: HashMap::new(),
             detector,
         }
     }
 
-    /// Take in a connection whose peer said hello. The peer's site is certified, and the
-    /// address it was dialled at is its from now on, even when the connection then loses:
-    /// the certificate said so either way.
+    /// Take in a connection whose peer said hello. The address it was dialled at is its
+    /// from now on, even when the connection then loses: the certificate said so either way.
     pub(super) fn register(&mut self, link: L) -> Admission<L> {
-        self.certified
-            .insert(link.peer().to_string(), link.site().to_string());
         if link.dialed() {
             self.addr_owner
                 .insert(link.addr().to_string(), link.peer().to_string());
@@ -134,11 +127,6 @@ impl<L: Link> Membership<L> {
     /// The node is connected to this one directly.
     pub(super) fn is_direct(&self, node_id: &str) -> bool {
         self.peers.contains_key(node_id)
-    }
-
-    /// The node's site as its certificate said, if it was ever met directly.
-    pub(super) fn certified_site(&self, node_id: &str) -> Option<&str> {
-        self.certified.get(node_id).map(String::as_str)
     }
 
     /// `addr` turned out to be `node_id` (this node's own id when a seed names this node).
@@ -425,14 +413,12 @@ mod tests {
     }
 
     #[test]
-    fn peers_are_certified_and_dialled_addresses_owned_even_by_a_loser() {
+    fn dialled_addresses_are_owned_even_by_a_loser() {
         let mut lon = membership("lon-1", &["seed:1"]);
-        assert_eq!(lon.certified_site("nyc-1"), None);
         lon.register(conn(1, "nyc-1", true));
         let mut late = conn(2, "nyc-1", false);
         late.addr = "10.0.0.9:5555".into();
         assert_eq!(lon.register(late), Admission::Duplicate);
-        assert_eq!(lon.certified_site("nyc-1"), Some("nyc"));
         // A dialled seed that turned out to be a connected node is not dialled again; an
         // accepted connection's address (the peer's ephemeral port) is not remembered.
         let mut seeded = conn(3, "sgp-1", true);
@@ -574,7 +560,7 @@ mod tests {
 
     fn beat(t: &Table, node: &str, heartbeat: u64) {
         let version = heartbeat + 1;
-        t.import(Import {
+        t.import_trusted(Import {
             node_id: node.into(),
             site: site_of(node).into(),
             generation: 1,
@@ -588,6 +574,8 @@ mod tests {
                 ..Default::default()
             }),
             entries: vec![],
+            seal: crate::table::testing::no_seal(),
+            owner_cert: std::sync::Arc::from(&b""[..]),
         });
     }
 

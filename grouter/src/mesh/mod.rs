@@ -27,6 +27,7 @@ pub mod liveness;
 mod membership;
 mod session;
 pub mod sync;
+pub mod trust;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -52,6 +53,7 @@ use liveness::{Detector, NodeView, Timeouts};
 use membership::{Admission, Membership, TombstoneHorizon};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use trust::MeshTrust;
 
 /// How long a TCP connect plus TLS handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -248,6 +250,9 @@ pub struct Mesh {
     metrics: Arc<MeshMetrics>,
     settings: MeshSettings,
     tls: MeshTls,
+    trust: MeshTrust,
+    /// Refusals per peer node (certified ids only, at most `max_nodes`).
+    rejections: Mutex<HashMap<String, Tally>>,
     /// The peer set and every rule about it: the one lock of the mesh, never held across an
     /// `.await` or while reading the table.
     membership: Mutex<Membership<Arc<PeerLink>>>,
@@ -286,8 +291,9 @@ impl Mesh {
         table: Arc<Table>,
         metrics: Arc<MeshMetrics>,
         settings: MeshSettings,
-        tls: MeshTls,
+        trust: MeshTrust,
     ) -> Arc<Mesh> {
+        let tls = trust.tls().clone();
         let detector = Detector::new(settings.timeouts);
         let membership = Membership::new(
             table.me().clone(),
@@ -300,6 +306,8 @@ impl Mesh {
             metrics,
             settings,
             tls,
+            trust,
+            rejections: Mutex::new(HashMap::new()),
             membership: Mutex::new(membership),
             peer_http: OnceLock::new(),
         })
@@ -347,33 +355,93 @@ impl Mesh {
             .set(i64::try_from(peers.len()).unwrap_or(i64::MAX));
     }
 
-    fn count_applied(&self, applied: &sync::Applied) {
-        self.metrics.entries_applied.inc_by(applied.changed as u64);
-        for (node, why) in &applied.rejected {
-            self.metrics.count_rejection(*why);
-            match why {
-                // Routine: a relay raced the owner's own push, or a late or lost delta that
-                // the next digest repairs.
-                sync::Rejection::Stale | sync::Rejection::Gap | sync::Rejection::OwnerConnected => {
-                    debug!(partition = %node, reason = why.as_str(), "mesh delta dropped");
-                }
-                _ => warn!(partition = %node, reason = why.as_str(), "mesh delta dropped"),
-            }
-        }
-    }
-}
-
-impl sync::Authority for Mesh {
-    fn is_direct(&self, node_id: &str) -> bool {
+    /// Whether `node_id` is connected to this node directly.
+    pub fn is_direct(&self, node_id: &str) -> bool {
         self.membership.lock().is_direct(node_id)
     }
 
-    fn certified_site(&self, node_id: &str) -> Option<String> {
-        self.membership
-            .lock()
-            .certified_site(node_id)
-            .map(str::to_owned)
+    /// Certificates and seals.
+    pub fn trust(&self) -> &MeshTrust {
+        &self.trust
     }
+
+    fn count_applied(&self, link: &PeerLink, applied: &sync::Applied) {
+        self.metrics.entries_applied.inc_by(applied.changed as u64);
+        for (node, why) in &applied.rejected {
+            self.count_rejection(link, node, *why);
+        }
+        if applied.not_allowed > 0 {
+            let why = sync::Rejection::DomainNotAllowed;
+            self.metrics.rejected[why as usize].inc_by(applied.not_allowed as u64);
+            self.tally(link, "", why, applied.not_allowed as u64);
+        }
+    }
+
+    /// Count one refusal of what `link`'s peer sent (of `partition`'s, if it names one):
+    /// in the metric, in the peer's tally (`/v1/peers`), and in the log at most once per
+    /// peer and reason per minute.
+    fn count_rejection(&self, link: &PeerLink, partition: &str, why: sync::Rejection) {
+        self.metrics.count_rejection(why);
+        self.tally(link, partition, why, 1);
+    }
+
+    fn tally(&self, link: &PeerLink, partition: &str, why: sync::Rejection, n: u64) {
+        let log = {
+            let mut tallies = self.rejections.lock();
+            if !tallies.contains_key(&link.node_id)
+                && tallies.len() >= self.table.limits().max_nodes
+            {
+                // Certified peers only, so bounded by the mesh; never beyond the limit.
+                return;
+            }
+            let t = tallies.entry(link.node_id.clone()).or_default();
+            t.counts[why as usize] += n;
+            let now = Instant::now();
+            let due = t.logged[why as usize]
+                .is_none_or(|at| now.saturating_duration_since(at) >= REJECTION_LOG_EVERY);
+            if due {
+                t.logged[why as usize] = Some(now);
+            }
+            due
+        };
+        if !log {
+            return;
+        }
+        if why.is_misbehaviour() {
+            warn!(peer = %link.node_id, %partition, reason = why.as_str(), "mesh delta refused");
+        } else {
+            // Routine: a relay raced the owner's own push, or a late or lost delta that the
+            // next digest repairs.
+            debug!(peer = %link.node_id, %partition, reason = why.as_str(), "mesh delta dropped");
+        }
+    }
+
+    /// What each peer sent that was refused, by reason (peers that sent nothing refused are
+    /// absent).
+    pub fn rejections(&self) -> BTreeMap<String, BTreeMap<&'static str, u64>> {
+        self.rejections
+            .lock()
+            .iter()
+            .map(|(node, t)| {
+                let reasons = sync::Rejection::ALL
+                    .iter()
+                    .filter(|r| t.counts[**r as usize] > 0)
+                    .map(|r| (r.as_str(), t.counts[*r as usize]))
+                    .collect();
+                (node.clone(), reasons)
+            })
+            .collect()
+    }
+}
+
+/// How often one peer's refusals of one reason are logged.
+const REJECTION_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Refusals of what one peer sent.
+#[derive(Debug, Default)]
+struct Tally {
+    counts: [u64; sync::Rejection::ALL.len()],
+    logged: [Option<Instant>; sync::Rejection::ALL.len()],
 }
 
 /// The mesh of a running node, for the admin API.

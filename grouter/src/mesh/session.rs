@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::identity::NodeIdentity;
-use super::sync::{self, Authority as _, PeerView, Sender};
+use super::sync::{self, Inbox, PeerView, Sender};
 use super::{Mesh, PeerLink};
 
 /// How long a peer has to say hello.
@@ -150,6 +150,7 @@ where
             cancel.clone(),
         );
         tokio::spawn(async move {
+            let mut inbox = Inbox::default();
             let result: Result<(), SessionError> = async {
                 loop {
                     let frame = tokio::select! {
@@ -168,8 +169,29 @@ where
                                 node_id: &peer.node_id,
                                 site: &peer.site,
                             };
-                            let applied = sync::apply(&mesh.table, mesh.as_ref(), sender, delta);
-                            mesh.count_applied(&applied);
+                            let entries: usize =
+                                delta.partitions.iter().map(|p| p.entries.len()).sum();
+                            let apply = || {
+                                let is_direct = |n: &str| mesh.is_direct(n);
+                                let cx = sync::Context {
+                                    table: &mesh.table,
+                                    trust: mesh.trust(),
+                                    is_direct: &is_direct,
+                                    now_micros: now_micros(),
+                                };
+                                sync::apply(&cx, &mut inbox, sender, delta)
+                            };
+                            // Verifying a large delta hashes every entry: off the async
+                            // workers when the runtime has others to run the rest.
+                            let applied = if entries > 1_000
+                                && tokio::runtime::Handle::current().runtime_flavor()
+                                    == tokio::runtime::RuntimeFlavor::MultiThread
+                            {
+                                tokio::task::block_in_place(apply)
+                            } else {
+                                apply()
+                            };
+                            mesh.count_applied(&link, &applied);
                         }
                         Body::Digest(d) => {
                             if control_tx.send(Control::Digest(d)).await.is_err() {
@@ -214,7 +236,11 @@ where
                 Some(msg) = control.recv() => match msg {
                     Control::Digest(d) => {
                         // The peer's own account of what it holds: send exactly the rest.
-                        view.set_from_digest(&d, Instant::now());
+                        let max = mesh.table.limits().max_nodes;
+                        if !view.set_from_digest(&d, Instant::now(), max) {
+                            mesh.count_rejection(link, &peer.node_id, sync::Rejection::OverLimit);
+                            continue;
+                        }
                         *link.held.lock() = d.partitions.iter().map(|p| (p.node_id.clone(), p.max_version)).collect();
                         knows_peer = true;
                         push(mesh, &mut sink, link, &mut view, &peer.node_id).await?;
@@ -261,7 +287,7 @@ async fn push<W>(
 where
     W: futures::Sink<Bytes, Error = std::io::Error> + Unpin,
 {
-    while let Some(delta) = sync::delta(&mesh.table, view, peer) {
+    while let Some(delta) = sync::delta(&mesh.table, mesh.trust(), view, peer) {
         let entries: usize = delta.partitions.iter().map(|p| p.entries.len()).sum();
         mesh.metrics.entries_sent.inc_by(entries as u64);
         send(sink, link, Body::Delta(delta)).await?;
@@ -280,6 +306,13 @@ where
     Ok(())
 }
 
+/// Microseconds since the Unix epoch (the unit of generations).
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
@@ -290,8 +323,9 @@ mod tests {
 
     use super::*;
     use crate::mesh::MeshSettings;
-    use crate::mesh::identity::{self, MeshTls};
+    use crate::mesh::identity;
     use crate::mesh::liveness::Timeouts;
+    use crate::mesh::trust::MeshTrust;
     use crate::metrics::Metrics;
     use crate::table::testing::key;
     use crate::table::{RouteEntry, Table};
@@ -301,7 +335,7 @@ mod tests {
 
     /// A mesh of `node@site` with a certificate from the CA in `root/ca`. It never listens
     /// or dials: the test hands its sessions their streams. (The session does not use the
-    /// TLS configuration; `Mesh` merely holds one.)
+    /// TLS configuration, but seals and checks partitions with the certificates.)
     fn mesh(root: &Path, node: &str, site: &str) -> Arc<Mesh> {
         let ca = root.join("ca");
         if !ca.exists() {
@@ -309,7 +343,7 @@ mod tests {
         }
         let dir = root.join(node);
         identity::create_node(&ca, &NodeIdentity::new(node, site).unwrap(), &dir).unwrap();
-        let tls = MeshTls::load(
+        let trust = MeshTrust::load(
             &dir.join(identity::CA_CERT_FILE),
             &dir.join(identity::NODE_CERT_FILE),
             &dir.join(identity::NODE_KEY_FILE),
@@ -331,7 +365,7 @@ mod tests {
         };
         let table = Arc::new(Table::new(node, site, 1));
         let metrics = Arc::new(crate::mesh::MeshMetrics::new(&Metrics::new()));
-        Mesh::new(table, metrics, settings, tls)
+        Mesh::new(table, metrics, settings, trust)
     }
 
     /// One end of a connection: `mesh` talking to `peer` over `stream`.

@@ -1,25 +1,35 @@
 //! Anti-entropy between replicas of the table, as pure functions: no sockets, no clocks.
 //!
 //! Owns: turning the table into digests and deltas, applying a peer's delta, what each peer
-//! is known to hold ([`PeerView`]), and **the rule of who may speak for which partition**:
+//! is known to hold ([`PeerView`]), what a peer has sent of a partition that spans several
+//! frames ([`Inbox`]), and **the rule of who may author which partition**:
 //!
-//! 1. Identity comes from certificates only: the peer is who its certificate says.
-//! 2. Nobody writes this node's own partition: such entries are dropped and counted.
-//! 3. A node speaks for its own partition, under the site its certificate names; a delta
-//!    that claims another site for the sender's own partition is dropped.
-//! 4. A peer may relay partitions of other nodes (so a partial mesh converges), but not of
-//!    a node that is connected to us directly: that node is the only source of its own
-//!    partition while it is.
-//! 5. A relay may not move a node to another site: a partition's site is fixed by the
-//!    owner's certificate when we met it directly, else by the partition as first held.
+//! 1. Only a partition's owner authors it. Every partition a delta completes carries the
+//!    owner's seal: a signature, by the key of a mesh-CA certificate that names the
+//!    partition's node id and site, over the statement of the state the receiver will hold
+//!    (generation, version, record, and the set hash of every live entry; see
+//!    [`crate::table::state`]). The receiver computes that statement itself from what it
+//!    holds plus what arrived, and applies nothing unless the seal covers it. A relay can
+//!    forward a partition; it cannot forge, alter, roll back, delete from or re-date it.
+//! 2. A node exists only by certificate: a partition without one, or with one that the mesh
+//!    CA did not issue, that is revoked or expired, or that names another node or site, is
+//!    refused. The certificate travels with the partition, so a node never met directly is
+//!    still verifiable.
+//! 3. Nobody writes this node's own partition; a generation (a start time) more than
+//!    [`GENERATION_SKEW`] ahead of this node's clock is refused.
+//! 4. A peer does not relay to us a partition whose owner is connected to us directly: that
+//!    node is its only source while it is (not a matter of trust any more, of waste).
+//! 5. What a peer can make us hold is bounded ([`crate::table::Limits`], one staged
+//!    partition per connection, digests of at most `max_nodes` partitions).
 //!
-//! Relays are trusted to pass content on faithfully: every mesh member holds a certificate
-//! from the mesh CA, so a member's stolen key compromises the mesh (as in any mTLS mesh
-//! without per-entry signatures). What the rule guarantees is that no member can impersonate
-//! another's identity, re-home it, or overwrite the receiver's own state.
+//! What this does not protect against (docs/MESH.md): a relay that withholds updates (the
+//! owner's direct connections and other relays repair it), and an owner that lies about its
+//! own routes (`mesh.site_domains` bounds which names a site may claim).
 //!
-//! Must never: do I/O, or write this node's own partition.
+//! Must never: do I/O, write this node's own partition, or change the table for a frame it
+//! could not verify.
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,38 +37,68 @@ use std::time::{Duration, Instant};
 use grouter_protocol::mesh as wire;
 use grouter_protocol::nats::RouteKey;
 
-use crate::table::{Import, ImportOutcome, NodeRecord, ReplicatedEntry, RouteEntry, Table};
+use crate::names::{check_node_id, check_site};
+use crate::table::{Import, ImportOutcome, NodeRecord, ReplicatedEntry, RouteEntry, Seal, Table};
 
 /// Most entries in one delta frame (≈ 80 bytes each on the wire).
 pub const DELTA_BUDGET: usize = 20_000;
 
-/// Why a partition delta was dropped. Label values of the mesh's rejection metric.
+/// How far ahead of this node's clock a generation (microseconds since the Unix epoch) may be.
+pub const GENERATION_SKEW: Duration = Duration::from_secs(300);
+
+/// Why a partition delta (or an entry of one) was refused. Label values of the mesh's
+/// rejection metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rejection {
     /// Entries for the receiver's own partition.
     OwnPartition,
     /// The sender relayed a partition whose owner is connected to the receiver directly.
     OwnerConnected,
-    /// The delta claims a site other than the one the owner's identity carries.
+    /// The partition claims a site other than the one its owner's certificate names.
     SiteMismatch,
     /// An older incarnation than the one held (or retired): not an error, just late.
     Stale,
-    /// Missing node id or site, or a malformed route key.
+    /// Missing or invalid node id or site, a malformed route key, a key twice, a version
+    /// above the one the delta reaches.
     Malformed,
     /// The delta starts above what we hold (an earlier one was lost): the next digest
     /// exchange repairs it.
     Gap,
+    /// The owner's seal does not cover the state the delta would produce.
+    BadSignature,
+    /// No certificate for the partition's owner, or one that names another node.
+    UnknownOwner,
+    /// A generation too far in the future.
+    GenerationInFuture,
+    /// Over `max_nodes`, `max_entries_per_partition`, or what a digest may list.
+    OverLimit,
+    /// A route under none of its site's `mesh.site_domains` (held, never routed).
+    DomainNotAllowed,
+    /// The owner's certificate is on the mesh CRL.
+    Revoked,
+    /// The owner's certificate is expired (or not yet valid).
+    CertExpired,
+    /// The owner's certificate is not from the mesh CA.
+    UnknownCa,
 }
 
 impl Rejection {
     /// Every reason, in a fixed order.
-    pub const ALL: [Rejection; 6] = [
+    pub const ALL: [Rejection; 14] = [
         Rejection::OwnPartition,
         Rejection::OwnerConnected,
         Rejection::SiteMismatch,
         Rejection::Stale,
         Rejection::Malformed,
         Rejection::Gap,
+        Rejection::BadSignature,
+        Rejection::UnknownOwner,
+        Rejection::GenerationInFuture,
+        Rejection::OverLimit,
+        Rejection::DomainNotAllowed,
+        Rejection::Revoked,
+        Rejection::CertExpired,
+        Rejection::UnknownCa,
     ];
 
     /// Metric label.
@@ -70,7 +110,24 @@ impl Rejection {
             Rejection::Stale => "stale",
             Rejection::Malformed => "malformed",
             Rejection::Gap => "gap",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::UnknownOwner => "unknown_owner",
+            Rejection::GenerationInFuture => "generation_in_future",
+            Rejection::OverLimit => "over_limit",
+            Rejection::DomainNotAllowed => "domain_not_allowed",
+            Rejection::Revoked => "revoked",
+            Rejection::CertExpired => "cert_expired",
+            Rejection::UnknownCa => "unknown_ca",
         }
+    }
+
+    /// Whether the reason says a peer misbehaves (or is broken), as opposed to the ordinary
+    /// races of replication (late, or ahead of a lost frame).
+    pub fn is_misbehaviour(self) -> bool {
+        !matches!(
+            self,
+            Rejection::Stale | Rejection::Gap | Rejection::OwnerConnected
+        )
     }
 }
 
@@ -83,12 +140,47 @@ pub struct Sender<'a> {
     pub site: &'a str,
 }
 
-/// What the receiver knows for the authority rule beyond the table.
-pub trait Authority {
+/// A node a mesh-CA certificate names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Node id from the certificate.
+    pub node_id: String,
+    /// Site from the certificate.
+    pub site: String,
+}
+
+/// What vouches for owners: the mesh CA for certificates, owners' keys for seals; and this
+/// node's own key for sealing its partition.
+pub trait Trust {
+    /// This node's certificate (DER), sent with its partition.
+    fn own_cert(&self) -> Arc<[u8]>;
+    /// Sign `statement` with this node's key: `(scheme, signature)`.
+    fn sign(&self, statement: &[u8]) -> Option<(u32, Vec<u8>)>;
+    /// The node a certificate names, if the mesh CA vouches for it now.
+    fn certify(&self, cert: &[u8]) -> Result<Owner, Rejection>;
+    /// Whether `signature` (of `scheme`) by `cert`'s key covers `statement`.
+    fn verify(&self, cert: &[u8], statement: &[u8], scheme: u32, signature: &[u8]) -> bool;
+}
+
+/// What the receiver knows beyond the table and the trust: its clock and its direct peers.
+pub struct Context<'a, T: Trust> {
+    /// The table deltas apply to.
+    pub table: &'a Table,
+    /// Certificates and seals.
+    pub trust: &'a T,
     /// The node is connected to us directly right now.
-    fn is_direct(&self, node_id: &str) -> bool;
-    /// The node's site as its certificate said, if we ever met it directly.
-    fn certified_site(&self, node_id: &str) -> Option<String>;
+    pub is_direct: &'a dyn Fn(&str) -> bool,
+    /// Now, in microseconds since the Unix epoch (the unit of generations).
+    pub now_micros: u64,
+}
+
+impl<T: Trust> std::fmt::Debug for Context<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("me", &self.table.me().node_id)
+            .field("now_micros", &self.now_micros)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Outcome of applying one delta.
@@ -98,17 +190,27 @@ pub struct Applied {
     pub changed: usize,
     /// Partitions dropped, with the reason.
     pub rejected: Vec<(String, Rejection)>,
+    /// Live routes held but not routed because their site may not announce them.
+    pub not_allowed: usize,
+    /// Partitions whose chunks were staged, waiting for the sealed last one.
+    pub staged: usize,
 }
 
 /// What a peer is known to hold: `node_id → (generation, version)`, set from the peer's
-/// digests and advanced by every delta sent to it; and which partitions it takes from their
-/// owners directly (never relayed to it).
+/// digests and advanced by every delta sent to it; which partitions it takes from their
+/// owners directly (never relayed to it); and the partition whose chunks are in flight.
 #[derive(Debug, Clone)]
 pub struct PeerView {
     held: HashMap<String, (u64, u64)>,
     /// When a delta of each partition was last sent to the peer.
     sent_at: HashMap<String, Instant>,
     direct: HashSet<String>,
+    /// `node_id → generation` the peer's last digest reported holding: it has the owner's
+    /// certificate of those (until then every delta of the partition carries it).
+    reported: HashMap<String, u64>,
+    /// A partition cut short by the budget: it goes first in the next delta, so the peer
+    /// never has more than one partially sent partition to stage.
+    partial: Option<String>,
     grace: Duration,
 }
 
@@ -127,14 +229,25 @@ impl PeerView {
             held: HashMap::new(),
             sent_at: HashMap::new(),
             direct: HashSet::new(),
+            reported: HashMap::new(),
+            partial: None,
             grace,
         }
     }
 
     /// Take in what the peer says it holds (at `now`). Where it reports less than was sent,
     /// the view keeps its lead while the send is recent (in flight), and falls back to the
-    /// report once it is not (lost or rejected: sent again).
-    pub fn set_from_digest(&mut self, digest: &wire::Digest, now: Instant) {
+    /// report once it is not (lost or rejected: sent again). A digest listing more than
+    /// `max_partitions` is refused whole (`false`): no honest node holds more.
+    pub fn set_from_digest(
+        &mut self,
+        digest: &wire::Digest,
+        now: Instant,
+        max_partitions: usize,
+    ) -> bool {
+        if digest.partitions.len() > max_partitions {
+            return false;
+        }
         let in_flight = |node: &str, sent_at: &HashMap<String, Instant>| {
             sent_at
                 .get(node)
@@ -162,12 +275,19 @@ impl PeerView {
             }
         }
         self.held = held;
+        self.reported = digest
+            .partitions
+            .iter()
+            .map(|p| (p.node_id.clone(), p.generation))
+            .collect();
+        self.sent_at.retain(|node, _| self.held.contains_key(node));
         self.direct = digest
             .partitions
             .iter()
             .filter(|p| p.direct)
             .map(|p| p.node_id.clone())
             .collect();
+        true
     }
 
     /// What the peer holds of `node_id`.
@@ -195,29 +315,73 @@ pub fn digest(table: &Table, direct: impl Fn(&str) -> bool) -> wire::Digest {
 
 /// What `peer` lacks according to `view`, at most about [`DELTA_BUDGET`] entries, oldest
 /// first within each partition; `view` advances as if the peer applied it. `None` when the
-/// peer lacks nothing. The peer's own partition is never sent back to it.
-pub fn delta(table: &Table, view: &mut PeerView, peer: &str) -> Option<wire::Delta> {
+/// peer lacks nothing. The peer's own partition is never sent back to it. This node's own
+/// partition is sealed with `trust` (once per version, however many peers it goes to).
+pub fn delta(
+    table: &Table,
+    trust: &impl Trust,
+    view: &mut PeerView,
+    peer: &str,
+) -> Option<wire::Delta> {
     let mut budget = DELTA_BUDGET;
     let mut partitions = Vec::new();
+    let me = table.me().node_id.clone();
     let mut owners: Vec<Arc<str>> = table
         .digest()
         .into_iter()
         .map(|(o, _)| o.node_id.clone())
         .collect();
-    // This node's own changes first: they are what only we can give.
-    owners.sort_by_key(|n| (**n != *table.me().node_id, n.clone()));
+    // A partition in flight first (the peer stages it), then this node's own changes (what
+    // only we can give), then the rest by name.
+    let partial = view.partial.take();
+    owners.sort_by_key(|n| (partial.as_deref() != Some(&**n), **n != *me, n.clone()));
     for node_id in owners {
         if budget == 0 {
             break;
         }
-        let relayed = *node_id != *table.me().node_id;
+        let relayed = *node_id != *me;
         if *node_id == *peer || (relayed && view.direct.contains(&*node_id)) {
             // Its own partition, or one it takes from the owner directly (we would only be
             // relaying it).
             continue;
         }
-        let Some(export) = table.export(&node_id, view.held(&node_id), budget) else {
+        let held = view.held(&node_id);
+        let Some(mut export) = table.export(&node_id, held, budget) else {
             continue;
+        };
+        if export.complete && export.seal.is_none() {
+            let Some(statement) = export.statement.take() else {
+                // A replica without its owner's seal cannot be forwarded (never happens:
+                // replicas are only ever imported sealed).
+                continue;
+            };
+            let Some((scheme, signature)) = trust.sign(&statement.to_bytes()) else {
+                continue;
+            };
+            let seal = Seal {
+                version: statement.version,
+                scheme,
+                signature: signature.into(),
+            };
+            table.set_own_seal(seal.clone());
+            export.seal = Some(seal);
+        }
+        if !export.complete {
+            view.partial = Some(node_id.to_string());
+        }
+        // The certificate goes along until the peer's digest says it holds the partition.
+        let peer_has_cert =
+            !export.reset && view.reported.get(&*node_id) == Some(&export.origin.generation);
+        let owner_cert = if peer_has_cert {
+            Vec::new()
+        } else if relayed {
+            export
+                .owner_cert
+                .as_deref()
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default()
+        } else {
+            trust.own_cert().to_vec()
         };
         budget = budget.saturating_sub(export.entries.len());
         view.held.insert(
@@ -234,106 +398,295 @@ pub fn delta(table: &Table, view: &mut PeerView, peer: &str) -> Option<wire::Del
             reset: export.reset,
             record: export.record.map(record_to_wire),
             entries: export.entries.into_iter().map(entry_to_wire).collect(),
+            seal: export.seal.map(|s| wire::Seal {
+                scheme: s.scheme,
+                signature: s.signature.to_vec(),
+            }),
+            owner_cert,
         });
     }
     (!partitions.is_empty()).then_some(wire::Delta { partitions })
 }
 
+/// What one peer has sent of a partition that spans several frames, not applied until the
+/// sealed last frame arrives. One per connection: an honest sender finishes one partition
+/// before it starts cutting another ([`PeerView`]).
+#[derive(Debug, Default)]
+pub struct Inbox {
+    staged: Option<Staged>,
+}
+
+#[derive(Debug)]
+struct Staged {
+    node_id: String,
+    site: String,
+    generation: u64,
+    from_version: u64,
+    up_to_version: u64,
+    reset: bool,
+    record: Option<NodeRecord>,
+    owner_cert: Vec<u8>,
+    entries: HashMap<Arc<RouteKey>, ReplicatedEntry>,
+    /// The owner's seal, once the last frame brought it.
+    seal: Option<wire::Seal>,
+}
+
+impl Inbox {
+    /// Entries staged (for tests and diagnostics).
+    pub fn staged_entries(&self) -> usize {
+        self.staged.as_ref().map_or(0, |s| s.entries.len())
+    }
+}
+
 /// Apply a delta from `sender` under the authority rule (module docs).
 pub fn apply(
-    table: &Table,
-    authority: &impl Authority,
+    cx: &Context<'_, impl Trust>,
+    inbox: &mut Inbox,
     sender: Sender<'_>,
     delta: wire::Delta,
 ) -> Applied {
     let mut out = Applied::default();
     for pd in delta.partitions {
         let node_id = pd.node_id.clone();
-        match check(table, authority, sender, &pd) {
+        match apply_partition(cx, inbox, sender, pd) {
+            Ok(Step::Staged) => out.staged += 1,
+            Ok(Step::Applied {
+                changed,
+                not_allowed,
+            }) => {
+                out.changed += changed;
+                out.not_allowed += not_allowed;
+            }
             Err(why) => out.rejected.push((node_id, why)),
-            Ok(()) => match import(table, pd) {
-                Ok(ImportOutcome::Applied { changed, .. }) => out.changed += changed,
-                Ok(ImportOutcome::OwnPartition) => {
-                    out.rejected.push((node_id, Rejection::OwnPartition))
-                }
-                Ok(ImportOutcome::Stale) => out.rejected.push((node_id, Rejection::Stale)),
-                Ok(ImportOutcome::Gap) => out.rejected.push((node_id, Rejection::Gap)),
-                Err(why) => out.rejected.push((node_id, why)),
-            },
         }
     }
     out
 }
 
-fn check(
-    table: &Table,
-    authority: &impl Authority,
+enum Step {
+    Staged,
+    Applied { changed: usize, not_allowed: usize },
+}
+
+fn apply_partition(
+    cx: &Context<'_, impl Trust>,
+    inbox: &mut Inbox,
     sender: Sender<'_>,
-    pd: &wire::PartitionDelta,
-) -> Result<(), Rejection> {
-    if pd.node_id.is_empty() || pd.site.is_empty() {
+    pd: wire::PartitionDelta,
+) -> Result<Step, Rejection> {
+    let table = cx.table;
+    if check_node_id(&pd.node_id).is_err() || check_site(&pd.site).is_err() {
         return Err(Rejection::Malformed);
     }
     if *pd.node_id == *table.me().node_id {
         return Err(Rejection::OwnPartition);
     }
-    if pd.node_id == sender.node_id {
-        // The owner speaks: its certificate names its site. A node retired as dead that
-        // speaks for itself again is alive after all (relays still cannot bring it back).
-        if pd.site != sender.site {
-            return Err(Rejection::SiteMismatch);
-        }
-        table.unretire(&pd.node_id);
-        return Ok(());
+    let from_owner = pd.node_id == sender.node_id;
+    if from_owner && pd.site != sender.site {
+        return Err(Rejection::SiteMismatch);
     }
-    if authority.is_direct(&pd.node_id) {
+    if !from_owner && (cx.is_direct)(&pd.node_id) {
         return Err(Rejection::OwnerConnected);
     }
-    let known_site = authority.certified_site(&pd.node_id).or_else(|| {
-        table
-            .digest()
-            .into_iter()
-            .find(|(o, _)| *o.node_id == *pd.node_id)
-            .map(|(o, _)| o.site.to_string())
+    let skew = u64::try_from(GENERATION_SKEW.as_micros()).unwrap_or(u64::MAX);
+    if pd.generation > cx.now_micros.saturating_add(skew) {
+        return Err(Rejection::GenerationInFuture);
+    }
+    stage(inbox, pd, table.limits().max_entries_per_partition)?;
+    if inbox.staged.as_ref().is_none_or(|s| s.seal.is_none()) {
+        return Ok(Step::Staged);
+    }
+    let Some(staged) = inbox.staged.take() else {
+        return Ok(Step::Staged);
+    };
+    let Staged {
+        node_id,
+        site,
+        generation,
+        from_version,
+        up_to_version,
+        reset,
+        record,
+        owner_cert,
+        entries,
+        seal,
+    } = staged;
+    let Some(seal) = seal else {
+        return Ok(Step::Staged);
+    };
+    // The certificate: the one that came along, else the one held for the partition.
+    let cert: Arc<[u8]> = if owner_cert.is_empty() {
+        match table.owner_cert(&node_id) {
+            Some(cert) => cert,
+            // Continues what we do not hold (what we held was dropped meanwhile): the next
+            // digest repairs it, with the certificate.
+            None if from_version > 0 && !reset => return Err(Rejection::Gap),
+            None => return Err(Rejection::UnknownOwner),
+        }
+    } else {
+        owner_cert.into()
+    };
+    let owner = cx.trust.certify(&cert)?;
+    if owner.node_id != node_id {
+        return Err(Rejection::UnknownOwner);
+    }
+    if owner.site != site {
+        return Err(Rejection::SiteMismatch);
+    }
+    if from_owner {
+        // A node retired as dead that speaks for itself again is alive after all (relays
+        // cannot bring it back).
+        table.unretire(&node_id);
+    }
+    let import = Import {
+        node_id,
+        site,
+        generation,
+        from_version,
+        up_to_version,
+        reset,
+        record,
+        entries: entries.into_values().collect(),
+        seal: Seal {
+            version: up_to_version,
+            scheme: seal.scheme,
+            signature: seal.signature.into(),
+        },
+        owner_cert: cert.clone(),
+    };
+    let (scheme, signature) = (import.seal.scheme, import.seal.signature.clone());
+    let outcome = table.import(import, |statement| {
+        cx.trust
+            .verify(&cert, &statement.to_bytes(), scheme, &signature)
     });
-    match known_site {
-        Some(site) if site != pd.site => Err(Rejection::SiteMismatch),
-        _ => Ok(()),
+    match outcome {
+        ImportOutcome::Applied {
+            changed,
+            not_allowed,
+            ..
+        } => Ok(Step::Applied {
+            changed,
+            not_allowed,
+        }),
+        ImportOutcome::OwnPartition => Err(Rejection::OwnPartition),
+        ImportOutcome::Stale => Err(Rejection::Stale),
+        ImportOutcome::Gap => Err(Rejection::Gap),
+        ImportOutcome::BadSignature => Err(Rejection::BadSignature),
+        ImportOutcome::OverLimit => Err(Rejection::OverLimit),
+        ImportOutcome::Malformed => Err(Rejection::Malformed),
     }
 }
 
-fn import(table: &Table, pd: wire::PartitionDelta) -> Result<ImportOutcome, Rejection> {
-    let mut entries = Vec::with_capacity(pd.entries.len());
-    for e in pd.entries {
-        let key = RouteKey::parse(&format!("{}{}", e.host, e.path)).ok_or(Rejection::Malformed)?;
-        if key.host != e.host || key.path != e.path {
-            // A peer sends keys as we normalise them; anything else is not ours to guess.
-            return Err(Rejection::Malformed);
-        }
-        entries.push(ReplicatedEntry {
-            key: Arc::new(key),
-            version: e.version,
-            value: e.route.map(|r| {
-                Arc::new(RouteEntry {
-                    app_id: r.app_id.into(),
-                    app_name: (!r.app_name.is_empty()).then(|| r.app_name.into()),
-                    endpoints: r.endpoints,
-                    instances: r.instances,
-                    updated_at_ms: r.updated_at_ms,
-                })
-            }),
+/// Add one partition delta to the inbox: it continues what is staged of the same
+/// incarnation, or starts afresh (dropping what another partition left unfinished).
+fn stage(inbox: &mut Inbox, pd: wire::PartitionDelta, max_entries: usize) -> Result<(), Rejection> {
+    let continues = inbox.staged.as_ref().is_some_and(|s| {
+        s.node_id == pd.node_id
+            && s.generation == pd.generation
+            && !pd.reset
+            && pd.from_version >= s.from_version
+            && pd.from_version <= s.up_to_version
+    });
+    if !continues {
+        inbox.staged = Some(Staged {
+            node_id: pd.node_id.clone(),
+            site: pd.site.clone(),
+            generation: pd.generation,
+            from_version: pd.from_version,
+            up_to_version: pd.from_version,
+            reset: pd.reset,
+            record: None,
+            owner_cert: Vec::new(),
+            entries: HashMap::new(),
+            seal: None,
         });
     }
-    Ok(table.import(Import {
-        node_id: pd.node_id,
-        site: pd.site,
-        generation: pd.generation,
-        from_version: pd.from_version,
-        up_to_version: pd.up_to_version,
-        reset: pd.reset,
-        record: pd.record.map(record_from_wire),
-        entries,
-    }))
+    let result = merge(inbox, pd, max_entries);
+    if result.is_err() {
+        inbox.staged = None;
+    }
+    result
+}
+
+fn merge(inbox: &mut Inbox, pd: wire::PartitionDelta, max_entries: usize) -> Result<(), Rejection> {
+    let Some(st) = inbox.staged.as_mut() else {
+        return Err(Rejection::Malformed);
+    };
+    if pd.site != st.site || pd.up_to_version < pd.from_version {
+        return Err(Rejection::Malformed);
+    }
+    let mut seen: HashSet<(&str, &str)> = HashSet::with_capacity(pd.entries.len());
+    for e in &pd.entries {
+        if !seen.insert((&e.host, &e.path)) {
+            return Err(Rejection::Malformed);
+        }
+    }
+    drop(seen);
+    if st.entries.len().saturating_add(pd.entries.len()) > max_entries
+        && pd
+            .entries
+            .iter()
+            .filter(|e| {
+                !st.entries.contains_key(&RouteKey {
+                    host: e.host.clone(),
+                    path: e.path.clone(),
+                })
+            })
+            .count()
+            .saturating_add(st.entries.len())
+            > max_entries
+    {
+        return Err(Rejection::OverLimit);
+    }
+    for e in pd.entries {
+        if e.version <= pd.from_version || e.version > pd.up_to_version {
+            return Err(Rejection::Malformed);
+        }
+        let entry = entry_from_wire(e)?;
+        match st.entries.entry(entry.key.clone()) {
+            MapEntry::Occupied(mut o) => {
+                if entry.version > o.get().version {
+                    o.insert(entry);
+                }
+            }
+            MapEntry::Vacant(v) => {
+                v.insert(entry);
+            }
+        }
+    }
+    if let Some(r) = pd.record {
+        let r = record_from_wire(r);
+        if st.record.as_ref().is_none_or(|cur| r.version > cur.version) {
+            st.record = Some(r);
+        }
+    }
+    if !pd.owner_cert.is_empty() {
+        st.owner_cert = pd.owner_cert;
+    }
+    st.up_to_version = st.up_to_version.max(pd.up_to_version);
+    st.seal = pd.seal;
+    Ok(())
+}
+
+fn entry_from_wire(e: wire::Entry) -> Result<ReplicatedEntry, Rejection> {
+    let key = RouteKey::parse(&format!("{}{}", e.host, e.path)).ok_or(Rejection::Malformed)?;
+    if key.host != e.host || key.path != e.path {
+        // A peer sends keys as we normalise them; anything else is not ours to guess.
+        return Err(Rejection::Malformed);
+    }
+    Ok(ReplicatedEntry {
+        key: Arc::new(key),
+        version: e.version,
+        value: e.route.map(|r| {
+            Arc::new(RouteEntry {
+                app_id: r.app_id.into(),
+                app_name: (!r.app_name.is_empty()).then(|| r.app_name.into()),
+                endpoints: r.endpoints,
+                instances: r.instances,
+                updated_at_ms: r.updated_at_ms,
+            })
+        }),
+    })
 }
 
 fn entry_to_wire(e: ReplicatedEntry) -> wire::Entry {
@@ -389,14 +742,77 @@ mod tests {
         }
     }
 
-    /// No direct peers; no certificates seen.
-    struct Nobody;
-    impl Authority for Nobody {
-        fn is_direct(&self, _: &str) -> bool {
-            false
+    /// A model of the mesh's trust: a "certificate" is `node@site` (certified unless it
+    /// names a node on `revoked`), and a node's seal is a keyed hash under a key only its own
+    /// `TestTrust` uses to sign: a relay's trust signs for the relay, never for others.
+    struct TestTrust {
+        me: String,
+        site: String,
+    }
+
+    fn key_of(node: &str) -> [u8; 32] {
+        blake3::derive_key("grouter sync tests: the key of a node", node.as_bytes())
+    }
+
+    impl TestTrust {
+        fn of(t: &Table) -> TestTrust {
+            TestTrust {
+                me: t.me().node_id.to_string(),
+                site: t.me().site.to_string(),
+            }
         }
-        fn certified_site(&self, _: &str) -> Option<String> {
-            None
+    }
+
+    const REVOKED: &str = "revoked-1";
+
+    impl Trust for TestTrust {
+        fn own_cert(&self) -> Arc<[u8]> {
+            Arc::from(format!("{}@{}", self.me, self.site).as_bytes())
+        }
+        fn sign(&self, statement: &[u8]) -> Option<(u32, Vec<u8>)> {
+            Some((
+                7,
+                blake3::keyed_hash(&key_of(&self.me), statement)
+                    .as_bytes()
+                    .to_vec(),
+            ))
+        }
+        fn certify(&self, cert: &[u8]) -> Result<Owner, Rejection> {
+            let text = std::str::from_utf8(cert).map_err(|_| Rejection::UnknownCa)?;
+            let (node, site) = text.split_once('@').ok_or(Rejection::UnknownCa)?;
+            if node == REVOKED {
+                return Err(Rejection::Revoked);
+            }
+            Ok(Owner {
+                node_id: node.into(),
+                site: site.into(),
+            })
+        }
+        fn verify(&self, cert: &[u8], statement: &[u8], scheme: u32, sig: &[u8]) -> bool {
+            let Ok(owner) = self.certify(cert) else {
+                return false;
+            };
+            scheme == 7 && blake3::keyed_hash(&key_of(&owner.node_id), statement).as_bytes() == sig
+        }
+    }
+
+    /// Apply `d` at `to` as sent by `sender`, with no direct peers, now.
+    fn apply_at(to: &Table, inbox: &mut Inbox, sender: Sender<'_>, d: wire::Delta) -> Applied {
+        let trust = TestTrust::of(to);
+        let cx = Context {
+            table: to,
+            trust: &trust,
+            is_direct: &|_| false,
+            now_micros: 1_000_000,
+        };
+        apply(&cx, inbox, sender, d)
+    }
+
+    fn sender_of(t: &Table) -> Sender<'_> {
+        let me = t.me();
+        Sender {
+            node_id: &me.node_id,
+            site: &me.site,
         }
     }
 
@@ -429,13 +845,8 @@ mod tests {
     }
 
     fn send(from: &Table, to: &Table, view: &mut PeerView) -> Applied {
-        let me = from.me();
-        let sender = Sender {
-            node_id: &me.node_id,
-            site: &me.site,
-        };
-        match delta(from, view, &to.me().node_id) {
-            Some(d) => apply(to, &Nobody, sender, d),
+        match delta(from, &TestTrust::of(from), view, &to.me().node_id) {
+            Some(d) => apply_at(to, &mut Inbox::default(), sender_of(from), d),
             None => Applied::default(),
         }
     }
@@ -457,82 +868,10 @@ mod tests {
         assert!(b.lookup("gone.com", "/x").is_none());
         assert_eq!(state(&a)["lon-1"], state(&b)["lon-1"]);
         // Nothing more to send until something changes.
-        assert!(delta(&a, &mut view, "nyc-1").is_none());
+        assert!(delta(&a, &TestTrust::of(&a), &mut view, "nyc-1").is_none());
         a.remove_local(&key("shop.com"));
         send(&a, &b, &mut view);
         assert!(b.lookup("shop.com", "/").is_none());
-    }
-
-    #[test]
-    fn nobody_writes_the_receivers_partition_or_re_homes_a_node() {
-        let a = Table::new("lon-1", "lon", 1);
-        a.upsert_local(&key("mine.com"), entry("mine", 1));
-        let forged = |node: &str, site: &str| wire::Delta {
-            partitions: vec![wire::PartitionDelta {
-                node_id: node.into(),
-                site: site.into(),
-                generation: 99,
-                from_version: 0,
-                up_to_version: 100,
-                reset: true,
-                record: None,
-                entries: vec![wire::Entry {
-                    host: "evil.com".into(),
-                    path: String::new(),
-                    version: 100,
-                    route: Some(wire::RouteValue {
-                        app_id: "evil".into(),
-                        endpoints: 1,
-                        ..Default::default()
-                    }),
-                }],
-            }],
-        };
-        let mallory = Sender {
-            node_id: "mal-1",
-            site: "mal",
-        };
-        let before = state(&a);
-        // 1. The receiver's own partition.
-        let r = apply(&a, &Nobody, mallory, forged("lon-1", "lon"));
-        assert_eq!(r.rejected, [("lon-1".to_string(), Rejection::OwnPartition)]);
-        // 2. Its own partition under another site than its certificate says.
-        let r = apply(&a, &Nobody, mallory, forged("mal-1", "lon"));
-        assert_eq!(r.rejected, [("mal-1".to_string(), Rejection::SiteMismatch)]);
-        // 3. A node that is connected directly.
-        struct Direct;
-        impl Authority for Direct {
-            fn is_direct(&self, n: &str) -> bool {
-                n == "nyc-1"
-            }
-            fn certified_site(&self, n: &str) -> Option<String> {
-                (n == "nyc-1").then(|| "nyc".to_string())
-            }
-        }
-        let r = apply(&a, &Direct, mallory, forged("nyc-1", "nyc"));
-        assert_eq!(
-            r.rejected,
-            [("nyc-1".to_string(), Rejection::OwnerConnected)]
-        );
-        // 4. Re-homing a node whose certificate we saw.
-        struct Seen;
-        impl Authority for Seen {
-            fn is_direct(&self, _: &str) -> bool {
-                false
-            }
-            fn certified_site(&self, n: &str) -> Option<String> {
-                (n == "nyc-1").then(|| "nyc".to_string())
-            }
-        }
-        let r = apply(&a, &Seen, mallory, forged("nyc-1", "lon"));
-        assert_eq!(r.rejected, [("nyc-1".to_string(), Rejection::SiteMismatch)]);
-        assert_eq!(state(&a), before, "nothing changed");
-        assert!(a.lookup("evil.com", "/").is_none());
-        assert!(a.lookup("mine.com", "/").unwrap().local);
-        // A legitimate relay of a node we never met is accepted.
-        let r = apply(&a, &Nobody, mallory, forged("sgp-1", "sgp"));
-        assert!(r.rejected.is_empty());
-        assert!(a.lookup("evil.com", "/").is_some());
     }
 
     #[test]
@@ -546,7 +885,7 @@ mod tests {
         let a2 = Table::new("lon-1", "lon", 2);
         a2.upsert_local(&key("new.com"), entry("new", 1));
         let mut view = PeerView::default();
-        view.set_from_digest(&digest(&b, |_| false), Instant::now());
+        view.set_from_digest(&digest(&b, |_| false), Instant::now(), usize::MAX);
         send(&a2, &b, &mut view);
         assert!(
             b.lookup("old.com", "/").is_none(),
@@ -586,13 +925,9 @@ mod tests {
         a.remove_local(&key("x.com"));
         let horizon = a.digest()[0].1;
         assert_eq!(a.purge_tombstones("lon-1", horizon), 1);
-        let d = delta(&a, &mut view, "nyc-1").unwrap();
+        let d = delta(&a, &TestTrust::of(&a), &mut view, "nyc-1").unwrap();
         assert!(d.partitions[0].reset);
-        let sender = Sender {
-            node_id: "lon-1",
-            site: "lon",
-        };
-        apply(&b, &Nobody, sender, d);
+        apply_at(&b, &mut Inbox::default(), sender_of(&a), d);
         assert!(
             b.lookup("x.com", "/").is_none(),
             "the reset dropped the forgotten route"
@@ -608,17 +943,20 @@ mod tests {
         let mut view = PeerView::with_grace(Duration::from_secs(2));
         let empty = wire::Digest { partitions: vec![] };
         let t0 = Instant::now();
-        view.set_from_digest(&empty, t0);
-        assert!(delta(&a, &mut view, "nyc-1").is_some());
+        view.set_from_digest(&empty, t0, usize::MAX);
+        assert!(delta(&a, &TestTrust::of(&a), &mut view, "nyc-1").is_some());
         // The peer's next digest was sent before our delta arrived: nothing is resent.
-        view.set_from_digest(&empty, t0 + Duration::from_millis(500));
+        view.set_from_digest(&empty, t0 + Duration::from_millis(500), usize::MAX);
         assert!(
-            delta(&a, &mut view, "nyc-1").is_none(),
+            delta(&a, &TestTrust::of(&a), &mut view, "nyc-1").is_none(),
             "in flight, not lost"
         );
         // Still missing well after it was sent: lost, so sent again.
-        view.set_from_digest(&empty, t0 + Duration::from_secs(3));
-        assert!(delta(&a, &mut view, "nyc-1").is_some(), "lost, so resent");
+        view.set_from_digest(&empty, t0 + Duration::from_secs(3), usize::MAX);
+        assert!(
+            delta(&a, &TestTrust::of(&a), &mut view, "nyc-1").is_some(),
+            "lost, so resent"
+        );
         // A partition the peer takes from its owner directly is never relayed to it.
         let b = Table::new("sgp-1", "sgp", 1);
         send(&a, &b, &mut PeerView::default());
@@ -631,14 +969,14 @@ mod tests {
             }],
         };
         let mut view = PeerView::default();
-        view.set_from_digest(&direct, Instant::now());
+        view.set_from_digest(&direct, Instant::now(), usize::MAX);
         // …while the owner itself still sends it.
         let mut owner_view = PeerView::default();
-        owner_view.set_from_digest(&direct, Instant::now());
+        owner_view.set_from_digest(&direct, Instant::now(), usize::MAX);
         a.upsert_local(&key("y.com"), entry("y", 1));
-        let own = delta(&a, &mut owner_view, "nyc-1");
+        let own = delta(&a, &TestTrust::of(&a), &mut owner_view, "nyc-1");
         assert!(own.is_some_and(|d| d.partitions.iter().any(|p| p.node_id == "lon-1")));
-        let relayed = delta(&b, &mut view, "nyc-1").map(|d| {
+        let relayed = delta(&b, &TestTrust::of(&b), &mut view, "nyc-1").map(|d| {
             d.partitions
                 .iter()
                 .map(|p| p.node_id.clone())
@@ -661,20 +999,21 @@ mod tests {
         let b = Table::new("nyc-1", "nyc", 1);
         let mut view = PeerView::default();
         let mut frames = 0;
-        while let Some(d) = delta(&a, &mut view, "nyc-1") {
+        let mut inbox = Inbox::default();
+        while let Some(d) = delta(&a, &TestTrust::of(&a), &mut view, "nyc-1") {
             assert!(d.partitions.iter().map(|p| p.entries.len()).sum::<usize>() <= DELTA_BUDGET);
-            apply(
-                &b,
-                &Nobody,
-                Sender {
-                    node_id: "lon-1",
-                    site: "lon",
-                },
-                d,
-            );
+            let sealed = d.partitions[0].seal.is_some();
+            let r = apply_at(&b, &mut inbox, sender_of(&a), d);
+            assert!(r.rejected.is_empty(), "{r:?}");
             frames += 1;
+            if !sealed {
+                // Staged, not applied: nothing of it is routed yet.
+                assert_eq!(b.stats().routes, 0);
+                assert_eq!(inbox.staged_entries(), DELTA_BUDGET * frames);
+            }
         }
         assert_eq!(frames, 3);
+        assert_eq!(inbox.staged_entries(), 0);
         assert_eq!(b.stats().routes, DELTA_BUDGET * 2 + 10);
     }
 
@@ -709,6 +1048,7 @@ mod tests {
             let links: Vec<(usize, usize)> =
                 (0..n).map(|i| (i, (i + 1) % n)).chain([(0, 3)]).collect();
             let mut views: HashMap<(usize, usize), PeerView> = HashMap::new();
+            let mut inboxes: HashMap<(usize, usize), Inbox> = HashMap::new();
             // In-flight messages: (to, from, delta or digest).
             enum Msg {
                 Digest(wire::Digest),
@@ -738,7 +1078,10 @@ mod tests {
                 for &(x, y) in &links {
                     for (from, to) in [(x, y), (y, x)] {
                         let view = views.entry((from, to)).or_default();
-                        if let Some(d) = delta(&tables[from], view, &tables[to].me().node_id) {
+                        let trust = TestTrust::of(&tables[from]);
+                        if let Some(d) =
+                            delta(&tables[from], &trust, view, &tables[to].me().node_id)
+                        {
                             wire_msgs.push((to, from, Msg::Delta(d)));
                         }
                         if rng.below(4) == 0 {
@@ -764,23 +1107,20 @@ mod tests {
                     }
                     match msg {
                         Msg::Delta(d) => {
-                            let o = tables[from].me();
-                            apply(
-                                &tables[to],
-                                &Nobody,
-                                Sender {
-                                    node_id: &o.node_id,
-                                    site: &o.site,
-                                },
-                                d,
+                            let inbox = inboxes.entry((to, from)).or_default();
+                            let r = apply_at(&tables[to], inbox, sender_of(&tables[from]), d);
+                            assert!(
+                                !r.rejected.iter().any(|(_, why)| why.is_misbehaviour()),
+                                "seed {seed}: an honest delta refused: {r:?}"
                             );
                         }
                         Msg::Digest(d) => {
                             // The digest's sender tells the receiver what it holds.
-                            views
-                                .entry((to, from))
-                                .or_default()
-                                .set_from_digest(&d, Instant::now());
+                            views.entry((to, from)).or_default().set_from_digest(
+                                &d,
+                                Instant::now(),
+                                usize::MAX,
+                            );
                         }
                     }
                 }

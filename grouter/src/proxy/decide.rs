@@ -178,8 +178,18 @@ mod tests {
         crate::table::testing::entry(app, 1)
     }
 
+    /// `node` of `site` serves `uri` too (one more version of its partition).
     fn remote(t: &Table, node: &str, site: &str, uri: &str) {
-        t.import(first_import(node, site, &[(uri, "x", 1)]));
+        let held = t
+            .digest()
+            .into_iter()
+            .find(|(o, _)| *o.node_id == *node)
+            .map_or(0, |(_, v)| v);
+        let mut import = first_import(node, site, &[(uri, "x", 1)]);
+        import.from_version = held;
+        import.up_to_version = held + 1;
+        import.entries[0].version = held + 1;
+        t.import_trusted(import);
     }
 
     fn rules(remote: RemoteMode) -> Rules {
