@@ -184,7 +184,7 @@ pub fn grouter_bin() -> PathBuf {
     bin
 }
 
-fn install_crypto() {
+pub(crate) fn install_crypto() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -201,6 +201,7 @@ pub struct NodeBuilder {
     prune_interval_secs: u64,
     extra: String,
     mesh: Option<(PathBuf, Vec<SocketAddr>)>,
+    mesh_extra: String,
     gorouters: Vec<SocketAddr>,
     redirect: bool,
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
@@ -249,7 +250,16 @@ impl NodeBuilder {
         self
     }
 
-    /// Extra TOML appended to the config.
+    /// TOML lines added to the `[mesh]` section that [`NodeBuilder::mesh`] writes (e.g.
+    /// `max_entries_per_partition = 1000`); [`NodeBuilder::extra`] cannot add to that
+    /// section, since TOML forbids a table twice.
+    pub fn mesh_option(mut self, toml: &str) -> Self {
+        self.mesh_extra.push_str(toml);
+        self.mesh_extra.push('\n');
+        self
+    }
+
+    /// Extra TOML appended to the config (before the `[mesh]` section, if any).
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
         self
@@ -327,8 +337,9 @@ format = "json"
             grouter::mesh::identity::create_node(ca, &id, &certs).expect("issue node certificate");
             let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}\"")).collect();
             config.push_str(&format!(
-                "\n[mesh]\nlisten = \"127.0.0.1:0\"\nseeds = [{}]\nca = \"mesh/ca.pem\"\ncert = \"mesh/node.pem\"\nkey = \"mesh/node.key\"\nsync_lost_after_secs = 3\n",
-                seeds.join(", ")
+                "\n[mesh]\nlisten = \"127.0.0.1:0\"\nseeds = [{}]\nca = \"mesh/ca.pem\"\ncert = \"mesh/node.pem\"\nkey = \"mesh/node.key\"\nsync_lost_after_secs = 3\n{}",
+                seeds.join(", "),
+                self.mesh_extra,
             ));
         }
         let config_path = dir.path().join(format!("{}.toml", self.node_id));
@@ -380,6 +391,7 @@ impl Node {
             prune_interval_secs: 30,
             extra: String::new(),
             mesh: None,
+            mesh_extra: String::new(),
             gorouters: Vec::new(),
             redirect: false,
             tls: None,
@@ -676,5 +688,6 @@ impl Default for MeshCa {
         Self::new()
     }
 }
+pub mod evil;
 pub mod gorouter;
 pub mod inproc;

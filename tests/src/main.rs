@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod attack;
 mod churn;
 mod demo;
 mod dns;

@@ -4,9 +4,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use grouter::mesh::identity::{MESH_SERVER_NAME, MeshTls};
 use grouter_protocol::mesh::{self as wire, frame::Body};
+use grouter_tests::evil::{EvilIdentity, EvilPeer};
 use grouter_tests::inproc::{publish, registration};
 use grouter_tests::{MeshCa, NatsServer, Node, wait_until};
 use serde_json::{Value, json};
@@ -394,25 +395,8 @@ async fn a_misbehaving_peer_changes_nothing() {
     let before = lon.json("/v1/routes").await;
 
     // Mallory holds a genuine mesh certificate, for mal-1 at site mal.
-    let mallory = ca.issue("mal-1", "mal");
-    let tls = MeshTls::load(
-        &mallory.path().join("ca.pem"),
-        &mallory.path().join("node.pem"),
-        &mallory.path().join("node.key"),
-    )
-    .expect("load");
-    let stream = tls_client(tls.client, lon.mesh_addr())
-        .await
-        .expect("connect");
-    let mut f = framed(stream);
-    f.send(wire::encode(Body::Hello(wire::Hello {
-        protocol_version: 1,
-        node_id: "mal-1".into(),
-        site: "mal".into(),
-        generation: 1,
-    })))
-    .await
-    .expect("hello");
+    let mallory = EvilIdentity::issue(&ca, "mal-1", "mal");
+    let mut evil_peer = EvilPeer::dial(&mallory, lon.mesh_addr()).await;
     let evil = |node: &str, site: &str, generation: u64| wire::PartitionDelta {
         node_id: node.into(),
         site: site.into(),
@@ -439,37 +423,17 @@ async fn a_misbehaving_peer_changes_nothing() {
                 }),
             },
         ],
-        seal: None,
-        owner_cert: Vec::new(),
+        ..Default::default()
     };
-    let delta = wire::Delta {
+    evil_peer.send(Body::Delta(wire::Delta {
         partitions: vec![
             evil("lon-1", "lon", u64::MAX), // the receiver's own partition
             evil("nyc-1", "nyc", u64::MAX), // a node connected to the receiver directly
             evil("mal-1", "lon", 1), // its own partition, under a site its cert does not name
         ],
-    };
-    f.send(wire::encode(Body::Delta(delta)))
-        .await
-        .expect("delta");
-    // Make sure the node read it: a ping is answered after the delta was applied.
-    f.send(wire::encode(Body::Ping(wire::Ping { seq: 7 })))
-        .await
-        .expect("ping");
-    let answered = tokio::time::timeout(5 * SEC, async {
-        while let Some(Ok(frame)) = f.next().await {
-            if matches!(wire::decode(&frame), Ok(Body::Pong(wire::Pong { seq: 7 }))) {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(
-        answered,
-        Ok(true),
-        "the node kept the connection and answered"
-    );
+    }));
+    // The node read it, kept the connection and answered a ping sent after it.
+    evil_peer.sync().await;
 
     for reason in ["own_partition", "owner_connected", "site_mismatch"] {
         let n = lon
