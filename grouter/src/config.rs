@@ -268,10 +268,11 @@ pub struct MeshConfig {
     /// revoked certificate is refused at the handshake and its connections are closed.
     #[serde(default)]
     pub crl: Option<PathBuf>,
-    /// Which names each site may announce: site -> patterns, each an exact host name or
-    /// `*.suffix` (any name under `suffix`, not `suffix` itself); lower-cased. A route of a
-    /// site's node under none of its patterns is not imported. A site without an entry may
-    /// announce anything.
+    /// Which names each site may announce: site -> domains, each `example.com` (that name
+    /// and every name under it) or `*.example.com` (every name under it, not the name
+    /// itself); lower-cased. A route of a site's node under none of its domains is held
+    /// (it is part of what the owner signed, and relayed intact) but never routed, answered
+    /// in DNS or listed. A site without an entry may announce anything.
     #[serde(default)]
     pub site_domains: BTreeMap<String, Vec<String>>,
     /// Most nodes (partitions) this node holds; more are refused and counted. At least 1.

@@ -254,13 +254,20 @@ pub async fn run(
         if let Some(dns) = &config.dns {
             settings.site_addresses = dns.site_addresses.iter().map(ToString::to_string).collect();
         }
-        let trust = crate::mesh::trust::MeshTrust::new(
-            tls,
-            &mesh_config.ca,
-            &mesh_config.cert,
-            &mesh_config.key,
-        )
-        .map_err(|e| NodeError::Mesh(e.to_string()))?;
+        let trust = crate::mesh::trust::MeshTrust::new(tls, &mesh_config.cert, &mesh_config.key)
+            .map_err(|e| NodeError::Mesh(e.to_string()))?;
+        // What other nodes can make this one hold, and which names each site may announce.
+        state.table.set_limits(crate::table::Limits {
+            max_nodes: mesh_config.max_nodes,
+            max_entries_per_partition: mesh_config.max_entries_per_partition,
+        });
+        state.table.set_site_domains(
+            mesh_config
+                .site_domains
+                .iter()
+                .map(|(site, domains)| (site.clone(), domains.clone()))
+                .collect(),
+        );
         let mesh = crate::mesh::Mesh::new(
             state.table.clone(),
             state.mesh_metrics.clone(),

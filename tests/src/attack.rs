@@ -914,7 +914,6 @@ async fn invented_nodes_with_seals_are_unknown_owners() {
 // (d) Bounds on what a genuine member can make a node hold.
 
 #[tokio::test]
-#[ignore = "needs mesh.max_nodes, max_entries_per_partition and site_domains read from the config into the table (trust-identity has the keys; node.rs does not yet call Table::set_limits/set_site_domains)"]
 async fn a_member_over_the_limits_is_refused() {
     let trio = Trio::start("max_nodes = 6\nmax_entries_per_partition = 1000").await;
     let attacker = EvilIdentity::issue(&trio.ca, "sgp-9", "sgp");
@@ -972,7 +971,6 @@ async fn a_member_over_the_limits_is_refused() {
 // (e) Per-site name authority.
 
 #[tokio::test]
-#[ignore = "needs mesh.max_nodes, max_entries_per_partition and site_domains read from the config into the table (trust-identity has the keys; node.rs does not yet call Table::set_limits/set_site_domains)"]
 async fn a_site_announces_only_its_domains() {
     let trio = Trio::start("site_domains = { \"nyc\" = [\"apps.example.com\"] }").await;
     let attacker = EvilIdentity::issue(&trio.ca, "nyc-9", "nyc");
@@ -1014,4 +1012,99 @@ async fn a_site_announces_only_its_domains() {
         http_get(&trio.p, "ok.apps.example.com").await.1,
         "http://ok.nyc.apps.example.com/"
     );
+}
+
+/// A stolen node key is revoked with `grouter tls revoke`: within 2 s of the CRL change every
+/// node has closed its connections to the revoked node, dropped its partition (its routes
+/// are gone everywhere, relays included), and refuses it at the handshake; the others keep
+/// routing each other's apps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_is_refused_and_its_partition_gone_everywhere_within_2_s() {
+    let ca = MeshCa::new();
+    let crl = ca.dir().join("crl.pem");
+    let crl_option = format!("crl = {:?}", crl.display().to_string());
+    let buses = [
+        NatsServer::start(),
+        NatsServer::start(),
+        NatsServer::start(),
+    ];
+    let lon = Node::builder("lon-1", "lon")
+        .nats(&buses[0].url())
+        .mesh(&ca, &[])
+        .mesh_option(&crl_option)
+        .start()
+        .await;
+    let nyc = Node::builder("nyc-1", "nyc")
+        .nats(&buses[1].url())
+        .mesh(&ca, &[lon.mesh_addr()])
+        .mesh_option(&crl_option)
+        .start()
+        .await;
+    let sgp = Node::builder("sgp-1", "sgp")
+        .nats(&buses[2].url())
+        .mesh(&ca, &[lon.mesh_addr(), nyc.mesh_addr()])
+        .mesh_option(&crl_option)
+        .start()
+        .await;
+    let stolen = "stolen.apps.example.com";
+    let sgp_bus = buses[2].client().await;
+    sgp.register_until_routed(&sgp_bus, &registration("10.2.0.1", 1, stolen, "s"), stolen)
+        .await;
+    let nyc_bus = buses[1].client().await;
+    nyc.register_until_routed(&nyc_bus, &registration("10.1.0.1", 1, SHOP, "shop"), SHOP)
+        .await;
+    for node in [&lon, &nyc] {
+        wait_until(15 * SEC, "sgp's route everywhere", || async {
+            (sites_of(node, stolen).await == ["sgp"]).then_some(())
+        })
+        .await;
+    }
+    wait_until(15 * SEC, "nyc's route at lon", || async {
+        (sites_of(&lon, SHOP).await == ["nyc"]).then_some(())
+    })
+    .await;
+
+    let out = std::process::Command::new(grouter_tests::grouter_bin())
+        .args(["tls", "revoke", "--ca"])
+        .arg(ca.dir())
+        .args(["--node", "sgp-1"])
+        .output()
+        .expect("run grouter tls revoke");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let revoked_at = std::time::Instant::now();
+
+    for node in [&lon, &nyc] {
+        wait_until(
+            (2 * SEC).saturating_sub(revoked_at.elapsed()),
+            "sgp-1 disconnected and its partition gone",
+            || async {
+                let gone = sites_of(node, stolen).await.is_empty()
+                    && !peer_ids(node).await.contains(&"sgp-1".to_string())
+                    && !node.json("/v1/peers").await["watermarks"]
+                        .as_array()
+                        .is_some_and(|w| w.iter().any(|w| w["node_id"] == "sgp-1"));
+                gone.then_some(())
+            },
+        )
+        .await;
+    }
+    let within = revoked_at.elapsed();
+    assert!(within <= 2 * SEC, "took {within:?}");
+    // It stays out: its redials are refused at the handshake, and nobody relays it back.
+    wait_until(10 * SEC, "sgp-1's redials refused", || async {
+        let refused = lon.metric("grouter_mesh_handshake_failures_total").await;
+        refused.is_some_and(|n| n > 0.0).then_some(())
+    })
+    .await;
+    for node in [&lon, &nyc] {
+        assert!(sites_of(node, stolen).await.is_empty());
+        assert!(!peer_ids(node).await.contains(&"sgp-1".to_string()));
+    }
+    // The rest of the mesh carries on.
+    assert_eq!(sites_of(&lon, SHOP).await, ["nyc"]);
+    assert_eq!(sync_state(&lon).await, "in_sync");
 }

@@ -172,7 +172,13 @@ pub struct PeerLink {
 }
 
 impl PeerLink {
-    fn new(peer: &NodeIdentity, addr: &str, dialed: bool, cancel: CancellationToken) -> PeerLink {
+    fn new(
+        peer: &NodeIdentity,
+        cert: Arc<[u8]>,
+        addr: &str,
+        dialed: bool,
+        cancel: CancellationToken,
+    ) -> PeerLink {
         PeerLink {
             node_id: peer.node_id.clone(),
             site: peer.site.clone(),
@@ -186,8 +192,7 @@ impl PeerLink {
             ping_sent_us: AtomicU64::new(0),
             held: Mutex::new(BTreeMap::new()),
             cancel,
-            // Set by `accept_loop` or `dial` around the session that makes this link.
-            cert: PEER_CERT.try_with(Arc::clone).ok(),
+            cert: (!cert.is_empty()).then_some(cert),
         }
     }
 
@@ -628,8 +633,7 @@ async fn accept_loop(
             let cert = end_entity(tls.get_ref().1.peer_certificates());
             match tls.get_ref().1.alpn_protocol() {
                 Some(p) if p == identity::MESH_ALPN => {
-                    let session = session::run(mesh, tls, peer, false, addr.to_string(), shutdown);
-                    let _ = PEER_CERT.scope(cert, session).await;
+                    let _ = session::run(mesh, tls, peer, cert, false, addr.to_string(), shutdown).await;
                 }
                 Some(b"h2" | b"http/1.1") => match mesh.peer_http.get() {
                     Some(tx) => {
@@ -744,8 +748,17 @@ async fn dial(
         return false;
     }
     let cert = end_entity(tls.get_ref().1.peer_certificates());
-    let session = session::run(mesh.clone(), tls, peer, true, addr.to_string(), shutdown);
-    PEER_CERT.scope(cert, session).await.is_ok()
+    session::run(
+        mesh.clone(),
+        tls,
+        peer,
+        cert,
+        true,
+        addr.to_string(),
+        shutdown,
+    )
+    .await
+    .is_ok()
 }
 
 /// Other sites, best first ([`Membership::rank_sites`]).
@@ -807,12 +820,6 @@ async fn heartbeat_loop(mesh: Arc<Mesh>, health: Arc<Health>, shutdown: Cancella
     }
 }
 
-tokio::task_local! {
-    /// The peer certificate of the connection whose session runs in this scope: the
-    /// session makes the [`PeerLink`], which takes the certificate from here.
-    static PEER_CERT: Arc<[u8]>;
-}
-
 /// The end-entity certificate of a verified chain (empty when there is none: such a
 /// connection never gets this far, and an empty certificate matches no revocation).
 fn end_entity(chain: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> Arc<[u8]> {
@@ -840,7 +847,9 @@ async fn crl_loop(mesh: Arc<Mesh>, shutdown: CancellationToken) {
             Ok(true) => {
                 failing = false;
                 info!(crl = ?mesh.tls.crl_path(), "mesh CRL reloaded");
+                mesh.trust.forget_verdicts();
                 close_revoked(&mesh);
+                drop_revoked_partitions(&mesh);
             }
             // Once per spell of failures, not every 500 ms; the previous CRL stays.
             Err(err) if !failing => {
@@ -860,6 +869,19 @@ fn close_revoked(mesh: &Mesh) {
             mesh.metrics.revoked_closed.inc();
             info!(peer = %link.node_id, site = %link.site, reason = why.as_str(), "mesh peer's certificate revoked; closing");
             link.cancel.cancel();
+        }
+    }
+}
+
+/// Remove every partition whose owner's certificate the current CRL revokes (relays that
+/// still hold it are refused the same way: the certificate no longer certifies).
+fn drop_revoked_partitions(mesh: &Mesh) {
+    for (node_id, cert) in mesh.table.owner_certs() {
+        if let Err(why @ identity::CertRejection::Revoked) = mesh.tls.verify_node_cert(&cert) {
+            if mesh.table.retire(&node_id) {
+                mesh.metrics.count_rejection(sync::Rejection::Revoked);
+                info!(node = %node_id, reason = why.as_str(), "revoked node's partition dropped");
+            }
         }
     }
 }
@@ -928,7 +950,7 @@ pub(crate) mod test_support {
 
         let table = Arc::new(Table::new("lon-1", "lon", 1));
         let (node, site) = advertised_as;
-        table.import(Import {
+        table.import_trusted(Import {
             node_id: node.into(),
             site: site.into(),
             generation: 1,
@@ -942,6 +964,8 @@ pub(crate) mod test_support {
                 ..Default::default()
             }),
             entries: vec![],
+            seal: crate::table::testing::no_seal(),
+            owner_cert: Arc::from(&b""[..]),
         });
         let settings = MeshSettings {
             advertise: "127.0.0.1:1".into(),
@@ -958,7 +982,14 @@ pub(crate) mod test_support {
             site_addresses: Vec::new(),
         };
         let metrics = Arc::new(MeshMetrics::new(&Metrics::new()));
-        let mesh = Mesh::new(table, metrics, settings, load(&dir.path().join("lon-1")));
+        let lon = dir.path().join("lon-1");
+        let trust = MeshTrust::new(
+            load(&lon),
+            &lon.join(identity::NODE_CERT_FILE),
+            &lon.join(identity::NODE_KEY_FILE),
+        )
+        .unwrap();
+        let mesh = Mesh::new(table, metrics, settings, trust);
         Impostor {
             mesh,
             impostor,
@@ -1010,7 +1041,13 @@ mod tests {
         };
         let table = Arc::new(Table::new(node, site, 1));
         let metrics = Arc::new(MeshMetrics::new(&Metrics::new()));
-        let mesh = Mesh::new(table, metrics, settings, tls);
+        let trust = MeshTrust::new(
+            tls,
+            &dir.join(identity::NODE_CERT_FILE),
+            &dir.join(identity::NODE_KEY_FILE),
+        )
+        .unwrap();
+        let mesh = Mesh::new(table, metrics, settings, trust);
         tokio::spawn(run(
             mesh.clone(),
             listener,

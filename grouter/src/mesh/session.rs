@@ -69,11 +69,12 @@ fn codec() -> LengthDelimitedCodec {
 }
 
 /// Run a session over an established stream (TLS in production) with an authenticated
-/// `peer`.
+/// `peer`, whose end-entity certificate was `cert` (empty when the stream is not TLS).
 pub(super) async fn run<S>(
     mesh: Arc<Mesh>,
     stream: S,
     peer: NodeIdentity,
+    cert: Arc<[u8]>,
     dialed: bool,
     addr: String,
     shutdown: CancellationToken,
@@ -110,7 +111,7 @@ where
     }
 
     let cancel = shutdown.child_token();
-    let link = Arc::new(PeerLink::new(&peer, &addr, dialed, cancel.clone()));
+    let link = Arc::new(PeerLink::new(&peer, cert, &addr, dialed, cancel.clone()));
     if !mesh.register(link.clone()) {
         return Err(SessionError::Duplicate);
     }
@@ -385,6 +386,7 @@ mod tests {
             mesh.clone(),
             stream,
             identity,
+            Arc::from(&[][..]),
             dialed,
             format!("{}:7000", me.node_id),
             shutdown.clone(),

@@ -1176,7 +1176,8 @@ mod tests {
         owner.upsert_local(&key("a.com"), entry("a", 1));
         owner.upsert_local(&key("b.com"), entry("b", 1));
         let honest = one_delta(&owner, "lon-1");
-        let cases: Vec<(&str, Box<dyn Fn(&mut wire::PartitionDelta)>)> = vec![
+        type Tamper = Box<dyn Fn(&mut wire::PartitionDelta)>;
+        let cases: Vec<(&str, Tamper)> = vec![
             (
                 "a key twice",
                 Box::new(|p| {

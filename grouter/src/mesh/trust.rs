@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rustls::SignatureScheme;
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::CertificateDer;
 use rustls::sign::SigningKey;
 
-use super::identity::{self, IdentityError, MeshTls};
+use super::identity::{CertRejection, IdentityError, MeshTls};
 use super::sync::{Owner, Rejection, Trust};
 
 /// Schemes this node signs with, in order of preference (whichever its key supports).
@@ -41,7 +41,6 @@ pub struct MeshTrust {
     own_cert: Arc<[u8]>,
     key: Arc<dyn SigningKey>,
     algorithms: WebPkiSupportedAlgorithms,
-    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     verdicts: Mutex<HashMap<[u8; 32], Verdict>>,
 }
 
@@ -60,16 +59,12 @@ impl MeshTrust {
     /// Load from the PEM files of a node (the same the mesh's TLS uses).
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<MeshTrust, IdentityError> {
         let tls = MeshTls::load(ca, cert, key)?;
-        MeshTrust::new(tls, ca, cert, key)
+        MeshTrust::new(tls, cert, key)
     }
 
-    /// The trust of a node whose TLS was loaded from `ca`, `cert` and `key`.
-    pub fn new(
-        tls: MeshTls,
-        ca: &Path,
-        cert: &Path,
-        key: &Path,
-    ) -> Result<MeshTrust, IdentityError> {
+    /// The trust of a node whose TLS was loaded from `cert` and `key` (certificates are
+    /// checked as its TLS checks them: against the mesh CA and the current CRL).
+    pub fn new(tls: MeshTls, cert: &Path, key: &Path) -> Result<MeshTrust, IdentityError> {
         let pem_error = |path: &Path, reason: String| IdentityError::Pem {
             path: path.to_path_buf(),
             reason,
@@ -84,20 +79,6 @@ impl MeshTrust {
             .map_err(|e| pem_error(key, e.to_string()))?
             .ok_or_else(|| pem_error(key, "no private key".to_string()))?;
         let provider = rustls::crypto::ring::default_provider();
-        let ca_pem = std::fs::read(ca).map_err(|e| pem_error(ca, e.to_string()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pemfile::certs(&mut ca_pem.as_slice()) {
-            let c = c.map_err(|e| pem_error(ca, e.to_string()))?;
-            roots
-                .add(c)
-                .map_err(|e| pem_error(ca, format!("not a CA certificate: {e}")))?;
-        }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::new(provider.clone()),
-        )
-        .build()
-        .map_err(|e| pem_error(ca, e.to_string()))?;
         let signing = provider
             .key_provider
             .load_private_key(key_der)
@@ -113,7 +94,6 @@ impl MeshTrust {
             own_cert: Arc::from(own.as_ref()),
             key: signing,
             algorithms: provider.signature_verification_algorithms,
-            verifier,
             verdicts: Mutex::new(HashMap::new()),
         })
     }
@@ -129,21 +109,12 @@ impl MeshTrust {
     }
 
     fn check(&self, cert: &[u8]) -> Result<Owner, Rejection> {
-        let der = CertificateDer::from(cert);
-        if let Err(e) = self.verifier.verify_client_cert(&der, &[], UnixTime::now()) {
-            use rustls::CertificateError as C;
-            return Err(match e {
-                rustls::Error::InvalidCertificate(C::Revoked) => Rejection::Revoked,
-                rustls::Error::InvalidCertificate(
-                    C::Expired | C::NotValidYet | C::ExpiredContext { .. },
-                ) => Rejection::CertExpired,
-                rustls::Error::InvalidCertificate(C::NotValidYetContext { .. }) => {
-                    Rejection::CertExpired
-                }
-                _ => Rejection::UnknownCa,
-            });
-        }
-        let id = identity::peer_identity(&[der]).map_err(|_| Rejection::UnknownOwner)?;
+        let id = self.tls.verify_node_cert(cert).map_err(|why| match why {
+            CertRejection::Revoked => Rejection::Revoked,
+            CertRejection::Expired => Rejection::CertExpired,
+            CertRejection::NotFromCa => Rejection::UnknownCa,
+            CertRejection::NoIdentity => Rejection::UnknownOwner,
+        })?;
         Ok(Owner {
             node_id: id.node_id,
             site: id.site,
