@@ -68,6 +68,19 @@ enum Bench {
         /// Offered load in messages/s (0: publish as fast as the client can, one burst).
         #[arg(long, default_value_t = 0)]
         rate: u64,
+        /// Also run what a connected mesh peer's session costs the owner while it ingests:
+        /// on every table change, the deltas it would push (fold, seal, encode).
+        #[arg(long)]
+        sealing: bool,
+    },
+    /// What sealing costs an owner per route change, and verifying a receiver per delta.
+    SealCost {
+        /// Routes in the partition.
+        #[arg(long, default_value_t = 200_000)]
+        routes: usize,
+        /// Changes per batch size measured.
+        #[arg(long, default_value_t = 20_000)]
+        changes: usize,
     },
     /// Memory of the registry and table holding `routes` x `endpoints`, fed without NATS.
     Memory {
@@ -171,13 +184,16 @@ fn main() -> anyhow::Result<()> {
             nats,
             timeout_secs,
             rate,
+            sealing,
         } => rt.block_on(ingest(
             routes,
             endpoints,
             nats,
             Duration::from_secs(timeout_secs),
             rate,
+            sealing,
         )),
+        Bench::SealCost { routes, changes } => mesh_bench::seal_cost(routes, changes),
         Bench::Memory { routes, endpoints } => memory(routes, endpoints),
         Bench::Propagation {
             count,
@@ -280,6 +296,7 @@ async fn ingest(
     nats: Option<String>,
     timeout: Duration,
     rate: u64,
+    sealing: bool,
 ) -> anyhow::Result<()> {
     let (_server, url) = match nats {
         Some(url) => (None, url),
@@ -329,6 +346,38 @@ async fn ingest(
     }
     let base_endpoints = table.stats().local_endpoints;
     let rss_before = rss_bytes();
+    // A peer's push loop, as `session` runs it: wake on a change, send every delta.
+    let pusher = sealing.then(|| {
+        let (table, stop) = (table.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let ca = grouter_tests::MeshCa::new();
+            let dir = ca.issue("bench-1", "lon");
+            let trust = grouter::mesh::trust::MeshTrust::load(
+                &dir.path().join("ca.pem"),
+                &dir.path().join("node.pem"),
+                &dir.path().join("node.key"),
+            )?;
+            let mut view = grouter::mesh::sync::PeerView::default();
+            let mut changes = table.subscribe();
+            let (mut frames, mut bytes, mut sealed) = (0u64, 0u64, 0u64);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    r = changes.changed() => if r.is_err() { break },
+                }
+                while let Some(d) = grouter::mesh::sync::delta(&table, &trust, &mut view, "peer-1")
+                {
+                    sealed += d.partitions.iter().filter(|p| p.seal.is_some()).count() as u64;
+                    let frame = grouter_protocol::mesh::encode(
+                        grouter_protocol::mesh::frame::Body::Delta(d),
+                    );
+                    frames += 1;
+                    bytes += frame.len() as u64 + 4;
+                }
+            }
+            anyhow::Ok((frames, bytes, sealed))
+        })
+    });
 
     // Lookups run on their own thread for the whole ingest.
     let stop = Arc::new(AtomicBool::new(false));
@@ -388,6 +437,10 @@ async fn ingest(
     let rss_after = rss_bytes();
     shutdown.cancel();
     let _ = learner.await;
+    let pushed = match pusher {
+        Some(p) => Some(p.await??),
+        None => None,
+    };
 
     let stats = table.stats();
     let secs = ingested.as_secs_f64();
@@ -409,6 +462,12 @@ async fn ingest(
         "  concurrent lookups {looked} ({:.0}/s, {hits} hits)",
         looked as f64 / secs
     );
+    if let Some((frames, bytes, sealed)) = pushed {
+        println!(
+            "  sealing peer: {frames} delta frames ({sealed} sealed), {:.1} MiB, pushed while ingesting",
+            bytes as f64 / 1048576.0
+        );
+    }
     println!(
         "  table: {} routes, {} local endpoints",
         stats.routes, stats.local_endpoints
@@ -1364,6 +1423,134 @@ mod mesh_bench {
             n.stop().await;
         }
         drop(lab);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // seal-cost
+
+    /// What sealing costs the owner per change, and verifying costs a receiver per delta,
+    /// for batches of 1 to 1,000 changes, on a partition of `routes` routes.
+    pub(super) fn seal_cost(routes: usize, changes: usize) -> anyhow::Result<()> {
+        let ca = MeshCa::new();
+        let (owner_dir, replica_dir) = (ca.issue("lon-1", "lon"), ca.issue("nyc-1", "nyc"));
+        let owner_trust = trust_in(owner_dir.path())?;
+        let replica_trust = trust_in(replica_dir.path())?;
+        let owner = Table::new("lon-1", "lon", 1);
+        let replica = Table::new("nyc-1", "nyc", 1);
+        fill(&owner, 0, routes, true)?;
+        let sender = Sender {
+            node_id: "lon-1",
+            site: "lon",
+        };
+        let cx = sync::Context {
+            table: &replica,
+            trust: &replica_trust,
+            is_direct: &|_| false,
+            now_micros: u64::MAX / 2,
+        };
+        let mut inbox = sync::Inbox::default();
+        let mut view = PeerView::default();
+        // The full sync first: its verification is the largest a receiver does.
+        let t = Instant::now();
+        let mut frames = Vec::new();
+        while let Some(d) = sync::delta(&owner, &owner_trust, &mut view, "nyc-1") {
+            frames.push(d);
+        }
+        let exported = t.elapsed();
+        let t = Instant::now();
+        for d in frames {
+            let applied = sync::apply(&cx, &mut inbox, sender, d);
+            if !applied.rejected.is_empty() {
+                bail!("full sync refused: {:?}", applied.rejected);
+            }
+        }
+        let imported = t.elapsed();
+        println!(
+            "seal-cost: partition of {routes} routes; ECDSA P-256 node keys (ring); LtHash16 (BLAKE3)"
+        );
+        println!(
+            "  full sync in process: export+seal {:.0} ms, verify+apply {:.0} ms ({:.2} us per route)",
+            ms(exported),
+            ms(imported),
+            imported.as_secs_f64() * 1e6 / routes as f64
+        );
+        println!(
+            "  {:>6} {:>18} {:>18} {:>16} {:>16}",
+            "batch", "owner us/change", "owner us/delta", "recv us/delta", "recv us/change"
+        );
+        let mut round = 0u32;
+        for batch in [1usize, 10, 100, 1000] {
+            let deltas = (changes / batch).max(1);
+            let (mut owner_time, mut recv_time) = (Duration::ZERO, Duration::ZERO);
+            for d in 0..deltas {
+                round += 1;
+                let t = Instant::now();
+                for i in 0..batch {
+                    let route = (d * batch + i) % routes;
+                    let key = bench_key(&site_host(0, route, true))?;
+                    owner.upsert_local(&key, bench_entry(0, route, 3 + round));
+                }
+                let mut out = Vec::new();
+                while let Some(d) = sync::delta(&owner, &owner_trust, &mut view, "nyc-1") {
+                    out.push(d);
+                }
+                owner_time += t.elapsed();
+                let t = Instant::now();
+                for d in out {
+                    let applied = sync::apply(&cx, &mut inbox, sender, d);
+                    if !applied.rejected.is_empty() {
+                        bail!("delta refused: {:?}", applied.rejected);
+                    }
+                }
+                recv_time += t.elapsed();
+            }
+            let per = |d: Duration, n: usize| d.as_secs_f64() * 1e6 / n as f64;
+            println!(
+                "  {batch:>6} {:>18.2} {:>18.1} {:>16.1} {:>16.2}",
+                per(owner_time, deltas * batch),
+                per(owner_time, deltas),
+                per(recv_time, deltas),
+                per(recv_time, deltas * batch),
+            );
+        }
+        // The bare costs the figures are made of.
+        let key = bench_key(&site_host(0, 1, true))?;
+        let entry = bench_entry(0, 1, 2);
+        let n = 20_000u32;
+        let t = Instant::now();
+        let mut h = grouter_protocol::seal::StateHash::default();
+        for i in 0..n {
+            h.add(&grouter::table::state::entry_digest(
+                &key,
+                u64::from(i),
+                &entry,
+            ));
+        }
+        let hash = t.elapsed() / n;
+        let stmt = owner.own_statement().context("own statement")?.to_bytes();
+        let t = Instant::now();
+        let mut sig = (0, Vec::new());
+        for _ in 0..1000 {
+            sig = grouter::mesh::sync::Trust::sign(&owner_trust, &stmt).context("sign")?;
+        }
+        let sign = t.elapsed() / 1000;
+        let cert = grouter::mesh::sync::Trust::own_cert(&owner_trust);
+        let t = Instant::now();
+        for _ in 0..1000 {
+            if !grouter::mesh::sync::Trust::verify(&replica_trust, &cert, &stmt, sig.0, &sig.1) {
+                bail!("own signature does not verify");
+            }
+        }
+        let verify = t.elapsed() / 1000;
+        println!(
+            "  one entry into the set hash {:.2} us; one seal {:.1} us; one verification {:.1} us; statement {} B, signature {} B",
+            hash.as_secs_f64() * 1e6,
+            sign.as_secs_f64() * 1e6,
+            verify.as_secs_f64() * 1e6,
+            stmt.len(),
+            sig.1.len()
+        );
         Ok(())
     }
 

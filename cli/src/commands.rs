@@ -440,15 +440,23 @@ pub fn peer_table(peers: &[Peer]) -> (Vec<String>, Vec<Vec<String>>) {
     (headers, rows)
 }
 
-/// A JSON value as a table cell: strings bare, `null` as `-`, arrays of scalars joined
-/// with `, `, anything nested as compact JSON.
+/// A JSON value as a table cell: strings bare, `null` and empty objects as `-`, arrays of
+/// scalars joined with `, `, objects of scalars as `key=value, …` (a peer's `rejections`
+/// read `bad_signature=3, over_limit=1`), anything nested deeper as compact JSON.
 fn cell(value: &Value) -> String {
+    let scalar = |v: &Value| !v.is_array() && !v.is_object();
     match value {
         Value::Null => MISSING.to_owned(),
         Value::String(s) => s.clone(),
-        Value::Array(items) if items.iter().all(|v| !v.is_array() && !v.is_object()) => {
+        Value::Array(items) if items.iter().all(scalar) => {
             items.iter().map(cell).collect::<Vec<_>>().join(", ")
         }
+        Value::Object(map) if map.is_empty() => MISSING.to_owned(),
+        Value::Object(map) if map.values().all(scalar) => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", cell(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
         other => other.to_string(),
     }
 }
@@ -693,22 +701,51 @@ nyc   3
     fn peer_table_columns_are_the_union_of_keys_in_first_seen_order() {
         let body: PeersBody = serde_json::from_str(
             r#"{"peers":[
-                {"node_id":"nyc-1","addr":"127.0.0.1:7947","watermark":{"lon-1":5}},
-                {"node_id":"sgp-1","state":"connecting","addr":null,"sites":["sgp","x"]},
+                {"node_id":"nyc-1","addr":"127.0.0.1:7947","watermark":{"lon-1":5},
+                 "rejections":{}},
+                {"node_id":"sgp-1","state":"connecting","addr":null,"sites":["sgp","x"],
+                 "rejections":{"bad_signature":3,"over_limit":1},"deep":{"a":[1]}},
                 "odd"]}"#,
         )
         .unwrap();
         let (headers, got) = peer_table(&body.into_peers());
         assert_eq!(
             headers,
-            ["node_id", "addr", "watermark", "state", "sites", "peer"]
+            [
+                "node_id",
+                "addr",
+                "watermark",
+                "rejections",
+                "state",
+                "sites",
+                "deep",
+                "peer"
+            ]
         );
         assert_eq!(
             got,
             rows(&[
-                &["nyc-1", "127.0.0.1:7947", r#"{"lon-1":5}"#, "-", "-", "-"],
-                &["sgp-1", "-", "-", "connecting", "sgp, x", "-"],
-                &["-", "-", "-", "-", "-", "odd"],
+                &[
+                    "nyc-1",
+                    "127.0.0.1:7947",
+                    "lon-1=5",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-"
+                ],
+                &[
+                    "sgp-1",
+                    "-",
+                    "-",
+                    "bad_signature=3, over_limit=1",
+                    "connecting",
+                    "sgp, x",
+                    r#"{"a":[1]}"#,
+                    "-"
+                ],
+                &["-", "-", "-", "-", "-", "-", "-", "odd"],
             ])
         );
     }

@@ -426,7 +426,10 @@ struct Staged {
     reset: bool,
     record: Option<NodeRecord>,
     owner_cert: Vec<u8>,
-    entries: HashMap<Arc<RouteKey>, ReplicatedEntry>,
+    entries: Vec<ReplicatedEntry>,
+    /// Where each key is in `entries`: built when a second frame continues the first (one
+    /// frame's keys are distinct in an honest delta, and a repeat fails the seal check).
+    index: Option<HashMap<Arc<RouteKey>, usize>>,
     /// The owner's seal, once the last frame brought it.
     seal: Option<wire::Seal>,
 }
@@ -510,6 +513,7 @@ fn apply_partition(
         owner_cert,
         entries,
         seal,
+        ..
     } = staged;
     let Some(seal) = seal else {
         return Ok(Step::Staged);
@@ -546,7 +550,7 @@ fn apply_partition(
         up_to_version,
         reset,
         record,
-        entries: entries.into_values().collect(),
+        entries,
         seal: Seal {
             version: up_to_version,
             scheme: seal.scheme,
@@ -597,7 +601,8 @@ fn stage(inbox: &mut Inbox, pd: wire::PartitionDelta, max_entries: usize) -> Res
             reset: pd.reset,
             record: None,
             owner_cert: Vec::new(),
-            entries: HashMap::new(),
+            entries: Vec::new(),
+            index: None,
             seal: None,
         });
     }
@@ -615,42 +620,47 @@ fn merge(inbox: &mut Inbox, pd: wire::PartitionDelta, max_entries: usize) -> Res
     if pd.site != st.site || pd.up_to_version < pd.from_version {
         return Err(Rejection::Malformed);
     }
-    let mut seen: HashSet<(&str, &str)> = HashSet::with_capacity(pd.entries.len());
+    // Versions rise within a frame (the sender exports in version order).
+    let mut last = pd.from_version;
     for e in &pd.entries {
-        if !seen.insert((&e.host, &e.path)) {
+        if e.version <= last || e.version > pd.up_to_version {
             return Err(Rejection::Malformed);
         }
+        last = e.version;
     }
-    drop(seen);
-    if st.entries.len().saturating_add(pd.entries.len()) > max_entries
-        && pd
-            .entries
-            .iter()
-            .filter(|e| {
-                !st.entries.contains_key(&RouteKey {
-                    host: e.host.clone(),
-                    path: e.path.clone(),
-                })
-            })
-            .count()
-            .saturating_add(st.entries.len())
-            > max_entries
-    {
-        return Err(Rejection::OverLimit);
-    }
-    for e in pd.entries {
-        if e.version <= pd.from_version || e.version > pd.up_to_version {
-            return Err(Rejection::Malformed);
+    if st.entries.is_empty() {
+        if pd.entries.len() > max_entries {
+            return Err(Rejection::OverLimit);
         }
-        let entry = entry_from_wire(e)?;
-        match st.entries.entry(entry.key.clone()) {
-            MapEntry::Occupied(mut o) => {
-                if entry.version > o.get().version {
-                    o.insert(entry);
+        st.entries.reserve_exact(pd.entries.len());
+        for e in pd.entries {
+            st.entries.push(entry_from_wire(e)?);
+        }
+    } else {
+        let entries = &mut st.entries;
+        let index = st.index.get_or_insert_with(|| {
+            entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.key.clone(), i))
+                .collect()
+        });
+        for e in pd.entries {
+            let entry = entry_from_wire(e)?;
+            match index.entry(entry.key.clone()) {
+                MapEntry::Occupied(o) => {
+                    let held = &mut entries[*o.get()];
+                    if entry.version > held.version {
+                        *held = entry;
+                    }
                 }
-            }
-            MapEntry::Vacant(v) => {
-                v.insert(entry);
+                MapEntry::Vacant(v) => {
+                    if entries.len() >= max_entries {
+                        return Err(Rejection::OverLimit);
+                    }
+                    v.insert(entries.len());
+                    entries.push(entry);
+                }
             }
         }
     }

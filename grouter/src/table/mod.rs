@@ -939,9 +939,21 @@ impl Table {
         let removed = self.partitions.write().remove(node_id);
         let Some(old) = removed else { return false };
         old.origin.set_alive(false);
-        self.retired
-            .write()
-            .insert(old.origin.node_id.clone(), old.origin.generation);
+        {
+            // Only certified nodes ever had a partition, so this is bounded by the mesh;
+            // beyond twice max_nodes the oldest incarnation is forgotten (its generation
+            // is the smallest: generations are start times).
+            let mut retired = self.retired.write();
+            if retired.len() >= 2 * self.limits().max_nodes
+                && let Some(oldest) = retired
+                    .iter()
+                    .min_by_key(|(_, g)| **g)
+                    .map(|(n, _)| n.clone())
+            {
+                retired.remove(&oldest);
+            }
+            retired.insert(old.origin.node_id.clone(), old.origin.generation);
+        }
         self.unindex(&old);
         self.changed();
         true
