@@ -252,15 +252,23 @@ pub struct Partition {
     /// This node's partition: digests of entries in `root` that were overwritten since the
     /// last fold.
     unfolded: Vec<EntryDigest>,
+    /// This node's partition: `unfolded` overflowed (nobody sealed for a long time), so the
+    /// next fold recomputes `root` from every live entry.
+    root_stale: bool,
     /// The owner's seal (replicas: at `max_version`; this node: the last one made).
     seal: Option<Seal>,
     /// The owner's certificate (replicas).
     owner_cert: Option<Arc<[u8]>>,
 }
 
-/// Unfolded digests kept before the owner folds them in as it writes (the mesh folds them
-/// each time it seals, so this is reached only when nobody asks for seals).
+/// Unfolded digests kept before the owner gives up on them and recomputes its hash at the
+/// next fold (the mesh folds each time it seals, so this is reached only when nobody asks
+/// for seals for a long time).
 const UNFOLDED_MAX: usize = 65_536;
+
+/// How often an export of this node's partition hashes outside the lock and finds that
+/// writes moved the partition on meanwhile, before it folds under the lock.
+const FOLD_RETRIES: usize = 3;
 
 impl Partition {
     fn new(origin: Arc<Origin>) -> Self {
@@ -275,25 +283,42 @@ impl Partition {
             root: StateHash::default(),
             folded: 0,
             unfolded: Vec::new(),
+            root_stale: false,
             seal: None,
             owner_cert: None,
         }
     }
 
-    /// Bring `root` up to `max_version` (this node's partition).
-    fn fold(&mut self) {
-        for d in self.unfolded.drain(..) {
-            self.root.remove(&d);
-        }
-        for (v, key) in self.log.range(self.folded + 1..) {
-            if let Some(Versioned {
-                value: Some(value), ..
-            }) = self.entries.get(key)
-            {
-                self.root.add(&state::entry_digest(key, *v, value));
-            }
-        }
+    /// What a fold must hash, taken from the partition (which is then folded as far as
+    /// `max_version`, except for the sum itself: see [`Table::fold_own`]).
+    fn take_fold(&mut self) -> Fold {
+        let recompute = std::mem::take(&mut self.root_stale);
+        let from = if recompute { 0 } else { self.folded };
+        let added = self
+            .log
+            .range(from + 1..)
+            .filter_map(|(v, key)| {
+                let value = self.entries.get(key)?.value.clone()?;
+                Some((key.clone(), *v, value))
+            })
+            .collect();
+        let removed = std::mem::take(&mut self.unfolded);
         self.folded = self.max_version;
+        Fold {
+            base: if recompute {
+                StateHash::default()
+            } else {
+                self.root.clone()
+            },
+            removed: if recompute { Vec::new() } else { removed },
+            added,
+        }
+    }
+
+    /// Bring `root` up to `max_version` in place (this node's partition, under the lock).
+    fn fold(&mut self) {
+        let fold = self.take_fold();
+        self.root = fold.sum();
     }
 
     /// The statement of this partition as it stands (`fold` first for this node's own).
@@ -378,6 +403,29 @@ impl Partition {
 
     fn get(&self, key: &RouteKey) -> Option<&Versioned> {
         self.entries.get(key)
+    }
+}
+
+/// The hashing of one fold of this node's partition, done without the partitions lock.
+struct Fold {
+    base: StateHash,
+    removed: Vec<EntryDigest>,
+    added: Vec<(Arc<RouteKey>, u64, Arc<RouteEntry>)>,
+}
+
+impl Fold {
+    fn sum(self) -> StateHash {
+        let digests: Vec<EntryDigest> = self
+            .added
+            .iter()
+            .map(|(k, v, e)| state::entry_digest(k, *v, e))
+            .collect();
+        let mut root = StateHash::of(&digests);
+        root.add_hash(&self.base);
+        for d in &self.removed {
+            root.remove(d);
+        }
+        root
     }
 }
 
@@ -478,6 +526,9 @@ pub struct Table {
     routes: AtomicU64,
     local_endpoints: AtomicU64,
     limits: RwLock<Limits>,
+    /// Held while this node's partition is folded (one fold at a time: between taking what
+    /// to hash and storing the sum, the partition's `root` lags its `folded`).
+    own_fold: parking_lot::Mutex<()>,
     /// Site → the domains its nodes may announce (sites not listed may announce anything).
     site_domains: RwLock<HashMap<Arc<str>, Vec<String>>>,
 }
@@ -498,6 +549,7 @@ impl Table {
             routes: AtomicU64::new(0),
             local_endpoints: AtomicU64::new(0),
             limits: RwLock::new(Limits::default()),
+            own_fold: parking_lot::Mutex::new(()),
             site_domains: RwLock::new(HashMap::new()),
         }
     }
@@ -577,7 +629,8 @@ impl Table {
         let entry = entry.map(Arc::new);
         part.put(key, entry.clone(), version);
         if part.unfolded.len() >= UNFOLDED_MAX {
-            part.fold();
+            part.unfolded = Vec::new();
+            part.root_stale = true;
         }
         // The index is updated under the partitions lock so that writers of one key are
         // serialised; readers of the index never take this lock.
@@ -649,20 +702,55 @@ impl Table {
     /// partition, the statement to sign when no seal at that version was made yet).
     pub fn export(&self, node_id: &str, held: Option<(u64, u64)>, budget: usize) -> Option<Export> {
         if *node_id == *self.me.node_id {
+            let _folding = self.own_fold.lock();
+            // Hash outside the lock; if writes moved the partition on meanwhile, again,
+            // and after a few tries under the lock (a statement must describe exactly
+            // what is exported).
+            for _ in 0..FOLD_RETRIES {
+                self.fold_own();
+                let parts = self.partitions.read();
+                let p = parts.get(node_id)?;
+                if p.folded == p.max_version && !p.root_stale {
+                    return Self::export_own(p, held, budget);
+                }
+            }
             let mut parts = self.partitions.write();
             let p = parts.get_mut(node_id)?;
-            if p.folded < p.max_version {
-                p.fold();
-            }
-            let mut export = Self::export_from(p, held, budget)?;
-            if export.seal.is_none() && export.up_to_version == p.max_version {
-                export.statement = Some(p.statement());
-            }
-            export.owner_cert = None;
-            return Some(export);
+            p.fold();
+            return Self::export_own(p, held, budget);
         }
         let parts = self.partitions.read();
         Self::export_from(parts.get(node_id)?, held, budget)
+    }
+
+    /// [`Table::export_from`] of this node's folded partition, with the statement to sign.
+    fn export_own(p: &Partition, held: Option<(u64, u64)>, budget: usize) -> Option<Export> {
+        let mut export = Self::export_from(p, held, budget)?;
+        if export.seal.is_none() && export.complete {
+            export.statement = Some(p.statement());
+        }
+        export.owner_cert = None;
+        Some(export)
+    }
+
+    /// Fold this node's partition, hashing without the partitions lock (the caller holds
+    /// `own_fold`, so no other fold runs; writes meanwhile note what they overwrite for the
+    /// next one).
+    fn fold_own(&self) {
+        let fold = {
+            let mut parts = self.partitions.write();
+            let Some(p) = parts.get_mut(&self.me.node_id) else {
+                return;
+            };
+            if p.folded == p.max_version && !p.root_stale {
+                return;
+            }
+            p.take_fold()
+        };
+        let root = fold.sum();
+        if let Some(p) = self.partitions.write().get_mut(&self.me.node_id) {
+            p.root = root;
+        }
     }
 
     fn export_from(p: &Partition, held: Option<(u64, u64)>, budget: usize) -> Option<Export> {
@@ -741,6 +829,7 @@ impl Table {
 
     /// The statement of this node's own partition as it stands now.
     pub fn own_statement(&self) -> Option<Statement> {
+        let _folding = self.own_fold.lock();
         let mut parts = self.partitions.write();
         let p = parts.get_mut(&self.me.node_id)?;
         p.fold();
@@ -1407,6 +1496,58 @@ mod tests {
         assert_eq!(&*m.path, "/api");
         assert!(m.local);
         assert!(m.remote_sites.is_empty());
+    }
+
+    /// The hash this node folds in step with its writes is the hash of its live entries,
+    /// however writes, overwrites, deletes, folds and an overflow interleave.
+    #[test]
+    fn the_owners_folded_hash_is_the_hash_of_its_live_entries() {
+        let t = Table::new("lon-1", "lon", 1);
+        let from_scratch = |t: &Table| {
+            t.with_local_partition(|p| {
+                let digests: Vec<_> = p
+                    .entries
+                    .iter()
+                    .filter_map(|(k, v)| Some(state::entry_digest(k, v.version, v.value.as_ref()?)))
+                    .collect();
+                StateHash::of(&digests).digest()
+            })
+            .unwrap()
+        };
+        let check = |t: &Table, when: &str| {
+            let stmt = t.own_statement().unwrap();
+            assert_eq!(stmt.root, from_scratch(t), "{when}");
+            assert_eq!(
+                stmt.version,
+                t.digest()
+                    .iter()
+                    .find(|(o, _)| *o.node_id == *"lon-1")
+                    .unwrap()
+                    .1
+            );
+        };
+        for i in 0..50 {
+            t.upsert_local(&key(&format!("r{i}.com")), entry("a", 1));
+        }
+        check(&t, "first fold");
+        for i in 0..50 {
+            if i % 3 == 0 {
+                t.remove_local(&key(&format!("r{i}.com")));
+            } else {
+                t.upsert_local(&key(&format!("r{i}.com")), entry("b", 2));
+            }
+            if i % 10 == 0 {
+                // An export folds too.
+                let _ = t.export("lon-1", None, 7);
+            }
+        }
+        t.upsert_local(&key("r1.com"), entry("c", 3));
+        check(&t, "after overwrites, deletes and folds");
+        // Overwrites beyond what the owner notes: the next fold starts over.
+        for i in 0..(UNFOLDED_MAX + 10) {
+            t.upsert_local(&key("r2.com"), entry("d", 1 + (i % 2) as u32));
+        }
+        check(&t, "after an overflow");
     }
 
     #[test]
