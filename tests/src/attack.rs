@@ -101,7 +101,7 @@ impl Trio {
         })
         .await;
         wait_until(10 * SEC, "p in sync", || async {
-            (sync_state(&trio.p).await == "in_sync").then_some(())
+            (trio.p.sync_state().await == "in_sync").then_some(())
         })
         .await;
         assert!(
@@ -137,13 +137,6 @@ async fn sites_of(node: &Node, host: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-async fn sync_state(node: &Node) -> String {
-    node.json("/v1/status").await["sync"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// Node ids of `node`'s direct peers.
@@ -228,7 +221,7 @@ async fn seen(node: &Node) -> Seen {
         routes: node.json("/v1/routes").await,
         shop: http_get(node, SHOP).await,
         dns,
-        sync: sync_state(node).await,
+        sync: node.sync_state().await,
     }
 }
 
@@ -734,7 +727,7 @@ async fn a_relay_cannot_erase_or_roll_back_another_nodes_partition() {
     );
     assert_eq!(sites_of(&trio.p, "later.apps.example.com").await, ["nyc"]);
     assert_eq!(sites_of(&trio.p, SHOP).await, ["nyc"]);
-    assert_eq!(sync_state(&trio.p).await, "in_sync");
+    assert_eq!(trio.p.sync_state().await, "in_sync");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -811,7 +804,7 @@ async fn a_future_generation_locks_nobody_out() {
     .await;
     trio.q_registers("later.apps.example.com", "10.1.0.2").await;
     assert_eq!(sites_of(&trio.p, SHOP).await, ["nyc"]);
-    assert_eq!(sync_state(&trio.p).await, "in_sync");
+    assert_eq!(trio.p.sync_state().await, "in_sync");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -964,7 +957,7 @@ async fn a_member_over_the_limits_is_refused() {
     assert_eq!(sites_of(&trio.p, SHOP).await, ["nyc"]);
     assert_eq!(sites_of(&trio.p, HOME).await, ["lon"]);
     trio.q_registers("later.apps.example.com", "10.1.0.2").await;
-    assert_eq!(sync_state(&trio.p).await, "in_sync");
+    assert_eq!(trio.p.sync_state().await, "in_sync");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1106,5 +1099,5 @@ async fn a_revoked_node_is_refused_and_its_partition_gone_everywhere_within_2_s(
     }
     // The rest of the mesh carries on.
     assert_eq!(sites_of(&lon, SHOP).await, ["nyc"]);
-    assert_eq!(sync_state(&lon).await, "in_sync");
+    assert_eq!(lon.sync_state().await, "in_sync");
 }

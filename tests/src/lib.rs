@@ -549,6 +549,14 @@ impl Node {
         .await;
     }
 
+    /// `/v1/status`'s `sync` (`in_sync`, `degraded` or `lost`).
+    pub async fn sync_state(&self) -> String {
+        self.json("/v1/status").await["sync"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Sum of every sample of `name` (all label sets) in `/metrics`, or `None` if absent.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let (_, text) = self.get("/metrics").await.ok()?;

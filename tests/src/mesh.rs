@@ -35,13 +35,6 @@ async fn sites_of(node: &Node, host: &str) -> Vec<(String, bool)> {
         .unwrap_or_default()
 }
 
-async fn sync_state(node: &Node) -> String {
-    node.json("/v1/status").await["sync"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[tokio::test]
 async fn three_sites_of_two_nodes_replicate_and_withdraw_routes() {
     let ca = MeshCa::new();
@@ -71,7 +64,7 @@ async fn three_sites_of_two_nodes_replicate_and_withdraw_routes() {
         })
         .await;
         wait_until(10 * SEC, "in_sync", || async {
-            (sync_state(node).await == "in_sync").then_some(())
+            (node.sync_state().await == "in_sync").then_some(())
         })
         .await;
     }
