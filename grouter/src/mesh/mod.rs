@@ -269,6 +269,9 @@ pub struct Mesh {
     settings: MeshSettings,
     tls: MeshTls,
     trust: MeshTrust,
+    /// Connections on which peers forward HTTP, with their certificates: closed when the
+    /// certificate is revoked (ended ones are pruned as new ones arrive).
+    peer_http_conns: Mutex<Vec<(Arc<[u8]>, CancellationToken)>>,
     /// Refusals per peer node (certified ids only, at most `max_nodes`).
     rejections: Mutex<HashMap<String, Tally>>,
     /// The peer set and every rule about it: the one lock of the mesh, never held across an
@@ -285,6 +288,9 @@ pub struct PeerHttp {
     pub stream: tokio_rustls::server::TlsStream<TcpStream>,
     /// Who the peer is, from its certificate.
     pub peer: NodeIdentity,
+    /// Cancelled when the peer's certificate is revoked (stop taking its requests), and by
+    /// the server when the connection ends.
+    pub cancel: CancellationToken,
 }
 
 impl Mesh {
@@ -326,6 +332,7 @@ impl Mesh {
             tls,
             trust,
             rejections: Mutex::new(HashMap::new()),
+            peer_http_conns: Mutex::new(Vec::new()),
             membership: Mutex::new(membership),
             peer_http: OnceLock::new(),
         })
@@ -637,7 +644,13 @@ async fn accept_loop(
                 }
                 Some(b"h2" | b"http/1.1") => match mesh.peer_http.get() {
                     Some(tx) => {
-                        let _ = tx.send(PeerHttp { stream: tls, peer }).await;
+                        let cancel = shutdown.child_token();
+                        {
+                            let mut conns = mesh.peer_http_conns.lock();
+                            conns.retain(|(_, t)| !t.is_cancelled());
+                            conns.push((cert, cancel.clone()));
+                        }
+                        let _ = tx.send(PeerHttp { stream: tls, peer, cancel }).await;
                     }
                     None => debug!(%addr, "peer forwarded HTTP, but this node has no proxy"),
                 },
@@ -861,8 +874,22 @@ async fn crl_loop(mesh: Arc<Mesh>, shutdown: CancellationToken) {
     }
 }
 
-/// Close every live connection whose peer certificate the current CRL revokes.
+/// Close every live connection whose peer certificate the current CRL revokes: mesh
+/// sessions, and the connections on which peers forward HTTP (they finish what is in
+/// flight and take no more).
 fn close_revoked(mesh: &Mesh) {
+    let revoked = |cert: &[u8]| {
+        matches!(
+            mesh.tls.verify_node_cert(cert),
+            Err(identity::CertRejection::Revoked)
+        )
+    };
+    for (cert, cancel) in mesh.peer_http_conns.lock().iter() {
+        if !cancel.is_cancelled() && revoked(cert) {
+            mesh.metrics.revoked_closed.inc();
+            cancel.cancel();
+        }
+    }
     for link in mesh.peers() {
         let Some(cert) = link.cert() else { continue };
         if let Err(why @ identity::CertRejection::Revoked) = mesh.tls.verify_node_cert(cert) {
@@ -1080,7 +1107,7 @@ mod tests {
             &ca,
             ("nyc-1", "nyc"),
             false,
-            &[lon_addr],
+            std::slice::from_ref(&lon_addr),
             &shutdown,
         )
         .await;
@@ -1094,13 +1121,31 @@ mod tests {
             .find(|p| p.node_id == "nyc-1")
             .unwrap();
         assert!(link.cert().is_some_and(|c| !c.is_empty()));
+        // nyc-1 also opens a connection to forward HTTP on (as its remote proxy does).
+        let mut forwarded = lon.take_peer_http().unwrap();
+        let tcp = TcpStream::connect(&lon_addr).await.unwrap();
+        let _h2 = tokio_rustls::TlsConnector::from(nyc.tls.client_with_alpn(b"h2"))
+            .connect(MeshTls::server_name(), tcp)
+            .await
+            .unwrap();
+        let conn = tokio::time::timeout(Duration::from_secs(5), forwarded.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(conn.peer.node_id, "nyc-1");
+        assert!(!conn.cancel.is_cancelled());
 
         identity::revoke_node(&ca, "nyc-1").unwrap();
-        until("lon-1 closed the revoked link", || {
-            lon.metrics.revoked_closed.get() == 1 && lon.peers().is_empty()
-        })
+        until(
+            "lon-1 closed the revoked link and forwarding connection",
+            || lon.metrics.revoked_closed.get() == 2 && lon.peers().is_empty(),
+        )
         .await;
         assert!(link.cancel.is_cancelled());
+        assert!(
+            conn.cancel.is_cancelled(),
+            "the proxy is told to stop serving it"
+        );
         until("nyc-1 saw the link close", || nyc.peers().is_empty()).await;
         // nyc-1 keeps dialling, and every handshake is refused now.
         let failures = lon.metrics.handshake_failures.get();

@@ -620,14 +620,19 @@ fn merge(inbox: &mut Inbox, pd: wire::PartitionDelta, max_entries: usize) -> Res
     if pd.site != st.site || pd.up_to_version < pd.from_version {
         return Err(Rejection::Malformed);
     }
-    // Versions rise within a frame (the sender exports in version order).
+    // Versions rise within a frame (the sender exports in version order), and a key comes
+    // at most once (a repeat would also fail the seal check, but is refused as what it is).
+    // The set's hasher is seeded per process: keys come from a peer.
     let mut last = pd.from_version;
+    let mut seen: HashSet<(&str, &str), foldhash::fast::RandomState> =
+        HashSet::with_capacity_and_hasher(pd.entries.len(), Default::default());
     for e in &pd.entries {
-        if e.version <= last || e.version > pd.up_to_version {
+        if e.version <= last || e.version > pd.up_to_version || !seen.insert((&e.host, &e.path)) {
             return Err(Rejection::Malformed);
         }
         last = e.version;
     }
+    drop(seen);
     if st.entries.is_empty() {
         if pd.entries.len() > max_entries {
             return Err(Rejection::OverLimit);

@@ -114,12 +114,21 @@ pub async fn serve_peers(
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let conn = Conn::new(client, "https", Some(peer.peer.node_id.clone()));
-        tracker.spawn(serve_conn(
-            proxy.clone(),
-            peer.stream,
-            conn,
-            shutdown.clone(),
-        ));
+        // Ends on shutdown or when the peer's certificate is revoked (the mesh cancels it).
+        let stop = shutdown.child_token();
+        let (revoked, linked) = (peer.cancel.clone(), stop.clone());
+        tracker.spawn(async move {
+            tokio::select! {
+                () = revoked.cancelled() => linked.cancel(),
+                () = linked.cancelled() => {}
+            }
+        });
+        let (proxy, ended) = (proxy.clone(), peer.cancel);
+        tracker.spawn(async move {
+            serve_conn(proxy, peer.stream, conn, stop.clone()).await;
+            stop.cancel();
+            ended.cancel();
+        });
     }
     tracker.close();
     tracker.wait().await;
