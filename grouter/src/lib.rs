@@ -13,10 +13,11 @@
 //! - [`learn`]: the site's NATS bus → endpoint registry → this node's partition of the table.
 //!   One task owns the registry; it alone writes this node's partition.
 //! - [`table`]: partitions (one per node incarnation, versioned, with tombstones) merged into
-//!   one lookup index; gorouter-compatible host/path/wildcard lookup; local-wins selection.
-//!   No I/O.
+//!   one lookup index; gorouter-compatible host/path/wildcard lookup; local-wins selection;
+//!   each partition's set hash (`table::state`), which its owner's seal covers. No I/O.
 //! - [`mesh`]: peers over mutual TLS; anti-entropy (`mesh::sync`, pure functions over the
-//!   table) replicates every partition to every node; the failure detector and the sync
+//!   table) replicates every partition to every node, applying only what the partition's
+//!   owner sealed (`mesh::trust` seals and checks); the failure detector and the sync
 //!   state (`mesh::liveness`); the membership rules without I/O (`mesh::membership`). It
 //!   never writes this node's own partition.
 //! - [`proxy`]: the data plane, one way through: listener and codec → request head → the
