@@ -878,23 +878,16 @@ async fn crl_loop(mesh: Arc<Mesh>, shutdown: CancellationToken) {
 /// sessions, and the connections on which peers forward HTTP (they finish what is in
 /// flight and take no more).
 fn close_revoked(mesh: &Mesh) {
-    let revoked = |cert: &[u8]| {
-        matches!(
-            mesh.tls.verify_node_cert(cert),
-            Err(identity::CertRejection::Revoked)
-        )
-    };
     for (cert, cancel) in mesh.peer_http_conns.lock().iter() {
-        if !cancel.is_cancelled() && revoked(cert) {
+        if !cancel.is_cancelled() && is_revoked(mesh, cert) {
             mesh.metrics.revoked_closed.inc();
             cancel.cancel();
         }
     }
     for link in mesh.peers() {
-        let Some(cert) = link.cert() else { continue };
-        if let Err(why @ identity::CertRejection::Revoked) = mesh.tls.verify_node_cert(cert) {
+        if link.cert().is_some_and(|cert| is_revoked(mesh, cert)) {
             mesh.metrics.revoked_closed.inc();
-            info!(peer = %link.node_id, site = %link.site, reason = why.as_str(), "mesh peer's certificate revoked; closing");
+            info!(peer = %link.node_id, site = %link.site, "mesh peer's certificate revoked; closing");
             link.cancel.cancel();
         }
     }
@@ -904,13 +897,20 @@ fn close_revoked(mesh: &Mesh) {
 /// still hold it are refused the same way: the certificate no longer certifies).
 fn drop_revoked_partitions(mesh: &Mesh) {
     for (node_id, cert) in mesh.table.owner_certs() {
-        if let Err(why @ identity::CertRejection::Revoked) = mesh.tls.verify_node_cert(&cert) {
-            if mesh.table.retire(&node_id) {
-                mesh.metrics.count_rejection(sync::Rejection::Revoked);
-                info!(node = %node_id, reason = why.as_str(), "revoked node's partition dropped");
-            }
+        if is_revoked(mesh, &cert) && mesh.table.retire(&node_id) {
+            mesh.metrics.count_rejection(sync::Rejection::Revoked);
+            info!(node = %node_id, "revoked node's partition dropped");
         }
     }
+}
+
+/// Whether the current CRL revokes `cert` (other refusals, such as expiry, are not
+/// revocation: they are dealt with where the certificate is next checked).
+fn is_revoked(mesh: &Mesh, cert: &[u8]) -> bool {
+    matches!(
+        mesh.tls.verify_node_cert(cert),
+        Err(identity::CertRejection::Revoked)
+    )
 }
 
 impl Mesh {
