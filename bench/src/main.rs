@@ -263,7 +263,11 @@ fn rss_bytes() -> u64 {
 fn memory(routes: usize, endpoints: usize) -> anyhow::Result<()> {
     use grouter_protocol::nats::{MessageKind, Registration};
     let table = Arc::new(Table::new("bench-1", "lon", 1));
-    let mut registry = learn::Registry::new(table.clone(), Duration::from_secs(120));
+    let mut registry = learn::Registry::new(
+        table.clone(),
+        Duration::from_secs(120),
+        Duration::from_secs(360),
+    );
     let before = rss_bytes();
     // Messages are built and dropped one at a time, so only what is kept shows in RSS.
     for i in 0..routes * endpoints {
@@ -323,6 +327,8 @@ async fn ingest(
         tls_ca: None,
         stale_threshold: Duration::from_secs(3600),
         prune_interval: Duration::from_secs(3600),
+        tls_stale_threshold: Duration::from_secs(3 * 3600),
+        max_pending_messages: 524_288,
         client_name: "grouter-bench".into(),
     };
     let learner = tokio::spawn(learn::run(

@@ -32,6 +32,14 @@ use crate::names;
 const DEFAULT_STALE_THRESHOLD_SECS: u64 = 120;
 /// Default `nats.prune_interval_secs`.
 const DEFAULT_PRUNE_INTERVAL_SECS: u64 = 30;
+/// Default `nats.tls_stale_threshold_secs`, as a multiple of `nats.stale_threshold_secs`.
+const TLS_STALE_THRESHOLD_FACTOR: u64 = 3;
+/// Default `nats.max_pending_messages`: room for a burst of 200,000 registrations (every
+/// emitter re-sending at once after a reconnect) with headroom; at ~0.7 KB a queued message,
+/// about 370 MB when full, and nothing when the learner keeps up.
+const DEFAULT_MAX_PENDING_MESSAGES: usize = 524_288;
+/// Smallest accepted `nats.max_pending_messages`.
+const MIN_PENDING_MESSAGES: usize = 1024;
 /// Default `gorouters.health_url_path`.
 const DEFAULT_HEALTH_URL_PATH: &str = "/health";
 /// Default `proxy.redirect_host`: `shop.apps.example.com` -> `shop.nyc.apps.example.com`.
@@ -66,6 +74,9 @@ fn default_stale_threshold_secs() -> u64 {
 }
 fn default_prune_interval_secs() -> u64 {
     DEFAULT_PRUNE_INTERVAL_SECS
+}
+fn default_max_pending_messages() -> usize {
+    DEFAULT_MAX_PENDING_MESSAGES
 }
 fn default_health_url_path() -> String {
     DEFAULT_HEALTH_URL_PATH.to_owned()
@@ -160,6 +171,25 @@ pub struct NatsConfig {
     /// Seconds between two prune passes; at least 1.
     #[serde(default = "default_prune_interval_secs")]
     pub prune_interval_secs: u64,
+    /// Seconds after which a `tls_port` endpoint that was not re-registered is removed
+    /// (gorouter keeps them until a dial fails; GRouter does not dial backends). Default
+    /// 3 × `stale_threshold_secs`; at least `stale_threshold_secs`.
+    #[serde(default)]
+    pub tls_stale_threshold_secs: Option<u64>,
+    /// Messages the NATS client may queue for the learner before it drops (and counts) the
+    /// excess; at least 1,024.
+    #[serde(default = "default_max_pending_messages")]
+    pub max_pending_messages: usize,
+}
+
+impl NatsConfig {
+    /// `tls_stale_threshold_secs`, or its default.
+    pub fn tls_stale_threshold_secs(&self) -> u64 {
+        self.tls_stale_threshold_secs.unwrap_or(
+            self.stale_threshold_secs
+                .saturating_mul(TLS_STALE_THRESHOLD_FACTOR),
+        )
+    }
 }
 
 /// Credentials are redacted so the config can be logged.
@@ -174,6 +204,8 @@ impl fmt::Debug for NatsConfig {
             .field("tls_ca", &self.tls_ca)
             .field("stale_threshold_secs", &self.stale_threshold_secs)
             .field("prune_interval_secs", &self.prune_interval_secs)
+            .field("tls_stale_threshold_secs", &self.tls_stale_threshold_secs)
+            .field("max_pending_messages", &self.max_pending_messages)
             .finish()
     }
 }
@@ -656,6 +688,20 @@ impl NatsConfig {
         }
         check_at_least(p, "nats.stale_threshold_secs", self.stale_threshold_secs, 1);
         check_at_least(p, "nats.prune_interval_secs", self.prune_interval_secs, 1);
+        if let Some(tls) = self.tls_stale_threshold_secs {
+            check_at_least(
+                p,
+                "nats.tls_stale_threshold_secs",
+                tls,
+                self.stale_threshold_secs,
+            );
+        }
+        check_at_least(
+            p,
+            "nats.max_pending_messages",
+            to_u64(self.max_pending_messages),
+            to_u64(MIN_PENDING_MESSAGES),
+        );
     }
 }
 

@@ -5,10 +5,17 @@
 //! the **endpoint registry**: every endpoint with its last registration time, from which it
 //! derives this node's route entries in the table.
 //!
+//! Both subjects come through one subscription (`router.*`), so register and unregister are
+//! applied in the order NATS delivered them. Messages are drained in batches: the registry
+//! takes them one by one and the table gets one write per changed route per batch, which is
+//! what lets a burst of a whole site's registrations arrive without loss (the client's queue,
+//! `nats.max_pending_messages`, only has to hold what the learner has not reached yet).
+//!
 //! Expiry follows gorouter with `suspend_pruning_if_nats_unavailable`: an endpoint not
-//! re-registered within its stale threshold is removed by the periodic prune, except TLS
-//! endpoints (`tls_port`), which only an unregister removes; nothing is pruned while NATS is
-//! disconnected, and every endpoint is refreshed on reconnect.
+//! re-registered within its stale threshold is removed by the periodic prune; TLS endpoints
+//! (`tls_port`), which gorouter keeps until a dial fails, are removed after
+//! `nats.tls_stale_threshold_secs` (GRouter never dials backends); nothing is pruned while
+//! NATS is disconnected, and every endpoint is refreshed on reconnect.
 //!
 //! Must never: write another node's partition, publish anything but `router.greet`, or stop
 //! on a bad message (those are counted per reason and logged once per reason).
@@ -21,10 +28,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::connection::State;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use grouter_protocol::nats::{
     InvalidMessage, MessageKind, Registration, RouteKey, RouterStart, SUBJECT_GREET,
-    SUBJECT_REGISTER, SUBJECT_UNREGISTER,
+    SUBJECT_ROUTER_ALL,
 };
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -35,6 +42,11 @@ use crate::metrics::Metrics;
 use crate::table::{RouteEntry, Table};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+
+/// Most messages applied between two commits to the table: large enough that a burst costs
+/// one table write per route, small enough that the table's lock is held for well under a
+/// millisecond.
+const BATCH: usize = 512;
 
 /// The learner's counters, registered in the node's [`Metrics`].
 #[derive(Debug)]
@@ -163,6 +175,10 @@ pub struct LearnSettings {
     pub stale_threshold: Duration,
     /// How often stale endpoints are swept.
     pub prune_interval: Duration,
+    /// Age at which a `tls_port` endpoint that was not re-registered is removed.
+    pub tls_stale_threshold: Duration,
+    /// Messages the NATS client queues for the learner before it drops the excess.
+    pub max_pending_messages: usize,
     /// Name this client gives the NATS server.
     pub client_name: String,
 }
@@ -211,7 +227,7 @@ impl Endpoint {
     }
 
     fn is_stale(&self, now_ms: u64) -> bool {
-        !self.tls && now_ms.saturating_sub(self.last_seen_ms) > u64::from(self.threshold_ms)
+        now_ms.saturating_sub(self.last_seen_ms) > u64::from(self.threshold_ms)
     }
 }
 
@@ -220,6 +236,8 @@ struct Pool {
     /// The route, shared with the map's key and the table's partition.
     key: Arc<RouteKey>,
     endpoints: Vec<Endpoint>,
+    /// Changed since the registry's last commit.
+    dirty: bool,
 }
 
 impl Pool {
@@ -315,14 +333,22 @@ fn instance_hash(id: Option<&str>) -> u64 {
 
 /// The endpoint registry of this node's site, and the writer of this node's partition.
 ///
+/// Messages are applied to the registry one by one, in order ([`Registry::apply`]); the
+/// routes they touched reach the table together at [`Registry::commit`], under one lock and
+/// with one change notification, so a burst costs the table (and every peer's push loop) one
+/// write per route per batch instead of one per message.
+///
 /// Time is passed in (monotonic milliseconds) so that expiry is tested without a clock.
 #[derive(Debug)]
 pub struct Registry {
     table: Arc<Table>,
     /// Keys are shared with the table's partition (one allocation per route).
     routes: HashMap<Arc<RouteKey>, Pool>,
+    /// Routes changed since the last commit, each once (its pool's `dirty` flag says so).
+    dirty: Vec<Arc<RouteKey>>,
     strings: Interner,
     default_threshold_ms: u32,
+    tls_threshold_ms: u32,
     endpoints: usize,
 }
 
@@ -333,18 +359,26 @@ pub struct Applied {
     pub upserted: usize,
     /// Endpoints removed.
     pub removed: usize,
-    /// Routes whose entry in the table changed.
+    /// Routes whose entry in the table changed (filled in by a commit).
     pub routes_changed: usize,
 }
 
 impl Registry {
-    /// An empty registry writing into `table`'s local partition.
-    pub fn new(table: Arc<Table>, stale_threshold: Duration) -> Registry {
+    /// An empty registry writing into `table`'s local partition. `tls_stale_threshold` is the
+    /// age at which a `tls_port` endpoint that was not re-registered is removed.
+    pub fn new(
+        table: Arc<Table>,
+        stale_threshold: Duration,
+        tls_stale_threshold: Duration,
+    ) -> Registry {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
         Registry {
             table,
             routes: HashMap::new(),
+            dirty: Vec::new(),
             strings: Interner::default(),
-            default_threshold_ms: u32::try_from(stale_threshold.as_millis()).unwrap_or(u32::MAX),
+            default_threshold_ms: ms(stale_threshold),
+            tls_threshold_ms: ms(tls_stale_threshold),
             endpoints: 0,
         }
     }
@@ -354,12 +388,40 @@ impl Registry {
         self.endpoints
     }
 
-    /// Apply a `router.register`: add the endpoint to each route, or refresh it; a changed
-    /// field replaces the endpoint.
+    /// Apply a `router.register` and commit it: add the endpoint to each route, or refresh
+    /// it; a changed field replaces the endpoint.
     pub fn register(&mut self, reg: &Registration<'_>, now_ms: u64) -> Applied {
-        let threshold_ms = match u32::try_from(reg.stale_threshold_secs.saturating_mul(1000)) {
-            Ok(ms) if ms > 0 && ms <= self.default_threshold_ms => ms,
-            _ => self.default_threshold_ms,
+        let mut applied = self.apply(MessageKind::Register, reg, now_ms);
+        applied.routes_changed = self.commit();
+        applied
+    }
+
+    /// Apply a `router.unregister` and commit it: remove the endpoint `host:port` from each
+    /// route.
+    pub fn unregister(&mut self, reg: &Registration<'_>) -> Applied {
+        let mut applied = self.apply(MessageKind::Unregister, reg, 0);
+        applied.routes_changed = self.commit();
+        applied
+    }
+
+    /// Apply one message to the registry; the table sees it at the next [`Registry::commit`].
+    pub fn apply(&mut self, kind: MessageKind, reg: &Registration<'_>, now_ms: u64) -> Applied {
+        match kind {
+            MessageKind::Register => self.apply_register(reg, now_ms),
+            MessageKind::Unregister => self.apply_unregister(reg),
+        }
+    }
+
+    fn apply_register(&mut self, reg: &Registration<'_>, now_ms: u64) -> Applied {
+        // gorouter never ages out TLS endpoints (it notices dead ones when it dials them);
+        // GRouter does not dial backends, so they get a threshold of their own.
+        let threshold_ms = if reg.tls {
+            self.tls_threshold_ms
+        } else {
+            match u32::try_from(reg.stale_threshold_secs.saturating_mul(1000)) {
+                Ok(ms) if ms > 0 && ms <= self.default_threshold_ms => ms,
+                _ => self.default_threshold_ms,
+            }
         };
         let ep = Endpoint {
             host: self.strings.host(&reg.host),
@@ -379,6 +441,7 @@ impl Registry {
                     self.routes.entry(key.clone()).or_insert(Pool {
                         key,
                         endpoints: Vec::new(),
+                        dirty: false,
                     })
                 }
             };
@@ -399,15 +462,12 @@ impl Registry {
                 }
             }
             applied.upserted += 1;
-            if publish(&self.table, pool) {
-                applied.routes_changed += 1;
-            }
+            mark(&mut self.dirty, pool);
         }
         applied
     }
 
-    /// Apply a `router.unregister`: remove the endpoint `host:port` from each route.
-    pub fn unregister(&mut self, reg: &Registration<'_>) -> Applied {
+    fn apply_unregister(&mut self, reg: &Registration<'_>) -> Applied {
         let mut applied = Applied::default();
         for key in &reg.routes {
             let Some(pool) = self.routes.get_mut(key) else {
@@ -422,37 +482,66 @@ impl Registry {
             }
             self.endpoints -= removed;
             applied.removed += removed;
-            if publish(&self.table, pool) {
-                applied.routes_changed += 1;
-            }
-            if pool.endpoints.is_empty() {
-                self.routes.remove(key);
-            }
+            mark(&mut self.dirty, pool);
         }
         applied
     }
 
-    /// Remove every endpoint whose stale threshold has passed (TLS endpoints excepted).
+    /// Write every route changed since the last commit into the table, in one batch; routes
+    /// left without endpoints become tombstones. Returns how many table entries changed.
+    pub fn commit(&mut self) -> usize {
+        if self.dirty.is_empty() {
+            return 0;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let current = self.table.local_entries(&dirty);
+        let now = unix_ms();
+        let mut writes = Vec::with_capacity(dirty.len());
+        for (key, cur) in dirty.into_iter().zip(current) {
+            let summary = match self.routes.get_mut(&key) {
+                Some(pool) => {
+                    pool.dirty = false;
+                    pool.summary()
+                }
+                None => None,
+            };
+            match summary {
+                None => {
+                    self.routes.remove(&key);
+                    if cur.is_some() {
+                        writes.push((key, None));
+                    }
+                }
+                Some(mut entry) => {
+                    // Compare without the timestamp, so no-op replacements do not create
+                    // versions that would be replicated for nothing.
+                    if let Some(cur) = &cur {
+                        entry.updated_at_ms = cur.updated_at_ms;
+                        if **cur == entry {
+                            continue;
+                        }
+                    }
+                    entry.updated_at_ms = now;
+                    writes.push((key, Some(entry)));
+                }
+            }
+        }
+        self.table.write_local_batch(writes)
+    }
+
+    /// Remove (and commit) every endpoint whose threshold has passed.
     pub fn prune(&mut self, now_ms: u64) -> Applied {
         let mut applied = Applied::default();
-        let mut emptied = Vec::new();
         for pool in self.routes.values_mut() {
             let removed = pool.retain(|e| !e.is_stale(now_ms));
             if removed == 0 {
                 continue;
             }
             applied.removed += removed;
-            if publish(&self.table, pool) {
-                applied.routes_changed += 1;
-            }
-            if pool.endpoints.is_empty() {
-                emptied.push(pool.key.clone());
-            }
-        }
-        for key in emptied {
-            self.routes.remove(&key);
+            mark(&mut self.dirty, pool);
         }
         self.endpoints -= applied.removed;
+        applied.routes_changed = self.commit();
         if applied.removed > 0 {
             self.strings.collect();
         }
@@ -470,23 +559,11 @@ impl Registry {
     }
 }
 
-/// Write a pool's summary into this node's partition. True when the table changed.
-fn publish(table: &Table, pool: &Pool) -> bool {
-    let key = &pool.key;
-    match pool.summary() {
-        None => table.remove_local(key).is_some(),
-        Some(mut entry) => {
-            // Compare without the timestamp, so heartbeats and no-op replacements do not
-            // create versions that would be replicated for nothing.
-            if let Some(cur) = table.local_entry(key) {
-                entry.updated_at_ms = cur.updated_at_ms;
-                if *cur == entry {
-                    return false;
-                }
-            }
-            entry.updated_at_ms = unix_ms();
-            table.upsert_local(key, entry).is_some()
-        }
+/// Note that `pool` changed since the last commit.
+fn mark(dirty: &mut Vec<Arc<RouteKey>>, pool: &mut Pool) {
+    if !pool.dirty {
+        pool.dirty = true;
+        dirty.push(pool.key.clone());
     }
 }
 
@@ -525,9 +602,10 @@ pub async fn run(
         .name(&settings.client_name)
         .retry_on_initial_connect()
         .max_reconnects(None)
-        // gorouter doubles the library's pending limit for the same reason: a route
-        // emitter's burst of registrations must not overflow us.
-        .subscription_capacity(131_072)
+        // gorouter doubles the library's pending limit so that a burst does not overflow
+        // it; we size it for a whole site's emitters re-sending at once. The queue holds
+        // messages only while the learner is behind.
+        .subscription_capacity(settings.max_pending_messages)
         .event_callback(move |event| {
             let tx = events_tx.clone();
             async move {
@@ -545,16 +623,15 @@ pub async fn run(
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
     let client = opts.connect(settings.servers.as_slice()).await?;
-    let registers = client.subscribe(SUBJECT_REGISTER).await?;
-    let unregisters = client.subscribe(SUBJECT_UNREGISTER).await?;
-    let mut messages = futures::stream::select(
-        registers.map(|m| (MessageKind::Register, m.payload)),
-        unregisters.map(|m| (MessageKind::Unregister, m.payload)),
-    );
+    let mut messages = client.subscribe(SUBJECT_ROUTER_ALL).await?;
 
     let epoch = Instant::now();
     let now_ms = move || u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let mut registry = Registry::new(table, settings.stale_threshold);
+    let mut registry = Registry::new(
+        table,
+        settings.stale_threshold,
+        settings.tls_stale_threshold,
+    );
     let mut logged = LoggedOnce::default();
     let mut connected = false;
     let mut greeter: Option<CancellationToken> = None;
@@ -593,30 +670,19 @@ pub async fn run(
                 }
                 other => debug!(event = %other, "nats event"),
             },
-            Some((kind, payload)) = messages.next() => {
-                match kind {
-                    MessageKind::Register => metrics.register_messages.inc(),
-                    MessageKind::Unregister => metrics.unregister_messages.inc(),
-                };
-                match Registration::parse(&payload, kind) {
-                    Ok(reg) => {
-                        if reg.dropped_uris > 0 {
-                            metrics.invalid_uris.inc_by(reg.dropped_uris as u64);
-                        }
-                        match kind {
-                            MessageKind::Register => registry.register(&reg, now_ms()),
-                            MessageKind::Unregister => registry.unregister(&reg),
-                        };
-                        metrics.endpoints.set(i64::try_from(registry.endpoints()).unwrap_or(i64::MAX));
-                    }
-                    Err(err) => {
-                        metrics.count_invalid(&err);
-                        if logged.first(&err) {
-                            warn!(reason = err.reason(), error = %err,
-                                "dropping invalid nats message (logged once per reason; see /metrics)");
-                        }
-                    }
+            Some(first) = messages.next() => {
+                // Drain what is queued (up to a batch) and give the table one write per
+                // route for all of it: in a burst, the learner must outrun the bus.
+                let now = now_ms();
+                let mut next = Some(first);
+                let mut taken = 0;
+                while let Some(msg) = next {
+                    learn_one(&mut registry, &metrics, &mut logged, &msg, now);
+                    taken += 1;
+                    next = if taken < BATCH { messages.next().now_or_never().flatten() } else { None };
                 }
+                registry.commit();
+                metrics.endpoints.set(i64::try_from(registry.endpoints()).unwrap_or(i64::MAX));
             }
             _ = prune.tick() => {
                 // Both our view (events processed in order with messages) and the client's
@@ -640,6 +706,39 @@ pub async fn run(
     }
     info!("learner stopped");
     Ok(())
+}
+
+/// Parse one NATS message and apply it to the registry (uncommitted), counting it.
+fn learn_one(
+    registry: &mut Registry,
+    metrics: &LearnMetrics,
+    logged: &mut LoggedOnce,
+    msg: &async_nats::Message,
+    now_ms: u64,
+) {
+    let Some(kind) = MessageKind::of_subject(msg.subject.as_str()) else {
+        // router.greet, router.start and the like: not ours to learn from.
+        return;
+    };
+    match kind {
+        MessageKind::Register => metrics.register_messages.inc(),
+        MessageKind::Unregister => metrics.unregister_messages.inc(),
+    };
+    match Registration::parse(&msg.payload, kind) {
+        Ok(reg) => {
+            if reg.dropped_uris > 0 {
+                metrics.invalid_uris.inc_by(reg.dropped_uris as u64);
+            }
+            registry.apply(kind, &reg, now_ms);
+        }
+        Err(err) => {
+            metrics.count_invalid(&err);
+            if logged.first(&err) {
+                warn!(reason = err.reason(), error = %err,
+                    "dropping invalid nats message (logged once per reason; see /metrics)");
+            }
+        }
+    }
 }
 
 /// Send `router.greet` until a router answers (like route-emitter: every second, at most
@@ -695,7 +794,7 @@ mod tests {
 
     fn setup() -> (Arc<Table>, Registry) {
         let table = Arc::new(Table::new("n1", "lon", 1));
-        let registry = Registry::new(table.clone(), T);
+        let registry = Registry::new(table.clone(), T, 3 * T);
         (table, registry)
     }
 
@@ -743,12 +842,12 @@ mod tests {
         // Same host:8443 without TLS replaces the endpoint (gorouter docs' example).
         r.register(&reg(plain), 0);
         assert_eq!(endpoints(&table, "a.com"), Some(1));
-        // …which is now prunable.
+        // …which is now prunable at the plain threshold.
         assert_eq!(r.prune(200_000).removed, 1);
     }
 
     #[test]
-    fn prune_honours_message_threshold_and_spares_tls() {
+    fn prune_honours_message_threshold_and_the_tls_threshold() {
         let (table, mut r) = setup();
         r.register(
             &reg(r#"{"host":"h","port":1,"uris":["short.com"],"stale_threshold_in_seconds":2}"#),
@@ -778,12 +877,14 @@ mod tests {
             2,
             "over-large and zero thresholds mean the default"
         );
-        assert_eq!(r.prune(10_000_000).removed, 0);
         assert_eq!(
             endpoints(&table, "tls.com"),
             Some(1),
-            "tls endpoints are never pruned by age"
+            "tls endpoints outlive the plain threshold and ignore the message's"
         );
+        assert_eq!(r.prune(360_000).removed, 0);
+        assert_eq!(r.prune(360_001).removed, 1, "…until the tls threshold");
+        assert_eq!(endpoints(&table, "tls.com"), None);
     }
 
     #[test]
@@ -820,6 +921,38 @@ mod tests {
                 .removed,
             0
         );
+    }
+
+    #[test]
+    fn a_batch_is_applied_in_order_and_written_once_per_route() {
+        let (table, mut r) = setup();
+        let v0 = table.with_local_partition(|p| p.max_version()).unwrap();
+        let a = r#"{"host":"h","port":1,"uris":["a.com"],"app":"g"}"#;
+        let b = r#"{"host":"h","port":2,"uris":["a.com"],"app":"g"}"#;
+        // Register then unregister in one batch: the route never reaches the table.
+        r.apply(MessageKind::Register, &reg(a), 0);
+        r.apply(MessageKind::Unregister, &unreg(a), 0);
+        assert_eq!(r.commit(), 0);
+        assert_eq!(endpoints(&table, "a.com"), None);
+        assert_eq!(table.with_local_partition(|p| p.max_version()).unwrap(), v0);
+        // Unregister then register (the order NATS delivered): the endpoint stays.
+        r.apply(MessageKind::Unregister, &unreg(a), 0);
+        r.apply(MessageKind::Register, &reg(a), 0);
+        // Two endpoints of one route in one batch: one table write.
+        r.apply(MessageKind::Register, &reg(b), 0);
+        assert_eq!(r.commit(), 1);
+        assert_eq!(endpoints(&table, "a.com"), Some(2));
+        assert_eq!(
+            table.with_local_partition(|p| p.max_version()).unwrap(),
+            v0 + 1
+        );
+        // Emptied in a batch: a tombstone, and the registry forgets the pool.
+        r.apply(MessageKind::Unregister, &unreg(a), 0);
+        r.apply(MessageKind::Unregister, &unreg(b), 0);
+        assert_eq!(r.commit(), 1);
+        assert_eq!(endpoints(&table, "a.com"), None);
+        assert!(r.routes.is_empty() && r.dirty.is_empty());
+        assert_eq!(r.endpoints(), 0);
     }
 
     #[test]

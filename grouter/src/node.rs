@@ -207,6 +207,8 @@ pub async fn run(
         tls_ca: config.nats.tls_ca.clone(),
         stale_threshold: Duration::from_secs(config.nats.stale_threshold_secs),
         prune_interval: Duration::from_secs(config.nats.prune_interval_secs),
+        tls_stale_threshold: Duration::from_secs(config.nats.tls_stale_threshold_secs()),
+        max_pending_messages: config.nats.max_pending_messages,
         client_name: format!("grouter-{}", config.node_id),
     };
     {

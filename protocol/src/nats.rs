@@ -112,6 +112,11 @@ pub struct RouterStart {
     pub prune_threshold_in_seconds: u64,
 }
 
+/// The one subscription that carries both kinds, so that they stay in the order NATS
+/// delivered them (two subscriptions are two queues, and a reader of both can reorder an
+/// unregister before the register it follows). Other `router.*` subjects are ignored.
+pub const SUBJECT_ROUTER_ALL: &str = "router.*";
+
 /// Which subject a payload arrived on; unregister needs fewer fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
@@ -119,6 +124,17 @@ pub enum MessageKind {
     Register,
     /// `router.unregister`
     Unregister,
+}
+
+impl MessageKind {
+    /// The kind of a message on `subject`; `None` for the other `router.*` subjects.
+    pub fn of_subject(subject: &str) -> Option<MessageKind> {
+        match subject {
+            SUBJECT_REGISTER => Some(MessageKind::Register),
+            SUBJECT_UNREGISTER => Some(MessageKind::Unregister),
+            _ => None,
+        }
+    }
 }
 
 /// Why a message was dropped. Each kind is one label value of the invalid-message metric.

@@ -95,11 +95,12 @@ async fn register_is_visible_within_100ms_then_replaced_and_unregistered() {
 }
 
 #[tokio::test]
-async fn stale_endpoints_are_pruned_but_tls_endpoints_are_not() {
+async fn stale_endpoints_are_pruned_and_tls_endpoints_after_their_own_threshold() {
     let nats = NatsServer::start();
     let node = Node::builder("lon-1", "lon")
         .nats(&nats.url())
         .expiry(2, 1)
+        .nats_option("tls_stale_threshold_secs = 5")
         .start()
         .await;
     let bus = nats.client().await;
@@ -142,9 +143,23 @@ async fn stale_endpoints_are_pruned_but_tls_endpoints_are_not() {
     );
     assert!(
         node.route("tls.example.com", "").await.is_some(),
-        "tls endpoints are never pruned by age"
+        "tls endpoints outlive the plain threshold"
     );
-    assert!(node.metric("grouter_endpoints_pruned_total").await >= Some(1.0));
+    // gorouter keeps a tls_port endpoint until a dial to it fails; GRouter never dials
+    // backends, so a dead cell's TLS routes go after nats.tls_stale_threshold_secs.
+    wait_until(8 * SEC, "the tls endpoint to be pruned", || async {
+        node.route("tls.example.com", "")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let after = registered.elapsed();
+    assert!(
+        after >= 5 * SEC,
+        "tls endpoint pruned too early, after {after:?}"
+    );
+    assert!(node.metric("grouter_endpoints_pruned_total").await >= Some(2.0));
 }
 
 #[tokio::test]
@@ -433,4 +448,124 @@ async fn admin_api_requires_the_token_and_filters_routes() {
     assert!(node.routes("?site=nyc").await.is_empty());
     let (status, _) = node.get("/v1/nothing").await.unwrap();
     assert_eq!(status, 404);
+}
+
+/// Every route of the node's own site, as `/v1/routes` lists them.
+async fn local_hosts(node: &Node) -> std::collections::HashSet<String> {
+    node.routes("?site=lon")
+        .await
+        .iter()
+        .filter_map(|r| r["host"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn register_and_unregister_stay_in_order_under_a_flood() {
+    // gorouter reads both subjects from one subscription, in order (mbus/subscriber.go);
+    // two subscriptions merged by a reader reorder them under load, and a route that was
+    // withdrawn right after it was registered stays routed until it is pruned.
+    const ROUTES: usize = 10_000;
+    const KEPT: usize = 500;
+    let nats = NatsServer::start();
+    let node = Node::builder("lon-1", "lon")
+        .nats(&nats.url())
+        .start()
+        .await;
+    let bus = nats.client().await;
+    until_subscribed(&node, &bus).await;
+
+    // Each withdrawn route's register and unregister have heartbeats of other routes in
+    // between, as on a real bus: registers far outnumber unregisters. The node is stalled
+    // while they are published, so that it finds all of them queued at once.
+    node.freeze(true);
+    for i in 0..ROUTES {
+        let uri = format!("r{i}.flood.example.com");
+        let reg = registration("10.1.0.1", 61000, &uri, "flood");
+        bus.publish("router.register", reg.to_string().into())
+            .await
+            .unwrap();
+        for j in 0..5 {
+            let kept = format!("k{}.flood.example.com", (i * 5 + j) % KEPT);
+            let beat = registration("10.1.0.2", 61000, &kept, "kept");
+            bus.publish("router.register", beat.to_string().into())
+                .await
+                .unwrap();
+        }
+        let unreg = json!({"host": "10.1.0.1", "port": 61000, "uris": [uri]});
+        bus.publish("router.unregister", unreg.to_string().into())
+            .await
+            .unwrap();
+    }
+    // Published last, so learned last: once it is in, everything before it was applied.
+    publish(
+        &bus,
+        "router.register",
+        &registration("10.1.0.3", 61000, "sentinel.flood.example.com", "s"),
+    )
+    .await;
+    node.freeze(false);
+    wait_until(60 * SEC, "the sentinel route", || {
+        node.route("sentinel.flood.example.com", "")
+    })
+    .await;
+    let hosts = local_hosts(&node).await;
+    let withdrawn: Vec<_> = hosts.iter().filter(|h| h.starts_with('r')).collect();
+    assert!(
+        withdrawn.is_empty(),
+        "{} withdrawn routes still routed, e.g. {:?}",
+        withdrawn.len(),
+        withdrawn.first()
+    );
+    let kept = hosts.iter().filter(|h| h.starts_with('k')).count();
+    assert_eq!(kept, KEPT, "every kept route is there");
+    assert_eq!(
+        node.metric("grouter_nats_slow_consumer_events_total").await,
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_200000_registrations_all_reach_the_table() {
+    // gorouter loses such a burst to the NATS client's pending limit (gorouter#166); after a
+    // NATS reconnect every emitter re-sends at once, so GRouter must not.
+    const BURST: usize = 200_000;
+    let nats = NatsServer::start();
+    let node = Node::builder("lon-1", "lon")
+        .nats(&nats.url())
+        .start()
+        .await;
+    let bus = nats.client().await;
+    until_subscribed(&node, &bus).await;
+
+    // Built first, so that the burst is published as fast as the client can write.
+    let payloads: Vec<bytes::Bytes> = (0..BURST)
+        .map(|i| {
+            let reg = registration(
+                &format!("10.2.{}.{}", i / 250 % 250, i % 250),
+                61000 + (i / 62_500) as u16,
+                &format!("b{i}.burst.example.com"),
+                &format!("app-{}", i % 5000),
+            );
+            reg.to_string().into()
+        })
+        .collect();
+    let started = Instant::now();
+    for p in payloads {
+        bus.publish("router.register", p).await.unwrap();
+    }
+    bus.flush().await.unwrap();
+    let published = started.elapsed();
+    wait_until(120 * SEC, "all 200,000 endpoints in the table", || async {
+        let n = node.metric("grouter_local_endpoints").await?;
+        (n >= BURST as f64).then_some(())
+    })
+    .await;
+    let all_in = started.elapsed();
+    assert_eq!(
+        node.metric("grouter_nats_slow_consumer_events_total").await,
+        Some(0.0),
+        "nothing was dropped"
+    );
+    assert_eq!(node.json("/v1/status").await["routes"], BURST);
+    eprintln!("burst of {BURST}: published in {published:?}, all in the table after {all_in:?}");
 }

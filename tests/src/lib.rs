@@ -202,6 +202,7 @@ pub struct NodeBuilder {
     extra: String,
     mesh: Option<(PathBuf, Vec<SocketAddr>)>,
     mesh_extra: String,
+    nats_extra: String,
     gorouters: Vec<SocketAddr>,
     redirect: bool,
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
@@ -250,6 +251,13 @@ impl NodeBuilder {
         self
     }
 
+    /// TOML lines added to the `[nats]` section (e.g. `tls_stale_threshold_secs = 4`).
+    pub fn nats_option(mut self, toml: &str) -> Self {
+        self.nats_extra.push_str(toml);
+        self.nats_extra.push('\n');
+        self
+    }
+
     /// TOML lines added to the `[mesh]` section that [`NodeBuilder::mesh`] writes (e.g.
     /// `max_entries_per_partition = 1000`); [`NodeBuilder::extra`] cannot add to that
     /// section, since TOML forbids a table twice.
@@ -295,7 +303,7 @@ site = "{site}"
 servers = [{servers}]
 stale_threshold_secs = {stale}
 prune_interval_secs = {prune}
-
+{nats_extra}
 [gorouters]
 addresses = [{gorouters}]
 
@@ -317,6 +325,7 @@ format = "json"
             servers = servers.join(", "),
             stale = self.stale_threshold_secs,
             prune = self.prune_interval_secs,
+            nats_extra = self.nats_extra,
             extra = self.extra,
             gorouters = gorouter_addrs
                 .iter()
@@ -392,6 +401,7 @@ impl Node {
             extra: String::new(),
             mesh: None,
             mesh_extra: String::new(),
+            nats_extra: String::new(),
             gorouters: Vec::new(),
             redirect: false,
             tls: None,
@@ -604,6 +614,18 @@ impl Node {
             .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("field in /proc status")
+    }
+
+    /// Stop (`true`) or continue (`false`) the process, as a node stalled by the machine
+    /// would be: its sockets stay open and the kernel and its peers buffer for it.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.child.as_ref().map(Child::id).expect("running");
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {signal} {pid}");
     }
 
     /// Whether the process is still running.

@@ -615,6 +615,44 @@ impl Table {
     fn write_local(&self, key: &Arc<RouteKey>, entry: Option<RouteEntry>) -> Option<u64> {
         let mut parts = self.partitions.write();
         let part = parts.get_mut(&self.me.node_id)?;
+        let version = self.write_local_in(part, key, entry);
+        drop(parts);
+        if version.is_some() {
+            self.changed();
+        }
+        version
+    }
+
+    /// Apply many writes to this node's partition under one lock and with one change
+    /// notification: what a learner draining a burst does. `None` removes the key (a
+    /// tombstone when it was served). Writes equal to the current entry change nothing.
+    /// Returns how many changed the table.
+    pub fn write_local_batch(
+        &self,
+        writes: impl IntoIterator<Item = (Arc<RouteKey>, Option<RouteEntry>)>,
+    ) -> usize {
+        let mut parts = self.partitions.write();
+        let Some(part) = parts.get_mut(&self.me.node_id) else {
+            return 0;
+        };
+        let changed = writes
+            .into_iter()
+            .filter(|(key, entry)| self.write_local_in(part, key, entry.clone()).is_some())
+            .count();
+        drop(parts);
+        if changed > 0 {
+            self.changed();
+        }
+        changed
+    }
+
+    /// One write to this node's partition, under the caller's lock; the caller notifies.
+    fn write_local_in(
+        &self,
+        part: &mut Partition,
+        key: &Arc<RouteKey>,
+        entry: Option<RouteEntry>,
+    ) -> Option<u64> {
         let old = part.get(key).and_then(|v| v.value.clone());
         if old.as_deref() == entry.as_ref() {
             return None;
@@ -639,8 +677,6 @@ impl Table {
         self.local_endpoints.fetch_add(new_eps, Ordering::Relaxed);
         self.local_endpoints.fetch_sub(old_eps, Ordering::Relaxed);
         self.index_set(key, &self.me, entry);
-        drop(parts);
-        self.changed();
         Some(version)
     }
 
@@ -1148,6 +1184,15 @@ impl Table {
     pub fn local_entry(&self, key: &RouteKey) -> Option<Arc<RouteEntry>> {
         let parts = self.partitions.read();
         parts.get(&self.me.node_id)?.get(key)?.value.clone()
+    }
+
+    /// This node's current entries for `keys`, in their order, under one lock.
+    pub fn local_entries(&self, keys: &[Arc<RouteKey>]) -> Vec<Option<Arc<RouteEntry>>> {
+        let parts = self.partitions.read();
+        let part = parts.get(&self.me.node_id);
+        keys.iter()
+            .map(|k| part.and_then(|p| p.get(k)?.value.clone()))
+            .collect()
     }
 
     /// Run `f` over this node's own partition (for replication and diagnostics).
