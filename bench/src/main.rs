@@ -30,6 +30,11 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
+/// The product's allocator (`grouter/src/main.rs`), so that CPU and memory figures are the
+/// daemon's, not the system allocator's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -214,8 +215,8 @@ impl InvalidMessage {
 /// starts with `/` and has no trailing slash.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteKey {
-    /// Lower-case host, no port.
-    pub host: String,
+    /// Lower-case host, no port. Shared: the table's host index keys by the same allocation.
+    pub host: Arc<str>,
     /// `""` or `/seg[/seg…]`, lower-case, no trailing slash, no query.
     pub path: String,
 }
@@ -241,7 +242,7 @@ impl RouteKey {
             return None;
         }
         Some(RouteKey {
-            host: host.to_ascii_lowercase(),
+            host: host.to_ascii_lowercase().into(),
             path: path.to_ascii_lowercase(),
         })
     }
@@ -485,7 +486,7 @@ mod tests {
         ];
         for (uri, want) in cases {
             let got = RouteKey::parse(uri);
-            let got = got.as_ref().map(|k| (k.host.as_str(), k.path.as_str()));
+            let got = got.as_ref().map(|k| (&*k.host, k.path.as_str()));
             assert_eq!(got, want, "{uri}");
         }
     }

@@ -685,7 +685,7 @@ fn merge(inbox: &mut Inbox, pd: wire::PartitionDelta, max_entries: usize) -> Res
 
 fn entry_from_wire(e: wire::Entry) -> Result<ReplicatedEntry, Rejection> {
     let key = RouteKey::parse(&format!("{}{}", e.host, e.path)).ok_or(Rejection::Malformed)?;
-    if key.host != e.host || key.path != e.path {
+    if *key.host != *e.host || key.path != e.path {
         // A peer sends keys as we normalise them; anything else is not ours to guess.
         return Err(Rejection::Malformed);
     }
@@ -706,7 +706,7 @@ fn entry_from_wire(e: wire::Entry) -> Result<ReplicatedEntry, Rejection> {
 
 fn entry_to_wire(e: ReplicatedEntry) -> wire::Entry {
     wire::Entry {
-        host: e.key.host.clone(),
+        host: e.key.host.to_string(),
         path: e.key.path.clone(),
         version: e.version,
         route: e.value.map(|r| wire::RouteValue {

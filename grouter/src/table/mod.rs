@@ -26,6 +26,11 @@ use parking_lot::RwLock;
 use smallvec::SmallVec;
 use state::{EntryDigest, StateHash};
 
+/// The hasher of the table's large maps (route keys, host index). foldhash is several times
+/// faster than SipHash on short keys, and seeded at random per map: keys come from NATS and
+/// from peers, whose entries are bounded (`Limits`), and requests only look keys up.
+type Fast = foldhash::fast::RandomState;
+
 pub use grouter_protocol::nats::RouteKey;
 pub use state::Statement;
 
@@ -236,7 +241,7 @@ struct Versioned {
 pub struct Partition {
     origin: Arc<Origin>,
     max_version: u64,
-    entries: HashMap<Arc<RouteKey>, Versioned>,
+    entries: HashMap<Arc<RouteKey>, Versioned, Fast>,
     /// version → key; each key appears once, at its latest version.
     log: BTreeMap<u64, Arc<RouteKey>>,
     live: usize,
@@ -275,7 +280,7 @@ impl Partition {
         Partition {
             origin,
             max_version: 0,
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             log: BTreeMap::new(),
             live: 0,
             record: None,
@@ -513,7 +518,7 @@ pub struct TableStats {
 #[derive(Debug)]
 pub struct Table {
     me: Arc<Origin>,
-    index: DashMap<Arc<str>, HostRoutes>,
+    index: DashMap<Arc<str>, HostRoutes, Fast>,
     /// Partitions by node id (one incarnation each: a newer generation replaces an older).
     partitions: RwLock<HashMap<Arc<str>, Partition>>,
     /// Incarnations removed after they died: never accepted again (a relay that still holds
@@ -541,7 +546,7 @@ impl Table {
         partitions.insert(me.node_id.clone(), Partition::new(me.clone()));
         Table {
             me,
-            index: DashMap::new(),
+            index: DashMap::with_hasher(Fast::default()),
             partitions: RwLock::new(partitions),
             retired: RwLock::new(HashMap::new()),
             site_order: RwLock::new(Arc::from(Vec::new())),
@@ -1126,7 +1131,7 @@ impl Table {
     fn index_set(&self, key: &RouteKey, origin: &Arc<Origin>, entry: Option<Arc<RouteEntry>>) {
         match entry {
             Some(entry) => {
-                let mut host = self.index.entry(Arc::from(key.host.as_str())).or_default();
+                let mut host = self.index.entry(key.host.clone()).or_default();
                 let paths = &mut host.paths;
                 let idx = match paths.iter().position(|p| *p.path == *key.path) {
                     Some(i) => i,
@@ -1157,7 +1162,7 @@ impl Table {
                 }
             }
             None => {
-                let host_now_empty = match self.index.get_mut(key.host.as_str()) {
+                let host_now_empty = match self.index.get_mut(&*key.host) {
                     None => return,
                     Some(mut host) => {
                         if let Some(i) = host.paths.iter().position(|p| *p.path == *key.path) {
@@ -1173,8 +1178,7 @@ impl Table {
                     }
                 };
                 if host_now_empty {
-                    self.index
-                        .remove_if(key.host.as_str(), |_, h| h.paths.is_empty());
+                    self.index.remove_if(&*key.host, |_, h| h.paths.is_empty());
                 }
             }
         }
