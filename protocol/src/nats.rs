@@ -8,7 +8,6 @@
 //! over [`MAX_PAYLOAD`] are refused before they are parsed.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -64,9 +63,9 @@ pub struct RegistryMessage<'a> {
     /// Route service; must be https when set.
     #[serde(borrow, default)]
     pub route_service_url: Option<Cow<'a, str>>,
-    /// Metric tags (`app_name`, `organization_name`, …).
+    /// Metric tags: only those GRouter reads are kept.
     #[serde(borrow, default)]
-    pub tags: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    pub tags: Option<RegistryTags<'a>>,
     /// Isolation segment name.
     #[serde(borrow, default)]
     pub isolation_segment: Option<Cow<'a, str>>,
@@ -85,6 +84,21 @@ pub struct RegistryMessage<'a> {
     /// Per-route options (`loadbalancing`, `hash_header`, …).
     #[serde(borrow, default)]
     pub options: Option<RegistryOptions<'a>>,
+}
+
+/// The `tags` of a registration that GRouter reads (route-emitter also sends `component`,
+/// `process_type`, `source_id` and more); the rest are skipped without being stored.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+pub struct RegistryTags<'a> {
+    /// The app's name in its space.
+    #[serde(borrow, default)]
+    pub app_name: Option<Cow<'a, str>>,
+    /// The app's organisation.
+    #[serde(borrow, default)]
+    pub organization_name: Option<Cow<'a, str>>,
+    /// The app's space.
+    #[serde(borrow, default)]
+    pub space_name: Option<Cow<'a, str>>,
 }
 
 /// The `options` object of a registration. Only the keys GRouter reads are typed; the rest
@@ -241,9 +255,19 @@ impl RouteKey {
         if !valid_route_host(host) || !path.bytes().all(|b| b > b' ' && b != 0x7f) {
             return None;
         }
+        // Emitters send lower case: copy once, lower-casing only when there is a need.
+        let lower = |s: &str| s.bytes().any(|b| b.is_ascii_uppercase());
         Some(RouteKey {
-            host: host.to_ascii_lowercase().into(),
-            path: path.to_ascii_lowercase(),
+            host: if lower(host) {
+                host.to_ascii_lowercase().into()
+            } else {
+                host.into()
+            },
+            path: if lower(path) {
+                path.to_ascii_lowercase()
+            } else {
+                path.to_owned()
+            },
         })
     }
 }
@@ -356,10 +380,7 @@ impl<'a> Registration<'a> {
         }
         routes.sort_unstable();
         routes.dedup();
-        let app_name = msg
-            .tags
-            .and_then(|mut t| t.remove("app_name"))
-            .filter(|n| !n.is_empty());
+        let app_name = msg.tags.and_then(|t| t.app_name).filter(|n| !n.is_empty());
         Ok(Registration {
             host,
             port,
