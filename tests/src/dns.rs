@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, UdpSocket};
 
 const SEC: Duration = Duration::from_secs(1);
-const LON_ADDR: &str = "192.0.2.10";
-const NYC_ADDR: &str = "198.51.100.10";
+pub(crate) const LON_ADDR: &str = "192.0.2.10";
+pub(crate) const NYC_ADDR: &str = "198.51.100.10";
 /// Resolvers: 127.0.0.2 is lon's, 127.0.0.3 is nyc's.
 const LON_RESOLVER: &str = "127.0.0.2";
 const NYC_RESOLVER: &str = "127.0.0.3";
@@ -76,7 +76,7 @@ async fn one_dns_site(site_addrs: &[&str], host: &str) -> (MeshCa, NatsServer, N
     (ca, bus, lon, server)
 }
 
-fn dns_addr(node: &Node) -> SocketAddr {
+pub(crate) fn dns_addr(node: &Node) -> SocketAddr {
     node.log.wait_for(10 * SEC, "the dns listener", |l| {
         let v: Value = serde_json::from_str(l).ok()?;
         (v["message"] == "listening" && v["service"] == "dns")
@@ -84,7 +84,7 @@ fn dns_addr(node: &Node) -> SocketAddr {
     })
 }
 
-fn query(name: &str, qtype: RecordType, ecs: Option<&str>) -> Vec<u8> {
+pub(crate) fn query(name: &str, qtype: RecordType, ecs: Option<&str>) -> Vec<u8> {
     let mut m = Message::new(0x4242, MessageType::Query, OpCode::Query);
     m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
     if let Some(net) = ecs {
@@ -97,7 +97,7 @@ fn query(name: &str, qtype: RecordType, ecs: Option<&str>) -> Vec<u8> {
     m.to_vec().unwrap()
 }
 
-async fn udp_raw(server: SocketAddr, from: &str, packet: &[u8]) -> Option<Message> {
+pub(crate) async fn udp_raw(server: SocketAddr, from: &str, packet: &[u8]) -> Option<Message> {
     let sock = UdpSocket::bind((from.parse::<IpAddr>().unwrap(), 0))
         .await
         .unwrap();
@@ -110,7 +110,7 @@ async fn udp_raw(server: SocketAddr, from: &str, packet: &[u8]) -> Option<Messag
     Some(Message::from_vec(&buf[..n]).unwrap())
 }
 
-async fn udp(
+pub(crate) async fn udp(
     server: SocketAddr,
     from: &str,
     name: &str,
@@ -122,7 +122,7 @@ async fn udp(
         .unwrap_or_else(|| panic!("no UDP answer for {name} from {from}"))
 }
 
-async fn tcp(server: SocketAddr, from: &str, name: &str, qtype: RecordType) -> Message {
+pub(crate) async fn tcp(server: SocketAddr, from: &str, name: &str, qtype: RecordType) -> Message {
     let sock = TcpSocket::new_v4().unwrap();
     sock.bind(SocketAddr::new(from.parse().unwrap(), 0))
         .unwrap();
@@ -141,7 +141,7 @@ async fn tcp(server: SocketAddr, from: &str, name: &str, qtype: RecordType) -> M
     Message::from_vec(&buf).unwrap()
 }
 
-fn addresses(m: &Message) -> Vec<String> {
+pub(crate) fn addresses(m: &Message) -> Vec<String> {
     m.answers
         .iter()
         .filter_map(|r| match &r.data {
@@ -152,7 +152,7 @@ fn addresses(m: &Message) -> Vec<String> {
         .collect()
 }
 
-fn has_soa_authority(m: &Message) -> bool {
+pub(crate) fn has_soa_authority(m: &Message) -> bool {
     m.authorities
         .iter()
         .any(|r| r.record_type() == RecordType::SOA)
@@ -341,7 +341,7 @@ async fn answers_follow_endpoints_and_health_and_a_lost_node_fails_open() {
 }
 
 /// `kdig` (knot-dnsutils), or a panic naming the install command.
-fn kdig() -> &'static str {
+pub(crate) fn kdig() -> &'static str {
     ["/usr/bin/kdig", "/usr/local/bin/kdig"]
         .into_iter()
         .find(|p| std::path::Path::new(p).is_file())
