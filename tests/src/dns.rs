@@ -617,3 +617,33 @@ async fn kdig_sees_ecs_scope_nodata_name_servers_and_refused_transfers() {
     // And the server still answers.
     assert_eq!(kdig_at(server, &["+short", shop, "A"]).trim(), LON_ADDR);
 }
+
+/// A TCP client that sends half a query and then nothing is cut off after the idle timeout
+/// (10 s), and the cut is counted; other clients are answered meanwhile.
+#[tokio::test]
+async fn a_silent_tcp_client_is_cut_off() {
+    let host = "shop.apps.example.com";
+    let (_ca, _bus, lon, server) = one_dns_site(&[LON_ADDR], host).await;
+    let mut silent = tokio::net::TcpStream::connect(server).await.unwrap();
+    // The length prefix of a 40-byte query, and 3 bytes of it.
+    silent.write_all(&[0, 40, 0x12, 0x34, 0x01]).await.unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        addresses(&tcp(server, LON_RESOLVER, host, RecordType::A).await),
+        [LON_ADDR]
+    );
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(15 * SEC, silent.read(&mut buf))
+        .await
+        .expect("closed within 15 s");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "closed, not answered: {read:?}"
+    );
+    let took = started.elapsed();
+    assert!(took >= 9 * SEC, "cut at the timeout, not before: {took:?}");
+    let cut = lon
+        .metric_labelled("grouter_dns_tcp_cut_total", r#"reason="timeout""#)
+        .await;
+    assert_eq!(cut, Some(1.0));
+}
