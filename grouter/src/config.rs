@@ -62,6 +62,8 @@ const DEFAULT_DNS_TTL_SECS: u32 = 30;
 const DEFAULT_ANSWER_SITES: usize = 1;
 /// Most sites one DNS answer may name.
 const MAX_ANSWER_SITES: usize = 8;
+/// Most names in `dns.nameservers`.
+const MAX_NAMESERVERS: usize = 13;
 
 fn default_max_nodes() -> usize {
     DEFAULT_MAX_NODES
@@ -337,6 +339,14 @@ pub struct DnsConfig {
     /// How many sites one answer names (best first); 1..=8.
     #[serde(default = "default_answer_sites")]
     pub answer_sites: usize,
+    /// The zones' name servers, `{ "ns1.apps.example.com" = ["192.0.2.53"] }`: the apex NS
+    /// set of every zone (the first name, in sorted order, is the SOA's primary). A name
+    /// inside a zone must list its addresses (answered for it, and glue beside NS answers);
+    /// one outside every zone must list none (not ours to answer). Names are lower-cased,
+    /// without a trailing dot. Empty (the default): each zone's only name server is
+    /// `ns.<zone>`, with `site_addresses`.
+    #[serde(default)]
+    pub nameservers: BTreeMap<String, Vec<IpAddr>>,
 }
 
 /// `[admin]`: the admin API.
@@ -889,6 +899,59 @@ impl DnsConfig {
                 format!("must be 1..={MAX_ANSWER_SITES}, got {}", self.answer_sites),
             );
         }
+        self.validate_nameservers(p);
+    }
+
+    fn validate_nameservers(&mut self, p: &mut Problems<'_>) {
+        if self.nameservers.len() > MAX_NAMESERVERS {
+            p.push(
+                "dns.nameservers",
+                format!(
+                    "at most {MAX_NAMESERVERS} names, got {}",
+                    self.nameservers.len()
+                ),
+            );
+        }
+        let mut normalised = BTreeMap::new();
+        for (name, addresses) in std::mem::take(&mut self.nameservers) {
+            let key = format!("dns.nameservers.\"{name}\"");
+            let normal = name.strip_suffix('.').unwrap_or(&name).to_ascii_lowercase();
+            if let Err(why) = check_dns_name(&normal) {
+                p.push(&key, format!("invalid name: {why}"));
+                continue;
+            }
+            let in_zone = self.zones.iter().any(|z| {
+                normal == *z
+                    || (normal.len() > z.len()
+                        && normal.ends_with(z.as_str())
+                        && normal.as_bytes().get(normal.len() - z.len() - 1) == Some(&b'.'))
+            });
+            if in_zone && addresses.is_empty() {
+                p.push(
+                    &key,
+                    "a name inside dns.zones must list its addresses (they are its A/AAAA \
+                     records and the glue)",
+                );
+            }
+            if !in_zone && !addresses.is_empty() {
+                p.push(
+                    &key,
+                    "a name outside dns.zones is not answered here: list no addresses",
+                );
+            }
+            for (i, ip) in addresses.iter().enumerate() {
+                if ip.is_unspecified() || ip.is_multicast() {
+                    p.push(
+                        format!("{key}[{i}]"),
+                        format!("{ip} cannot be a host address"),
+                    );
+                }
+            }
+            if normalised.insert(normal.clone(), addresses).is_some() {
+                p.push(&key, format!("duplicate name {normal:?}"));
+            }
+        }
+        self.nameservers = normalised;
     }
 }
 
@@ -1581,6 +1644,65 @@ token_file = "admin.token"
         );
         let reason = single_error(&text, "dns.client_networks.\"10.2.0.0/33\"");
         assert!(reason.contains("invalid CIDR"), "{reason}");
+    }
+
+    #[test]
+    fn nameservers_are_normalised_and_checked() {
+        let dns = "[dns]\nlisten = \"127.0.0.1:5353\"\nzones = [\"apps.example.com\"]\n\
+                   site_addresses = [\"192.0.2.10\"]\n";
+        let c = parse(&format!(
+            "{MINIMAL}{dns}nameservers = {{ \"NS2.apps.example.com.\" = [\"192.0.2.54\", \
+             \"2001:db8::53\"], \"ns1.apps.example.com\" = [\"192.0.2.53\"], \
+             \"ns.example.net\" = [] }}\n"
+        ))
+        .unwrap();
+        let ns: Vec<String> = c
+            .dns
+            .unwrap()
+            .nameservers
+            .iter()
+            .map(|(n, a)| format!("{n}={a:?}"))
+            .collect();
+        assert_eq!(
+            ns,
+            [
+                "ns.example.net=[]",
+                "ns1.apps.example.com=[192.0.2.53]",
+                "ns2.apps.example.com=[192.0.2.54, 2001:db8::53]"
+            ]
+        );
+        // (nameservers value, the key and reason of the one error)
+        let cases = [
+            (
+                "{ \"ns1.apps.example.com\" = [] }",
+                "dns.nameservers.\"ns1.apps.example.com\"",
+                "must list its addresses",
+            ),
+            (
+                "{ \"ns.example.net\" = [\"192.0.2.53\"] }",
+                "dns.nameservers.\"ns.example.net\"",
+                "list no addresses",
+            ),
+            (
+                "{ \"ns_1.apps.example.com\" = [\"192.0.2.53\"] }",
+                "dns.nameservers.\"ns_1.apps.example.com\"",
+                "invalid name",
+            ),
+            (
+                "{ \"ns1.apps.example.com\" = [\"0.0.0.0\"] }",
+                "dns.nameservers.\"ns1.apps.example.com\"[0]",
+                "cannot be a host address",
+            ),
+            (
+                "{ \"ns1.apps.example.com\" = [\"192.0.2.53\"], \"NS1.apps.example.com\" = [\"192.0.2.54\"] }",
+                "dns.nameservers.\"ns1.apps.example.com\"",
+                "duplicate name",
+            ),
+        ];
+        for (value, key, reason) in cases {
+            let got = single_error(&format!("{MINIMAL}{dns}nameservers = {value}\n"), key);
+            assert!(got.contains(reason), "{value}: {got}");
+        }
     }
 
     #[test]

@@ -37,8 +37,9 @@ where
     }
 }
 
-/// Where a Debian-packaged daemon lives: on PATH or in /usr/sbin.
-fn find_program(name: &str, install: &str) -> PathBuf {
+/// Where a Debian-packaged program lives: on PATH or in /usr/sbin; panics naming `install`
+/// when it is missing.
+pub fn find_program(name: &str, install: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
@@ -55,7 +56,8 @@ fn find_program(name: &str, install: &str) -> PathBuf {
 pub struct LogLines(Arc<Mutex<Vec<String>>>);
 
 impl LogLines {
-    fn follow(child: &mut Child) -> LogLines {
+    /// Follow `child`'s stderr (it must have been spawned with `Stdio::piped()`).
+    pub fn follow(child: &mut Child) -> LogLines {
         let lines = LogLines::default();
         if let Some(stderr) = child.stderr.take() {
             let sink = lines.clone();
@@ -721,3 +723,4 @@ impl Default for MeshCa {
 pub mod evil;
 pub mod gorouter;
 pub mod inproc;
+pub mod netns;

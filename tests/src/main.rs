@@ -7,6 +7,8 @@ mod attack;
 mod churn;
 mod demo;
 mod dns;
+mod dns_dnsviz;
+mod dns_resolver;
 mod gcf;
 mod http1;
 mod learn;

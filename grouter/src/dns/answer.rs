@@ -1,52 +1,36 @@
-//! The DNS front: authoritative answers for the configured zones, steering clients to a site.
+//! The answering decision for one question, as a pure function of the table, the settings,
+//! the names that have names below them, the node's state and the client.
 //!
-//! Owns:
-//! - [`answer`], the whole answering decision as a pure function of the table, the node's
-//!   health and sync state, the client (resolver address or EDNS Client Subnet) and the
-//!   question: zone membership (REFUSED outside), apex SOA/NS, which sites serve a host
-//!   (wildcards honoured), which of them are healthy, their order by proximity, how many an
-//!   answer names, fail-open when sync is lost, NXDOMAIN for names nothing serves;
-//! - [`serve`], a hickory-server [`RequestHandler`] on the UDP socket and TCP listener the
-//!   binary bound (EDNS, truncation and TCP come from hickory-server).
+//! Owns: zone membership (REFUSED outside, and for zone transfers), the apex SOA and NS, the
+//! name servers' own addresses, which sites serve a host (wildcards honoured), which of them
+//! are healthy, their order by proximity, how many an answer names, fail-open when sync is
+//! lost, NODATA for empty non-terminals and NXDOMAIN for names with nothing at or below them,
+//! and the ECS scope (RFC 7871 §7.2.1) an answer is valid for.
 //!
-//! Must never: answer for names outside its zones, answer an existing name with an empty
-//! answer while any site serves it (when every serving site is unhealthy it names all of
-//! them), write the table, or panic on a packet (hickory-server decodes; a malformed query
-//! gets FORMERR or is dropped).
-//!
-//! Not yet: per-app steering policy ("allowed" sites), DNSSEC, configurable NS names and
-//! glue (the apex NS names `ns.<zone>`), ANY beyond an empty NOERROR.
+//! Must never: do I/O, write the table, answer an existing name with an empty answer while
+//! any site serves it (when every serving site is unhealthy it names all of them), or say
+//! NXDOMAIN for a name that has a name below it (RFC 8020).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use hickory_proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
-use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
-use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_proto::rr::RecordType;
 use ipnet::IpNet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use tokio::net::{TcpListener, UdpSocket};
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
 
+use super::names::Ancestors;
 use crate::config::DnsConfig;
-use crate::health::{Health, SyncState};
-use crate::metrics::Metrics;
+use crate::health::SyncState;
 use crate::table::Table;
 
-/// How long a TCP client may stay silent before its connection is closed.
-const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Responses buffered per TCP connection.
-const TCP_RESPONSE_BUFFER: usize = 32;
-/// SOA timers (seconds): refresh, retry, expire. Nothing transfers these zones; the values
-/// only have to be sane.
-const SOA_TIMERS: (i32, i32, i32) = (3600, 600, 86_400);
+/// One name server of the zones: its name and, when it lies inside a zone, its addresses
+/// (answered for the name, and as glue beside NS answers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nameserver {
+    /// Lower-case, no trailing dot.
+    pub name: String,
+    /// Its addresses (empty for a name outside every zone: not ours to answer).
+    pub addresses: Vec<IpAddr>,
+}
 
 /// What [`answer`] needs from `[dns]` and the node.
 #[derive(Debug, Clone)]
@@ -63,6 +47,9 @@ pub struct DnsSettings {
     pub client_networks: Vec<(IpNet, String)>,
     /// How many healthy sites one answer names.
     pub answer_sites: usize,
+    /// `dns.nameservers`, sorted by name. Empty: every zone's name server is `ns.<zone>`,
+    /// with this site's entry addresses.
+    pub nameservers: Vec<Nameserver>,
 }
 
 impl DnsSettings {
@@ -75,30 +62,72 @@ impl DnsSettings {
             own_addresses: c.site_addresses.clone(),
             client_networks: c.client_networks.clone(),
             answer_sites: c.answer_sites.max(1),
+            nameservers: c
+                .nameservers
+                .iter()
+                .map(|(name, addresses)| Nameserver {
+                    name: name.clone(),
+                    addresses: addresses.clone(),
+                })
+                .collect(),
         }
     }
 
     /// The zone `name` (lower-case, no trailing dot) belongs to: the longest that matches.
-    fn zone_of(&self, name: &str) -> Option<&str> {
+    pub fn zone_of(&self, name: &str) -> Option<&str> {
         self.zones
             .iter()
-            .filter(|z| {
-                name == z.as_str()
-                    || (name.len() > z.len()
-                        && name.ends_with(z.as_str())
-                        && name.as_bytes()[name.len() - z.len() - 1] == b'.')
-            })
+            .filter(|z| is_at_or_below(name, z))
             .max_by_key(|z| z.len())
             .map(String::as_str)
     }
 
-    /// The site a client address belongs to (longest prefix).
-    fn client_site(&self, addr: IpAddr) -> Option<&str> {
-        self.client_networks
-            .iter()
-            .find(|(net, _)| net.contains(&addr))
-            .map(|(_, site)| site.as_str())
+    /// The name servers of `zone`, in order (the first is the SOA's primary).
+    pub fn nameservers_of(&self, zone: &str) -> Vec<Nameserver> {
+        if self.nameservers.is_empty() {
+            vec![Nameserver {
+                name: format!("ns.{zone}"),
+                addresses: self.own_addresses.clone(),
+            }]
+        } else {
+            self.nameservers.clone()
+        }
     }
+
+    /// The addresses of `name` when it is one of our name servers inside a zone.
+    fn nameserver_addresses(&self, name: &str) -> Option<&[IpAddr]> {
+        if self.nameservers.is_empty() {
+            let zone = name.strip_prefix("ns.")?;
+            return self
+                .zones
+                .iter()
+                .any(|z| z == zone)
+                .then_some(self.own_addresses.as_slice());
+        }
+        self.nameservers
+            .iter()
+            .find(|ns| ns.name == name && !ns.addresses.is_empty())
+            .map(|ns| ns.addresses.as_slice())
+    }
+
+    /// Whether a name server's name lies strictly below `name` (making it a non-terminal).
+    fn nameserver_below(&self, name: &str) -> bool {
+        if self.nameservers.is_empty() {
+            // `ns.<zone>` is below only the zone itself, which exists anyway.
+            return false;
+        }
+        self.nameservers
+            .iter()
+            .any(|ns| ns.name.len() > name.len() && is_at_or_below(&ns.name, name))
+    }
+}
+
+/// `name` equals `zone` or ends with `.zone` (both lower-case, no trailing dot).
+pub(crate) fn is_at_or_below(name: &str, zone: &str) -> bool {
+    name == zone
+        || (name.len() > zone.len()
+            && name.ends_with(zone)
+            && name.as_bytes().get(name.len() - zone.len() - 1) == Some(&b'.'))
 }
 
 /// The question's type, as far as the answer logic cares.
@@ -112,6 +141,8 @@ pub enum QueryType {
     Soa,
     /// The zone's name servers.
     Ns,
+    /// AXFR or IXFR: refused (nothing transfers these zones).
+    Transfer,
     /// Anything else, ANY included: an empty NOERROR (or NXDOMAIN) with the SOA.
     Other,
 }
@@ -123,6 +154,7 @@ impl From<RecordType> for QueryType {
             RecordType::AAAA => QueryType::Aaaa,
             RecordType::SOA => QueryType::Soa,
             RecordType::NS => QueryType::Ns,
+            RecordType::AXFR | RecordType::IXFR => QueryType::Transfer,
             _ => QueryType::Other,
         }
     }
@@ -133,9 +165,9 @@ impl From<RecordType> for QueryType {
 pub enum Rcode {
     /// The name exists (the answer may still be empty for this type).
     NoError,
-    /// No site serves the name.
+    /// Nothing is at or below the name.
     NxDomain,
-    /// The name is outside every configured zone.
+    /// The name is outside every configured zone, or a zone transfer was asked for.
     Refused,
 }
 
@@ -173,67 +205,12 @@ impl Reason {
     }
 }
 
-/// The DNS front's counters: `grouter_dns_queries_total{type,rcode}` and
-/// `grouter_dns_steering_total{reason}`.
-#[derive(Debug)]
-pub struct DnsMetrics {
-    queries: Family<Vec<(String, String)>, Counter>,
-    steering: [Counter; Reason::ALL.len()],
-}
-
-impl DnsMetrics {
-    /// The counters, registered in `metrics` (the steering reasons at zero).
-    pub fn new(metrics: &Metrics) -> DnsMetrics {
-        let queries = Family::default();
-        metrics.register(
-            "dns_queries",
-            "DNS queries answered, by query type and response code",
-            queries.clone(),
-        );
-        let steering = metrics.reason_counters(
-            "dns_steering",
-            "DNS answers for app hosts, by why they name the sites they do",
-            Reason::ALL.map(Reason::as_str),
-        );
-        DnsMetrics { queries, steering }
-    }
-
-    /// Count one query by its type (`A`, `AAAA`, …) and response code (`noerror`, …). The
-    /// label set is small: types and codes are bounded enumerations.
-    fn count_query(&self, qtype: &str, rcode: &str) {
-        self.queries
-            .get_or_create(&vec![
-                ("type".to_string(), qtype.to_string()),
-                ("rcode".to_string(), rcode.to_string()),
-            ])
-            .inc();
-    }
-
-    /// Count one steering decision.
-    fn count_steering(&self, why: Reason) {
-        if let Some(c) = self.steering.get(why as usize) {
-            c.inc();
-        }
-    }
-}
-
-/// What the DNS front reads and counts.
-#[derive(Debug)]
-pub struct Front {
-    /// The merged route table.
-    pub table: Arc<Table>,
-    /// This node's sync state and health.
-    pub health: Arc<Health>,
-    /// The front's counters.
-    pub metrics: Arc<DnsMetrics>,
-}
-
 /// Records at the zone apex.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApexRecord {
     /// The SOA in the answer section.
     Soa,
-    /// The NS in the answer section.
+    /// The NS in the answer section (glue in the additional section).
     Ns,
 }
 
@@ -252,10 +229,13 @@ pub struct Answer {
     pub authority_soa: bool,
     /// Why these sites (only for answers about an app host).
     pub reason: Option<Reason>,
+    /// The ECS SCOPE PREFIX-LENGTH: how many leading bits of the client subnet this answer
+    /// depends on (0: the same answer for every client of the family).
+    pub scope: u8,
 }
 
 impl Answer {
-    fn refused() -> Answer {
+    pub(crate) fn refused() -> Answer {
         Answer {
             rcode: Rcode::Refused,
             zone: None,
@@ -263,17 +243,15 @@ impl Answer {
             apex: None,
             authority_soa: false,
             reason: None,
+            scope: 0,
         }
     }
 
     fn in_zone(zone: &str, rcode: Rcode) -> Answer {
         Answer {
-            rcode,
             zone: Some(zone.to_string()),
-            answers: Vec::new(),
-            apex: None,
-            authority_soa: false,
-            reason: None,
+            rcode,
+            ..Answer::refused()
         }
     }
 }
@@ -287,6 +265,16 @@ pub struct NodeStatus {
     pub healthy: bool,
 }
 
+/// Who asks: the resolver's address and the EDNS Client Subnet it sent, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// The resolver's address (the packet's source).
+    pub addr: IpAddr,
+    /// The ECS network (host bits clear). A SOURCE PREFIX-LENGTH of 0 asks that the
+    /// client's address not be used: the resolver's address steers then.
+    pub subnet: Option<IpNet>,
+}
+
 /// One candidate site of an answer.
 #[derive(Debug)]
 struct Candidate {
@@ -295,14 +283,13 @@ struct Candidate {
     addresses: Vec<IpAddr>,
 }
 
-/// Answer one question. `name` may have any case and a trailing dot; `client` is the
-/// resolver's address and `ecs` the EDNS Client Subnet, which wins when present.
+/// Answer one question. `name` may have any case and a trailing dot.
 pub fn answer(
     table: &Table,
     settings: &DnsSettings,
+    below: &Ancestors,
     status: NodeStatus,
-    client: IpAddr,
-    ecs: Option<IpNet>,
+    client: Client,
     name: &str,
     qtype: QueryType,
 ) -> Answer {
@@ -310,6 +297,9 @@ pub fn answer(
     let Some(zone) = settings.zone_of(&name) else {
         return Answer::refused();
     };
+    if qtype == QueryType::Transfer {
+        return Answer::refused();
+    }
     let at_apex = name == zone;
     let family_matches = |ip: &IpAddr| match qtype {
         QueryType::A => ip.is_ipv4(),
@@ -325,6 +315,12 @@ pub fn answer(
         });
         return out;
     }
+    // The name servers' own names: fixed addresses, whatever the table or sync say.
+    if let Some(addresses) = settings.nameserver_addresses(&name) {
+        out.answers = addresses.iter().copied().filter(family_matches).collect();
+        out.authority_soa = out.answers.is_empty();
+        return out;
+    }
     // Fail open: data from other sites is stale, so every name in the zone gets this site.
     if status.sync == SyncState::Lost && !at_apex {
         out.answers = settings
@@ -338,8 +334,9 @@ pub fn answer(
         return out;
     }
     let Some(sites) = table.sites_for_host(&name) else {
-        // The apex exists (it has SOA and NS) even when no app is served there.
-        if !at_apex {
+        // The apex exists (it has SOA and NS) even when no app is served there, and so does
+        // every name with a name below it (an empty non-terminal): NODATA, not NXDOMAIN.
+        if !at_apex && !has_names_below(table, settings, below, &name) {
             out.rcode = Rcode::NxDomain;
         }
         out.authority_soa = true;
@@ -355,12 +352,20 @@ pub fn answer(
         out.reason = Some(Reason::AllUnhealthy);
         candidates.iter().collect()
     } else {
-        let preferred = ecs
-            .map(|net| net.network())
-            .or(Some(client))
-            .and_then(|addr| settings.client_site(addr));
+        // ECS wins over the resolver's address, unless it carries no address bits.
+        let ecs = client.subnet.filter(|net| net.prefix_len() > 0);
+        let addr = ecs.map_or(client.addr, |net| net.network());
+        let matched = settings
+            .client_networks
+            .iter()
+            .find(|(net, _)| net.contains(&addr));
+        // With one healthy site every client gets the same answer; with more, the answer
+        // holds for the block of addresses that map like this one.
+        if ecs.is_some() && healthy.len() > 1 {
+            out.scope = scope_for(&settings.client_networks, addr, matched.map(|m| m.0));
+        }
         let mut ordered = healthy;
-        match preferred.and_then(|p| ordered.iter().position(|c| &*c.site == p)) {
+        match matched.and_then(|(_, p)| ordered.iter().position(|c| &*c.site == p)) {
             Some(i) => {
                 let first = ordered.remove(i);
                 ordered.insert(0, first);
@@ -380,6 +385,49 @@ pub fn answer(
     }
     out.authority_soa = out.answers.is_empty();
     out
+}
+
+/// Whether some name exists strictly below `name`: a route (the index of route ancestors,
+/// and directly a wildcard `*.name`, which the index may not hold yet) or a name server.
+fn has_names_below(table: &Table, settings: &DnsSettings, below: &Ancestors, name: &str) -> bool {
+    below.contains(name)
+        || settings.nameserver_below(name)
+        || table.sites_for_host(&format!("*.{name}")).is_some()
+}
+
+/// The ECS scope of an answer steered for `addr`, whose most specific client network is
+/// `matched`: the shortest prefix of `addr` whose whole block maps to the same network.
+/// That is the matched prefix length, made longer when a more specific network (which
+/// would map differently) lies inside the block; for an unmatched address, long enough to
+/// exclude every network.
+pub fn scope_for(networks: &[(IpNet, String)], addr: IpAddr, matched: Option<IpNet>) -> u8 {
+    let width: u8 = if addr.is_ipv4() { 32 } else { 128 };
+    let base = matched.map_or(0, |n| n.prefix_len());
+    let mut scope = base;
+    for (net, _) in networks {
+        if net.prefix_len() <= base {
+            continue;
+        }
+        let Some(common) = common_prefix(addr, net.network()) else {
+            continue;
+        };
+        // `addr` is outside `net` (a more specific network holding it would have matched),
+        // so they share fewer than `net.prefix_len()` bits: one more bit keeps `net` out.
+        if common < net.prefix_len() {
+            scope = scope.max(common + 1);
+        }
+    }
+    scope.min(width)
+}
+
+/// How many leading bits two addresses of one family share (`None` across families).
+fn common_prefix(a: IpAddr, b: IpAddr) -> Option<u8> {
+    let bits = match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) ^ u32::from(b)).leading_zeros(),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a) ^ u128::from(b)).leading_zeros(),
+        _ => return None,
+    };
+    u8::try_from(bits).ok()
 }
 
 /// The serving sites (in the table's order: this site, then by health and RTT) that have
@@ -441,220 +489,6 @@ fn candidates(
         .collect()
 }
 
-/// Errors of the DNS front.
-#[derive(Debug, thiserror::Error)]
-pub enum DnsError {
-    /// The server stopped with an error.
-    #[error("dns server: {0}")]
-    Server(String),
-}
-
-/// The request handler: decodes the question, calls [`answer`], encodes the records.
-#[derive(Debug)]
-struct Handler {
-    state: Front,
-    settings: DnsSettings,
-}
-
-/// The first Client Subnet option of a request, as a network.
-fn client_subnet(edns: Option<&Edns>) -> Option<IpNet> {
-    match edns?.option(EdnsCode::Subnet)? {
-        EdnsOption::Subnet(s) => IpNet::new(s.addr(), s.source_prefix()).ok(),
-        _ => None,
-    }
-}
-
-fn soa_record(zone: &Name, ttl: u32) -> Option<Record> {
-    let mname = Name::from_ascii("ns").ok()?.append_domain(zone).ok()?;
-    let rname = Name::from_ascii("hostmaster")
-        .ok()?
-        .append_domain(zone)
-        .ok()?;
-    let (refresh, retry, expire) = SOA_TIMERS;
-    Some(Record::from_rdata(
-        zone.clone(),
-        ttl,
-        RData::SOA(SOA::new(mname, rname, 1, refresh, retry, expire, ttl)),
-    ))
-}
-
-fn ns_record(zone: &Name, ttl: u32) -> Option<Record> {
-    let ns = Name::from_ascii("ns").ok()?.append_domain(zone).ok()?;
-    Some(Record::from_rdata(zone.clone(), ttl, RData::NS(NS(ns))))
-}
-
-/// The `rcode` label: a fixed, small set.
-fn rcode_label(rcode: ResponseCode) -> &'static str {
-    match rcode {
-        ResponseCode::NoError => "noerror",
-        ResponseCode::FormErr => "formerr",
-        ResponseCode::ServFail => "servfail",
-        ResponseCode::NXDomain => "nxdomain",
-        ResponseCode::NotImp => "notimp",
-        ResponseCode::Refused => "refused",
-        ResponseCode::BADVERS => "badvers",
-        _ => "other",
-    }
-}
-
-impl Handler {
-    async fn respond<R: ResponseHandler>(
-        &self,
-        request: &Request,
-        mut response: R,
-    ) -> Result<ResponseInfo, String> {
-        let req_edns = request.edns.as_ref();
-        let mut resp_edns = Edns::new();
-        if let Some(e) = req_edns {
-            resp_edns.set_max_payload(e.max_payload().max(512));
-            resp_edns.set_version(0);
-        }
-        let mut builder = MessageResponseBuilder::new(&request.queries, None);
-        if req_edns.is_some() {
-            builder.edns(&resp_edns);
-        }
-        let metrics = &*self.state.metrics;
-        if request.metadata.message_type != MessageType::Query
-            || request.metadata.op_code != OpCode::Query
-        {
-            metrics.count_query("other", rcode_label(ResponseCode::NotImp));
-            let msg = builder.error_msg(&request.metadata, ResponseCode::NotImp);
-            return response.send_response(msg).await.map_err(|e| e.to_string());
-        }
-        if req_edns.is_some_and(|e| e.version() > 0) {
-            metrics.count_query("other", rcode_label(ResponseCode::BADVERS));
-            let msg = builder.error_msg(&request.metadata, ResponseCode::BADVERS);
-            return response.send_response(msg).await.map_err(|e| e.to_string());
-        }
-        let Ok(info) = request.request_info() else {
-            metrics.count_query("other", rcode_label(ResponseCode::FormErr));
-            let msg = builder.error_msg(&request.metadata, ResponseCode::FormErr);
-            return response.send_response(msg).await.map_err(|e| e.to_string());
-        };
-        let qname: Name = info.query.name().into();
-        let qtype = info.query.query_type();
-        let status = NodeStatus {
-            sync: self.state.health.sync(),
-            healthy: self.state.health.can_serve(),
-        };
-        let decided = answer(
-            &self.state.table,
-            &self.settings,
-            status,
-            request.src().ip(),
-            client_subnet(req_edns),
-            &qname.to_ascii(),
-            qtype.into(),
-        );
-        let ttl = self.settings.ttl;
-        let zone = decided
-            .zone
-            .as_deref()
-            .and_then(|z| Name::from_ascii(format!("{z}.")).ok());
-        let mut answers: Vec<Record> = decided
-            .answers
-            .iter()
-            .map(|ip| {
-                let rdata = match ip {
-                    IpAddr::V4(v4) => RData::A(A(*v4)),
-                    IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
-                };
-                Record::from_rdata(qname.clone(), ttl, rdata)
-            })
-            .collect();
-        if let Some(zone) = &zone {
-            match decided.apex {
-                Some(ApexRecord::Soa) => answers.extend(soa_record(zone, ttl)),
-                Some(ApexRecord::Ns) => answers.extend(ns_record(zone, ttl)),
-                None => {}
-            }
-        }
-        let soa: Vec<Record> = match (&zone, decided.authority_soa) {
-            (Some(zone), true) => soa_record(zone, ttl).into_iter().collect(),
-            _ => Vec::new(),
-        };
-        let rcode = match decided.rcode {
-            Rcode::NoError => ResponseCode::NoError,
-            Rcode::NxDomain => ResponseCode::NXDomain,
-            Rcode::Refused => ResponseCode::Refused,
-        };
-        // Known types only: unknown ones would let clients grow the label set.
-        let type_label = match qtype {
-            RecordType::A | RecordType::AAAA | RecordType::SOA | RecordType::NS => {
-                qtype.to_string()
-            }
-            RecordType::ANY => "ANY".to_string(),
-            _ => "other".to_string(),
-        };
-        metrics.count_query(&type_label, rcode_label(rcode));
-        if let Some(reason) = decided.reason {
-            metrics.count_steering(reason);
-        }
-        debug!(name = %qname, qtype = %qtype, rcode = %rcode, answers = decided.answers.len(),
-            reason = decided.reason.map(Reason::as_str), "dns answer");
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.authoritative = decided.rcode != Rcode::Refused;
-        metadata.recursion_available = false;
-        metadata.response_code = rcode;
-        let msg = builder.build(metadata, answers.iter(), [], soa.iter(), []);
-        response.send_response(msg).await.map_err(|e| e.to_string())
-    }
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for Handler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response_handle: R,
-    ) -> ResponseInfo {
-        match self.respond(request, response_handle).await {
-            Ok(info) => info,
-            Err(err) => {
-                // Sending failed (the client went away, or the socket broke): report what
-                // the client would have seen.
-                warn!(error = %err, "dns: cannot send response");
-                let mut metadata = Metadata::response_from_request(&request.metadata);
-                metadata.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(hickory_proto::op::Header {
-                    metadata,
-                    counts: Default::default(),
-                })
-            }
-        }
-    }
-}
-
-/// Serve `[dns]` on the bound UDP socket and TCP listener until `shutdown`.
-pub async fn serve(
-    settings: DnsSettings,
-    state: Front,
-    udp: UdpSocket,
-    tcp: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), DnsError> {
-    let addrs: (Option<SocketAddr>, Option<SocketAddr>) =
-        (udp.local_addr().ok(), tcp.local_addr().ok());
-    let mut server = hickory_server::Server::new(Handler { state, settings });
-    server.register_socket(udp);
-    server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
-    info!(udp = ?addrs.0, tcp = ?addrs.1, "dns serving");
-    // The server ends on its own only when a socket fails; shutdown drains it.
-    tokio::select! {
-        () = shutdown.cancelled() => {}
-        done = server.block_until_done() => {
-            return Err(DnsError::Server(match done {
-                Ok(()) => "stopped unexpectedly".into(),
-                Err(e) => e.to_string(),
-            }));
-        }
-    }
-    server
-        .shutdown_gracefully()
-        .await
-        .map_err(|e| DnsError::Server(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,6 +514,7 @@ mod tests {
                 ("10.1.0.0/16".parse().unwrap(), "lon".into()),
             ],
             answer_sites: 1,
+            nameservers: Vec::new(),
         }
     }
 
@@ -731,9 +566,12 @@ mod tests {
         answer(
             t,
             s,
+            &Ancestors::default(),
             st,
-            client.parse().unwrap(),
-            ecs.map(|e| e.parse().unwrap()),
+            Client {
+                addr: client.parse().unwrap(),
+                subnet: ecs.map(|e| e.parse().unwrap()),
+            },
             name,
             q,
         )
@@ -1028,5 +866,299 @@ mod tests {
             QueryType::A,
         );
         assert_eq!(r.rcode, Rcode::Refused);
+    }
+
+    fn nets(list: &[(&str, &str)]) -> Vec<(IpNet, String)> {
+        let mut v: Vec<(IpNet, String)> = list
+            .iter()
+            .map(|(n, s)| (n.parse().unwrap(), s.to_string()))
+            .collect();
+        v.sort_by(|(a, _), (b, _)| b.prefix_len().cmp(&a.prefix_len()).then(a.cmp(b)));
+        v
+    }
+
+    #[test]
+    fn scope_is_the_block_that_maps_like_the_client() {
+        let networks = nets(&[
+            ("10.0.0.0/8", "lon"),
+            ("10.2.0.0/16", "nyc"),
+            ("10.2.3.0/24", "lon"),
+            ("2001:db8::/32", "nyc"),
+        ]);
+        // (client address, expected scope)
+        let cases = [
+            // In 10/8 but far from 10.2/16: the block must exclude 10.2/16 (they share 14
+            // bits: 10.0 = 00001010.00000000, 10.2 = 00001010.00000010).
+            ("10.1.2.3", 15),
+            ("10.128.0.1", 9),
+            // In 10.2/16, outside 10.2.3/24: 10.2.200.1 shares 16 bits with 10.2.3.0.
+            ("10.2.200.1", 17),
+            ("10.2.2.1", 24),
+            // The most specific network: its own prefix.
+            ("10.2.3.77", 24),
+            // Unmatched: long enough to exclude every network of the family.
+            ("11.0.0.1", 8),
+            ("192.168.1.1", 1),
+            ("2001:db8:1::1", 32),
+            ("2001:db9::1", 32),
+            ("2002::1", 15),
+        ];
+        for (addr, want) in cases {
+            let addr: IpAddr = addr.parse().unwrap();
+            let matched = networks
+                .iter()
+                .find(|(n, _)| n.contains(&addr))
+                .map(|m| m.0);
+            assert_eq!(scope_for(&networks, addr, matched), want, "{addr}");
+        }
+        // No network of the family: the answer holds for every client of it.
+        let v4_only = nets(&[("10.0.0.0/8", "lon")]);
+        assert_eq!(scope_for(&v4_only, "2001:db8::1".parse().unwrap(), None), 0);
+    }
+
+    #[test]
+    fn ecs_answers_carry_the_scope_they_depend_on() {
+        let t = table(&["app.apps.example.com"], &["app.apps.example.com"], true);
+        let s = settings();
+        let host = "app.apps.example.com";
+        // Steered to nyc by the /16 it falls in.
+        let a = ask(
+            &t,
+            &s,
+            ok(),
+            "127.0.0.1",
+            Some("10.2.3.0/24"),
+            host,
+            QueryType::A,
+        );
+        assert_eq!((a.answers, a.scope), (ips(&[NYC]), 16));
+        let b = ask(
+            &t,
+            &s,
+            ok(),
+            "127.0.0.1",
+            Some("10.1.3.0/24"),
+            host,
+            QueryType::A,
+        );
+        assert_eq!((b.answers, b.scope), (ips(&[LON]), 16));
+        // Unmatched: the block that holds no client network (172 and 10 differ in the
+        // first bit: 128.0.0.0/1).
+        let c = ask(
+            &t,
+            &s,
+            ok(),
+            "10.2.0.1",
+            Some("172.16.0.0/24"),
+            host,
+            QueryType::A,
+        );
+        assert_eq!(
+            (c.answers, c.reason, c.scope),
+            (ips(&[LON]), Some(Reason::Proximity), 1)
+        );
+        // SOURCE PREFIX-LENGTH 0: the resolver's address steers; the answer holds for all.
+        let d = ask(
+            &t,
+            &s,
+            ok(),
+            "10.2.0.1",
+            Some("0.0.0.0/0"),
+            host,
+            QueryType::A,
+        );
+        assert_eq!((d.answers, d.scope), (ips(&[NYC]), 0));
+        // Without ECS the scope is moot (and 0).
+        let e = ask(&t, &s, ok(), "10.2.0.1", None, host, QueryType::A);
+        assert_eq!(e.scope, 0);
+        // Only one healthy site serves it: the same answer for everyone.
+        let t1 = table(&["solo.apps.example.com"], &[], true);
+        let f = ask(
+            &t1,
+            &s,
+            ok(),
+            "127.0.0.1",
+            Some("10.2.3.0/24"),
+            "solo.apps.example.com",
+            QueryType::A,
+        );
+        assert_eq!((f.answers, f.scope), (ips(&[LON]), 0));
+        // NXDOMAIN and the apex do not depend on the subnet.
+        let g = ask(
+            &t,
+            &s,
+            ok(),
+            "127.0.0.1",
+            Some("10.2.3.0/24"),
+            "nope.apps.example.com",
+            QueryType::A,
+        );
+        assert_eq!((g.rcode, g.scope), (Rcode::NxDomain, 0));
+    }
+
+    #[test]
+    fn empty_non_terminals_are_nodata_not_nxdomain() {
+        let t = table(
+            &[
+                "a.b.apps.example.com",
+                "*.wild.apps.example.com",
+                "x.y.z.apps.example.com",
+            ],
+            &[],
+            true,
+        );
+        let s = settings();
+        let below = Ancestors::default();
+        below.rebuild(&t, &s.zones);
+        let q = |name: &str, below: &Ancestors| {
+            answer(
+                &t,
+                &s,
+                below,
+                ok(),
+                Client {
+                    addr: "10.1.0.1".parse().unwrap(),
+                    subnet: None,
+                },
+                name,
+                QueryType::A,
+            )
+        };
+        // (name, rcode): names above routes exist; names beside or below them do not.
+        let cases = [
+            ("b.apps.example.com", Rcode::NoError),
+            ("wild.apps.example.com", Rcode::NoError),
+            ("y.z.apps.example.com", Rcode::NoError),
+            ("Z.apps.example.com.", Rcode::NoError),
+            ("c.apps.example.com", Rcode::NxDomain),
+            ("x.b.apps.example.com", Rcode::NxDomain),
+            ("a.a.b.apps.example.com", Rcode::NxDomain),
+        ];
+        for (name, rcode) in cases {
+            let a = q(name, &below);
+            assert_eq!(
+                (a.rcode, a.authority_soa, a.answers.len()),
+                (rcode, true, 0),
+                "{name}"
+            );
+        }
+        // Under the wildcard: answered.
+        assert_eq!(q("any.wild.apps.example.com", &below).answers, ips(&[LON]));
+        // A wildcard's parent is NODATA even before the index knows the route.
+        let empty = Ancestors::default();
+        assert_eq!(q("wild.apps.example.com", &empty).rcode, Rcode::NoError);
+    }
+
+    #[test]
+    fn name_servers_are_answered_and_transfers_refused() {
+        let t = table(&["app.apps.example.com"], &[], true);
+        let mut s = settings();
+        // Derived: ns.<zone> with this site's addresses.
+        let ns = ask(
+            &t,
+            &s,
+            ok(),
+            "10.1.0.1",
+            None,
+            "ns.apps.example.com",
+            QueryType::A,
+        );
+        assert_eq!((ns.rcode, ns.answers), (Rcode::NoError, ips(&[LON])));
+        assert_eq!(
+            s.nameservers_of("apps.example.com")[0].name,
+            "ns.apps.example.com"
+        );
+        // Configured: in-zone names answered with their addresses (even when sync is lost),
+        // their parents are non-terminals, out-of-zone names are refused.
+        s.nameservers = vec![
+            Nameserver {
+                name: "ns1.dns.apps.example.com".into(),
+                addresses: ips(&["192.0.2.53", "2001:db8::53"]),
+            },
+            Nameserver {
+                name: "ns2.example.net".into(),
+                addresses: Vec::new(),
+            },
+        ];
+        let lost = NodeStatus {
+            sync: SyncState::Lost,
+            ..ok()
+        };
+        for st in [ok(), lost] {
+            let a = ask(
+                &t,
+                &s,
+                st,
+                "10.1.0.1",
+                None,
+                "NS1.dns.apps.example.com",
+                QueryType::A,
+            );
+            assert_eq!(
+                (a.rcode, a.answers, a.reason),
+                (Rcode::NoError, ips(&["192.0.2.53"]), None)
+            );
+        }
+        let aaaa = ask(
+            &t,
+            &s,
+            ok(),
+            "10.1.0.1",
+            None,
+            "ns1.dns.apps.example.com",
+            QueryType::Aaaa,
+        );
+        assert_eq!(aaaa.answers, ips(&["2001:db8::53"]));
+        let mx = ask(
+            &t,
+            &s,
+            ok(),
+            "10.1.0.1",
+            None,
+            "ns1.dns.apps.example.com",
+            QueryType::Other,
+        );
+        assert!(mx.rcode == Rcode::NoError && mx.answers.is_empty() && mx.authority_soa);
+        let parent = ask(
+            &t,
+            &s,
+            ok(),
+            "10.1.0.1",
+            None,
+            "dns.apps.example.com",
+            QueryType::A,
+        );
+        assert_eq!(parent.rcode, Rcode::NoError);
+        let derived = ask(
+            &t,
+            &s,
+            ok(),
+            "10.1.0.1",
+            None,
+            "ns.apps.example.com",
+            QueryType::A,
+        );
+        assert_eq!(
+            derived.rcode,
+            Rcode::NxDomain,
+            "configured names replace ns.<zone>"
+        );
+        let outside = ask(
+            &t,
+            &s,
+            ok(),
+            "10.1.0.1",
+            None,
+            "ns2.example.net",
+            QueryType::A,
+        );
+        assert_eq!(outside.rcode, Rcode::Refused);
+        // Zone transfers: refused, at the apex and anywhere else.
+        for name in ["apps.example.com", "app.apps.example.com"] {
+            let x = ask(&t, &s, ok(), "10.1.0.1", None, name, QueryType::Transfer);
+            assert_eq!(x, Answer::refused());
+        }
+        assert_eq!(QueryType::from(RecordType::IXFR), QueryType::Transfer);
+        assert_eq!(QueryType::from(RecordType::AXFR), QueryType::Transfer);
     }
 }
