@@ -37,8 +37,9 @@ where
     }
 }
 
-/// Where a Debian-packaged daemon lives: on PATH or in /usr/sbin.
-fn find_program(name: &str, install: &str) -> PathBuf {
+/// Where a Debian-packaged program lives: on PATH or in /usr/sbin; panics naming `install`
+/// when it is missing.
+pub fn find_program(name: &str, install: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
@@ -200,6 +201,8 @@ pub struct NodeBuilder {
     stale_threshold_secs: u64,
     prune_interval_secs: u64,
     extra: String,
+    proxy_extra: String,
+    admin_extra: String,
     mesh: Option<(PathBuf, Vec<SocketAddr>)>,
     mesh_extra: String,
     gorouters: Vec<SocketAddr>,
@@ -259,6 +262,20 @@ impl NodeBuilder {
         self
     }
 
+    /// TOML lines added to the `[proxy]` section (e.g. `idle_timeout_secs = 2`).
+    pub fn proxy_option(mut self, toml: &str) -> Self {
+        self.proxy_extra.push_str(toml);
+        self.proxy_extra.push('\n');
+        self
+    }
+
+    /// TOML lines added to the `[admin]` section (e.g. `max_connections = 4`).
+    pub fn admin_option(mut self, toml: &str) -> Self {
+        self.admin_extra.push_str(toml);
+        self.admin_extra.push('\n');
+        self
+    }
+
     /// Extra TOML appended to the config (before the `[mesh]` section, if any).
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
@@ -302,12 +319,12 @@ addresses = [{gorouters}]
 [proxy]
 http_listen = "127.0.0.1:0"
 remote = "{remote}"
-{https}
+{proxy_extra}{https}
 
 [admin]
 listen = "127.0.0.1:0"
 token_file = "admin.token"
-
+{admin_extra}
 [log]
 format = "json"
 {extra}
@@ -324,6 +341,8 @@ format = "json"
                 .collect::<Vec<_>>()
                 .join(", "),
             remote = if self.redirect { "redirect" } else { "proxy" },
+            proxy_extra = self.proxy_extra,
+            admin_extra = self.admin_extra,
             https = https,
         );
         let mut config = config;
@@ -390,6 +409,8 @@ impl Node {
             stale_threshold_secs: 120,
             prune_interval_secs: 30,
             extra: String::new(),
+            proxy_extra: String::new(),
+            admin_extra: String::new(),
             mesh: None,
             mesh_extra: String::new(),
             gorouters: Vec::new(),

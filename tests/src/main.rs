@@ -7,6 +7,7 @@ mod attack;
 mod churn;
 mod demo;
 mod dns;
+mod edge;
 mod gcf;
 mod http1;
 mod learn;
