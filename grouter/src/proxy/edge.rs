@@ -104,13 +104,13 @@ pub(super) fn host_conflict(parts: &http::request::Parts) -> Option<BadHost> {
     if hosts.next().is_some() {
         return Some(BadHost::Duplicate);
     }
-    let (Some(host), Some(authority)) = (first, parts.uri.authority()) else {
-        return None;
-    };
-    let Ok(host) = host.to_str().map(parse_host) else {
+    let host = first?;
+    // Not even ASCII text (which would read as no Host at all further on).
+    let Ok(host) = host.to_str() else {
         return Some(BadHost::Invalid);
     };
-    match (host, parse_host(authority.as_str())) {
+    let authority = parts.uri.authority()?;
+    match (parse_host(host), parse_host(authority.as_str())) {
         (Ok(h), Ok(a)) if h == a => None,
         (Ok(_), _) => Some(BadHost::Mismatch),
         (Err(_), _) => None, // the decision refuses the Host itself
@@ -175,5 +175,15 @@ mod tests {
         ] {
             assert_eq!(host_conflict(&parts(uri, hosts)), want, "{uri} {hosts:?}");
         }
+        let mut latin1 = parts("/", &[]);
+        latin1.headers.insert(
+            header::HOST,
+            HeaderValue::from_bytes(b"caf\xe9.example.com").unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert_eq!(
+            host_conflict(&latin1),
+            Some(Invalid),
+            "not ASCII: invalid, not empty"
+        );
     }
 }
