@@ -1,21 +1,26 @@
 //! The admin HTTP API: `/healthz`, `/metrics` and the token-protected `/v1/*` JSON API.
 //!
 //! Owns: the admin listener, request routing, bearer-token checks and the JSON shapes of
-//! CONTRACT.md ("Admin API").
+//! CONTRACT.md ("Admin API"). The listener holds at most `admin.max_connections` (one more
+//! is closed at once and counted), and its connections have the proxy's timeouts
+//! (`crate::limits`): a request head within `proxy.request_header_timeout_secs`, an idle
+//! HTTP/2 connection closed after `proxy.idle_timeout_secs`.
 //!
 //! Must never: change state without a valid token, leak internals in an error body, or log
 //! the token.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -23,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::health::Health;
+use crate::limits::{Cut, Gate, Timeouts, Watchdog};
 use crate::mesh::Mesh;
 use crate::mesh::liveness::Verdict;
 use crate::metrics::Metrics;
@@ -49,8 +55,15 @@ pub struct AdminState {
     pub started: std::time::Instant,
 }
 
-/// Serve the admin API on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+/// Serve the admin API on `listener` until `shutdown`: at most `gate`'s connections, each
+/// within `timeouts`.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    gate: Gate,
+    timeouts: Timeouts,
+    shutdown: CancellationToken,
+) {
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -65,26 +78,132 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
                 }
             },
         };
-        let state = state.clone();
-        let shutdown = shutdown.clone();
+        // Over the limit: closed at once and counted, so that a flood of idle connections
+        // cannot starve the load balancers' `/healthz`.
+        let Some(slot) = gate.admit() else {
+            debug!(%peer, "admin connection over admin.max_connections closed");
+            drop(stream);
+            continue;
+        };
+        let (state, shutdown, stats) = (state.clone(), shutdown.clone(), gate.stats().clone());
         connections.spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req)) }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => if let Err(err) = res {
-                    debug!(%peer, %err, "admin connection ended with an error");
-                },
-                () = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
-            }
+            let _slot = slot;
+            serve_connection(stream, state, timeouts, &stats, shutdown).await;
+            debug!(%peer, "admin connection closed");
         });
     }
     connections.close();
     connections.wait().await;
+}
+
+/// One admin connection (HTTP/1.1 or HTTP/2), cut when its first request is late, when an
+/// HTTP/1.1 head is late (hyper's header timeout), or when HTTP/2 sits without streams.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    state: Arc<AdminState>,
+    timeouts: Timeouts,
+    stats: &crate::limits::ListenerStats,
+    shutdown: CancellationToken,
+) {
+    let requests = Arc::new(AtomicU64::new(0));
+    let service = {
+        let requests = requests.clone();
+        service_fn(move |req| {
+            requests.fetch_add(1, Ordering::Relaxed);
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(&state, req)) }
+        })
+    };
+    let streams = Streams::default();
+    let mut builder = auto::Builder::new(streams.clone());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.request_header);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let first_by = tokio::time::Instant::now() + timeouts.request_header;
+    let mut dog = Watchdog::new(&timeouts, first_by);
+    let check = tokio::time::sleep_until(dog.next_check());
+    tokio::pin!(check);
+    let res = loop {
+        tokio::select! {
+            res = conn.as_mut() => break res,
+            () = &mut check => {
+                match dog.check(requests.load(Ordering::Relaxed), streams.running()) {
+                    None => check.as_mut().reset(dog.next_check()),
+                    Some(cut) => {
+                        stats.cut(cut);
+                        if cut == Cut::IdleTimeout {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(timeouts.request_header, conn.as_mut()).await;
+                        }
+                        return;
+                    }
+                }
+            }
+            () = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                break conn.as_mut().await;
+            }
+        }
+    };
+    if let Err(err) = res {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            let first = requests.load(Ordering::Relaxed) == 0;
+            stats.cut(if first {
+                Cut::HeadTimeout
+            } else {
+                Cut::IdleTimeout
+            });
+        }
+        debug!(%err, "admin connection ended with an error");
+    }
+}
+
+/// hyper's executor for an admin connection's HTTP/2 streams: a task each, counted, so the
+/// watchdog knows when none is running.
+#[derive(Debug, Clone, Default)]
+struct Streams {
+    running: Arc<AtomicUsize>,
+    ever: Arc<AtomicBool>,
+}
+
+impl Streams {
+    /// Streams running; `None` while none ever ran (HTTP/1.1).
+    fn running(&self) -> Option<usize> {
+        self.ever
+            .load(Ordering::Relaxed)
+            .then(|| self.running.load(Ordering::Relaxed))
+    }
+}
+
+/// Counts a stream as running until dropped (finished or aborted).
+struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<F> hyper::rt::Executor<F> for Streams
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        self.ever.store(true, Ordering::Relaxed);
+        self.running.fetch_add(1, Ordering::Relaxed);
+        let running = Running(self.running.clone());
+        tokio::spawn(async move {
+            let _running = running;
+            stream.await;
+        });
+    }
 }
 
 fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {

@@ -65,6 +65,20 @@ const MAX_ANSWER_SITES: usize = 8;
 /// Most names in `dns.nameservers`.
 const MAX_NAMESERVERS: usize = 13;
 
+// Edge limits (CONTRACT.md "Edge rules"): timeouts of every HTTP listener and connection
+// limits; the defaults live in `crate::limits`.
+fn default_request_header_timeout_secs() -> u64 {
+    crate::limits::DEFAULT_REQUEST_HEADER_TIMEOUT.as_secs()
+}
+fn default_idle_timeout_secs() -> u64 {
+    crate::limits::DEFAULT_IDLE_TIMEOUT.as_secs()
+}
+fn default_tls_handshake_timeout_secs() -> u64 {
+    crate::limits::DEFAULT_TLS_HANDSHAKE_TIMEOUT.as_secs()
+}
+/// Longest accepted timeout of the edge keys (a day): beyond it a typo, not a choice.
+const MAX_EDGE_TIMEOUT_SECS: u64 = 86_400;
+
 fn default_max_nodes() -> usize {
     DEFAULT_MAX_NODES
 }
@@ -246,6 +260,26 @@ pub struct ProxyConfig {
     /// HTTPS listener (HTTP/2 via ALPN); requires `[tls]`.
     #[serde(default)]
     pub https_listen: Option<SocketAddr>,
+    // -- Edge limits (CONTRACT.md "Edge rules"), for every HTTP listener of the node.
+    /// Seconds a client has to send a request head: the first from the connection's start
+    /// (HTTP/2's preface and first request included), later ones from their first byte. On
+    /// the proxy's listeners, the admin API and the connections peers forward requests on.
+    /// 1..=86400.
+    #[serde(default = "default_request_header_timeout_secs")]
+    pub request_header_timeout_secs: u64,
+    /// Seconds a kept-alive HTTP/1.1 connection may sit idle between requests, and an
+    /// HTTP/2 connection without streams, on the same listeners. 1..=86400.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// Seconds the TLS handshake on `https_listen` may take. 1..=86400.
+    #[serde(default = "default_tls_handshake_timeout_secs")]
+    pub tls_handshake_timeout_secs: u64,
+    /// Most client connections at once, `http_listen` and `https_listen` together; one
+    /// more is closed at once and counted. Default: derived from the open-file limit,
+    /// leaving room for the admin and mesh listeners and the node's own sockets
+    /// (`grouter::limits::derive_limits`, docs/PROXY.md). At least 1.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
     /// Default handling of apps served only elsewhere: `proxy` or `redirect`.
     #[serde(default)]
     pub remote: RemoteMode,
@@ -316,6 +350,11 @@ pub struct MeshConfig {
     /// counted. At least 1.
     #[serde(default = "default_max_entries_per_partition")]
     pub max_entries_per_partition: usize,
+    /// Most connections the mesh listener holds at once (sessions and the connections
+    /// peers forward requests on); one more is closed at once and counted. Default:
+    /// derived from the open-file limit (docs/PROXY.md). At least 1.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 /// `[dns]`: authoritative answers for the apps' zones, steering clients to a site.
@@ -357,6 +396,10 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// File holding the bearer token for `/v1/*` (surrounding whitespace ignored).
     pub token_file: PathBuf,
+    /// Most admin connections at once; one more is closed at once and counted. Default:
+    /// derived from the open-file limit (docs/PROXY.md). At least 1.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 /// Log line format.
@@ -612,6 +655,7 @@ impl Config {
             dns.validate(p);
         }
         check_path(p, "admin.token_file", &self.admin.token_file);
+        check_max_connections(p, "admin.max_connections", self.admin.max_connections);
         self.check_listeners_distinct(p);
     }
 
@@ -754,6 +798,47 @@ impl ProxyConfig {
                 format!("invalid template {:?}: {why}", self.redirect_host),
             );
         }
+        self.validate_edge(p);
+    }
+
+    /// The edge keys (CONTRACT.md "Edge rules").
+    fn validate_edge(&self, p: &mut Problems<'_>) {
+        for (key, secs) in [
+            (
+                "proxy.request_header_timeout_secs",
+                self.request_header_timeout_secs,
+            ),
+            ("proxy.idle_timeout_secs", self.idle_timeout_secs),
+            (
+                "proxy.tls_handshake_timeout_secs",
+                self.tls_handshake_timeout_secs,
+            ),
+        ] {
+            check_range(p, key, secs, 1, MAX_EDGE_TIMEOUT_SECS);
+        }
+        check_max_connections(p, "proxy.max_connections", self.max_connections);
+    }
+
+    /// The edge timeouts.
+    pub fn timeouts(&self) -> crate::limits::Timeouts {
+        use std::time::Duration;
+        crate::limits::Timeouts {
+            request_header: Duration::from_secs(self.request_header_timeout_secs),
+            idle: Duration::from_secs(self.idle_timeout_secs),
+            tls_handshake: Duration::from_secs(self.tls_handshake_timeout_secs),
+        }
+    }
+}
+
+fn check_range(p: &mut Problems<'_>, key: &str, value: u64, min: u64, max: u64) {
+    if !(min..=max).contains(&value) {
+        p.push(key, format!("{value} is out of range {min}..={max}"));
+    }
+}
+
+fn check_max_connections(p: &mut Problems<'_>, key: &str, value: Option<usize>) {
+    if value == Some(0) {
+        p.push(key, "must be at least 1");
     }
 }
 
@@ -819,6 +904,7 @@ impl MeshConfig {
             }
         }
         check_at_least(p, "mesh.max_nodes", to_u64(self.max_nodes), 1);
+        check_max_connections(p, "mesh.max_connections", self.max_connections);
         check_at_least(
             p,
             "mesh.max_entries_per_partition",
@@ -1482,6 +1568,71 @@ token_file = "admin.token"
         );
         assert_eq!((dns.ttl_secs, dns.answer_sites), (30, 1));
         assert!(dns.client_networks.is_empty());
+    }
+
+    #[test]
+    fn edge_keys_have_defaults_and_are_checked() {
+        let c = parse(MINIMAL).unwrap();
+        let t = c.proxy.timeouts();
+        assert_eq!(
+            (
+                t.request_header.as_secs(),
+                t.idle.as_secs(),
+                t.tls_handshake.as_secs()
+            ),
+            (10, 90, 10)
+        );
+        assert_eq!(c.proxy.max_connections, None, "derived at start");
+        assert_eq!(c.admin.max_connections, None);
+        let c = parse(
+            &MINIMAL
+                .replace(
+                    "[admin]",
+                    "request_header_timeout_secs = 2\nidle_timeout_secs = 3\n\
+                     tls_handshake_timeout_secs = 4\nmax_connections = 5\n[admin]",
+                )
+                .replace("token_file", "max_connections = 6\ntoken_file"),
+        )
+        .unwrap();
+        let t = c.proxy.timeouts();
+        assert_eq!(
+            (
+                t.request_header.as_secs(),
+                t.idle.as_secs(),
+                t.tls_handshake.as_secs()
+            ),
+            (2, 3, 4)
+        );
+        assert_eq!(
+            (c.proxy.max_connections, c.admin.max_connections),
+            (Some(5), Some(6))
+        );
+        for (line, key) in [
+            (
+                "request_header_timeout_secs = 0",
+                "proxy.request_header_timeout_secs",
+            ),
+            ("idle_timeout_secs = 86401", "proxy.idle_timeout_secs"),
+            (
+                "tls_handshake_timeout_secs = 0",
+                "proxy.tls_handshake_timeout_secs",
+            ),
+            ("max_connections = 0", "proxy.max_connections"),
+        ] {
+            let reason = single_error(
+                &MINIMAL.replace("[admin]", &format!("{line}\n[admin]")),
+                key,
+            );
+            assert!(
+                reason.contains("out of range") || reason.contains("at least 1"),
+                "{reason}"
+            );
+        }
+        let reason = single_error(
+            &MINIMAL.replace("token_file", "max_connections = 0\ntoken_file"),
+            "admin.max_connections",
+        );
+        assert_eq!(reason, "must be at least 1");
     }
 
     #[test]

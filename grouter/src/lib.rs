@@ -32,7 +32,9 @@
 //! - [`metrics`]: the Prometheus registry and the gauges set at scrape time; each subsystem
 //!   owns its counters and registers them.
 //! - [`names`] (leaf): what a node id, a site and a region may be, for the config and the
-//!   mesh certificates alike.
+//!   mesh certificates alike, and what a request's Host may be.
+//! - [`limits`] (leaf): connection limits and timeouts of every listener (proxy, admin,
+//!   mesh), the counters of what they cut, and the defaults derived from the open-file limit.
 //! - [`node`]: wiring only. [`node::NodeState`] holds the handles, and [`node::run`] hands
 //!   each subsystem the ones it uses, runs them under one cancellation token and drains them
 //!   on shutdown. Nothing but the binary and the test fixtures imports it.
@@ -56,6 +58,7 @@ pub mod config;
 pub mod dns;
 pub mod health;
 pub mod learn;
+pub mod limits;
 pub mod mesh;
 pub mod metrics;
 pub mod names;

@@ -19,7 +19,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Metric, Registry};
 
 use crate::health::SyncState;
+use crate::limits::{Cut, ListenerStats};
 use crate::table::TableStats;
+
+/// Label sets of the per-listener families.
+type Labels = Vec<(String, String)>;
 
 /// Every metric of the node.
 #[derive(Debug)]
@@ -30,6 +34,12 @@ pub struct Metrics {
     routes: Gauge,
     local_routes: Gauge,
     partitions: Gauge,
+    /// `grouter_connections_cut_total{listener,reason}`.
+    connections_cut: Family<Labels, Counter>,
+    /// `grouter_connections_open{listener}`.
+    connections_open: Family<Labels, Gauge>,
+    /// `grouter_connection_limit{listener}`.
+    connection_limit: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -47,6 +57,9 @@ impl Metrics {
             routes: Gauge::default(),
             local_routes: Gauge::default(),
             partitions: Gauge::default(),
+            connections_cut: Family::default(),
+            connections_open: Family::default(),
+            connection_limit: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
         let r = &mut registry;
@@ -70,6 +83,21 @@ impl Metrics {
             "1 for the node's current sync state",
             m.sync_state.clone(),
         );
+        r.register(
+            "connections_cut",
+            "connections a listener closed: timeouts (head_timeout, idle_timeout, handshake_timeout) and connections over its limit (over_limit)",
+            m.connections_cut.clone(),
+        );
+        r.register(
+            "connections_open",
+            "connections a listener holds",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "connection_limit",
+            "most connections a listener holds at once",
+            m.connection_limit.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             ..m
@@ -91,6 +119,28 @@ impl Metrics {
         reasons: [&str; N],
     ) -> [Counter; N] {
         reason_counters(&mut self.registry.lock(), name, help, reasons)
+    }
+
+    /// The connection counters of `listener` (`http`, `https`, `admin`, `mesh`), created at
+    /// zero; the same listener always gets the same counters.
+    pub fn listener_stats(&self, listener: &str) -> ListenerStats {
+        let label = |extra: Option<&str>| {
+            let mut l = vec![("listener".to_string(), listener.to_string())];
+            if let Some(reason) = extra {
+                l.push(("reason".to_string(), reason.to_string()));
+            }
+            l
+        };
+        let cuts = Cut::ALL.map(|c| {
+            self.connections_cut
+                .get_or_create(&label(Some(c.as_str())))
+                .clone()
+        });
+        ListenerStats::new(
+            cuts,
+            self.connections_open.get_or_create(&label(None)).clone(),
+            self.connection_limit.get_or_create(&label(None)).clone(),
+        )
     }
 
     /// Prometheus text exposition, with the table gauges refreshed from `stats` and
@@ -145,6 +195,7 @@ mod tests {
         missing_host.inc();
         missing_host.inc();
         let _ = truncated;
+        m.listener_stats("admin").cut(Cut::OverLimit);
         let text = m.encode(
             TableStats {
                 routes: 7,
@@ -158,6 +209,9 @@ mod tests {
             "grouter_routes 7",
             r#"grouter_sync_state{state="degraded"} 1"#,
             r#"grouter_sync_state{state="in_sync"} 0"#,
+            r#"grouter_connections_cut_total{listener="admin",reason="over_limit"} 1"#,
+            r#"grouter_connections_cut_total{listener="admin",reason="head_timeout"} 0"#,
+            r#"grouter_connections_open{listener="admin"} 0"#,
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

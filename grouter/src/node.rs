@@ -192,6 +192,21 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let mut tasks = Subsystems::new();
+    // Connection limits per listener, leaving descriptors for the node's own sockets.
+    let nofile = crate::limits::open_file_limit();
+    let limits = crate::limits::derive_limits(
+        nofile,
+        config.proxy.max_connections,
+        config.admin.max_connections,
+        config.mesh.as_ref().and_then(|m| m.max_connections),
+    );
+    info!(
+        nofile,
+        proxy = limits.proxy,
+        admin = limits.admin,
+        mesh = limits.mesh,
+        "connection limits"
+    );
     // Subsystems hang off `stop`, which is cancelled only once this function has seen the
     // shutdown request: so a subsystem that ends before then is always a failure, never a
     // race with the signal handler.
@@ -282,8 +297,9 @@ pub async fn run(
             listeners.dialer.clone(),
             stop.child_token(),
         );
+        let gate = crate::limits::Gate::new(limits.mesh, state.metrics.listener_stats("mesh"));
         tasks.spawn(async move {
-            crate::mesh::run(mesh, listener, dialer, health, token).await;
+            crate::mesh::run(mesh, listener, gate, dialer, health, token).await;
             ("mesh", Ok(()))
         });
     }
@@ -313,6 +329,20 @@ pub async fn run(
             remote: config.proxy.remote,
             redirect_host: config.proxy.redirect_host.clone(),
         };
+        // The plain and TLS listeners share one budget.
+        let http = crate::limits::Gate::new(limits.proxy, state.metrics.listener_stats("http"));
+        let https = http.sharing(state.metrics.listener_stats("https"));
+        let edge = crate::proxy::Edge::new(
+            config.proxy.timeouts(),
+            http,
+            https,
+            state.metrics.listener_stats("mesh"),
+            state.metrics.reason_counters(
+                "http_refused_requests",
+                "requests answered 400 for their Host (empty_host, invalid_host, duplicate_host, host_mismatch) or refused by the HTTP parser (malformed)",
+                crate::proxy::edge::REFUSED_REASONS,
+            ),
+        );
         let p = crate::proxy::Proxy::new(
             state.table.clone(),
             state.health.clone(),
@@ -321,6 +351,7 @@ pub async fn run(
             remotes,
             config.proxy.site_header,
             config.log.access_log,
+            edge,
         );
         if let Some(peers) = state.mesh.get().and_then(|m| m.take_peer_http()) {
             let (p, token) = (p.clone(), stop_serving.child_token());
@@ -380,8 +411,10 @@ pub async fn run(
             started: state.started,
         });
         let token = stop.child_token();
+        let gate = crate::limits::Gate::new(limits.admin, state.metrics.listener_stats("admin"));
+        let timeouts = config.proxy.timeouts();
         tasks.spawn(async move {
-            crate::admin::serve(listeners.admin, admin, token).await;
+            crate::admin::serve(listeners.admin, admin, gate, timeouts, token).await;
             ("admin", Ok(()))
         });
     }

@@ -387,6 +387,9 @@ impl CertStore {
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        // The server's cipher suite order, not the client's (CONTRACT.md "Edge rules";
+        // testssl.sh flags the opposite): AEADs with the strongest first, as rustls lists them.
+        config.ignore_client_order = true;
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
         config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Config)?;
         Ok(Arc::new(config))

@@ -524,13 +524,16 @@ async fn http2_streams_reach_the_gorouter_as_http1_with_every_framing() {
     let bus = NatsServer::start();
     let gorouter = Scripted::start(false).await;
     let node = node_for(&bus, gorouter.addr).await;
+    // The host in the URL (`:authority`), not in a Host header too: a Host that differs
+    // from `:authority` is refused (CONTRACT.md "Edge rules").
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
+        .resolve("app.example.com", node.http_addr())
         .build()
         .expect("client");
-    let url = |path: &str| format!("http://{}{path}", node.http_addr());
+    let url = |path: &str| format!("http://app.example.com{path}");
     let get = |path: &'static str| {
-        let req = h2.get(url(path)).header("host", "app.example.com");
+        let req = h2.get(url(path));
         async move {
             let resp = req.send().await.expect("response");
             assert_eq!(resp.version(), reqwest::Version::HTTP_2);

@@ -202,6 +202,8 @@ pub struct NodeBuilder {
     stale_threshold_secs: u64,
     prune_interval_secs: u64,
     extra: String,
+    proxy_extra: String,
+    admin_extra: String,
     mesh: Option<(PathBuf, Vec<SocketAddr>)>,
     mesh_extra: String,
     nats_extra: String,
@@ -269,6 +271,20 @@ impl NodeBuilder {
         self
     }
 
+    /// TOML lines added to the `[proxy]` section (e.g. `idle_timeout_secs = 2`).
+    pub fn proxy_option(mut self, toml: &str) -> Self {
+        self.proxy_extra.push_str(toml);
+        self.proxy_extra.push('\n');
+        self
+    }
+
+    /// TOML lines added to the `[admin]` section (e.g. `max_connections = 4`).
+    pub fn admin_option(mut self, toml: &str) -> Self {
+        self.admin_extra.push_str(toml);
+        self.admin_extra.push('\n');
+        self
+    }
+
     /// Extra TOML appended to the config (before the `[mesh]` section, if any).
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
@@ -312,12 +328,12 @@ addresses = [{gorouters}]
 [proxy]
 http_listen = "127.0.0.1:0"
 remote = "{remote}"
-{https}
+{proxy_extra}{https}
 
 [admin]
 listen = "127.0.0.1:0"
 token_file = "admin.token"
-
+{admin_extra}
 [log]
 format = "json"
 {extra}
@@ -335,6 +351,8 @@ format = "json"
                 .collect::<Vec<_>>()
                 .join(", "),
             remote = if self.redirect { "redirect" } else { "proxy" },
+            proxy_extra = self.proxy_extra,
+            admin_extra = self.admin_extra,
             https = https,
         );
         let mut config = config;
@@ -401,6 +419,8 @@ impl Node {
             stale_threshold_secs: 120,
             prune_interval_secs: 30,
             extra: String::new(),
+            proxy_extra: String::new(),
+            admin_extra: String::new(),
             mesh: None,
             mesh_extra: String::new(),
             nats_extra: String::new(),

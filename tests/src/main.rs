@@ -9,6 +9,7 @@ mod demo;
 mod dns;
 mod dns_dnsviz;
 mod dns_resolver;
+mod edge;
 mod gcf;
 mod http1;
 mod learn;

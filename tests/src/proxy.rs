@@ -290,13 +290,14 @@ async fn http2_websocket_and_large_bodies_cross_to_a_remote_site() {
     mesh.serve(1, "remote.example.com").await;
 
     // HTTP/2 from the client (prior knowledge on the plain port).
+    // The host as `:authority` only: a Host that differs from it is refused.
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
+        .resolve("remote.example.com", lon.http_addr())
         .build()
         .expect("client");
     let resp = h2
-        .get(format!("http://{}/h2", lon.http_addr()))
-        .header("host", "remote.example.com")
+        .get("http://remote.example.com/h2")
         .send()
         .await
         .expect("h2");
@@ -666,15 +667,16 @@ async fn http2_streams_on_one_connection_do_not_wait_for_each_other() {
     node.register_until_routed(&client_bus, &msg, "app.example.com")
         .await;
     let addr = node.http_addr();
+    // The host as `:authority` only: a Host that differs from it is refused.
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
+        .resolve("app.example.com", addr)
         .build()
         .expect("client");
     let get = |path: &'static str| {
         let h2 = h2.clone();
         async move {
-            h2.get(format!("http://{addr}{path}"))
-                .header("host", "app.example.com")
+            h2.get(format!("http://app.example.com{path}"))
                 .timeout(30 * SEC)
                 .send()
                 .await
@@ -722,17 +724,23 @@ async fn sigterm_drains_in_flight_requests_while_healthz_says_503() {
     let slow = |client: reqwest::Client| {
         tokio::spawn(async move {
             client
-                .get(format!("http://{addr}/delay/2000"))
-                .header("host", "slow.example.com")
+                .get("http://slow.example.com/delay/2000")
                 .timeout(10 * SEC)
                 .send()
                 .await
                 .map(|r| (r.version(), r.status().as_u16()))
         })
     };
-    let in_flight = slow(client());
+    // The host as the URL's (HTTP/2: `:authority` only; a Host that differs is refused).
+    let in_flight = slow(
+        reqwest::Client::builder()
+            .resolve("slow.example.com", addr)
+            .build()
+            .expect("client"),
+    );
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
+        .resolve("slow.example.com", addr)
         .build()
         .expect("client");
     let in_flight_h2 = slow(h2);

@@ -48,6 +48,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::MeshConfig;
 use crate::health::{Health, SyncState};
+use crate::limits::{Cut, Gate};
 use crate::metrics::Metrics;
 use crate::table::Table;
 use identity::{MeshTls, NodeIdentity};
@@ -291,6 +292,8 @@ pub struct PeerHttp {
     /// Cancelled when the peer's certificate is revoked (stop taking its requests), and by
     /// the server when the connection ends.
     pub cancel: CancellationToken,
+    /// The connection's slot under `mesh.max_connections`: held while it is served.
+    pub slot: crate::limits::Admitted,
 }
 
 impl Mesh {
@@ -562,10 +565,11 @@ impl MeshMetrics {
     }
 }
 
-/// Run the mesh on `listener` until `shutdown`.
+/// Run the mesh on `listener` until `shutdown`, taking at most what `gate` admits.
 pub async fn run(
     mesh: Arc<Mesh>,
     listener: TcpListener,
+    gate: Gate,
     dialer: Arc<dyn Dialer>,
     health: Arc<Health>,
     shutdown: CancellationToken,
@@ -575,6 +579,7 @@ pub async fn run(
     tasks.spawn(accept_loop(
         mesh.clone(),
         listener,
+        gate,
         tasks.clone(),
         shutdown.clone(),
     ));
@@ -594,9 +599,14 @@ pub async fn run(
     info!("mesh stopped");
 }
 
+/// Accept peers' connections: at most `gate`'s (one more is closed at once and counted),
+/// each with [`CONNECT_TIMEOUT`] for its handshake (counted when it runs out); a session then
+/// ends when its peer falls silent, and a connection that forwards requests has the proxy's
+/// timeouts.
 async fn accept_loop(
     mesh: Arc<Mesh>,
     listener: TcpListener,
+    gate: Gate,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -613,7 +623,17 @@ async fn accept_loop(
                 }
             },
         };
-        let (mesh, acceptor, shutdown) = (mesh.clone(), acceptor.clone(), shutdown.clone());
+        let Some(slot) = gate.admit() else {
+            debug!(%addr, "mesh connection over mesh.max_connections closed");
+            drop(tcp);
+            continue;
+        };
+        let (mesh, acceptor, shutdown, stats) = (
+            mesh.clone(),
+            acceptor.clone(),
+            shutdown.clone(),
+            gate.stats().clone(),
+        );
         tasks.spawn(async move {
             let _ = tcp.set_nodelay(true);
             let tls = match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await {
@@ -625,6 +645,7 @@ async fn accept_loop(
                 }
                 Err(_) => {
                     mesh.metrics.handshake_failures.inc();
+                    stats.cut(Cut::HandshakeTimeout);
                     debug!(%addr, "mesh handshake timed out");
                     return;
                 }
@@ -640,6 +661,7 @@ async fn accept_loop(
             let cert = end_entity(tls.get_ref().1.peer_certificates());
             match tls.get_ref().1.alpn_protocol() {
                 Some(p) if p == identity::MESH_ALPN => {
+                    let _slot = slot;
                     let _ = session::run(mesh, tls, peer, cert, false, addr.to_string(), shutdown).await;
                 }
                 Some(b"h2" | b"http/1.1") => match mesh.peer_http.get() {
@@ -650,7 +672,7 @@ async fn accept_loop(
                             conns.retain(|(_, t)| !t.is_cancelled());
                             conns.push((cert, cancel.clone()));
                         }
-                        let _ = tx.send(PeerHttp { stream: tls, peer, cancel }).await;
+                        let _ = tx.send(PeerHttp { stream: tls, peer, cancel, slot }).await;
                     }
                     None => debug!(%addr, "peer forwarded HTTP, but this node has no proxy"),
                 },
@@ -1078,6 +1100,7 @@ mod tests {
         tokio::spawn(run(
             mesh.clone(),
             listener,
+            Gate::new(64, crate::limits::ListenerStats::default()),
             Arc::new(TcpDialer),
             Arc::new(Health::new()),
             shutdown.clone(),

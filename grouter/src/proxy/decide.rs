@@ -6,8 +6,14 @@
 //! mesh is always routed locally, never onward. A Host in this site's redirect form
 //! (`shop.nyc.apps.example.com` at `nyc`) is routed as the host it stands for.
 //!
+//! Before any of that, the edge rules (CONTRACT.md, "Edge rules"): a Host that is not a host
+//! name ([`crate::names::parse_host`]), two Hosts, or a Host that contradicts the request's
+//! authority is refused (400 `invalid_host`), so the table, a GoRouter and a `Location`
+//! never read different hosts out of one request.
+//!
 //! Must never: build a redirect target from anything but configured data and the matched
-//! route.
+//! route (a wildcard route's labels are the validated request's), plus the request's path,
+//! query and validated port.
 
 use std::sync::Arc;
 
@@ -15,6 +21,7 @@ use smallvec::SmallVec;
 
 use crate::config::RemoteMode;
 use crate::health::SyncState;
+use crate::names::{HostError, parse_host};
 use crate::table::{RouteMatch, Table};
 
 /// What to do with a request.
@@ -44,6 +51,32 @@ pub enum Decision {
     NotFound,
     /// No Host: 400 `empty_host`.
     EmptyHost,
+    /// A Host that is not a host name, or not the request's only one: 400 `invalid_host`.
+    InvalidHost(BadHost),
+}
+
+/// Why a request's host was refused as `invalid_host` (the `/metrics` reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadHost {
+    /// Not `name[:port]` with a host name ([`crate::names::parse_host`]).
+    Invalid,
+    /// Two or more Host headers (RFC 9112 §3.2: a server must answer 400).
+    Duplicate,
+    /// A Host header that names another host than the request's authority (HTTP/2's
+    /// `:authority`, RFC 9113 §8.3.1, or an HTTP/1.1 absolute-form target, RFC 9112
+    /// §3.2.2).
+    Mismatch,
+}
+
+impl BadHost {
+    /// The `reason` label of `grouter_http_refused_requests_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            BadHost::Invalid => "invalid_host",
+            BadHost::Duplicate => "duplicate_host",
+            BadHost::Mismatch => "host_mismatch",
+        }
+    }
 }
 
 /// Everything the decision depends on besides the table.
@@ -72,6 +105,8 @@ pub struct Ask<'a> {
     pub query: Option<&'a str>,
     /// A peer forwarded the request over the mesh.
     pub from_peer: bool,
+    /// The request named its host twice, or in two ways that disagree.
+    pub host_conflict: Option<BadHost>,
 }
 
 /// Decide for one request.
@@ -87,10 +122,17 @@ pub fn decide(
         path,
         query,
         from_peer,
+        host_conflict,
     } = ask;
-    if host.trim().is_empty() || crate::table::normalize_host(host).is_none() {
-        return (Decision::EmptyHost, None);
+    if let Some(bad) = host_conflict {
+        return (Decision::InvalidHost(bad), None);
     }
+    let parsed = match parse_host(host) {
+        Ok(h) => h,
+        Err(HostError::Empty) => return (Decision::EmptyHost, None),
+        Err(_) => return (Decision::InvalidHost(BadHost::Invalid), None),
+    };
+    let host: &str = &parsed.name;
     if from_peer {
         // The sending node chose this site; forwarding onward could loop.
         return (
@@ -120,8 +162,21 @@ pub fn decide(
         },
         RemoteMode::Redirect => match m.remote_sites.first() {
             Some(site) => {
-                let target = render_redirect_host(&rules.redirect_host, host, site, &rules.region);
-                let mut location = format!("{scheme}://{target}{path}");
+                // The route's own host; for a wildcard route, the (validated) host it matched.
+                let routed = if m.host.starts_with("*.") {
+                    host
+                } else {
+                    &m.host
+                };
+                let target =
+                    render_redirect_host(&rules.redirect_host, routed, site, &rules.region);
+                let mut location = format!("{scheme}://{target}");
+                if let Some(port) = parsed.port.filter(|p| !is_default_port(scheme, *p)) {
+                    location.push(':');
+                    location.push_str(itoa::Buffer::new().format(port));
+                }
+                // An origin-form path; anything else (`OPTIONS *`) would run into the host.
+                location.push_str(if path.starts_with('/') { path } else { "/" });
                 if let Some(q) = query {
                     location.push('?');
                     location.push_str(q);
@@ -137,13 +192,16 @@ pub fn decide(
     (decision, Some(m))
 }
 
+/// Whether `port` is the one `scheme` implies (RFC 9110 §4.2), so a URL need not name it.
+fn is_default_port(scheme: &str, port: u16) -> bool {
+    matches!((scheme, port), ("http", 80) | ("https", 443))
+}
+
 /// `{label}.{site}.{parent}` for `shop.apps.example.com` at `nyc` →
-/// `shop.nyc.apps.example.com`. The host is the request's, lower-cased and without port.
+/// `shop.nyc.apps.example.com`. `host` is a host name as [`parse_host`] returns it
+/// (lower-cased, without port).
 pub fn render_redirect_host(template: &str, host: &str, site: &str, region: &str) -> String {
-    let host = crate::table::normalize_host(host)
-        .map(|h| h.into_owned())
-        .unwrap_or_default();
-    let (label, parent) = host.split_once('.').unwrap_or((host.as_str(), ""));
+    let (label, parent) = host.split_once('.').unwrap_or((host, ""));
     template
         .replace("{label}", label)
         .replace("{site}", site)
@@ -212,6 +270,7 @@ mod tests {
                 path: "/cart",
                 query: Some("id=7"),
                 from_peer: false,
+                host_conflict: None,
             },
         )
         .0
@@ -257,7 +316,7 @@ mod tests {
             ),
             Decision::Redirect {
                 site: "nyc".into(),
-                location: "https://shop.nyc.apps.example.com/cart?id=7".into()
+                location: "https://shop.nyc.apps.example.com:8443/cart?id=7".into()
             }
         );
         assert_eq!(
@@ -284,9 +343,113 @@ mod tests {
             path: "/",
             query: None,
             from_peer: true,
+            host_conflict: None,
         };
         let (from_peer, _) = decide(&t, &proxy, SyncState::InSync, ask);
         assert_eq!(from_peer, Decision::Local { also: sites(&[]) });
+    }
+
+    #[test]
+    fn hosts_that_are_not_host_names_are_refused_before_any_lookup() {
+        let t = Table::new("lon-1", "lon", 1);
+        t.upsert_local(&key("local.example.com"), entry("l"));
+        remote(&t, "nyc-1", "nyc", "*.wild.example.test");
+        let redirect = rules(RemoteMode::Redirect);
+        let invalid = Decision::InvalidHost(BadHost::Invalid);
+        for host in [
+            "x.evil.com?.wild.example.test",
+            "x.evil.com#.wild.example.test",
+            "x@evil.com.wild.example.test",
+            "x evil.com.wild.example.test",
+            "x.evil.com%3f.wild.example.test",
+            "*.wild.example.test",
+            "local.example.com:99999",
+        ] {
+            assert_eq!(d(&t, &redirect, SyncState::InSync, host), invalid, "{host}");
+            // Failing open does not let them through either.
+            assert_eq!(d(&t, &redirect, SyncState::Lost, host), invalid, "{host}");
+        }
+        let ask = |host_conflict| Ask {
+            scheme: "http",
+            host: "local.example.com",
+            path: "/",
+            query: None,
+            from_peer: false,
+            host_conflict,
+        };
+        for bad in [BadHost::Duplicate, BadHost::Mismatch] {
+            let (decision, m) = decide(&t, &redirect, SyncState::InSync, ask(Some(bad)));
+            assert_eq!((decision, m), (Decision::InvalidHost(bad), None));
+        }
+    }
+
+    #[test]
+    fn redirects_are_built_from_the_route_and_keep_scheme_and_port() {
+        let t = Table::new("lon-1", "lon", 1);
+        remote(&t, "nyc-1", "nyc", "*.wild.example.test");
+        remote(&t, "nyc-1", "nyc", "shop.apps.example.com");
+        let r = rules(RemoteMode::Redirect);
+        let redirect = |scheme, host, path| {
+            let ask = Ask {
+                scheme,
+                host,
+                path,
+                query: None,
+                from_peer: false,
+                host_conflict: None,
+            };
+            match decide(&t, &r, SyncState::InSync, ask).0 {
+                Decision::Redirect { location, .. } => location,
+                other => panic!("{host}: {other:?}"),
+            }
+        };
+        let cases = [
+            (
+                "http",
+                "App.Wild.Example.Test",
+                "/",
+                "http://app.nyc.wild.example.test/",
+            ),
+            (
+                "http",
+                "a.b.wild.example.test:80",
+                "/x",
+                "http://a.nyc.b.wild.example.test/x",
+            ),
+            (
+                "http",
+                "shop.apps.example.com:8080",
+                "/",
+                "http://shop.nyc.apps.example.com:8080/",
+            ),
+            (
+                "https",
+                "shop.apps.example.com:443",
+                "/",
+                "https://shop.nyc.apps.example.com/",
+            ),
+            (
+                "https",
+                "shop.apps.example.com:80",
+                "/",
+                "https://shop.nyc.apps.example.com:80/",
+            ),
+            (
+                "http",
+                "shop.apps.example.com.",
+                "//evil.com",
+                "http://shop.nyc.apps.example.com//evil.com",
+            ),
+            (
+                "http",
+                "shop.apps.example.com",
+                "*",
+                "http://shop.nyc.apps.example.com/",
+            ),
+        ];
+        for (scheme, host, path, want) in cases {
+            assert_eq!(redirect(scheme, host, path), want, "{scheme} {host} {path}");
+        }
     }
 
     #[test]
@@ -303,6 +466,7 @@ mod tests {
             path: "/",
             query: None,
             from_peer: false,
+            host_conflict: None,
         };
         let (decision, m) = decide(&t, &r, SyncState::InSync, ask);
         assert_eq!(

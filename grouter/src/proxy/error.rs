@@ -20,6 +20,9 @@ pub enum RouterError {
     EmptyHost,
     /// Every target failed: 502 `endpoint_failure`.
     EndpointFailure,
+    /// A Host that is not a host name, or two of them: 400 `invalid_host` (CONTRACT.md,
+    /// "Edge rules").
+    InvalidHost,
 }
 
 impl RouterError {
@@ -40,6 +43,11 @@ impl RouterError {
                 StatusCode::BAD_GATEWAY,
                 "endpoint_failure",
                 "502 Bad Gateway: Registered endpoint failed to handle the request.\n".into(),
+            ),
+            RouterError::InvalidHost => (
+                StatusCode::BAD_REQUEST,
+                "invalid_host",
+                "400 Bad Request: malformed Host header\n".into(),
             ),
         }
     }

@@ -147,6 +147,7 @@ pub(super) fn decision_name(d: &Decision) -> &'static str {
         Decision::FailOpen => "fail_open",
         Decision::NotFound => "unknown_route",
         Decision::EmptyHost => "empty_host",
+        Decision::InvalidHost(_) => "invalid_host",
     }
 }
 
@@ -178,7 +179,10 @@ impl Proxy {
             Decision::Remote { sites } => {
                 return sites.iter().cloned().map(Target::Site).collect();
             }
-            Decision::Redirect { .. } | Decision::NotFound | Decision::EmptyHost => {
+            Decision::Redirect { .. }
+            | Decision::NotFound
+            | Decision::EmptyHost
+            | Decision::InvalidHost(_) => {
                 return Vec::new();
             }
         };

@@ -19,10 +19,11 @@ use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -38,7 +39,8 @@ use super::wire::{
     Chunked, Framing, Part, READ_CHUNK, ResponseHead, Upstream, connect, parse_length,
     response_head, round_trip,
 };
-use super::{HEADER_READ_TIMEOUT, Proxy, SITE_HEADER};
+use super::{Proxy, SITE_HEADER};
+use crate::limits::{Cut, Timeouts, check_period};
 use crate::table::RouteMatch;
 
 /// Request bodies up to this size are read whole before forwarding (larger ones stream
@@ -46,8 +48,6 @@ use crate::table::RouteMatch;
 pub(super) const MAX_BUFFERED_BODY: usize = 64 * 1024;
 /// Headers per message the fast path parses (more: the general path).
 const MAX_HEADERS: usize = 100;
-/// How long a keep-alive connection may sit idle between requests.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a client has to send a buffered body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Response body bytes written together with the head; more go in their own write.
@@ -67,12 +67,10 @@ where
     };
     let cancelled = shutdown.clone().cancelled_owned();
     tokio::pin!(cancelled);
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + HEADER_READ_TIMEOUT,
-        HEADER_READ_TIMEOUT,
-    );
+    let timeouts = &proxy.edge.timeouts;
+    let mut patience = Patience::new(timeouts, Instant::now());
+    let mut tick = tokio::time::interval_at(Instant::now() + patience.tick, patience.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut patience = Patience::default();
     loop {
         let plan = match c.plan(&proxy, &conn) {
             Parsed::Forward(plan) => plan,
@@ -80,13 +78,17 @@ where
             Parsed::Partial if c.buf.len() >= MAX_HEADER_BYTES => break,
             Parsed::Partial => {
                 let idle = c.buf.is_empty();
+                if !idle {
+                    patience.head_started();
+                }
                 c.buf.reserve(READ_CHUNK);
                 let read = tokio::select! {
                     biased;
                     () = cancelled.as_mut(), if idle => return close(io).await,
                     _ = tick.tick() => {
-                        if patience.expired(!idle) {
-                            debug!(client = %conn.client, "client timed out");
+                        if let Some(cut) = patience.expired(Instant::now()) {
+                            debug!(client = %conn.client, reason = cut.as_str(), "client timed out");
+                            proxy.edge.listener(&conn).cut(cut);
                             return close(io).await;
                         }
                         continue;
@@ -106,54 +108,86 @@ where
         let closing = plan.close || shutdown.is_cancelled();
         match c.exchange(&proxy, &conn, &mut io, &plan, closing).await {
             Exchanged::Done if closing => return close(io).await,
-            Exchanged::Done => patience.exchanges += 1,
+            Exchanged::Done => patience.exchanged(),
             Exchanged::Close => return close(io).await,
             Exchanged::Fallback => break,
         }
     }
-    // The general path takes the connection with every byte read and not yet used.
+    // The general path takes the connection with every byte read and not yet used; a head
+    // still being read keeps its deadline.
+    let first_by = patience.head_deadline();
     let Connection { buf, .. } = c;
-    serve_conn(proxy, Prefixed { pre: buf, io }, conn, shutdown).await;
+    serve_conn(proxy, Prefixed { pre: buf, io }, conn, shutdown, first_by).await;
 }
 
 async fn close<S: AsyncWrite + Unpin>(mut io: S) {
     let _ = io.shutdown().await;
 }
 
-/// Request-head timeouts without a timer per request: one ticker per connection, every
-/// [`HEADER_READ_TIMEOUT`], and this account of progress between ticks. A head is due
-/// within one to two header timeouts of its first byte (of the connection's start, for the
-/// first request); an idle kept-alive connection closes after [`IDLE_TIMEOUT`], to within a
-/// tick.
-#[derive(Debug, Default)]
+/// Request-head and idle timeouts without a timer per request: one ticker per connection,
+/// every [`check_period`] of the header timeout, and this account between ticks. A head is
+/// due within the header timeout of its first byte (of the connection's start, for the
+/// first request), checked to within a tick; an idle kept-alive connection closes after the
+/// idle timeout, to within a tick. The clock is read only for heads that arrive in pieces.
+#[derive(Debug)]
 struct Patience {
+    /// How often the ticker ticks.
+    tick: Duration,
+    head: Duration,
+    idle: Duration,
     /// Exchanges completed on the connection.
     exchanges: u64,
     at_last_tick: u64,
-    partial_at_last_tick: bool,
-    idle_ticks: u32,
+    /// When the head being read began: the connection's start for the first, its first
+    /// bytes for later ones; `None` between requests.
+    head_since: Option<Instant>,
+    /// Idle ticks in a row between requests, as time.
+    idle_for: Duration,
 }
 
 impl Patience {
-    /// A tick passed while waiting for a head (`partial`: part of it is in): whether the
-    /// client has run out of time.
-    fn expired(&mut self, partial: bool) -> bool {
-        let progressed = self.exchanges != self.at_last_tick;
-        self.at_last_tick = self.exchanges;
-        let expired = if progressed {
-            self.idle_ticks = 0;
-            false
-        } else if partial {
-            // Part of a head was already in a whole tick ago.
-            self.partial_at_last_tick
-        } else if self.exchanges == 0 {
-            true
+    fn new(t: &Timeouts, start: Instant) -> Patience {
+        Patience {
+            tick: check_period(t.request_header),
+            head: t.request_header,
+            idle: t.idle,
+            exchanges: 0,
+            at_last_tick: 0,
+            head_since: Some(start),
+            idle_for: Duration::ZERO,
+        }
+    }
+
+    /// The first bytes of a head are in (noted once per head).
+    fn head_started(&mut self) {
+        if self.head_since.is_none() {
+            self.head_since = Some(Instant::now());
+        }
+    }
+
+    /// An exchange completed: the next head's clock starts with its first byte.
+    fn exchanged(&mut self) {
+        self.exchanges += 1;
+        self.head_since = None;
+    }
+
+    /// When the head being read is due (now plus the header timeout if none is).
+    fn head_deadline(&self) -> Instant {
+        self.head_since.unwrap_or_else(Instant::now) + self.head
+    }
+
+    /// A tick passed at `now` while waiting for a head: why the client is cut, if it is.
+    fn expired(&mut self, now: Instant) -> Option<Cut> {
+        if let Some(since) = self.head_since {
+            return (now.saturating_duration_since(since) >= self.head).then_some(Cut::HeadTimeout);
+        }
+        if self.exchanges == self.at_last_tick {
+            self.idle_for += self.tick;
         } else {
-            self.idle_ticks += 1;
-            HEADER_READ_TIMEOUT * self.idle_ticks >= IDLE_TIMEOUT
-        };
-        self.partial_at_last_tick = partial;
-        expired
+            self.idle_for = Duration::ZERO;
+        }
+        self.at_last_tick = self.exchanges;
+        (self.idle_for >= self.idle).then_some(Cut::IdleTimeout)
     }
 }
 
@@ -197,7 +231,7 @@ struct Plan {
 
 /// What the access log line of a forwarded request needs from its head.
 struct LogStart {
-    started: Instant,
+    started: std::time::Instant,
     host: String,
     path: String,
     route: Option<RouteMatch>,
@@ -292,6 +326,7 @@ impl Connection {
             path,
             query,
             from_peer: conn.peer.is_some(),
+            host_conflict: None, // a second Host went to the general path above
         };
         let (decision, route) = proxy.decide(ask);
         if !matches!(decision, Decision::Local { .. } | Decision::FailOpen) {
@@ -333,7 +368,7 @@ impl Connection {
             decision: decision_name(&decision),
             log: proxy.access_log.then(|| {
                 Box::new(LogStart {
-                    started: Instant::now(),
+                    started: std::time::Instant::now(),
                     host: host.to_string(),
                     path: path.to_string(),
                     route,
@@ -522,8 +557,8 @@ struct Rewrite<'a> {
 
 /// The client's response head, written into `out` as the GoRouter's is parsed: its
 /// status and headers (`Transfer-Encoding` kept: the body passes as it is framed), with
-/// `X-Grouter-Site` (or without, per config) and `Connection: close` when the connection
-/// ends after it.
+/// this site's `X-Grouter-Site` in place of any the GoRouter sent (or none, per config) and
+/// `Connection: close` when the connection ends after it.
 #[allow(clippy::type_complexity)]
 fn client_head(
     buf: &[u8],
@@ -531,7 +566,6 @@ fn client_head(
     out: &mut Vec<u8>,
 ) -> Result<Option<(usize, Option<ResponseHead>)>, ()> {
     out.clear();
-    let mut has_site = false;
     let parsed = response_head(buf, rewrite.head_method, true, |part| {
         match part {
             Part::Status(code, reason) => {
@@ -542,9 +576,8 @@ fn client_head(
                 out.extend_from_slice(b"\r\n");
             }
             Part::Header(name, value) => {
-                let site = name.eq_ignore_ascii_case(SITE_HEADER);
-                has_site |= site;
-                if !site || rewrite.site_header {
+                // An app's (or GoRouter's) own `X-Grouter-Site` never reaches the client.
+                if !name.eq_ignore_ascii_case(SITE_HEADER) {
                     put_header(out, name.as_bytes(), value);
                 }
             }
@@ -552,7 +585,7 @@ fn client_head(
         Ok(())
     })?;
     if let Some((_, Some(head))) = &parsed {
-        if rewrite.site_header && !has_site {
+        if rewrite.site_header {
             put_header(out, SITE_HEADER.as_bytes(), rewrite.site.as_bytes());
         }
         if rewrite.closing || head.framing == Framing::UntilClose {
@@ -797,7 +830,7 @@ mod tests {
     #[test]
     fn response_heads_lose_hop_by_hop_headers_and_gain_the_site() {
         let (r, mut out) = rewrite(false, true);
-        let raw = b"HTTP/1.0 200 OK\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\nContent-Length: 2\r\nX-App: a\r\n\r\nok";
+        let raw = b"HTTP/1.0 200 OK\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\nContent-Length: 2\r\nX-Grouter-Site: forged\r\nX-App: a\r\n\r\nok";
         let Ok(Some((len, Some(resp)))) = client_head(raw, &r, &mut out) else {
             panic!("a final head");
         };
@@ -837,25 +870,47 @@ mod tests {
 
     #[test]
     fn slow_heads_and_idle_connections_run_out_of_patience() {
-        // The first head must begin within a tick and end within the next.
-        assert!(Patience::default().expired(false));
-        let mut p = Patience::default();
-        assert!(!p.expired(true));
-        assert!(p.expired(true));
-        // After an exchange, idle ticks add up to the idle timeout.
-        let mut p = Patience {
-            exchanges: 1,
-            ..Patience::default()
+        let t = Timeouts {
+            request_header: Duration::from_secs(8),
+            idle: Duration::from_secs(20),
+            tls_handshake: Duration::from_secs(8),
         };
-        let ticks = (IDLE_TIMEOUT.as_secs() / HEADER_READ_TIMEOUT.as_secs()) as usize;
-        let verdicts: Vec<bool> = (0..=ticks).map(|_| p.expired(false)).collect();
-        assert!(!verdicts[..ticks].iter().any(|&v| v), "{verdicts:?}");
-        assert!(verdicts[ticks], "{verdicts:?}");
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        // The first head (or nothing at all) is due 8 s after the connection's start,
+        // checked every 2 s.
+        let mut p = Patience::new(&t, start);
+        assert_eq!(p.tick, Duration::from_secs(2));
+        assert_eq!(p.expired(at(6)), None);
+        assert_eq!(p.expired(at(8)), Some(Cut::HeadTimeout));
+        assert_eq!(p.head_deadline(), at(8));
+        // After an exchange, idle ticks add up to the idle timeout.
+        let mut p = Patience::new(&t, start);
+        p.exchanged();
+        let verdicts: Vec<Option<Cut>> = (1..=11).map(|i| p.expired(at(2 * i))).collect();
+        assert_eq!(
+            verdicts[..10],
+            [None; 10],
+            "the tick that saw the exchange resets"
+        );
+        assert_eq!(
+            verdicts[10],
+            Some(Cut::IdleTimeout),
+            "idle for 20 s or more"
+        );
+        // A later head is due 8 s after its first byte, however long the idle was.
+        p.head_started();
+        let began = p.head_since.expect("noted");
+        assert_eq!(p.expired(began + Duration::from_secs(7)), None);
+        assert_eq!(
+            p.expired(began + Duration::from_secs(8)),
+            Some(Cut::HeadTimeout)
+        );
         // Progress between ticks keeps a busy connection alive.
-        let mut p = Patience::default();
-        for _ in 0..100 {
-            p.exchanges += 1;
-            assert!(!p.expired(true));
+        let mut p = Patience::new(&t, start);
+        for i in 0..100 {
+            p.exchanged();
+            assert_eq!(p.expired(at(i)), None);
         }
     }
 }

@@ -46,6 +46,8 @@ pub(super) struct Driven<C> {
     running: FuturesUnordered<Stream>,
     /// The connection's result, once it has ended.
     ended: Option<Ended>,
+    /// A stream was ever handed over: the connection speaks HTTP/2.
+    streamed: bool,
 }
 
 /// How a connection ended.
@@ -62,7 +64,16 @@ impl<C: Future<Output = Ended>> Driven<C> {
             inline,
             running: FuturesUnordered::new(),
             ended: None,
+            streamed: false,
         }
+    }
+
+    /// Streams running (or handed over and not yet polled); `None` while none ever was,
+    /// as on HTTP/1.1, which runs no streams. For the idle watchdog.
+    pub(super) fn streams(&self) -> Option<usize> {
+        let waiting = self.inline.0.lock().len();
+        let n = self.running.len() + waiting;
+        (self.streamed || n > 0).then_some(n)
     }
 
     /// The connection, while it has not ended (its streams may run on after it).
@@ -82,7 +93,11 @@ impl<C: Future<Output = Ended>> Future for Driven<C> {
             {
                 d.ended = Some(out);
             }
-            d.running.extend(d.inline.0.lock().drain(..));
+            {
+                let mut handed = d.inline.0.lock();
+                d.streamed |= !handed.is_empty();
+                d.running.extend(handed.drain(..));
+            }
             let mut finished = false;
             while let Poll::Ready(Some(())) = d.running.poll_next_unpin(cx) {
                 finished = true;

@@ -1,25 +1,27 @@
-//! The listeners: accept (at most [`MAX_CONNECTIONS`] at once), TLS with ALPN, and the
+//! The listeners: accept (at most `proxy.max_connections` at once, plain and TLS together:
+//! one more is closed at once and counted `over_limit`), TLS with ALPN (within
+//! `proxy.tls_handshake_timeout_secs`, or cut and counted `handshake_timeout`), and the
 //! connections peers hand over from the mesh. An HTTP/1.1 connection starts on the fast
-//! path (`super::h1`); HTTP/2 (by ALPN, or from a peer) goes to hyper (`super::server`).
+//! path (`super::h1`); HTTP/2 (by ALPN, or from a peer) goes to hyper (`super::server`),
+//! whose first request is due within the header timeout.
 //!
-//! Must never: keep accepting after `shutdown`, or end before the connections it accepted.
+//! Must never: keep accepting after `shutdown`, end before the connections it accepted, or
+//! let a connection wait unbounded for a handshake or a first request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::forward::Conn;
 use super::server::serve_conn;
-use super::{HEADER_READ_TIMEOUT, Proxy, h1};
-
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 20_000;
+use super::{Proxy, h1};
+use crate::limits::Cut;
 
 /// Serve plain HTTP on `listener` until `shutdown`, then drain.
 pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, shutdown: CancellationToken) {
@@ -49,12 +51,12 @@ async fn serve(
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let (scheme, gate) = match tls {
+        Some(_) => ("https", proxy.edge.https.clone()),
+        None => ("http", proxy.edge.http.clone()),
+    };
+    let timeouts = proxy.edge.timeouts;
     loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            break;
-        };
         let (tcp, client) = tokio::select! {
             () = shutdown.cancelled() => break,
             a = listener.accept() => match a {
@@ -66,21 +68,32 @@ async fn serve(
                 }
             },
         };
+        // Over the limit: closed at once (and counted), so the client hears of it and the
+        // descriptors the rest of the node needs stay free.
+        let Some(slot) = gate.admit() else {
+            debug!(%client, "connection over proxy.max_connections closed");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (proxy, tls, shutdown) = (proxy.clone(), tls.clone(), shutdown.clone());
         tracker.spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             let conn = Conn::new(client, scheme, None);
             match tls {
                 None => h1::serve(proxy, tcp, conn, shutdown).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(timeouts.tls_handshake, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                            serve_conn(proxy, stream, conn, shutdown).await;
+                            let first_by = Instant::now() + timeouts.request_header;
+                            serve_conn(proxy, stream, conn, shutdown, first_by).await;
                         }
                         Ok(Ok(stream)) => h1::serve(proxy, stream, conn, shutdown).await,
                         Ok(Err(err)) => debug!(%client, %err, "tls handshake failed"),
-                        Err(_) => debug!(%client, "tls handshake timed out"),
+                        Err(_) => {
+                            debug!(%client, "tls handshake timed out");
+                            proxy.edge.https.stats().cut(Cut::HandshakeTimeout);
+                        }
                     }
                 }
             }
@@ -123,9 +136,11 @@ pub async fn serve_peers(
                 () = linked.cancelled() => {}
             }
         });
-        let (proxy, ended) = (proxy.clone(), peer.cancel);
+        let (proxy, ended, slot) = (proxy.clone(), peer.cancel, peer.slot);
         tracker.spawn(async move {
-            serve_conn(proxy, peer.stream, conn, stop.clone()).await;
+            let _slot = slot; // the mesh listener's, until the connection ends
+            let first_by = Instant::now() + proxy.edge.timeouts.request_header;
+            serve_conn(proxy, peer.stream, conn, stop.clone(), first_by).await;
             stop.cancel();
             ended.cancel();
         });

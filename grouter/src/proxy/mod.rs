@@ -32,7 +32,8 @@
 //!    [`remote`] (other sites over the mesh).
 //! 7. `wire`: HTTP/1.1 on the wire to a GoRouter.
 //! 8. leaves: `headers` (the contract's header rules), [`error`] (own answers, and
-//!    whether a failed attempt may be retried), `body`, [`decide`] (pure).
+//!    whether a failed attempt may be retried), `body`, [`decide`] (pure), [`edge`] (the
+//!    listeners' limits and timeouts, requests that name two hosts, refusal counters).
 //!
 //! Forwarding: a request decided `Local` goes to the GoRouters (round-robin among the
 //! healthy), then to the other sites serving the route; `Remote` goes to the serving sites
@@ -47,6 +48,7 @@
 
 mod body;
 pub mod decide;
+pub mod edge;
 pub mod error;
 mod forward;
 mod h1;
@@ -60,7 +62,6 @@ pub mod upstream;
 mod wire;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::HeaderValue;
 
@@ -70,10 +71,9 @@ use decide::{Decision, Rules};
 use remote::Remotes;
 use upstream::GoRouters;
 
+pub use edge::Edge;
 pub use listen::{serve_http, serve_https, serve_peers};
 
-/// Time a client has to send its request headers (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Header telling which site served.
 const SITE_HEADER: &str = "x-grouter-site";
 
@@ -100,11 +100,13 @@ pub struct Proxy {
     site: HeaderValue,
     site_header: bool,
     access_log: bool,
+    edge: Edge,
 }
 
 impl Proxy {
     /// A proxy over `table`, failing open by `health`'s sync state; `remotes` when the node
-    /// is in a mesh.
+    /// is in a mesh; its listeners limited and timed by `edge`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         table: Arc<Table>,
         health: Arc<Health>,
@@ -113,6 +115,7 @@ impl Proxy {
         remotes: Option<Remotes>,
         site_header: bool,
         access_log: bool,
+        edge: Edge,
     ) -> Arc<Proxy> {
         let site = HeaderValue::from_str(&rules.site)
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
@@ -124,6 +127,7 @@ impl Proxy {
             site,
             site_header,
             access_log,
+            edge,
         })
     }
 

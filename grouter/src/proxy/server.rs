@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -35,28 +36,44 @@ use super::forward::{
 use super::headers::{
     MAX_HEADER_BYTES, host_of, is_upgrade, request_head, strip_hop_by_hop, upstream_headers,
 };
-use super::{HEADER_READ_TIMEOUT, Proxy, SITE_HEADER, body, h2, inline};
+use super::{Proxy, SITE_HEADER, body, h2, inline};
+use crate::limits::{Cut, Watchdog};
 
 /// Serve a connection with hyper (HTTP/1.1 or HTTP/2, by what the client speaks) until it
-/// ends or `shutdown`, then drain it.
-pub(super) async fn serve_conn<S>(proxy: Arc<Proxy>, io: S, conn: Conn, shutdown: CancellationToken)
-where
+/// ends or `shutdown`, then drain it. The first request must arrive by `first_by` (a
+/// partial HTTP/2 preface or request head is cut then); an HTTP/2 connection without
+/// streams for the idle timeout is cut (GOAWAY first); later HTTP/1.1 heads have hyper's
+/// header timeout. Every cut is counted on the connection's listener.
+pub(super) async fn serve_conn<S>(
+    proxy: Arc<Proxy>,
+    io: S,
+    conn: Conn,
+    shutdown: CancellationToken,
+    first_by: tokio::time::Instant,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let timeouts = proxy.edge.timeouts;
     let conn = Arc::new(conn);
-    let service = service_fn(move |req| {
-        let (proxy, conn) = (proxy.clone(), conn.clone());
-        // Boxed: each HTTP/2 stream is a future of its own, and a small one moves cheaply.
-        let handled: Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> =
-            Box::pin(handle(proxy, req, conn));
-        async move { Ok::<_, Infallible>(handled.await) }
-    });
+    // Requests received: the watchdog's one signal of progress (no clock per request).
+    let requests = Arc::new(AtomicU64::new(0));
+    let service = {
+        let (proxy, conn, requests) = (proxy.clone(), conn.clone(), requests.clone());
+        service_fn(move |req| {
+            requests.fetch_add(1, Ordering::Relaxed);
+            let (proxy, conn) = (proxy.clone(), conn.clone());
+            // Boxed: each HTTP/2 stream is a future of its own, and a small one moves cheaply.
+            let handled: Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> =
+                Box::pin(handle(proxy, req, conn));
+            async move { Ok::<_, Infallible>(handled.await) }
+        })
+    };
     let streams = inline::Inline::default();
     let mut builder = auto::Builder::new(streams.clone());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(timeouts.request_header)
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     builder
@@ -67,19 +84,53 @@ where
         .initial_connection_window_size(4 * 1024 * 1024);
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut driven = inline::Driven::new(served, streams);
-    tokio::select! {
-        res = &mut driven => if let Err(err) = res {
-            debug!(%err, "connection ended with an error");
-        },
-        () = shutdown.cancelled() => {
-            // Drain: finish the requests in flight, accept no new ones on this connection.
-            if let Some(served) = driven.connection() {
-                served.graceful_shutdown();
+    let mut dog = Watchdog::new(&timeouts, first_by);
+    let check = tokio::time::sleep_until(dog.next_check());
+    tokio::pin!(check);
+    let stats = proxy.edge.listener(&conn);
+    let res = loop {
+        tokio::select! {
+            res = &mut driven => break res,
+            () = &mut check => {
+                let Some(cut) = dog.check(requests.load(Ordering::Relaxed), driven.streams()) else {
+                    check.as_mut().reset(dog.next_check());
+                    continue;
+                };
+                debug!(client = %conn.client, reason = cut.as_str(), "connection timed out");
+                stats.cut(cut);
+                if cut == Cut::IdleTimeout
+                    && let Some(served) = driven.connection()
+                {
+                    // HTTP/2 without streams: GOAWAY, then close, but never wait long.
+                    served.graceful_shutdown();
+                    let _ = tokio::time::timeout(timeouts.request_header, &mut driven).await;
+                }
+                return; // dropping the connection closes it
             }
-            if let Err(err) = driven.await {
-                debug!(%err, "connection ended with an error while draining");
+            () = shutdown.cancelled() => {
+                // Drain: finish the requests in flight, accept no new ones on this connection.
+                if let Some(served) = driven.connection() {
+                    served.graceful_shutdown();
+                }
+                break (&mut driven).await;
             }
         }
+    };
+    if let Err(err) = res {
+        match err.downcast_ref::<hyper::Error>() {
+            Some(e) if e.is_timeout() => {
+                // hyper's header timeout on HTTP/1.1: a partial head, or an idle keep-alive.
+                let first = requests.load(Ordering::Relaxed) == 0;
+                stats.cut(if first {
+                    Cut::HeadTimeout
+                } else {
+                    Cut::IdleTimeout
+                });
+            }
+            Some(e) if e.is_parse() => proxy.edge.malformed(),
+            _ => {}
+        }
+        debug!(client = %conn.client, %err, "connection ended with an error");
     }
 }
 
@@ -100,18 +151,31 @@ async fn handle(
         path,
         query: parts.uri.query(),
         from_peer: conn.peer.is_some(),
+        host_conflict: super::edge::host_conflict(&parts),
     };
     let (decision, route) = proxy.decide(ask);
     let mut log = Access::new(decision_name(&decision));
+    // The other site that answered, if one did; else this site answered.
+    let mut served_by = None;
     let mut resp = match &decision {
-        Decision::EmptyHost => own_error(&mut log, &RouterError::EmptyHost),
+        Decision::EmptyHost => {
+            proxy.edge.refused(&decision);
+            own_error(&mut log, &RouterError::EmptyHost)
+        }
+        Decision::InvalidHost(_) => {
+            proxy.edge.refused(&decision);
+            own_error(&mut log, &RouterError::InvalidHost)
+        }
         Decision::NotFound => own_error(&mut log, &RouterError::UnknownRoute(host.to_string())),
         Decision::Redirect { location, .. } => error::redirect(location),
         Decision::Local { .. } | Decision::FailOpen | Decision::Remote { .. } => {
             let targets = proxy.targets(&decision);
             let mut codec = General::new(&proxy, &parts, body, &conn, host);
             match forward(&proxy.gorouters, targets, false, &mut codec, &mut log).await {
-                Forwarded::Response(resp) => resp,
+                Forwarded::Response(resp) => {
+                    served_by = super::edge::served_by(&log.upstream);
+                    resp
+                }
                 Forwarded::Failed | Forwarded::Handoff => RouterError::EndpointFailure.response(),
             }
         }
@@ -121,9 +185,11 @@ async fn handle(
     {
         bridge_upgrade(client_upgrade, &mut resp);
     }
-    if proxy.site_header && !resp.headers().contains_key(SITE_HEADER) {
-        resp.headers_mut().insert(SITE_HEADER, proxy.site.clone());
-    } else if !proxy.site_header {
+    // Always ours: this site, or the site whose node we sent the request to; never an app's.
+    if proxy.site_header {
+        let site = served_by.unwrap_or_else(|| proxy.site.clone());
+        resp.headers_mut().insert(SITE_HEADER, site);
+    } else {
         resp.headers_mut().remove(SITE_HEADER);
     }
     if proxy.access_log {
