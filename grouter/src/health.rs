@@ -62,6 +62,15 @@ impl Health {
         }
     }
 
+    /// A node with a mesh, before it has heard from any other site: `lost` (it holds no
+    /// other site's routes, so failing open to the local GoRouters is the honest answer)
+    /// until the mesh counts its first verified contact. Never `in_sync` before that.
+    pub fn meshed() -> Health {
+        let h = Health::new();
+        h.sync.store(SyncState::Lost as u8, Ordering::Release);
+        h
+    }
+
     /// Whether the node is shutting down (health checks then say 503).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)

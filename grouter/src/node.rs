@@ -67,7 +67,13 @@ impl NodeState {
         let metrics = Arc::new(Metrics::new());
         NodeState {
             table: Arc::new(Table::new(&config.node_id, &config.site, generation)),
-            health: Arc::new(Health::new()),
+            // With a mesh the node has heard from no other site yet: `lost` from the first
+            // instant, until the first verified partition of another site arrives.
+            health: Arc::new(if config.mesh.is_some() {
+                Health::meshed()
+            } else {
+                Health::new()
+            }),
             learn_metrics: Arc::new(LearnMetrics::new(&metrics)),
             dns_metrics: Arc::new(DnsMetrics::new(&metrics)),
             mesh_metrics: Arc::new(MeshMetrics::new(&metrics)),
@@ -290,16 +296,13 @@ pub async fn run(
             state.mesh_metrics.clone(),
             settings,
             trust,
+            state.health.clone(),
         );
         let _ = state.mesh.set(mesh.clone());
-        let (health, dialer, token) = (
-            state.health.clone(),
-            listeners.dialer.clone(),
-            stop.child_token(),
-        );
+        let (dialer, token) = (listeners.dialer.clone(), stop.child_token());
         let gate = crate::limits::Gate::new(limits.mesh, state.metrics.listener_stats("mesh"));
         tasks.spawn(async move {
-            crate::mesh::run(mesh, listener, gate, dialer, health, token).await;
+            crate::mesh::run(mesh, listener, gate, dialer, token).await;
             ("mesh", Ok(()))
         });
     }
@@ -454,6 +457,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::health::SyncState;
 
     #[test]
     fn a_scrape_shows_every_subsystems_counters_at_zero_even_without_mesh_or_dns() {
@@ -489,6 +493,38 @@ token_file = "admin.token"
             "grouter_mesh_handshake_failures_total 0",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
+
+    /// Issue 12: the sync state is the honest one from the first instant, before any task
+    /// runs: a node alone is `in_sync`, a node with a mesh has heard from nobody (`lost`).
+    #[test]
+    fn a_node_with_a_mesh_starts_lost_and_one_without_starts_in_sync() {
+        let base = r#"
+node_id = "lon-1"
+site = "lon"
+[nats]
+servers = ["127.0.0.1:4222"]
+[gorouters]
+addresses = ["127.0.0.1:8081"]
+[proxy]
+http_listen = "127.0.0.1:8080"
+[admin]
+listen = "127.0.0.1:9090"
+token_file = "admin.token"
+"#;
+        let mesh = "[mesh]\nlisten = \"127.0.0.1:7946\"\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n";
+        for (extra, sync) in [("", SyncState::InSync), (mesh, SyncState::Lost)] {
+            let config = Config::from_toml(
+                &format!("{base}{extra}"),
+                Path::new("n.toml"),
+                Path::new("/etc/grouter"),
+            );
+            let Ok(config) = config else {
+                panic!("config: {config:?}");
+            };
+            let state = NodeState::new(&config, "t".into(), 1);
+            assert_eq!(state.health.sync(), sync, "with {extra:?}");
         }
     }
 }

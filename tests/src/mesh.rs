@@ -446,3 +446,45 @@ async fn a_misbehaving_peer_changes_nothing() {
         vec![("lon".to_string(), true)]
     );
 }
+
+/// Issue 12, the start-up transition: a node never says `lost` (and fails open) while it
+/// holds another site's routes. Right after start it holds none and says `lost`; the moment
+/// the peer's partition is imported, it is in sync (before the fix, the sync state followed
+/// only at the failure detector's next tick).
+#[tokio::test]
+async fn a_starting_node_is_in_sync_as_soon_as_it_holds_a_peers_routes() {
+    let ca = MeshCa::new();
+    let (lon_bus, nyc_bus) = (NatsServer::start(), NatsServer::start());
+    let nyc = Node::builder("nyc-1", "nyc")
+        .nats(&nyc_bus.url())
+        .mesh(&ca, &[])
+        .start()
+        .await;
+    assert_eq!(
+        nyc.sync_state().await,
+        "lost",
+        "alone, from the first answer"
+    );
+    let nyc_client = nyc_bus.client().await;
+    nyc.register_until_routed(
+        &nyc_client,
+        &registration("10.1.0.1", 1, "nyc-app.example.com", "n"),
+        "nyc-app.example.com",
+    )
+    .await;
+    let lon = Node::builder("lon-1", "lon")
+        .nats(&lon_bus.url())
+        .mesh(&ca, &[nyc.mesh_addr()])
+        .start()
+        .await;
+    // Polled as fast as the admin API answers: the first answer that lists nyc's route is
+    // followed by a status that is in sync.
+    let sync = wait_until(10 * SEC, "nyc's route at lon", || async {
+        lon.route("nyc-app.example.com", "").await?;
+        Some(lon.sync_state().await)
+    })
+    .await;
+    assert_eq!(sync, "in_sync");
+    let (_, healthz) = lon.get("/healthz").await.expect("healthz");
+    assert!(healthz.contains(r#""sync":"in_sync""#), "{healthz}");
+}

@@ -15,7 +15,9 @@
 //! the targets membership names (with back-off), closing the connection membership says
 //! lost, the heartbeat that travels in this node's record, and the periodic step that
 //! assesses liveness, retires the long dead, sets the sync state and the site order, and
-//! purges old tombstones. Membership sits behind the mesh's one lock, which is never held
+//! purges old tombstones; until the node is in sync, a session that applies a verified delta
+//! runs that assessment at once (first contact counts without waiting for the tick).
+//! Membership sits behind the mesh's one lock, which is never held
 //! across an `.await` or while the table is read. A dialled peer must present the
 //! certificate of the node whose record advertises the address; with `mesh.crl`, a loop
 //! reloads the CRL and closes the connections of peers it revokes.
@@ -280,6 +282,12 @@ pub struct Mesh {
     membership: Mutex<Membership<Arc<PeerLink>>>,
     /// Where connections from peers that forward HTTP go (set by the proxy).
     peer_http: OnceLock<mpsc::Sender<PeerHttp>>,
+    /// The node's health: the mesh writes its sync state and reads whether it can serve.
+    health: Arc<Health>,
+    /// Held through one assessment (snapshot, detector, sync state), so that two of them
+    /// (the periodic one and a session's after first contact) never interleave: a verdict
+    /// from an older snapshot would otherwise overwrite a newer one.
+    assessing: Mutex<()>,
 }
 
 /// A connection on which a peer forwards HTTP requests (ALPN `h2` or `http/1.1`).
@@ -313,12 +321,13 @@ impl Mesh {
         self.peer_http.set(tx).ok().map(|()| rx)
     }
 
-    /// A mesh for `table`, authenticated by `tls`.
+    /// A mesh for `table`, authenticated by `trust`, that keeps `health`'s sync state.
     pub fn new(
         table: Arc<Table>,
         metrics: Arc<MeshMetrics>,
         settings: MeshSettings,
         trust: MeshTrust,
+        health: Arc<Health>,
     ) -> Arc<Mesh> {
         let tls = trust.tls().clone();
         let detector = Detector::new(settings.timeouts);
@@ -338,7 +347,37 @@ impl Mesh {
             peer_http_conns: Mutex::new(Vec::new()),
             membership: Mutex::new(membership),
             peer_http: OnceLock::new(),
+            health,
+            assessing: Mutex::new(()),
         })
+    }
+
+    /// Assess liveness at `now`: log verdict changes, retire the long dead, set the sync
+    /// state and the site order.
+    fn assess(&self, now: Instant) {
+        let _one_at_a_time = self.assessing.lock();
+        let partitions = self.table.partitions();
+        let assessment = self.membership.lock().assess(&partitions, now);
+        for (node_id, state) in &assessment.transitions {
+            info!(node = %node_id, state = state.as_str(), "mesh node state changed");
+        }
+        for node_id in &assessment.to_retire {
+            if self.table.retire(node_id) {
+                info!(node = %node_id, "dead node's partition retired");
+            }
+        }
+        self.health.set_sync(assessment.sync);
+        self.table.set_site_order(rank_sites(self));
+    }
+
+    /// A peer's verified delta changed the table. Until the node is in sync that contact
+    /// counts at once, not at the detector's next tick: otherwise a node that has just
+    /// imported another site's routes would say `lost` (and fail open) while holding them.
+    /// In sync, nothing can improve, so the common case costs one atomic load.
+    fn heard_from_peer(&self) {
+        if self.health.sync() != SyncState::InSync {
+            self.assess(Instant::now());
+        }
     }
 
     /// Current connections, sorted by peer.
@@ -571,11 +610,9 @@ pub async fn run(
     listener: TcpListener,
     gate: Gate,
     dialer: Arc<dyn Dialer>,
-    health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
     let tasks = TaskTracker::new();
-    health.set_sync(SyncState::Lost);
     tasks.spawn(accept_loop(
         mesh.clone(),
         listener,
@@ -589,7 +626,7 @@ pub async fn run(
         tasks.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(heartbeat_loop(mesh.clone(), health, shutdown.clone()));
+    tasks.spawn(heartbeat_loop(mesh.clone(), shutdown.clone()));
     if mesh.tls.crl_path().is_some() {
         tasks.spawn(crl_loop(mesh.clone(), shutdown.clone()));
     }
@@ -803,7 +840,7 @@ fn rank_sites(mesh: &Mesh) -> Vec<Arc<str>> {
 }
 
 /// Beat, assess liveness, retire the long dead, set the sync state, forget old tombstones.
-async fn heartbeat_loop(mesh: Arc<Mesh>, health: Arc<Health>, shutdown: CancellationToken) {
+async fn heartbeat_loop(mesh: Arc<Mesh>, shutdown: CancellationToken) {
     // Liveness is assessed every DETECTOR_TICK, heartbeats go out every heartbeat_interval:
     // a verdict then lags the silence by at most one tick, not one heartbeat.
     let mut tick = tokio::time::interval(DETECTOR_TICK.min(mesh.settings.heartbeat_interval));
@@ -825,21 +862,10 @@ async fn heartbeat_loop(mesh: Arc<Mesh>, health: Arc<Health>, shutdown: Cancella
                 r.advertise.clone_from(&s.advertise);
                 r.region.clone_from(&s.region);
                 r.site_addresses.clone_from(&s.site_addresses);
-                r.healthy = health.can_serve();
+                r.healthy = mesh.health.can_serve();
             });
         }
-        let partitions = mesh.table.partitions();
-        let assessment = mesh.membership.lock().assess(&partitions, now);
-        for (node_id, state) in &assessment.transitions {
-            info!(node = %node_id, state = state.as_str(), "mesh node state changed");
-        }
-        for node_id in &assessment.to_retire {
-            if mesh.table.retire(node_id) {
-                info!(node = %node_id, "dead node's partition retired");
-            }
-        }
-        health.set_sync(assessment.sync);
-        mesh.table.set_site_order(rank_sites(&mesh));
+        mesh.assess(now);
 
         // Tombstones: purge what was deleted before the grace period.
         let versions = || {
@@ -1038,7 +1064,7 @@ pub(crate) mod test_support {
             &lon.join(identity::NODE_KEY_FILE),
         )
         .unwrap();
-        let mesh = Mesh::new(table, metrics, settings, trust);
+        let mesh = Mesh::new(table, metrics, settings, trust, Arc::new(Health::meshed()));
         Impostor {
             mesh,
             impostor,
@@ -1096,13 +1122,12 @@ mod tests {
             &dir.join(identity::NODE_KEY_FILE),
         )
         .unwrap();
-        let mesh = Mesh::new(table, metrics, settings, trust);
+        let mesh = Mesh::new(table, metrics, settings, trust, Arc::new(Health::meshed()));
         tokio::spawn(run(
             mesh.clone(),
             listener,
             Gate::new(64, crate::limits::ListenerStats::default()),
             Arc::new(TcpDialer),
-            Arc::new(Health::new()),
             shutdown.clone(),
         ));
         (mesh, addr)

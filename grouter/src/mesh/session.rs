@@ -4,7 +4,8 @@
 //! table changes, periodic digests (which repair whatever a push missed), RTT from pings,
 //! and closing a connection that stays silent.
 //!
-//! The reader runs in its own task and applies deltas itself, so a session never stops
+//! The reader runs in its own task and applies deltas itself (a delta that changed the table
+//! counts as contact at once while the node is not in sync), so a session never stops
 //! reading because it is busy writing: two peers pushing large deltas at each other cannot
 //! deadlock on full socket buffers.
 //!
@@ -193,6 +194,9 @@ where
                                 apply()
                             };
                             mesh.count_applied(&link, &applied);
+                            if applied.changed > 0 {
+                                mesh.heard_from_peer();
+                            }
                         }
                         Body::Digest(d) => {
                             if control_tx.send(Control::Digest(d)).await.is_err() {
@@ -323,6 +327,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::health::SyncState;
     use crate::mesh::MeshSettings;
     use crate::mesh::identity;
     use crate::mesh::liveness::Timeouts;
@@ -366,7 +371,13 @@ mod tests {
         };
         let table = Arc::new(Table::new(node, site, 1));
         let metrics = Arc::new(crate::mesh::MeshMetrics::new(&Metrics::new()));
-        Mesh::new(table, metrics, settings, trust)
+        Mesh::new(
+            table,
+            metrics,
+            settings,
+            trust,
+            Arc::new(crate::health::Health::meshed()),
+        )
     }
 
     /// One end of a connection: `mesh` talking to `peer` over `stream`.
@@ -509,6 +520,44 @@ mod tests {
             sites(t, "two.example.com").is_some()
         })
         .await;
+        shutdown.cancel();
+    }
+
+    /// Issue 12: contact counts as soon as the first verified delta arrives, not at the
+    /// failure detector's next tick (which these sessions never run): a node that holds
+    /// another site's routes never says `lost` while holding them.
+    #[tokio::test]
+    async fn the_first_verified_delta_from_another_site_ends_lost_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let lon = mesh(dir.path(), "lon-1", "lon");
+        let nyc = mesh(dir.path(), "nyc-1", "nyc");
+        assert_eq!(lon.health.sync(), SyncState::Lost, "before any contact");
+        nyc.table.upsert_local(&key("shop.example.com"), route("a"));
+        let (lon_io, nyc_io) = tokio::io::duplex(64 * 1024);
+        let shutdown = CancellationToken::new();
+        let _ends = (
+            end(&lon, lon_io, &nyc, true, &shutdown),
+            end(&nyc, nyc_io, &lon, false, &shutdown),
+        );
+        until(&lon.table, "nyc's route at lon", |t| {
+            sites(t, "shop.example.com").is_some()
+        })
+        .await;
+        assert_eq!(lon.health.sync(), SyncState::InSync);
+        // A peer of the same site is no contact with another site.
+        let lon2 = mesh(dir.path(), "lon-2", "lon");
+        lon2.table.upsert_local(&key("two.example.com"), route("b"));
+        let fresh = mesh(dir.path(), "lon-3", "lon");
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let _same_site = (
+            end(&fresh, a, &lon2, true, &shutdown),
+            end(&lon2, b, &fresh, false, &shutdown),
+        );
+        until(&fresh.table, "lon-2's route at lon-3", |t| {
+            t.lookup("two.example.com", "/").is_some()
+        })
+        .await;
+        assert_eq!(fresh.health.sync(), SyncState::Lost);
         shutdown.cancel();
     }
 }
