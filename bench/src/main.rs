@@ -726,8 +726,14 @@ mod mesh_bench {
     /// A route entry shaped like the learner's: app GUID, app name, endpoint counts.
     fn bench_entry(site: usize, route: usize, endpoints: u32) -> RouteEntry {
         RouteEntry {
-            app_id: format!("{route:08x}-5e1c-4c1e-9a77-{site:012x}").into(),
-            app_name: Some(format!("app-{route}").into()),
+            app: std::sync::Arc::new(
+                grouter::table::App::new(grouter::table::AppFields {
+                    id: &format!("{route:08x}-5e1c-4c1e-9a77-{site:012x}"),
+                    name: Some(&format!("app-{route}")),
+                    ..Default::default()
+                })
+                .unwrap_or_default(),
+            ),
             endpoints,
             instances: endpoints,
             updated_at_ms: 1_714_380_000_000 + route as u64,

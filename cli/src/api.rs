@@ -344,11 +344,16 @@ pub struct AppsBody {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct App {
-    /// The app's id (Cloud Foundry's app guid).
+    /// The app's identity across foundations: `org/space/name` when route-emitter tagged
+    /// all three, else its GUID (the same app has another GUID at every foundation).
     #[serde(deserialize_with = "nullable")]
     pub app_id: String,
     /// From the `app_name` tag; `None` when no endpoint carried one.
     pub name: Option<String>,
+    /// From the `organization_name` tag.
+    pub org: Option<String>,
+    /// From the `space_name` tag.
+    pub space: Option<String>,
     /// `host` or `host/path` routes.
     #[serde(deserialize_with = "nullable")]
     pub routes: Vec<String>,
@@ -370,6 +375,9 @@ pub struct AppSite {
     /// Instances (endpoints) at that site.
     #[serde(deserialize_with = "nullable")]
     pub instances: u64,
+    /// The app's GUIDs at that site's foundation (one, unless it was re-created).
+    #[serde(deserialize_with = "nullable")]
+    pub app_guids: Vec<String>,
 }
 
 /// `GET /v1/peers`, whose shape is not fixed yet: `{"peers": [...]}` or a bare array.

@@ -32,9 +32,9 @@ pub const SITES_HEADERS: [&str; 6] = ["site", "region", "healthy", "rtt", "route
 /// Headers of `gcf routes`.
 pub const ROUTES_HEADERS: [&str; 4] = ["host", "path", "app", "sites"];
 /// Headers of `gcf apps`.
-pub const APPS_HEADERS: [&str; 5] = ["name", "app_id", "sites", "instances", "routes"];
+pub const APPS_HEADERS: [&str; 6] = ["name", "org", "space", "sites", "instances", "routes"];
 /// Headers of the per-site table of `gcf app`.
-pub const APP_SITES_HEADERS: [&str; 2] = ["site", "instances"];
+pub const APP_SITES_HEADERS: [&str; 3] = ["site", "instances", "app guid"];
 
 /// A client for the saved target, or the cf-like "No API endpoint set" error.
 pub fn connect(config: &Path) -> Result<Client> {
@@ -254,13 +254,16 @@ pub fn apps(client: &Client, site: Option<&str>, json: bool, out: &mut dyn Write
     print_table(&APPS_HEADERS, &app_rows(&apps.apps), "No apps found.", out)
 }
 
-/// Rows of `gcf apps`, the global `cf apps`: `shop  5e1c…  lon, nyc  lon:2 nyc:3  routes`.
+/// Rows of `gcf apps`, the global `cf apps`, one per app across foundations:
+/// `shop  acme  prod  lon, nyc  lon:2 nyc:3  routes` (an app without org and space tags is
+/// its own row per GUID, with `-` for them).
 pub fn app_rows(apps: &[App]) -> Vec<Vec<String>> {
     apps.iter()
         .map(|a| {
             vec![
                 app_name(a).to_owned(),
-                a.app_id.clone(),
+                opt(a.org.as_deref()),
+                opt(a.space.as_deref()),
                 a.sites
                     .iter()
                     .map(|s| s.site.as_str())
@@ -283,6 +286,18 @@ fn app_name(app: &App) -> &str {
         .as_deref()
         .filter(|n| !n.is_empty())
         .unwrap_or(&app.app_id)
+}
+
+/// `org/space/name` of a tagged app, else its id: what names it unambiguously.
+fn qualified(app: &App) -> String {
+    match (
+        app.org.as_deref(),
+        app.space.as_deref(),
+        app.name.as_deref(),
+    ) {
+        (Some(org), Some(space), Some(name)) => format!("{org}/{space}/{name}"),
+        _ => app.app_id.clone(),
+    }
 }
 
 /// `gcf app NAME`.
@@ -310,10 +325,21 @@ struct RawApps {
     apps: Vec<JsonText>,
 }
 
-/// Index of the app called `name`: an exact app id wins; otherwise the name must match
-/// exactly one app (names are not unique across foundations, ids are).
+/// Index of the app called `name`: its id (`org/space/name` for a tagged app, else its
+/// GUID), `org/space/name`, or one of its GUIDs at any site wins; otherwise the name must
+/// match exactly one app (names are not unique across orgs and spaces).
 pub fn find_app(apps: &[App], name: &str) -> Result<usize> {
-    if let Some(i) = apps.iter().position(|a| a.app_id == name) {
+    if let Some(i) = apps
+        .iter()
+        .position(|a| a.app_id == name || qualified(a) == name)
+    {
+        return Ok(i);
+    }
+    if let Some(i) = apps.iter().position(|a| {
+        a.sites
+            .iter()
+            .any(|s| s.app_guids.iter().any(|g| g == name))
+    }) {
         return Ok(i);
     }
     let matches: Vec<usize> = (0..apps.len())
@@ -323,9 +349,10 @@ pub fn find_app(apps: &[App], name: &str) -> Result<usize> {
         [] => Err(anyhow!("App '{name}' not found.")),
         [i] => Ok(*i),
         many => {
-            let ids: Vec<&str> = many.iter().map(|&i| apps[i].app_id.as_str()).collect();
+            let ids: Vec<String> = many.iter().map(|&i| qualified(&apps[i])).collect();
             Err(anyhow!(
-                "App name '{name}' is ambiguous: app ids {}. Use 'gcf app APP_ID'.",
+                "App name '{name}' is ambiguous: it names {} apps: {}. Use 'gcf app ORG/SPACE/NAME' (or an app GUID).",
+                ids.len(),
                 ids.join(", ")
             ))
         }
@@ -338,6 +365,8 @@ pub fn app_detail(app: &App) -> String {
     let total: u64 = app.sites.iter().map(|s| s.instances).sum();
     let pairs = vec![
         ("name", app_name(app).to_owned()),
+        ("org", opt(app.org.as_deref())),
+        ("space", opt(app.space.as_deref())),
         ("app id", or_missing(&app.app_id)),
         (
             "routes",
@@ -370,7 +399,17 @@ pub fn app_detail(app: &App) -> String {
         let rows: Vec<Vec<String>> = app
             .sites
             .iter()
-            .map(|s| vec![s.site.clone(), s.instances.to_string()])
+            .map(|s| {
+                vec![
+                    s.site.clone(),
+                    s.instances.to_string(),
+                    if s.app_guids.is_empty() {
+                        MISSING.to_owned()
+                    } else {
+                        s.app_guids.join(", ")
+                    },
+                ]
+            })
             .collect();
         out.push_str(&table::render(&APP_SITES_HEADERS, &rows));
     }
@@ -538,13 +577,15 @@ mod tests {
             {"site":"sgp","endpoints":1,"local":false,"nodes":["sgp-1"],"updated_at":1}]}]}"#;
 
     const APPS_JSON: &str = r#"{"apps":[
-        {"app_id":"5e1c-aa","name":"shop","routes":["shop.apps.example.com","shop.apps.example.com/cart"],
-         "sites":[{"site":"lon","instances":2},{"site":"nyc","instances":3}],
+        {"app_id":"acme/prod/shop","name":"shop","org":"acme","space":"prod",
+         "routes":["shop.apps.example.com","shop.apps.example.com/cart"],
+         "sites":[{"site":"lon","instances":2,"app_guids":["5e1c-aa"]},
+                  {"site":"nyc","instances":3,"app_guids":["9f00-bb"]}],
          "policy":{"remote":"proxy","sites":["lon","nyc"]}},
-        {"app_id":"77b0","name":null,"routes":["*.apps.example.com/api"],
-         "sites":[{"site":"sgp","instances":1}],"policy":null},
-        {"app_id":"dup-1","name":"twin","routes":[],"sites":[],"policy":{}},
-        {"app_id":"dup-2","name":"twin","routes":[],"sites":[],"policy":{}}]}"#;
+        {"app_id":"77b0","name":null,"org":null,"space":null,"routes":["*.apps.example.com/api"],
+         "sites":[{"site":"sgp","instances":1,"app_guids":["77b0"]}],"policy":null},
+        {"app_id":"acme/prod/twin","name":"twin","org":"acme","space":"prod","routes":[],"sites":[],"policy":{}},
+        {"app_id":"beta/dev/twin","name":"twin","org":"beta","space":"dev","routes":[],"sites":[],"policy":{}}]}"#;
 
     fn rows(lines: &[&[&str]]) -> Vec<Vec<String>> {
         lines
@@ -638,37 +679,46 @@ uptime:         1h 2m 3s
             got[0],
             rows(&[&[
                 "shop",
-                "5e1c-aa",
+                "acme",
+                "prod",
                 "lon, nyc",
                 "lon:2 nyc:3",
                 "shop.apps.example.com, shop.apps.example.com/cart"
             ]])[0]
         );
-        // No name: the app id stands in.
-        assert_eq!(got[1][0], "77b0");
+        // No name: the app id (its GUID) stands in; no org or space tags.
+        assert_eq!(got[1][..3], ["77b0", "-", "-"]);
         let text = table::render(&APPS_HEADERS, &got[..2]);
         assert!(
-            text.starts_with("name  app_id   sites     instances    routes\n"),
+            text.starts_with("name  org   space  sites     instances    routes\n"),
             "{text}"
         );
     }
 
+    /// Issue 12: `gcf app` takes a name, `org/space/name` or any site's GUID, and says
+    /// clearly when a name is ambiguous across orgs and spaces.
     #[test]
-    fn find_app_by_name_or_id() {
+    fn find_app_by_name_qualified_name_or_guid() {
         let body: AppsBody = serde_json::from_str(APPS_JSON).unwrap();
         assert_eq!(find_app(&body.apps, "shop").unwrap(), 0);
+        assert_eq!(find_app(&body.apps, "acme/prod/shop").unwrap(), 0);
+        // Each foundation's GUID names the one app.
         assert_eq!(find_app(&body.apps, "5e1c-aa").unwrap(), 0);
+        assert_eq!(find_app(&body.apps, "9f00-bb").unwrap(), 0);
         assert_eq!(find_app(&body.apps, "77b0").unwrap(), 1);
-        assert_eq!(find_app(&body.apps, "dup-2").unwrap(), 3);
+        assert_eq!(find_app(&body.apps, "beta/dev/twin").unwrap(), 3);
         assert_eq!(
             find_app(&body.apps, "nope").unwrap_err().to_string(),
             "App 'nope' not found."
         );
-        // Names are not unique across foundations: ask for the id instead of guessing.
+        assert!(find_app(&body.apps, "beta/prod/twin").is_err());
+        // Names are not unique across orgs and spaces: ask for the full name instead of
+        // guessing.
         let err = find_app(&body.apps, "twin").unwrap_err().to_string();
-        assert!(
-            err.contains("ambiguous") && err.contains("dup-1, dup-2"),
-            "{err}"
+        assert_eq!(
+            err,
+            "App name 'twin' is ambiguous: it names 2 apps: acme/prod/twin, beta/dev/twin. \
+             Use 'gcf app ORG/SPACE/NAME' (or an app GUID)."
         );
         // A missing name never matches the empty string.
         assert!(find_app(&[App::default()], "x").is_err());
@@ -679,15 +729,17 @@ uptime:         1h 2m 3s
         let body: AppsBody = serde_json::from_str(APPS_JSON).unwrap();
         let want = "\
 name:        shop
-app id:      5e1c-aa
+org:         acme
+space:       prod
+app id:      acme/prod/shop
 routes:      shop.apps.example.com, shop.apps.example.com/cart
 sites:       lon, nyc
 instances:   5
 policy:      remote=proxy, sites=lon, nyc
 
-site  instances
-lon   2
-nyc   3
+site  instances  app guid
+lon   2          5e1c-aa
+nyc   3          9f00-bb
 ";
         assert_eq!(app_detail(&body.apps[0]), want);
         let none = app_detail(&body.apps[2]);
@@ -880,7 +932,7 @@ shop.apps.example.com        5e1c-aa  lon* (2), nyc (3)
         assert!(text.starts_with("name:        shop\n"), "{text}");
         let text = output(|out| app(&client, "shop", true, out));
         assert!(
-            text.starts_with("{\n  \"app_id\": \"5e1c-aa\",\n  \"name\": \"shop\""),
+            text.starts_with("{\n  \"app_id\": \"acme/prod/shop\",\n  \"name\": \"shop\""),
             "{text}"
         );
         let mut sink = Vec::new();

@@ -104,9 +104,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show one app (by name or app id) and its instances per site.
+    /// Show one app (by name, ORG/SPACE/NAME or app GUID) and its instances per site.
     App {
-        /// App name or app id.
+        /// App name, ORG/SPACE/NAME (when a name is in several orgs or spaces), or the
+        /// app's GUID at any site.
         name: String,
         /// Print the app's JSON instead of a table.
         #[arg(long)]

@@ -21,8 +21,14 @@ fn build() -> Table {
             _ => format!("app-{i}.apps.example.com"),
         };
         let entry = RouteEntry {
-            app_id: format!("{i:08x}-5e1c-4c1e-9a77-0f3b2d1a9c10").into(),
-            app_name: Some(format!("app-{i}").into()),
+            app: std::sync::Arc::new(
+                grouter::table::App::new(grouter::table::AppFields {
+                    id: &format!("{i:08x}-5e1c-4c1e-9a77-0f3b2d1a9c10"),
+                    name: Some(&format!("app-{i}")),
+                    ..Default::default()
+                })
+                .unwrap(),
+            ),
             endpoints: 2,
             instances: 2,
             updated_at_ms: 0,

@@ -318,6 +318,7 @@ fn route_json(view: &RouteView, site_filter: Option<&str>) -> Option<Value> {
         local: bool,
         nodes: Vec<&'a str>,
         updated_at: u64,
+        segment: Option<&'a str>,
     }
     let mut sites: BTreeMap<&str, Site<'_>> = BTreeMap::new();
     let mut app_id: Option<&str> = None;
@@ -332,8 +333,11 @@ fn route_json(view: &RouteView, site_filter: Option<&str>) -> Option<Value> {
         site.local = origin.local_site;
         site.nodes.push(&origin.node_id);
         site.updated_at = site.updated_at.max(entry.updated_at_ms);
+        if site.segment.is_none() {
+            site.segment = entry.app.segment();
+        }
         if app_id.is_none() || origin.local_site {
-            app_id = Some(&entry.app_id);
+            app_id = Some(entry.app.id());
         }
     }
     if sites.is_empty() {
@@ -349,6 +353,7 @@ fn route_json(view: &RouteView, site_filter: Option<&str>) -> Option<Value> {
                 "local": s.local,
                 "nodes": s.nodes,
                 "updated_at": s.updated_at,
+                "isolation_segment": s.segment,
             })
         })
         .collect();
@@ -360,28 +365,50 @@ fn route_json(view: &RouteView, site_filter: Option<&str>) -> Option<Value> {
     }))
 }
 
-/// The global `cf apps`: every app, its routes, and its instances per site.
+/// The global `cf apps`: every app, its routes, and its instances per site. An app is
+/// grouped by its identity across foundations, `(org, space, name)` from route-emitter's
+/// tags (the same app has another GUID at every site), and by its GUID when any of the
+/// three is missing. `app_id` is that identity as one string (`org/space/name`, or the
+/// GUID); the GUIDs are listed per site.
 fn apps(state: &AdminState, params: &BTreeMap<String, String>) -> Value {
+    /// How apps are grouped: tagged ones by identity, the rest by GUID (after them).
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    enum Key<'a> {
+        Identity(&'a str, &'a str, &'a str),
+        Guid(&'a str),
+    }
     #[derive(Default)]
     struct App<'a> {
         name: Option<&'a str>,
+        org: Option<&'a str>,
+        space: Option<&'a str>,
         routes: Vec<String>,
-        /// site → instances (the largest count any route of the app reports there).
-        sites: BTreeMap<&'a str, u32>,
+        /// site → GUID → instances (the largest count any route of the app reports).
+        sites: BTreeMap<&'a str, BTreeMap<&'a str, u32>>,
     }
     let views = state.table.routes(None);
-    let mut apps: BTreeMap<&str, App<'_>> = BTreeMap::new();
+    let mut apps: BTreeMap<Key<'_>, App<'_>> = BTreeMap::new();
     for v in &views {
         for (origin, entry) in v.servers.iter().filter(|(o, _)| o.is_alive()) {
-            let app = apps.entry(&entry.app_id).or_default();
-            if app.name.is_none() {
-                app.name = entry.app_name.as_deref();
-            }
+            let who = &entry.app;
+            let key = match who.identity() {
+                Some((org, space, name)) => Key::Identity(org, space, name),
+                None => Key::Guid(who.id()),
+            };
+            let app = apps.entry(key).or_default();
+            app.name = app.name.or(who.name());
+            app.org = app.org.or(who.org());
+            app.space = app.space.or(who.space());
             let route = format!("{}{}", v.host, v.path);
             if !app.routes.contains(&route) {
                 app.routes.push(route);
             }
-            let n = app.sites.entry(&origin.site).or_default();
+            let n = app
+                .sites
+                .entry(&origin.site)
+                .or_default()
+                .entry(who.id())
+                .or_default();
             *n = (*n).max(entry.instances);
         }
     }
@@ -389,13 +416,31 @@ fn apps(state: &AdminState, params: &BTreeMap<String, String>) -> Value {
     let apps: Vec<Value> = apps
         .into_iter()
         .filter(|(_, a)| site_filter.is_none_or(|s| a.sites.contains_key(s.as_str())))
-        .map(|(id, a)| {
+        .map(|(key, a)| {
+            let id = match key {
+                Key::Identity(org, space, name) => format!("{org}/{space}/{name}"),
+                Key::Guid(guid) => guid.to_string(),
+            };
             let sites: Vec<Value> = a
                 .sites
                 .iter()
-                .map(|(site, n)| json!({ "site": site, "instances": n }))
+                .map(|(site, guids)| {
+                    json!({
+                        "site": site,
+                        "instances": guids.values().sum::<u32>(),
+                        "app_guids": guids.keys().collect::<Vec<_>>(),
+                    })
+                })
                 .collect();
-            json!({ "app_id": id, "name": a.name, "routes": a.routes, "sites": sites, "policy": {} })
+            json!({
+                "app_id": id,
+                "name": a.name,
+                "org": a.org,
+                "space": a.space,
+                "routes": a.routes,
+                "sites": sites,
+                "policy": {},
+            })
         })
         .collect();
     json!({ "apps": apps })
@@ -542,4 +587,111 @@ fn plain(status: StatusCode) -> Response<Body> {
     let mut resp = Response::new(Body::default());
     *resp.status_mut() = status;
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::testing::{entry, first_import, key};
+    use crate::table::{App, AppFields, RouteEntry};
+
+    fn tagged(guid: &str, org: &str, space: &str, name: &str) -> RouteEntry {
+        let app = App::new(AppFields {
+            id: guid,
+            name: Some(name),
+            org: Some(org),
+            space: Some(space),
+            segment: None,
+        })
+        .unwrap();
+        RouteEntry {
+            app: Arc::new(app),
+            ..entry(guid, 2)
+        }
+    }
+
+    fn state(table: Table) -> AdminState {
+        AdminState {
+            table: Arc::new(table),
+            health: Arc::new(Health::new()),
+            metrics: Arc::new(Metrics::new()),
+            mesh: None,
+            token: "t".into(),
+            region: None,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Issue 12: the global `cf apps` groups by org, space and name (the same app has
+    /// another GUID at every foundation), and by GUID when the tags are missing.
+    #[test]
+    fn apps_are_grouped_by_org_space_and_name_across_sites_else_by_guid() {
+        let table = Table::new("lon-1", "lon", 1);
+        table.upsert_local(
+            &key("shop.example.com"),
+            tagged("g-lon", "acme", "prod", "shop"),
+        );
+        table.upsert_local(&key("legacy.example.com"), entry("g-legacy", 1));
+        let mut nyc = first_import("nyc-1", "nyc", &[]);
+        let mut add = |uri: &str, e: RouteEntry| {
+            let version = nyc.entries.len() as u64 + 1;
+            nyc.entries.push(crate::table::ReplicatedEntry {
+                key: key(uri),
+                version,
+                value: Some(Arc::new(e)),
+            });
+            nyc.up_to_version = version;
+        };
+        add("shop.example.com", tagged("g-nyc", "acme", "prod", "shop"));
+        add(
+            "shop-nyc.example.com",
+            tagged("g-nyc", "acme", "prod", "shop"),
+        );
+        // Same name in another space: another app.
+        add("beta.example.com", tagged("g-beta", "acme", "dev", "shop"));
+        table.import_trusted(nyc);
+        let s = state(table);
+
+        let all = apps(&s, &BTreeMap::new());
+        let ids: Vec<&str> = all["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["app_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["acme/dev/shop", "acme/prod/shop", "g-legacy"]);
+        let shop = &all["apps"][1];
+        assert_eq!(
+            (&shop["org"], &shop["space"], &shop["name"]),
+            (&json!("acme"), &json!("prod"), &json!("shop"))
+        );
+        assert_eq!(
+            shop["routes"],
+            json!(["shop-nyc.example.com", "shop.example.com"])
+        );
+        assert_eq!(
+            shop["sites"],
+            json!([
+                {"site": "lon", "instances": 2, "app_guids": ["g-lon"]},
+                {"site": "nyc", "instances": 2, "app_guids": ["g-nyc"]},
+            ])
+        );
+        let legacy = &all["apps"][2];
+        assert_eq!(
+            (&legacy["org"], &legacy["name"]),
+            (&json!(null), &json!(null))
+        );
+        assert_eq!(legacy["sites"][0]["app_guids"], json!(["g-legacy"]));
+
+        // `?site=` keeps the apps that run there, with all their sites.
+        let mut at_lon = BTreeMap::new();
+        at_lon.insert("site".to_string(), "lon".to_string());
+        let ids: Vec<String> = apps(&s, &at_lon)["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["app_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, ["acme/prod/shop", "g-legacy"]);
+    }
 }

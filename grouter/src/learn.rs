@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::table::{RouteEntry, Table};
+use crate::table::{App, AppFields, AppInterner, RouteEntry, Table};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -198,13 +198,6 @@ pub enum LearnError {
     Subscribe(#[from] async_nats::SubscribeError),
 }
 
-/// An app as registrations name it; shared by all its endpoints.
-#[derive(Debug, PartialEq, Eq)]
-struct App {
-    id: Arc<str>,
-    name: Option<Arc<str>>,
-}
-
 /// One backend endpoint of one route. Kept small (48 bytes): a site can have hundreds of
 /// thousands of them.
 #[derive(Debug, Clone)]
@@ -264,13 +257,13 @@ impl Pool {
         let first = self
             .endpoints
             .iter()
-            .min_by(|a, b| a.app.id.cmp(&b.app.id))?;
+            .min_by(|a, b| a.app.id().cmp(b.app.id()))?;
         let mut instances: Vec<u64> = self.endpoints.iter().map(|e| e.instance).collect();
         instances.sort_unstable();
         instances.dedup();
         Some(RouteEntry {
-            app_id: first.app.id.clone(),
-            app_name: first.app.name.clone(),
+            // The endpoint's own record: a route costs no allocation for its app.
+            app: first.app.clone(),
             endpoints: u32::try_from(self.endpoints.len()).unwrap_or(u32::MAX),
             instances: u32::try_from(instances.len()).unwrap_or(u32::MAX),
             updated_at_ms: 0,
@@ -278,11 +271,12 @@ impl Pool {
     }
 }
 
-/// Shares one allocation among equal strings (cell hosts) and one record per app.
+/// Shares one allocation among equal strings (cell hosts) and one record per app (GUID,
+/// name, org, space and segment together), which the app's route entries share too.
 #[derive(Debug, Default)]
 struct Interner {
     hosts: HashSet<Arc<str>, Fast>,
-    apps: HashMap<Arc<str>, Arc<App>, Fast>,
+    apps: AppInterner,
 }
 
 impl Interner {
@@ -295,29 +289,29 @@ impl Interner {
         v
     }
 
-    fn app(&mut self, id: &str, name: Option<&str>) -> Arc<App> {
-        if let Some(app) = self.apps.get(id)
-            && app.name.as_deref() == name
-        {
-            return app.clone();
-        }
-        // New app, or renamed: endpoints registered from now on carry the new record.
-        let id: Arc<str> = self
-            .apps
-            .get_key_value(id)
-            .map_or_else(|| Arc::from(id), |(k, _)| k.clone());
-        let app = Arc::new(App {
-            id: id.clone(),
-            name: name.map(Arc::from),
-        });
-        self.apps.insert(id, app.clone());
-        app
+    fn app(&mut self, reg: &Registration<'_>) -> Arc<App> {
+        let fields = AppFields {
+            id: &reg.app,
+            name: reg.app_name.as_deref(),
+            org: reg.org.as_deref(),
+            space: reg.space.as_deref(),
+            segment: reg.isolation_segment.as_deref(),
+        };
+        // Tags beyond `App::MAX_FIELD` are not kept (nothing real is that long).
+        self.apps.intern(fields).unwrap_or_else(|_| {
+            self.apps
+                .intern(AppFields {
+                    id: fields.id,
+                    ..AppFields::default()
+                })
+                .unwrap_or_default()
+        })
     }
 
     /// Forget what no endpoint holds any more.
     fn collect(&mut self) {
         self.hosts.retain(|s| Arc::strong_count(s) > 1);
-        self.apps.retain(|_, a| Arc::strong_count(a) > 1);
+        self.apps.collect();
     }
 
     #[cfg(test)]
@@ -426,7 +420,7 @@ impl Registry {
         };
         let ep = Endpoint {
             host: self.strings.host(&reg.host),
-            app: self.strings.app(&reg.app, reg.app_name.as_deref()),
+            app: self.strings.app(reg),
             instance: instance_hash(reg.instance_id.as_deref()),
             last_seen_ms: now_ms,
             threshold_ms,
@@ -824,7 +818,7 @@ mod tests {
         assert_eq!(r.register(&reg(a2), 10).upserted, 1);
         assert_eq!(r.endpoints(), 2);
         assert_eq!(
-            &*table.lookup("shop.example.com", "/").unwrap().app_id,
+            table.lookup("shop.example.com", "/").unwrap().app.id(),
             "app-0"
         );
         // Unregister by host:port.
@@ -918,7 +912,7 @@ mod tests {
         let b = table
             .local_entry(&RouteKey::parse("b.com/x").unwrap())
             .unwrap();
-        assert_eq!(b.app_name.as_deref(), Some("shop"));
+        assert_eq!(b.app.name(), Some("shop"));
         assert_eq!(
             r.unregister(&unreg(r#"{"host":"h","port":9,"uris":["a.com"]}"#))
                 .removed,

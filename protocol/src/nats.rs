@@ -311,6 +311,13 @@ pub struct Registration<'a> {
     pub instance_id: Option<Cow<'a, str>>,
     /// `tags.app_name`, if any.
     pub app_name: Option<Cow<'a, str>>,
+    /// `tags.organization_name`, if any: with the space and the name, the app's identity
+    /// across foundations (its GUID differs at every site).
+    pub org: Option<Cow<'a, str>>,
+    /// `tags.space_name`, if any.
+    pub space: Option<Cow<'a, str>>,
+    /// `isolation_segment`, if any: the endpoint is served by that segment's GoRouters only.
+    pub isolation_segment: Option<Cow<'a, str>>,
     /// `stale_threshold_in_seconds` as sent (0 when absent); the learner clamps it.
     pub stale_threshold_secs: i64,
     /// Number of URIs dropped because they were not valid route keys.
@@ -380,7 +387,14 @@ impl<'a> Registration<'a> {
         }
         routes.sort_unstable();
         routes.dedup();
-        let app_name = msg.tags.and_then(|t| t.app_name).filter(|n| !n.is_empty());
+        // Empty tags are absent tags (route-emitter sends "" for unknown values).
+        let tags = msg.tags.unwrap_or_default();
+        let present = |v: Option<Cow<'a, str>>| v.filter(|n| !n.is_empty());
+        let (app_name, org, space) = (
+            present(tags.app_name),
+            present(tags.organization_name),
+            present(tags.space_name),
+        );
         Ok(Registration {
             host,
             port,
@@ -389,6 +403,9 @@ impl<'a> Registration<'a> {
             app: msg.app.unwrap_or_default(),
             instance_id: msg.private_instance_id.filter(|s| !s.is_empty()),
             app_name,
+            org,
+            space,
+            isolation_segment: present(msg.isolation_segment),
             stale_threshold_secs: msg.stale_threshold_in_seconds.unwrap_or(0),
             dropped_uris,
         })
@@ -427,9 +444,32 @@ mod tests {
         assert!(r.tls);
         assert_eq!(r.app, "5e1c0b7a");
         assert_eq!(r.app_name.as_deref(), Some("shop"));
+        assert_eq!((r.org.as_deref(), r.space.as_deref()), (None, None));
+        assert_eq!(r.isolation_segment, None);
         assert_eq!(
             r.routes,
             vec![RouteKey::parse("shop.apps.example.com").unwrap()]
+        );
+    }
+
+    #[test]
+    fn reads_the_apps_identity_tags_and_isolation_segment() {
+        let r = reg(r#"{"host":"h","port":1,"uris":["a.com"],"app":"g","isolation_segment":"seg-a",
+ "tags":{"component":"route-emitter","app_name":"shop","organization_name":"acme","space_name":"prod"}}"#)
+        .unwrap();
+        assert_eq!(r.app_name.as_deref(), Some("shop"));
+        assert_eq!(r.org.as_deref(), Some("acme"));
+        assert_eq!(r.space.as_deref(), Some("prod"));
+        assert_eq!(r.isolation_segment.as_deref(), Some("seg-a"));
+        // Empty values are absent ones.
+        let r = reg(
+            r#"{"host":"h","port":1,"uris":["a.com"],"isolation_segment":"",
+ "tags":{"app_name":"","organization_name":"","space_name":""}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.app_name, r.org, r.space, r.isolation_segment),
+            (None, None, None, None)
         );
     }
 

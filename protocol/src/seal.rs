@@ -23,7 +23,7 @@ const EXPANSION: usize = LANES * 2;
 
 /// Hashers with their derive-key context already absorbed (deriving it costs a hash).
 static ENTRY_HASHER: LazyLock<blake3::Hasher> =
-    LazyLock::new(|| blake3::Hasher::new_derive_key("grouter mesh entry v1"));
+    LazyLock::new(|| blake3::Hasher::new_derive_key("grouter mesh entry v2"));
 static RECORD_HASHER: LazyLock<blake3::Hasher> =
     LazyLock::new(|| blake3::Hasher::new_derive_key("grouter mesh record v1"));
 static ROOT_HASHER: LazyLock<blake3::Hasher> =
@@ -48,6 +48,12 @@ pub struct EntryFields<'a> {
     pub app_id: &'a str,
     /// App name, when known.
     pub app_name: Option<&'a str>,
+    /// The app's organisation, when known.
+    pub org: Option<&'a str>,
+    /// The app's space, when known.
+    pub space: Option<&'a str>,
+    /// The isolation segment whose GoRouters serve the route, if any.
+    pub segment: Option<&'a str>,
     /// Live endpoints.
     pub endpoints: u32,
     /// Distinct instances.
@@ -82,8 +88,10 @@ pub fn entry_digest(e: &EntryFields<'_>) -> EntryDigest {
     put_str(&mut h, e.path);
     h.update(&e.version.to_be_bytes());
     put_str(&mut h, e.app_id);
-    put_str(&mut h, e.app_name.unwrap_or(""));
-    h.update(&u8::from(e.app_name.is_some()).to_be_bytes());
+    for v in [e.app_name, e.org, e.space, e.segment] {
+        put_str(&mut h, v.unwrap_or(""));
+        h.update(&u8::from(v.is_some()).to_be_bytes());
+    }
     h.update(&e.endpoints.to_be_bytes());
     h.update(&e.instances.to_be_bytes());
     h.update(&e.updated_at_ms.to_be_bytes());
@@ -258,6 +266,9 @@ mod tests {
             version,
             app_id: app,
             app_name: None,
+            org: None,
+            space: None,
+            segment: None,
             endpoints: 1,
             instances: 1,
             updated_at_ms: 5,
@@ -292,6 +303,9 @@ mod tests {
             version: 1,
             app_id: "x",
             app_name: None,
+            org: None,
+            space: None,
+            segment: None,
             endpoints: 1,
             instances: 1,
             updated_at_ms: 5,
@@ -314,6 +328,18 @@ mod tests {
                 ..base
             },
             EntryFields {
+                org: Some("acme"),
+                ..base
+            },
+            EntryFields {
+                space: Some("prod"),
+                ..base
+            },
+            EntryFields {
+                segment: Some("seg-a"),
+                ..base
+            },
+            EntryFields {
                 endpoints: 2,
                 ..base
             },
@@ -327,6 +353,21 @@ mod tests {
             },
         ] {
             assert_ne!(entry_digest(&changed), d, "{changed:?}");
+        }
+        // The same value in another field is another entry.
+        let named = |f: fn(&mut EntryFields<'static>)| {
+            let mut e = base;
+            f(&mut e);
+            entry_digest(&e)
+        };
+        let digests = [
+            named(|e| e.app_name = Some("v")),
+            named(|e| e.org = Some("v")),
+            named(|e| e.space = Some("v")),
+            named(|e| e.segment = Some("v")),
+        ];
+        for (i, a) in digests.iter().enumerate() {
+            assert!(digests[i + 1..].iter().all(|b| b != a), "field {i}");
         }
     }
 

@@ -295,6 +295,7 @@ fn route(app: &str) -> Option<wire::RouteValue> {
         endpoints: 1,
         instances: 1,
         updated_at_ms: 1,
+        ..Default::default()
     })
 }
 

@@ -57,10 +57,11 @@ fn versions_from_lon(state: &NodeState) -> HashMap<usize, usize> {
                 continue;
             }
             let n = entry
-                .app_id
+                .app
+                .id()
                 .strip_prefix('v')
                 .and_then(|n| n.parse::<usize>().ok())
-                .unwrap_or_else(|| panic!("unexpected app id {:?}", entry.app_id));
+                .unwrap_or_else(|| panic!("unexpected app id {:?}", entry.app.id()));
             out.insert(route, n);
         }
     }

@@ -529,8 +529,14 @@ impl OwnPartition {
         self.table.upsert_local(
             &key,
             grouter::table::RouteEntry {
-                app_id: app.into(),
-                app_name: Some(app.into()),
+                app: Arc::new(
+                    grouter::table::App::new(grouter::table::AppFields {
+                        id: app,
+                        name: Some(app),
+                        ..Default::default()
+                    })
+                    .expect("a short app id"),
+                ),
                 endpoints: 1,
                 instances: 1,
                 updated_at_ms: 1,

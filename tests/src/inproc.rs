@@ -708,7 +708,7 @@ impl InProcNode {
                         o.site,
                         o.generation,
                         if o.is_alive() { "" } else { " (dead)" },
-                        e.app_id,
+                        e.app.id(),
                         e.endpoints
                     )
                 })

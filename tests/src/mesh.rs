@@ -113,7 +113,10 @@ async fn three_sites_of_two_nodes_replicate_and_withdraw_routes() {
     assert_eq!(apps["apps"][0]["name"], "shop");
     assert_eq!(
         apps["apps"][0]["sites"],
-        json!([{"site": "lon", "instances": 1}, {"site": "nyc", "instances": 1}])
+        json!([
+            {"site": "lon", "instances": 1, "app_guids": ["shop"]},
+            {"site": "nyc", "instances": 1, "app_guids": ["shop"]}
+        ])
     );
     let sites_view = nodes[4].json("/v1/sites").await;
     let names: Vec<&str> = sites_view["sites"]

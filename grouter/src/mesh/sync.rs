@@ -38,7 +38,10 @@ use grouter_protocol::mesh as wire;
 use grouter_protocol::nats::RouteKey;
 
 use crate::names::{check_node_id, check_site};
-use crate::table::{Import, ImportOutcome, NodeRecord, ReplicatedEntry, RouteEntry, Seal, Table};
+use crate::table::{
+    AppFields, AppInterner, Import, ImportOutcome, NodeRecord, ReplicatedEntry, RouteEntry, Seal,
+    Table,
+};
 
 /// Most entries in one delta frame (≈ 80 bytes each on the wire).
 pub const DELTA_BUDGET: usize = 20_000;
@@ -633,13 +636,15 @@ fn merge(inbox: &mut Inbox, pd: wire::PartitionDelta, max_entries: usize) -> Res
         last = e.version;
     }
     drop(seen);
+    // The entries of one app share one record, as at their owner.
+    let mut apps = AppInterner::default();
     if st.entries.is_empty() {
         if pd.entries.len() > max_entries {
             return Err(Rejection::OverLimit);
         }
         st.entries.reserve_exact(pd.entries.len());
         for e in pd.entries {
-            st.entries.push(entry_from_wire(e)?);
+            st.entries.push(entry_from_wire(e, &mut apps)?);
         }
     } else {
         let entries = &mut st.entries;
@@ -651,7 +656,7 @@ fn merge(inbox: &mut Inbox, pd: wire::PartitionDelta, max_entries: usize) -> Res
                 .collect()
         });
         for e in pd.entries {
-            let entry = entry_from_wire(e)?;
+            let entry = entry_from_wire(e, &mut apps)?;
             match index.entry(entry.key.clone()) {
                 MapEntry::Occupied(o) => {
                     let held = &mut entries[*o.get()];
@@ -683,25 +688,43 @@ fn merge(inbox: &mut Inbox, pd: wire::PartitionDelta, max_entries: usize) -> Res
     Ok(())
 }
 
-fn entry_from_wire(e: wire::Entry) -> Result<ReplicatedEntry, Rejection> {
+fn entry_from_wire(e: wire::Entry, apps: &mut AppInterner) -> Result<ReplicatedEntry, Rejection> {
     let key = RouteKey::parse(&format!("{}{}", e.host, e.path)).ok_or(Rejection::Malformed)?;
     if *key.host != *e.host || key.path != e.path {
         // A peer sends keys as we normalise them; anything else is not ours to guess.
         return Err(Rejection::Malformed);
     }
-    Ok(ReplicatedEntry {
-        key: Arc::new(key),
-        version: e.version,
-        value: e.route.map(|r| {
-            Arc::new(RouteEntry {
-                app_id: r.app_id.into(),
-                app_name: (!r.app_name.is_empty()).then(|| r.app_name.into()),
+    let value = match e.route {
+        None => None,
+        Some(r) => {
+            // Empty strings are absent tags, as at the owner (the seal covers every field).
+            let app = apps
+                .intern(AppFields {
+                    id: &r.app_id,
+                    name: tag(&r.app_name),
+                    org: tag(&r.org),
+                    space: tag(&r.space),
+                    segment: tag(&r.isolation_segment),
+                })
+                .map_err(|_| Rejection::Malformed)?;
+            Some(Arc::new(RouteEntry {
+                app,
                 endpoints: r.endpoints,
                 instances: r.instances,
                 updated_at_ms: r.updated_at_ms,
-            })
-        }),
+            }))
+        }
+    };
+    Ok(ReplicatedEntry {
+        key: Arc::new(key),
+        version: e.version,
+        value,
     })
+}
+
+/// An empty tag is an absent one.
+fn tag(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
 }
 
 fn entry_to_wire(e: ReplicatedEntry) -> wire::Entry {
@@ -709,12 +732,18 @@ fn entry_to_wire(e: ReplicatedEntry) -> wire::Entry {
         host: e.key.host.to_string(),
         path: e.key.path.clone(),
         version: e.version,
-        route: e.value.map(|r| wire::RouteValue {
-            app_id: r.app_id.to_string(),
-            app_name: r.app_name.as_deref().unwrap_or_default().to_string(),
-            endpoints: r.endpoints,
-            instances: r.instances,
-            updated_at_ms: r.updated_at_ms,
+        route: e.value.map(|r| {
+            let app = r.app.fields();
+            wire::RouteValue {
+                app_id: app.id.to_string(),
+                app_name: app.name.unwrap_or_default().to_string(),
+                org: app.org.unwrap_or_default().to_string(),
+                space: app.space.unwrap_or_default().to_string(),
+                isolation_segment: app.segment.unwrap_or_default().to_string(),
+                endpoints: r.endpoints,
+                instances: r.instances,
+                updated_at_ms: r.updated_at_ms,
+            }
         }),
     }
 }
@@ -847,7 +876,9 @@ mod tests {
                     r.servers
                         .into_iter()
                         .filter(|(o, _)| Arc::ptr_eq(o, &p.origin))
-                        .map(move |(_, e)| (name.clone(), format!("{}:{}", e.app_id, e.endpoints)))
+                        .map(move |(_, e)| {
+                            (name.clone(), format!("{}:{}", e.app.id(), e.endpoints))
+                        })
                 })
                 .collect();
             routes.sort();
@@ -900,7 +931,21 @@ mod tests {
     #[test]
     fn a_relay_cannot_forge_roll_back_delete_or_re_date_anothers_partition() {
         let owner = Table::new("lon-1", "lon", 1);
-        owner.upsert_local(&key("shop.com"), entry("shop", 2));
+        let tagged = crate::table::App::new(AppFields {
+            id: "shop",
+            name: Some("shop"),
+            org: Some("acme"),
+            space: Some("prod"),
+            segment: Some("seg-a"),
+        })
+        .unwrap();
+        owner.upsert_local(
+            &key("shop.com"),
+            RouteEntry {
+                app: Arc::new(tagged),
+                ..entry("shop", 2)
+            },
+        );
         owner.update_local_record(|r| r.advertise = "10.0.0.1:7000".into());
         let relay = Table::new("mal-1", "mal", 1);
         let victim = Table::new("nyc-1", "nyc", 1);
@@ -913,6 +958,10 @@ mod tests {
             honest.clone(),
         );
         assert!(r.rejected.is_empty(), "an honest relay is accepted: {r:?}");
+        let view = victim.routes(Some("shop.com"));
+        let held = &view[0].servers[0].1.app;
+        assert_eq!(held.identity(), Some(("acme", "prod", "shop")));
+        assert_eq!(held.segment(), Some("seg-a"));
         let before = state(&victim);
         let lon = |d: &wire::Delta| {
             d.partitions
@@ -965,6 +1014,54 @@ mod tests {
                 tamper(&|p| {
                     if let Some(r) = p.entries[0].route.as_mut() {
                         r.app_id = "evil".into();
+                    }
+                }),
+                Rejection::BadSignature,
+            ),
+            // Issue 12: the app's identity across foundations and its isolation segment
+            // are the owner's word too: a relay cannot move an app to another org or space
+            // (and so merge it with another app in `/v1/apps`), rename it, or re-segment it.
+            (
+                "another org for the app",
+                tamper(&|p| {
+                    if let Some(r) = p.entries[0].route.as_mut() {
+                        r.org = "evil-org".into();
+                    }
+                }),
+                Rejection::BadSignature,
+            ),
+            (
+                "the org dropped (the app merged into an untagged one)",
+                tamper(&|p| {
+                    if let Some(r) = p.entries[0].route.as_mut() {
+                        r.org.clear();
+                    }
+                }),
+                Rejection::BadSignature,
+            ),
+            (
+                "another space for the app",
+                tamper(&|p| {
+                    if let Some(r) = p.entries[0].route.as_mut() {
+                        r.space = "evil-space".into();
+                    }
+                }),
+                Rejection::BadSignature,
+            ),
+            (
+                "another name for the app",
+                tamper(&|p| {
+                    if let Some(r) = p.entries[0].route.as_mut() {
+                        r.app_name = "evil".into();
+                    }
+                }),
+                Rejection::BadSignature,
+            ),
+            (
+                "another isolation segment for the route",
+                tamper(&|p| {
+                    if let Some(r) = p.entries[0].route.as_mut() {
+                        r.isolation_segment = "seg-evil".into();
                     }
                 }),
                 Rejection::BadSignature,

@@ -31,9 +31,11 @@ use state::{EntryDigest, StateHash};
 /// from peers, whose entries are bounded (`Limits`), and requests only look keys up.
 type Fast = foldhash::fast::RandomState;
 
+pub use app::{App, AppFields, AppInterner};
 pub use grouter_protocol::nats::RouteKey;
 pub use state::Statement;
 
+pub mod app;
 pub mod state;
 
 /// Bounds on what other nodes can make this table hold.
@@ -106,10 +108,10 @@ impl Origin {
 /// What a partition says about one route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteEntry {
-    /// App GUID serving the route (the smallest one when several apps share it).
-    pub app_id: Arc<str>,
-    /// The app's name, from the `app_name` tag.
-    pub app_name: Option<Arc<str>>,
+    /// The app serving the route (the one with the smallest GUID when several share it):
+    /// GUID, name, org, space and isolation segment in one allocation shared by the app's
+    /// routes.
+    pub app: Arc<App>,
     /// Live endpoints behind the route at the owner's site.
     pub endpoints: u32,
     /// Distinct app instances among those endpoints.
@@ -468,8 +470,9 @@ pub struct RouteMatch {
     pub host: Arc<str>,
     /// Route path as registered (`""` for the whole host).
     pub path: Box<str>,
-    /// App GUID, preferring a local server's view.
-    pub app_id: Arc<str>,
+    /// The app serving it, preferring a local server's view (whose isolation segment says
+    /// which of this site's GoRouters serve it).
+    pub app: Arc<App>,
     /// A live node of this node's own site serves the route.
     pub local: bool,
     /// Sites of live servers other than this node's site, each once, best first (see
@@ -1238,7 +1241,7 @@ impl Table {
             .iter()
             .find(|p| path_matches(&p.path, path) && p.has_live_server())?;
         let mut local = false;
-        let mut app_id: Option<&Arc<str>> = None;
+        let mut app: Option<&Arc<App>> = None;
         let mut remote_sites: SmallVec<[Arc<str>; 2]> = SmallVec::new();
         for s in p
             .servers
@@ -1247,11 +1250,11 @@ impl Table {
         {
             if s.origin.local_site {
                 if !local {
-                    app_id = Some(&s.entry.app_id);
+                    app = Some(&s.entry.app);
                 }
                 local = true;
             } else {
-                app_id.get_or_insert(&s.entry.app_id);
+                app.get_or_insert(&s.entry.app);
                 if !remote_sites.contains(&s.origin.site) {
                     remote_sites.push(s.origin.site.clone());
                 }
@@ -1265,7 +1268,7 @@ impl Table {
         Some(RouteMatch {
             host: host_key.clone(),
             path: p.path.clone(),
-            app_id: app_id.cloned().unwrap_or_else(|| Arc::from("")),
+            app: app.cloned().unwrap_or_default(),
             local,
             remote_sites,
         })
@@ -1422,8 +1425,7 @@ pub(crate) mod testing {
     /// A route of `app` with `endpoints` endpoints, one instance each.
     pub(crate) fn entry(app: &str, endpoints: u32) -> RouteEntry {
         RouteEntry {
-            app_id: app.into(),
-            app_name: None,
+            app: Arc::new(App::with_id(app)),
             endpoints,
             instances: endpoints,
             updated_at_ms: 0,
@@ -1532,7 +1534,7 @@ mod tests {
             ("", "/", None),
         ];
         for (host, path, want) in cases {
-            let got = t.lookup(host, path).map(|m| m.app_id.to_string());
+            let got = t.lookup(host, path).map(|m| m.app.id().to_string());
             assert_eq!(got.as_deref(), *want, "lookup({host:?}, {path:?})");
         }
     }
@@ -1674,7 +1676,7 @@ mod tests {
         t.upsert_local(&key("shop.com"), entry("shop", 1));
         let m = t.lookup("shop.com", "/").unwrap();
         assert!(m.local);
-        assert_eq!(&*m.app_id, "shop");
+        assert_eq!(m.app.id(), "shop");
     }
 
     #[test]
