@@ -238,6 +238,12 @@ pub struct GoroutersConfig {
     /// Port of the health probe when it differs from the routing port.
     #[serde(default)]
     pub health_port: Option<u16>,
+    /// Isolation segments: each segment's GoRouters, `{ "seg-a" = ["127.0.0.1:8091"] }`.
+    /// An endpoint registered with `isolation_segment` is served by its segment's
+    /// GoRouters only (probed like the shared ones); `addresses` get only unsegmented
+    /// routes.
+    #[serde(default)]
+    pub segments: BTreeMap<String, Vec<String>>,
 }
 
 /// What to do with a request for an app served only at other sites.
@@ -786,6 +792,35 @@ impl GoroutersConfig {
         }
         if self.health_port == Some(0) {
             p.push("gorouters.health_port", "must be 1..=65535");
+        }
+        let mut seen: BTreeSet<&str> = self.addresses.iter().map(String::as_str).collect();
+        for (segment, addresses) in &self.segments {
+            let key = format!("gorouters.segments.{segment}");
+            if segment.is_empty()
+                || segment.len() > 255
+                || segment.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                p.push(
+                    "gorouters.segments",
+                    format!("{segment:?}: a segment name is 1 to 255 characters without spaces"),
+                );
+            }
+            if addresses.is_empty() {
+                p.push(key.clone(), "must list at least one address");
+            }
+            for (i, address) in addresses.iter().enumerate() {
+                if let Err(why) = check_host_port(address) {
+                    p.push(
+                        format!("{key}[{i}]"),
+                        format!("invalid address {address:?}: {why}"),
+                    );
+                } else if !seen.insert(address) {
+                    p.push(
+                        format!("{key}[{i}]"),
+                        format!("{address:?} is already a GoRouter of another pool"),
+                    );
+                }
+            }
         }
     }
 }
@@ -1908,6 +1943,32 @@ token_file = "admin.token"
         single_error(&with("{label}}.x"), "proxy.redirect_host");
         single_error(&with("{label}/x"), "proxy.redirect_host");
         assert!(parse(&with("{label}-{region}.{site}.{parent}")).is_ok());
+    }
+
+    #[test]
+    fn isolation_segments_name_their_gorouters() {
+        let with =
+            |seg: &str| MINIMAL.replace("[proxy]", &format!("segments = {{ {seg} }}\n[proxy]"));
+        let c = parse(&with(r#""seg-a" = ["127.0.0.1:8091", "127.0.0.1:8092"]"#)).unwrap();
+        assert_eq!(c.gorouters.segments["seg-a"].len(), 2);
+        assert!(parse(MINIMAL).unwrap().gorouters.segments.is_empty());
+        let reason = single_error(&with(r#""seg-a" = []"#), "gorouters.segments.seg-a");
+        assert!(reason.contains("at least one"), "{reason}");
+        let reason = single_error(
+            &with(r#""seg-a" = ["nope"]"#),
+            "gorouters.segments.seg-a[0]",
+        );
+        assert!(reason.contains("invalid address"), "{reason}");
+        let reason = single_error(
+            &with(r#""seg-a" = ["127.0.0.1:8081"]"#),
+            "gorouters.segments.seg-a[0]",
+        );
+        assert!(reason.contains("another pool"), "{reason}");
+        let reason = single_error(
+            &with(r#""seg a" = ["127.0.0.1:8091"]"#),
+            "gorouters.segments",
+        );
+        assert!(reason.contains("without spaces"), "{reason}");
     }
 
     #[test]

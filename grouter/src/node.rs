@@ -308,6 +308,11 @@ pub async fn run(
     }
     // The data plane: GoRouter health, the proxy, and requests peers forward to us.
     let gorouters = Arc::new(crate::proxy::upstream::GoRouters::new(&config.gorouters));
+    state.metrics.register(
+        "gorouters_segment_unavailable",
+        "Requests for a route whose isolation segment has no GoRouters at this site",
+        gorouters.segment_unavailable.clone(),
+    );
     {
         let (gorouters, health, token) =
             (gorouters.clone(), state.health.clone(), stop.child_token());

@@ -16,3 +16,4 @@ mod learn;
 mod mesh;
 mod partition;
 mod proxy;
+mod segments;

@@ -170,9 +170,10 @@ impl std::fmt::Display for Upstream<'_> {
 
 impl Proxy {
     /// The targets a forwarding decision tries, in order (none for the proxy's own
-    /// answers). `Local`: the GoRouters (usable ones round-robin, then the rest), then the
-    /// other sites serving the route; `Remote`: the serving sites, best first.
-    pub(super) fn targets(&self, decision: &Decision) -> Vec<Target> {
+    /// answers). `Local`: the GoRouters of the route's pool (usable ones round-robin, then
+    /// the rest; `super::pools`), then the other sites serving the route; `Remote`: the
+    /// serving sites, best first.
+    pub(super) fn targets(&self, decision: &Decision, route: Option<&RouteMatch>) -> Vec<Target> {
         let also = match decision {
             Decision::Local { also } => also.as_slice(),
             Decision::FailOpen => &[],
@@ -186,12 +187,12 @@ impl Proxy {
                 return Vec::new();
             }
         };
-        let mut t: Vec<Target> = self
-            .gorouters
-            .order()
-            .into_iter()
-            .map(Target::GoRouter)
-            .collect();
+        let pool = super::pools::local_targets(
+            |segment| self.gorouters.order_in(segment),
+            route,
+            &self.gorouters.segment_unavailable,
+        );
+        let mut t: Vec<Target> = pool.into_iter().map(Target::GoRouter).collect();
         t.extend(also.iter().cloned().map(Target::Site));
         t
     }
@@ -389,6 +390,7 @@ mod tests {
             addresses: (0..n).map(|i| format!("127.0.0.1:{}", 1 + i)).collect(),
             health_url_path: "/health".into(),
             health_port: None,
+            segments: Default::default(),
         })
     }
 

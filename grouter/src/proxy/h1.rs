@@ -333,7 +333,9 @@ impl Connection {
             return Parsed::Fallback;
         }
         let prefer = self.up.as_ref().map(|u| u.router);
-        let Some(router) = proxy.gorouters.pick(prefer) else {
+        // The route's own pool: an isolation segment's GoRouters, or the shared ones.
+        let segment = super::pools::segment_of(route.as_ref());
+        let Some(router) = proxy.gorouters.pick_in(segment, prefer) else {
             return Parsed::Fallback;
         };
 

@@ -33,10 +33,11 @@
 //! 7. `wire`: HTTP/1.1 on the wire to a GoRouter.
 //! 8. leaves: `headers` (the contract's header rules), [`error`] (own answers, and
 //!    whether a failed attempt may be retried), `body`, [`decide`] (pure), [`edge`] (the
-//!    listeners' limits and timeouts, requests that name two hosts, refusal counters).
+//!    listeners' limits and timeouts, requests that name two hosts, refusal counters),
+//!    `pools` (which GoRouters serve which isolation segment).
 //!
-//! Forwarding: a request decided `Local` goes to the GoRouters (round-robin among the
-//! healthy), then to the other sites serving the route; `Remote` goes to the serving sites
+//! Forwarding: a request decided `Local` goes to the GoRouters of its route's pool (its
+//! isolation segment's, or the shared ones; round-robin among the healthy), then to the other sites serving the route; `Remote` goes to the serving sites
 //! best first. At most 3 attempts. A failed attempt is an [`error::AttemptError`] that says
 //! whether anything was sent: if nothing was, the request goes to the next target while its
 //! body is whole (unread); if something was, only an idempotent request without a body goes
@@ -56,6 +57,7 @@ mod h2;
 mod headers;
 mod inline;
 mod listen;
+mod pools;
 pub mod remote;
 mod server;
 pub mod upstream;

@@ -169,7 +169,7 @@ async fn handle(
         Decision::NotFound => own_error(&mut log, &RouterError::UnknownRoute(host.to_string())),
         Decision::Redirect { location, .. } => error::redirect(location),
         Decision::Local { .. } | Decision::FailOpen | Decision::Remote { .. } => {
-            let targets = proxy.targets(&decision);
+            let targets = proxy.targets(&decision, route.as_ref());
             let mut codec = General::new(&proxy, &parts, body, &conn, host);
             match forward(&proxy.gorouters, targets, false, &mut codec, &mut log).await {
                 Forwarded::Response(resp) => {

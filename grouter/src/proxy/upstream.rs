@@ -1,4 +1,5 @@
-//! This site's GoRouters: their health (active probes, passive ejection), round-robin
+//! This site's GoRouters, shared and per isolation segment (the pools: `super::pools`):
+//! their health (active probes, passive ejection), round-robin
 //! choice among the healthy, and hyper's HTTP/1.1 client to them, the upstream codec of the
 //! general path: a client connection's own connection (`Affinity`, for HTTP/1.1
 //! clients) or the shared keep-alive pool (HTTP/2 streams with a body, upgrades).
@@ -32,6 +33,8 @@ const EJECT_FOR: Duration = Duration::from_secs(5);
 pub struct GoRouter {
     /// `host:port`.
     pub addr: String,
+    /// The isolation segment it serves (`None`: the shared GoRouters).
+    pub segment: Option<Box<str>>,
     health: Uri,
     healthy: AtomicBool,
     ejected_until_ms: AtomicU64,
@@ -44,16 +47,18 @@ pub struct GoRouters {
     next: AtomicUsize,
     epoch: Instant,
     client: Client<HttpConnector, Reclaimable>,
+    /// Requests for a route whose isolation segment has no GoRouters at this site
+    /// (`super::pools`); the node registers it in `/metrics`.
+    pub segment_unavailable: prometheus_client::metrics::counter::Counter,
 }
 
 impl GoRouters {
     /// Pools for the configured GoRouters; all start healthy (probes correct that within a
     /// second).
     pub fn new(cfg: &GoroutersConfig) -> GoRouters {
-        let routers = cfg
-            .addresses
-            .iter()
-            .map(|addr| {
+        let routers = super::pools::members(cfg)
+            .into_iter()
+            .map(|(addr, segment)| {
                 let probe_addr = match cfg.health_port {
                     Some(port) => match addr.rsplit_once(':') {
                         Some((host, _)) => format!("{host}:{port}"),
@@ -62,6 +67,7 @@ impl GoRouters {
                     None => addr.clone(),
                 };
                 GoRouter {
+                    segment,
                     addr: addr.clone(),
                     health: format!("http://{probe_addr}{}", cfg.health_url_path)
                         .parse()
@@ -85,6 +91,7 @@ impl GoRouters {
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
             client,
+            segment_unavailable: Default::default(),
         }
     }
 
@@ -117,13 +124,20 @@ impl GoRouters {
             && r.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms()
     }
 
-    /// GoRouters to try (by index), in order: the usable ones round-robin, then the rest (a router
-    /// marked down may still answer; trying it beats failing the request).
+    /// The shared GoRouters to try: [`GoRouters::order_in`] the shared pool.
     pub fn order(&self) -> Vec<usize> {
+        self.order_in(None)
+    }
+
+    /// GoRouters of `segment`'s pool (`None`: the shared one) to try (by index), in order:
+    /// the usable ones round-robin, then the rest (a router marked down may still answer;
+    /// trying it beats failing the request). Empty when this site has no such pool.
+    pub fn order_in(&self, segment: Option<&str>) -> Vec<usize> {
         let n = self.routers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let (mut good, bad): (Vec<usize>, Vec<usize>) = (0..n)
             .map(|i| (start + i) % n)
+            .filter(|&i| self.routers[i].segment.as_deref() == segment)
             .partition(|&i| self.usable(&self.routers[i]));
         good.extend(bad);
         good
@@ -133,8 +147,14 @@ impl GoRouters {
     /// keeps the GoRouter its upstream connection goes to), otherwise the next usable one
     /// round-robin. `None` when none is usable.
     pub fn pick(&self, prefer: Option<usize>) -> Option<usize> {
+        self.pick_in(None, prefer)
+    }
+
+    /// [`GoRouters::pick`] within `segment`'s pool (`None`: the shared one).
+    pub fn pick_in(&self, segment: Option<&str>, prefer: Option<usize>) -> Option<usize> {
+        let in_pool = |r: &GoRouter| r.segment.as_deref() == segment && self.usable(r);
         if let Some(i) = prefer
-            && self.routers.get(i).is_some_and(|r| self.usable(r))
+            && self.routers.get(i).is_some_and(in_pool)
         {
             return Some(i);
         }
@@ -142,7 +162,7 @@ impl GoRouters {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|i| (start + i) % n)
-            .find(|&i| self.usable(&self.routers[i]))
+            .find(|&i| in_pool(&self.routers[i]))
     }
 
     /// Skip `r` for a while: it refused a connection.
@@ -151,11 +171,12 @@ impl GoRouters {
         r.ejected_until_ms.store(until, Ordering::Relaxed);
     }
 
-    /// Whether any GoRouter passes its health check.
+    /// Whether any shared GoRouter passes its health check (what `/healthz` and this
+    /// node's record say: segments' GoRouters serve only their segments' routes).
     pub fn any_healthy(&self) -> bool {
         self.routers
             .iter()
-            .any(|r| r.healthy.load(Ordering::Relaxed))
+            .any(|r| r.segment.is_none() && r.healthy.load(Ordering::Relaxed))
     }
 
     /// Probe every GoRouter's health URL every `interval` until `shutdown`; a router is
@@ -188,10 +209,11 @@ impl GoRouters {
             });
             for (r, ok) in futures::future::join_all(probes).await {
                 if r.healthy.swap(ok, Ordering::Relaxed) != ok {
+                    let segment = r.segment.as_deref().unwrap_or("");
                     if ok {
-                        info!(gorouter = %r.addr, "gorouter healthy");
+                        info!(gorouter = %r.addr, segment, "gorouter healthy");
                     } else {
-                        warn!(gorouter = %r.addr, "gorouter failed its health check");
+                        warn!(gorouter = %r.addr, segment, "gorouter failed its health check");
                     }
                 }
             }
