@@ -75,10 +75,15 @@ async fn serve(
                 None => h1::serve(proxy, tcp, conn, shutdown).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                            serve_conn(proxy, stream, conn, shutdown).await;
+                        Ok(Ok(stream)) => {
+                            let tls = stream.get_ref().1;
+                            let conn = conn.with_client_cert(tls.peer_certificates());
+                            if tls.alpn_protocol() == Some(b"h2") {
+                                serve_conn(proxy, stream, conn, shutdown).await;
+                            } else {
+                                h1::serve(proxy, stream, conn, shutdown).await;
+                            }
                         }
-                        Ok(Ok(stream)) => h1::serve(proxy, stream, conn, shutdown).await,
                         Ok(Err(err)) => debug!(%client, %err, "tls handshake failed"),
                         Err(_) => debug!(%client, "tls handshake timed out"),
                     }

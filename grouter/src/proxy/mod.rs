@@ -32,7 +32,8 @@
 //!    [`remote`] (other sites over the mesh).
 //! 7. `wire`: HTTP/1.1 on the wire to a GoRouter.
 //! 8. leaves: `headers` (the contract's header rules), [`error`] (own answers, and
-//!    whether a failed attempt may be retried), `body`, [`decide`] (pure).
+//!    whether a failed attempt may be retried), `access` (gorouter's `rtr` access-log
+//!    line), `body`, [`decide`] (pure).
 //!
 //! Forwarding: a request decided `Local` goes to the GoRouters (round-robin among the
 //! healthy), then to the other sites serving the route; `Remote` goes to the serving sites
@@ -45,6 +46,7 @@
 //! Must never: hold a lock across an `.await`, forward a peer's request onward, or put
 //! internals in a response body.
 
+mod access;
 mod body;
 pub mod decide;
 pub mod error;
@@ -64,6 +66,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
+use crate::config::{AccessLogFormat, Config};
 use crate::health::{Health, SyncState};
 use crate::table::{RouteMatch, Table};
 use decide::{Decision, Rules};
@@ -100,6 +103,36 @@ pub struct Proxy {
     site: HeaderValue,
     site_header: bool,
     access_log: bool,
+    /// The header rules (forwarding headers, client certificates, tracing).
+    policy: headers::Policy,
+    access_format: AccessLogFormat,
+}
+
+/// What a proxy takes from the config besides its decision rules: the site header, the
+/// header rules of "gorouter parity" (CONTRACT.md) and the access log.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    site_header: bool,
+    access_log: bool,
+    policy: headers::Policy,
+    access_format: AccessLogFormat,
+}
+
+impl Settings {
+    /// From `[proxy]` (`site_header`, `trusted_proxies`, `forwarded_client_cert`, `tracing`)
+    /// and `[log]` (`access_log`, `access_log_format`).
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            site_header: config.proxy.site_header,
+            access_log: config.log.access_log,
+            policy: headers::Policy {
+                xfcc: config.proxy.forwarded_client_cert,
+                tracing: config.proxy.tracing,
+                trusted: config.proxy.trusted_proxies.clone(),
+            },
+            access_format: config.log.access_log_format,
+        }
+    }
 }
 
 impl Proxy {
@@ -111,8 +144,7 @@ impl Proxy {
         rules: Rules,
         gorouters: Arc<GoRouters>,
         remotes: Option<Remotes>,
-        site_header: bool,
-        access_log: bool,
+        settings: Settings,
     ) -> Arc<Proxy> {
         let site = HeaderValue::from_str(&rules.site)
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
@@ -122,8 +154,10 @@ impl Proxy {
             gorouters,
             remotes,
             site,
-            site_header,
-            access_log,
+            site_header: settings.site_header,
+            access_log: settings.access_log,
+            policy: settings.policy,
+            access_format: settings.access_format,
         })
     }
 
