@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 
 # shellcheck source=deploy/lib.sh
 . deploy/lib.sh
-ensure_packages nats-server:nats-server kdig:knot-dnsutils
+ensure_packages nats-server:nats-server kdig:knot-dnsutils curl:curl openssl:openssl
 
 exec cargo test --workspace "$@"

@@ -205,9 +205,27 @@ pub struct NodeBuilder {
     gorouters: Vec<SocketAddr>,
     redirect: bool,
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    proxy_extra: String,
+    tls_extra: String,
 }
 
 impl NodeBuilder {
+    /// TOML lines added to the `[proxy]` section (e.g. `tracing = "b3"`), which
+    /// [`NodeBuilder::extra`] cannot add to.
+    pub fn proxy_option(mut self, toml: &str) -> Self {
+        self.proxy_extra.push_str(toml);
+        self.proxy_extra.push('\n');
+        self
+    }
+
+    /// TOML lines added to the `[tls]` section [`NodeBuilder::https`] writes (e.g.
+    /// `client_cert = "request"`).
+    pub fn tls_option(mut self, toml: &str) -> Self {
+        self.tls_extra.push_str(toml);
+        self.tls_extra.push('\n');
+        self
+    }
+
     /// Forward to these GoRouters (default: a new [`gorouter::GoRouterStub`] of the node's
     /// site, kept by the node).
     pub fn gorouters(mut self, addrs: &[SocketAddr]) -> Self {
@@ -283,7 +301,8 @@ impl NodeBuilder {
         };
         let https = match &self.tls {
             Some((dir, cert, key)) => format!(
-                "https_listen = \"127.0.0.1:0\"\n\n[tls]\ncert_dir = {dir:?}\ndefault_cert = {cert:?}\ndefault_key = {key:?}\n"
+                "https_listen = \"127.0.0.1:0\"\n\n[tls]\ncert_dir = {dir:?}\ndefault_cert = {cert:?}\ndefault_key = {key:?}\n{}",
+                self.tls_extra
             ),
             None => String::new(),
         };
@@ -302,6 +321,7 @@ addresses = [{gorouters}]
 [proxy]
 http_listen = "127.0.0.1:0"
 remote = "{remote}"
+{proxy_extra}
 {https}
 
 [admin]
@@ -325,6 +345,7 @@ format = "json"
                 .join(", "),
             remote = if self.redirect { "redirect" } else { "proxy" },
             https = https,
+            proxy_extra = self.proxy_extra,
         );
         let mut config = config;
         if let Some((ca, seeds)) = &self.mesh {
@@ -395,6 +416,8 @@ impl Node {
             gorouters: Vec::new(),
             redirect: false,
             tls: None,
+            proxy_extra: String::new(),
+            tls_extra: String::new(),
         }
     }
 
