@@ -39,8 +39,9 @@
 //! healthy), then to the other sites serving the route; `Remote` goes to the serving sites
 //! best first. At most 3 attempts. A failed attempt is an [`error::AttemptError`] that says
 //! whether anything was sent: if nothing was, the request goes to the next target while its
-//! body is whole (unread); if something was, only an idempotent request without a body goes
-//! again. Bodies stream both ways; nothing is buffered whole but small HTTP/1.1 bodies on
+//! body is whole (unread); if something was, only an idempotent request (GET, HEAD,
+//! OPTIONS, TRACE, or one with an idempotency key) whose body is whole goes again, and only
+//! when the connection closed before a response. Bodies stream both ways; nothing is buffered whole but small HTTP/1.1 bodies on
 //! the fast path.
 //!
 //! Must never: hold a lock across an `.await`, forward a peer's request onward, or put
