@@ -191,10 +191,12 @@ impl<'a> General<'a> {
         host: &'a str,
     ) -> Self {
         let bodiless = body.is_end_stream();
-        let has_key = parts
-            .headers
-            .keys()
-            .any(|n| error::is_idempotency_key(n.as_str()));
+        // The key matters only for methods not idempotent by themselves: GETs skip the scan.
+        let idempotent = error::is_idempotent(parts.method.as_str(), false)
+            || parts
+                .headers
+                .keys()
+                .any(|n| error::is_idempotency_key(n.as_str()));
         let mut trace = TraceId::default();
         let h2_head = (parts.version == Version::HTTP_2 && bodiless).then(|| {
             let (head, id) = request_head(parts, conn.headers(&proxy.policy), &proxy.policy, host);
@@ -207,7 +209,7 @@ impl<'a> General<'a> {
             conn,
             host,
             upgrade: is_upgrade(&parts.headers),
-            idempotent: error::is_idempotent(parts.method.as_str(), has_key),
+            idempotent,
             bodiless,
             path_and_query: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
             trace,
