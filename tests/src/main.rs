@@ -14,5 +14,6 @@ mod gcf;
 mod http1;
 mod learn;
 mod mesh;
+mod parity;
 mod partition;
 mod proxy;
