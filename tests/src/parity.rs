@@ -106,13 +106,16 @@ async fn h2_get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, reqwest::header::HeaderMap, String) {
+    // The host in the URL, so that `:authority` names it (a Host header beside a different
+    // `:authority` is refused).
+    let addr = node.http_addr();
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
+        .resolve(HOST, addr)
         .build()
         .expect("client");
     let mut req = client
-        .get(format!("http://{}{path}", node.http_addr()))
-        .header("host", HOST)
+        .get(format!("http://{HOST}:{}{path}", addr.port()))
         .timeout(10 * SEC);
     for (n, v) in headers {
         req = req.header(*n, *v);
