@@ -32,8 +32,11 @@ pub const MAX_PAYLOAD: usize = 64 * 1024;
 pub const MAX_URIS: usize = 1024;
 
 /// A `router.register` / `router.unregister` payload as gorouter's `RegistryMessage`
-/// reads it. Strings borrow from the payload where they hold no escapes. Unknown keys are
-/// ignored, as gorouter ignores them.
+/// reads it, the fields GRouter uses. Strings borrow from the payload where they hold no
+/// escapes. Other keys are skipped without being decoded, as gorouter ignores unknown
+/// ones: `private_instance_index`, `protocol` (GRouter talks HTTP/1.1 to GoRouters, never
+/// to backends), `availability_zone` and `endpoint_updated_at_ns` are such keys here,
+/// since skipping a string costs less than validating and keeping it.
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
 pub struct RegistryMessage<'a> {
     /// Backend IP or hostname.
@@ -54,9 +57,6 @@ pub struct RegistryMessage<'a> {
     /// Instance GUID.
     #[serde(borrow, default, deserialize_with = "borrow_str")]
     pub private_instance_id: Option<Cow<'a, str>>,
-    /// Instance index, a string in gorouter's format ("0").
-    #[serde(borrow, default, deserialize_with = "borrow_str")]
-    pub private_instance_index: Option<Cow<'a, str>>,
     /// SAN the backend certificate must carry; required with `tls_port`.
     #[serde(borrow, default, deserialize_with = "borrow_str")]
     pub server_cert_domain_san: Option<Cow<'a, str>>,
@@ -72,15 +72,6 @@ pub struct RegistryMessage<'a> {
     /// Per-endpoint TTL in seconds; 0 or above the router's default means the default.
     #[serde(default)]
     pub stale_threshold_in_seconds: Option<i64>,
-    /// `http1` (default) or `http2`.
-    #[serde(borrow, default, deserialize_with = "borrow_str")]
-    pub protocol: Option<Cow<'a, str>>,
-    /// Availability zone of the backend.
-    #[serde(borrow, default, deserialize_with = "borrow_str")]
-    pub availability_zone: Option<Cow<'a, str>>,
-    /// Unix nanoseconds of the emitter's update (latency metric only).
-    #[serde(default)]
-    pub endpoint_updated_at_ns: Option<i64>,
     /// Per-route options (`loadbalancing`, `hash_header`, …).
     #[serde(borrow, default)]
     pub options: Option<RegistryOptions<'a>>,
