@@ -296,6 +296,62 @@ pub struct ProxyConfig {
     /// Whether responses carry `X-Grouter-Site: <site that served>`.
     #[serde(default = "default_true")]
     pub site_header: bool,
+
+    // gorouter parity (CONTRACT.md "gorouter parity"): forwarding headers and tracing.
+    /// Clients (CIDRs) whose `X-Forwarded-For` and `X-Forwarded-Proto` are kept: load
+    /// balancers in front of GRouter. Every other client's `X-Forwarded-Proto` is set from
+    /// its connection. Host bits are cleared.
+    #[serde(default, deserialize_with = "de_cidrs")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// What happens to `X-Forwarded-Client-Cert` (gorouter's `forwarded_client_cert`).
+    #[serde(default)]
+    pub forwarded_client_cert: ForwardedClientCert,
+    /// Which trace headers are created when a request carries none.
+    #[serde(default)]
+    pub tracing: TracingMode,
+}
+
+/// `proxy.forwarded_client_cert`, with gorouter's semantics (its `handlers/clientcert.go`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardedClientCert {
+    /// Remove the client's `X-Forwarded-Client-Cert`, and set it from the certificate the
+    /// client showed on the TLS connection, if any (base64 of its DER).
+    #[default]
+    SanitizeSet,
+    /// Keep the client's header only when the client showed a certificate; remove it
+    /// otherwise.
+    Forward,
+    /// Pass the client's header on unchanged.
+    AlwaysForward,
+}
+
+/// `proxy.tracing`: the trace context created for a request that carries none (headers a
+/// request brings are passed on unchanged, whatever the mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TracingMode {
+    /// W3C Trace Context: `traceparent`.
+    #[default]
+    W3c,
+    /// Zipkin B3: `X-B3-TraceId`, `X-B3-SpanId` and the single `b3` header.
+    B3,
+    /// Nothing is created.
+    None,
+}
+
+/// `tls.client_cert`: whether the HTTPS listener asks clients for a certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertMode {
+    /// Never asked for.
+    #[default]
+    None,
+    /// Asked for; a client without one is served, one with a certificate that
+    /// `tls.client_ca` does not vouch for is refused at the handshake.
+    Request,
+    /// Required: a client without a certificate `tls.client_ca` vouches for is refused.
+    Require,
 }
 
 /// `[tls]`: server certificates for `proxy.https_listen`.
@@ -309,6 +365,13 @@ pub struct TlsConfig {
     pub default_cert: PathBuf,
     /// Private key (PEM) of `default_cert`.
     pub default_key: PathBuf,
+    /// Whether clients are asked for a certificate: `none`, `request` or `require`.
+    #[serde(default)]
+    pub client_cert: ClientCertMode,
+    /// CA certificates (PEM, one or more) that client certificates must chain to; required
+    /// unless `client_cert = "none"`.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[mesh]`: mutual-TLS peering with the other nodes.
@@ -429,6 +492,22 @@ pub struct LogConfig {
     /// Whether every proxied request is logged.
     #[serde(default = "default_true")]
     pub access_log: bool,
+    /// The access log line: `json` (GRouter's record, one field per fact) or `rtr`
+    /// (gorouter's access-log line).
+    #[serde(default)]
+    pub access_log_format: AccessLogFormat,
+}
+
+/// `log.access_log_format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// GRouter's structured record: one field per fact, a JSON object with `format = "json"`.
+    #[default]
+    Json,
+    /// gorouter's line (`accesslog/schema`): `host - [time] "METHOD uri PROTO" status …`,
+    /// as the event's message.
+    Rtr,
 }
 
 impl Default for LogConfig {
@@ -436,6 +515,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::default(),
             access_log: default_true(),
+            access_log_format: AccessLogFormat::default(),
         }
     }
 }
@@ -455,6 +535,12 @@ impl<'de> Deserialize<'de> for Cidr {
                 ))
             })
     }
+}
+
+/// Reads a list of CIDRs (`proxy.trusted_proxies`), each checked as it is read.
+fn de_cidrs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    let nets = Vec::<Cidr>::deserialize(deserializer)?;
+    Ok(nets.into_iter().map(|Cidr(net)| net).collect())
 }
 
 /// Reads `dns.client_networks` as a table of CIDR keys, in file order (sorted by `validate`).
@@ -605,6 +691,9 @@ impl Config {
         if let Some(tls) = &self.tls {
             files.push(("tls.default_cert", &tls.default_cert));
             files.push(("tls.default_key", &tls.default_key));
+            if let Some(ca) = &tls.client_ca {
+                files.push(("tls.client_ca", ca));
+            }
         }
         if let Some(mesh) = &self.mesh {
             files.push(("mesh.ca", &mesh.ca));
@@ -700,6 +789,9 @@ impl Config {
             resolve(&mut tls.cert_dir);
             resolve(&mut tls.default_cert);
             resolve(&mut tls.default_key);
+            if let Some(ca) = &mut tls.client_ca {
+                resolve(ca);
+            }
         }
         if let Some(mesh) = &mut self.mesh {
             resolve(&mut mesh.ca);
@@ -882,6 +974,14 @@ impl TlsConfig {
         check_path(p, "tls.cert_dir", &self.cert_dir);
         check_path(p, "tls.default_cert", &self.default_cert);
         check_path(p, "tls.default_key", &self.default_key);
+        match (&self.client_ca, self.client_cert) {
+            (Some(ca), _) => check_path(p, "tls.client_ca", ca),
+            (None, ClientCertMode::None) => {}
+            (None, _) => p.push(
+                "tls.client_ca",
+                "missing (required when tls.client_cert is \"request\" or \"require\")",
+            ),
+        }
     }
 }
 
@@ -1578,9 +1678,16 @@ token_file = "admin.token"
             c.log,
             LogConfig {
                 format: LogFormat::Text,
-                access_log: true
+                access_log: true,
+                access_log_format: AccessLogFormat::Json,
             }
         );
+        assert!(c.proxy.trusted_proxies.is_empty());
+        assert_eq!(
+            c.proxy.forwarded_client_cert,
+            ForwardedClientCert::SanitizeSet
+        );
+        assert_eq!(c.proxy.tracing, TracingMode::W3c);
 
         let c = parse(&format!(
             "{MINIMAL}\n[mesh]\nlisten = \"127.0.0.1:7946\"\nadvertise = \"grouter-1.lon:7946\"\n\
@@ -1684,9 +1791,77 @@ token_file = "admin.token"
             c.log,
             LogConfig {
                 format: LogFormat::Json,
-                access_log: false
+                access_log: false,
+                access_log_format: AccessLogFormat::Json,
             }
         );
+    }
+
+    #[test]
+    fn parity_keys_parse_and_are_checked() {
+        let c = parse(&MINIMAL.replace(
+            "[admin]",
+            "trusted_proxies = [\"10.0.0.7/8\", \"2001:db8::/32\"]\n\
+             forwarded_client_cert = \"always_forward\"\ntracing = \"b3\"\n\
+             [log]\naccess_log_format = \"rtr\"\n[admin]",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.proxy.trusted_proxies,
+            [
+                "10.0.0.0/8".parse::<IpNet>().unwrap(),
+                "2001:db8::/32".parse().unwrap()
+            ],
+            "host bits cleared"
+        );
+        assert_eq!(
+            c.proxy.forwarded_client_cert,
+            ForwardedClientCert::AlwaysForward
+        );
+        assert_eq!(c.proxy.tracing, TracingMode::B3);
+        assert_eq!(c.log.access_log_format, AccessLogFormat::Rtr);
+
+        let bad = |extra: &str, key: &str| {
+            single_error(
+                &MINIMAL.replace("[admin]", &format!("{extra}\n[admin]")),
+                key,
+            )
+        };
+        assert!(
+            bad(
+                "trusted_proxies = [\"10.0.0.0/33\"]",
+                "proxy.trusted_proxies[0]"
+            )
+            .contains("invalid CIDR")
+        );
+        assert!(
+            bad(
+                "forwarded_client_cert = \"sanitize\"",
+                "proxy.forwarded_client_cert"
+            )
+            .contains("unknown variant")
+        );
+        assert!(bad("tracing = \"zipkin\"", "proxy.tracing").contains("unknown variant"));
+
+        let tls = "https_listen = \"127.0.0.1:8443\"\n[tls]\ncert_dir = \"c\"\n\
+                   default_cert = \"c.pem\"\ndefault_key = \"c.key\"\n";
+        let c = parse(&MINIMAL.replace("[admin]", &format!("{tls}[admin]"))).unwrap();
+        let t = c.tls.unwrap();
+        assert_eq!((t.client_cert, t.client_ca), (ClientCertMode::None, None));
+        let reason = single_error(
+            &MINIMAL.replace(
+                "[admin]",
+                &format!("{tls}client_cert = \"require\"\n[admin]"),
+            ),
+            "tls.client_ca",
+        );
+        assert!(reason.starts_with("missing"), "{reason}");
+        let c = parse(&MINIMAL.replace(
+            "[admin]",
+            &format!("{tls}client_cert = \"request\"\nclient_ca = \"clients.pem\"\n[admin]"),
+        ))
+        .unwrap();
+        assert_eq!(c.tls.unwrap().client_cert, ClientCertMode::Request);
     }
 
     #[test]

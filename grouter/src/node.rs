@@ -357,8 +357,7 @@ pub async fn run(
             rules,
             gorouters.clone(),
             remotes,
-            config.proxy.site_header,
-            config.log.access_log,
+            crate::proxy::Settings::from_config(&config),
             edge,
         );
         if let Some(peers) = state.mesh.get().and_then(|m| m.take_peer_http()) {
@@ -378,7 +377,16 @@ pub async fn run(
         if let (Some(https), Some(tls)) = (listeners.https, &config.tls) {
             let store =
                 crate::tls::CertStore::load(&tls.cert_dir, &tls.default_cert, &tls.default_key)?;
-            let server = store.server_config()?;
+            let clients = match (tls.client_cert, &tls.client_ca) {
+                (crate::config::ClientCertMode::Request, Some(ca)) => {
+                    crate::tls::ClientCerts::Request(ca.clone())
+                }
+                (crate::config::ClientCertMode::Require, Some(ca)) => {
+                    crate::tls::ClientCerts::Require(ca.clone())
+                }
+                _ => crate::tls::ClientCerts::None,
+            };
+            let server = store.server_config_with(&clients)?;
             let (watch, token) = (store.clone(), stop.child_token());
             tasks.spawn(async move {
                 watch.watch(CERT_POLL_INTERVAL, token).await;

@@ -10,7 +10,9 @@
 //!   default certificate (also when the client sent no SNI);
 //! - **hot reload**: [`CertStore::watch`] polls the files and [`CertStore::reload`] swaps in a
 //!   new map, so handshakes never wait on the file system;
-//! - the HTTPS [`ServerConfig`] ([`CertStore::server_config`]).
+//! - the HTTPS [`ServerConfig`] ([`CertStore::server_config`]), asking clients for a
+//!   certificate when `tls.client_cert` says so ([`ClientCerts`]: rustls's webpki verifier
+//!   over the CA certificates of `tls.client_ca`).
 //!
 //! Must never:
 //! - log, print or put into an error message any key material (reasons name files and say
@@ -381,10 +383,19 @@ impl CertStore {
     /// stateless tickets (a fresh ticket key per config, rotated by rustls) for resumption.
     /// No 0-RTT early data (it could be replayed).
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        self.server_config_with(&ClientCerts::None)
+    }
+
+    /// [`CertStore::server_config`], asking clients for a certificate as `clients` says.
+    pub fn server_config_with(
+        self: &Arc<Self>,
+        clients: &ClientCerts,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let verifier = clients.verifier(&self.provider)?;
         let mut config = ServerConfig::builder_with_provider(Arc::clone(&self.provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(TlsError::Config)?
-            .with_no_client_auth()
+            .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
         // The server's cipher suite order, not the client's (CONTRACT.md "Edge rules";
@@ -762,6 +773,63 @@ fn pem_reason(e: &pem::Error) -> &'static str {
         pem::Error::NoItemsFound => "nothing found",
         pem::Error::SectionTooLarge => "a section is too large",
         _ => "unreadable",
+    }
+}
+
+/// Whether the HTTPS listener asks clients for a certificate (`tls.client_cert`), and the
+/// CA certificates (`tls.client_ca`, PEM) a client certificate must chain to.
+#[derive(Debug, Clone)]
+pub enum ClientCerts {
+    /// Never asked for.
+    None,
+    /// Asked for; a client without one is served, one whose certificate does not chain to
+    /// the CA file is refused at the handshake.
+    Request(PathBuf),
+    /// Required: a client without a certificate that chains to the CA file is refused.
+    Require(PathBuf),
+}
+
+impl ClientCerts {
+    /// rustls's verifier for this mode (webpki: chain, validity and client-auth usage).
+    fn verifier(
+        &self,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+        let (path, required) = match self {
+            ClientCerts::None => return Ok(rustls::server::WebPkiClientVerifier::no_client_auth()),
+            ClientCerts::Request(path) => (path, false),
+            ClientCerts::Require(path) => (path, true),
+        };
+        let invalid = |reason: String| TlsError::Invalid {
+            path: path.clone(),
+            reason,
+        };
+        let pem = fs::read(path).map_err(|source| TlsError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| invalid(format!("invalid PEM: {}", pem_reason(&e))))?;
+            roots
+                .add(cert)
+                .map_err(|e| invalid(format!("not a usable CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(invalid("no certificate found".to_string()));
+        }
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(provider),
+        );
+        let builder = if required {
+            builder
+        } else {
+            builder.allow_unauthenticated()
+        };
+        builder
+            .build()
+            .map_err(|e| invalid(format!("cannot verify clients with it: {e}")))
     }
 }
 

@@ -32,12 +32,15 @@ pub const MAX_PAYLOAD: usize = 64 * 1024;
 pub const MAX_URIS: usize = 1024;
 
 /// A `router.register` / `router.unregister` payload as gorouter's `RegistryMessage`
-/// reads it. Strings borrow from the payload where they hold no escapes. Unknown keys are
-/// ignored, as gorouter ignores them.
+/// reads it, the fields GRouter uses. Strings borrow from the payload where they hold no
+/// escapes. Other keys are skipped without being decoded, as gorouter ignores unknown
+/// ones: `private_instance_index`, `protocol` (GRouter talks HTTP/1.1 to GoRouters, never
+/// to backends), `availability_zone` and `endpoint_updated_at_ns` are such keys here,
+/// since skipping a string costs less than validating and keeping it.
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
 pub struct RegistryMessage<'a> {
     /// Backend IP or hostname.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_str")]
     pub host: Option<Cow<'a, str>>,
     /// Plain-HTTP backend port.
     #[serde(default)]
@@ -46,44 +49,74 @@ pub struct RegistryMessage<'a> {
     #[serde(default)]
     pub tls_port: Option<u16>,
     /// Route keys: `host`, `host/path` or `*.domain`.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_list")]
     pub uris: Option<Vec<Cow<'a, str>>>,
     /// App GUID.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_str")]
     pub app: Option<Cow<'a, str>>,
     /// Instance GUID.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_str")]
     pub private_instance_id: Option<Cow<'a, str>>,
-    /// Instance index, a string in gorouter's format ("0").
-    #[serde(borrow, default)]
-    pub private_instance_index: Option<Cow<'a, str>>,
     /// SAN the backend certificate must carry; required with `tls_port`.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_str")]
     pub server_cert_domain_san: Option<Cow<'a, str>>,
     /// Route service; must be https when set.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_str")]
     pub route_service_url: Option<Cow<'a, str>>,
     /// Metric tags: only those GRouter reads are kept.
     #[serde(borrow, default)]
     pub tags: Option<RegistryTags<'a>>,
     /// Isolation segment name.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_str")]
     pub isolation_segment: Option<Cow<'a, str>>,
     /// Per-endpoint TTL in seconds; 0 or above the router's default means the default.
     #[serde(default)]
     pub stale_threshold_in_seconds: Option<i64>,
-    /// `http1` (default) or `http2`.
-    #[serde(borrow, default)]
-    pub protocol: Option<Cow<'a, str>>,
-    /// Availability zone of the backend.
-    #[serde(borrow, default)]
-    pub availability_zone: Option<Cow<'a, str>>,
-    /// Unix nanoseconds of the emitter's update (latency metric only).
-    #[serde(default)]
-    pub endpoint_updated_at_ns: Option<i64>,
     /// Per-route options (`loadbalancing`, `hash_header`, …).
     #[serde(borrow, default)]
     pub options: Option<RegistryOptions<'a>>,
+}
+
+/// serde's `Cow<str>` always deserializes to an owned copy (its `borrow` attribute reaches
+/// only a field whose type is `Cow` itself, not `Option<Cow>`): this borrows from the
+/// payload whenever the JSON string holds no escape, which is nearly always.
+struct Borrowed<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Borrowed<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Borrowed<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Borrowed(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Borrowed(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Borrowed(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
+fn borrow_str<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
+}
+
+fn borrow_list<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<Cow<'a, str>>>, D::Error> {
+    Ok(Option::<Vec<Borrowed<'a>>>::deserialize(d)?.map(|v| v.into_iter().map(|b| b.0).collect()))
 }
 
 /// The `tags` of a registration that GRouter reads (route-emitter also sends `component`,
@@ -91,13 +124,13 @@ pub struct RegistryMessage<'a> {
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
 pub struct RegistryTags<'a> {
     /// The app's name in its space.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_str")]
     pub app_name: Option<Cow<'a, str>>,
     /// The app's organisation.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_str")]
     pub organization_name: Option<Cow<'a, str>>,
     /// The app's space.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_str")]
     pub space_name: Option<Cow<'a, str>>,
 }
 
@@ -106,7 +139,7 @@ pub struct RegistryTags<'a> {
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
 pub struct RegistryOptions<'a> {
     /// `round-robin`, `least-connection` or `hash`.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrow_str")]
     pub loadbalancing: Option<Cow<'a, str>>,
 }
 
@@ -471,6 +504,26 @@ mod tests {
             (r.app_name, r.org, r.space, r.isolation_segment),
             (None, None, None, None)
         );
+    }
+
+    #[test]
+    fn strings_borrow_from_the_payload_unless_escaped() {
+        // Parsing is the learner's main cost: a copy per string would double it.
+        let json = br#"{"host":"10.0.0.1","port":1,"uris":["a.com","b\u002ecom"],"app":"g\n1",
+ "tags":{"app_name":"shop","space_name":"prod"}}"#;
+        let m: RegistryMessage<'_> = serde_json::from_slice(json).unwrap();
+        assert!(matches!(m.host, Some(Cow::Borrowed("10.0.0.1"))));
+        let uris = m.uris.unwrap();
+        assert!(matches!(uris[0], Cow::Borrowed("a.com")));
+        assert!(
+            matches!(&uris[1], Cow::Owned(s) if s == "b.com"),
+            "escapes decoded"
+        );
+        assert!(matches!(&m.app, Some(Cow::Owned(s)) if s == "g\n1"));
+        let tags = m.tags.unwrap();
+        assert!(matches!(tags.app_name, Some(Cow::Borrowed("shop"))));
+        assert!(matches!(tags.space_name, Some(Cow::Borrowed("prod"))));
+        assert!(tags.organization_name.is_none());
     }
 
     #[test]

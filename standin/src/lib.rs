@@ -7,6 +7,12 @@
 //! - `GET /bytes/N` → N bytes, streamed in 64 KiB chunks.
 //! - `POST /consume` → reads the body as a stream and answers with its length.
 //! - `GET /delay/MS` → answers after MS milliseconds (at most 60 s): a request in flight.
+//! - `/eof-once/KEY` → the first time KEY arrives as the first request of a connection,
+//!   the connection is closed without an answer (a GoRouter closing a connection it has
+//!   just accepted); after that, answered as anything else. [`StandIn::eof_count`] counts
+//!   the closes.
+//! - `GET /connection-named` → a response whose `Connection` header names `X-Hop` (which
+//!   it carries, with `X-App: kept`).
 //! - A WebSocket upgrade → echoes every message, text prefixed with the site.
 //! - Anything else → 200 JSON `{site, host, method, path, query, headers}`.
 //!
@@ -21,7 +27,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::convert::Infallible;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -53,6 +59,9 @@ struct State {
     site_header: HeaderValue,
     healthy: AtomicBool,
     requests: AtomicUsize,
+    /// `/eof-once/` keys already closed on.
+    eof_keys: parking_lot::Mutex<HashSet<String>>,
+    eofs: AtomicUsize,
 }
 
 /// A running stand-in; stops when dropped.
@@ -79,6 +88,8 @@ impl StandIn {
                 .unwrap_or_else(|_| HeaderValue::from_static("x")),
             healthy: AtomicBool::new(true),
             requests: AtomicUsize::new(0),
+            eof_keys: parking_lot::Mutex::new(HashSet::new()),
+            eofs: AtomicUsize::new(0),
         });
         let task = tokio::spawn(serve(listener, state.clone()));
         Ok(StandIn { addr, state, task })
@@ -108,6 +119,11 @@ impl StandIn {
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::Relaxed)
     }
+
+    /// Connections closed without an answer by `/eof-once/`.
+    pub fn eof_count(&self) -> usize {
+        self.state.eofs.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for StandIn {
@@ -134,9 +150,23 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
         while conns.try_join_next().is_some() {}
         let state = state.clone();
         conns.spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            // Requests this connection has carried: `/eof-once/` closes only a fresh one.
+            let carried = Arc::new(AtomicUsize::new(0));
+            let service = service_fn(move |req: Request<Incoming>| {
+                let (state, carried) = (state.clone(), carried.clone());
+                async move {
+                    let first = carried.fetch_add(1, Ordering::Relaxed) == 0;
+                    if first
+                        && let Some(key) = req.uri().path().strip_prefix("/eof-once/")
+                        && state.eof_keys.lock().insert(key.to_string())
+                    {
+                        state.eofs.fetch_add(1, Ordering::Relaxed);
+                        // An error from the service: hyper closes the connection without
+                        // writing a byte of a response.
+                        return Err(std::io::Error::other("closed on purpose"));
+                    }
+                    Ok(handle(&state, req).await)
+                }
             });
             // A client that goes away mid-request is not the stand-in's problem.
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -184,6 +214,14 @@ async fn handle(s: &State, mut req: Request<Incoming>) -> Response<Body> {
     {
         tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
         return full(StatusCode::OK, s, format!("delayed {ms} ms"));
+    }
+    if path == "/connection-named" {
+        let mut r = full(StatusCode::OK, s, "named");
+        let h = r.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("X-Hop"));
+        h.insert("x-hop", HeaderValue::from_static("hop-by-hop"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        return r;
     }
     if path == "/consume" {
         let mut body = req.into_body();

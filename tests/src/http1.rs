@@ -373,7 +373,7 @@ async fn pipelined_requests_and_every_response_framing_pass_through_in_order() {
         (200, "hello"),
         (
             404,
-            "Requested route ('nowhere.example.com') does not exist.\n",
+            "404 Not Found: Requested route ('nowhere.example.com') does not exist.\n",
         ),
         (200, "ok"),
         (200, "abc"),

@@ -210,9 +210,18 @@ pub struct NodeBuilder {
     gorouters: Vec<SocketAddr>,
     redirect: bool,
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    tls_extra: String,
 }
 
 impl NodeBuilder {
+    /// TOML lines added to the `[tls]` section [`NodeBuilder::https`] writes (e.g.
+    /// `client_cert = "request"`).
+    pub fn tls_option(mut self, toml: &str) -> Self {
+        self.tls_extra.push_str(toml);
+        self.tls_extra.push('\n');
+        self
+    }
+
     /// Forward to these GoRouters (default: a new [`gorouter::GoRouterStub`] of the node's
     /// site, kept by the node).
     pub fn gorouters(mut self, addrs: &[SocketAddr]) -> Self {
@@ -271,7 +280,8 @@ impl NodeBuilder {
         self
     }
 
-    /// TOML lines added to the `[proxy]` section (e.g. `idle_timeout_secs = 2`).
+    /// TOML lines added to the `[proxy]` section (e.g. `idle_timeout_secs = 2`,
+    /// `tracing = "b3"`), which [`NodeBuilder::extra`] cannot add to.
     pub fn proxy_option(mut self, toml: &str) -> Self {
         self.proxy_extra.push_str(toml);
         self.proxy_extra.push('\n');
@@ -309,7 +319,8 @@ impl NodeBuilder {
         };
         let https = match &self.tls {
             Some((dir, cert, key)) => format!(
-                "https_listen = \"127.0.0.1:0\"\n\n[tls]\ncert_dir = {dir:?}\ndefault_cert = {cert:?}\ndefault_key = {key:?}\n"
+                "https_listen = \"127.0.0.1:0\"\n\n[tls]\ncert_dir = {dir:?}\ndefault_cert = {cert:?}\ndefault_key = {key:?}\n{}",
+                self.tls_extra
             ),
             None => String::new(),
         };
@@ -427,6 +438,7 @@ impl Node {
             gorouters: Vec::new(),
             redirect: false,
             tls: None,
+            tls_extra: String::new(),
         }
     }
 

@@ -14,6 +14,7 @@ mod gcf;
 mod http1;
 mod learn;
 mod mesh;
+mod parity;
 mod partition;
 mod proxy;
 mod segments;

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use hickory_proto::rr::RecordType;
 use ipnet::IpNet;
 
-use super::names::Ancestors;
 use crate::config::DnsConfig;
 use crate::health::SyncState;
 use crate::table::Table;
@@ -287,7 +286,6 @@ struct Candidate {
 pub fn answer(
     table: &Table,
     settings: &DnsSettings,
-    below: &Ancestors,
     status: NodeStatus,
     client: Client,
     name: &str,
@@ -336,7 +334,7 @@ pub fn answer(
     let Some(sites) = table.sites_for_host(&name) else {
         // The apex exists (it has SOA and NS) even when no app is served there, and so does
         // every name with a name below it (an empty non-terminal): NODATA, not NXDOMAIN.
-        if !at_apex && !has_names_below(table, settings, below, &name) {
+        if !at_apex && !has_names_below(table, settings, &name) {
             out.rcode = Rcode::NxDomain;
         }
         out.authority_soa = true;
@@ -387,12 +385,10 @@ pub fn answer(
     out
 }
 
-/// Whether some name exists strictly below `name`: a route (the index of route ancestors,
-/// and directly a wildcard `*.name`, which the index may not hold yet) or a name server.
-fn has_names_below(table: &Table, settings: &DnsSettings, below: &Ancestors, name: &str) -> bool {
-    below.contains(name)
-        || settings.nameserver_below(name)
-        || table.sites_for_host(&format!("*.{name}")).is_some()
+/// Whether some name exists strictly below `name`: a route (wildcards included: the table
+/// counts `*.name` below `name`) or a name server.
+fn has_names_below(table: &Table, settings: &DnsSettings, name: &str) -> bool {
+    table.has_routes_below(name) || settings.nameserver_below(name)
 }
 
 /// The ECS scope of an answer steered for `addr`, whose most specific client network is
@@ -566,7 +562,6 @@ mod tests {
         answer(
             t,
             s,
-            &Ancestors::default(),
             st,
             Client {
                 addr: client.parse().unwrap(),
@@ -1008,13 +1003,10 @@ mod tests {
             true,
         );
         let s = settings();
-        let below = Ancestors::default();
-        below.rebuild(&t, &s.zones);
-        let q = |name: &str, below: &Ancestors| {
+        let q = |name: &str| {
             answer(
                 &t,
                 &s,
-                below,
                 ok(),
                 Client {
                     addr: "10.1.0.1".parse().unwrap(),
@@ -1035,7 +1027,7 @@ mod tests {
             ("a.a.b.apps.example.com", Rcode::NxDomain),
         ];
         for (name, rcode) in cases {
-            let a = q(name, &below);
+            let a = q(name);
             assert_eq!(
                 (a.rcode, a.authority_soa, a.answers.len()),
                 (rcode, true, 0),
@@ -1043,10 +1035,14 @@ mod tests {
             );
         }
         // Under the wildcard: answered.
-        assert_eq!(q("any.wild.apps.example.com", &below).answers, ips(&[LON]));
-        // A wildcard's parent is NODATA even before the index knows the route.
-        let empty = Ancestors::default();
-        assert_eq!(q("wild.apps.example.com", &empty).rcode, Rcode::NoError);
+        assert_eq!(q("any.wild.apps.example.com").answers, ips(&[LON]));
+        // The moment the last route below a name goes, the name is gone too.
+        for host in ["a.b.apps.example.com", "*.wild.apps.example.com"] {
+            t.remove_local(&grouter_protocol::nats::RouteKey::parse(host).unwrap());
+        }
+        assert_eq!(q("b.apps.example.com").rcode, Rcode::NxDomain);
+        assert_eq!(q("wild.apps.example.com").rcode, Rcode::NxDomain);
+        assert_eq!(q("y.z.apps.example.com").rcode, Rcode::NoError);
     }
 
     #[test]

@@ -4,12 +4,10 @@
 //! - [`answer`](answer::answer) (`answer.rs`), the whole answering decision as a pure function
 //!   of the table, the node's health and sync state, the client (resolver address or EDNS
 //!   Client Subnet) and the question, with the ECS scope the answer holds for;
-//! - [`names`], the names with routes below them (empty non-terminals answer NODATA);
 //! - [`wire`], one packet in, at most one out: decoding, the checks on malformed packets,
 //!   the EDNS/ECS answer and the UDP size cap (sans-IO);
 //! - [`serve`]: the UDP socket and TCP listener the binary bound, with the TCP idle timeout
-//!   and connection limit, the rebuild of [`names::Ancestors`] when the table changes, and
-//!   the counters.
+//!   and connection limit, and the counters.
 //!
 //! Must never: answer for names outside its zones, write the table, panic on a packet, let a
 //! TCP client hold a connection silent past [`TCP_IDLE_TIMEOUT`], or hold more than
@@ -19,12 +17,11 @@
 //! a SOA serial that changes.
 
 pub mod answer;
-pub mod names;
 pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use prometheus_client::metrics::counter::Counter;
@@ -42,7 +39,6 @@ pub use answer::{
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::table::Table;
-use names::Ancestors;
 use wire::{BadPacket, Reply, Transport, Zones};
 
 /// How long a TCP client may stay silent (between queries, or inside one) before its
@@ -52,10 +48,6 @@ pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_TCP_CONNECTIONS: usize = 512;
 /// Most tasks reading the UDP socket.
 const MAX_UDP_WORKERS: usize = 4;
-/// The shortest pause between two rebuilds of the names with routes below them; a rebuild
-/// also waits four times as long as the last one took, so a huge table under churn costs at
-/// most a fifth of a core.
-const MIN_REBUILD_INTERVAL: Duration = Duration::from_millis(100);
 /// After a failed accept (out of file descriptors), wait this long before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -199,7 +191,6 @@ pub enum DnsError {
 struct Shared {
     front: Front,
     settings: DnsSettings,
-    below: Ancestors,
 }
 
 impl Shared {
@@ -208,7 +199,6 @@ impl Shared {
         let zones = Zones {
             table: &self.front.table,
             settings: &self.settings,
-            below: &self.below,
             status: NodeStatus {
                 sync: self.front.health.sync(),
                 healthy: self.front.health.can_serve(),
@@ -235,14 +225,8 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         front: state,
         settings,
-        below: Ancestors::default(),
     });
-    // The first answers must already know the empty non-terminals.
-    shared
-        .below
-        .rebuild(&shared.front.table, &shared.settings.zones);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(keep_ancestors(shared.clone(), shutdown.clone()));
     let udp = Arc::new(udp);
     let workers = std::thread::available_parallelism()
         .map_or(1, usize::from)
@@ -261,33 +245,6 @@ pub async fn serve(
         }
     }
     Ok(())
-}
-
-/// Rebuild the names with routes below them whenever the table changes, at a bounded rate.
-async fn keep_ancestors(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mut changes = shared.front.table.subscribe();
-    changes.mark_unchanged();
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = changes.changed() => if changed.is_err() { return },
-        }
-        let started = Instant::now();
-        let s = shared.clone();
-        // Off the async workers: a table of a million routes takes a while to walk.
-        let built = tokio::task::spawn_blocking(move || {
-            s.below.rebuild(&s.front.table, &s.settings.zones);
-            s.below.len()
-        })
-        .await;
-        let took = started.elapsed();
-        debug!(names = ?built.ok(), took_ms = took.as_millis(), "dns: names with routes below rebuilt");
-        let pause = took.saturating_mul(4).max(MIN_REBUILD_INTERVAL);
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(pause) => {}
-        }
-    }
 }
 
 /// One task reading the shared UDP socket: every datagram is answered in place.

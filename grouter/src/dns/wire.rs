@@ -26,7 +26,6 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use ipnet::IpNet;
 
 use super::answer::{self, ApexRecord, Client, DnsSettings, NodeStatus, Rcode, Reason};
-use super::names::Ancestors;
 use crate::table::Table;
 
 /// The largest UDP answer, whatever buffer the client advertises (DNS flag day 2020: fits
@@ -85,16 +84,13 @@ impl BadPacket {
     }
 }
 
-/// What answering needs: the table and the settings, the names with names below them, and
-/// the node's state now.
+/// What answering needs: the table and the settings, and the node's state now.
 #[derive(Debug, Clone, Copy)]
 pub struct Zones<'a> {
     /// The merged route table.
     pub table: &'a Table,
     /// `[dns]` and the node.
     pub settings: &'a DnsSettings,
-    /// Names with a route below them.
-    pub below: &'a Ancestors,
     /// Sync and health.
     pub status: NodeStatus,
 }
@@ -213,7 +209,6 @@ pub fn respond(z: Zones<'_>, packet: &[u8], transport: Transport, src: IpAddr) -
     let decided = answer::answer(
         z.table,
         z.settings,
-        z.below,
         z.status,
         Client {
             addr: src,
@@ -497,11 +492,9 @@ mod tests {
 
     fn run(s: &DnsSettings, packet: &[u8], transport: Transport) -> Reply {
         let t = table();
-        let below = Ancestors::default();
         let z = Zones {
             table: &t,
             settings: s,
-            below: &below,
             status: NodeStatus {
                 sync: SyncState::InSync,
                 healthy: true,

@@ -15,16 +15,18 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
 use super::Proxy;
+use super::access::{self, Facts};
 use super::decide::Decision;
-use super::error::{AttemptError, Replay, RouterError, Sent};
+use super::error::{AttemptError, Replay, Sent};
 use super::h2;
-use super::headers::Client;
+use super::headers::{Client, Policy, TraceId};
 use super::upstream::{Affinity, GoRouters};
+use crate::config::AccessLogFormat;
 use crate::table::RouteMatch;
 
 /// Most attempts for one request (gorouter's `max_attempts`).
@@ -34,6 +36,9 @@ pub(super) const MAX_ATTEMPTS: usize = 3;
 #[derive(Debug)]
 pub(super) struct Conn {
     pub(super) client: SocketAddr,
+    /// The certificate the client showed on its TLS connection (base64 of its DER, as
+    /// `X-Forwarded-Client-Cert` carries it), read once per connection.
+    pub(super) client_cert: Option<Box<str>>,
     /// The client's address as `X-Forwarded-For` names it (IPv4-mapped IPv6 as IPv4),
     /// formatted once per connection.
     pub(super) ip: Box<str>,
@@ -50,6 +55,7 @@ impl Conn {
     pub(super) fn new(client: SocketAddr, scheme: &'static str, peer: Option<String>) -> Conn {
         Conn {
             client,
+            client_cert: None,
             ip: client_ip(client).to_string().into(),
             scheme,
             peer,
@@ -58,14 +64,52 @@ impl Conn {
         }
     }
 
-    /// What the forwarding headers need of this connection.
-    pub(super) fn headers(&self) -> Client<'_> {
+    /// This connection, with the certificate chain its client showed at the TLS handshake
+    /// (the leaf is what `X-Forwarded-Client-Cert` carries).
+    pub(super) fn with_client_cert(
+        mut self,
+        chain: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+    ) -> Conn {
+        self.client_cert = chain
+            .and_then(|c| c.first())
+            .map(|leaf| base64(leaf.as_ref()).into());
+        self
+    }
+
+    /// What the forwarding headers need of this connection, under `policy`.
+    pub(super) fn headers<'a>(&'a self, policy: &Policy) -> Client<'a> {
+        let direct = self.peer.is_none();
         Client {
             ip: &self.ip,
             scheme: self.scheme,
-            direct: self.peer.is_none(),
+            direct,
+            trusted: direct && !policy.trusted.is_empty() && policy.trusts(client_ip(self.client)),
+            cert: self.client_cert.as_deref(),
         }
     }
+}
+
+/// Standard base64 with padding (RFC 4648 §4), as gorouter writes a certificate's DER into
+/// `X-Forwarded-Client-Cert` (the PEM body without its lines).
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn client_ip(addr: SocketAddr) -> IpAddr {
@@ -113,6 +157,10 @@ pub(super) struct Access {
     pub(super) upstream: Served,
     pub(super) attempts: usize,
     pub(super) router_error: &'static str,
+    /// Why the last attempt failed, when the request ended in `endpoint_failure`.
+    pub(super) failure: &'static str,
+    /// The request's trace id (the one it brought or the one created for it).
+    pub(super) trace: TraceId,
 }
 
 impl Access {
@@ -123,6 +171,8 @@ impl Access {
             upstream: Served::Nobody,
             attempts: 0,
             router_error: "",
+            failure: "",
+            trace: TraceId::default(),
         }
     }
 }
@@ -136,6 +186,10 @@ pub(super) struct AccessLine<'a> {
     pub(super) route: Option<&'a RouteMatch>,
     pub(super) status: u16,
     pub(super) started: Instant,
+    /// The request's own facts, collected only for the `rtr` format.
+    pub(super) facts: Option<&'a Facts>,
+    /// Response body bytes (declared length; 0 when unknown).
+    pub(super) sent: u64,
 }
 
 /// The access log's name of a decision.
@@ -197,8 +251,36 @@ impl Proxy {
         t
     }
 
-    /// One access log line (target `grouter::access`).
+    /// Whether access log lines need the request's [`Facts`] (the `rtr` format).
+    pub(super) fn wants_facts(&self) -> bool {
+        self.access_log && self.access_format == AccessLogFormat::Rtr
+    }
+
+    /// One access log line (target `grouter::access`): GRouter's record, or gorouter's
+    /// `rtr` line as the event's message.
     pub(super) fn log_access(&self, a: &AccessLine<'_>, log: &Access) {
+        let router_error = match log.failure {
+            "" => std::borrow::Cow::Borrowed(log.router_error),
+            why => std::borrow::Cow::Owned(format!("{} ({why})", log.router_error)),
+        };
+        if let (AccessLogFormat::Rtr, Some(facts)) = (self.access_format, a.facts) {
+            let elapsed = a.started.elapsed();
+            let line = access::render(&access::Line {
+                host: a.host,
+                started: SystemTime::now() - elapsed,
+                facts,
+                status: a.status,
+                sent: a.sent,
+                remote_addr: &a.conn.client.to_string(),
+                backend: &Upstream(&log.upstream, &self.gorouters).to_string(),
+                response_secs: elapsed.as_secs_f64(),
+                app_id: a.route.map_or("", |m| m.app.id()),
+                router_error: &router_error,
+                trace_id: log.trace.as_str(),
+            });
+            info!(target: "grouter::access", "{line}");
+            return;
+        }
         info!(
             target: "grouter::access",
             site = %self.rules.site,
@@ -213,7 +295,8 @@ impl Proxy {
             status = a.status,
             upstream = %Upstream(&log.upstream, &self.gorouters),
             attempts = log.attempts,
-            router_error = log.router_error,
+            router_error = %router_error,
+            trace_id = log.trace.as_str(),
             duration_ms = a.started.elapsed().as_secs_f64() * 1000.0,
             "access"
         );
@@ -266,7 +349,8 @@ pub(super) trait Codec {
 pub(super) enum Forwarded<R> {
     /// A target answered.
     Response(R),
-    /// Every allowed attempt failed: answer 502 `endpoint_failure` (`log` says so).
+    /// Every allowed attempt failed: answer 502 `endpoint_failure` (`log` says so, and
+    /// `log.failure` why).
     Failed,
     /// Nothing was sent, and the targets left are not this codec's: the caller hands the
     /// request to the general path.
@@ -276,9 +360,11 @@ pub(super) enum Forwarded<R> {
 /// Forward through `codec` to `targets` in order, at most [`MAX_ATTEMPTS`] of them. A
 /// kept-alive connection found closed is replaced once per target when the request allows
 /// it; a failure goes on to the next target only when [`AttemptError::retry_elsewhere`]
-/// says so. `handoff`: when the targets run out after a failure that sent nothing, the
-/// caller can take the request elsewhere (the HTTP/1.1 fast path's targets are one
-/// GoRouter; the general path tries the rest).
+/// says so, and when no target is left, a target that closed a fresh connection before
+/// answering is tried again ([`AttemptError::retry_same`]) within the same budget.
+/// `handoff`: when the targets run out after a failure that sent nothing, the caller can
+/// take the request elsewhere (the HTTP/1.1 fast path's targets are one GoRouter; the
+/// general path tries the rest).
 pub(super) async fn forward<C: Codec>(
     gorouters: &GoRouters,
     targets: impl IntoIterator<Item = Target>,
@@ -286,8 +372,19 @@ pub(super) async fn forward<C: Codec>(
     codec: &mut C,
     log: &mut Access,
 ) -> Forwarded<C::Response> {
-    let mut last = None;
-    for target in targets.into_iter().take(MAX_ATTEMPTS) {
+    let mut targets = targets.into_iter();
+    let mut last: Option<(Target, AttemptError)> = None;
+    for _ in 0..MAX_ATTEMPTS {
+        let target = match targets.next() {
+            Some(t) => t,
+            None => match last.take() {
+                Some((t, err)) if err.retry_same(codec.replay()) => t,
+                again => {
+                    last = again;
+                    break;
+                }
+            },
+        };
         let mut fresh = false;
         loop {
             log.attempts += 1;
@@ -304,28 +401,31 @@ pub(super) async fn forward<C: Codec>(
                 continue;
             }
             if !err.retry_elsewhere(replay) {
-                log.router_error = RouterError::EndpointFailure.code();
+                log.router_error = "endpoint_failure";
+                log.failure = err.reason();
                 return Forwarded::Failed;
             }
-            last = Some(err.sent());
+            last = Some((target, err));
             break;
         }
     }
-    if handoff && last == Some(Sent::Nothing) {
+    if handoff
+        && last
+            .as_ref()
+            .is_some_and(|(_, e)| e.sent() == Sent::Nothing)
+    {
         return Forwarded::Handoff;
     }
-    log.router_error = RouterError::EndpointFailure.code();
+    log.router_error = "endpoint_failure";
+    log.failure = last.map_or("", |(_, e)| e.reason());
     Forwarded::Failed
 }
 
 #[cfg(test)]
 mod tests {
-    use http::header::{self, HeaderMap, HeaderValue};
-
     use std::collections::VecDeque;
 
     use super::super::error::AttemptKind;
-    use super::super::headers::{is_upgrade, upstream_headers};
     use super::*;
     use crate::config::GoroutersConfig;
 
@@ -374,15 +474,11 @@ mod tests {
 
     const GET: Replay = Replay {
         idempotent: true,
-        bodiless: true,
         whole: true,
-        unsent: true,
     };
     const POST: Replay = Replay {
         idempotent: false,
-        bodiless: false,
         whole: true,
-        unsent: false,
     };
 
     fn gorouters(n: usize) -> GoRouters {
@@ -443,19 +539,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn partly_sent_moves_on_only_when_idempotent_and_bodiless() {
+    async fn partly_sent_moves_on_only_when_idempotent_and_closed_before_a_response() {
         let routers = gorouters(2);
-        let mut get = Scripted::new(&[AttemptKind::Request], GET);
+        let mut get = Scripted::new(&[AttemptKind::Reset], GET);
         assert_eq!(
             run(&routers, all_targets(), false, &mut get).await.0,
             "response"
         );
         assert_eq!(get.calls, ["gorouter 0", "gorouter 1"]);
-        let mut post = Scripted::new(&[AttemptKind::Request], POST);
-        let (out, log) = run(&routers, all_targets(), false, &mut post).await;
+        for kind in [AttemptKind::Reset, AttemptKind::Request] {
+            let mut post = Scripted::new(&[kind], POST);
+            let (out, log) = run(&routers, all_targets(), false, &mut post).await;
+            assert_eq!(out, "failed");
+            assert_eq!(post.calls, ["gorouter 0"]);
+            assert_eq!(log.router_error, "endpoint_failure");
+        }
+        // Any other failure after sending is not retried, even for a GET (gorouter's
+        // proxy_round_tripper_test.go, "when backend is unavailable due to non-retriable
+        // error": "does not retry").
+        let mut get = Scripted::new(&[AttemptKind::Request], GET);
+        let (out, log) = run(&routers, all_targets(), false, &mut get).await;
         assert_eq!(out, "failed");
-        assert_eq!(post.calls, ["gorouter 0"]);
-        assert_eq!(log.router_error, "endpoint_failure");
+        assert_eq!(get.calls, ["gorouter 0"]);
+        assert_eq!(log.failure, "malformed response");
     }
 
     #[tokio::test]
@@ -497,56 +603,68 @@ mod tests {
         assert_eq!(run(&routers, one(), false, &mut codec).await.0, "failed");
     }
 
-    #[test]
-    fn upstream_headers_follow_the_contract() {
-        let mut incoming = HeaderMap::new();
-        incoming.insert(header::HOST, HeaderValue::from_static("shop.example.com"));
-        incoming.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        incoming.insert("x-vcap-request-id", HeaderValue::from_static("keep-me"));
-        incoming.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        incoming.insert("x-secret", HeaderValue::from_static("hop"));
-        let client: SocketAddr = "10.9.8.7:5555".parse().unwrap();
-        let conn = Conn::new(client, "https", None);
-        let h = upstream_headers(&incoming, conn.headers(), "shop.example.com", false);
-        assert_eq!(h[header::HOST], "shop.example.com");
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.9.8.7");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-vcap-request-id"], "keep-me");
-        assert!(
-            h["x-request-start"]
-                .to_str()
-                .unwrap()
-                .parse::<u128>()
-                .is_ok()
-        );
-        assert!(!h.contains_key(header::CONNECTION) && !h.contains_key("x-secret"));
-        // A fresh request gets an id; a peer's request keeps its forwarding headers.
-        let mut fresh = HeaderMap::new();
-        fresh.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        let peer = Conn::new(client, "https", Some("lon-1".into()));
-        let h = upstream_headers(&fresh, peer.headers(), "h2.example.com", false);
-        assert_eq!(
-            h[header::HOST],
-            "h2.example.com",
-            "HTTP/2's authority becomes the Host"
-        );
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert!(!h.contains_key("x-forwarded-for"));
-        assert_eq!(h["x-vcap-request-id"].len(), 36);
+    #[tokio::test]
+    async fn a_target_that_closed_a_fresh_connection_is_tried_again_within_the_budget() {
+        use AttemptKind::*;
+        let routers = gorouters(1);
+        let one = || vec![Target::GoRouter(0)];
+        // proxy_round_tripper_test.go, "when the backend fails with an empty response error
+        // (io.EOF)": "GET, body is empty: attempts retry" (one backend: the same one again).
+        let mut codec = Scripted::new(&[Reset], GET);
+        let (out, log) = run(&routers, one(), true, &mut codec).await;
+        assert_eq!(out, "response");
+        assert_eq!(codec.calls, ["gorouter 0", "gorouter 0"]);
+        assert_eq!(log.attempts, 2);
+        // At most three attempts, then 502 with the reason.
+        let mut codec = Scripted::new(&[Reset, Reset, Reset, Reset], GET);
+        let (out, log) = run(&routers, one(), true, &mut codec).await;
+        assert_eq!(out, "failed");
+        assert_eq!(codec.calls.len(), MAX_ATTEMPTS);
+        assert_eq!((log.router_error, log.failure), ("endpoint_failure", "EOF"));
+        // "POST, body is empty: does not retry".
+        let mut codec = Scripted::new(&[Reset], POST);
+        assert_eq!(run(&routers, one(), true, &mut codec).await.0, "failed");
+        assert_eq!(codec.calls, ["gorouter 0"]);
+        // A refused connection is not tried again: the fast path hands the request over.
+        let mut codec = Scripted::new(&[Connect], GET);
+        assert_eq!(run(&routers, one(), true, &mut codec).await.0, "handoff");
+        assert_eq!(codec.calls, ["gorouter 0"]);
+        // With other targets left, the next one comes first.
+        let routers = gorouters(2);
+        let mut codec = Scripted::new(&[Reset], GET);
+        run(&routers, all_targets(), false, &mut codec).await;
+        assert_eq!(codec.calls, ["gorouter 0", "gorouter 1"]);
     }
 
     #[test]
-    fn upgrade_requests_keep_their_upgrade_headers() {
-        let mut incoming = HeaderMap::new();
-        incoming.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        incoming.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(is_upgrade(&incoming));
-        let conn = Conn::new("127.0.0.1:1".parse().unwrap(), "http", None);
-        let h = upstream_headers(&incoming, conn.headers(), "ws.example.com", true);
-        assert_eq!(h[header::UPGRADE], "websocket");
-        assert_eq!(h[header::CONNECTION], "upgrade");
+    fn client_certificates_are_carried_as_gorouter_writes_them() {
+        // RFC 4648 §10's test vectors.
+        for (raw, b64) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(raw.as_bytes()), b64, "{raw}");
+        }
+        let der = rustls::pki_types::CertificateDer::from(vec![0xde, 0xad, 0xbe, 0xef]);
+        let conn =
+            Conn::new("10.0.0.1:1".parse().unwrap(), "https", None).with_client_cert(Some(&[der]));
+        assert_eq!(conn.client_cert.as_deref(), Some("3q2+7w=="));
+        let policy = Policy {
+            trusted: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Policy::default()
+        };
+        let c = conn.headers(&policy);
+        assert!(c.trusted && c.direct);
+        assert_eq!(c.cert, Some("3q2+7w=="));
+        // An IPv4-mapped client is matched as IPv4; a peer's request is never "trusted".
+        let mapped = Conn::new("[::ffff:10.1.1.1]:1".parse().unwrap(), "http", None);
+        assert!(mapped.headers(&policy).trusted);
+        let peer = Conn::new("10.0.0.1:1".parse().unwrap(), "https", Some("nyc-1".into()));
+        assert!(!peer.headers(&policy).trusted);
     }
 }

@@ -27,12 +27,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::access::Facts;
 use super::decide::{self, Decision};
 use super::error::{self, AttemptError, AttemptKind, Replay, RouterError};
 use super::forward::{
     Access, AccessLine, Codec, Conn, Forwarded, Served, Target, decision_name, forward,
 };
-use super::headers::{MAX_HEADER_BYTES, hop_by_hop, put_forwarded, put_header, put_request_ids};
+use super::headers::{Copier, MAX_HEADER_BYTES, TraceId, put_header};
 use super::server::serve_conn;
 use super::upstream::GoRouters;
 use super::wire::{
@@ -225,6 +226,8 @@ struct Plan {
     close: bool,
     router: usize,
     decision: &'static str,
+    /// The trace id the request goes upstream with.
+    trace: TraceId,
     /// For the access log (only when it is on).
     log: Option<Box<LogStart>>,
 }
@@ -235,6 +238,35 @@ struct LogStart {
     host: String,
     path: String,
     route: Option<RouteMatch>,
+    /// For the `rtr` format.
+    facts: Option<Facts>,
+}
+
+/// The request's own facts for the `rtr` access log line.
+fn facts_of(method: &str, target: &str, req: &httparse::Request<'_, '_>) -> Facts {
+    let mut f = Facts {
+        method: method.to_string(),
+        uri: target.to_string(),
+        proto: "HTTP/1.1",
+        ..Facts::default()
+    };
+    for h in req.headers.iter() {
+        let v = || String::from_utf8_lossy(h.value).into_owned();
+        match h.name.to_ascii_lowercase().as_str() {
+            "referer" => f.referer = v(),
+            "user-agent" => f.user_agent = v(),
+            "x-forwarded-for" if f.xff.is_empty() => f.xff = v(),
+            "x-forwarded-for" => {
+                f.xff.push_str(", ");
+                f.xff.push_str(&String::from_utf8_lossy(h.value));
+            }
+            "x-forwarded-proto" => f.xfp = v(),
+            "x-vcap-request-id" => f.vcap = v(),
+            "content-length" => f.received = parse_length(h.value).unwrap_or(0),
+            _ => {}
+        }
+    }
+    f
 }
 
 /// How an exchange ended.
@@ -267,8 +299,6 @@ impl Connection {
         let mut host = None;
         let mut body_len: Option<usize> = None;
         let mut close = false;
-        let mut xff: Option<&[u8]> = None;
-        let (mut has_start, mut has_id) = (false, false);
         for h in req.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("host") {
@@ -302,15 +332,6 @@ impl Connection {
                 || name.eq_ignore_ascii_case("expect")
             {
                 return Parsed::Fallback;
-            } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-                if xff.is_some() {
-                    return Parsed::Fallback;
-                }
-                xff = Some(h.value.trim_ascii());
-            } else if name.eq_ignore_ascii_case("x-request-start") {
-                has_start = true;
-            } else if name.eq_ignore_ascii_case("x-vcap-request-id") {
-                has_id = true;
             }
         }
         let Some(host) = host else {
@@ -340,40 +361,38 @@ impl Connection {
         };
 
         // The upstream head: the request line and headers as they came, less the hop-by-hop
-        // ones and the forwarding headers this node sets (CONTRACT.md; as
-        // `super::headers::upstream_headers`).
+        // ones, with the forwarding headers by the contract's rules (`super::headers`).
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut copier = Copier::new(conn.headers(&proxy.policy), &proxy.policy);
         for h in req.headers.iter() {
-            if hop_by_hop(h.name).is_some()
-                || h.name.eq_ignore_ascii_case("x-forwarded-for")
-                || h.name.eq_ignore_ascii_case("x-forwarded-proto")
-            {
-                continue;
+            if copier.keep(h.name, h.value) {
+                put_header(out, h.name.as_bytes(), h.value);
             }
-            put_header(out, h.name.as_bytes(), h.value);
         }
-        put_forwarded(out, xff, &conn.ip, conn.scheme);
-        put_request_ids(out, has_start, has_id);
+        let idempotent = error::is_idempotent(method, copier.idempotency_key);
+        let trace = copier.finish(out);
         out.extend_from_slice(b"\r\n");
         Parsed::Forward(Plan {
             head_len,
             body_len: body_len.unwrap_or(0),
             head_method: method == "HEAD",
-            idempotent: error::is_idempotent(method),
+            idempotent,
             close,
             router,
             decision: decision_name(&decision),
+            trace,
             log: proxy.access_log.then(|| {
                 Box::new(LogStart {
                     started: std::time::Instant::now(),
                     host: host.to_string(),
                     path: path.to_string(),
                     route,
+                    facts: proxy.wants_facts().then(|| facts_of(method, target, &req)),
                 })
             }),
         })
@@ -409,6 +428,7 @@ impl Connection {
             self.up = None; // the GoRouter closed it while idle (or sent unasked bytes)
         }
         let mut log = Access::new(plan.decision);
+        log.trace = plan.trace;
         let mut codec = ByteCodec {
             gorouters: &proxy.gorouters,
             up: &mut self.up,
@@ -422,9 +442,7 @@ impl Connection {
             },
             replay: Replay {
                 idempotent: plan.idempotent,
-                bodiless: plan.body_len == 0,
                 whole: true, // buffered
-                unsent: plan.body_len == 0,
             },
         };
         // One GoRouter: when it cannot be connected to, the general path tries the other
@@ -436,8 +454,9 @@ impl Connection {
             Forwarded::Failed => {
                 self.up = None;
                 self.buf.advance(total);
-                let written = write_own(io, &RouterError::EndpointFailure, proxy, closing).await;
-                access_line(proxy, conn, plan, 502, &log);
+                let err = RouterError::EndpointFailure(log.failure);
+                let written = write_own(io, &err, proxy, closing).await;
+                access_line(proxy, conn, plan, 502, 0, &log);
                 return if written {
                     Exchanged::Done
                 } else {
@@ -459,7 +478,11 @@ impl Connection {
         if !reusable {
             self.up = None;
         }
-        access_line(proxy, conn, plan, status, &log);
+        let sent = match resp.framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        access_line(proxy, conn, plan, status, sent, &log);
         match outcome {
             Relayed::Whole if resp.framing != Framing::UntilClose => Exchanged::Done,
             _ => Exchanged::Close,
@@ -525,12 +548,13 @@ impl Codec for ByteCodec<'_> {
 }
 
 /// The access log line of a forwarded request.
-fn access_line(proxy: &Proxy, conn: &Conn, plan: &Plan, status: u16, log: &Access) {
+fn access_line(proxy: &Proxy, conn: &Conn, plan: &Plan, status: u16, sent: u64, log: &Access) {
     let Some(LogStart {
         started,
         host,
         path,
         route,
+        facts,
     }) = plan.log.as_deref()
     else {
         return;
@@ -543,6 +567,8 @@ fn access_line(proxy: &Proxy, conn: &Conn, plan: &Plan, status: u16, log: &Acces
         route: route.as_ref(),
         status,
         started: *started,
+        facts: facts.as_ref(),
+        sent,
     };
     proxy.log_access(&line, log);
 }
@@ -687,15 +713,16 @@ async fn write_own<S: AsyncWrite + Unpin>(
     proxy: &Proxy,
     close: bool,
 ) -> bool {
-    let (status, code, body) = err.parts();
+    let (status, _, body) = err.parts();
     let mut out = Vec::with_capacity(256 + body.len());
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\nx-cf-routererror: {code}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-length: {}\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
+    err.headers(|name, value| put_header(&mut out, name.as_bytes(), value.as_bytes()));
     if proxy.site_header {
         out.extend_from_slice(SITE_HEADER.as_bytes());
         out.extend_from_slice(b": ");
@@ -818,7 +845,6 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\n\r\n",
         ] {
             assert_eq!(
                 framing(bad, false),
@@ -867,6 +893,25 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&out),
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-grouter-site: lon\r\n\r\n"
+        );
+        // Headers the Connection header names are hop-by-hop: dropped, not a 502 (RFC 9110
+        // §7.6.1; gorouter's handlers/hop_by_hop_test.go, "removes the headers named in
+        // Connection"). A framing header keeps framing the body.
+        let (r, mut out) = rewrite(false, false);
+        let named = b"HTTP/1.1 200 OK\r\nConnection: X-Secret, content-length\r\nX-Secret: 1\r\nContent-Length: 2\r\nX-App: a\r\n\r\n";
+        assert!(matches!(
+            client_head(named, &r, &mut out),
+            Ok(Some((
+                _,
+                Some(ResponseHead {
+                    framing: Framing::Length(2),
+                    ..
+                })
+            )))
+        ));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-App: a\r\nx-grouter-site: lon\r\n\r\n"
         );
     }
 

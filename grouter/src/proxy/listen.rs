@@ -84,11 +84,16 @@ async fn serve(
                 None => h1::serve(proxy, tcp, conn, shutdown).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(timeouts.tls_handshake, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                            let first_by = Instant::now() + timeouts.request_header;
-                            serve_conn(proxy, stream, conn, shutdown, first_by).await;
+                        Ok(Ok(stream)) => {
+                            let tls = stream.get_ref().1;
+                            let conn = conn.with_client_cert(tls.peer_certificates());
+                            if tls.alpn_protocol() == Some(b"h2") {
+                                let first_by = Instant::now() + timeouts.request_header;
+                                serve_conn(proxy, stream, conn, shutdown, first_by).await;
+                            } else {
+                                h1::serve(proxy, stream, conn, shutdown).await;
+                            }
                         }
-                        Ok(Ok(stream)) => h1::serve(proxy, stream, conn, shutdown).await,
                         Ok(Err(err)) => debug!(%client, %err, "tls handshake failed"),
                         Err(_) => {
                             debug!(%client, "tls handshake timed out");

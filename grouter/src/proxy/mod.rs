@@ -32,21 +32,24 @@
 //!    [`remote`] (other sites over the mesh).
 //! 7. `wire`: HTTP/1.1 on the wire to a GoRouter.
 //! 8. leaves: `headers` (the contract's header rules), [`error`] (own answers, and
-//!    whether a failed attempt may be retried), `body`, [`decide`] (pure), [`edge`] (the
-//!    listeners' limits and timeouts, requests that name two hosts, refusal counters),
-//!    `pools` (which GoRouters serve which isolation segment).
+//!    whether a failed attempt may be retried), `access` (gorouter's `rtr` access-log
+//!    line), `body`, [`decide`] (pure), [`edge`] (the listeners' limits and timeouts,
+//!    requests that name two hosts, refusal counters), `pools` (which GoRouters serve
+//!    which isolation segment).
 //!
 //! Forwarding: a request decided `Local` goes to the GoRouters of its route's pool (its
-//! isolation segment's, or the shared ones; round-robin among the healthy), then to the other sites serving the route; `Remote` goes to the serving sites
-//! best first. At most 3 attempts. A failed attempt is an [`error::AttemptError`] that says
+//! isolation segment's, or the shared ones; round-robin among the healthy), then to the
+//! other sites serving the route; `Remote` goes to the serving sites best first. At most 3 attempts. A failed attempt is an [`error::AttemptError`] that says
 //! whether anything was sent: if nothing was, the request goes to the next target while its
-//! body is whole (unread); if something was, only an idempotent request without a body goes
-//! again. Bodies stream both ways; nothing is buffered whole but small HTTP/1.1 bodies on
+//! body is whole (unread); if something was, only an idempotent request (GET, HEAD,
+//! OPTIONS, TRACE, or one with an idempotency key) whose body is whole goes again, and only
+//! when the connection closed before a response. Bodies stream both ways; nothing is buffered whole but small HTTP/1.1 bodies on
 //! the fast path.
 //!
 //! Must never: hold a lock across an `.await`, forward a peer's request onward, or put
 //! internals in a response body.
 
+mod access;
 mod body;
 pub mod decide;
 pub mod edge;
@@ -67,6 +70,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use crate::config::{AccessLogFormat, Config};
 use crate::health::{Health, SyncState};
 use crate::table::{RouteMatch, Table};
 use decide::{Decision, Rules};
@@ -103,6 +107,36 @@ pub struct Proxy {
     site_header: bool,
     access_log: bool,
     edge: Edge,
+    /// The header rules (forwarding headers, client certificates, tracing).
+    policy: headers::Policy,
+    access_format: AccessLogFormat,
+}
+
+/// What a proxy takes from the config besides its decision rules: the site header, the
+/// header rules of "gorouter parity" (CONTRACT.md) and the access log.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    site_header: bool,
+    access_log: bool,
+    policy: headers::Policy,
+    access_format: AccessLogFormat,
+}
+
+impl Settings {
+    /// From `[proxy]` (`site_header`, `trusted_proxies`, `forwarded_client_cert`, `tracing`)
+    /// and `[log]` (`access_log`, `access_log_format`).
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            site_header: config.proxy.site_header,
+            access_log: config.log.access_log,
+            policy: headers::Policy {
+                xfcc: config.proxy.forwarded_client_cert,
+                tracing: config.proxy.tracing,
+                trusted: config.proxy.trusted_proxies.clone(),
+            },
+            access_format: config.log.access_log_format,
+        }
+    }
 }
 
 impl Proxy {
@@ -115,8 +149,7 @@ impl Proxy {
         rules: Rules,
         gorouters: Arc<GoRouters>,
         remotes: Option<Remotes>,
-        site_header: bool,
-        access_log: bool,
+        settings: Settings,
         edge: Edge,
     ) -> Arc<Proxy> {
         let site = HeaderValue::from_str(&rules.site)
@@ -127,8 +160,10 @@ impl Proxy {
             gorouters,
             remotes,
             site,
-            site_header,
-            access_log,
+            site_header: settings.site_header,
+            access_log: settings.access_log,
+            policy: settings.policy,
+            access_format: settings.access_format,
             edge,
         })
     }

@@ -35,14 +35,13 @@ use crate::mesh::identity::{MeshTls, peer_identity};
 /// How long opening a connection to a remote node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A failed request on an open connection: cancelled before it was sent, or failed after.
+/// A failed request on an open connection: cancelled before it was sent, the connection
+/// closed or reset before a response (so an idempotent request may go again), or failed
+/// otherwise after it was sent.
 fn request_failed(addr: &str, e: hyper::Error) -> AttemptError {
-    let kind = if e.is_canceled() {
-        AttemptKind::NotSent
-    } else {
-        AttemptKind::Request
-    };
-    AttemptError::new(kind, format!("request to {addr}: {e}"))
+    let classified = AttemptError::from_hyper(e, false);
+    debug!(%addr, error = %classified, "request to a remote node failed");
+    classified
 }
 
 fn connect_failed(addr: &str, e: impl std::fmt::Display) -> AttemptError {

@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::access::Facts;
 use super::body::{ProxyBody, Reclaimable};
 use super::decide::{self, Decision};
 use super::error::{self, AttemptError, AttemptKind, Replay, RouterError};
@@ -34,7 +35,8 @@ use super::forward::{
     Access, AccessLine, Codec, Conn, Forwarded, Served, Target, decision_name, forward,
 };
 use super::headers::{
-    MAX_HEADER_BYTES, host_of, is_upgrade, request_head, strip_hop_by_hop, upstream_headers,
+    MAX_HEADER_BYTES, TraceId, host_of, is_upgrade, request_head, strip_hop_by_hop,
+    upstream_headers,
 };
 use super::{Proxy, SITE_HEADER, body, h2, inline};
 use crate::limits::{Cut, Watchdog};
@@ -143,6 +145,7 @@ async fn handle(
     let started = proxy.access_log.then(Instant::now);
     let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
+    let facts = proxy.wants_facts().then(|| Facts::of(&parts));
     let host = host_of(&parts).unwrap_or_default();
     let path = parts.uri.path();
     let ask = decide::Ask {
@@ -171,12 +174,16 @@ async fn handle(
         Decision::Local { .. } | Decision::FailOpen | Decision::Remote { .. } => {
             let targets = proxy.targets(&decision, route.as_ref());
             let mut codec = General::new(&proxy, &parts, body, &conn, host);
-            match forward(&proxy.gorouters, targets, false, &mut codec, &mut log).await {
+            let forwarded = forward(&proxy.gorouters, targets, false, &mut codec, &mut log).await;
+            log.trace = codec.trace;
+            match forwarded {
                 Forwarded::Response(resp) => {
                     served_by = super::edge::served_by(&log.upstream);
                     resp
                 }
-                Forwarded::Failed | Forwarded::Handoff => RouterError::EndpointFailure.response(),
+                Forwarded::Failed | Forwarded::Handoff => {
+                    RouterError::EndpointFailure(log.failure).response()
+                }
             }
         }
     };
@@ -206,6 +213,8 @@ async fn handle(
             route: route.as_ref(),
             status: resp.status().as_u16(),
             started: started.unwrap_or_else(Instant::now),
+            facts: facts.as_ref(),
+            sent: resp.body().size_hint().exact().unwrap_or(0),
         };
         proxy.log_access(&line, &log);
     }
@@ -214,6 +223,7 @@ async fn handle(
 
 fn own_error(log: &mut Access, err: &RouterError) -> Response<ProxyBody> {
     log.router_error = err.code();
+    log.failure = err.reason();
     err.response()
 }
 
@@ -227,6 +237,8 @@ struct General<'a> {
     idempotent: bool,
     bodiless: bool,
     path_and_query: &'a str,
+    /// The trace id the request went upstream with.
+    trace: TraceId,
     /// A bodiless HTTP/2 stream goes to a GoRouter as bytes on the connection's own set.
     h2_head: Option<Vec<u8>>,
     /// The upstream header map, made when a target needs it: a stream the byte way never
@@ -245,17 +257,29 @@ impl<'a> General<'a> {
         host: &'a str,
     ) -> Self {
         let bodiless = body.is_end_stream();
+        // The key matters only for methods not idempotent by themselves: GETs skip the scan.
+        let idempotent = error::is_idempotent(parts.method.as_str(), false)
+            || parts
+                .headers
+                .keys()
+                .any(|n| error::is_idempotency_key(n.as_str()));
+        let mut trace = TraceId::default();
+        let h2_head = (parts.version == Version::HTTP_2 && bodiless).then(|| {
+            let (head, id) = request_head(parts, conn.headers(&proxy.policy), &proxy.policy, host);
+            trace = id;
+            head
+        });
         General {
             proxy,
             parts,
             conn,
             host,
             upgrade: is_upgrade(&parts.headers),
-            idempotent: error::is_idempotent(parts.method.as_str()),
+            idempotent,
             bodiless,
             path_and_query: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
-            h2_head: (parts.version == Version::HTTP_2 && bodiless)
-                .then(|| request_head(parts, conn.headers(), host)),
+            trace,
+            h2_head,
             prepared: None,
             incoming: Some(body),
             body: None,
@@ -264,8 +288,15 @@ impl<'a> General<'a> {
 
     fn headers(&mut self) -> HeaderMap {
         let (parts, conn, host, upgrade) = (self.parts, self.conn, self.host, self.upgrade);
+        let policy = &self.proxy.policy;
+        let trace = &mut self.trace;
         self.prepared
-            .get_or_insert_with(|| upstream_headers(&parts.headers, conn.headers(), host, upgrade))
+            .get_or_insert_with(|| {
+                let (h, id) =
+                    upstream_headers(&parts.headers, conn.headers(policy), policy, host, upgrade);
+                *trace = id;
+                h
+            })
             .clone()
     }
 
@@ -352,12 +383,9 @@ impl Codec for General<'_> {
     type Response = Response<ProxyBody>;
 
     fn replay(&self) -> Replay {
-        let unread = self.bodiless || self.body.as_ref().is_none_or(Reclaimable::unread);
         Replay {
             idempotent: self.idempotent,
-            bodiless: self.bodiless,
-            whole: unread,
-            unsent: unread,
+            whole: self.bodiless || self.body.as_ref().is_none_or(Reclaimable::unread),
         }
     }
 

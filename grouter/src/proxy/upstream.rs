@@ -101,12 +101,16 @@ impl GoRouters {
         req: Request<Reclaimable>,
     ) -> Result<Response<Incoming>, AttemptError> {
         self.client.request(req).await.map_err(|e| {
-            let kind = if e.is_connect() {
-                AttemptKind::Connect
+            if e.is_connect() {
+                AttemptError::new(AttemptKind::Connect, e)
             } else {
-                AttemptKind::Request
-            };
-            AttemptError::new(kind, e)
+                // The pool's connection may have been new or kept: either way the GoRouter
+                // closed it before answering, which the pool itself has not retried.
+                match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<hyper::Error>()) {
+                    Some(h) => classify_pooled(h),
+                    None => AttemptError::new(AttemptKind::Request, e),
+                }
+            }
         })
     }
 
@@ -266,16 +270,22 @@ impl Affinity {
                 self.0.lock().replace((addr.to_string(), sender));
                 Ok(resp)
             }
-            Err(e) => {
-                let kind = if reused {
-                    AttemptKind::IdleClosed
-                } else {
-                    AttemptKind::Request
-                };
-                Err(AttemptError::new(kind, e))
-            }
+            Err(e) => Err(AttemptError::from_hyper(e, reused)),
         }
     }
+}
+
+/// A failure of the shared pool's request, by the hyper error under it (the pool says
+/// nothing of whether the connection was kept-alive: a close is a [`AttemptKind::Reset`]).
+fn classify_pooled(e: &hyper::Error) -> AttemptError {
+    let kind = if e.is_canceled() {
+        AttemptKind::NotSent
+    } else if e.is_incomplete_message() || e.is_closed() {
+        AttemptKind::Reset
+    } else {
+        AttemptKind::Request
+    };
+    AttemptError::new(kind, e.to_string())
 }
 
 async fn open(addr: &str) -> Result<Sender, AttemptError> {

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -34,8 +35,8 @@ pub(super) struct ResponseHead {
 /// Write `request` and read up to the end of the final response head, which `parse` reads
 /// (interim 1xx heads are skipped, as hyper's client does) and which is then consumed
 /// from `up.buf`. `parse` returns `None` while the head is not whole. A failure before a
-/// byte came back on a `reused` connection is [`AttemptKind::IdleClosed`]: the GoRouter
-/// may have closed it while idle.
+/// byte came back is [`AttemptKind::IdleClosed`] on a `reused` connection (the GoRouter
+/// may have closed it while idle) and [`AttemptKind::Reset`] on a fresh one.
 pub(super) async fn round_trip<T>(
     up: &mut Upstream,
     request: &[u8],
@@ -45,7 +46,7 @@ pub(super) async fn round_trip<T>(
     let silent = if reused {
         AttemptKind::IdleClosed
     } else {
-        AttemptKind::Request
+        AttemptKind::Reset
     };
     up.buf.clear();
     up.tcp
@@ -99,10 +100,11 @@ pub(super) enum Part<'a> {
 }
 
 /// Parse the response head at the front of `buf`: its length, and `None` for an interim
-/// 1xx. `emit` gets the status first, then every header to pass on: not the hop-by-hop ones, except `Transfer-Encoding` when `keep_te` (the body then
-/// passes as it is framed), and not `Content-Length` beside chunked framing (RFC 9112
-/// §6.3). `Err`: a head not to pass on (a 101 to a request that asked for no upgrade, a
-/// framing that cannot be delimited, a header named hop-by-hop), or a part `emit` refused.
+/// 1xx. `emit` gets the status first, then every header to pass on: not the hop-by-hop
+/// ones (those `Connection` names included), except `Transfer-Encoding` when `keep_te` (the
+/// body then passes as it is framed), and not `Content-Length` beside chunked framing (RFC
+/// 9112 §6.3). `Err`: a head not to pass on (a 101 to a request that asked for no upgrade,
+/// a framing that cannot be delimited), or a part `emit` refused.
 #[allow(clippy::type_complexity)]
 pub(super) fn response_head(
     buf: &[u8],
@@ -129,6 +131,8 @@ pub(super) fn response_head(
     // Framing first: it decides which headers pass.
     let (mut length, mut chunked) = (None, false);
     let mut upstream_close = version == 0;
+    // Headers the Connection header names: hop-by-hop, dropped (RFC 9110 §7.6.1).
+    let mut named: SmallVec<[&[u8]; 4]> = SmallVec::new();
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = parse_length(h.value).ok_or(())?;
@@ -154,7 +158,7 @@ pub(super) fn response_head(
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     upstream_close = upstream_close && version != 0;
                 } else if !token.is_empty() {
-                    return Err(()); // names a hop-by-hop header
+                    named.push(token);
                 }
             }
         }
@@ -165,6 +169,15 @@ pub(super) fn response_head(
         let pass = match hop_by_hop(h.name) {
             Some(Hop::TransferEncoding) => keep_te,
             Some(Hop::Other) => false,
+            None if named
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(h.name.as_bytes())) =>
+            {
+                // Framing headers stay whatever Connection says: they delimit the body.
+                h.name.eq_ignore_ascii_case("content-length")
+                    && !chunked
+                    && !std::mem::replace(&mut length_sent, true)
+            }
             None if h.name.eq_ignore_ascii_case("content-length") => {
                 !chunked && !std::mem::replace(&mut length_sent, true)
             }

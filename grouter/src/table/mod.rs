@@ -522,6 +522,8 @@ pub struct TableStats {
 pub struct Table {
     me: Arc<Origin>,
     index: DashMap<Arc<str>, HostRoutes, Fast>,
+    /// For every name above a host of the index, how many hosts lie below it.
+    below: DashMap<Arc<str>, u32, Fast>,
     /// Partitions by node id (one incarnation each: a newer generation replaces an older).
     partitions: RwLock<HashMap<Arc<str>, Partition>>,
     /// Incarnations removed after they died: never accepted again (a relay that still holds
@@ -550,6 +552,7 @@ impl Table {
         Table {
             me,
             index: DashMap::with_hasher(Fast::default()),
+            below: DashMap::with_hasher(Fast::default()),
             partitions: RwLock::new(partitions),
             retired: RwLock::new(HashMap::new()),
             site_order: RwLock::new(Arc::from(Vec::new())),
@@ -1134,7 +1137,13 @@ impl Table {
     fn index_set(&self, key: &RouteKey, origin: &Arc<Origin>, entry: Option<Arc<RouteEntry>>) {
         match entry {
             Some(entry) => {
-                let mut host = self.index.entry(key.host.clone()).or_default();
+                let mut host = match self.index.entry(key.host.clone()) {
+                    dashmap::Entry::Occupied(o) => o.into_ref(),
+                    dashmap::Entry::Vacant(v) => {
+                        self.count_below(&key.host, true);
+                        v.insert(HostRoutes::default())
+                    }
+                };
                 let paths = &mut host.paths;
                 let idx = match paths.iter().position(|p| *p.path == *key.path) {
                     Some(i) => i,
@@ -1180,11 +1189,51 @@ impl Table {
                         host.paths.is_empty()
                     }
                 };
-                if host_now_empty {
-                    self.index.remove_if(&*key.host, |_, h| h.paths.is_empty());
+                if host_now_empty
+                    && self
+                        .index
+                        .remove_if(&*key.host, |_, h| h.paths.is_empty())
+                        .is_some()
+                {
+                    self.count_below(&key.host, false);
                 }
             }
         }
+    }
+
+    /// Count `host` in (or out of) every name above it: `a.b.example.com` counts for
+    /// `b.example.com`, `example.com` and `com`. Index writers are serialised by the
+    /// partitions lock, so counts and index agree.
+    fn count_below(&self, host: &str, added: bool) {
+        let mut rest = host;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if rest.is_empty() {
+                break;
+            }
+            if added {
+                match self.below.get_mut(rest) {
+                    Some(mut n) => *n += 1,
+                    None => {
+                        self.below.insert(Arc::from(rest), 1);
+                    }
+                }
+            } else if let Some(mut n) = self.below.get_mut(rest) {
+                *n -= 1;
+                let gone = *n == 0;
+                drop(n);
+                if gone {
+                    self.below.remove_if(rest, |_, n| *n == 0);
+                }
+            }
+        }
+    }
+
+    /// Whether some route's host lies strictly below `name` (lower-case, no trailing dot):
+    /// DNS answers NODATA, not NXDOMAIN, for such an empty non-terminal (RFC 8020). Exact at
+    /// every instant: the counts move with the index.
+    pub fn has_routes_below(&self, name: &str) -> bool {
+        self.below.contains_key(name)
     }
 
     /// This node's current entry for `key`.
