@@ -230,25 +230,27 @@ impl Endpoint {
 
 #[derive(Debug)]
 struct Pool {
-    endpoints: Vec<Endpoint>,
+    /// Exactly as many slots as endpoints: a boxed slice is 8 bytes smaller than a `Vec` in
+    /// each of hundreds of thousands of map slots, and most pools hold a handful.
+    endpoints: Box<[Endpoint]>,
     /// Changed since the registry's last commit.
     dirty: bool,
 }
 
 impl Pool {
     fn push(&mut self, ep: Endpoint) {
-        // Exact growth: most pools hold a handful of endpoints, and Vec's doubling would
-        // leave most of a 4-slot allocation empty in each of hundreds of thousands of pools.
-        self.endpoints.reserve_exact(1);
-        self.endpoints.push(ep);
+        // Exact growth: Vec's doubling would leave most of a 4-slot allocation empty.
+        let mut v = std::mem::take(&mut self.endpoints).into_vec();
+        v.reserve_exact(1);
+        v.push(ep);
+        self.endpoints = v.into_boxed_slice();
     }
 
     fn retain(&mut self, keep: impl FnMut(&Endpoint) -> bool) -> usize {
         let before = self.endpoints.len();
-        self.endpoints.retain(keep);
-        if self.endpoints.capacity() > self.endpoints.len() * 2 {
-            self.endpoints.shrink_to_fit();
-        }
+        let mut v = std::mem::take(&mut self.endpoints).into_vec();
+        v.retain(keep);
+        self.endpoints = v.into_boxed_slice();
         before - self.endpoints.len()
     }
 
@@ -432,7 +434,7 @@ impl Registry {
             let pool = match self.routes.get_mut(key) {
                 Some(p) => p,
                 None => self.routes.entry(Arc::new(key.clone())).or_insert(Pool {
-                    endpoints: Vec::new(),
+                    endpoints: Box::default(),
                     dirty: false,
                 }),
             };
@@ -474,10 +476,7 @@ impl Registry {
             let Some(pool) = self.routes.get_mut(key) else {
                 continue;
             };
-            let before = pool.endpoints.len();
-            pool.endpoints
-                .retain(|e| !(e.port == reg.port && *e.host == *reg.host));
-            let removed = before - pool.endpoints.len();
+            let removed = pool.retain(|e| !(e.port == reg.port && *e.host == *reg.host));
             if removed == 0 {
                 continue;
             }

@@ -264,8 +264,9 @@ impl InvalidMessage {
 pub struct RouteKey {
     /// Lower-case host, no port. Shared: the table's host index keys by the same allocation.
     pub host: Arc<str>,
-    /// `""` or `/seg[/seg…]`, lower-case, no trailing slash, no query.
-    pub path: String,
+    /// `""` or `/seg[/seg…]`, lower-case, no trailing slash, no query. Boxed: 8 bytes less
+    /// per route than a `String`, and a key never grows.
+    pub path: Box<str>,
 }
 
 impl RouteKey {
@@ -297,9 +298,9 @@ impl RouteKey {
                 host.into()
             },
             path: if lower(path) {
-                path.to_ascii_lowercase()
+                path.to_ascii_lowercase().into()
             } else {
-                path.to_owned()
+                path.into()
             },
         })
     }
@@ -600,7 +601,7 @@ mod tests {
         ];
         for (uri, want) in cases {
             let got = RouteKey::parse(uri);
-            let got = got.as_ref().map(|k| (&*k.host, k.path.as_str()));
+            let got = got.as_ref().map(|k| (&*k.host, &*k.path));
             assert_eq!(got, want, "{uri}");
         }
     }

@@ -690,7 +690,7 @@ fn merge(inbox: &mut Inbox, pd: wire::PartitionDelta, max_entries: usize) -> Res
 
 fn entry_from_wire(e: wire::Entry, apps: &mut AppInterner) -> Result<ReplicatedEntry, Rejection> {
     let key = RouteKey::parse(&format!("{}{}", e.host, e.path)).ok_or(Rejection::Malformed)?;
-    if *key.host != *e.host || key.path != e.path {
+    if *key.host != *e.host || *key.path != *e.path {
         // A peer sends keys as we normalise them; anything else is not ours to guess.
         return Err(Rejection::Malformed);
     }
@@ -730,7 +730,7 @@ fn tag(s: &str) -> Option<&str> {
 fn entry_to_wire(e: ReplicatedEntry) -> wire::Entry {
     wire::Entry {
         host: e.key.host.to_string(),
-        path: e.key.path.clone(),
+        path: e.key.path.to_string(),
         version: e.version,
         route: e.value.map(|r| {
             let app = r.app.fields();

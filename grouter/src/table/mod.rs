@@ -1156,7 +1156,7 @@ impl Table {
                         paths.insert(
                             at,
                             PathRoutes {
-                                path: key.path.as_str().into(),
+                                path: key.path.clone(),
                                 servers: SmallVec::new(),
                             },
                         );
