@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use grouter_tests::{MeshCa, NatsServer, Node, wait_until};
+use grouter_tests::{TwoSites, wait_until};
 use serde_json::{Value, json};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -35,18 +35,13 @@ fn gcf(home: &std::path::Path, args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test]
 async fn gcf_shows_the_global_view_of_a_two_site_mesh() {
-    let ca = MeshCa::new();
-    let (lon_bus, nyc_bus) = (NatsServer::start(), NatsServer::start());
-    let lon = Node::builder("lon-1", "lon")
-        .nats(&lon_bus.url())
-        .mesh(&ca, &[])
-        .start()
-        .await;
-    let nyc = Node::builder("nyc-1", "nyc")
-        .nats(&nyc_bus.url())
-        .mesh(&ca, &[lon.mesh_addr()])
-        .start()
-        .await;
+    let TwoSites {
+        ca: _ca,
+        lon_bus,
+        nyc_bus,
+        lon: _lon,
+        nyc,
+    } = TwoSites::start().await;
     for (bus, host, instance) in [
         (&lon_bus, "10.0.0.1", "i-lon"),
         (&nyc_bus, "10.1.0.1", "i-nyc"),
@@ -159,18 +154,13 @@ fn tagged_registration(host: &str, uri: &str, guid: &str, org: &str, space: &str
 /// orgs is two apps, and `gcf app NAME` says it is ambiguous.
 #[tokio::test]
 async fn one_app_across_foundations_is_one_row_and_ambiguous_names_are_refused() {
-    let ca = MeshCa::new();
-    let (lon_bus, nyc_bus) = (NatsServer::start(), NatsServer::start());
-    let lon = Node::builder("lon-1", "lon")
-        .nats(&lon_bus.url())
-        .mesh(&ca, &[])
-        .start()
-        .await;
-    let nyc = Node::builder("nyc-1", "nyc")
-        .nats(&nyc_bus.url())
-        .mesh(&ca, &[lon.mesh_addr()])
-        .start()
-        .await;
+    let TwoSites {
+        ca: _ca,
+        lon_bus,
+        nyc_bus,
+        lon,
+        nyc,
+    } = TwoSites::start().await;
     let (lon_client, nyc_client) = (lon_bus.client().await, nyc_bus.client().await);
     let lon_shop = tagged_registration(
         "10.0.0.1",

@@ -717,6 +717,47 @@ pub fn parse_metric(text: &str, name: &str) -> Option<f64> {
     found
 }
 
+/// The two-site mesh many tests start from: `lon-1` and `nyc-1`, each with its own
+/// `nats-server`, nyc seeded with lon, certificates from one CA (kept alive here).
+#[derive(Debug)]
+pub struct TwoSites {
+    /// The mesh CA both certificates come from.
+    pub ca: MeshCa,
+    /// lon's bus.
+    pub lon_bus: NatsServer,
+    /// nyc's bus.
+    pub nyc_bus: NatsServer,
+    /// The lon node.
+    pub lon: Node,
+    /// The nyc node.
+    pub nyc: Node,
+}
+
+impl TwoSites {
+    /// Start both sites (each node's admin API answers when this returns).
+    pub async fn start() -> TwoSites {
+        let ca = MeshCa::new();
+        let (lon_bus, nyc_bus) = (NatsServer::start(), NatsServer::start());
+        let lon = Node::builder("lon-1", "lon")
+            .nats(&lon_bus.url())
+            .mesh(&ca, &[])
+            .start()
+            .await;
+        let nyc = Node::builder("nyc-1", "nyc")
+            .nats(&nyc_bus.url())
+            .mesh(&ca, &[lon.mesh_addr()])
+            .start()
+            .await;
+        TwoSites {
+            ca,
+            lon_bus,
+            nyc_bus,
+            lon,
+            nyc,
+        }
+    }
+}
+
 /// A mesh CA in a temporary directory; nodes started with [`NodeBuilder::mesh`] get a
 /// certificate from it.
 #[derive(Debug)]

@@ -9,7 +9,7 @@ use grouter::mesh::identity::{MESH_SERVER_NAME, MeshTls};
 use grouter_protocol::mesh::{self as wire, frame::Body};
 use grouter_tests::evil::{EvilIdentity, EvilPeer};
 use grouter_tests::inproc::{publish, registration};
-use grouter_tests::{MeshCa, NatsServer, Node, wait_until};
+use grouter_tests::{MeshCa, NatsServer, Node, TwoSites, wait_until};
 use serde_json::{Value, json};
 
 const SEC: Duration = Duration::from_secs(1);
@@ -360,18 +360,13 @@ fn rustls_pemfile_key(path: &std::path::Path) -> rustls::pki_types::PrivateKeyDe
 
 #[tokio::test]
 async fn a_misbehaving_peer_changes_nothing() {
-    let ca = MeshCa::new();
-    let (lon_bus, nyc_bus) = (NatsServer::start(), NatsServer::start());
-    let lon = Node::builder("lon-1", "lon")
-        .nats(&lon_bus.url())
-        .mesh(&ca, &[])
-        .start()
-        .await;
-    let _nyc = Node::builder("nyc-1", "nyc")
-        .nats(&nyc_bus.url())
-        .mesh(&ca, &[lon.mesh_addr()])
-        .start()
-        .await;
+    let TwoSites {
+        ca,
+        lon_bus,
+        nyc_bus: _nyc_bus,
+        lon,
+        nyc: _nyc,
+    } = TwoSites::start().await;
     let bus = lon_bus.client().await;
     lon.register_until_routed(
         &bus,

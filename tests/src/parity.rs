@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use grouter_tests::{MeshCa, NatsServer, Node, wait_until};
+use grouter_tests::{NatsServer, Node, TwoSites, wait_until};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -180,18 +180,13 @@ async fn an_idempotent_request_survives_a_gorouter_closing_a_fresh_connection_on
 
 #[tokio::test]
 async fn an_idempotent_request_survives_a_remote_gorouter_closing_a_fresh_connection() {
-    let ca = MeshCa::new();
-    let (lon_bus, nyc_bus) = (NatsServer::start(), NatsServer::start());
-    let lon = Node::builder("lon-1", "lon")
-        .nats(&lon_bus.url())
-        .mesh(&ca, &[])
-        .start()
-        .await;
-    let nyc = Node::builder("nyc-1", "nyc")
-        .nats(&nyc_bus.url())
-        .mesh(&ca, &[lon.mesh_addr()])
-        .start()
-        .await;
+    let TwoSites {
+        ca: _ca,
+        lon_bus: _lon_bus,
+        nyc_bus,
+        lon,
+        nyc,
+    } = TwoSites::start().await;
     route(&nyc, &nyc_bus).await;
     wait_until(15 * SEC, "lon to know nyc's route", || async {
         lon.route(HOST, "").await.map(|_| ())
