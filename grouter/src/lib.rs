@@ -33,6 +33,8 @@
 //!   owns its counters and registers them.
 //! - [`names`] (leaf): what a node id, a site and a region may be, for the config and the
 //!   mesh certificates alike, and what a request's Host may be.
+//! - [`policy`] (leaf): route and site policies after the merge, and what is known of the
+//!   sites' regions and health: the one view `proxy::decide`, `dns` and `/healthz` read.
 //! - [`limits`] (leaf): connection limits and timeouts of every listener (proxy, admin,
 //!   mesh), the counters of what they cut, and the defaults derived from the open-file limit.
 //! - [`node`]: wiring only. [`node::NodeState`] holds the handles, and [`node::run`] hands
@@ -63,6 +65,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod names;
 pub mod node;
+pub mod policy;
 pub mod proxy;
 pub mod table;
 pub mod tls;
