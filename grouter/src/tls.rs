@@ -442,17 +442,20 @@ impl fmt::Debug for CertStore {
     // Never the keys: only where they come from and how many names are served.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let certs = self.current();
+        // Read once: a second read guard in the same expression could wait on a writer
+        // queued behind the first.
+        let (dynamic_exact, dynamic_wildcard) = {
+            let dynamic = self.dynamic.read();
+            (dynamic.exact.len(), dynamic.wildcard.len())
+        };
         f.debug_struct("CertStore")
             .field("cert_dir", &self.paths.cert_dir)
             .field("default_cert", &self.paths.default_cert)
             .field("default_key", &self.paths.default_key)
             .field("exact_names", &certs.exact.len())
             .field("wildcard_names", &certs.wildcard.len())
-            .field("dynamic_exact_names", &self.dynamic.read().exact.len())
-            .field(
-                "dynamic_wildcard_names",
-                &self.dynamic.read().wildcard.len(),
-            )
+            .field("dynamic_exact_names", &dynamic_exact)
+            .field("dynamic_wildcard_names", &dynamic_wildcard)
             .finish_non_exhaustive()
     }
 }
@@ -694,10 +697,10 @@ impl CertStore {
         Ok(Arc::new(config))
     }
 
-    /// The certificate for an SNI value (`None`: the client sent none), by the rules in the
-    /// module doc: exact name (file, then dynamic), the wildcard one level up (file, then
-    /// dynamic), the default.
-    fn resolve_name(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+    /// The certificate served for an SNI value (`None`: the client sent none), by the rules
+    /// in the module doc: exact name (file, then dynamic), the wildcard one level up (file,
+    /// then dynamic), the default. What every handshake asks ([`ResolvesServerCert`]).
+    pub fn resolve_name(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
         let files = self.current();
         let Some(sni) = sni else {
             return Arc::clone(&files.default);

@@ -390,10 +390,10 @@ pub(super) fn upload_host(host: &str) -> Result<Host, UploadError> {
     Ok(parsed)
 }
 
-/// The `BEGIN` labels of a PEM text, as the PEM parser finds them (a line starting with
-/// `-----BEGIN `), up to the closing dashes.
+/// The `BEGIN` labels of a PEM text, as the PEM parser finds them (a line, ended by `\n` or
+/// `\r`, starting with `-----BEGIN `), up to the closing dashes.
 fn begin_labels(text: &str) -> impl Iterator<Item = &str> {
-    text.lines().filter_map(|line| {
+    text.split(['\n', '\r']).filter_map(|line| {
         let rest = line.strip_prefix("-----BEGIN ")?;
         Some(rest.split("-----").next().unwrap_or(rest).trim())
     })
@@ -420,10 +420,12 @@ fn parse_chain(cert_pem: &str) -> Result<Vec<CertificateDer<'static>>, UploadErr
     if cert_pem.trim().is_empty() {
         return Err(UploadError::EmptyCert);
     }
+    // Anywhere, not only in a well-formed BEGIN line: base64 has no spaces, so this is a key
+    // section, however mangled, and it must not travel or be stored as a certificate.
+    if cert_pem.contains("PRIVATE KEY") {
+        return Err(UploadError::KeyInCertPem);
+    }
     for label in begin_labels(cert_pem) {
-        if label.contains("PRIVATE KEY") {
-            return Err(UploadError::KeyInCertPem);
-        }
         if label != "CERTIFICATE" {
             return Err(UploadError::UnexpectedSection(quotable(label)));
         }
@@ -789,6 +791,9 @@ mod tests {
         let huge_key = format!("{key}{}", " ".repeat(MAX_PEM_BYTES));
         let two_keys = format!("{key}{}", other.key_pem);
         let key_and_cert = format!("{}{key}", leaf.cert_pem);
+        // Old Mac line ends and an indented BEGIN line: still a key.
+        let key_after_cr = format!("{}{key}", leaf.cert_pem).replace('\n', "\r");
+        let key_indented = format!("{} {key}", leaf.cert_pem);
         let encrypted = section("ENCRYPTED PRIVATE KEY", b"0123456789abcdef");
         let legacy_encrypted = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----\n";
         let openssh = section("OPENSSH PRIVATE KEY", b"openssh-key-v1");
@@ -839,6 +844,8 @@ mod tests {
             E::CertPem(_)
         );
         refused!(SHOP, &key_and_cert, key, "cert_pem", E::KeyInCertPem);
+        refused!(SHOP, &key_after_cr, key, "cert_pem", E::KeyInCertPem);
+        refused!(SHOP, &key_indented, key, "cert_pem", E::KeyInCertPem);
         refused!(SHOP, &csr, key, "cert_pem", E::UnexpectedSection(ref l) if l == "CERTIFICATE REQUEST");
         refused!(
             SHOP,
