@@ -420,6 +420,8 @@ pub async fn run(
                 _ => crate::tls::ClientCerts::None,
             };
             let server = store.server_config_with(&clients)?;
+            // Uploaded certificates (and their replicas) are served beside the files.
+            control.set_certs(store.clone());
             let (watch, token) = (store.clone(), stop.child_token());
             tasks.spawn(async move {
                 watch.watch(CERT_POLL_INTERVAL, token).await;
