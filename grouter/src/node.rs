@@ -24,6 +24,7 @@ use crate::health::Health;
 use crate::learn::{self, LearnMetrics, LearnSettings};
 use crate::mesh::{MeshHandle, MeshMetrics};
 use crate::metrics::Metrics;
+use crate::policy::{PolicyStore, SiteFacts};
 use crate::table::Table;
 
 /// How often each GoRouter's health URL is probed.
@@ -59,12 +60,23 @@ pub struct NodeState {
     pub started: Instant,
     /// The mesh, when `[mesh]` is configured (set once at start).
     pub mesh: MeshHandle,
+    /// The route and site policies in force, and the sites' regions and health they are
+    /// applied with (the mesh keeps those current): read by the proxy and DNS.
+    pub policies: Arc<PolicyStore>,
 }
 
 impl NodeState {
     /// State of a node with an empty table.
     pub fn new(config: &Config, token: String, generation: u64) -> NodeState {
         let metrics = Arc::new(Metrics::new());
+        let policies = Arc::new(PolicyStore::default());
+        // This site's region, known before (and without) a mesh.
+        if let Some(region) = config.region.as_deref().filter(|r| !r.is_empty()) {
+            policies.set_facts(SiteFacts {
+                regions: [(config.site.as_str().into(), region.into())].into(),
+                healthy: Vec::new(),
+            });
+        }
         NodeState {
             table: Arc::new(Table::new(&config.node_id, &config.site, generation)),
             // With a mesh the node has heard from no other site yet: `lost` from the first
@@ -82,6 +94,7 @@ impl NodeState {
             region: config.region.clone(),
             started: Instant::now(),
             mesh: MeshHandle::new(),
+            policies,
         }
     }
 }
@@ -297,6 +310,7 @@ pub async fn run(
             settings,
             trust,
             state.health.clone(),
+            state.policies.clone(),
         );
         let _ = state.mesh.set(mesh.clone());
         let (dialer, token) = (listeners.dialer.clone(), stop.child_token());
@@ -354,6 +368,7 @@ pub async fn run(
         let p = crate::proxy::Proxy::new(
             state.table.clone(),
             state.health.clone(),
+            state.policies.clone(),
             rules,
             gorouters.clone(),
             remotes,
@@ -405,6 +420,7 @@ pub async fn run(
             table: state.table.clone(),
             health: state.health.clone(),
             metrics: state.dns_metrics.clone(),
+            policies: state.policies.clone(),
         };
         let token = stop.child_token();
         tasks.spawn(async move {
