@@ -17,5 +17,6 @@ mod learn;
 mod mesh;
 mod parity;
 mod partition;
+mod policies;
 mod proxy;
 mod segments;
