@@ -417,7 +417,9 @@ pub fn cert(
         }
         http::Method::DELETE => {
             if state.control.get(&key).is_none() {
-                return Err(Refusal::not_found(format!("no uploaded certificate for {host}")));
+                return Err(Refusal::not_found(format!(
+                    "no uploaded certificate for {host}"
+                )));
             }
             write(state, &key, None, "")
         }

@@ -324,7 +324,10 @@ impl Control {
             }
             // Loading certificates blocks: off the runtime's threads.
             let me = self.clone();
-            if tokio::task::spawn_blocking(move || me.refresh()).await.is_err() {
+            if tokio::task::spawn_blocking(move || me.refresh())
+                .await
+                .is_err()
+            {
                 warn!("control: refresh failed");
             }
         }

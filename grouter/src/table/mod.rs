@@ -808,7 +808,12 @@ impl Table {
 
     /// The version at which `holder`'s partition holds config `key`.
     pub fn config_version(&self, holder: &str, key: &str) -> Option<u64> {
-        self.partitions.read().get(holder)?.config.get(key).map(|(v, _)| *v)
+        self.partitions
+            .read()
+            .get(holder)?
+            .config
+            .get(key)
+            .map(|(v, _)| *v)
     }
 
     /// This node's own write of config `key`, if any.
