@@ -118,6 +118,16 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         interval_ms: u64,
     },
+    /// Issue 13's scale: route policies and uploaded certificates through the control plane,
+    /// then the decision's and SNI's medians and memory per policy and per certificate.
+    ControlScale {
+        /// Route policies (each on a route of its own).
+        #[arg(long, default_value_t = 10_000)]
+        policies: usize,
+        /// Uploaded certificates.
+        #[arg(long, default_value_t = 10_000)]
+        certs: usize,
+    },
     /// A new node joins and learns a partition of `routes` routes from node A.
     FullSync {
         /// Routes in node A's partition.
@@ -219,6 +229,7 @@ fn main() -> anyhow::Result<()> {
             Duration::from_millis(interval_ms),
             poll,
         )),
+        Bench::ControlScale { policies, certs } => control_bench::control_scale(policies, certs),
         Bench::PolicyPropagation { count, interval_ms } => rt.block_on(
             mesh_bench::policy_propagation(count, Duration::from_millis(interval_ms)),
         ),
@@ -507,6 +518,8 @@ async fn ingest(
 }
 
 /// Issue 3: the mesh. Full nodes run in this process, each with its own `nats-server`.
+mod control_bench;
+
 mod mesh_bench {
     use std::collections::{BTreeMap, HashMap};
     use std::io::{Read, Write};
