@@ -203,16 +203,11 @@ fn meta(w: &Winner) -> (String, String, u64) {
     )
 }
 
-fn route_policy_json(host: &str, w: &Winner) -> Value {
+/// A policy and its write: `{<field>: name, policy, hlc, written_by, written_at_ms}`.
+fn policy_json(field: &str, name: &str, w: &Winner) -> Value {
     let policy: Value = serde_json::from_slice(w.bytes()).unwrap_or(Value::Null);
     let (hlc, by, at) = meta(w);
-    json!({ "host": host, "policy": policy, "hlc": hlc, "written_by": by, "written_at_ms": at })
-}
-
-fn site_policy_json(site: &str, w: &Winner) -> Value {
-    let policy: Value = serde_json::from_slice(w.bytes()).unwrap_or(Value::Null);
-    let (hlc, by, at) = meta(w);
-    json!({ "site": site, "policy": policy, "hlc": hlc, "written_by": by, "written_at_ms": at })
+    json!({ field: name, "policy": policy, "hlc": hlc, "written_by": by, "written_at_ms": at })
 }
 
 /// `GET /v1/policies`.
@@ -221,15 +216,59 @@ pub fn list_policies(state: &AdminState) -> Value {
         .control
         .list(ROUTE_POLICY)
         .iter()
-        .map(|(k, w)| route_policy_json(&k[ROUTE_POLICY.len()..], w))
+        .map(|(k, w)| policy_json("host", &k[ROUTE_POLICY.len()..], w))
         .collect();
     let sites: Vec<Value> = state
         .control
         .list(SITE_POLICY)
         .iter()
-        .map(|(k, w)| site_policy_json(&k[SITE_POLICY.len()..], w))
+        .map(|(k, w)| policy_json("site", &k[SITE_POLICY.len()..], w))
         .collect();
     json!({ "routes": routes, "sites": sites })
+}
+
+/// How one policy resource is read and written: the key's merged value as JSON, and what a
+/// PUT body becomes (checked value bytes and an audit summary).
+struct Resource<'a> {
+    key: String,
+    /// "policy for route shop.example.com": what a 404 says there is none of.
+    what: String,
+    show: &'a dyn Fn(&Winner) -> Value,
+    put: &'a dyn Fn(&[u8]) -> Result<(Vec<u8>, String), Refusal>,
+}
+
+fn serve(
+    state: &AdminState,
+    method: &http::Method,
+    body: &[u8],
+    r: &Resource<'_>,
+) -> Result<Value, Refusal> {
+    match *method {
+        http::Method::GET => state
+            .control
+            .get(&r.key)
+            .map(|w| (r.show)(&w))
+            .ok_or_else(|| Refusal::not_found(format!("no {}", r.what))),
+        http::Method::PUT => {
+            let (bytes, summary) = (r.put)(body)?;
+            write(state, &r.key, Some(bytes), &summary)
+        }
+        http::Method::DELETE => {
+            if state.control.get(&r.key).is_none() {
+                return Err(Refusal::not_found(format!("no {}", r.what)));
+            }
+            write(state, &r.key, None, "")
+        }
+        _ => Err(Refusal {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: "method not allowed".into(),
+            field: None,
+        }),
+    }
+}
+
+fn to_bytes(value: &impl serde::Serialize) -> Result<Vec<u8>, Refusal> {
+    serde_json::to_vec(value).map_err(|e| Refusal::bad("body", e.to_string()))
 }
 
 /// `GET|PUT|DELETE /v1/policies/routes/{host}`.
@@ -240,32 +279,21 @@ pub fn route_policy(
     body: &[u8],
 ) -> Result<Value, Refusal> {
     let host = route_host(raw_host)?;
-    let key = format!("{ROUTE_POLICY}{host}");
-    match *method {
-        http::Method::GET => state
-            .control
-            .get(&key)
-            .map(|w| route_policy_json(&host, &w))
-            .ok_or_else(|| Refusal::not_found(format!("no policy for route {host}"))),
-        http::Method::PUT => {
-            let policy: RoutePolicy = parse_body(body)?;
-            check_route_policy(state, &policy)?;
-            let bytes =
-                serde_json::to_vec(&policy).map_err(|e| Refusal::bad("body", e.to_string()))?;
-            write(state, &key, Some(bytes), &summary_of(&policy))
-        }
-        http::Method::DELETE => {
-            if state.control.get(&key).is_none() {
-                return Err(Refusal::not_found(format!("no policy for route {host}")));
-            }
-            write(state, &key, None, "")
-        }
-        _ => Err(Refusal {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            message: "method not allowed".into(),
-            field: None,
-        }),
-    }
+    serve(
+        state,
+        method,
+        body,
+        &Resource {
+            key: format!("{ROUTE_POLICY}{host}"),
+            what: format!("policy for route {host}"),
+            show: &|w| policy_json("host", &host, w),
+            put: &|body| {
+                let policy: RoutePolicy = parse_body(body)?;
+                check_route_policy(state, &policy)?;
+                Ok((to_bytes(&policy)?, summary_of(&policy)))
+            },
+        },
+    )
 }
 
 /// `GET|PUT|DELETE /v1/policies/sites/{site}`.
@@ -276,43 +304,32 @@ pub fn site_policy(
     body: &[u8],
 ) -> Result<Value, Refusal> {
     let site = site_name(raw_site)?;
-    let key = format!("{SITE_POLICY}{site}");
-    match *method {
-        http::Method::GET => state
-            .control
-            .get(&key)
-            .map(|w| site_policy_json(&site, &w))
-            .ok_or_else(|| Refusal::not_found(format!("no policy for site {site}"))),
-        http::Method::PUT => {
-            let policy: SitePolicy = parse_body(body)?;
-            let (sites, _) = known(state);
-            if !sites.contains(&site) {
-                return Err(Refusal::bad(
-                    "site",
-                    format!("unknown site {site:?} (known: {})", join(&sites)),
-                ));
-            }
-            let bytes =
-                serde_json::to_vec(&policy).map_err(|e| Refusal::bad("body", e.to_string()))?;
-            let summary = if policy.drained {
-                "drained"
-            } else {
-                "not drained"
-            };
-            write(state, &key, Some(bytes), summary)
-        }
-        http::Method::DELETE => {
-            if state.control.get(&key).is_none() {
-                return Err(Refusal::not_found(format!("no policy for site {site}")));
-            }
-            write(state, &key, None, "")
-        }
-        _ => Err(Refusal {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            message: "method not allowed".into(),
-            field: None,
-        }),
-    }
+    serve(
+        state,
+        method,
+        body,
+        &Resource {
+            key: format!("{SITE_POLICY}{site}"),
+            what: format!("policy for site {site}"),
+            show: &|w| policy_json("site", &site, w),
+            put: &|body| {
+                let policy: SitePolicy = parse_body(body)?;
+                let (sites, _) = known(state);
+                if !sites.contains(&site) {
+                    return Err(Refusal::bad(
+                        "site",
+                        format!("unknown site {site:?} (known: {})", join(&sites)),
+                    ));
+                }
+                let summary = if policy.drained {
+                    "drained"
+                } else {
+                    "not drained"
+                };
+                Ok((to_bytes(&policy)?, summary.to_string()))
+            },
+        },
+    )
 }
 
 /// What `PUT /v1/certs/{host}` takes (the stored value has the same two fields).
