@@ -181,7 +181,8 @@ pub fn sites(client: &Client, json: bool, out: &mut dyn Write) -> Result<()> {
     )
 }
 
-/// Rows of `gcf sites`: nodes as `lon-1 (alive), lon-2 (suspect)`.
+/// Rows of `gcf sites`: nodes as `lon-1 (alive), lon-2 (suspect)`; a site drained by a
+/// site policy reads `yes (drained)` in the healthy column.
 pub fn site_rows(sites: &[SiteInfo]) -> Vec<Vec<String>> {
     sites
         .iter()
@@ -200,9 +201,14 @@ pub fn site_rows(sites: &[SiteInfo]) -> Vec<Vec<String>> {
             vec![
                 s.site.clone(),
                 opt(s.region.as_deref()),
-                s.healthy
-                    .map_or(MISSING, |h| if h { "yes" } else { "no" })
-                    .to_owned(),
+                {
+                    let healthy = s.healthy.map_or(MISSING, |h| if h { "yes" } else { "no" });
+                    if s.drained == Some(true) {
+                        format!("{healthy} (drained)")
+                    } else {
+                        healthy.to_owned()
+                    }
+                },
                 s.rtt_ms.map_or_else(|| MISSING.to_owned(), format_rtt),
                 opt(s.routes),
                 if nodes.is_empty() {
@@ -1282,7 +1288,8 @@ uptime:         1h 2m 3s
                 {"site":"lon","region":"eu","healthy":true,"rtt_ms":null,"routes":4,
                  "nodes":[{"node_id":"lon-1","state":"alive","last_seen_ms":10},
                           {"node_id":"lon-2","state":"suspect","last_seen_ms":9000}]},
-                {"site":"nyc","region":"us","healthy":false,"rtt_ms":73.2,"routes":0,"nodes":[]}]}"#,
+                {"site":"nyc","region":"us","healthy":false,"rtt_ms":73.2,"routes":0,"nodes":[]},
+                {"site":"sgp","healthy":true,"drained":true,"nodes":[]}]}"#,
         )
         .unwrap();
         assert_eq!(
@@ -1297,6 +1304,7 @@ uptime:         1h 2m 3s
                     "lon-1 (alive), lon-2 (suspect)"
                 ],
                 &["nyc", "us", "no", "73ms", "0", "-"],
+                &["sgp", "-", "yes (drained)", "-", "-", "-"],
             ])
         );
     }
