@@ -151,6 +151,12 @@ pub struct Config {
     /// Logging; every field has a default.
     #[serde(default)]
     pub log: LogConfig,
+    /// Where this node keeps what it persists: its own control-plane writes (policies,
+    /// uploaded certificates with their keys, mode 0600), the audit trail. Default:
+    /// `state-<node_id>` beside the config file, so nodes that share a directory never share
+    /// state. Created when missing (mode 0700).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
     /// Threads that serve requests (default: one per CPU). `1` runs everything on a single
     /// thread, which is also the fastest set-up on one core.
     #[serde(default)]
@@ -463,8 +469,12 @@ pub struct DnsConfig {
 pub struct AdminConfig {
     /// Address of the admin HTTP listener.
     pub listen: SocketAddr,
-    /// File holding the bearer token for `/v1/*` (surrounding whitespace ignored).
+    /// File holding the bearer token for `/v1/*`: reads and writes (surrounding whitespace
+    /// ignored).
     pub token_file: PathBuf,
+    /// Optional file holding a second token that may only read `/v1/*` (403 on writes).
+    #[serde(default)]
+    pub read_token_file: Option<PathBuf>,
     /// Most admin connections at once; one more is closed at once and counted. Default:
     /// derived from the open-file limit (docs/PROXY.md). At least 1.
     #[serde(default)]
@@ -685,6 +695,9 @@ impl Config {
             found: Vec::new(),
         };
         let mut files: Vec<(&str, &Path)> = vec![("admin.token_file", &self.admin.token_file)];
+        if let Some(read) = &self.admin.read_token_file {
+            files.push(("admin.read_token_file", read));
+        }
         if let Some(ca) = &self.nats.tls_ca {
             files.push(("nats.tls_ca", ca));
         }
@@ -705,7 +718,11 @@ impl Config {
         }
         for (key, path) in files {
             match std::fs::read(path) {
-                Ok(bytes) if key == "admin.token_file" && bytes.trim_ascii().is_empty() => {
+                Ok(bytes)
+                    if key.starts_with("admin.")
+                        && key.ends_with("token_file")
+                        && bytes.trim_ascii().is_empty() =>
+                {
                     problems.push(key, format!("{} is empty", path.display()));
                 }
                 Ok(_) => {}
@@ -750,6 +767,9 @@ impl Config {
             dns.validate(p);
         }
         check_path(p, "admin.token_file", &self.admin.token_file);
+        if let Some(read) = &self.admin.read_token_file {
+            check_path(p, "admin.read_token_file", read);
+        }
         check_max_connections(p, "admin.max_connections", self.admin.max_connections);
         self.check_listeners_distinct(p);
     }
@@ -802,6 +822,20 @@ impl Config {
             }
         }
         resolve(&mut self.admin.token_file);
+        if let Some(read) = &mut self.admin.read_token_file {
+            resolve(read);
+        }
+        let state_dir = self
+            .state_dir
+            .get_or_insert_with(|| PathBuf::from(format!("state-{}", self.node_id)));
+        resolve(state_dir);
+    }
+
+    /// The node's state directory (`state_dir`, resolved; see [`Config::state_dir`]).
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("state-{}", self.node_id)))
     }
 }
 

@@ -15,6 +15,9 @@
 //! - [`table`]: partitions (one per node incarnation, versioned, with tombstones) merged into
 //!   one lookup index; gorouter-compatible host/path/wildcard lookup; local-wins selection;
 //!   each partition's set hash (`table::state`), which its owner's seal covers. No I/O.
+//! - [`control`]: the control plane without a leader: config writes (policies, certificates)
+//!   stamped by a hybrid logical clock, kept in this node's partition and in `state_dir`,
+//!   merged by last writer wins across every partition into what the data plane reads.
 //! - [`mesh`]: peers over mutual TLS; anti-entropy (`mesh::sync`, pure functions over the
 //!   table) replicates every partition to every node, applying only what the partition's
 //!   owner sealed (`mesh::trust` seals and checks); the failure detector and the sync
@@ -57,6 +60,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod dns;
 pub mod health;
 pub mod learn;

@@ -59,6 +59,9 @@ pub struct NodeState {
     pub started: Instant,
     /// The mesh, when `[mesh]` is configured (set once at start).
     pub mesh: MeshHandle,
+    /// The route and site policies in force and what is known of the sites (filled by the
+    /// control plane and the mesh; read by the proxy, DNS and `/healthz`).
+    pub policies: Arc<crate::policy::PolicyStore>,
 }
 
 impl NodeState {
@@ -82,6 +85,7 @@ impl NodeState {
             region: config.region.clone(),
             started: Instant::now(),
             mesh: MeshHandle::new(),
+            policies: Arc::default(),
         }
     }
 }
@@ -133,6 +137,9 @@ pub enum NodeError {
     /// The TLS certificates of the HTTPS listener could not be loaded.
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    /// The state directory or the read token could not be read.
+    #[error("{0}")]
+    State(String),
     /// The DNS server failed.
     #[error("dns: {0}")]
     Dns(#[from] crate::dns::DnsError),
@@ -221,6 +228,32 @@ pub async fn run(
     // included: `/healthz` says 503 meanwhile) keeps running.
     let stop_serving = CancellationToken::new();
     let mut serving = Subsystems::new();
+    // The control plane first: this node's persisted writes go into its partition before
+    // the mesh seals and sends it.
+    let control = crate::control::Control::open(
+        &config.state_dir(),
+        state.table.clone(),
+        state.policies.clone(),
+    )
+    .map_err(|e| NodeError::State(format!("state_dir: {e}")))?;
+    let read_token = match &config.admin.read_token_file {
+        None => None,
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    NodeError::State(format!("admin.read_token_file: {}: {e}", path.display()))
+                })?
+                .trim()
+                .to_string(),
+        ),
+    };
+    {
+        let (control, token) = (control.clone(), stop.child_token());
+        tasks.spawn(async move {
+            control.run(token).await;
+            ("control", Ok(()))
+        });
+    }
     let settings = LearnSettings {
         servers: config.nats.servers.clone(),
         user_password: config.nats.user.clone().zip(config.nats.password.clone()),
@@ -423,6 +456,8 @@ pub async fn run(
             metrics: state.metrics.clone(),
             mesh: state.mesh.get().cloned(),
             token: state.token.clone(),
+            read_token,
+            control,
             region: state.region.clone(),
             started: state.started,
         });

@@ -195,7 +195,10 @@ mod tests {
         .unwrap();
         assert_eq!(p.mode, Some(Mode::Redirect));
         assert_eq!(p.weights.as_ref().and_then(|w| w.get("lon")), Some(&3));
-        assert_eq!(serde_json::from_str::<RoutePolicy>("{}").unwrap(), RoutePolicy::default());
+        assert_eq!(
+            serde_json::from_str::<RoutePolicy>("{}").unwrap(),
+            RoutePolicy::default()
+        );
         for bad in [
             r#"{"regoins":["eu"]}"#,
             r#"{"weights":{"lon":-1}}"#,

@@ -10,8 +10,10 @@ include!(concat!(env!("OUT_DIR"), "/grouter.mesh.v1.rs"));
 
 use prost::Message as _;
 
-/// Protocol version this release speaks (sent in `Hello`).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Protocol version this release speaks (sent in `Hello`). 2: partitions carry config keys
+/// (`PartitionDelta.config`), which the owner's seal covers, so a release that speaks 1 cannot
+/// verify a partition holding one.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame accepted or sent. Ordinary deltas are split far below it; the limit is set
 /// by a reset, which carries a whole partition in one frame (200,000 routes take about
@@ -110,6 +112,15 @@ mod tests {
                     signature: vec![1, 2, 3],
                 }),
                 owner_cert: vec![4, 5],
+                config: vec![ConfigEntry {
+                    key: "policy/site/nyc".into(),
+                    version: 7,
+                    hlc_ms: 1_700_000_000_000,
+                    hlc_counter: 2,
+                    hlc_node: "nyc-1".into(),
+                    deleted: false,
+                    value: br#"{"drained":true}"#.to_vec(),
+                }],
             }],
         });
         assert_eq!(decode(&encode(delta.clone())).unwrap(), delta);

@@ -24,6 +24,8 @@ const EXPANSION: usize = LANES * 2;
 /// Hashers with their derive-key context already absorbed (deriving it costs a hash).
 static ENTRY_HASHER: LazyLock<blake3::Hasher> =
     LazyLock::new(|| blake3::Hasher::new_derive_key("grouter mesh entry v2"));
+static CONFIG_HASHER: LazyLock<blake3::Hasher> =
+    LazyLock::new(|| blake3::Hasher::new_derive_key("grouter mesh config entry v1"));
 static RECORD_HASHER: LazyLock<blake3::Hasher> =
     LazyLock::new(|| blake3::Hasher::new_derive_key("grouter mesh record v1"));
 static ROOT_HASHER: LazyLock<blake3::Hasher> =
@@ -95,6 +97,40 @@ pub fn entry_digest(e: &EntryFields<'_>) -> EntryDigest {
     h.update(&e.endpoints.to_be_bytes());
     h.update(&e.instances.to_be_bytes());
     h.update(&e.updated_at_ms.to_be_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// The fields of one config entry that are signed.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigFields<'a> {
+    /// The config key.
+    pub key: &'a str,
+    /// Version in the owner's partition.
+    pub version: u64,
+    /// Clock of the write: physical milliseconds.
+    pub hlc_ms: u64,
+    /// Clock of the write: logical counter.
+    pub hlc_counter: u32,
+    /// Clock of the write: the writer.
+    pub hlc_node: &'a str,
+    /// The write deleted the key.
+    pub deleted: bool,
+    /// The value's bytes.
+    pub value: &'a [u8],
+}
+
+/// The digest of one config entry (domain-separated from route entries, so neither can
+/// stand for the other).
+pub fn config_digest(c: &ConfigFields<'_>) -> EntryDigest {
+    let mut h = CONFIG_HASHER.clone();
+    put_str(&mut h, c.key);
+    h.update(&c.version.to_be_bytes());
+    h.update(&c.hlc_ms.to_be_bytes());
+    h.update(&c.hlc_counter.to_be_bytes());
+    put_str(&mut h, c.hlc_node);
+    h.update(&u8::from(c.deleted).to_be_bytes());
+    h.update(&(c.value.len() as u64).to_be_bytes());
+    h.update(c.value);
     *h.finalize().as_bytes()
 }
 
@@ -369,6 +405,47 @@ mod tests {
         for (i, a) in digests.iter().enumerate() {
             assert!(digests[i + 1..].iter().all(|b| b != a), "field {i}");
         }
+    }
+
+    #[test]
+    fn every_field_of_a_config_entry_counts_and_none_is_a_route() {
+        let base = ConfigFields {
+            key: "policy/route/a.com",
+            version: 3,
+            hlc_ms: 10,
+            hlc_counter: 1,
+            hlc_node: "lon-1",
+            deleted: false,
+            value: b"{}",
+        };
+        let d = config_digest(&base);
+        for changed in [
+            ConfigFields {
+                key: "policy/route/b.com",
+                ..base
+            },
+            ConfigFields { version: 4, ..base },
+            ConfigFields { hlc_ms: 11, ..base },
+            ConfigFields {
+                hlc_counter: 2,
+                ..base
+            },
+            ConfigFields {
+                hlc_node: "lon-2",
+                ..base
+            },
+            ConfigFields {
+                deleted: true,
+                ..base
+            },
+            ConfigFields {
+                value: b"{ }",
+                ..base
+            },
+        ] {
+            assert_ne!(config_digest(&changed), d, "{changed:?}");
+        }
+        assert_ne!(d, e("policy/route/a.com", "", 3, ""));
     }
 
     #[test]

@@ -614,6 +614,22 @@ impl InProcNode {
         }
     }
 
+    /// PUT a JSON body to an admin path with the token; returns status and JSON body.
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .put(format!("http://{}{}", self.admin_addr, path))
+            .bearer_auth(&self.token)
+            .json(body)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT {path} at {}: {e}", self.node_id));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
     /// GET an admin path with the token and parse JSON, asserting 200.
     pub async fn json(&self, path: &str) -> Value {
         let resp = self

@@ -211,6 +211,8 @@ pub struct NodeBuilder {
     redirect: bool,
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
     tls_extra: String,
+    region: Option<String>,
+    read_token: bool,
 }
 
 impl NodeBuilder {
@@ -302,11 +304,38 @@ impl NodeBuilder {
     }
 
     /// Write the config and start the process; returns once the admin API answers.
+    /// The node's region (`region = …`).
+    pub fn region(mut self, region: &str) -> Self {
+        self.region = Some(region.to_string());
+        self
+    }
+
+    /// Give the node a read-only token too (`admin.read_token_file`; [`Node::read_token`]).
+    pub fn read_token(mut self) -> Self {
+        self.read_token = true;
+        self
+    }
+
     pub async fn start(self) -> Node {
         install_crypto();
         let dir = tempfile::tempdir().expect("tempdir");
         let token = format!("test-token-{}", std::process::id());
         std::fs::write(dir.path().join("admin.token"), &token).expect("write token");
+        let read_token = self.read_token.then(|| {
+            let t = format!("read-token-{}", std::process::id());
+            std::fs::write(dir.path().join("read.token"), &t).expect("write read token");
+            t
+        });
+        let admin_extra = if read_token.is_some() {
+            format!("read_token_file = \"read.token\"\n{}", self.admin_extra)
+        } else {
+            self.admin_extra.clone()
+        };
+        let region = self
+            .region
+            .as_ref()
+            .map(|r| format!("region = {r:?}\n"))
+            .unwrap_or_default();
         let servers: Vec<String> = self.nats.iter().map(|s| format!("{s:?}")).collect();
         let stub = if self.gorouters.is_empty() {
             Some(gorouter::GoRouterStub::start(&self.site).await)
@@ -327,7 +356,7 @@ impl NodeBuilder {
         let config = format!(
             r#"node_id = "{node_id}"
 site = "{site}"
-
+{region}
 [nats]
 servers = [{servers}]
 stale_threshold_secs = {stale}
@@ -363,8 +392,9 @@ format = "json"
                 .join(", "),
             remote = if self.redirect { "redirect" } else { "proxy" },
             proxy_extra = self.proxy_extra,
-            admin_extra = self.admin_extra,
+            admin_extra = admin_extra,
             https = https,
+            region = region,
         );
         let mut config = config;
         if let Some((ca, seeds)) = &self.mesh {
@@ -392,6 +422,7 @@ format = "json"
             stub,
             mesh: None,
             token,
+            read_token,
             log: LogLines::default(),
             http: reqwest::Client::new(),
             config_path,
@@ -413,6 +444,7 @@ pub struct Node {
     pub stub: Option<gorouter::GoRouterStub>,
     mesh: Option<SocketAddr>,
     token: String,
+    read_token: Option<String>,
     config_path: PathBuf,
     /// The node's log (JSON lines).
     pub log: LogLines,
@@ -439,6 +471,8 @@ impl Node {
             redirect: false,
             tls: None,
             tls_extra: String::new(),
+            region: None,
+            read_token: false,
         }
     }
 
@@ -544,6 +578,64 @@ impl Node {
     /// The admin token.
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The read-only token ([`NodeBuilder::read_token`]).
+    pub fn read_token(&self) -> &str {
+        self.read_token
+            .as_deref()
+            .expect("node started with a read token")
+    }
+
+    /// The node's state directory (`state_dir`'s default: `state-<node_id>` beside its
+    /// config file).
+    pub fn state_dir(&self) -> PathBuf {
+        let name = self
+            .config_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.config_path
+            .parent()
+            .expect("config in a directory")
+            .join(format!("state-{name}"))
+    }
+
+    /// Any admin request: `token` `None` sends none; returns status and JSON body (`Null`
+    /// when the body is not JSON).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("http://{}{}", self.admin, path))
+            .timeout(Duration::from_secs(10));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.expect("admin request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// PUT a JSON body with the write token.
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.send(reqwest::Method::PUT, path, Some(body), Some(&self.token))
+            .await
+    }
+
+    /// DELETE with the write token.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::DELETE, path, None, Some(&self.token))
+            .await
     }
 
     /// GET an admin path with the token; returns status and body.

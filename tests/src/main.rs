@@ -5,6 +5,7 @@
 
 mod attack;
 mod churn;
+mod control;
 mod demo;
 mod dns;
 mod dns_dnsviz;

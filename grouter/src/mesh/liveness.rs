@@ -231,6 +231,7 @@ mod tests {
                 heartbeat,
                 ..Default::default()
             }),
+            config: vec![],
             entries: vec![],
             seal: crate::table::testing::no_seal(),
             owner_cert: std::sync::Arc::from(&b""[..]),

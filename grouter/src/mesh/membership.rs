@@ -620,6 +620,7 @@ mod tests {
                 advertise: format!("{node}:7000"),
                 ..Default::default()
             }),
+            config: vec![],
             entries: vec![],
             seal: crate::table::testing::no_seal(),
             owner_cert: std::sync::Arc::from(&b""[..]),

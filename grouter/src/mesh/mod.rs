@@ -1038,6 +1038,7 @@ pub(crate) mod test_support {
                 advertise: impostor.clone(),
                 ..Default::default()
             }),
+            config: vec![],
             entries: vec![],
             seal: crate::table::testing::no_seal(),
             owner_cert: Arc::from(&b""[..]),

@@ -39,15 +39,23 @@ use grouter_protocol::nats::RouteKey;
 
 use crate::names::{check_node_id, check_site};
 use crate::table::{
-    AppFields, AppInterner, Import, ImportOutcome, NodeRecord, ReplicatedEntry, RouteEntry, Seal,
-    Table,
+    AppFields, AppInterner, ConfigValue, Hlc, Import, ImportOutcome, NodeRecord, ReplicatedConfig,
+    ReplicatedEntry, RouteEntry, Seal, Table,
 };
 
 /// Most entries in one delta frame (≈ 80 bytes each on the wire).
 pub const DELTA_BUDGET: usize = 20_000;
 
-/// How far ahead of this node's clock a generation (microseconds since the Unix epoch) may be.
+/// How far ahead of this node's clock a generation (microseconds since the Unix epoch) may be;
+/// the same bound holds for the clock of a config write.
 pub const GENERATION_SKEW: Duration = Duration::from_secs(300);
+
+/// Largest config value a partition may carry (a certificate chain with its key is a few
+/// KiB; a policy far less).
+pub const MAX_CONFIG_VALUE: usize = 64 * 1024;
+
+/// Longest config key (`cert/` or `policy/route/` and a host name).
+pub const MAX_CONFIG_KEY: usize = 512;
 
 /// Why a partition delta (or an entry of one) was refused. Label values of the mesh's
 /// rejection metric.
@@ -73,6 +81,8 @@ pub enum Rejection {
     UnknownOwner,
     /// A generation too far in the future.
     GenerationInFuture,
+    /// A config write whose clock is too far in the future (it would win every merge).
+    ConfigInFuture,
     /// Over `max_nodes`, `max_entries_per_partition`, or what a digest may list.
     OverLimit,
     /// A route under none of its site's `mesh.site_domains` (held, never routed).
@@ -87,7 +97,7 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every reason, in a fixed order.
-    pub const ALL: [Rejection; 14] = [
+    pub const ALL: [Rejection; 15] = [
         Rejection::OwnPartition,
         Rejection::OwnerConnected,
         Rejection::SiteMismatch,
@@ -97,6 +107,7 @@ impl Rejection {
         Rejection::BadSignature,
         Rejection::UnknownOwner,
         Rejection::GenerationInFuture,
+        Rejection::ConfigInFuture,
         Rejection::OverLimit,
         Rejection::DomainNotAllowed,
         Rejection::Revoked,
@@ -116,6 +127,7 @@ impl Rejection {
             Rejection::BadSignature => "bad_signature",
             Rejection::UnknownOwner => "unknown_owner",
             Rejection::GenerationInFuture => "generation_in_future",
+            Rejection::ConfigInFuture => "config_in_future",
             Rejection::OverLimit => "over_limit",
             Rejection::DomainNotAllowed => "domain_not_allowed",
             Rejection::Revoked => "revoked",
@@ -386,7 +398,7 @@ pub fn delta(
         } else {
             trust.own_cert().to_vec()
         };
-        budget = budget.saturating_sub(export.entries.len());
+        budget = budget.saturating_sub(export.entries.len() + export.config.len());
         view.held.insert(
             node_id.to_string(),
             (export.origin.generation, export.up_to_version),
@@ -401,6 +413,7 @@ pub fn delta(
             reset: export.reset,
             record: export.record.map(record_to_wire),
             entries: export.entries.into_iter().map(entry_to_wire).collect(),
+            config: export.config.into_iter().map(config_to_wire).collect(),
             seal: export.seal.map(|s| wire::Seal {
                 scheme: s.scheme,
                 signature: s.signature.to_vec(),
@@ -430,6 +443,8 @@ struct Staged {
     record: Option<NodeRecord>,
     owner_cert: Vec<u8>,
     entries: Vec<ReplicatedEntry>,
+    /// Config keys staged, by key (each once, the latest version).
+    config: HashMap<Arc<str>, ReplicatedConfig>,
     /// Where each key is in `entries`: built when a second frame continues the first (one
     /// frame's keys are distinct in an honest delta, and a repeat fails the seal check).
     index: Option<HashMap<Arc<RouteKey>, usize>>,
@@ -498,6 +513,10 @@ fn apply_partition(
     if pd.generation > cx.now_micros.saturating_add(skew) {
         return Err(Rejection::GenerationInFuture);
     }
+    let ahead_ms = cx.now_micros.saturating_add(skew) / 1000;
+    if pd.config.iter().any(|c| c.hlc_ms > ahead_ms) {
+        return Err(Rejection::ConfigInFuture);
+    }
     stage(inbox, pd, table.limits().max_entries_per_partition)?;
     if inbox.staged.as_ref().is_none_or(|s| s.seal.is_none()) {
         return Ok(Step::Staged);
@@ -515,6 +534,7 @@ fn apply_partition(
         record,
         owner_cert,
         entries,
+        config,
         seal,
         ..
     } = staged;
@@ -554,6 +574,7 @@ fn apply_partition(
         reset,
         record,
         entries,
+        config: config.into_values().collect(),
         seal: Seal {
             version: up_to_version,
             scheme: seal.scheme,
@@ -605,6 +626,7 @@ fn stage(inbox: &mut Inbox, pd: wire::PartitionDelta, max_entries: usize) -> Res
             record: None,
             owner_cert: Vec::new(),
             entries: Vec::new(),
+            config: HashMap::new(),
             index: None,
             seal: None,
         });
@@ -636,6 +658,34 @@ fn merge(inbox: &mut Inbox, pd: wire::PartitionDelta, max_entries: usize) -> Res
         last = e.version;
     }
     drop(seen);
+    let mut keys: HashSet<&str, foldhash::fast::RandomState> =
+        HashSet::with_capacity_and_hasher(pd.config.len(), Default::default());
+    for c in &pd.config {
+        if c.version <= pd.from_version
+            || c.version > pd.up_to_version
+            || !keys.insert(&c.key)
+            || c.key.is_empty()
+            || c.key.len() > MAX_CONFIG_KEY
+            || c.value.len() > MAX_CONFIG_VALUE
+            || check_node_id(&c.hlc_node).is_err()
+            || (c.deleted && !c.value.is_empty())
+        {
+            return Err(Rejection::Malformed);
+        }
+    }
+    drop(keys);
+    if st.entries.len() + st.config.len() + pd.config.len() > max_entries {
+        return Err(Rejection::OverLimit);
+    }
+    for c in pd.config {
+        let c = config_from_wire(c);
+        match st.config.get(&c.key) {
+            Some(held) if held.version >= c.version => {}
+            _ => {
+                st.config.insert(c.key.clone(), c);
+            }
+        }
+    }
     // The entries of one app share one record, as at their owner.
     let mut apps = AppInterner::default();
     if st.entries.is_empty() {
@@ -720,6 +770,38 @@ fn entry_from_wire(e: wire::Entry, apps: &mut AppInterner) -> Result<ReplicatedE
         version: e.version,
         value,
     })
+}
+
+fn config_from_wire(c: wire::ConfigEntry) -> ReplicatedConfig {
+    ReplicatedConfig {
+        key: Arc::from(c.key),
+        version: c.version,
+        value: Arc::new(ConfigValue {
+            hlc: Hlc {
+                ms: c.hlc_ms,
+                counter: c.hlc_counter,
+                node: Arc::from(c.hlc_node),
+            },
+            value: (!c.deleted).then(|| Arc::from(c.value)),
+        }),
+    }
+}
+
+fn config_to_wire(c: ReplicatedConfig) -> wire::ConfigEntry {
+    wire::ConfigEntry {
+        key: c.key.to_string(),
+        version: c.version,
+        hlc_ms: c.value.hlc.ms,
+        hlc_counter: c.value.hlc.counter,
+        hlc_node: c.value.hlc.node.to_string(),
+        deleted: c.value.is_deleted(),
+        value: c
+            .value
+            .value
+            .as_deref()
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default(),
+    }
 }
 
 /// An empty tag is an absent one.
@@ -1162,6 +1244,7 @@ mod tests {
                 up_to_version: 1,
                 reset: false,
                 record: None,
+                config: vec![],
                 entries: vec![wire::Entry {
                     host: "mine.com".into(),
                     path: String::new(),

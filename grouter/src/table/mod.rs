@@ -32,10 +32,12 @@ use state::{EntryDigest, StateHash};
 type Fast = foldhash::fast::RandomState;
 
 pub use app::{App, AppFields, AppInterner};
+pub use config::{ConfigValue, Hlc, ReplicatedConfig};
 pub use grouter_protocol::nats::RouteKey;
 pub use state::Statement;
 
 pub mod app;
+pub mod config;
 pub mod state;
 
 /// Bounds on what other nodes can make this table hold.
@@ -165,6 +167,8 @@ pub struct Export {
     pub record: Option<NodeRecord>,
     /// Entries in version order.
     pub entries: Vec<ReplicatedEntry>,
+    /// Config keys in version order (versions interleave with `entries`').
+    pub config: Vec<ReplicatedConfig>,
     /// The owner's seal over the partition at `up_to_version`; `None` when the export is cut
     /// short by the budget (more follows) or, for this node's own partition, when no seal
     /// was made at this version yet (then `statement` is what to sign).
@@ -197,6 +201,8 @@ pub struct Import {
     pub record: Option<NodeRecord>,
     /// Entries, each key at most once (any order; older versions than held are ignored).
     pub entries: Vec<ReplicatedEntry>,
+    /// Config keys, each at most once (as `entries`).
+    pub config: Vec<ReplicatedConfig>,
     /// The owner's seal over the partition at `up_to_version`.
     pub seal: Seal,
     /// The owner's certificate the seal is checked with (already checked against the CA).
@@ -247,6 +253,10 @@ pub struct Partition {
     /// version → key; each key appears once, at its latest version.
     log: BTreeMap<u64, Arc<RouteKey>>,
     live: usize,
+    /// Config keys (never tombstoned here: a deletion is a value with its clock).
+    config: HashMap<Arc<str>, (u64, Arc<ConfigValue>), Fast>,
+    /// version → config key, as `log` (the two share the partition's versions).
+    config_log: BTreeMap<u64, Arc<str>>,
     /// The owner's description of itself.
     record: Option<NodeRecord>,
     /// Tombstones at or below this version were purged: a replica behind it needs a reset.
@@ -285,6 +295,8 @@ impl Partition {
             entries: HashMap::default(),
             log: BTreeMap::new(),
             live: 0,
+            config: HashMap::default(),
+            config_log: BTreeMap::new(),
             record: None,
             gc_floor: 0,
             root: StateHash::default(),
@@ -309,9 +321,15 @@ impl Partition {
                 Some((key.clone(), *v, value))
             })
             .collect();
+        let added_config = self
+            .config_log
+            .range(from + 1..)
+            .filter_map(|(v, key)| Some((key.clone(), *v, self.config.get(key)?.1.clone())))
+            .collect();
         let removed = std::mem::take(&mut self.unfolded);
         self.folded = self.max_version;
         Fold {
+            added_config,
             base: if recompute {
                 StateHash::default()
             } else {
@@ -335,7 +353,7 @@ impl Partition {
             site: self.origin.site.to_string(),
             generation: self.origin.generation,
             version: self.max_version,
-            live: self.live as u64,
+            live: (self.live + self.config.len()) as u64,
             record: state::record_digest(self.record.as_ref()),
             root: self.root.digest(),
         }
@@ -411,6 +429,36 @@ impl Partition {
     fn get(&self, key: &RouteKey) -> Option<&Versioned> {
         self.entries.get(key)
     }
+
+    /// Record `value` for config `key` at `version` (false, and nothing changed, when the
+    /// key is held at the same or a newer version).
+    fn put_config(&mut self, key: &Arc<str>, value: Arc<ConfigValue>, version: u64) -> bool {
+        match self.config.get_mut(&**key) {
+            Some((v, _)) if *v >= version => return false,
+            Some(cur) => {
+                self.config_log.remove(&cur.0);
+                *cur = (version, value);
+            }
+            None => {
+                self.config.insert(key.clone(), (version, value));
+            }
+        }
+        if let Some((k, _)) = self.config.get_key_value(&**key) {
+            self.config_log.insert(version, k.clone());
+        }
+        self.max_version = self.max_version.max(version);
+        true
+    }
+
+    /// The config value this partition holds for `key`.
+    pub fn config(&self, key: &str) -> Option<&Arc<ConfigValue>> {
+        self.config.get(key).map(|(_, v)| v)
+    }
+
+    /// Every config key of the partition with its value (unordered).
+    pub fn config_entries(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<ConfigValue>)> {
+        self.config.iter().map(|(k, (_, v))| (k, v))
+    }
 }
 
 /// The hashing of one fold of this node's partition, done without the partitions lock.
@@ -418,6 +466,7 @@ struct Fold {
     base: StateHash,
     removed: Vec<EntryDigest>,
     added: Vec<(Arc<RouteKey>, u64, Arc<RouteEntry>)>,
+    added_config: Vec<(Arc<str>, u64, Arc<ConfigValue>)>,
 }
 
 impl Fold {
@@ -426,6 +475,11 @@ impl Fold {
             .added
             .iter()
             .map(|(k, v, e)| state::entry_digest(k, *v, e))
+            .chain(
+                self.added_config
+                    .iter()
+                    .map(|(k, v, c)| state::config_digest(k, *v, c)),
+            )
             .collect();
         let mut root = StateHash::of(&digests);
         root.add_hash(&self.base);
@@ -541,6 +595,10 @@ pub struct Table {
     own_fold: parking_lot::Mutex<()>,
     /// Site → the domains its nodes may announce (sites not listed may announce anything).
     site_domains: RwLock<HashMap<Arc<str>, Vec<String>>>,
+    /// Config keys whose merged value may have changed since the control plane last looked.
+    config_dirty: parking_lot::Mutex<std::collections::HashSet<Arc<str>>>,
+    /// Bumped whenever `config_dirty` gains a key.
+    config_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Table {
@@ -557,6 +615,8 @@ impl Table {
             retired: RwLock::new(HashMap::new()),
             site_order: RwLock::new(Arc::from(Vec::new())),
             changes: tokio::sync::watch::Sender::new(0),
+            config_dirty: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            config_changes: tokio::sync::watch::Sender::new(0),
             routes: AtomicU64::new(0),
             local_endpoints: AtomicU64::new(0),
             limits: RwLock::new(Limits::default()),
@@ -700,6 +760,78 @@ impl Table {
         self.changes.subscribe()
     }
 
+    /// Write config `key` in this node's partition. Returns the new version, or `None` when
+    /// the partition already holds a write of the key at the same or a later clock (the
+    /// control plane's clock only moves forward, so that is a repeat).
+    pub fn write_config_local(&self, key: &str, value: ConfigValue) -> Option<u64> {
+        let key: Arc<str> = Arc::from(key);
+        let mut parts = self.partitions.write();
+        let part = parts.get_mut(&self.me.node_id)?;
+        let version = Self::write_config_in(part, &key, value)?;
+        drop(parts);
+        self.config_touched([key]);
+        self.changed();
+        Some(version)
+    }
+
+    /// One config write to this node's partition, under the caller's lock.
+    fn write_config_in(part: &mut Partition, key: &Arc<str>, value: ConfigValue) -> Option<u64> {
+        if part.config(key).is_some_and(|cur| cur.hlc >= value.hlc) {
+            return None;
+        }
+        let folded_out = part
+            .config
+            .get(key)
+            .filter(|(v, _)| *v <= part.folded)
+            .map(|(v, cur)| state::config_digest(key, *v, cur));
+        part.unfolded.extend(folded_out);
+        if part.unfolded.len() >= UNFOLDED_MAX {
+            part.unfolded = Vec::new();
+            part.root_stale = true;
+        }
+        let version = part.max_version + 1;
+        part.put_config(key, Arc::new(value), version);
+        Some(version)
+    }
+
+    /// The merged value of config `key`: the write with the latest clock among every
+    /// partition that holds the key (dead nodes' included, until they are retired), with
+    /// the node whose partition holds it. Deletions are returned too (they win like writes).
+    pub fn config_winner(&self, key: &str) -> Option<(Arc<ConfigValue>, Arc<str>)> {
+        let parts = self.partitions.read();
+        parts
+            .values()
+            .filter_map(|p| Some((p.config(key)?, &p.origin.node_id)))
+            .max_by(|a, b| a.0.hlc.cmp(&b.0.hlc))
+            .map(|(v, n)| (v.clone(), n.clone()))
+    }
+
+    /// This node's own write of config `key`, if any.
+    pub fn own_config(&self, key: &str) -> Option<Arc<ConfigValue>> {
+        self.with_local_partition(|p| p.config(key).cloned())?
+    }
+
+    /// The config keys whose merged value may have changed since the last call.
+    pub fn take_config_dirty(&self) -> Vec<Arc<str>> {
+        self.config_dirty.lock().drain().collect()
+    }
+
+    /// A receiver that wakes when config keys become dirty ([`Table::take_config_dirty`]).
+    pub fn subscribe_config(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.config_changes.subscribe()
+    }
+
+    fn config_touched(&self, keys: impl IntoIterator<Item = Arc<str>>) {
+        let mut dirty = self.config_dirty.lock();
+        let before = dirty.len();
+        dirty.extend(keys);
+        let grew = dirty.len() > before;
+        drop(dirty);
+        if grew {
+            self.config_changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
     /// Update this node's own record; it gets the next version of the partition.
     pub fn update_local_record(&self, update: impl FnOnce(&mut NodeRecord)) -> u64 {
         let mut parts = self.partitions.write();
@@ -814,24 +946,49 @@ impl Table {
         // over frames would leave it behind the horizon again), and starts afresh.
         let reset = after < p.gc_floor;
         let mut entries = Vec::new();
+        let mut config = Vec::new();
         let mut up_to = p.max_version;
         let start = if reset { 0 } else { after };
-        for (v, key) in p.log.range(start + 1..) {
-            let Some(e) = p.entries.get(key) else {
-                continue;
+        // The two logs in one version order (they share the partition's versions).
+        let mut routes = p.log.range(start + 1..).peekable();
+        let mut keys = p.config_log.range(start + 1..).peekable();
+        loop {
+            let next_route = routes.peek().map(|(v, _)| **v);
+            let next_key = keys.peek().map(|(v, _)| **v);
+            let v = match (next_route, next_key) {
+                (None, None) => break,
+                (Some(r), Some(k)) => r.min(k),
+                (Some(r), None) => r,
+                (None, Some(k)) => k,
             };
-            if reset && e.value.is_none() {
-                continue;
-            }
-            if !reset && entries.len() == budget {
-                up_to = *v - 1;
+            if !reset && entries.len() + config.len() == budget {
+                up_to = v - 1;
                 break;
             }
-            entries.push(ReplicatedEntry {
-                key: key.clone(),
-                version: *v,
-                value: e.value.clone(),
-            });
+            if next_route == Some(v) {
+                let Some((_, key)) = routes.next() else { break };
+                let Some(e) = p.entries.get(key) else {
+                    continue;
+                };
+                if reset && e.value.is_none() {
+                    continue;
+                }
+                entries.push(ReplicatedEntry {
+                    key: key.clone(),
+                    version: v,
+                    value: e.value.clone(),
+                });
+            } else {
+                let Some((_, key)) = keys.next() else { break };
+                let Some((_, value)) = p.config.get(key) else {
+                    continue;
+                };
+                config.push(ReplicatedConfig {
+                    key: key.clone(),
+                    version: v,
+                    value: value.clone(),
+                });
+            }
         }
         let record = p.record.clone().filter(|r| r.version > after);
         let seal = p.seal.clone().filter(|s| s.version == up_to);
@@ -842,6 +999,7 @@ impl Table {
             reset,
             record,
             entries,
+            config,
             seal,
             statement: None,
             owner_cert: p.owner_cert.clone(),
@@ -898,6 +1056,10 @@ impl Table {
                 .iter()
                 .any(|e| e.version == 0 || e.version > import.up_to_version)
             || import
+                .config
+                .iter()
+                .any(|c| c.version == 0 || c.version > import.up_to_version)
+            || import
                 .record
                 .as_ref()
                 .is_some_and(|r| r.version > import.up_to_version)
@@ -923,7 +1085,17 @@ impl Table {
                     .map(|v| state::entry_digest(&e.key, e.version, v))
             })
             .collect();
-        let incoming: Vec<EntryDigest> = digests.iter().flatten().copied().collect();
+        let config_digests: Vec<EntryDigest> = import
+            .config
+            .iter()
+            .map(|c| state::config_digest(&c.key, c.version, &c.value))
+            .collect();
+        let incoming: Vec<EntryDigest> = digests
+            .iter()
+            .flatten()
+            .chain(&config_digests)
+            .copied()
+            .collect();
         let mut root = StateHash::of(&incoming);
         drop(incoming);
 
@@ -953,7 +1125,8 @@ impl Table {
         let base = held.filter(|_| !import.reset);
         // The statement of the state this import would produce.
         let mut live = base.map_or(0, |p| p.live as u64);
-        let mut size = base.map_or(0, |p| p.entries.len());
+        let mut size = base.map_or(0, |p| p.entries.len() + p.config.len());
+        live += base.map_or(0, |p| p.config.len() as u64);
         if let Some(p) = base {
             root.add_hash(&p.root);
         }
@@ -974,6 +1147,20 @@ impl Table {
                 None => size += 1,
             }
             live += u64::from(e.value.is_some());
+        }
+        for (c, d) in import.config.iter().zip(&config_digests) {
+            match base.and_then(|p| p.config.get(&c.key)) {
+                Some((held, _)) if *held >= c.version => {
+                    root.remove(d);
+                    continue;
+                }
+                Some((held, old)) => {
+                    root.remove(&state::config_digest(&c.key, *held, old));
+                    live -= 1;
+                }
+                None => size += 1,
+            }
+            live += 1;
         }
         if size > limits.max_entries_per_partition {
             return ImportOutcome::OverLimit;
@@ -1006,6 +1193,7 @@ impl Table {
             if let Some(old) = parts.remove(import.node_id.as_str()) {
                 old.origin.set_alive(false);
                 self.unindex(&old);
+                self.config_touched(old.config.keys().cloned());
             }
         }
         let node_id: Arc<str> = Arc::from(import.node_id.as_str());
@@ -1021,6 +1209,7 @@ impl Table {
         if import.reset {
             let old = std::mem::replace(part, Partition::new(part.origin.clone()));
             self.unindex(&old);
+            self.config_touched(old.config.keys().cloned());
         }
         let origin = part.origin.clone();
         let routable = self.site_may_announce_fn(&origin.site);
@@ -1037,6 +1226,14 @@ impl Table {
                 }
             }
         }
+        let mut touched = Vec::new();
+        for c in import.config {
+            if part.put_config(&c.key, c.value, c.version) {
+                changed += 1;
+                touched.push(c.key);
+            }
+        }
+        self.config_touched(touched);
         if record != part.record {
             part.record = record;
             changed += 1;
@@ -1072,9 +1269,31 @@ impl Table {
         if *node_id == *self.me.node_id {
             return false;
         }
-        let removed = self.partitions.write().remove(node_id);
-        let Some(old) = removed else { return false };
+        let mut parts = self.partitions.write();
+        let Some(old) = parts.remove(node_id) else {
+            return false;
+        };
+        // Its config writes must not leave with it: this node keeps every one that no other
+        // partition matches or beats, under the writer's own clock (so the merge picks the
+        // same winner everywhere, and every node that retires it keeps the same copy).
+        let adopt: Vec<(Arc<str>, Arc<ConfigValue>)> = old
+            .config
+            .iter()
+            .filter(|(key, (_, value))| {
+                !parts
+                    .values()
+                    .any(|p| p.config(key).is_some_and(|v| v.hlc >= value.hlc))
+            })
+            .map(|(key, (_, value))| (key.clone(), value.clone()))
+            .collect();
+        if let Some(own) = parts.get_mut(&self.me.node_id) {
+            for (key, value) in adopt {
+                Self::write_config_in(own, &key, ConfigValue::clone(&value));
+            }
+        }
+        drop(parts);
         old.origin.set_alive(false);
+        self.config_touched(old.config.keys().cloned());
         {
             // Only certified nodes ever had a partition, so this is bounded by the mesh;
             // beyond twice max_nodes the oldest incarnation is forgotten (its generation
@@ -1492,6 +1711,7 @@ pub(crate) mod testing {
             up_to_version: routes.len() as u64,
             reset: false,
             record: None,
+            config: vec![],
             entries: routes
                 .iter()
                 .zip(1..)
@@ -1528,7 +1748,7 @@ impl Table {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{entry, first_import, key};
+    use super::testing::{entry, first_import, key, no_seal};
     use super::*;
 
     fn table(routes: &[(&str, &str, u32)]) -> Table {
@@ -1648,6 +1868,133 @@ mod tests {
             t.upsert_local(&key("r2.com"), entry("d", 1 + (i % 2) as u32));
         }
         check(&t, "after an overflow");
+    }
+
+    fn cv(ms: u64, node: &str, value: Option<&str>) -> ConfigValue {
+        ConfigValue {
+            hlc: Hlc {
+                ms,
+                counter: 0,
+                node: node.into(),
+            },
+            value: value.map(|v| Arc::from(v.as_bytes())),
+        }
+    }
+
+    /// Everything `from` holds of `owner`'s partition, imported into `to` only if the state
+    /// it produces is the owner's own statement (what a seal would cover).
+    fn replicate(from: &Table, owner: &Table, to: &Table, budget: usize) -> ImportOutcome {
+        let node = owner.me().node_id.to_string();
+        let mut last = ImportOutcome::Malformed;
+        loop {
+            let held = to
+                .digest()
+                .into_iter()
+                .find(|(o, _)| *o.node_id == *node)
+                .map(|(o, v)| (o.generation, v));
+            let Some(export) = from.export(&node, held, budget) else {
+                return last;
+            };
+            let want = owner.own_statement().unwrap();
+            let import = Import {
+                node_id: node.clone(),
+                site: export.origin.site.to_string(),
+                generation: export.origin.generation,
+                from_version: export.from_version,
+                up_to_version: export.up_to_version,
+                reset: export.reset,
+                record: export.record,
+                entries: export.entries,
+                config: export.config,
+                seal: Seal {
+                    version: export.up_to_version,
+                    ..no_seal()
+                },
+                owner_cert: Arc::from(&[][..]),
+            };
+            let complete = export.complete;
+            last = to.import(import, |st| !complete || *st == want);
+            assert!(matches!(last, ImportOutcome::Applied { .. }), "{last:?}");
+        }
+    }
+
+    /// Config keys ride in the owner's partition: they replicate in version order with its
+    /// routes, the owner's seal covers them (the receiver's statement is the owner's), and
+    /// the merge picks the latest clock among every partition.
+    #[test]
+    fn config_keys_replicate_under_the_owners_statement_and_merge_by_clock() {
+        let lon = Table::new("lon-1", "lon", 1);
+        let nyc = Table::new("nyc-1", "nyc", 1);
+        lon.upsert_local(&key("a.com"), entry("a", 1));
+        assert_eq!(
+            lon.write_config_local("policy/site/lon", cv(10, "lon-1", Some("{}"))),
+            Some(2)
+        );
+        lon.upsert_local(&key("b.com"), entry("b", 1));
+        assert_eq!(
+            lon.write_config_local("policy/site/lon", cv(9, "lon-1", None)),
+            None,
+            "an older clock never overwrites"
+        );
+        lon.write_config_local(
+            "policy/route/a.com",
+            cv(11, "lon-1", Some(r#"{"mode":"redirect"}"#)),
+        );
+        // Cut into frames of 1: the versions of routes and config keys interleave.
+        replicate(&lon, &lon, &nyc, 1);
+        let (v, holder) = nyc.config_winner("policy/route/a.com").unwrap();
+        assert_eq!((v.hlc.ms, &*holder), (11, "lon-1"));
+        assert!(nyc.lookup("b.com", "/").is_some());
+        let mut dirty = nyc.take_config_dirty();
+        dirty.sort();
+        assert_eq!(
+            dirty,
+            [
+                Arc::from("policy/route/a.com"),
+                Arc::from("policy/site/lon")
+            ]
+        );
+
+        // A later write elsewhere wins everywhere; a deletion wins like a write.
+        nyc.write_config_local("policy/site/lon", cv(20, "nyc-1", None));
+        replicate(&nyc, &nyc, &lon, 100);
+        for t in [&lon, &nyc] {
+            let (v, holder) = t.config_winner("policy/site/lon").unwrap();
+            assert!(v.is_deleted());
+            assert_eq!(&*holder, "nyc-1");
+        }
+        // Overwriting its own key keeps the owner's hash the hash of what it holds.
+        lon.write_config_local("policy/route/a.com", cv(30, "lon-1", Some("{}")));
+        replicate(&lon, &lon, &nyc, 100);
+        assert_eq!(
+            nyc.config_winner("policy/route/a.com").unwrap().0.hlc.ms,
+            30
+        );
+    }
+
+    /// A node that leaves for good does not take its config writes along: whoever retires
+    /// it keeps them, under the writer's clock, unless another partition already beats them.
+    #[test]
+    fn retiring_a_writer_keeps_its_winning_config_writes() {
+        let lon = Table::new("lon-1", "lon", 1);
+        let nyc = Table::new("nyc-1", "nyc", 1);
+        nyc.write_config_local(
+            "policy/site/nyc",
+            cv(5, "nyc-1", Some(r#"{"drained":true}"#)),
+        );
+        nyc.write_config_local(
+            "policy/site/lon",
+            cv(5, "nyc-1", Some(r#"{"drained":true}"#)),
+        );
+        lon.write_config_local("policy/site/lon", cv(6, "lon-1", None));
+        replicate(&nyc, &nyc, &lon, 100);
+        assert!(lon.retire("nyc-1"));
+        let (v, holder) = lon.config_winner("policy/site/nyc").unwrap();
+        assert_eq!(
+            (v.hlc.to_string(), &*holder),
+            ("5.0@nyc-1".to_string(), "lon-1")
+        );
+        assert!(lon.config_winner("policy/site/lon").unwrap().0.is_deleted());
     }
 
     #[test]

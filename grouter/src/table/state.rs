@@ -4,10 +4,10 @@
 //! Owns: nothing but the mapping of fields. Must never: hash a field the protocol does not
 //! define, or leave one out.
 
+use grouter_protocol::seal::{ConfigFields, EntryFields, RecordFields};
 pub use grouter_protocol::seal::{EntryDigest, StateHash, Statement};
-use grouter_protocol::seal::{EntryFields, RecordFields};
 
-use super::{NodeRecord, RouteEntry, RouteKey};
+use super::{ConfigValue, NodeRecord, RouteEntry, RouteKey};
 
 /// The digest of one live entry.
 pub fn entry_digest(key: &RouteKey, version: u64, value: &RouteEntry) -> EntryDigest {
@@ -23,6 +23,19 @@ pub fn entry_digest(key: &RouteKey, version: u64, value: &RouteEntry) -> EntryDi
         endpoints: value.endpoints,
         instances: value.instances,
         updated_at_ms: value.updated_at_ms,
+    })
+}
+
+/// The digest of one config entry.
+pub fn config_digest(key: &str, version: u64, value: &ConfigValue) -> EntryDigest {
+    grouter_protocol::seal::config_digest(&ConfigFields {
+        key,
+        version,
+        hlc_ms: value.hlc.ms,
+        hlc_counter: value.hlc.counter,
+        hlc_node: &value.hlc.node,
+        deleted: value.is_deleted(),
+        value: value.value.as_deref().unwrap_or_default(),
     })
 }
 

@@ -6,8 +6,13 @@
 //! (`crate::limits`): a request head within `proxy.request_header_timeout_secs`, an idle
 //! HTTP/2 connection closed after `proxy.idle_timeout_secs`.
 //!
-//! Must never: change state without a valid token, leak internals in an error body, or log
-//! the token.
+//! Writes (`PUT`, `DELETE`) need the write token (`admin.token_file`); the read token
+//! (`admin.read_token_file`) gets 403 on them. The control-plane resources are in [`writes`].
+//!
+//! Must never: change state without the write token, leak internals in an error body, or
+//! log a token.
+
+pub mod writes;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -17,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -27,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::control::Control;
 use crate::health::Health;
 use crate::limits::{Cut, Gate, Timeouts, Watchdog};
 use crate::mesh::Mesh;
@@ -47,12 +53,23 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The mesh, when `[mesh]` is configured.
     pub mesh: Option<Arc<Mesh>>,
-    /// Bearer token of `/v1/*`.
+    /// Bearer token of `/v1/*`: reads and writes.
     pub token: String,
+    /// Bearer token that may only read `/v1/*`.
+    pub read_token: Option<String>,
+    /// The control plane (policies, certificates, audit).
+    pub control: Arc<Control>,
     /// The node's region, if configured.
     pub region: Option<String>,
     /// When the node started.
     pub started: std::time::Instant,
+}
+
+/// What a bearer token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
 }
 
 /// Serve the admin API on `listener` until `shutdown`: at most `gate`'s connections, each
@@ -111,7 +128,7 @@ async fn serve_connection(
         service_fn(move |req| {
             requests.fetch_add(1, Ordering::Relaxed);
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(&state, req)) }
+            async move { Ok::<_, Infallible>(handle(&state, req).await) }
         })
     };
     let streams = Streams::default();
@@ -206,10 +223,11 @@ where
     }
 }
 
-fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path();
-    let query = req.uri().query().unwrap_or("");
-    match (req.method(), path) {
+async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let method = req.method().clone();
+    match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => healthz(state),
         (&Method::GET, "/metrics") => {
             let text = state
@@ -224,37 +242,97 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                 .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR))
         }
         (_, p) if p.starts_with("/v1/") => {
-            if !authorized(state, &req) {
+            let Some(access) = authorized(state, &req) else {
                 let mut resp = error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
                 resp.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     header::HeaderValue::from_static("Bearer"),
                 );
                 return resp;
-            }
+            };
             let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes())
                 .into_owned()
                 .collect();
-            match (req.method(), p) {
-                (&Method::GET, "/v1/status") => ok(status(state)),
-                (&Method::GET, "/v1/routes") => ok(routes(state, &params)),
-                (&Method::GET, "/v1/apps") => ok(apps(state, &params)),
-                (&Method::GET, "/v1/sites") => ok(sites(state)),
-                (&Method::GET, "/v1/peers") => ok(peers(state)),
-                (_, "/v1/status" | "/v1/routes" | "/v1/apps" | "/v1/sites" | "/v1/peers") => {
-                    error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-                }
-                _ => error(StatusCode::NOT_FOUND, "no such resource"),
+            let writing = matches!(method, Method::PUT | Method::DELETE | Method::POST);
+            if writing && access != Access::Write {
+                return error(StatusCode::FORBIDDEN, "this token may only read");
             }
+            let body = if writing {
+                match Limited::new(req.into_body(), writes::MAX_BODY)
+                    .collect()
+                    .await
+                {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                        return error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            &format!("the body is over {} bytes", writes::MAX_BODY),
+                        );
+                    }
+                    Err(_) => return error(StatusCode::BAD_REQUEST, "the body could not be read"),
+                }
+            } else {
+                Bytes::new()
+            };
+            v1(state, &method, p, &params, &body)
         }
         (_, "/healthz" | "/metrics") => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, "no such resource"),
     }
 }
 
+/// `/v1/*` once the token is checked (and a write's body read).
+fn v1(
+    state: &AdminState,
+    method: &Method,
+    path: &str,
+    params: &BTreeMap<String, String>,
+    body: &[u8],
+) -> Response<Body> {
+    let answer = |r: Result<Value, writes::Refusal>| match r {
+        Ok(v) => ok(v),
+        Err(refusal) => {
+            let mut resp = ok(refusal.body());
+            *resp.status_mut() = refusal.status;
+            resp
+        }
+    };
+    if let Some(host) = path.strip_prefix("/v1/policies/routes/") {
+        return answer(writes::route_policy(state, method, host, body));
+    }
+    if let Some(site) = path.strip_prefix("/v1/policies/sites/") {
+        return answer(writes::site_policy(state, method, site, body));
+    }
+    match (method, path) {
+        (&Method::GET, "/v1/status") => ok(status(state)),
+        (&Method::GET, "/v1/routes") => ok(routes(state, params)),
+        (&Method::GET, "/v1/apps") => ok(apps(state, params)),
+        (&Method::GET, "/v1/sites") => ok(sites(state)),
+        (&Method::GET, "/v1/peers") => ok(peers(state)),
+        (&Method::GET, "/v1/policies") => ok(writes::list_policies(state)),
+        (&Method::GET, "/v1/audit") => answer(writes::audit(
+            state,
+            params.get("limit").map(String::as_str),
+        )),
+        (
+            _,
+            "/v1/status" | "/v1/routes" | "/v1/apps" | "/v1/sites" | "/v1/peers" | "/v1/policies"
+            | "/v1/audit",
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        _ => error(StatusCode::NOT_FOUND, "no such resource"),
+    }
+}
+
 fn healthz(state: &AdminState) -> Response<Body> {
+    let site_drained = state
+        .control
+        .policies()
+        .policies()
+        .site_drained(&state.table.me().site);
     let (status, word) = if state.health.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if site_drained {
+        (StatusCode::SERVICE_UNAVAILABLE, "site_drained")
     } else if !state.health.gorouters_healthy() {
         (StatusCode::SERVICE_UNAVAILABLE, "no_healthy_gorouter")
     } else {
@@ -266,19 +344,26 @@ fn healthz(state: &AdminState) -> Response<Body> {
     resp
 }
 
-/// Constant-time comparison of the bearer token, so that timing does not reveal it.
-fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
-    let Some(got) = req
+/// Which token the request carries (compared in constant time, so timing reveals neither).
+fn authorized(state: &AdminState, req: &Request<Incoming>) -> Option<Access> {
+    let got = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
+        .and_then(|v| v.strip_prefix("Bearer "))?
+        .trim()
+        .as_bytes();
+    let same = |want: &str| {
+        let want = want.as_bytes();
+        got.len() == want.len() && got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     };
-    let want = state.token.as_bytes();
-    let got = got.trim().as_bytes();
-    got.len() == want.len() && got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    if same(&state.token) {
+        Some(Access::Write)
+    } else if state.read_token.as_deref().is_some_and(same) {
+        Some(Access::Read)
+    } else {
+        None
+    }
 }
 
 fn status(state: &AdminState) -> Value {
@@ -518,11 +603,13 @@ fn sites(state: &AdminState) -> Value {
             s.rtt_ms = Some(s.rtt_ms.map_or(rtt, |r| r.min(rtt)));
         }
     }
+    let policies = state.control.policies().policies();
     let sites: Vec<Value> = sites
         .into_iter()
         .map(|(name, s)| {
             json!({
                 "site": name,
+                "drained": policies.site_drained(&name),
                 "region": s.region,
                 "healthy": s.healthy,
                 "rtt_ms": s.rtt_ms,
@@ -611,12 +698,20 @@ mod tests {
     }
 
     fn state(table: Table) -> AdminState {
+        let table = Arc::new(table);
         AdminState {
-            table: Arc::new(table),
+            table: table.clone(),
             health: Arc::new(Health::new()),
             metrics: Arc::new(Metrics::new()),
             mesh: None,
             token: "t".into(),
+            read_token: None,
+            control: crate::control::Control::open(
+                &std::env::temp_dir().join(format!("grouter-admin-test-{}", uuid::Uuid::new_v4())),
+                table.clone(),
+                Arc::default(),
+            )
+            .unwrap(),
             region: None,
             started: std::time::Instant::now(),
         }
