@@ -624,7 +624,12 @@ pub fn check_edit(edit: &Edit, sites: &[SiteInfo]) -> Result<()> {
     match edit {
         Edit::Pin(regions) => {
             let known: Vec<&str> = {
-                let mut r: Vec<&str> = sites.iter().filter_map(|s| s.region.as_deref()).collect();
+                // A site without a region is listed with `""` (or `null`): no region.
+                let mut r: Vec<&str> = sites
+                    .iter()
+                    .filter_map(|s| s.region.as_deref())
+                    .filter(|r| !r.is_empty())
+                    .collect();
                 r.sort_unstable();
                 r.dedup();
                 r
@@ -1672,7 +1677,8 @@ shop.apps.example.com        5e1c-aa  lon* (2), nyc (3)
     const SITES_JSON: &str = r#"{"sites":[
         {"site":"lon","region":"eu","healthy":true,"nodes":[{"node_id":"lon-1","state":"alive"}]},
         {"site":"nyc","region":"us","healthy":true,"nodes":[]},
-        {"site":"sgp","region":null,"healthy":true,"nodes":[]}]}"#;
+        {"site":"sgp","region":null,"healthy":true,"nodes":[]},
+        {"site":"syd","region":"","healthy":true,"nodes":[]}]}"#;
 
     /// An app with two route hosts (three routes), and one with none.
     const CONTROL_APPS_JSON: &str = r#"{"apps":[
@@ -1855,7 +1861,7 @@ shop.apps.example.com        5e1c-aa  lon* (2), nyc (3)
             )
             .unwrap_err()
             .to_string(),
-            "Site 'par' not found (sites: lon, nyc, sgp)."
+            "Site 'par' not found (sites: lon, nyc, sgp, syd)."
         );
         assert!(check_edit(&Edit::Drain("par".into()), &sites).is_err());
         check_edit(&Edit::Drain("nyc".into()), &sites).unwrap();
@@ -2204,19 +2210,19 @@ cart.example.com       updated  -     eu       -        -
                 Box::new(|out| pin(&client, "shop", &["eu".into(), "mars".into()], false, out)),
             ),
             (
-                "Site 'par' not found (sites: lon, nyc, sgp).",
+                "Site 'par' not found (sites: lon, nyc, sgp, syd).",
                 Box::new(|out| weights(&client, "shop", &[("par".into(), 1)], false, out)),
             ),
             (
-                "Site 'par' not found (sites: lon, nyc, sgp).",
+                "Site 'par' not found (sites: lon, nyc, sgp, syd).",
                 Box::new(|out| drain(&client, "par", None, false, out)),
             ),
             (
-                "Site 'par' not found (sites: lon, nyc, sgp).",
+                "Site 'par' not found (sites: lon, nyc, sgp, syd).",
                 Box::new(|out| drain(&client, "par", Some("shop"), false, out)),
             ),
             (
-                "Site 'par' not found (sites: lon, nyc, sgp).",
+                "Site 'par' not found (sites: lon, nyc, sgp, syd).",
                 Box::new(|out| undrain(&client, "par", None, false, out)),
             ),
         ];
