@@ -108,6 +108,16 @@ enum Bench {
         #[arg(long)]
         poll: bool,
     },
+    /// A route policy written through node A's admin API, until it is in force at B and C
+    /// (three sites, in-process): p50/p99 of the slower of the two.
+    PolicyPropagation {
+        /// Policy writes (one host each).
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+        /// Milliseconds between two writes.
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+    },
     /// A new node joins and learns a partition of `routes` routes from node A.
     FullSync {
         /// Routes in node A's partition.
@@ -209,6 +219,9 @@ fn main() -> anyhow::Result<()> {
             Duration::from_millis(interval_ms),
             poll,
         )),
+        Bench::PolicyPropagation { count, interval_ms } => rt.block_on(
+            mesh_bench::policy_propagation(count, Duration::from_millis(interval_ms)),
+        ),
         Bench::FullSync {
             routes,
             runs,
@@ -825,6 +838,56 @@ mod mesh_bench {
             i & 0xff,
             20000 + (i % 40000),
         )
+    }
+
+    /// `Bench::PolicyPropagation`.
+    pub(super) async fn policy_propagation(count: usize, interval: Duration) -> anyhow::Result<()> {
+        let mut lab = Lab::new(500);
+        let a = lab.start("a-1", "lon", &[], None).await?;
+        let b = lab.start("b-1", "nyc", &[a.addr], None).await?;
+        let c = lab.start("c-1", "sgp", &[a.addr], None).await?;
+        form_mesh(&[&a, &b, &c], Duration::from_secs(2)).await?;
+        let hosts: Vec<String> = (0..count)
+            .map(|i| format!("pol-{i}.apps.example.com"))
+            .collect();
+        let body = serde_json::json!({ "mode": "redirect" });
+        let mut latencies = Vec::with_capacity(count);
+        for host in &hosts {
+            let started = Instant::now();
+            let (status, resp) = a
+                .node
+                .put(&format!("/v1/policies/routes/{host}"), &body)
+                .await;
+            if status != 200 {
+                bail!("PUT policy for {host}: {status} {resp}");
+            }
+            // Spin (yielding) until both other sites have it in force.
+            let deadline = started + Duration::from_secs(5);
+            loop {
+                let in_force = |n: &BenchNode| n.state.policies.policies().route(host).is_some();
+                if in_force(&b) && in_force(&c) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("the policy for {host} was not in force at b-1 and c-1 within 5 s");
+                }
+                tokio::task::yield_now().await;
+            }
+            latencies.push(started.elapsed());
+            tokio::time::sleep(interval).await;
+        }
+        latencies.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "policy propagation A admin PUT -> in force at B and C, {count} writes: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            ms(quantile(&latencies, 0.5)),
+            ms(quantile(&latencies, 0.99)),
+            ms(latencies[latencies.len() - 1]),
+        );
+        for n in [a, b, c] {
+            n.node.stop().await;
+        }
+        Ok(())
     }
 
     pub(super) async fn propagation(

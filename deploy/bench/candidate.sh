@@ -8,7 +8,12 @@
 #   CANDIDATE_CMD=deploy/bench/candidate.sh \
 #   CANDIDATE_HTTP=http://app.example.test:19080/ CANDIDATE_HTTPS=https://app.example.test:19443/ \
 #     ../shared/bench/http-peers.sh
+#
+# POLICIES=N (default 0) starts the node with N route policies already in force (written into
+# its state_dir as earlier writes of its own), one of them for app.example.test itself, so
+# every request's decision reads a policy: the issue-13 cost of policies on the data plane.
 set -euo pipefail
+POLICIES=${POLICIES:-0}
 WORKERS=${WORKERS:-1}
 NATS_PORT=${NATS_PORT:-14222}
 source "$(dirname "$0")/common.sh"
@@ -25,6 +30,7 @@ cat > "$dir/bench.toml" <<TOML
 node_id = "bench-1"
 worker_threads = $WORKERS
 site = "lon"
+region = "eu"
 [nats]
 servers = ["nats://127.0.0.1:$NATS_PORT"]
 stale_threshold_secs = 86400
@@ -44,6 +50,16 @@ token_file = "admin.token"
 access_log = false
 TOML
 
+if [ "$POLICIES" -gt 0 ]; then
+  mkdir -p -m 0700 "$dir/state-bench-1"
+  now_ms=$(($(date +%s) * 1000))
+  {
+    printf '{"key":"policy/route/app.example.test","hlc_ms":%d,"hlc_counter":0,"hlc_node":"bench-1","value":"{\\"regions\\":[\\"eu\\"],\\"weights\\":{\\"lon\\":1}}"}\n' "$now_ms"
+    for i in $(seq 2 "$POLICIES"); do
+      printf '{"key":"policy/route/pol-%d.example.test","hlc_ms":%d,"hlc_counter":0,"hlc_node":"bench-1","value":"{\\"regions\\":[\\"eu\\"],\\"mode\\":\\"redirect\\"}"}\n' "$i" "$now_ms"
+    done
+  } > "$dir/state-bench-1/config.jsonl"
+fi
 RUST_LOG=warn "$GROUTER" run --config "$dir/bench.toml" &
 pids+=($!)
 

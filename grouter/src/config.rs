@@ -2262,6 +2262,21 @@ token_file = "admin.token"
         assert_eq!(tls.default_key, Path::new("/srv/cfg/../keys/default.key"));
     }
 
+    /// Each node's state directory is its own by default (beside the config file, named by
+    /// node), or where `state_dir` says; a read token file is checked like the write one.
+    #[test]
+    fn state_dir_defaults_per_node_and_the_read_token_file_is_checked() {
+        let c = Config::from_toml(MINIMAL, Path::new("x.toml"), Path::new("/srv/cfg")).unwrap();
+        assert_eq!(c.state_dir(), Path::new(&format!("/srv/cfg/state-{}", c.node_id)));
+        let text = MINIMAL.replace("[nats]", "state_dir = \"/var/lib/grouter\"\n[nats]");
+        let c = Config::from_toml(&text, Path::new("x.toml"), Path::new("/srv/cfg")).unwrap();
+        assert_eq!(c.state_dir(), Path::new("/var/lib/grouter"));
+        let text = MINIMAL.replace("token_file", "read_token_file = \"ro.token\"\ntoken_file");
+        let c = Config::from_toml(&text, Path::new("x.toml"), Path::new("/nonexistent")).unwrap();
+        let missing: Vec<String> = c.missing_files().iter().map(|e| e.key.clone()).collect();
+        assert_eq!(missing, ["admin.token_file", "admin.read_token_file"]);
+    }
+
     #[test]
     fn load_resolves_against_the_file_and_reports_missing_files() {
         let dir = tempfile::tempdir().unwrap();

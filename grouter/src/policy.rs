@@ -30,13 +30,13 @@ pub enum Mode {
 #[serde(deny_unknown_fields)]
 pub struct RoutePolicy {
     /// Overrides `proxy.remote` for this route.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
     /// Only sites whose region is listed may serve the route (never relaxed on failover).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regions: Option<Vec<String>>,
     /// Among eligible remote sites, the share of requests and DNS answers (0 = never).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<BTreeMap<String, u32>>,
     /// Sites that take no new requests or DNS answers for the route.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

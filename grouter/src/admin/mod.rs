@@ -498,6 +498,7 @@ fn apps(state: &AdminState, params: &BTreeMap<String, String>) -> Value {
         }
     }
     let site_filter = params.get("site");
+    let rules = state.control.policies().policies();
     let apps: Vec<Value> = apps
         .into_iter()
         .filter(|(_, a)| site_filter.is_none_or(|s| a.sites.contains_key(s.as_str())))
@@ -517,6 +518,26 @@ fn apps(state: &AdminState, params: &BTreeMap<String, String>) -> Value {
                     })
                 })
                 .collect();
+            // Each route host's policy; `policy` is the first one's (app-level commands
+            // write the same policy to every host of the app).
+            let mut hosts: Vec<&str> = a
+                .routes
+                .iter()
+                .map(|r| r.split_once('/').map_or(r.as_str(), |(h, _)| h))
+                .collect();
+            hosts.dedup();
+            let policies: serde_json::Map<String, Value> = hosts
+                .iter()
+                .filter_map(|h| {
+                    let rule = rules.route(h)?;
+                    Some((h.to_string(), serde_json::to_value(&rule.policy).ok()?))
+                })
+                .collect();
+            let policy = policies
+                .values()
+                .next()
+                .cloned()
+                .unwrap_or_else(|| json!({}));
             json!({
                 "app_id": id,
                 "name": a.name,
@@ -524,7 +545,8 @@ fn apps(state: &AdminState, params: &BTreeMap<String, String>) -> Value {
                 "space": a.space,
                 "routes": a.routes,
                 "sites": sites,
-                "policy": {},
+                "policy": policy,
+                "policies": policies,
             })
         })
         .collect();
