@@ -438,16 +438,23 @@ pub fn app_detail(app: &App) -> String {
     out
 }
 
-/// A policy object as `key=value, ...`; `default` when there is none.
+/// A policy object as `key=value; ...`; `default` when there is none.
+///
+/// Fields that set nothing (`"mode": null`) are left out, and fields are separated by
+/// `; ` since a list value has commas of its own: `regions=eu, us; weights=lon=3, nyc=1`.
 fn policy_text(policy: &Value) -> String {
     match policy {
         Value::Null => "default".to_owned(),
-        Value::Object(map) if map.is_empty() => "default".to_owned(),
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| format!("{k}={}", cell(v)))
-            .collect::<Vec<_>>()
-            .join(", "),
+        Value::Object(map) => {
+            let set = policy::normalize(map);
+            if set.is_empty() {
+                return "default".to_owned();
+            }
+            set.iter()
+                .map(|(k, v)| format!("{k}={}", cell(v)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
         other => cell(other),
     }
 }
@@ -1234,7 +1241,7 @@ mod tests {
          "routes":["shop.apps.example.com","shop.apps.example.com/cart"],
          "sites":[{"site":"lon","instances":2,"app_guids":["5e1c-aa"]},
                   {"site":"nyc","instances":3,"app_guids":["9f00-bb"]}],
-         "policy":{"remote":"proxy","sites":["lon","nyc"]}},
+         "policy":{"remote":"proxy","sites":["lon","nyc"],"mode":null,"drained":[]}},
         {"app_id":"77b0","name":null,"org":null,"space":null,"routes":["*.apps.example.com/api"],
          "sites":[{"site":"sgp","instances":1,"app_guids":["77b0"]}],"policy":null},
         {"app_id":"acme/prod/twin","name":"twin","org":"acme","space":"prod","routes":[],"sites":[],"policy":{}},
@@ -1390,7 +1397,7 @@ app id:      acme/prod/shop
 routes:      shop.apps.example.com, shop.apps.example.com/cart
 sites:       lon, nyc
 instances:   5
-policy:      remote=proxy, sites=lon, nyc
+policy:      remote=proxy; sites=lon, nyc
 
 site  instances  app guid
 lon   2          5e1c-aa

@@ -335,7 +335,8 @@ async fn shop_in_two_regions() -> (MeshCa, [NatsServer; 2], Node, Node) {
     (ca, buses, lon, nyc)
 }
 
-/// The route policy `node` holds for `host` (`Null` when none).
+/// The route policy `node` holds for `host` without its unset (`null`) fields; `Null`
+/// when none.
 async fn route_policy(node: &Node, host: &str) -> Value {
     let (status, body) = node
         .send(
@@ -345,10 +346,15 @@ async fn route_policy(node: &Node, host: &str) -> Value {
             Some(node.token()),
         )
         .await;
-    if status == 200 {
-        body["policy"].clone()
-    } else {
-        Value::Null
+    match &body["policy"] {
+        Value::Object(fields) if status == 200 => Value::Object(
+            fields
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        _ => Value::Null,
     }
 }
 
@@ -384,6 +390,9 @@ async fn gcf_writes_route_and_site_policies_that_reach_every_node() {
         })
         .await;
     }
+
+    let out = gcf.ok(&["app", "shop"]);
+    assert!(out.contains("\npolicy:      regions=eu\n"), "{out}");
 
     // --json: the API's answers, one per route host.
     let out = gcf.ok(&["weights", "shop", "lon=3,nyc=1", "--json"]);
@@ -423,8 +432,7 @@ async fn gcf_writes_route_and_site_policies_that_reach_every_node() {
     );
     assert_eq!(
         route_policy(&lon, "shop.apps.example.com").await,
-        json!({"mode": null, "regions": ["eu"], "weights": {"lon": 3, "nyc": 1},
-            "drained": ["nyc"]})
+        json!({"regions": ["eu"], "weights": {"lon": 3, "nyc": 1}, "drained": ["nyc"]})
     );
 
     let out = gcf.ok(&["policies"]);
@@ -462,7 +470,7 @@ async fn gcf_writes_route_and_site_policies_that_reach_every_node() {
     assert!(out.starts_with("Unpinning app shop...\nOK\n"), "{out}");
     assert_eq!(
         route_policy(&lon, "cart.apps.example.com").await,
-        json!({"mode": "redirect", "regions": null, "weights": {"lon": 3, "nyc": 1}})
+        json!({"mode": "redirect", "weights": {"lon": 3, "nyc": 1}})
     );
     // Nothing to change: nothing written.
     let before = lon.json("/v1/policies").await;
