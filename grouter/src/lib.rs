@@ -27,7 +27,8 @@
 //!   routing decision (`proxy::decide`, pure) → one forwarder (targets, retries, ejection,
 //!   access log) → a codec per upstream protocol. It reads the table and never holds a lock
 //!   across an `.await`.
-//! - [`tls`]: per-app certificates by SNI from `tls.cert_dir`, hot-reloaded.
+//! - [`tls`]: per-app certificates by SNI from `tls.cert_dir`, hot-reloaded, and from the
+//!   control plane (uploads, ACME: `tls::upload` checks them; a file beats them).
 //! - [`admin`]: `/healthz`, `/metrics`, `/v1/*` (bearer token); reads table, health, mesh,
 //!   metrics.
 //! - [`health`] (leaf): the sync state, the drain flag and GoRouter health, which the mesh,

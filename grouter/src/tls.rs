@@ -10,6 +10,12 @@
 //!   default certificate (also when the client sent no SNI);
 //! - **hot reload**: [`CertStore::watch`] polls the files and [`CertStore::reload`] swaps in a
 //!   new map, so handshakes never wait on the file system;
+//! - **dynamic certificates**, from the control plane (uploads, ACME; the caller replicates
+//!   and persists them): [`CertStore::set_dynamic`] checks a PEM pair ([`upload`]) and serves
+//!   it, [`CertStore::remove_dynamic`] stops. For one host a `cert_dir` file beats both; of
+//!   an upload and an ACME certificate the later `not_after` wins (the upload on a tie). File
+//!   reloads never touch them, nor they the files;
+//! - what is served, as metadata only ([`CertStore::list`], [`CertStore::get`]);
 //! - the HTTPS [`ServerConfig`] ([`CertStore::server_config`]), asking clients for a
 //!   certificate when `tls.client_cert` says so ([`ClientCerts`]: rustls's webpki verifier
 //!   over the CA certificates of `tls.client_ca`).
@@ -21,9 +27,17 @@
 //!   skipped, and a pair that was serving keeps serving until its files are removed or fixed.
 //!   Only the default pair must be good, and only at [`CertStore::load`].
 //!
-//! Lookups are the hot path of every handshake: the current maps sit behind one
+//! Lookups are the hot path of every handshake: the file maps sit behind one
 //! `RwLock<Arc<..>>` that is held only to clone the `Arc`; a reload builds new maps off to
-//! the side and replaces the `Arc`.
+//! the side and replaces the `Arc`. The dynamic maps (possibly tens of thousands of names)
+//! are changed in place, one name per change, under their own `RwLock`, whose write side is
+//! held only for the map operation (parsing and key loading happen before it is taken).
+
+mod upload;
+
+pub use upload::{
+    CertMeta, MAX_CHAIN, MAX_PEM_BYTES, UploadError, UploadField, rfc3339, validate_upload,
+};
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -44,6 +58,8 @@ use rustls::sign::CertifiedKey;
 use rustls::{InconsistentKeys, ServerConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::error::X509Error;
 use x509_parser::extensions::GeneralName;
 
 /// Extension of a certificate chain file in `cert_dir`.
@@ -171,6 +187,13 @@ impl fmt::Display for Host {
 }
 
 impl Host {
+    /// What the maps key it by: the name, or the domain of a wildcard.
+    fn key(&self) -> &str {
+        match self {
+            Host::Exact(name) | Host::Wildcard(name) => name,
+        }
+    }
+
     /// The host a file stem names: lower-cased, `_wildcard.` for `*.`.
     fn from_stem(stem: &str) -> Result<Host, String> {
         let lower = stem.to_ascii_lowercase();
@@ -226,49 +249,166 @@ fn is_dns_name(name: &str) -> bool {
         })
 }
 
-/// One generation of loaded certificates; replaced whole on reload.
+/// Where a dynamic certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// `PUT /v1/certs/{host}`.
+    Upload,
+    /// Issued by the ACME client.
+    Acme,
+}
+
+/// Where a served certificate comes from, as `GET /v1/certs` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CertOrigin {
+    /// A pair in `tls.cert_dir`.
+    File,
+    /// An upload.
+    Upload,
+    /// ACME.
+    Acme,
+}
+
+impl CertOrigin {
+    /// `"file"`, `"upload"` or `"acme"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertOrigin::File => "file",
+            CertOrigin::Upload => "upload",
+            CertOrigin::Acme => "acme",
+        }
+    }
+}
+
+impl From<Source> for CertOrigin {
+    fn from(source: Source) -> CertOrigin {
+        match source {
+            Source::Upload => CertOrigin::Upload,
+            Source::Acme => CertOrigin::Acme,
+        }
+    }
+}
+
+/// A served name's certificate, as [`CertStore::list`] shows it: metadata only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertListing {
+    /// Host, names, expiry, fingerprint.
+    pub meta: CertMeta,
+    /// Where it comes from (of several for the same host, the one served).
+    pub source: CertOrigin,
+}
+
+/// A certificate ready to serve and what is shown of it.
+#[derive(Clone)]
+struct Served {
+    key: Arc<CertifiedKey>,
+    meta: Arc<CertMeta>,
+}
+
+impl Served {
+    fn listing(&self, source: CertOrigin) -> (Arc<CertMeta>, CertOrigin) {
+        (Arc::clone(&self.meta), source)
+    }
+}
+
+/// The dynamic certificates of one name, at most one per source.
+#[derive(Default)]
+struct Slot {
+    upload: Option<Served>,
+    acme: Option<Served>,
+}
+
+impl Slot {
+    /// The one to serve: of an upload and an ACME certificate the later `not_after`, the
+    /// upload on a tie (so every node picks the same whatever order they arrived in).
+    fn served(&self) -> Option<(&Served, CertOrigin)> {
+        match (&self.upload, &self.acme) {
+            (Some(upload), Some(acme)) if acme.meta.not_after > upload.meta.not_after => {
+                Some((acme, CertOrigin::Acme))
+            }
+            (Some(upload), _) => Some((upload, CertOrigin::Upload)),
+            (None, Some(acme)) => Some((acme, CertOrigin::Acme)),
+            (None, None) => None,
+        }
+    }
+
+    fn source_mut(&mut self, source: Source) -> &mut Option<Served> {
+        match source {
+            Source::Upload => &mut self.upload,
+            Source::Acme => &mut self.acme,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.upload.is_none() && self.acme.is_none()
+    }
+}
+
+/// Seeded per map; SNI values only ever look up, never insert.
+type Fast = foldhash::fast::RandomState;
+
+/// The dynamic certificates, changed in place one name at a time.
+#[derive(Default)]
+struct Dynamic {
+    /// Exact host → its certificates.
+    exact: HashMap<String, Slot, Fast>,
+    /// Parent domain → the certificates of `*.<domain>`.
+    wildcard: HashMap<String, Slot, Fast>,
+}
+
+impl Dynamic {
+    fn slots(&self, host: &Host) -> &HashMap<String, Slot, Fast> {
+        match host {
+            Host::Exact(_) => &self.exact,
+            Host::Wildcard(_) => &self.wildcard,
+        }
+    }
+
+    fn slots_mut(&mut self, host: &Host) -> &mut HashMap<String, Slot, Fast> {
+        match host {
+            Host::Exact(_) => &mut self.exact,
+            Host::Wildcard(_) => &mut self.wildcard,
+        }
+    }
+}
+
+/// One generation of certificates loaded from files; replaced whole on reload.
 struct Certs {
     /// Exact host → certificate.
-    exact: HashMap<String, Arc<CertifiedKey>>,
+    exact: HashMap<String, Served>,
     /// Parent domain → certificate of `*.<domain>`.
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Served>,
     /// Served when nothing else matches.
     default: Arc<CertifiedKey>,
 }
 
 impl Certs {
-    /// The certificate for an SNI value (already without a trailing dot), by the rules in the
-    /// module doc. No allocation unless the name has upper-case letters.
-    fn pick(&self, sni: Option<&str>) -> &Arc<CertifiedKey> {
-        let Some(sni) = sni else {
-            return &self.default;
-        };
-        let sni = sni.strip_suffix('.').unwrap_or(sni);
-        let name: Cow<'_, str> = if sni.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(sni.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(sni)
-        };
-        if let Some(found) = self.exact.get(name.as_ref()) {
-            return found;
-        }
-        // One level only: `*.b.c` covers `a.b.c`, so look up the parent of the first label.
-        match name.split_once('.') {
-            Some((label, parent)) if !label.is_empty() => {
-                self.wildcard.get(parent).unwrap_or(&self.default)
-            }
-            _ => &self.default,
+    fn get(&self, host: &Host) -> Option<&Served> {
+        match host {
+            Host::Exact(name) => self.exact.get(name),
+            Host::Wildcard(domain) => self.wildcard.get(domain),
         }
     }
 
     /// Every served name, each with its certificate, sorted by name.
     fn by_name(&self) -> BTreeMap<String, &Arc<CertifiedKey>> {
-        let exact = self.exact.iter().map(|(name, ck)| (name.clone(), ck));
+        let exact = self.exact.iter().map(|(name, s)| (name.clone(), &s.key));
         let wildcard = self
             .wildcard
             .iter()
-            .map(|(domain, ck)| (Host::Wildcard(domain.clone()).to_string(), ck));
+            .map(|(domain, s)| (Host::Wildcard(domain.clone()).to_string(), &s.key));
         exact.chain(wildcard).collect()
+    }
+}
+
+/// An SNI value as the maps key it: without a trailing dot, lower-case. No allocation
+/// unless the name has upper-case letters.
+fn sni_key(sni: &str) -> Cow<'_, str> {
+    let sni = sni.strip_suffix('.').unwrap_or(sni);
+    if sni.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(sni.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(sni)
     }
 }
 
@@ -289,8 +429,10 @@ type Fingerprint = Vec<(PathBuf, Option<(SystemTime, u64, u64)>)>;
 pub struct CertStore {
     paths: Paths,
     provider: Arc<CryptoProvider>,
-    /// The current generation; the lock is held only to clone or replace the `Arc`.
+    /// The current generation of files; the lock is held only to clone or replace the `Arc`.
     certs: RwLock<Arc<Certs>>,
+    /// Uploads and ACME certificates; the write lock is held only for one map operation.
+    dynamic: RwLock<Dynamic>,
     /// Serialises reloads, and holds the fingerprint the current generation was read at
     /// (taken before reading, so a change during a reload triggers another).
     reloading: Mutex<Fingerprint>,
@@ -300,12 +442,20 @@ impl fmt::Debug for CertStore {
     // Never the keys: only where they come from and how many names are served.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let certs = self.current();
+        // Read once: a second read guard in the same expression could wait on a writer
+        // queued behind the first.
+        let (dynamic_exact, dynamic_wildcard) = {
+            let dynamic = self.dynamic.read();
+            (dynamic.exact.len(), dynamic.wildcard.len())
+        };
         f.debug_struct("CertStore")
             .field("cert_dir", &self.paths.cert_dir)
             .field("default_cert", &self.paths.default_cert)
             .field("default_key", &self.paths.default_key)
             .field("exact_names", &certs.exact.len())
             .field("wildcard_names", &certs.wildcard.len())
+            .field("dynamic_exact_names", &dynamic_exact)
+            .field("dynamic_wildcard_names", &dynamic_wildcard)
             .finish_non_exhaustive()
     }
 }
@@ -337,6 +487,7 @@ impl CertStore {
             paths,
             provider,
             certs: RwLock::new(Arc::new(certs)),
+            dynamic: RwLock::new(Dynamic::default()),
             reloading: Mutex::new(seen),
         }))
     }
@@ -352,9 +503,149 @@ impl CertStore {
         self.reload_locked(&mut seen)
     }
 
-    /// Names served (exact and `*.domain`), sorted. The default certificate has no name.
+    /// Names served (exact and `*.domain`, from files and dynamic), sorted. The default
+    /// certificate has no name.
     pub fn names(&self) -> Vec<String> {
-        self.current().by_name().into_keys().collect()
+        self.list().into_iter().map(|l| l.meta.host).collect()
+    }
+
+    /// Check a certificate from the control plane (as [`validate_upload`] does, except the
+    /// validity period: a replicated certificate is served whatever this node's clock says,
+    /// as a file is, and an expired one is only logged) and serve it for `host` (lower-cased;
+    /// `*.domain` for a wildcard), replacing the one `source` held for it. Served from the
+    /// next handshake on unless a `cert_dir` file holds the same host, or (between upload and
+    /// ACME) the other source's certificate expires later. Cheap with many names: the
+    /// parsing happens first, then one map insert under the write lock.
+    ///
+    /// Blocking (key parsing, about 0.1 ms for ECDSA): call it off the async runtime when
+    /// applying many.
+    pub fn set_dynamic(
+        &self,
+        host: &str,
+        source: Source,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<CertMeta, UploadError> {
+        let checked = upload::check(&self.provider, host, cert_pem, key_pem, None)?;
+        let meta = checked.meta.clone();
+        let served = Served {
+            key: Arc::new(checked.key),
+            meta: Arc::new(checked.meta),
+        };
+        let host = checked.host;
+        let serving = {
+            let mut dynamic = self.dynamic.write();
+            let slot = dynamic
+                .slots_mut(&host)
+                .entry(host.key().to_string())
+                .or_default();
+            *slot.source_mut(source) = Some(served);
+            slot.served()
+                .map(|(s, origin)| (origin, Arc::clone(&s.meta)))
+        };
+        let shadowed_by_file = self.current().get(&host).is_some();
+        let origin = CertOrigin::from(source);
+        let serving_it = serving
+            .as_ref()
+            .is_some_and(|(o, m)| *o == origin && m.fingerprint_sha256 == meta.fingerprint_sha256);
+        info!(
+            host = %meta.host,
+            source = origin.as_str(),
+            fingerprint_sha256 = %meta.fingerprint_sha256,
+            not_after = %meta.not_after_rfc3339(),
+            served = serving_it && !shadowed_by_file,
+            shadowed_by_file,
+            "tls dynamic certificate set"
+        );
+        if meta.not_after < SystemTime::now() {
+            warn!(host = %meta.host, source = origin.as_str(), "tls dynamic certificate is expired");
+        }
+        Ok(meta)
+    }
+
+    /// Stop serving the certificate `source` holds for `host` (lower-cased; `*.domain` for a
+    /// wildcard); the other source's, a wildcard one level up or the default takes over.
+    /// Whether there was one.
+    pub fn remove_dynamic(&self, host: &str, source: Source) -> bool {
+        let Ok(host) = upload::upload_host(host) else {
+            return false;
+        };
+        let removed = {
+            let mut dynamic = self.dynamic.write();
+            let slots = dynamic.slots_mut(&host);
+            match slots.get_mut(host.key()) {
+                None => false,
+                Some(slot) => {
+                    let removed = slot.source_mut(source).take().is_some();
+                    if slot.is_empty() {
+                        slots.remove(host.key());
+                    }
+                    removed
+                }
+            }
+        };
+        if removed {
+            info!(host = %host, source = CertOrigin::from(source).as_str(), "tls dynamic certificate removed");
+        }
+        removed
+    }
+
+    /// Every served name with what is shown of its certificate (never key material), sorted
+    /// by host: each file pair, and each dynamic name no file holds (with the source that
+    /// wins, see [`CertStore::set_dynamic`]). The default certificate has no name.
+    pub fn list(&self) -> Vec<CertListing> {
+        let files = self.current();
+        let mut listed: Vec<(Arc<CertMeta>, CertOrigin)> = files
+            .exact
+            .values()
+            .chain(files.wildcard.values())
+            .map(|s| s.listing(CertOrigin::File))
+            .collect();
+        {
+            let dynamic = self.dynamic.read();
+            listed.reserve(dynamic.exact.len() + dynamic.wildcard.len());
+            let exact = dynamic
+                .exact
+                .iter()
+                .filter(|(name, _)| !files.exact.contains_key(*name));
+            let wildcard = dynamic
+                .wildcard
+                .iter()
+                .filter(|(domain, _)| !files.wildcard.contains_key(*domain));
+            for (_, slot) in exact.chain(wildcard) {
+                if let Some((s, origin)) = slot.served() {
+                    listed.push(s.listing(origin));
+                }
+            }
+        }
+        // Cloned after the lock is released.
+        let mut out: Vec<CertListing> = listed
+            .into_iter()
+            .map(|(meta, source)| CertListing {
+                meta: CertMeta::clone(&meta),
+                source,
+            })
+            .collect();
+        out.sort_by(|a, b| a.meta.host.cmp(&b.meta.host));
+        out
+    }
+
+    /// The certificate served for exactly the name `host` (lower-cased; `*.domain` for a
+    /// wildcard), as in [`CertStore::list`]: a name only a wildcard covers has none.
+    pub fn get(&self, host: &str) -> Option<CertListing> {
+        let host = upload::upload_host(host).ok()?;
+        let (meta, source) = match self.current().get(&host) {
+            Some(s) => s.listing(CertOrigin::File),
+            None => {
+                let dynamic = self.dynamic.read();
+                let (s, origin) = dynamic.slots(&host).get(host.key())?.served()?;
+                s.listing(origin)
+            }
+        };
+        Some(CertListing {
+            meta: CertMeta::clone(&meta),
+            source,
+        })
     }
 
     /// Poll `cert_dir` and the default files every `interval` (compare names, mtimes, sizes
@@ -406,9 +697,35 @@ impl CertStore {
         Ok(Arc::new(config))
     }
 
-    /// The certificate for an SNI value (`None`: the client sent none).
-    fn resolve_name(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
-        Arc::clone(self.current().pick(sni))
+    /// The certificate served for an SNI value (`None`: the client sent none), by the rules
+    /// in the module doc: exact name (file, then dynamic), the wildcard one level up (file,
+    /// then dynamic), the default. What every handshake asks ([`ResolvesServerCert`]).
+    pub fn resolve_name(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let files = self.current();
+        let Some(sni) = sni else {
+            return Arc::clone(&files.default);
+        };
+        let name = sni_key(sni);
+        let name = name.as_ref();
+        if let Some(found) = files.exact.get(name) {
+            return Arc::clone(&found.key);
+        }
+        let dynamic = self.dynamic.read();
+        if let Some((found, _)) = dynamic.exact.get(name).and_then(Slot::served) {
+            return Arc::clone(&found.key);
+        }
+        // One level only: `*.b.c` covers `a.b.c`, so look up the parent of the first label.
+        let parent = match name.split_once('.') {
+            Some((label, parent)) if !label.is_empty() => parent,
+            _ => return Arc::clone(&files.default),
+        };
+        if let Some(found) = files.wildcard.get(parent) {
+            return Arc::clone(&found.key);
+        }
+        match dynamic.wildcard.get(parent).and_then(Slot::served) {
+            Some((found, _)) => Arc::clone(&found.key),
+            None => Arc::clone(&files.default),
+        }
     }
 
     /// The current generation (the read lock is held only for the clone).
@@ -473,7 +790,7 @@ fn scan(
 ) -> Result<(Certs, ReloadReport), TlsError> {
     let mut report = ReloadReport::default();
     let default = match load_pair(provider, &paths.default_cert, &paths.default_key, None) {
-        Ok(ck) => ck,
+        Ok(served) => served.key,
         Err(e) => {
             let Some(previous) = previous else {
                 return Err(e);
@@ -557,7 +874,7 @@ fn scan(
                 };
                 reason.push_str(KEPT);
                 skip(&mut report, file, reason);
-                Arc::clone(kept)
+                kept.clone()
             }
         };
         match host {
@@ -672,14 +989,39 @@ fn fingerprint(paths: &Paths) -> Fingerprint {
     files
 }
 
+/// The DNS names of a certificate's subjectAltName extension (none without one).
+fn dns_names<'c>(cert: &'c X509Certificate<'_>) -> Result<Vec<&'c str>, X509Error> {
+    let san = cert.subject_alternative_name()?;
+    Ok(san
+        .iter()
+        .flat_map(|ext| ext.value.general_names.iter())
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(*dns),
+            _ => None,
+        })
+        .collect())
+}
+
+/// A certificate's DNS names for a "not valid for" reason: at most `max`.
+fn names_for_reason(names: &[&str], max: usize) -> String {
+    if names.is_empty() {
+        return "it has no DNS names".to_string();
+    }
+    let mut listed = names[..names.len().min(max)].join(", ");
+    if names.len() > max {
+        listed.push_str(", …");
+    }
+    format!("it is for {listed}")
+}
+
 /// Load and check one pair: the chain parses, the leaf is valid for `host` (when given), the
-/// key parses and belongs to the leaf.
+/// key parses and belongs to the leaf. The metadata names `host` (empty for the default).
 fn load_pair(
     provider: &CryptoProvider,
     cert_path: &Path,
     key_path: &Path,
     host: Option<&Host>,
-) -> Result<Arc<CertifiedKey>, TlsError> {
+) -> Result<Served, TlsError> {
     let invalid = |path: &Path, reason: String| TlsError::Invalid {
         path: path.to_path_buf(),
         reason,
@@ -701,31 +1043,13 @@ fn load_pair(
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|e| invalid(cert_path, format!("not an X.509 certificate: {e}")))?;
     if let Some(host) = host {
-        let san = parsed
-            .subject_alternative_name()
+        let names = dns_names(&parsed)
             .map_err(|e| invalid(cert_path, format!("invalid subjectAltName: {e}")))?;
-        let dns_names: Vec<&str> = san
-            .iter()
-            .flat_map(|ext| ext.value.general_names.iter())
-            .filter_map(|name| match name {
-                GeneralName::DNSName(dns) => Some(*dns),
-                _ => None,
-            })
-            .collect();
-        if !dns_names.iter().any(|san| host.covered_by(san)) {
-            let names = if dns_names.is_empty() {
-                "it has no DNS names".to_string()
-            } else {
-                let mut listed = dns_names[..dns_names.len().min(REASON_MAX_NAMES)].join(", ");
-                if dns_names.len() > REASON_MAX_NAMES {
-                    listed.push_str(", …");
-                }
-                format!("it is for {listed}")
-            };
+        if !names.iter().any(|san| host.covered_by(san)) {
             return Err(TlsError::NameMismatch {
                 path: cert_path.to_path_buf(),
                 name: host.to_string(),
-                names,
+                names: names_for_reason(&names, REASON_MAX_NAMES),
             });
         }
     }
@@ -733,6 +1057,7 @@ fn load_pair(
         // Still served: falling back to another certificate would not help the client.
         warn!(file = %cert_path.display(), "tls certificate is expired or not yet valid");
     }
+    let meta = CertMeta::of_leaf(host.map(Host::to_string).unwrap_or_default(), leaf, &parsed);
 
     // The key's bytes go only to the parser and the signer; errors say what, never which bytes.
     let key_pem = read(key_path)?;
@@ -749,7 +1074,10 @@ fn load_pair(
     })?;
     let certified = CertifiedKey::new(chain, signer);
     match certified.keys_match() {
-        Ok(()) => Ok(Arc::new(certified)),
+        Ok(()) => Ok(Served {
+            key: Arc::new(certified),
+            meta: Arc::new(meta),
+        }),
         Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
             Err(TlsError::KeyMismatch {
                 cert: cert_path.to_path_buf(),
@@ -838,6 +1166,7 @@ mod tests {
     use super::*;
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        date_time_ymd,
     };
     use rustls::pki_types::ServerName;
     use rustls::{ClientConfig, HandshakeKind, RootCertStore};
@@ -855,49 +1184,91 @@ mod tests {
         "a.b.apps.example.com",
         "other.apps.example.com",
         "new.apps.example.com",
+        "x.dyn.example.com",
         "127.0.0.1",
     ];
 
-    /// A test CA issuing leaf certificates.
-    struct Ca {
+    /// A test CA issuing leaf certificates (and intermediate CAs).
+    pub(super) struct Ca {
         issuer: Issuer<'static, KeyPair>,
         roots: RootCertStore,
+        /// This CA's certificate.
+        pub(super) cert_pem: String,
     }
 
     /// A leaf certificate and its key, as PEM, and the leaf's DER to compare with what a
     /// handshake served.
-    struct Leaf {
-        cert_pem: String,
-        key_pem: String,
-        der: CertificateDer<'static>,
+    pub(super) struct Leaf {
+        pub(super) cert_pem: String,
+        pub(super) key_pem: String,
+        pub(super) der: CertificateDer<'static>,
+    }
+
+    fn ca_params(name: &str) -> CertificateParams {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params
     }
 
     impl Ca {
-        fn new() -> Ca {
+        pub(super) fn new() -> Ca {
+            Ca::named("grouter test ca")
+        }
+
+        /// A self-signed root with this common name.
+        pub(super) fn named(name: &str) -> Ca {
             let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "grouter test ca");
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let params = ca_params(name);
             let cert = params.self_signed(&key).unwrap();
             let mut roots = RootCertStore::empty();
             roots.add(cert.der().clone()).unwrap();
             Ca {
                 issuer: Issuer::new(params, key),
                 roots,
+                cert_pem: cert.pem(),
             }
         }
 
-        fn leaf(&self, names: &[&str]) -> Leaf {
+        /// An intermediate CA issued by this one (clients trust this one's roots).
+        pub(super) fn intermediate(&self, name: &str) -> Ca {
             let key = KeyPair::generate().unwrap();
+            let params = ca_params(name);
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            Ca {
+                issuer: Issuer::new(params, key),
+                roots: self.roots.clone(),
+                cert_pem: cert.pem(),
+            }
+        }
+
+        pub(super) fn leaf(&self, names: &[&str]) -> Leaf {
+            self.leaf_with(names, |_| {})
+        }
+
+        /// A leaf with a fresh ECDSA P-256 key, `edit` adjusting its parameters (validity).
+        pub(super) fn leaf_with(
+            &self,
+            names: &[&str],
+            edit: impl FnOnce(&mut CertificateParams),
+        ) -> Leaf {
+            self.leaf_with_key(names, &KeyPair::generate().unwrap(), edit)
+        }
+
+        pub(super) fn leaf_with_key(
+            &self,
+            names: &[&str],
+            key: &KeyPair,
+            edit: impl FnOnce(&mut CertificateParams),
+        ) -> Leaf {
             let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
             let mut params = CertificateParams::new(names).unwrap();
             params
                 .distinguished_name
                 .push(DnType::CommonName, "grouter test leaf");
-            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            edit(&mut params);
+            let cert = params.signed_by(key, &self.issuer).unwrap();
             Leaf {
                 cert_pem: cert.pem(),
                 key_pem: key.serialize_pem(),
@@ -1348,5 +1719,242 @@ mod tests {
         assert!(!debug.contains("PRIVATE KEY"));
         let body = f.default.key_pem.lines().nth(1).unwrap();
         assert!(!debug.contains(body));
+    }
+
+    fn set(store: &CertStore, host: &str, source: Source, leaf: &Leaf) -> CertMeta {
+        store
+            .set_dynamic(host, source, &leaf.cert_pem, &leaf.key_pem)
+            .unwrap()
+    }
+
+    fn served_now(store: &CertStore, name: &str) -> CertificateDer<'static> {
+        store.resolve_name(Some(name)).cert[0].clone()
+    }
+
+    #[tokio::test]
+    async fn an_uploaded_certificate_is_served_and_removal_falls_back() {
+        let f = Fixture::new();
+        let store = f.load().unwrap();
+        let server = store.server_config().unwrap();
+        let new_name = "new.apps.example.com";
+        assert_eq!(served_for(&server, &f.ca, new_name).await, f.wildcard.der);
+
+        // An exact upload (with its intermediate) beats the file wildcard: exact names first.
+        let intermediate = f.ca.intermediate("upload intermediate");
+        let leaf = intermediate.leaf(&[new_name]);
+        let chain = format!("{}{}", leaf.cert_pem, intermediate.cert_pem);
+        let meta = store
+            .set_dynamic(
+                "New.Apps.Example.com",
+                Source::Upload,
+                &chain,
+                &leaf.key_pem,
+            )
+            .unwrap();
+        assert_eq!(meta.host, new_name);
+        assert_eq!(served_for(&server, &f.ca, new_name).await, leaf.der);
+        assert_eq!(
+            store.resolve_name(Some(new_name)).cert.len(),
+            2,
+            "chain served"
+        );
+
+        assert!(store.remove_dynamic(new_name, Source::Upload));
+        assert!(
+            !store.remove_dynamic(new_name, Source::Upload),
+            "already gone"
+        );
+        assert!(!store.remove_dynamic("not a host", Source::Upload));
+        assert_eq!(served_for(&server, &f.ca, new_name).await, f.wildcard.der);
+
+        // A wildcard upload covers one level; an exact upload below it wins for its name.
+        let wildcard = f.ca.leaf(&["*.dyn.example.com"]);
+        set(&store, "*.dyn.example.com", Source::Acme, &wildcard);
+        let exact = f.ca.leaf(&["y.dyn.example.com"]);
+        set(&store, "y.dyn.example.com", Source::Upload, &exact);
+        assert_eq!(
+            served_for(&server, &f.ca, "x.dyn.example.com").await,
+            wildcard.der
+        );
+        assert_eq!(served_now(&store, "X.Dyn.Example.COM."), wildcard.der);
+        assert_eq!(served_now(&store, "y.dyn.example.com"), exact.der);
+        assert_eq!(served_now(&store, "a.x.dyn.example.com"), f.default.der);
+        assert!(store.remove_dynamic("*.DYN.example.com", Source::Acme));
+        assert_eq!(
+            served_for(&server, &f.ca, "x.dyn.example.com").await,
+            f.default.der
+        );
+        assert_eq!(served_now(&store, "y.dyn.example.com"), exact.der);
+    }
+
+    #[tokio::test]
+    async fn a_file_beats_an_upload_and_reloads_keep_dynamic_certificates() {
+        let f = Fixture::new();
+        let store = f.load().unwrap();
+        let server = store.server_config().unwrap();
+        let uploaded = f.ca.leaf(&[SHOP]);
+        set(&store, SHOP, Source::Upload, &uploaded);
+        assert_eq!(served_for(&server, &f.ca, SHOP).await, f.shop.der);
+        assert_eq!(store.get(SHOP).unwrap().source, CertOrigin::File);
+        // Also for wildcards.
+        let wildcard = f.ca.leaf(&["*.apps.example.com"]);
+        set(&store, "*.apps.example.com", Source::Acme, &wildcard);
+        assert_eq!(served_now(&store, "other.apps.example.com"), f.wildcard.der);
+
+        // The file goes: a reload leaves the upload, which now serves.
+        remove_pair(f.path(), "shop.apps.example.com");
+        let report = store.reload();
+        assert_eq!(report.removed, vec![SHOP]);
+        assert_eq!(served_for(&server, &f.ca, SHOP).await, uploaded.der);
+        assert_eq!(store.get(SHOP).unwrap().source, CertOrigin::Upload);
+        remove_pair(f.path(), WILDCARD_STEM);
+        store.reload();
+        assert_eq!(served_now(&store, "other.apps.example.com"), wildcard.der);
+
+        // The file comes back and wins again; removing the upload leaves the file alone.
+        write_pair(f.path(), "shop.apps.example.com", &f.shop);
+        let report = store.reload();
+        assert_eq!(report.added, vec![SHOP]);
+        assert_eq!(served_for(&server, &f.ca, SHOP).await, f.shop.der);
+        assert!(store.remove_dynamic(SHOP, Source::Upload));
+        assert_eq!(served_for(&server, &f.ca, SHOP).await, f.shop.der);
+        assert_eq!(store.get(SHOP).unwrap().source, CertOrigin::File);
+    }
+
+    #[tokio::test]
+    async fn the_later_not_after_wins_between_upload_and_acme() {
+        let f = Fixture::new();
+        let store = f.load().unwrap();
+        let server = store.server_config().unwrap();
+        let name = "new.apps.example.com";
+        let until = |year: i32| {
+            f.ca.leaf_with(&[name], |p| p.not_after = date_time_ymd(year, 1, 1))
+        };
+        let (upload_2040, acme_2041, upload_2042, upload_2041) =
+            (until(2040), until(2041), until(2042), until(2041));
+
+        set(&store, name, Source::Upload, &upload_2040);
+        assert_eq!(served_for(&server, &f.ca, name).await, upload_2040.der);
+        set(&store, name, Source::Acme, &acme_2041);
+        assert_eq!(served_for(&server, &f.ca, name).await, acme_2041.der);
+        let listed = store.get(name).unwrap();
+        assert_eq!(listed.source, CertOrigin::Acme);
+        assert_eq!(listed.meta.not_after_rfc3339(), "2041-01-01T00:00:00Z");
+
+        // A renewed upload replaces the old one and expires later.
+        set(&store, name, Source::Upload, &upload_2042);
+        assert_eq!(served_now(&store, name), upload_2042.der);
+        assert_eq!(store.get(name).unwrap().source, CertOrigin::Upload);
+        // On a tie the upload wins, whatever came first.
+        set(&store, name, Source::Upload, &upload_2041);
+        assert_eq!(served_now(&store, name), upload_2041.der);
+
+        // Removing one source leaves the other; removing both, the file wildcard.
+        assert!(store.remove_dynamic(name, Source::Upload));
+        assert_eq!(served_for(&server, &f.ca, name).await, acme_2041.der);
+        assert!(!store.remove_dynamic(name, Source::Upload));
+        assert!(store.remove_dynamic(name, Source::Acme));
+        assert_eq!(served_for(&server, &f.ca, name).await, f.wildcard.der);
+        assert_eq!(store.get(name), None);
+    }
+
+    #[test]
+    fn list_and_get_show_metadata_of_files_and_uploads_never_keys() {
+        let f = Fixture::new();
+        let store = f.load().unwrap();
+        let new_name = "new.apps.example.com";
+        let new = f.ca.leaf(&[new_name, "www.new.apps.example.com"]);
+        let new_meta = set(&store, new_name, Source::Upload, &new);
+        set(&store, SHOP, Source::Acme, &f.ca.leaf(&[SHOP])); // shadowed by the file
+        let wildcard = f.ca.leaf(&["*.dyn.example.com"]);
+        set(&store, "*.dyn.example.com", Source::Acme, &wildcard);
+
+        let list = store.list();
+        let rows: Vec<(&str, &str)> = list
+            .iter()
+            .map(|l| (l.meta.host.as_str(), l.source.as_str()))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("*.apps.example.com", "file"),
+                ("*.dyn.example.com", "acme"),
+                (BLOG, "file"),
+                (new_name, "upload"),
+                (SHOP, "file"),
+            ]
+        );
+        assert_eq!(store.names(), rows.iter().map(|r| r.0).collect::<Vec<_>>());
+        let listed_new = store.get("NEW.apps.example.com").unwrap();
+        assert_eq!(listed_new.meta, new_meta);
+        assert_eq!(
+            listed_new.meta.sans,
+            vec![new_name, "www.new.apps.example.com"]
+        );
+        // A file's metadata is what an upload of the same pair would show.
+        let shop = store.get(SHOP).unwrap();
+        let as_upload =
+            validate_upload(SHOP, &f.shop.cert_pem, &f.shop.key_pem, SystemTime::now()).unwrap();
+        assert_eq!(shop.meta, as_upload);
+        assert_eq!(
+            store.get("*.apps.example.com").unwrap().meta.sans,
+            vec!["*.apps.example.com"]
+        );
+        // Names only a wildcard covers, unknown names and non-names have no entry.
+        assert_eq!(store.get("other.apps.example.com"), None);
+        assert_eq!(store.get("x.dyn.example.com"), None);
+        assert_eq!(store.get("sp ace"), None);
+
+        let shown = format!("{list:?} {store:?}");
+        assert!(shown.contains("dynamic_exact_names: 2"), "{shown}");
+        for pem in [&new.key_pem, &wildcard.key_pem, &f.shop.key_pem] {
+            for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+                assert!(!shown.contains(line));
+            }
+        }
+    }
+
+    #[test]
+    fn set_dynamic_refuses_bad_pairs_keeps_serving_and_takes_expired_replicas() {
+        let f = Fixture::new();
+        let store = f.load().unwrap();
+        let name = "new.apps.example.com";
+        let good = f.ca.leaf(&[name]);
+        set(&store, name, Source::Upload, &good);
+
+        let other = f.ca.leaf(&[name]);
+        let err = store
+            .set_dynamic(name, Source::Upload, &good.cert_pem, &other.key_pem)
+            .unwrap_err();
+        assert_eq!(err, UploadError::KeyMismatch);
+        let err = store
+            .set_dynamic(BLOG, Source::Upload, &good.cert_pem, &good.key_pem)
+            .unwrap_err();
+        assert_eq!(err.field(), "host");
+        let err = store
+            .set_dynamic(name, Source::Upload, "garbage", &good.key_pem)
+            .unwrap_err();
+        assert_eq!(err.field(), "cert_pem");
+        assert_eq!(
+            served_now(&store, name),
+            good.der,
+            "a refusal changes nothing"
+        );
+        assert_eq!(served_now(&store, BLOG), f.blog.der);
+
+        // Expired: refused as an upload, served when it arrives replicated (as a file is).
+        let expired = f.ca.leaf_with(&[name], |p| {
+            p.not_before = date_time_ymd(2000, 1, 1);
+            p.not_after = date_time_ymd(2001, 1, 1);
+        });
+        let now = SystemTime::now();
+        assert!(matches!(
+            validate_upload(name, &expired.cert_pem, &expired.key_pem, now),
+            Err(UploadError::Expired { .. })
+        ));
+        set(&store, name, Source::Acme, &expired);
+        assert_eq!(served_now(&store, name), good.der, "the later not_after");
+        assert!(store.remove_dynamic(name, Source::Upload));
+        assert_eq!(served_now(&store, name), expired.der);
     }
 }
