@@ -2267,7 +2267,10 @@ token_file = "admin.token"
     #[test]
     fn state_dir_defaults_per_node_and_the_read_token_file_is_checked() {
         let c = Config::from_toml(MINIMAL, Path::new("x.toml"), Path::new("/srv/cfg")).unwrap();
-        assert_eq!(c.state_dir(), Path::new(&format!("/srv/cfg/state-{}", c.node_id)));
+        assert_eq!(
+            c.state_dir(),
+            Path::new(&format!("/srv/cfg/state-{}", c.node_id))
+        );
         let text = MINIMAL.replace("[nats]", "state_dir = \"/var/lib/grouter\"\n[nats]");
         let c = Config::from_toml(&text, Path::new("x.toml"), Path::new("/srv/cfg")).unwrap();
         assert_eq!(c.state_dir(), Path::new("/var/lib/grouter"));

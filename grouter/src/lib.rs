@@ -38,7 +38,9 @@
 //! - [`names`] (leaf): what a node id, a site and a region may be, for the config and the
 //!   mesh certificates alike, and what a request's Host may be.
 //! - [`policy`] (leaf): route and site policies after the merge, and what is known of the
-//!   sites' regions and health: the one view `proxy::decide`, `dns` and `/healthz` read.
+//!   sites' regions and health: the one view `proxy::decide`, `dns` and `/healthz` read,
+//!   with the rules that apply it to a route (`policy::Steering`: admitted and eligible
+//!   sites, the weighted order, the verdict), so the proxy and DNS steer alike.
 //! - [`limits`] (leaf): connection limits and timeouts of every listener (proxy, admin,
 //!   mesh), the counters of what they cut, and the defaults derived from the open-file limit.
 //! - [`node`]: wiring only. [`node::NodeState`] holds the handles, and [`node::run`] hands

@@ -24,6 +24,7 @@ use crate::health::Health;
 use crate::learn::{self, LearnMetrics, LearnSettings};
 use crate::mesh::{MeshHandle, MeshMetrics};
 use crate::metrics::Metrics;
+use crate::policy::{PolicyStore, SiteFacts};
 use crate::table::Table;
 
 /// How often each GoRouter's health URL is probed.
@@ -61,13 +62,21 @@ pub struct NodeState {
     pub mesh: MeshHandle,
     /// The route and site policies in force and what is known of the sites (filled by the
     /// control plane and the mesh; read by the proxy, DNS and `/healthz`).
-    pub policies: Arc<crate::policy::PolicyStore>,
+    pub policies: Arc<PolicyStore>,
 }
 
 impl NodeState {
     /// State of a node with an empty table.
     pub fn new(config: &Config, token: String, generation: u64) -> NodeState {
         let metrics = Arc::new(Metrics::new());
+        let policies = Arc::new(PolicyStore::default());
+        // This site's region, known before (and without) a mesh.
+        if let Some(region) = config.region.as_deref().filter(|r| !r.is_empty()) {
+            policies.set_facts(SiteFacts {
+                regions: [(config.site.as_str().into(), region.into())].into(),
+                healthy: Vec::new(),
+            });
+        }
         NodeState {
             table: Arc::new(Table::new(&config.node_id, &config.site, generation)),
             // With a mesh the node has heard from no other site yet: `lost` from the first
@@ -85,7 +94,7 @@ impl NodeState {
             region: config.region.clone(),
             started: Instant::now(),
             mesh: MeshHandle::new(),
-            policies: Arc::default(),
+            policies,
         }
     }
 }
@@ -330,6 +339,7 @@ pub async fn run(
             settings,
             trust,
             state.health.clone(),
+            state.policies.clone(),
         );
         let _ = state.mesh.set(mesh.clone());
         let (dialer, token) = (listeners.dialer.clone(), stop.child_token());
@@ -387,6 +397,7 @@ pub async fn run(
         let p = crate::proxy::Proxy::new(
             state.table.clone(),
             state.health.clone(),
+            state.policies.clone(),
             rules,
             gorouters.clone(),
             remotes,
@@ -420,6 +431,8 @@ pub async fn run(
                 _ => crate::tls::ClientCerts::None,
             };
             let server = store.server_config_with(&clients)?;
+            // Uploaded certificates (and their replicas) are served beside the files.
+            control.set_certs(store.clone());
             let (watch, token) = (store.clone(), stop.child_token());
             tasks.spawn(async move {
                 watch.watch(CERT_POLL_INTERVAL, token).await;
@@ -438,6 +451,7 @@ pub async fn run(
             table: state.table.clone(),
             health: state.health.clone(),
             metrics: state.dns_metrics.clone(),
+            policies: state.policies.clone(),
         };
         let token = stop.child_token();
         tasks.spawn(async move {

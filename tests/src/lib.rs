@@ -889,3 +889,115 @@ pub mod evil;
 pub mod gorouter;
 pub mod inproc;
 pub mod netns;
+
+/// A test CA issuing leaf certificates for app hosts, written as `cert_dir` files.
+pub struct AppCerts {
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_der: rustls::pki_types::CertificateDer<'static>,
+    /// Where `issue` writes its pairs.
+    pub dir: tempfile::TempDir,
+}
+
+impl AppCerts {
+    /// A new CA and an empty directory.
+    pub fn new() -> AppCerts {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "apps test CA");
+        let cert = params.self_signed(&key).expect("ca");
+        let ca_der = cert.der().clone();
+        AppCerts {
+            ca: rcgen::Issuer::new(params, key),
+            ca_der,
+            dir: tempfile::tempdir().expect("dir"),
+        }
+    }
+
+    /// Issue a certificate for `name` into `<file>.pem`/`.key`; returns its DER.
+    pub fn issue(&self, file: &str, name: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .expect("params")
+            .signed_by(&key, &self.ca)
+            .expect("sign");
+        // Write the key first: the node's reload must never see a certificate without it.
+        std::fs::write(
+            self.dir.path().join(format!("{file}.key")),
+            key.serialize_pem(),
+        )
+        .expect("key");
+        std::fs::write(self.dir.path().join(format!("{file}.pem")), cert.pem()).expect("cert");
+        cert.der().to_vec()
+    }
+
+    /// A client that trusts this CA only (ALPN h2, http/1.1).
+    pub fn client_config(&self) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).expect("root");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        c
+    }
+
+    /// The certificate a real client (verifying chain and name) is served for `sni`.
+    pub async fn served(&self, addr: SocketAddr, sni: &str) -> Option<Vec<u8>> {
+        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).ok()?;
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(self.client_config()))
+            .connect(name, tcp)
+            .await
+            .ok()?;
+        tls.get_ref()
+            .1
+            .peer_certificates()?
+            .first()
+            .map(|c| c.to_vec())
+    }
+}
+
+impl std::fmt::Debug for AppCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppCerts")
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AppCerts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AppCerts {
+    /// Issue a certificate for `names` valid from `not_before` to `not_after` (Unix seconds;
+    /// `None`: rcgen's defaults), without writing it: `(chain PEM, key PEM, leaf DER)`.
+    pub fn issue_pem(
+        &self,
+        names: &[&str],
+        validity: Option<(i64, i64)>,
+    ) -> (String, String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        if let Some((from, to)) = validity {
+            params.not_before = rcgen::date_time_ymd(1970, 1, 1) + time_secs(from);
+            params.not_after = rcgen::date_time_ymd(1970, 1, 1) + time_secs(to);
+        }
+        let cert = params.signed_by(&key, &self.ca).expect("sign");
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+}
+
+fn time_secs(s: i64) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::try_from(s).expect("after 1970"))
+}

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod attack;
+mod certs;
 mod churn;
 mod control;
 mod demo;
@@ -17,5 +18,6 @@ mod learn;
 mod mesh;
 mod parity;
 mod partition;
+mod policies;
 mod proxy;
 mod segments;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use grouter_tests::gorouter::GoRouterStub;
-use grouter_tests::{MeshCa, NatsServer, Node, wait_until};
+use grouter_tests::{AppCerts, MeshCa, NatsServer, Node, wait_until};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -477,76 +477,6 @@ async fn bad_input_gets_clear_statuses_and_leaks_nothing() {
         (now <= fds_before + 2).then_some(())
     })
     .await;
-}
-
-/// A test CA issuing leaf certificates for app hosts, written as `cert_dir` files.
-struct AppCerts {
-    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
-    ca_der: rustls::pki_types::CertificateDer<'static>,
-    dir: tempfile::TempDir,
-}
-
-impl AppCerts {
-    fn new() -> AppCerts {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "apps test CA");
-        let cert = params.self_signed(&key).expect("ca");
-        let ca_der = cert.der().clone();
-        AppCerts {
-            ca: rcgen::Issuer::new(params, key),
-            ca_der,
-            dir: tempfile::tempdir().expect("dir"),
-        }
-    }
-
-    /// Issue a certificate for `name` into `<file>.pem`/`.key`; returns its DER.
-    fn issue(&self, file: &str, name: &str) -> Vec<u8> {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
-            .expect("params")
-            .signed_by(&key, &self.ca)
-            .expect("sign");
-        // Write the key first: the node's reload must never see a certificate without it.
-        std::fs::write(
-            self.dir.path().join(format!("{file}.key")),
-            key.serialize_pem(),
-        )
-        .expect("key");
-        std::fs::write(self.dir.path().join(format!("{file}.pem")), cert.pem()).expect("cert");
-        cert.der().to_vec()
-    }
-
-    fn client_config(&self) -> rustls::ClientConfig {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca_der.clone()).expect("root");
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut c = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        c
-    }
-
-    /// The certificate a real client (verifying chain and name) is served for `sni`.
-    async fn served(&self, addr: SocketAddr, sni: &str) -> Option<Vec<u8>> {
-        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).ok()?;
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(self.client_config()))
-            .connect(name, tcp)
-            .await
-            .ok()?;
-        tls.get_ref()
-            .1
-            .peer_certificates()?
-            .first()
-            .map(|c| c.to_vec())
-    }
 }
 
 #[tokio::test]

@@ -303,6 +303,9 @@ fn v1(
     if let Some(site) = path.strip_prefix("/v1/policies/sites/") {
         return answer(writes::site_policy(state, method, site, body));
     }
+    if let Some(host) = path.strip_prefix("/v1/certs/") {
+        return answer(writes::cert(state, method, host, body));
+    }
     match (method, path) {
         (&Method::GET, "/v1/status") => ok(status(state)),
         (&Method::GET, "/v1/routes") => ok(routes(state, params)),
@@ -310,6 +313,7 @@ fn v1(
         (&Method::GET, "/v1/sites") => ok(sites(state)),
         (&Method::GET, "/v1/peers") => ok(peers(state)),
         (&Method::GET, "/v1/policies") => ok(writes::list_policies(state)),
+        (&Method::GET, "/v1/certs") => ok(writes::list_certs(state)),
         (&Method::GET, "/v1/audit") => answer(writes::audit(
             state,
             params.get("limit").map(String::as_str),
@@ -317,7 +321,7 @@ fn v1(
         (
             _,
             "/v1/status" | "/v1/routes" | "/v1/apps" | "/v1/sites" | "/v1/peers" | "/v1/policies"
-            | "/v1/audit",
+            | "/v1/audit" | "/v1/certs",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, "no such resource"),
     }

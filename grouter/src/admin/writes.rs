@@ -1,5 +1,5 @@
 //! The admin API's control-plane resources (CONTRACT.md, "Global configuration over the
-//! mesh"): `/v1/policies…` and `/v1/audit`, and later `/v1/certs…`.
+//! mesh"): `/v1/policies…`, `/v1/certs…` and `/v1/audit`.
 //!
 //! Owns: validating what a write says against what this node knows (sites, regions, host
 //! names) before anything is written, and the JSON of these resources. Must never: write
@@ -12,8 +12,9 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::AdminState;
-use crate::control::{ROUTE_POLICY, SITE_POLICY, Winner};
+use crate::control::{CERT, CertValue, ROUTE_POLICY, SITE_POLICY, Winner};
 use crate::policy::{RoutePolicy, SitePolicy};
+use crate::tls::{CertListing, CertMeta};
 
 /// The largest write body accepted (a certificate chain with its key fits many times).
 pub const MAX_BODY: usize = 256 * 1024;
@@ -303,6 +304,122 @@ pub fn site_policy(
         http::Method::DELETE => {
             if state.control.get(&key).is_none() {
                 return Err(Refusal::not_found(format!("no policy for site {site}")));
+            }
+            write(state, &key, None, "")
+        }
+        _ => Err(Refusal {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: "method not allowed".into(),
+            field: None,
+        }),
+    }
+}
+
+/// What `PUT /v1/certs/{host}` takes (the stored value has the same two fields).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Upload {
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn meta_json(meta: &CertMeta) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("host".into(), json!(meta.host));
+    m.insert("sans".into(), json!(meta.sans));
+    m.insert("not_after".into(), json!(meta.not_after_rfc3339()));
+    m.insert("fingerprint_sha256".into(), json!(meta.fingerprint_sha256));
+    m
+}
+
+/// Nodes known to serve the certificate of `listing`: this node, and for a replicated one
+/// the connected peers that hold the write (their digest reaches its version in the
+/// holder's partition).
+fn nodes_serving(state: &AdminState, listing: &CertListing) -> Vec<String> {
+    let mut nodes = vec![state.table.me().node_id.to_string()];
+    if listing.source == crate::tls::CertOrigin::File {
+        return nodes;
+    }
+    let key = format!("{CERT}{}", listing.meta.host);
+    let Some(w) = state.control.get(&key) else {
+        return nodes;
+    };
+    let Some(version) = state.table.config_version(&w.holder, &key) else {
+        return nodes;
+    };
+    for peer in state.mesh.as_deref().map(|m| m.peers()).unwrap_or_default() {
+        let holds = *peer.node_id == *w.holder
+            || peer.held().get(&*w.holder).is_some_and(|v| *v >= version);
+        if holds && !nodes.contains(&peer.node_id) {
+            nodes.push(peer.node_id.clone());
+        }
+    }
+    nodes.sort();
+    nodes
+}
+
+fn listing_json(state: &AdminState, listing: &CertListing) -> Value {
+    let mut m = meta_json(&listing.meta);
+    m.insert("source".into(), json!(listing.source.as_str()));
+    m.insert("nodes_serving".into(), json!(nodes_serving(state, listing)));
+    Value::Object(m)
+}
+
+/// `GET /v1/certs`: every certificate this node serves by name (metadata only).
+pub fn list_certs(state: &AdminState) -> Value {
+    let listings = state.control.certs().map(|s| s.list()).unwrap_or_default();
+    let certs: Vec<Value> = listings.iter().map(|l| listing_json(state, l)).collect();
+    json!({ "certs": certs })
+}
+
+/// `GET|PUT|DELETE /v1/certs/{host}`.
+pub fn cert(
+    state: &AdminState,
+    method: &http::Method,
+    raw_host: &str,
+    body: &[u8],
+) -> Result<Value, Refusal> {
+    let host = route_host(raw_host)?;
+    let key = format!("{CERT}{host}");
+    match *method {
+        http::Method::GET => state
+            .control
+            .certs()
+            .and_then(|s| s.get(&host))
+            .map(|l| listing_json(state, &l))
+            .ok_or_else(|| Refusal::not_found(format!("no certificate for {host}"))),
+        http::Method::PUT => {
+            let upload: Upload = parse_body(body)?;
+            let meta = crate::tls::validate_upload(
+                &host,
+                &upload.cert_pem,
+                &upload.key_pem,
+                std::time::SystemTime::now(),
+            )
+            .map_err(|e| Refusal::bad(e.field(), e.to_string()))?;
+            let value = CertValue {
+                cert_pem: upload.cert_pem,
+                key_pem: upload.key_pem,
+                source: None,
+            };
+            let bytes =
+                serde_json::to_vec(&value).map_err(|e| Refusal::bad("body", e.to_string()))?;
+            let summary = format!(
+                "upload sha256={} not_after={}",
+                meta.fingerprint_sha256,
+                meta.not_after_rfc3339()
+            );
+            let mut out = write(state, &key, Some(bytes), &summary)?;
+            if let Value::Object(o) = &mut out {
+                o.extend(meta_json(&meta));
+            }
+            Ok(out)
+        }
+        http::Method::DELETE => {
+            if state.control.get(&key).is_none() {
+                return Err(Refusal::not_found(format!(
+                    "no uploaded certificate for {host}"
+                )));
             }
             write(state, &key, None, "")
         }

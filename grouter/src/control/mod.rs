@@ -34,6 +34,7 @@ use tracing::{info, warn};
 
 use crate::policy::{Policies, PolicyStore, RoutePolicy, RouteRule, SitePolicy};
 use crate::table::{ConfigValue, Hlc, Table};
+use crate::tls::{CertStore, Source};
 use clock::Clock;
 pub use persist::AuditEntry;
 use persist::StateDir;
@@ -47,6 +48,29 @@ pub const ROUTE_POLICY: &str = "policy/route/";
 pub const SITE_POLICY: &str = "policy/site/";
 /// Uploaded (and ACME) certificates.
 pub const CERT: &str = "cert/";
+
+/// The value of a `cert/<host>` key.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertValue {
+    /// The chain, leaf first.
+    pub cert_pem: String,
+    /// The leaf's private key.
+    pub key_pem: String,
+    /// `acme` for an issued certificate; absent for an upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl CertValue {
+    fn source(&self) -> Source {
+        if self.source.as_deref() == Some("acme") {
+            Source::Acme
+        } else {
+            Source::Upload
+        }
+    }
+}
 
 /// A write the control plane could not take.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +142,8 @@ pub struct Control {
     /// The clock of every key of this node's partition as flushed to `state_dir`.
     persisted: Mutex<HashMap<Arc<str>, Hlc>>,
     audit: Mutex<VecDeque<AuditEntry>>,
+    /// The HTTPS listener's certificate store, once there is one.
+    certs: RwLock<Option<Arc<CertStore>>>,
     /// Serialises refreshes (a write refreshes at once; the task on every change).
     refreshing: Mutex<()>,
     /// Counters.
@@ -163,6 +189,7 @@ impl Control {
             sites: Mutex::new(HashMap::new()),
             persisted: Mutex::new(persisted),
             audit: Mutex::new(loaded.audit.into()),
+            certs: RwLock::new(None),
             refreshing: Mutex::new(()),
             counters: ControlCounters::default(),
         });
@@ -237,6 +264,21 @@ impl Control {
         }
     }
 
+    /// Serve the merged `cert/<host>` keys from `store` (and keep doing so). Blocking:
+    /// loading a certificate costs tens of microseconds.
+    pub fn set_certs(&self, store: Arc<CertStore>) {
+        let _one = self.refreshing.lock();
+        for (key, w) in self.list(CERT) {
+            self.apply_cert(&store, &key[CERT.len()..], Some(&w));
+        }
+        *self.certs.write() = Some(store);
+    }
+
+    /// The certificate store, if the node serves HTTPS.
+    pub fn certs(&self) -> Option<Arc<CertStore>> {
+        self.certs.read().clone()
+    }
+
     /// The policy store this control plane fills.
     pub fn policies(&self) -> &Arc<PolicyStore> {
         &self.policies
@@ -280,7 +322,14 @@ impl Control {
                 () = shutdown.cancelled() => break,
                 changed = changes.changed() => if changed.is_err() { break },
             }
-            self.refresh();
+            // Loading certificates blocks: off the runtime's threads.
+            let me = self.clone();
+            if tokio::task::spawn_blocking(move || me.refresh())
+                .await
+                .is_err()
+            {
+                warn!("control: refresh failed");
+            }
         }
     }
 
@@ -306,6 +355,10 @@ impl Control {
                 policies_changed |= self.apply_route_policy(host, winner.as_ref());
             } else if let Some(site) = key.strip_prefix(SITE_POLICY) {
                 policies_changed |= self.apply_site_policy(site, winner.as_ref());
+            } else if let Some(host) = key.strip_prefix(CERT)
+                && let Some(store) = self.certs()
+            {
+                self.apply_cert(&store, host, winner.as_ref());
             }
             let mut merged = self.merged.write();
             match winner {
@@ -363,6 +416,31 @@ impl Control {
                 true
             }
             None => rules.remove(host).is_some(),
+        }
+    }
+
+    /// Serve (or stop serving) the merged certificate of `host`. What does not parse or
+    /// load is logged by host only, never with its content.
+    fn apply_cert(&self, store: &CertStore, host: &str, winner: Option<&Winner>) {
+        let value: Option<CertValue> = winner.and_then(|w| self.parse(&format!("{CERT}{host}"), w));
+        match value {
+            Some(v) => {
+                // A certificate that moved between upload and ACME leaves its old slot.
+                let other = match v.source() {
+                    Source::Upload => Source::Acme,
+                    Source::Acme => Source::Upload,
+                };
+                store.remove_dynamic(host, other);
+                if let Err(e) = store.set_dynamic(host, v.source(), &v.cert_pem, &v.key_pem) {
+                    self.counters.invalid_values.fetch_add(1, Ordering::Relaxed);
+                    warn!(host, reason = %e, "control: merged certificate not served");
+                    store.remove_dynamic(host, v.source());
+                }
+            }
+            None => {
+                store.remove_dynamic(host, Source::Upload);
+                store.remove_dynamic(host, Source::Acme);
+            }
         }
     }
 

@@ -7,9 +7,20 @@
 //! lost, NODATA for empty non-terminals and NXDOMAIN for names with nothing at or below them,
 //! and the ECS scope (RFC 7871 §7.2.1) an answer is valid for.
 //!
+//! Route and site policies ([`crate::policy::Steering`], keyed by the host of the route the
+//! name matched, wildcards included) narrow the serving sites before any of that: a site
+//! outside the route's regions or drained (by the route or a site policy) is never named,
+//! nor a remote site that its weights give 0 or do not list; the remote sites are spread by
+//! the weights (this node's site, when it serves the name and is admitted, still comes
+//! first, and a client network's site first of all). When the admitted sites are all
+//! unhealthy they are all named, as without policies; when no site is admitted the answer
+//! is NODATA (NOERROR, no address, the SOA: [`Reason::NoneAllowed`]), as for a known name
+//! whose sites have no address of the asked family.
+//!
 //! Must never: do I/O, write the table, answer an existing name with an empty answer while
-//! any site serves it (when every serving site is unhealthy it names all of them), or say
-//! NXDOMAIN for a name that has a name below it (RFC 8020).
+//! any site its policies admit serves it (when every such site is unhealthy it names all of
+//! them), name a site its policies do not admit, or say NXDOMAIN for a name that has a name
+//! below it (RFC 8020).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,6 +30,7 @@ use ipnet::IpNet;
 
 use crate::config::DnsConfig;
 use crate::health::SyncState;
+use crate::policy::{Policies, SiteFacts, Steering};
 use crate::table::Table;
 
 /// One name server of the zones: its name and, when it lies inside a zone, its addresses
@@ -182,15 +194,18 @@ pub enum Reason {
     AllUnhealthy,
     /// This node lost sync with the mesh: its own site's addresses.
     FailOpen,
+    /// The name's policies admit none of the sites serving it: no address (NODATA).
+    NoneAllowed,
 }
 
 impl Reason {
     /// Every reason, for metrics.
-    pub const ALL: [Reason; 4] = [
+    pub const ALL: [Reason; 5] = [
         Reason::ClientNetwork,
         Reason::Proximity,
         Reason::AllUnhealthy,
         Reason::FailOpen,
+        Reason::NoneAllowed,
     ];
 
     /// Label value.
@@ -200,6 +215,7 @@ impl Reason {
             Reason::Proximity => "proximity",
             Reason::AllUnhealthy => "all_unhealthy",
             Reason::FailOpen => "fail_open",
+            Reason::NoneAllowed => "none_allowed",
         }
     }
 }
@@ -264,6 +280,15 @@ pub struct NodeStatus {
     pub healthy: bool,
 }
 
+/// The policies an answer obeys (`None` to [`answer`] when no policy is in force).
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    /// Every policy in force.
+    pub policies: &'a Policies,
+    /// The sites' regions and health.
+    pub facts: &'a SiteFacts,
+}
+
 /// Who asks: the resolver's address and the EDNS Client Subnet it sent, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Client {
@@ -278,15 +303,19 @@ pub struct Client {
 #[derive(Debug)]
 struct Candidate {
     site: Arc<str>,
+    /// This node's own site.
+    local: bool,
     healthy: bool,
     addresses: Vec<IpAddr>,
 }
 
-/// Answer one question. `name` may have any case and a trailing dot.
+/// Answer one question, obeying `policy` (`None`: no policy in force). `name` may have any
+/// case and a trailing dot.
 pub fn answer(
     table: &Table,
     settings: &DnsSettings,
     status: NodeStatus,
+    policy: Option<Policy<'_>>,
     client: Client,
     name: &str,
     qtype: QueryType,
@@ -344,7 +373,23 @@ pub fn answer(
         out.authority_soa = true;
         return out;
     }
-    let candidates = candidates(table, settings, status, &sites, &family_matches);
+    let mut candidates = candidates(table, settings, status, &sites, &family_matches);
+    let steering = policy.map(|p| {
+        let host = route_host(table, p.policies, &name);
+        Steering::new(p.policies, p.facts, host.as_deref().unwrap_or(&name))
+    });
+    // Only when a policy bears on these sites; otherwise the policy-free answer exactly.
+    let steering = steering.filter(|s| s.restricts(sites.iter().map(|(site, _, _)| &**site)));
+    if let Some(s) = &steering
+        && !candidates.is_empty()
+    {
+        candidates.retain(|c| s.admits(&c.site) && (c.local || s.weighs(&c.site)));
+        if candidates.is_empty() {
+            out.reason = Some(Reason::NoneAllowed);
+            out.authority_soa = true;
+            return out;
+        }
+    }
     let healthy: Vec<&Candidate> = candidates.iter().filter(|c| c.healthy).collect();
     let chosen: Vec<&Candidate> = if healthy.is_empty() {
         out.reason = Some(Reason::AllUnhealthy);
@@ -363,6 +408,16 @@ pub fn answer(
             out.scope = scope_for(&settings.client_networks, addr, matched.map(|m| m.0));
         }
         let mut ordered = healthy;
+        if let Some(s) = &steering {
+            // The remote sites by weight (this site, first when it serves, stays first).
+            let remote = ordered
+                .iter()
+                .position(|c| !c.local)
+                .unwrap_or(ordered.len());
+            if ordered.len() - remote > 1 {
+                s.weighted_first(&mut ordered[remote..], |c| &c.site, s.turn(true));
+            }
+        }
         match matched.and_then(|(_, p)| ordered.iter().position(|c| &*c.site == p)) {
             Some(i) => {
                 let first = ordered.remove(i);
@@ -383,6 +438,34 @@ pub fn answer(
     }
     out.authority_soa = out.answers.is_empty();
     out
+}
+
+/// The host of the route `name` matched (as [`Table::sites_for_host`] matches: `name` itself
+/// when a server of it has endpoints, else the nearest wildcard above it that has), the key
+/// of its route policy. `None` when no host `name` could match has a route policy, which
+/// spares the table the question.
+fn route_host(table: &Table, policies: &Policies, name: &str) -> Option<String> {
+    let wildcards = || {
+        let mut rest = name;
+        std::iter::from_fn(move || {
+            let dot = rest.find('.')?;
+            rest = &rest[dot + 1..];
+            (!rest.is_empty()).then(|| format!("*.{rest}"))
+        })
+    };
+    if policies.route(name).is_none() && !wildcards().any(|w| policies.route(&w).is_some()) {
+        return None;
+    }
+    let served = |host: &str| {
+        table
+            .routes(Some(host))
+            .iter()
+            .any(|r| r.servers.iter().any(|(_, e)| e.endpoints > 0))
+    };
+    if served(name) {
+        return Some(name.to_string());
+    }
+    wildcards().find(|w| served(w))
 }
 
 /// Whether some name exists strictly below `name`: a route (wildcards included: the table
@@ -478,6 +561,7 @@ fn candidates(
             });
             Some(Candidate {
                 site: site.clone(),
+                local: *local,
                 healthy: *live && site_healthy,
                 addresses,
             })
@@ -563,6 +647,7 @@ mod tests {
             t,
             s,
             st,
+            None,
             Client {
                 addr: client.parse().unwrap(),
                 subnet: ecs.map(|e| e.parse().unwrap()),
@@ -1008,6 +1093,7 @@ mod tests {
                 &t,
                 &s,
                 ok(),
+                None,
                 Client {
                     addr: "10.1.0.1".parse().unwrap(),
                     subnet: None,
@@ -1156,5 +1242,237 @@ mod tests {
         }
         assert_eq!(QueryType::from(RecordType::IXFR), QueryType::Transfer);
         assert_eq!(QueryType::from(RecordType::AXFR), QueryType::Transfer);
+    }
+
+    mod policies {
+        use super::*;
+        use crate::policy::{RoutePolicy, RouteRule, SitePolicy};
+
+        const FRA: &str = "203.0.113.10";
+        const SFO: &str = "198.51.100.20";
+
+        /// lon-1 (this node, eu) serves `local`; nyc-1 (us), sfo-1 (us) and fra-1 (eu)
+        /// serve `remote`, healthy unless listed in `sick`; ranked nyc, fra, sfo.
+        fn table(local: &[&str], remote: &[&str], sick: &[&str]) -> Table {
+            let t = Table::new("lon-1", "lon", 1);
+            for h in local {
+                t.upsert_local(&key(h), entry(2));
+            }
+            let routes: Vec<_> = remote.iter().map(|h| (*h, "app", 1)).collect();
+            let n = routes.len() as u64;
+            for (node, site, addr) in [
+                ("nyc-1", "nyc", NYC),
+                ("sfo-1", "sfo", SFO),
+                ("fra-1", "fra", FRA),
+            ] {
+                t.import_trusted(Import {
+                    up_to_version: n + 1,
+                    reset: true,
+                    record: Some(NodeRecord {
+                        version: n + 1,
+                        healthy: !sick.contains(&site),
+                        site_addresses: vec![addr.into()],
+                        ..Default::default()
+                    }),
+                    ..first_import(node, site, &routes)
+                });
+            }
+            t.set_site_order(vec!["nyc".into(), "fra".into(), "sfo".into()]);
+            t
+        }
+
+        fn facts() -> SiteFacts {
+            SiteFacts {
+                regions: [("lon", "eu"), ("fra", "eu"), ("nyc", "us"), ("sfo", "us")]
+                    .into_iter()
+                    .map(|(s, r)| (Arc::from(s), Arc::from(r)))
+                    .collect(),
+                healthy: Vec::new(),
+            }
+        }
+
+        fn policies(rules: &[(&str, &str)], drained_sites: &[&str]) -> Policies {
+            Policies::new(
+                rules.iter().map(|(host, json)| {
+                    let p: RoutePolicy = serde_json::from_str(json).unwrap();
+                    (host.to_string(), Arc::new(RouteRule::new(p)))
+                }),
+                drained_sites
+                    .iter()
+                    .map(|s| (s.to_string(), SitePolicy { drained: true })),
+            )
+        }
+
+        const APP: &str = "app.apps.example.com";
+
+        /// The A answer for `name` to a client of nyc's network (10.2.0.0/16).
+        fn a(t: &Table, s: &DnsSettings, st: NodeStatus, p: &Policies, name: &str) -> Answer {
+            let f = facts();
+            let policy = Policy {
+                policies: p,
+                facts: &f,
+            };
+            let client = Client {
+                addr: "10.2.0.1".parse().unwrap(),
+                subnet: None,
+            };
+            answer(t, s, st, Some(policy), client, name, QueryType::A)
+        }
+
+        fn wide() -> DnsSettings {
+            DnsSettings {
+                answer_sites: 4,
+                ..settings()
+            }
+        }
+
+        #[test]
+        fn only_admitted_sites_are_named() {
+            let t = table(&[APP], &[APP], &[]);
+            let s = wide();
+            // Pinned to eu: lon and fra, never nyc, although the client maps to nyc.
+            let p = policies(&[(APP, r#"{"regions":["eu"]}"#)], &[]);
+            let d = a(&t, &s, ok(), &p, APP);
+            assert_eq!(
+                (d.answers, d.reason),
+                (ips(&[LON, FRA]), Some(Reason::Proximity))
+            );
+            // Pinned to us at an eu node: nyc (the client's) then sfo.
+            let p = policies(&[(APP, r#"{"regions":["us"]}"#)], &[]);
+            let d = a(&t, &s, ok(), &p, APP);
+            assert_eq!(
+                (d.answers, d.reason),
+                (ips(&[NYC, SFO]), Some(Reason::ClientNetwork))
+            );
+            // Drained for the route at lon and nyc; sfo drained as a site.
+            let p = policies(&[(APP, r#"{"drained":["lon","nyc"]}"#)], &["sfo"]);
+            assert_eq!(a(&t, &s, ok(), &p, APP).answers, ips(&[FRA]));
+            // A site drain alone moves every name.
+            let p = policies(&[], &["lon", "nyc"]);
+            assert_eq!(a(&t, &s, ok(), &p, APP).answers, ips(&[FRA, SFO]));
+        }
+
+        #[test]
+        fn admitted_sites_all_unhealthy_are_named_and_none_admitted_is_nodata() {
+            // eu pinned, fra and this node unhealthy: both named, never a us site.
+            let t = table(&[APP], &[APP], &["fra"]);
+            let down = NodeStatus {
+                healthy: false,
+                ..ok()
+            };
+            let p = policies(&[(APP, r#"{"regions":["eu"]}"#)], &[]);
+            let d = a(&t, &wide(), down, &p, APP);
+            assert_eq!(
+                (d.answers, d.reason),
+                (ips(&[LON, FRA]), Some(Reason::AllUnhealthy))
+            );
+            // A region no serving site is in, or every serving site drained: NODATA.
+            for p in [
+                policies(&[(APP, r#"{"regions":["ap"]}"#)], &[]),
+                policies(&[(APP, r#"{"drained":["lon","fra"]}"#)], &["nyc", "sfo"]),
+            ] {
+                let d = a(&t, &wide(), ok(), &p, APP);
+                assert_eq!(
+                    (d.rcode, d.answers.is_empty(), d.authority_soa, d.reason),
+                    (Rcode::NoError, true, true, Some(Reason::NoneAllowed))
+                );
+            }
+        }
+
+        #[test]
+        fn weights_spread_answers_exactly_and_this_site_still_wins() {
+            let t = table(
+                &["own.apps.example.com"],
+                &[APP, "own.apps.example.com"],
+                &[],
+            );
+            let s = settings();
+            let p = policies(
+                &[
+                    (APP, r#"{"weights":{"nyc":1,"fra":3}}"#),
+                    ("own.apps.example.com", r#"{"weights":{"nyc":1,"fra":3}}"#),
+                ],
+                &[],
+            );
+            let f = facts();
+            let policy = Policy {
+                policies: &p,
+                facts: &f,
+            };
+            // A client no network maps (a mapped one gets its own site first).
+            let unmapped = Client {
+                addr: "172.16.0.1".parse().unwrap(),
+                subnet: None,
+            };
+            let mut nyc = 0;
+            for _ in 0..1000 {
+                let d = answer(&t, &s, ok(), Some(policy), unmapped, APP, QueryType::A);
+                match d.answers.as_slice() {
+                    [ip] if *ip == NYC.parse::<IpAddr>().unwrap() => nyc += 1,
+                    [ip] if *ip == FRA.parse::<IpAddr>().unwrap() => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(nyc, 250);
+            // sfo is unlisted: never named, not even when all are asked for.
+            let d = a(&t, &wide(), ok(), &p, APP);
+            assert_eq!(d.answers.len(), 2);
+            assert!(!d.answers.contains(&SFO.parse().unwrap()));
+            // Served here too: this site first, whatever the weights.
+            let own = "own.apps.example.com";
+            for _ in 0..4 {
+                let d = answer(&t, &s, ok(), Some(policy), unmapped, own, QueryType::A);
+                assert_eq!(d.answers, ips(&[LON]));
+            }
+            // A client mapped to a weighted site is still steered there first.
+            let d = a(&t, &s, ok(), &p, APP);
+            assert_eq!(
+                (d.answers, d.reason),
+                (ips(&[NYC]), Some(Reason::ClientNetwork))
+            );
+        }
+
+        #[test]
+        fn a_wildcards_policy_governs_the_names_it_matches_only() {
+            let t = table(
+                &[],
+                &["*.wild.apps.example.com", "own.wild.apps.example.com"],
+                &[],
+            );
+            let p = policies(&[("*.wild.apps.example.com", r#"{"regions":["us"]}"#)], &[]);
+            let d = a(&t, &wide(), ok(), &p, "x.wild.apps.example.com");
+            assert_eq!(d.answers, ips(&[NYC, SFO]));
+            // An exact route below the wildcard is not the wildcard's.
+            let d = a(&t, &wide(), ok(), &p, "own.wild.apps.example.com");
+            assert_eq!(d.answers, ips(&[NYC, FRA, SFO]));
+        }
+
+        #[test]
+        fn policies_for_other_names_leave_answers_and_scopes_as_they_were() {
+            let t = table(&[APP], &[APP], &[]);
+            let s = settings();
+            let p = policies(&[("else.apps.example.com", r#"{"regions":["us"]}"#)], &[]);
+            let f = facts();
+            for ecs in [
+                None,
+                Some("10.2.3.0/24"),
+                Some("10.1.0.0/16"),
+                Some("172.16.0.0/12"),
+            ] {
+                for q in [QueryType::A, QueryType::Aaaa] {
+                    let client = Client {
+                        addr: "192.0.2.200".parse().unwrap(),
+                        subnet: ecs.map(|e| e.parse().unwrap()),
+                    };
+                    let policy = Policy {
+                        policies: &p,
+                        facts: &f,
+                    };
+                    let with = answer(&t, &s, ok(), Some(policy), client, APP, q);
+                    let without = answer(&t, &s, ok(), None, client, APP, q);
+                    assert_eq!(with, without, "{ecs:?} {q:?}");
+                }
+            }
+        }
     }
 }

@@ -13,8 +13,9 @@
 //! TCP client hold a connection silent past [`TCP_IDLE_TIMEOUT`], or hold more than
 //! [`MAX_TCP_CONNECTIONS`] of them.
 //!
-//! Not yet: per-app steering policy ("allowed" sites), DNSSEC, ANY beyond an empty NOERROR,
-//! a SOA serial that changes.
+//! Route and site policies steer answers as they steer requests (see `answer.rs`).
+//!
+//! Not yet: DNSSEC, ANY beyond an empty NOERROR, a SOA serial that changes.
 
 pub mod answer;
 pub mod wire;
@@ -33,11 +34,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use answer::{
-    Answer, ApexRecord, Client, DnsSettings, Nameserver, NodeStatus, QueryType, Rcode, Reason,
+    Answer, ApexRecord, Client, DnsSettings, Nameserver, NodeStatus, Policy, QueryType, Rcode,
+    Reason,
 };
 
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::policy::PolicyStore;
 use crate::table::Table;
 use wire::{BadPacket, Reply, Transport, Zones};
 
@@ -176,6 +179,8 @@ pub struct Front {
     pub health: Arc<Health>,
     /// The front's counters.
     pub metrics: Arc<DnsMetrics>,
+    /// The route and site policies in force, and the sites' facts.
+    pub policies: Arc<PolicyStore>,
 }
 
 /// Errors of the DNS front.
@@ -196,6 +201,8 @@ struct Shared {
 impl Shared {
     /// Answer and count one packet.
     fn respond(&self, packet: &[u8], transport: Transport, src: SocketAddr) -> Reply {
+        let policies = self.front.policies.active();
+        let facts = policies.as_ref().map(|_| self.front.policies.facts());
         let zones = Zones {
             table: &self.front.table,
             settings: &self.settings,
@@ -203,6 +210,10 @@ impl Shared {
                 sync: self.front.health.sync(),
                 healthy: self.front.health.can_serve(),
             },
+            policy: policies
+                .as_deref()
+                .zip(facts.as_deref())
+                .map(|(policies, facts)| Policy { policies, facts }),
         };
         let reply = wire::respond(zones, packet, transport, src.ip().to_canonical());
         self.front.metrics.count(&reply);

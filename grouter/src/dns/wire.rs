@@ -93,6 +93,8 @@ pub struct Zones<'a> {
     pub settings: &'a DnsSettings,
     /// Sync and health.
     pub status: NodeStatus,
+    /// The policies in force (`None` when there are none).
+    pub policy: Option<answer::Policy<'a>>,
 }
 
 /// The outcome of one packet.
@@ -210,6 +212,7 @@ pub fn respond(z: Zones<'_>, packet: &[u8], transport: Transport, src: IpAddr) -
         z.table,
         z.settings,
         z.status,
+        z.policy,
         Client {
             addr: src,
             subnet: subnet.and_then(|s| IpNet::new(s.addr(), s.source_prefix()).ok()),
@@ -499,6 +502,7 @@ mod tests {
                 sync: SyncState::InSync,
                 healthy: true,
             },
+            policy: None,
         };
         respond(z, packet, transport, "10.9.0.1".parse().unwrap())
     }

@@ -14,8 +14,9 @@
 //! This module does the I/O around those rules: the listener, the TLS handshakes, dialling
 //! the targets membership names (with back-off), closing the connection membership says
 //! lost, the heartbeat that travels in this node's record, and the periodic step that
-//! assesses liveness, retires the long dead, sets the sync state and the site order, and
-//! purges old tombstones; until the node is in sync, a session that applies a verified delta
+//! assesses liveness, retires the long dead, sets the sync state, the site order and the
+//! facts route policies are applied with (each site's region and health), and purges old
+//! tombstones; until the node is in sync, a session that applies a verified delta
 //! runs that assessment at once (first contact counts without waiting for the tick).
 //! Membership sits behind the mesh's one lock, which is never held
 //! across an `.await` or while the table is read. A dialled peer must present the
@@ -52,7 +53,8 @@ use crate::config::MeshConfig;
 use crate::health::{Health, SyncState};
 use crate::limits::{Cut, Gate};
 use crate::metrics::Metrics;
-use crate::table::Table;
+use crate::policy::{PolicyStore, SiteFacts};
+use crate::table::{Origin, PartitionSummary, Table};
 use identity::{MeshTls, NodeIdentity};
 use liveness::{Detector, NodeView, Timeouts};
 use membership::{Admission, Membership, TombstoneHorizon};
@@ -284,6 +286,8 @@ pub struct Mesh {
     peer_http: OnceLock<mpsc::Sender<PeerHttp>>,
     /// The node's health: the mesh writes its sync state and reads whether it can serve.
     health: Arc<Health>,
+    /// Where the mesh keeps the sites' regions and health current for the data plane.
+    policies: Arc<PolicyStore>,
     /// Held through one assessment (snapshot, detector, sync state), so that two of them
     /// (the periodic one and a session's after first contact) never interleave: a verdict
     /// from an older snapshot would otherwise overwrite a newer one.
@@ -321,13 +325,15 @@ impl Mesh {
         self.peer_http.set(tx).ok().map(|()| rx)
     }
 
-    /// A mesh for `table`, authenticated by `trust`, that keeps `health`'s sync state.
+    /// A mesh for `table`, authenticated by `trust`, that keeps `health`'s sync state and
+    /// the [`SiteFacts`] in `policies`.
     pub fn new(
         table: Arc<Table>,
         metrics: Arc<MeshMetrics>,
         settings: MeshSettings,
         trust: MeshTrust,
         health: Arc<Health>,
+        policies: Arc<PolicyStore>,
     ) -> Arc<Mesh> {
         let tls = trust.tls().clone();
         let detector = Detector::new(settings.timeouts);
@@ -348,12 +354,13 @@ impl Mesh {
             membership: Mutex::new(membership),
             peer_http: OnceLock::new(),
             health,
+            policies,
             assessing: Mutex::new(()),
         })
     }
 
     /// Assess liveness at `now`: log verdict changes, retire the long dead, set the sync
-    /// state and the site order.
+    /// state, the site order and the site facts.
     fn assess(&self, now: Instant) {
         let _one_at_a_time = self.assessing.lock();
         let partitions = self.table.partitions();
@@ -367,7 +374,15 @@ impl Mesh {
             }
         }
         self.health.set_sync(assessment.sync);
-        self.table.set_site_order(rank_sites(self));
+        let partitions = self.table.partitions();
+        self.table
+            .set_site_order(self.membership.lock().rank_sites(&partitions));
+        self.policies.set_facts(site_facts(
+            &partitions,
+            self.table.me(),
+            &self.settings.region,
+            self.health.can_serve(),
+        ));
     }
 
     /// A peer's verified delta changed the table. Until the node is in sync that contact
@@ -833,10 +848,47 @@ async fn dial(
     .is_ok()
 }
 
-/// Other sites, best first ([`Membership::rank_sites`]).
-fn rank_sites(mesh: &Mesh) -> Vec<Arc<str>> {
-    let partitions = mesh.table.partitions();
-    mesh.membership.lock().rank_sites(&partitions)
+/// Each site's region and whether it can serve, from the nodes' records: a site is
+/// healthy when one of its alive nodes says so, this node speaking for itself (`me_healthy`,
+/// its own record being refreshed only every heartbeat). A site whose nodes disagree on the
+/// region gets the smallest (a misconfiguration, but every node then sees the same).
+fn site_facts(
+    partitions: &[PartitionSummary],
+    me: &Arc<Origin>,
+    my_region: &str,
+    me_healthy: bool,
+) -> SiteFacts {
+    let mut facts = SiteFacts::default();
+    if !my_region.is_empty() {
+        facts.regions.insert(me.site.clone(), my_region.into());
+    }
+    if me_healthy {
+        facts.healthy.push(me.site.clone());
+    }
+    for p in partitions {
+        let Some(record) = p.record.as_ref().filter(|_| !Arc::ptr_eq(&p.origin, me)) else {
+            continue;
+        };
+        let site = &p.origin.site;
+        // This site's region is this node's to say when it has one.
+        let said = site == &me.site && !my_region.is_empty();
+        if !record.region.is_empty() && !said {
+            facts
+                .regions
+                .entry(site.clone())
+                .and_modify(|r| {
+                    if *record.region < **r {
+                        *r = record.region.as_str().into();
+                    }
+                })
+                .or_insert_with(|| record.region.as_str().into());
+        }
+        if record.healthy && p.origin.is_alive() && !facts.healthy.contains(site) {
+            facts.healthy.push(site.clone());
+        }
+    }
+    facts.healthy.sort();
+    facts
 }
 
 /// Beat, assess liveness, retire the long dead, set the sync state, forget old tombstones.
@@ -1065,7 +1117,14 @@ pub(crate) mod test_support {
             &lon.join(identity::NODE_KEY_FILE),
         )
         .unwrap();
-        let mesh = Mesh::new(table, metrics, settings, trust, Arc::new(Health::meshed()));
+        let mesh = Mesh::new(
+            table,
+            metrics,
+            settings,
+            trust,
+            Arc::new(Health::meshed()),
+            Arc::default(),
+        );
         Impostor {
             mesh,
             impostor,
@@ -1123,7 +1182,14 @@ mod tests {
             &dir.join(identity::NODE_KEY_FILE),
         )
         .unwrap();
-        let mesh = Mesh::new(table, metrics, settings, trust, Arc::new(Health::meshed()));
+        let mesh = Mesh::new(
+            table,
+            metrics,
+            settings,
+            trust,
+            Arc::new(Health::meshed()),
+            Arc::default(),
+        );
         tokio::spawn(run(
             mesh.clone(),
             listener,
@@ -1242,5 +1308,53 @@ mod tests {
         .await;
         assert_eq!(f.mesh.metrics.dial_identity_mismatch.get(), 0);
         assert_eq!(f.mesh.metrics.handshake_failures.get(), 0);
+    }
+
+    #[test]
+    fn site_facts_say_each_sites_region_and_whether_an_alive_node_can_serve() {
+        use crate::table::NodeRecord;
+        let me = Origin::new("lon-1", "lon", 1, true);
+        let part = |node: &str, site: &str, region: &str, healthy: bool, alive: bool| {
+            let origin = Origin::new(node, site, 1, site == "lon");
+            origin.set_alive(alive);
+            PartitionSummary {
+                origin,
+                max_version: 1,
+                routes: 0,
+                record: Some(NodeRecord {
+                    region: region.into(),
+                    healthy,
+                    ..Default::default()
+                }),
+            }
+        };
+        let partitions = [
+            // This node's own stale record: it speaks for itself instead.
+            PartitionSummary {
+                origin: me.clone(),
+                max_version: 1,
+                routes: 0,
+                record: Some(NodeRecord {
+                    region: "stale".into(),
+                    healthy: true,
+                    ..Default::default()
+                }),
+            },
+            part("lon-2", "lon", "other", false, true),
+            part("nyc-1", "nyc", "us", false, true),
+            part("nyc-2", "nyc", "us", true, false),
+            part("fra-1", "fra", "eu", true, true),
+            part("sgp-1", "sgp", "", true, true),
+        ];
+        let facts = site_facts(&partitions, &me, "eu", false);
+        assert_eq!(facts.region("lon"), Some("eu"));
+        assert_eq!(facts.region("nyc"), Some("us"));
+        assert_eq!(facts.region("fra"), Some("eu"));
+        assert_eq!(facts.region("sgp"), None);
+        // nyc's healthy node is dead, its alive one unhealthy; lon is down by its own word.
+        let healthy: Vec<&str> = facts.healthy.iter().map(|s| &**s).collect();
+        assert_eq!(healthy, ["fra", "sgp"]);
+        let facts = site_facts(&partitions, &me, "eu", true);
+        assert!(facts.is_healthy("lon"));
     }
 }

@@ -377,6 +377,7 @@ mod tests {
             settings,
             trust,
             Arc::new(crate::health::Health::meshed()),
+            Arc::default(),
         )
     }
 

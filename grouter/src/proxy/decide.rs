@@ -6,6 +6,15 @@
 //! mesh is always routed locally, never onward. A Host in this site's redirect form
 //! (`shop.nyc.apps.example.com` at `nyc`) is routed as the host it stands for.
 //!
+//! Route and site policies (CONTRACT.md, "Global configuration over the mesh") bend that
+//! order through [`crate::policy::Steering`], keyed by the matched route's host: sites
+//! outside the route's regions or drained take nothing new, remote sites are spread by
+//! weight, the route's `mode` overrides `proxy.remote`, and a route no site may take is
+//! 503 `no_endpoints` ([`Decision::NoEndpoints`]). A peer's request for a route whose
+//! regions exclude this site is refused the same way, never served (a drain does not
+//! refuse it: the peer chose this site before it learnt of the drain). Without any policy
+//! the decision reads none.
+//!
 //! Before any of that, the edge rules (CONTRACT.md, "Edge rules"): a Host that is not a host
 //! name ([`crate::names::parse_host`]), two Hosts, or a Host that contradicts the request's
 //! authority is refused (400 `invalid_host`), so the table, a GoRouter and a `Location`
@@ -22,6 +31,7 @@ use smallvec::SmallVec;
 use crate::config::RemoteMode;
 use crate::health::SyncState;
 use crate::names::{HostError, parse_host};
+use crate::policy::{Mode, Policies, SiteFacts, Steering, Verdict};
 use crate::table::{RouteMatch, Table};
 
 /// What to do with a request.
@@ -49,6 +59,9 @@ pub enum Decision {
     FailOpen,
     /// Unknown route: 404 `unknown_route`.
     NotFound,
+    /// A known route that no site may take now (its policy's regions have no healthy
+    /// site, or every site serving it is drained): 503 `no_endpoints`.
+    NoEndpoints,
     /// No Host: 400 `empty_host`.
     EmptyHost,
     /// A Host that is not a host name, or not the request's only one: 400 `invalid_host`.
@@ -92,6 +105,21 @@ pub struct Rules {
     pub redirect_host: String,
 }
 
+/// The policies one decision obeys, and what it needs besides to apply them.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    /// Every policy in force.
+    pub policies: &'a Policies,
+    /// The sites' regions and health.
+    pub facts: &'a SiteFacts,
+    /// Some GoRouter of this site is healthy.
+    pub local_healthy: bool,
+    /// Take a turn of a weighted route's spreading: false for a look whose outcome is
+    /// decided again if it is not local (the HTTP/1.1 fast path), so one request takes
+    /// one turn.
+    pub spend_turn: bool,
+}
+
 /// What the decision needs to know of a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Ask<'a> {
@@ -109,11 +137,12 @@ pub struct Ask<'a> {
     pub host_conflict: Option<BadHost>,
 }
 
-/// Decide for one request.
+/// Decide for one request; `policy` is `None` when no policy is in force.
 pub fn decide(
     table: &Table,
     rules: &Rules,
     sync: SyncState,
+    policy: Option<Policy<'_>>,
     ask: Ask<'_>,
 ) -> (Decision, Option<RouteMatch>) {
     let Ask {
@@ -134,12 +163,20 @@ pub fn decide(
     };
     let host: &str = &parsed.name;
     if from_peer {
+        let m = table.lookup(host, path);
+        // Defence in depth: a peer with a stale view must not make this site serve a
+        // route pinned elsewhere.
+        if let (Some(p), Some(found)) = (policy, &m)
+            && !Steering::new(p.policies, p.facts, &found.host).in_regions(&rules.site)
+        {
+            return (Decision::NoEndpoints, m);
+        }
         // The sending node chose this site; forwarding onward could loop.
         return (
             Decision::Local {
                 also: SmallVec::new(),
             },
-            table.lookup(host, path),
+            m,
         );
     }
     let found = table.lookup(host, path).or_else(|| {
@@ -152,15 +189,35 @@ pub fn decide(
             _ => (Decision::NotFound, None),
         };
     };
-    if m.local {
-        let also = m.remote_sites.clone();
-        return (Decision::Local { also }, Some(m));
-    }
-    let decision = match rules.remote {
-        RemoteMode::Proxy => Decision::Remote {
-            sites: m.remote_sites.clone(),
-        },
-        RemoteMode::Redirect => match m.remote_sites.first() {
+    let (mode, sites) = match policy {
+        None if m.local => {
+            let also = m.remote_sites.clone();
+            return (Decision::Local { also }, Some(m));
+        }
+        None => (rules.remote, m.remote_sites.clone()),
+        Some(p) => {
+            let steering = Steering::new(p.policies, p.facts, &m.host);
+            let mode = match steering.mode() {
+                None => rules.remote,
+                Some(Mode::Proxy) => RemoteMode::Proxy,
+                Some(Mode::Redirect) => RemoteMode::Redirect,
+            };
+            match steering.verdict(
+                &rules.site,
+                m.local,
+                p.local_healthy,
+                &m.remote_sites,
+                p.spend_turn,
+            ) {
+                Verdict::Local { also } => return (Decision::Local { also }, Some(m)),
+                Verdict::Elsewhere { sites } => (mode, sites),
+                Verdict::NoEndpoints => return (Decision::NoEndpoints, Some(m)),
+            }
+        }
+    };
+    let decision = match mode {
+        RemoteMode::Proxy => Decision::Remote { sites },
+        RemoteMode::Redirect => match sites.first() {
             Some(site) => {
                 // The route's own host; for a wildcard route, the (validated) host it matched.
                 let routed = if m.host.starts_with("*.") {
@@ -264,6 +321,7 @@ mod tests {
             t,
             r,
             sync,
+            None,
             Ask {
                 scheme: "https",
                 host,
@@ -345,7 +403,7 @@ mod tests {
             from_peer: true,
             host_conflict: None,
         };
-        let (from_peer, _) = decide(&t, &proxy, SyncState::InSync, ask);
+        let (from_peer, _) = decide(&t, &proxy, SyncState::InSync, None, ask);
         assert_eq!(from_peer, Decision::Local { also: sites(&[]) });
     }
 
@@ -378,7 +436,7 @@ mod tests {
             host_conflict,
         };
         for bad in [BadHost::Duplicate, BadHost::Mismatch] {
-            let (decision, m) = decide(&t, &redirect, SyncState::InSync, ask(Some(bad)));
+            let (decision, m) = decide(&t, &redirect, SyncState::InSync, None, ask(Some(bad)));
             assert_eq!((decision, m), (Decision::InvalidHost(bad), None));
         }
     }
@@ -398,7 +456,7 @@ mod tests {
                 from_peer: false,
                 host_conflict: None,
             };
-            match decide(&t, &r, SyncState::InSync, ask).0 {
+            match decide(&t, &r, SyncState::InSync, None, ask).0 {
                 Decision::Redirect { location, .. } => location,
                 other => panic!("{host}: {other:?}"),
             }
@@ -468,7 +526,7 @@ mod tests {
             from_peer: false,
             host_conflict: None,
         };
-        let (decision, m) = decide(&t, &r, SyncState::InSync, ask);
+        let (decision, m) = decide(&t, &r, SyncState::InSync, None, ask);
         assert_eq!(
             decision,
             Decision::Local {
@@ -524,5 +582,258 @@ mod tests {
             redirect_form_of("{label}.{site}.{parent}", "nyc", "", "nyc.example.com"),
             None
         );
+    }
+
+    mod policies {
+        use super::*;
+        use crate::policy::{Policies, RoutePolicy, RouteRule, SiteFacts, SitePolicy};
+
+        /// nyc-1 (site nyc, region us) serves shop and other locally; lon-1 (eu), fra-1
+        /// (eu) and sfo-1 (us) serve them too, ranked lon, sfo, fra.
+        fn table() -> Table {
+            let t = Table::new("nyc-1", "nyc", 1);
+            for host in ["shop.example.com", "other.example.com"] {
+                t.upsert_local(&key(host), entry("s"));
+                for (node, site) in [("lon-1", "lon"), ("fra-1", "fra"), ("sfo-1", "sfo")] {
+                    remote(&t, node, site, host);
+                }
+            }
+            remote(&t, "lon-1", "lon", "remote.example.com");
+            remote(&t, "fra-1", "fra", "remote.example.com");
+            t.set_site_order(vec!["lon".into(), "sfo".into(), "fra".into()]);
+            t
+        }
+
+        fn rules(remote: RemoteMode) -> Rules {
+            Rules {
+                site: "nyc".into(),
+                region: "us".into(),
+                remote,
+                redirect_host: "{label}.{site}.{parent}".into(),
+            }
+        }
+
+        fn facts(healthy: &[&str]) -> SiteFacts {
+            SiteFacts {
+                regions: [("lon", "eu"), ("fra", "eu"), ("nyc", "us"), ("sfo", "us")]
+                    .into_iter()
+                    .map(|(s, r)| (Arc::from(s), Arc::from(r)))
+                    .collect(),
+                healthy: healthy.iter().map(|s| Arc::from(*s)).collect(),
+            }
+        }
+
+        fn policies(shop: &str, drained_sites: &[&str]) -> Policies {
+            let p: RoutePolicy = serde_json::from_str(shop).unwrap();
+            Policies::new(
+                [("shop.example.com".to_string(), Arc::new(RouteRule::new(p)))],
+                drained_sites
+                    .iter()
+                    .map(|s| (s.to_string(), SitePolicy { drained: true })),
+            )
+        }
+
+        struct World {
+            table: Table,
+            policies: Policies,
+            facts: SiteFacts,
+        }
+
+        impl World {
+            fn new(shop: &str, drained_sites: &[&str], healthy: &[&str]) -> World {
+                World {
+                    table: table(),
+                    policies: policies(shop, drained_sites),
+                    facts: facts(healthy),
+                }
+            }
+
+            fn ask(&self, r: &Rules, host: &str, from_peer: bool, spend: bool) -> Decision {
+                let policy = Policy {
+                    policies: &self.policies,
+                    facts: &self.facts,
+                    local_healthy: true,
+                    spend_turn: spend,
+                };
+                let ask = Ask {
+                    scheme: "https",
+                    host,
+                    path: "/",
+                    query: None,
+                    from_peer,
+                    host_conflict: None,
+                };
+                decide(&self.table, r, SyncState::InSync, Some(policy), ask).0
+            }
+
+            fn d(&self, r: &Rules, host: &str) -> Decision {
+                self.ask(r, host, false, true)
+            }
+        }
+
+        const ALL: &[&str] = &["lon", "fra", "nyc", "sfo"];
+
+        fn sites(list: &[&str]) -> SmallVec<[Arc<str>; 2]> {
+            list.iter().map(|s| Arc::from(*s)).collect()
+        }
+
+        #[test]
+        fn without_a_rule_or_drain_policies_change_nothing() {
+            let w = World::new(r#"{"regions":["eu"]}"#, &[], &[]);
+            let proxy = rules(RemoteMode::Proxy);
+            // other.example.com has no rule: the policy-free decision, unhealthy sites too.
+            let free = d(&w.table, &proxy, SyncState::InSync, "other.example.com");
+            assert_eq!(free, w.d(&proxy, "other.example.com"));
+            assert_eq!(
+                free,
+                Decision::Local {
+                    also: sites(&["lon", "sfo", "fra"])
+                }
+            );
+            assert_eq!(
+                w.ask(&proxy, "other.example.com", true, true),
+                Decision::Local { also: sites(&[]) }
+            );
+        }
+
+        #[test]
+        fn a_pinned_route_is_never_served_proxied_or_redirected_outside_its_regions() {
+            let w = World::new(r#"{"regions":["eu"]}"#, &[], ALL);
+            let proxy = rules(RemoteMode::Proxy);
+            // nyc serves it, but is in us: the eu sites, failover included, in rank order.
+            assert_eq!(
+                w.d(&proxy, "shop.example.com"),
+                Decision::Remote {
+                    sites: sites(&["lon", "fra"])
+                }
+            );
+            let redirect = rules(RemoteMode::Redirect);
+            assert_eq!(
+                w.d(&redirect, "shop.example.com"),
+                Decision::Redirect {
+                    site: "lon".into(),
+                    location: "https://shop.lon.example.com/".into()
+                }
+            );
+            // A peer that still sends it here is refused, not served.
+            assert_eq!(
+                w.ask(&proxy, "shop.example.com", true, true),
+                Decision::NoEndpoints
+            );
+            // No eu site healthy: 503, never a us site.
+            for healthy in [&["nyc", "sfo"][..], &[]] {
+                let w = World::new(r#"{"regions":["eu"]}"#, &[], healthy);
+                assert_eq!(w.d(&proxy, "shop.example.com"), Decision::NoEndpoints);
+                assert_eq!(w.d(&redirect, "shop.example.com"), Decision::NoEndpoints);
+            }
+            // Pinned to us: here first, failing over to sfo only.
+            let w = World::new(r#"{"regions":["us"]}"#, &[], ALL);
+            assert_eq!(
+                w.d(&proxy, "shop.example.com"),
+                Decision::Local {
+                    also: sites(&["sfo"])
+                }
+            );
+        }
+
+        #[test]
+        fn drained_sites_send_new_requests_elsewhere_by_the_routes_mode() {
+            let proxy = rules(RemoteMode::Proxy);
+            // Drained here for the route, with mode redirect overriding proxy.remote.
+            let w = World::new(r#"{"drained":["nyc","lon"],"mode":"redirect"}"#, &[], ALL);
+            assert_eq!(
+                w.d(&proxy, "shop.example.com"),
+                Decision::Redirect {
+                    site: "sfo".into(),
+                    location: "https://shop.sfo.example.com/".into()
+                }
+            );
+            // A peer's request that was already on its way is still served here.
+            assert_eq!(
+                w.ask(&proxy, "shop.example.com", true, true),
+                Decision::Local { also: sites(&[]) }
+            );
+            // The site drained for everything: every route moves, with no rule of its own.
+            let w = World::new("{}", &["nyc", "sfo"], ALL);
+            assert_eq!(
+                w.d(&proxy, "other.example.com"),
+                Decision::Remote {
+                    sites: sites(&["lon", "fra"])
+                }
+            );
+            // Mode proxy overrides proxy.remote = redirect.
+            let w = World::new(r#"{"drained":["nyc"],"mode":"proxy"}"#, &[], ALL);
+            assert_eq!(
+                w.d(&rules(RemoteMode::Redirect), "shop.example.com"),
+                Decision::Remote {
+                    sites: sites(&["lon", "sfo", "fra"])
+                }
+            );
+            // Every serving site drained: 503.
+            let w = World::new(r#"{"drained":["lon","fra"]}"#, &["nyc", "sfo"], ALL);
+            assert_eq!(w.d(&proxy, "shop.example.com"), Decision::NoEndpoints);
+            assert_eq!(
+                w.d(&rules(RemoteMode::Redirect), "shop.example.com"),
+                Decision::NoEndpoints
+            );
+            // remote.example.com (served only at lon and fra) with both drained by site.
+            let w = World::new("{}", &["lon", "fra"], ALL);
+            assert_eq!(w.d(&proxy, "remote.example.com"), Decision::NoEndpoints);
+        }
+
+        #[test]
+        fn weights_split_remote_requests_exactly_and_a_look_takes_no_turn() {
+            let w = World::new(
+                r#"{"weights":{"lon":1,"fra":3},"drained":["nyc"]}"#,
+                &[],
+                ALL,
+            );
+            let proxy = rules(RemoteMode::Proxy);
+            let mut lon = 0;
+            for _ in 0..1000 {
+                // The HTTP/1.1 fast path's look, then the general path's decision.
+                let look = w.ask(&proxy, "shop.example.com", false, false);
+                assert!(matches!(look, Decision::Remote { .. }), "{look:?}");
+                match w.d(&proxy, "shop.example.com") {
+                    Decision::Remote { sites: s } => {
+                        // sfo is unlisted: never chosen, not even to fail over to.
+                        assert_eq!(s.len(), 2, "{s:?}");
+                        lon += usize::from(&*s[0] == "lon");
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(lon, 250);
+            // Undrained, nyc serves it itself: local still wins.
+            let w = World::new(r#"{"weights":{"lon":1,"fra":3}}"#, &[], ALL);
+            assert!(matches!(
+                w.d(&proxy, "shop.example.com"),
+                Decision::Local { also } if also.len() == 2
+            ));
+        }
+
+        #[test]
+        fn an_unhealthy_site_with_nowhere_else_to_go_is_503() {
+            let w = World::new(r#"{"regions":["us"]}"#, &[], &["nyc"]);
+            let policy = Policy {
+                policies: &w.policies,
+                facts: &w.facts,
+                local_healthy: false,
+                spend_turn: true,
+            };
+            let ask = Ask {
+                scheme: "http",
+                host: "shop.example.com",
+                path: "/",
+                query: None,
+                from_peer: false,
+                host_conflict: None,
+            };
+            let proxy = rules(RemoteMode::Proxy);
+            let (decision, m) = decide(&w.table, &proxy, SyncState::InSync, Some(policy), ask);
+            assert_eq!(decision, Decision::NoEndpoints);
+            // The route is still named (for the access log).
+            assert_eq!(m.map(|m| m.host), Some("shop.example.com".into()));
+        }
     }
 }

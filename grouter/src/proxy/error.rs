@@ -16,6 +16,9 @@ use super::body::{BoxError, ProxyBody};
 pub enum RouterError {
     /// No route for the host: 404 `unknown_route`.
     UnknownRoute(String),
+    /// A route that no site may take (its policy's regions have no healthy site, or every
+    /// site serving it is drained): 503 `no_endpoints`.
+    NoEndpoints(String),
     /// No Host: 400 `empty_host`.
     EmptyHost,
     /// Every target failed: 502 `endpoint_failure (<reason>)`, the reason being the last
@@ -28,7 +31,7 @@ pub enum RouterError {
 
 /// `Cache-Control` on a 404 (gorouter's `addNoCacheControlHeader`).
 const NO_CACHE: &str = "no-cache, no-store";
-/// `Cache-Control` on a 400 for a missing Host (gorouter's
+/// `Cache-Control` on a 400 for a missing Host and a 503 `no_endpoints` (gorouter's
 /// `addInvalidResponseCacheControlHeader`).
 const SHORT_CACHE: &str = "public,max-age=2";
 
@@ -41,6 +44,13 @@ impl RouterError {
                 StatusCode::NOT_FOUND,
                 "unknown_route",
                 format!("404 Not Found: Requested route ('{host}') does not exist.\n"),
+            ),
+            RouterError::NoEndpoints(host) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_endpoints",
+                format!(
+                    "503 Service Unavailable: Requested route ('{host}') has no available endpoints.\n"
+                ),
             ),
             RouterError::EmptyHost => (
                 StatusCode::BAD_REQUEST,
@@ -77,7 +87,9 @@ impl RouterError {
         put("x-content-type-options", "nosniff");
         match self {
             RouterError::UnknownRoute(_) => put("cache-control", NO_CACHE),
-            RouterError::EmptyHost => put("cache-control", SHORT_CACHE),
+            RouterError::EmptyHost | RouterError::NoEndpoints(_) => {
+                put("cache-control", SHORT_CACHE);
+            }
             RouterError::EndpointFailure(_) | RouterError::InvalidHost => {}
         }
     }
@@ -372,6 +384,16 @@ mod tests {
                 status: 400,
                 router_error: "empty_host",
                 body: "400 Bad Request: Request had empty Host header\n",
+                cache_control: "public,max-age=2",
+            },
+            Case {
+                // handlers/lookup.go, handleUnavailableRoute (an empty pool; here, a route
+                // no site may take by its policies): no_endpoints, public,max-age=2, 503.
+                from: "lookup.go: handleUnavailableRoute",
+                err: RouterError::NoEndpoints("shop.example.com".into()),
+                status: 503,
+                router_error: "no_endpoints",
+                body: "503 Service Unavailable: Requested route ('shop.example.com') has no available endpoints.\n",
                 cache_control: "public,max-age=2",
             },
             Case {

@@ -200,6 +200,7 @@ pub(super) fn decision_name(d: &Decision) -> &'static str {
         Decision::Redirect { .. } => "redirect",
         Decision::FailOpen => "fail_open",
         Decision::NotFound => "unknown_route",
+        Decision::NoEndpoints => "no_endpoints",
         Decision::EmptyHost => "empty_host",
         Decision::InvalidHost(_) => "invalid_host",
     }
@@ -236,6 +237,7 @@ impl Proxy {
             }
             Decision::Redirect { .. }
             | Decision::NotFound
+            | Decision::NoEndpoints
             | Decision::EmptyHost
             | Decision::InvalidHost(_) => {
                 return Vec::new();

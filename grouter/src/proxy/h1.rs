@@ -349,7 +349,8 @@ impl Connection {
             from_peer: conn.peer.is_some(),
             host_conflict: None, // a second Host went to the general path above
         };
-        let (decision, route) = proxy.decide(ask);
+        // A look: what is not local is decided again (and takes its weighted turn) there.
+        let (decision, route) = proxy.decide(ask, false);
         if !matches!(decision, Decision::Local { .. } | Decision::FailOpen) {
             return Parsed::Fallback;
         }

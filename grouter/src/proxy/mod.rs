@@ -72,6 +72,7 @@ use http::HeaderValue;
 
 use crate::config::{AccessLogFormat, Config};
 use crate::health::{Health, SyncState};
+use crate::policy::PolicyStore;
 use crate::table::{RouteMatch, Table};
 use decide::{Decision, Rules};
 use remote::Remotes;
@@ -83,11 +84,13 @@ pub use listen::{serve_http, serve_https, serve_peers};
 /// Header telling which site served.
 const SITE_HEADER: &str = "x-grouter-site";
 
-/// What the proxy reads of its node: the table and the sync state.
+/// What the proxy reads of its node: the table, the sync state and GoRouter health, and the
+/// policies in force.
 #[derive(Debug)]
 struct NodeView {
     table: Arc<Table>,
     health: Arc<Health>,
+    policies: Arc<PolicyStore>,
 }
 
 impl NodeView {
@@ -140,12 +143,13 @@ impl Settings {
 }
 
 impl Proxy {
-    /// A proxy over `table`, failing open by `health`'s sync state; `remotes` when the node
-    /// is in a mesh; its listeners limited and timed by `edge`.
+    /// A proxy over `table`, failing open by `health`'s sync state and obeying `policies`;
+    /// `remotes` when the node is in a mesh; its listeners limited and timed by `edge`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         table: Arc<Table>,
         health: Arc<Health>,
+        policies: Arc<PolicyStore>,
         rules: Rules,
         gorouters: Arc<GoRouters>,
         remotes: Option<Remotes>,
@@ -155,7 +159,11 @@ impl Proxy {
         let site = HeaderValue::from_str(&rules.site)
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Arc::new(Proxy {
-            node: NodeView { table, health },
+            node: NodeView {
+                table,
+                health,
+                policies,
+            },
             rules,
             gorouters,
             remotes,
@@ -168,9 +176,26 @@ impl Proxy {
         })
     }
 
-    /// The decision for one request: the one place the proxy reads the node's table and
-    /// sync state.
-    fn decide(&self, ask: decide::Ask<'_>) -> (Decision, Option<RouteMatch>) {
-        decide::decide(&self.node.table, &self.rules, self.node.sync(), ask)
+    /// The decision for one request: the one place the proxy reads the node's table, sync
+    /// state and policies. Without any policy in force that costs one atomic load.
+    /// `spend_turn` as [`decide::Policy::spend_turn`] says.
+    fn decide(&self, ask: decide::Ask<'_>, spend_turn: bool) -> (Decision, Option<RouteMatch>) {
+        let Some(policies) = self.node.policies.active() else {
+            return decide::decide(&self.node.table, &self.rules, self.node.sync(), None, ask);
+        };
+        let facts = self.node.policies.facts();
+        let policy = decide::Policy {
+            policies: &policies,
+            facts: &facts,
+            local_healthy: self.node.health.gorouters_healthy(),
+            spend_turn,
+        };
+        decide::decide(
+            &self.node.table,
+            &self.rules,
+            self.node.sync(),
+            Some(policy),
+            ask,
+        )
     }
 }

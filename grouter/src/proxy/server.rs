@@ -156,7 +156,7 @@ async fn handle(
         from_peer: conn.peer.is_some(),
         host_conflict: super::edge::host_conflict(&parts),
     };
-    let (decision, route) = proxy.decide(ask);
+    let (decision, route) = proxy.decide(ask, true);
     let mut log = Access::new(decision_name(&decision));
     // The other site that answered, if one did; else this site answered.
     let mut served_by = None;
@@ -170,6 +170,7 @@ async fn handle(
             own_error(&mut log, &RouterError::InvalidHost)
         }
         Decision::NotFound => own_error(&mut log, &RouterError::UnknownRoute(host.to_string())),
+        Decision::NoEndpoints => own_error(&mut log, &RouterError::NoEndpoints(host.to_string())),
         Decision::Redirect { location, .. } => error::redirect(location),
         Decision::Local { .. } | Decision::FailOpen | Decision::Remote { .. } => {
             let targets = proxy.targets(&decision, route.as_ref());

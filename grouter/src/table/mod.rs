@@ -806,6 +806,16 @@ impl Table {
             .map(|(v, n)| (v.clone(), n.clone()))
     }
 
+    /// The version at which `holder`'s partition holds config `key`.
+    pub fn config_version(&self, holder: &str, key: &str) -> Option<u64> {
+        self.partitions
+            .read()
+            .get(holder)?
+            .config
+            .get(key)
+            .map(|(v, _)| *v)
+    }
+
     /// This node's own write of config `key`, if any.
     pub fn own_config(&self, key: &str) -> Option<Arc<ConfigValue>> {
         self.with_local_partition(|p| p.config(key).cloned())?
