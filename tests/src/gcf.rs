@@ -627,3 +627,158 @@ async fn gcf_warns_when_a_write_is_not_replicated_yet() {
     let replies: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(replies[0]["replicated"], false, "{out}");
 }
+
+/// Issue 13: `gcf upload-cert` at one node, and the other serves it by SNI; `gcf certs`
+/// lists it with the nodes serving it; bad files and refused certificates write nothing;
+/// a read token cannot upload; `gcf delete-cert` removes it everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcf_uploads_lists_and_deletes_certificates() {
+    const HOST: &str = "shop.apps.example.com";
+    let certs = grouter_tests::AppCerts::new();
+    certs.issue("default", "default.example.com");
+    let dir = certs.dir.path();
+    let ca = MeshCa::new();
+    let buses = [NatsServer::start(), NatsServer::start()];
+    let lon = Node::builder("lon-1", "lon")
+        .nats(&buses[0].url())
+        .mesh(&ca, &[])
+        .https(dir, &dir.join("default.pem"), &dir.join("default.key"))
+        .read_token()
+        .start()
+        .await;
+    let nyc = Node::builder("nyc-1", "nyc")
+        .nats(&buses[1].url())
+        .mesh(&ca, &[lon.mesh_addr()])
+        .https(dir, &dir.join("default.pem"), &dir.join("default.key"))
+        .start()
+        .await;
+    for n in [&lon, &nyc] {
+        wait_until(30 * SEC, "a two-node mesh", || async {
+            (n.json("/v1/status").await["peers_connected"].as_u64()? >= 1).then_some(())
+        })
+        .await;
+    }
+    let files = tempfile::tempdir().expect("tempdir");
+    let (chain, key, leaf) = certs.issue_pem(&[HOST], None);
+    let (cert_file, key_file) = (files.path().join("shop.pem"), files.path().join("shop.key"));
+    std::fs::write(&cert_file, &chain).expect("cert");
+    std::fs::write(&key_file, &key).expect("key");
+    let (cert_arg, key_arg) = (path_str(&cert_file), path_str(&key_file));
+
+    let gcf = Gcf::target(&lon, lon.token());
+    // The default certificate is no upload (and default.pem names no host): none listed.
+    assert_eq!(gcf.ok(&["certs"]), "No certificates found.\n");
+    let before = lon.json("/v1/certs").await;
+
+    // Refused before anything is sent, or by the node: nothing is stored.
+    let missing = path_str(files.path()).to_owned() + "/missing.key";
+    let err = gcf.fails(
+        2,
+        &["upload-cert", HOST, "--cert", cert_arg, "--key", &missing],
+    );
+    assert!(err.contains(&format!("--key {missing}: ")), "{err}");
+    let garbage = files.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").expect("garbage");
+    let err = gcf.fails(
+        1,
+        &[
+            "upload-cert",
+            HOST,
+            "--cert",
+            path_str(&garbage),
+            "--key",
+            key_arg,
+        ],
+    );
+    assert!(
+        err.contains("400 Bad Request") && err.contains("(field cert_pem)"),
+        "{err}"
+    );
+    let err = gcf.fails(
+        1,
+        &[
+            "upload-cert",
+            "other.apps.example.com",
+            "--cert",
+            cert_arg,
+            "--key",
+            key_arg,
+        ],
+    );
+    assert!(err.contains("(field host)"), "{err}");
+    let reader = Gcf::target(&lon, lon.read_token());
+    let err = reader.fails(
+        1,
+        &["upload-cert", HOST, "--cert", cert_arg, "--key", key_arg],
+    );
+    assert!(
+        err.contains("403 Forbidden: this token may only read"),
+        "{err}"
+    );
+    assert_eq!(lon.json("/v1/certs").await, before);
+
+    // Uploaded at lon, served by nyc.
+    let out = gcf.ok(&["upload-cert", HOST, "--cert", cert_arg, "--key", key_arg]);
+    assert!(
+        out.starts_with(&format!(
+            "Uploading certificate for {HOST}...\nOK\n\nhost:        {HOST}\nsans:        {HOST}\n"
+        )) && out.contains("\nsha-256:     "),
+        "{out}"
+    );
+    wait_until(3 * SEC, "nyc serves the upload by SNI", || async {
+        (certs.served(nyc.https_addr(), HOST).await.as_ref() == Some(&leaf)).then_some(())
+    })
+    .await;
+    let row = wait_until(10 * SEC, "gcf certs: both nodes serve it", || async {
+        let out = gcf.ok(&["certs"]);
+        let row = out.lines().find(|l| l.starts_with(HOST))?.to_owned();
+        row.ends_with("lon-1, nyc-1").then_some(row)
+    })
+    .await;
+    let words: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(words[..2], [HOST, "upload"], "{row}");
+    assert_eq!(words[3], HOST, "sans: {row}");
+    let listed: Value = serde_json::from_str(&gcf.ok(&["certs", "--json"])).expect("json");
+    assert!(
+        listed["certs"]
+            .as_array()
+            .expect("certs")
+            .iter()
+            .any(|c| c["host"] == HOST && c["source"] == "upload" && c.get("key_pem").is_none()),
+        "{listed}"
+    );
+
+    // A read token may list but not delete.
+    assert!(reader.ok(&["certs"]).contains(HOST));
+    let err = reader.fails(1, &["delete-cert", HOST]);
+    assert!(err.contains("403 Forbidden"), "{err}");
+
+    let out = gcf.ok(&["delete-cert", HOST, "--json"]);
+    let reply: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(reply["key"], format!("cert/{HOST}"), "{out}");
+    wait_until(3 * SEC, "nyc no longer serves it", || async {
+        certs
+            .served(nyc.https_addr(), HOST)
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let err = gcf.fails(1, &["delete-cert", HOST]);
+    assert!(
+        err.contains(&format!("No uploaded certificate for '{HOST}'.")),
+        "{err}"
+    );
+    let out = gcf.ok(&["audit"]);
+    for action in ["put", "delete"] {
+        assert!(
+            out.lines().any(|l| l.split_whitespace().skip(1).eq([
+                "lon-1",
+                "write",
+                action,
+                &format!("cert/{HOST}")
+            ])),
+            "{out}"
+        );
+    }
+}
