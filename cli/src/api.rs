@@ -133,12 +133,58 @@ impl Client {
         Ok(health)
     }
 
+    /// The URL of `/v1/<segments...>`, each segment percent-encoded (a route host such as
+    /// `*.apps.example.com` or a site name is one segment, never a path).
+    pub fn v1_url(&self, segments: &[&str]) -> Url {
+        let mut url = self.url("/v1", &[]);
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.extend(segments);
+        }
+        url
+    }
+
     /// `GET path?query` with the bearer token; the body must be JSON.
     pub fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<JsonBody> {
         let url = self.url(path, query);
-        let mut req = self.http.get(url.clone());
+        self.send(Method::Get, url, None)?.found()
+    }
+
+    /// `GET /v1/<segments...>`; `None` when the API answers 404 (no value for that key).
+    pub fn get_opt(&self, segments: &[&str]) -> Result<Option<JsonBody>> {
+        Ok(self
+            .send(Method::Get, self.v1_url(segments), None)?
+            .into_option())
+    }
+
+    /// `PUT /v1/<segments...>` with the JSON `body`; a 404 is an error like any other.
+    pub fn put(&self, segments: &[&str], body: &Value) -> Result<JsonBody> {
+        self.send(Method::Put, self.v1_url(segments), Some(body))?
+            .found()
+    }
+
+    /// `DELETE /v1/<segments...>`; `None` when the API answers 404 (nothing to delete,
+    /// nothing written).
+    pub fn delete(&self, segments: &[&str]) -> Result<Option<JsonBody>> {
+        Ok(self
+            .send(Method::Delete, self.v1_url(segments), None)?
+            .into_option())
+    }
+
+    /// One request with the bearer token. 401 is [`UNAUTHORIZED`]; other failures name
+    /// the URL, the status and the API's `error` (and `field`, for a refused write).
+    fn send(&self, method: Method, url: Url, body: Option<&Value>) -> Result<Reply> {
+        let mut req = match method {
+            Method::Get => self.http.get(url.clone()),
+            Method::Put => self.http.put(url.clone()),
+            Method::Delete => self.http.delete(url.clone()),
+        };
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
         }
         let resp = req.send().map_err(|e| network_error(&url, &e))?;
         let status = resp.status();
@@ -146,15 +192,48 @@ impl Client {
         if status == StatusCode::UNAUTHORIZED {
             return Err(anyhow!(UNAUTHORIZED));
         }
+        if status == StatusCode::NOT_FOUND {
+            return Ok(Reply::NotFound(status_error(&url, status, &text)));
+        }
         if !status.is_success() {
             return Err(status_error(&url, status, &text));
         }
         serde_json::from_str::<IgnoredAny>(&text)
             .with_context(|| format!("{url}: the response is not JSON"))?;
-        Ok(JsonBody {
+        Ok(Reply::Found(JsonBody {
             url: url.to_string(),
             text,
-        })
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Get,
+    Put,
+    Delete,
+}
+
+/// A request's outcome: a JSON body, or a 404 kept as the error it is where a 404 is not
+/// expected.
+enum Reply {
+    Found(JsonBody),
+    NotFound(anyhow::Error),
+}
+
+impl Reply {
+    fn found(self) -> Result<JsonBody> {
+        match self {
+            Reply::Found(body) => Ok(body),
+            Reply::NotFound(err) => Err(err),
+        }
+    }
+
+    fn into_option(self) -> Option<JsonBody> {
+        match self {
+            Reply::Found(body) => Some(body),
+            Reply::NotFound(_) => None,
+        }
     }
 }
 
@@ -176,8 +255,14 @@ fn status_error(url: &Url, status: StatusCode, body: &str) -> anyhow::Error {
     #[derive(Deserialize)]
     struct ErrorBody {
         error: String,
+        #[serde(default)]
+        field: Option<String>,
     }
     let detail = match serde_json::from_str::<ErrorBody>(body) {
+        Ok(ErrorBody {
+            error,
+            field: Some(field),
+        }) if !field.is_empty() => format!("{error} (field {field})"),
         Ok(e) => e.error,
         // Not our JSON (a proxy's HTML page, say): a short, single-line excerpt.
         Err(_) => body
@@ -275,6 +360,8 @@ pub struct SiteInfo {
     /// The site's GRouter nodes.
     #[serde(deserialize_with = "nullable")]
     pub nodes: Vec<SiteNode>,
+    /// Whether a site policy drains the whole site (issue 13; absent from older nodes).
+    pub drained: Option<bool>,
 }
 
 /// One node of a site.
@@ -378,6 +465,161 @@ pub struct AppSite {
     /// The app's GUIDs at that site's foundation (one, unless it was re-created).
     #[serde(deserialize_with = "nullable")]
     pub app_guids: Vec<String>,
+}
+
+/// The metadata every stored config value carries (`GET /v1/policies…`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Written {
+    /// The value's hybrid logical clock, `"<physical_ms>.<counter>@<node_id>"`.
+    #[serde(deserialize_with = "nullable")]
+    pub hlc: String,
+    /// The node that accepted the write.
+    #[serde(deserialize_with = "nullable")]
+    pub written_by: String,
+    /// When that node accepted it (Unix milliseconds).
+    pub written_at_ms: Option<u64>,
+}
+
+/// `GET /v1/policies`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PoliciesBody {
+    /// Route policies, sorted by host.
+    #[serde(deserialize_with = "nullable")]
+    pub routes: Vec<RoutePolicyEntry>,
+    /// Site policies, sorted by site.
+    #[serde(deserialize_with = "nullable")]
+    pub sites: Vec<SitePolicyEntry>,
+}
+
+/// One route policy (`GET /v1/policies/routes/{host}` and the `routes` of `GET /v1/policies`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RoutePolicyEntry {
+    /// Route host (lower case; `*.domain` for a wildcard).
+    #[serde(deserialize_with = "nullable")]
+    pub host: String,
+    /// `{mode, regions, weights, drained}`, kept as JSON so that a read-modify-write
+    /// carries fields a newer node knows and this gcf does not.
+    #[serde(deserialize_with = "nullable")]
+    pub policy: Value,
+    /// Who wrote it, when.
+    #[serde(flatten)]
+    pub written: Written,
+}
+
+/// One site policy (`GET /v1/policies/sites/{site}` and the `sites` of `GET /v1/policies`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SitePolicyEntry {
+    /// Site name.
+    #[serde(deserialize_with = "nullable")]
+    pub site: String,
+    /// `{drained}`.
+    #[serde(deserialize_with = "nullable")]
+    pub policy: Value,
+    /// Who wrote it, when.
+    #[serde(flatten)]
+    pub written: Written,
+}
+
+/// The answer to a `PUT` or `DELETE` of a config value (policies and certificates).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct WriteReply {
+    /// The key written, e.g. `policy/route/shop.apps.example.com`.
+    #[serde(deserialize_with = "nullable")]
+    pub key: String,
+    /// The write's HLC; its `@node` suffix names the node that stored it.
+    #[serde(deserialize_with = "nullable")]
+    pub hlc: String,
+    /// False when no peer was connected: stored at this node only, for now.
+    pub replicated: Option<bool>,
+    /// Certificate uploads: the host.
+    pub host: Option<String>,
+    /// Certificate uploads: the names the certificate covers.
+    #[serde(deserialize_with = "nullable")]
+    pub sans: Vec<String>,
+    /// Certificate uploads: expiry (RFC 3339).
+    pub not_after: Option<String>,
+    /// Certificate uploads: SHA-256 of the leaf, hex.
+    pub fingerprint_sha256: Option<String>,
+}
+
+impl WriteReply {
+    /// The node that stored the write: the HLC's `@node` suffix.
+    pub fn node(&self) -> Option<&str> {
+        self.hlc
+            .rsplit_once('@')
+            .map(|(_, node)| node)
+            .filter(|n| !n.is_empty())
+    }
+}
+
+/// `GET /v1/certs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CertsBody {
+    /// Every certificate the mesh knows, metadata only.
+    #[serde(deserialize_with = "nullable")]
+    pub certs: Vec<CertInfo>,
+}
+
+/// One certificate's metadata (never its key).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CertInfo {
+    /// The host it was stored under.
+    #[serde(deserialize_with = "nullable")]
+    pub host: String,
+    /// Names it covers.
+    #[serde(deserialize_with = "nullable")]
+    pub sans: Vec<String>,
+    /// Expiry, RFC 3339.
+    pub not_after: Option<String>,
+    /// SHA-256 of the leaf, hex.
+    pub fingerprint_sha256: Option<String>,
+    /// `file`, `upload` or `acme`.
+    pub source: Option<String>,
+    /// Nodes that serve it by SNI now.
+    #[serde(deserialize_with = "nullable")]
+    pub nodes_serving: Vec<String>,
+}
+
+/// `GET /v1/audit`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AuditBody {
+    /// The node's own writes, newest first.
+    #[serde(deserialize_with = "nullable")]
+    pub entries: Vec<AuditEntry>,
+}
+
+/// One audited write.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AuditEntry {
+    /// When (Unix milliseconds).
+    pub at_ms: Option<u64>,
+    /// The write's HLC.
+    #[serde(deserialize_with = "nullable")]
+    pub hlc: String,
+    /// The node that accepted it.
+    #[serde(deserialize_with = "nullable")]
+    pub node_id: String,
+    /// The kind of token that made it (`write`).
+    #[serde(deserialize_with = "nullable")]
+    pub token: String,
+    /// `put` or `delete`.
+    #[serde(deserialize_with = "nullable")]
+    pub action: String,
+    /// The key written.
+    #[serde(deserialize_with = "nullable")]
+    pub key: String,
+    /// A one-line description of the change.
+    #[serde(deserialize_with = "nullable")]
+    pub summary: String,
 }
 
 /// `GET /v1/peers`, whose shape is not fixed yet: `{"peers": [...]}` or a bare array.

@@ -14,10 +14,13 @@ use std::path::Path;
 use anyhow::{Result, anyhow, bail};
 use serde_json::Value;
 
+use crate::UsageError;
 use crate::api::{
-    App, AppsBody, Client, JsonText, Peer, PeersBody, Route, RoutesBody, SiteInfo, SitesBody,
-    Status,
+    App, AppsBody, AuditBody, AuditEntry, CertInfo, CertsBody, Client, JsonBody, JsonText, Peer,
+    PeersBody, PoliciesBody, Route, RoutePolicyEntry, RoutesBody, SiteInfo, SitePolicyEntry,
+    SitesBody, Status, WriteReply,
 };
+use crate::policy::{self, Edit, Mode, Plan, Policy};
 use crate::table;
 use crate::target::{self, Target};
 
@@ -35,6 +38,19 @@ pub const ROUTES_HEADERS: [&str; 4] = ["host", "path", "app", "sites"];
 pub const APPS_HEADERS: [&str; 6] = ["name", "org", "space", "sites", "instances", "routes"];
 /// Headers of the per-site table of `gcf app`.
 pub const APP_SITES_HEADERS: [&str; 3] = ["site", "instances", "app guid"];
+
+/// Headers of the route policy tables (`gcf policies` adds `updated` and `by`).
+pub const ROUTE_POLICY_HEADERS: [&str; 7] = [
+    "host", "mode", "regions", "weights", "drained", "updated", "by",
+];
+/// Headers of the site policy table of `gcf policies`.
+pub const SITE_POLICY_HEADERS: [&str; 4] = ["site", "drained", "updated", "by"];
+/// Headers of the table an app-level policy command prints after `OK`.
+pub const EDIT_HEADERS: [&str; 6] = ["host", "write", "mode", "regions", "weights", "drained"];
+/// Headers of `gcf certs`.
+pub const CERTS_HEADERS: [&str; 5] = ["host", "source", "not after", "sans", "nodes serving"];
+/// Headers of `gcf audit`.
+pub const AUDIT_HEADERS: [&str; 5] = ["time", "node", "token", "action", "key"];
 
 /// A client for the saved target, or the cf-like "No API endpoint set" error.
 pub fn connect(config: &Path) -> Result<Client> {
@@ -165,7 +181,8 @@ pub fn sites(client: &Client, json: bool, out: &mut dyn Write) -> Result<()> {
     )
 }
 
-/// Rows of `gcf sites`: nodes as `lon-1 (alive), lon-2 (suspect)`.
+/// Rows of `gcf sites`: nodes as `lon-1 (alive), lon-2 (suspect)`; a site drained by a
+/// site policy reads `yes (drained)` in the healthy column.
 pub fn site_rows(sites: &[SiteInfo]) -> Vec<Vec<String>> {
     sites
         .iter()
@@ -184,9 +201,14 @@ pub fn site_rows(sites: &[SiteInfo]) -> Vec<Vec<String>> {
             vec![
                 s.site.clone(),
                 opt(s.region.as_deref()),
-                s.healthy
-                    .map_or(MISSING, |h| if h { "yes" } else { "no" })
-                    .to_owned(),
+                {
+                    let healthy = s.healthy.map_or(MISSING, |h| if h { "yes" } else { "no" });
+                    if s.drained == Some(true) {
+                        format!("{healthy} (drained)")
+                    } else {
+                        healthy.to_owned()
+                    }
+                },
                 s.rtt_ms.map_or_else(|| MISSING.to_owned(), format_rtt),
                 opt(s.routes),
                 if nodes.is_empty() {
@@ -416,16 +438,23 @@ pub fn app_detail(app: &App) -> String {
     out
 }
 
-/// A policy object as `key=value, ...`; `default` when there is none.
+/// A policy object as `key=value; ...`; `default` when there is none.
+///
+/// Fields that set nothing (`"mode": null`) are left out, and fields are separated by
+/// `; ` since a list value has commas of its own: `regions=eu, us; weights=lon=3, nyc=1`.
 fn policy_text(policy: &Value) -> String {
     match policy {
         Value::Null => "default".to_owned(),
-        Value::Object(map) if map.is_empty() => "default".to_owned(),
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| format!("{k}={}", cell(v)))
-            .collect::<Vec<_>>()
-            .join(", "),
+        Value::Object(map) => {
+            let set = policy::normalize(map);
+            if set.is_empty() {
+                return "default".to_owned();
+            }
+            set.iter()
+                .map(|(k, v)| format!("{k}={}", cell(v)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
         other => cell(other),
     }
 }
@@ -477,6 +506,615 @@ pub fn peer_table(peers: &[Peer]) -> (Vec<String>, Vec<Vec<String>>) {
         })
         .collect();
     (headers, rows)
+}
+
+/// `gcf policies`: every route and site policy in force.
+pub fn policies(client: &Client, json: bool, out: &mut dyn Write) -> Result<()> {
+    let body = client.get("/v1/policies", &[])?;
+    if json {
+        return print_json(body.text(), out);
+    }
+    let policies: PoliciesBody = body.parse()?;
+    writeln!(out, "route policies")?;
+    print_table(
+        &ROUTE_POLICY_HEADERS,
+        &route_policy_rows(&policies.routes),
+        "No route policies.",
+        out,
+    )?;
+    writeln!(out)?;
+    writeln!(out, "site policies")?;
+    print_table(
+        &SITE_POLICY_HEADERS,
+        &site_policy_rows(&policies.sites),
+        "No site policies.",
+        out,
+    )
+}
+
+/// Rows of the route policies of `gcf policies`: unset fields `-`, regions and drained
+/// sites as `eu, us`, weights as `lon=3, nyc=1`, the write's time (UTC) and node.
+pub fn route_policy_rows(entries: &[RoutePolicyEntry]) -> Vec<Vec<String>> {
+    entries
+        .iter()
+        .map(|e| {
+            let mut row = vec![e.host.clone()];
+            row.extend(policy_cells(&e.policy));
+            row.push(
+                e.written
+                    .written_at_ms
+                    .map_or_else(|| MISSING.to_owned(), format_time_ms),
+            );
+            row.push(or_missing(&e.written.written_by));
+            row
+        })
+        .collect()
+}
+
+/// Rows of the site policies of `gcf policies`.
+pub fn site_policy_rows(entries: &[SitePolicyEntry]) -> Vec<Vec<String>> {
+    entries
+        .iter()
+        .map(|e| {
+            let drained = match e.policy.get("drained") {
+                Some(Value::Bool(true)) => "yes",
+                Some(Value::Bool(false)) => "no",
+                _ => MISSING,
+            };
+            vec![
+                e.site.clone(),
+                drained.to_owned(),
+                e.written
+                    .written_at_ms
+                    .map_or_else(|| MISSING.to_owned(), format_time_ms),
+                or_missing(&e.written.written_by),
+            ]
+        })
+        .collect()
+}
+
+/// `mode`, `regions`, `weights`, `drained` of a route policy as cells.
+fn policy_cells(policy: &Value) -> [String; 4] {
+    ["mode", "regions", "weights", "drained"]
+        .map(|k| policy.get(k).map_or_else(|| MISSING.to_owned(), cell))
+}
+
+/// The route hosts an app-level command writes to, and how its messages name them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Hosts {
+    /// `app shop` or `route shop.apps.example.com`.
+    pub label: String,
+    /// Distinct lower-case route hosts, in the app's order.
+    pub hosts: Vec<String>,
+}
+
+/// The route hosts `name` stands for: an app's (by name, `org/space/name`, id or GUID, as
+/// `gcf app`), else a route host the mesh knows. Unknown names fail as `gcf app` does.
+pub fn resolve_hosts(apps: &[App], routes: &[Route], name: &str) -> Result<Hosts> {
+    match find_app(apps, name) {
+        Ok(i) => {
+            let app = &apps[i];
+            let hosts = policy::route_hosts(app.routes.iter().map(String::as_str));
+            if hosts.is_empty() {
+                bail!(
+                    "App '{}' has no routes: there is nothing to apply a route policy to.",
+                    app_name(app)
+                );
+            }
+            Ok(Hosts {
+                label: format!("app {}", app_name(app)),
+                hosts,
+            })
+        }
+        Err(not_an_app) => {
+            let host = name.to_ascii_lowercase();
+            let known = routes.iter().any(|r| r.host.eq_ignore_ascii_case(&host))
+                || apps.iter().any(|a| {
+                    policy::route_hosts(a.routes.iter().map(String::as_str)).contains(&host)
+                });
+            if known {
+                Ok(Hosts {
+                    label: format!("route {host}"),
+                    hosts: vec![host],
+                })
+            } else {
+                Err(not_an_app)
+            }
+        }
+    }
+}
+
+/// Refuse an edit that names a site or region no site of the mesh has, before anything
+/// is written. (`Undrain` is checked by its caller: a site that left the mesh may still
+/// be listed in a policy, and undraining it must stay possible.)
+pub fn check_edit(edit: &Edit, sites: &[SiteInfo]) -> Result<()> {
+    match edit {
+        Edit::Pin(regions) => {
+            let known: Vec<&str> = {
+                // A site without a region is listed with `""` (or `null`): no region.
+                let mut r: Vec<&str> = sites
+                    .iter()
+                    .filter_map(|s| s.region.as_deref())
+                    .filter(|r| !r.is_empty())
+                    .collect();
+                r.sort_unstable();
+                r.dedup();
+                r
+            };
+            for region in regions {
+                if !known.contains(&region.as_str()) {
+                    bail!(
+                        "Region '{region}' not found: no site is in it (regions: {}).",
+                        list_or_none(&known)
+                    );
+                }
+            }
+            Ok(())
+        }
+        Edit::Weights(weights) => {
+            for (site, _) in weights {
+                check_site(site, sites)?;
+            }
+            Ok(())
+        }
+        Edit::Drain(site) => check_site(site, sites),
+        Edit::Unpin | Edit::Mode(_) | Edit::Undrain(_) => Ok(()),
+    }
+}
+
+/// `Site 'x' not found.` unless `site` is one of `sites`.
+fn check_site(site: &str, sites: &[SiteInfo]) -> Result<()> {
+    if sites.iter().any(|s| s.site == site) {
+        return Ok(());
+    }
+    let names: Vec<&str> = sites.iter().map(|s| s.site.as_str()).collect();
+    bail!("Site '{site}' not found (sites: {}).", list_or_none(&names))
+}
+
+fn list_or_none(items: &[&str]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// `gcf pin APP --regions eu,us`.
+pub fn pin(
+    client: &Client,
+    app: &str,
+    regions: &[String],
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let doing = |label: &str| format!("Pinning {label} to regions {}...", regions.join(", "));
+    edit_routes(client, app, &Edit::Pin(regions.to_vec()), &doing, json, out)
+}
+
+/// `gcf unpin APP`.
+pub fn unpin(client: &Client, app: &str, json: bool, out: &mut dyn Write) -> Result<()> {
+    let doing = |label: &str| format!("Unpinning {label}...");
+    edit_routes(client, app, &Edit::Unpin, &doing, json, out)
+}
+
+/// `gcf weights APP lon=3,nyc=1`.
+pub fn weights(
+    client: &Client,
+    app: &str,
+    weights: &[(String, u32)],
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let text = policy::weights_text(weights);
+    let doing = |label: &str| format!("Setting weights {text} for {label}...");
+    edit_routes(
+        client,
+        app,
+        &Edit::Weights(weights.to_vec()),
+        &doing,
+        json,
+        out,
+    )
+}
+
+/// `gcf set-routing APP --mode proxy|redirect`.
+pub fn set_routing(
+    client: &Client,
+    app: &str,
+    mode: Mode,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let doing = |label: &str| format!("Setting routing mode of {label} to {}...", mode.as_str());
+    edit_routes(client, app, &Edit::Mode(mode), &doing, json, out)
+}
+
+/// `gcf drain --site S [APP]`: the whole site (a site policy), or only APP's routes.
+pub fn drain(
+    client: &Client,
+    site: &str,
+    app: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    match app {
+        Some(app) => {
+            let doing = |label: &str| format!("Draining site {site} for {label}...");
+            edit_routes(
+                client,
+                app,
+                &Edit::Drain(site.to_owned()),
+                &doing,
+                json,
+                out,
+            )
+        }
+        None => edit_site(client, site, true, json, out),
+    }
+}
+
+/// `gcf undrain --site S [APP]`.
+pub fn undrain(
+    client: &Client,
+    site: &str,
+    app: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    match app {
+        Some(app) => {
+            let doing = |label: &str| format!("Undraining site {site} for {label}...");
+            edit_routes(
+                client,
+                app,
+                &Edit::Undrain(site.to_owned()),
+                &doing,
+                json,
+                out,
+            )
+        }
+        None => edit_site(client, site, false, json, out),
+    }
+}
+
+/// One route host's current policy and the write it needs.
+#[derive(Debug)]
+pub struct HostPlan {
+    /// The route host.
+    pub host: String,
+    /// Its policy before (`None`: it had none).
+    pub current: Option<Policy>,
+    /// What it needs.
+    pub plan: Plan,
+}
+
+/// The read-modify-write behind every app-level policy command: resolve the hosts, check
+/// the edit, read every host's policy, and only then write (a `PUT` per changed host, a
+/// `DELETE` where nothing is left, nothing where nothing changes).
+fn edit_routes(
+    client: &Client,
+    name: &str,
+    edit: &Edit,
+    doing: &dyn Fn(&str) -> String,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let apps: AppsBody = client.get("/v1/apps", &[])?.parse()?;
+    let routes: RoutesBody = client.get("/v1/routes", &[])?.parse()?;
+    let target = resolve_hosts(&apps.apps, &routes.routes, name)?;
+    let sites: SitesBody = client.get("/v1/sites", &[])?.parse()?;
+    check_edit(edit, &sites.sites)?;
+    let mut plans = Vec::with_capacity(target.hosts.len());
+    for host in &target.hosts {
+        let current = match client.get_opt(&["policies", "routes", host])? {
+            Some(body) => Some(policy_object(&body.parse::<RoutePolicyEntry>()?.policy)),
+            None => None,
+        };
+        let plan = policy::plan(current.as_ref(), edit);
+        plans.push(HostPlan {
+            host: host.clone(),
+            current,
+            plan,
+        });
+    }
+    if let Edit::Undrain(site) = edit {
+        let listed = plans.iter().any(|p| {
+            p.current
+                .as_ref()
+                .is_some_and(|c| policy::drained(c).contains(site))
+        });
+        if !listed {
+            check_site(site, &sites.sites)?;
+        }
+    }
+    if !json {
+        writeln!(out, "{}", doing(&target.label))?;
+        out.flush()?;
+    }
+    let mut replies: Vec<JsonBody> = Vec::new();
+    let mut written: Vec<&str> = Vec::new();
+    for p in &plans {
+        let segments = ["policies", "routes", p.host.as_str()];
+        let reply = match &p.plan {
+            Plan::Unchanged => continue,
+            Plan::Put(policy) => client
+                .put(&segments, &Value::Object(policy.clone()))
+                .map(Some),
+            // None: deleted elsewhere since the read, so nothing is left to delete.
+            Plan::Delete => client.delete(&segments),
+        };
+        match reply {
+            Ok(body) => {
+                replies.extend(body);
+                written.push(&p.host);
+            }
+            Err(err) => return Err(partial_failure(err, &written)),
+        }
+    }
+    finish_writes(&replies, json, out)?;
+    if !json {
+        writeln!(out)?;
+        out.write_all(table::render(&EDIT_HEADERS, &edit_rows(&plans)).as_bytes())?;
+    }
+    Ok(())
+}
+
+/// A failed write after others succeeded: say which ones, since nothing is rolled back.
+fn partial_failure(err: anyhow::Error, written: &[&str]) -> anyhow::Error {
+    if written.is_empty() {
+        err
+    } else {
+        anyhow!(
+            "{err:#}\nAlready written: {}. Run the command again to finish.",
+            written.join(", ")
+        )
+    }
+}
+
+/// The `policy` of a route policy entry as an object (anything else: empty).
+fn policy_object(value: &Value) -> Policy {
+    value.as_object().cloned().unwrap_or_default()
+}
+
+/// Rows of the table after an app-level policy command: each host, what was written
+/// (`updated`, `deleted`, `unchanged`) and its policy now.
+pub fn edit_rows(plans: &[HostPlan]) -> Vec<Vec<String>> {
+    plans
+        .iter()
+        .map(|p| {
+            let (write, now) = match &p.plan {
+                Plan::Unchanged => ("unchanged", p.current.clone().unwrap_or_default()),
+                Plan::Put(policy) => ("updated", policy.clone()),
+                Plan::Delete => ("deleted", Policy::new()),
+            };
+            let mut row = vec![p.host.clone(), write.to_owned()];
+            row.extend(policy_cells(&Value::Object(policy::normalize(&now))));
+            row
+        })
+        .collect()
+}
+
+/// `drain --site S` / `undrain --site S` without an app: the site policy.
+fn edit_site(
+    client: &Client,
+    site: &str,
+    drained: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let sites: SitesBody = client.get("/v1/sites", &[])?.parse()?;
+    let segments = ["policies", "sites", site];
+    let current = match client.get_opt(&segments)? {
+        Some(body) => Some(policy_object(&body.parse::<SitePolicyEntry>()?.policy)),
+        None => None,
+    };
+    // Undraining a site that left the mesh must stay possible while a policy names it.
+    if drained || current.is_none() {
+        check_site(site, &sites.sites)?;
+    }
+    let plan = policy::site_plan(current.as_ref(), drained);
+    if !json {
+        let verb = if drained { "Draining" } else { "Undraining" };
+        writeln!(out, "{verb} site {site}...")?;
+        out.flush()?;
+    }
+    let reply = match plan {
+        Plan::Unchanged => None,
+        Plan::Put(policy) => Some(client.put(&segments, &Value::Object(policy))?),
+        Plan::Delete => client.delete(&segments)?,
+    };
+    let replies: Vec<JsonBody> = reply.into_iter().collect();
+    if !json && replies.is_empty() {
+        let state = if drained {
+            "already drained"
+        } else {
+            "not drained"
+        };
+        writeln!(out, "Site {site} is {state}.")?;
+    }
+    finish_writes(&replies, json, out)
+}
+
+/// After the writes: `--json` prints the replies as one JSON array (empty when nothing
+/// needed writing); otherwise a warning for every write no peer has yet, then `OK`.
+fn finish_writes(replies: &[JsonBody], json: bool, out: &mut dyn Write) -> Result<()> {
+    if json {
+        let texts: Vec<&str> = replies.iter().map(JsonBody::text).collect();
+        return print_json(&format!("[{}]", texts.join(",")), out);
+    }
+    let parsed: Vec<WriteReply> = replies.iter().map(JsonBody::parse).collect::<Result<_>>()?;
+    for line in unreplicated_warnings(&parsed) {
+        writeln!(out, "{line}")?;
+    }
+    writeln!(out, "OK")?;
+    Ok(())
+}
+
+/// One warning per node that stored a write no peer has received yet.
+pub fn unreplicated_warnings(replies: &[WriteReply]) -> Vec<String> {
+    let mut nodes: Vec<&str> = Vec::new();
+    for reply in replies.iter().filter(|r| r.replicated == Some(false)) {
+        let node = reply.node().unwrap_or("this node");
+        if !nodes.contains(&node) {
+            nodes.push(node);
+        }
+    }
+    nodes
+        .iter()
+        .map(|node| {
+            format!(
+                "Warning: no peer is connected: stored at {node} only until peers connect, then it spreads to the mesh."
+            )
+        })
+        .collect()
+}
+
+/// `gcf certs`.
+pub fn certs(client: &Client, json: bool, out: &mut dyn Write) -> Result<()> {
+    let body = client.get("/v1/certs", &[])?;
+    if json {
+        return print_json(body.text(), out);
+    }
+    let certs: CertsBody = body.parse()?;
+    print_table(
+        &CERTS_HEADERS,
+        &cert_rows(&certs.certs),
+        "No certificates found.",
+        out,
+    )
+}
+
+/// Rows of `gcf certs`.
+pub fn cert_rows(certs: &[CertInfo]) -> Vec<Vec<String>> {
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            MISSING.to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    certs
+        .iter()
+        .map(|c| {
+            vec![
+                c.host.clone(),
+                opt(c.source.as_deref()),
+                opt(c.not_after.as_deref()),
+                list(&c.sans),
+                list(&c.nodes_serving),
+            ]
+        })
+        .collect()
+}
+
+/// `gcf upload-cert HOST --cert F --key F`: both files are read (and must hold something)
+/// before anything is sent.
+pub fn upload_cert(
+    client: &Client,
+    host: &str,
+    cert: &Path,
+    key: &Path,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let cert_pem = read_pem(cert, "--cert")?;
+    let key_pem = read_pem(key, "--key")?;
+    if !json {
+        writeln!(out, "Uploading certificate for {host}...")?;
+        out.flush()?;
+    }
+    let body = serde_json::json!({"cert_pem": cert_pem, "key_pem": key_pem});
+    let reply = client.put(&["certs", host], &body)?;
+    if json {
+        return print_json(reply.text(), out);
+    }
+    let parsed: WriteReply = reply.parse()?;
+    for line in unreplicated_warnings(std::slice::from_ref(&parsed)) {
+        writeln!(out, "{line}")?;
+    }
+    writeln!(out, "OK")?;
+    writeln!(out)?;
+    out.write_all(table::render_pairs(&upload_pairs(host, &parsed)).as_bytes())?;
+    Ok(())
+}
+
+/// The `key: value` lines after an upload.
+pub fn upload_pairs(host: &str, reply: &WriteReply) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "host",
+            reply.host.clone().unwrap_or_else(|| host.to_owned()),
+        ),
+        (
+            "sans",
+            if reply.sans.is_empty() {
+                MISSING.to_owned()
+            } else {
+                reply.sans.join(", ")
+            },
+        ),
+        ("not after", opt(reply.not_after.as_deref())),
+        ("sha-256", opt(reply.fingerprint_sha256.as_deref())),
+    ]
+}
+
+/// A PEM file's text; a missing, unreadable or empty file is a usage error naming `flag`.
+fn read_pem(path: &Path, flag: &str) -> Result<String> {
+    let at_fault = || format!("{flag} {}", path.display());
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| UsageError::new(format!("{}: {err}", at_fault())))?;
+    if text.trim().is_empty() {
+        return Err(UsageError::new(format!("{}: the file is empty", at_fault())).into());
+    }
+    Ok(text)
+}
+
+/// `gcf delete-cert HOST`.
+pub fn delete_cert(client: &Client, host: &str, json: bool, out: &mut dyn Write) -> Result<()> {
+    if !json {
+        writeln!(out, "Deleting certificate for {host}...")?;
+        out.flush()?;
+    }
+    let Some(reply) = client.delete(&["certs", host])? else {
+        bail!("No uploaded certificate for '{host}'.");
+    };
+    if json {
+        return print_json(reply.text(), out);
+    }
+    finish_writes(std::slice::from_ref(&reply), false, out)
+}
+
+/// `gcf audit [--limit N]`.
+pub fn audit(client: &Client, limit: Option<u32>, json: bool, out: &mut dyn Write) -> Result<()> {
+    let limit = limit.map(|n| n.to_string());
+    let query: Vec<(&str, &str)> = limit.as_deref().map(|n| ("limit", n)).into_iter().collect();
+    let body = client.get("/v1/audit", &query)?;
+    if json {
+        return print_json(body.text(), out);
+    }
+    let audit: AuditBody = body.parse()?;
+    print_table(
+        &AUDIT_HEADERS,
+        &audit_rows(&audit.entries),
+        "No writes audited at this node.",
+        out,
+    )
+}
+
+/// Rows of `gcf audit`, newest first as the API sends them.
+pub fn audit_rows(entries: &[AuditEntry]) -> Vec<Vec<String>> {
+    entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.at_ms.map_or_else(|| MISSING.to_owned(), format_time_ms),
+                or_missing(&e.node_id),
+                or_missing(&e.token),
+                or_missing(&e.action),
+                or_missing(&e.key),
+            ]
+        })
+        .collect()
 }
 
 /// A JSON value as a table cell: strings bare, `null` and empty objects as `-`, arrays of
@@ -540,6 +1178,28 @@ fn format_rtt(ms: f64) -> String {
     }
 }
 
+/// Unix milliseconds as UTC RFC 3339 to the second, `2026-12-02T06:01:02Z`.
+pub fn format_time_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 /// `3d 4h 5m 6s`, leading zero units left out.
 fn format_uptime(secs: u64) -> String {
     let units = [
@@ -581,7 +1241,7 @@ mod tests {
          "routes":["shop.apps.example.com","shop.apps.example.com/cart"],
          "sites":[{"site":"lon","instances":2,"app_guids":["5e1c-aa"]},
                   {"site":"nyc","instances":3,"app_guids":["9f00-bb"]}],
-         "policy":{"remote":"proxy","sites":["lon","nyc"]}},
+         "policy":{"remote":"proxy","sites":["lon","nyc"],"mode":null,"drained":[]}},
         {"app_id":"77b0","name":null,"org":null,"space":null,"routes":["*.apps.example.com/api"],
          "sites":[{"site":"sgp","instances":1,"app_guids":["77b0"]}],"policy":null},
         {"app_id":"acme/prod/twin","name":"twin","org":"acme","space":"prod","routes":[],"sites":[],"policy":{}},
@@ -640,7 +1300,8 @@ uptime:         1h 2m 3s
                 {"site":"lon","region":"eu","healthy":true,"rtt_ms":null,"routes":4,
                  "nodes":[{"node_id":"lon-1","state":"alive","last_seen_ms":10},
                           {"node_id":"lon-2","state":"suspect","last_seen_ms":9000}]},
-                {"site":"nyc","region":"us","healthy":false,"rtt_ms":73.2,"routes":0,"nodes":[]}]}"#,
+                {"site":"nyc","region":"us","healthy":false,"rtt_ms":73.2,"routes":0,"nodes":[]},
+                {"site":"sgp","healthy":true,"drained":true,"nodes":[]}]}"#,
         )
         .unwrap();
         assert_eq!(
@@ -655,6 +1316,7 @@ uptime:         1h 2m 3s
                     "lon-1 (alive), lon-2 (suspect)"
                 ],
                 &["nyc", "us", "no", "73ms", "0", "-"],
+                &["sgp", "-", "yes (drained)", "-", "-", "-"],
             ])
         );
     }
@@ -735,7 +1397,7 @@ app id:      acme/prod/shop
 routes:      shop.apps.example.com, shop.apps.example.com/cart
 sites:       lon, nyc
 instances:   5
-policy:      remote=proxy, sites=lon, nyc
+policy:      remote=proxy; sites=lon, nyc
 
 site  instances  app guid
 lon   2          5e1c-aa
@@ -1017,5 +1679,702 @@ shop.apps.example.com        5e1c-aa  lon* (2), nyc (3)
         assert!(out.is_empty());
         let err = api_set(&config, "ftp://x", None, &mut out).unwrap_err();
         assert!(err.downcast_ref::<crate::UsageError>().is_some(), "{err}");
+    }
+
+    const SITES_JSON: &str = r#"{"sites":[
+        {"site":"lon","region":"eu","healthy":true,"nodes":[{"node_id":"lon-1","state":"alive"}]},
+        {"site":"nyc","region":"us","healthy":true,"nodes":[]},
+        {"site":"sgp","region":null,"healthy":true,"nodes":[]},
+        {"site":"syd","region":"","healthy":true,"nodes":[]}]}"#;
+
+    /// An app with two route hosts (three routes), and one with none.
+    const CONTROL_APPS_JSON: &str = r#"{"apps":[
+        {"app_id":"acme/prod/shop","name":"shop","org":"acme","space":"prod",
+         "routes":["shop.apps.example.com","shop.apps.example.com/cart","Cart.Example.com"],
+         "sites":[{"site":"lon","instances":1,"app_guids":["g-lon"]}]},
+        {"app_id":"acme/prod/idle","name":"idle","org":"acme","space":"prod","routes":[],"sites":[]}]}"#;
+
+    fn sites_fixture() -> Vec<SiteInfo> {
+        serde_json::from_str::<SitesBody>(SITES_JSON).unwrap().sites
+    }
+
+    #[test]
+    fn policy_rows_show_unset_fields_as_dashes() {
+        let body: PoliciesBody = serde_json::from_str(
+            r#"{"routes":[
+                {"host":"shop.apps.example.com","policy":{"mode":"redirect","regions":["eu","us"],
+                  "weights":{"lon":3,"nyc":1},"drained":["nyc"]},
+                 "hlc":"1764655262000.0@lon-1","written_by":"lon-1","written_at_ms":1764655262123},
+                {"host":"*.apps.example.com","policy":{"mode":null,"regions":null,"weights":null},
+                 "hlc":"1.2@nyc-1","written_by":"nyc-1"}],
+              "sites":[{"site":"nyc","policy":{"drained":true},"hlc":"5.0@nyc-1",
+                 "written_by":"nyc-1","written_at_ms":0},
+                 {"site":"lon","policy":{}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            route_policy_rows(&body.routes),
+            rows(&[
+                &[
+                    "shop.apps.example.com",
+                    "redirect",
+                    "eu, us",
+                    "lon=3, nyc=1",
+                    "nyc",
+                    "2025-12-02T06:01:02Z",
+                    "lon-1"
+                ],
+                &["*.apps.example.com", "-", "-", "-", "-", "-", "nyc-1"],
+            ])
+        );
+        assert_eq!(
+            site_policy_rows(&body.sites),
+            rows(&[
+                &["nyc", "yes", "1970-01-01T00:00:00Z", "nyc-1"],
+                &["lon", "-", "-", "-"]
+            ])
+        );
+    }
+
+    #[test]
+    fn times_are_utc_rfc3339() {
+        assert_eq!(format_time_ms(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time_ms(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(format_time_ms(1_709_251_199_999), "2024-02-29T23:59:59Z");
+        assert_eq!(format_time_ms(4_102_444_800_000), "2100-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn cert_and_audit_rows() {
+        let body: CertsBody = serde_json::from_str(
+            r#"{"certs":[{"host":"shop.example.com","sans":["shop.example.com","www.shop.example.com"],
+                "not_after":"2027-01-01T00:00:00Z","fingerprint_sha256":"ab12","source":"upload",
+                "nodes_serving":["lon-1","nyc-1"]},
+               {"host":"x.example.com","sans":null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cert_rows(&body.certs),
+            rows(&[
+                &[
+                    "shop.example.com",
+                    "upload",
+                    "2027-01-01T00:00:00Z",
+                    "shop.example.com, www.shop.example.com",
+                    "lon-1, nyc-1"
+                ],
+                &["x.example.com", "-", "-", "-", "-"],
+            ])
+        );
+        let body: AuditBody = serde_json::from_str(
+            r#"{"entries":[{"at_ms":1764655262123,"hlc":"1764655262123.0@lon-1","node_id":"lon-1",
+                "token":"write","action":"put","key":"policy/route/shop.apps.example.com",
+                "summary":"regions=eu"},{"action":"delete"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            audit_rows(&body.entries),
+            rows(&[
+                &[
+                    "2025-12-02T06:01:02Z",
+                    "lon-1",
+                    "write",
+                    "put",
+                    "policy/route/shop.apps.example.com"
+                ],
+                &["-", "-", "-", "delete", "-"],
+            ])
+        );
+        let reply: WriteReply = serde_json::from_str(
+            r#"{"key":"cert/shop.example.com","hlc":"9.0@nyc-1","replicated":true,
+                "host":"shop.example.com","sans":["shop.example.com"],
+                "not_after":"2027-01-01T00:00:00Z","fingerprint_sha256":"ab12"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            table::render_pairs(&upload_pairs("shop.example.com", &reply)),
+            "host:        shop.example.com\nsans:        shop.example.com\n\
+             not after:   2027-01-01T00:00:00Z\nsha-256:     ab12\n"
+        );
+    }
+
+    /// Issue 13: APP is an app (every route host of it) or one route host; anything else
+    /// fails like `gcf app`.
+    #[test]
+    fn app_level_commands_resolve_apps_and_route_hosts() {
+        let apps = serde_json::from_str::<AppsBody>(CONTROL_APPS_JSON)
+            .unwrap()
+            .apps;
+        let routes = serde_json::from_str::<RoutesBody>(ROUTES_JSON)
+            .unwrap()
+            .routes;
+        let shop = Hosts {
+            label: "app shop".into(),
+            hosts: vec!["shop.apps.example.com".into(), "cart.example.com".into()],
+        };
+        assert_eq!(resolve_hosts(&apps, &routes, "shop").unwrap(), shop);
+        assert_eq!(
+            resolve_hosts(&apps, &routes, "acme/prod/shop").unwrap(),
+            shop
+        );
+        assert_eq!(resolve_hosts(&apps, &routes, "g-lon").unwrap(), shop);
+        // A route host, from the routes or an app's routes, in any case.
+        assert_eq!(
+            resolve_hosts(&apps, &routes, "*.apps.example.com").unwrap(),
+            Hosts {
+                label: "route *.apps.example.com".into(),
+                hosts: vec!["*.apps.example.com".into()]
+            }
+        );
+        assert_eq!(
+            resolve_hosts(&apps, &routes, "CART.example.com")
+                .unwrap()
+                .hosts,
+            ["cart.example.com"]
+        );
+        assert_eq!(
+            resolve_hosts(&apps, &routes, "nope")
+                .unwrap_err()
+                .to_string(),
+            "App 'nope' not found."
+        );
+        assert!(
+            resolve_hosts(&apps, &routes, "idle")
+                .unwrap_err()
+                .to_string()
+                .contains("has no routes")
+        );
+    }
+
+    #[test]
+    fn edits_naming_unknown_sites_or_regions_are_refused() {
+        let sites = sites_fixture();
+        check_edit(&Edit::Pin(vec!["eu".into(), "us".into()]), &sites).unwrap();
+        assert_eq!(
+            check_edit(&Edit::Pin(vec!["eu".into(), "mars".into()]), &sites)
+                .unwrap_err()
+                .to_string(),
+            "Region 'mars' not found: no site is in it (regions: eu, us)."
+        );
+        check_edit(
+            &Edit::Weights(vec![("lon".into(), 1), ("sgp".into(), 0)]),
+            &sites,
+        )
+        .unwrap();
+        assert_eq!(
+            check_edit(
+                &Edit::Weights(vec![("lon".into(), 1), ("par".into(), 2)]),
+                &sites
+            )
+            .unwrap_err()
+            .to_string(),
+            "Site 'par' not found (sites: lon, nyc, sgp, syd)."
+        );
+        assert!(check_edit(&Edit::Drain("par".into()), &sites).is_err());
+        check_edit(&Edit::Drain("nyc".into()), &sites).unwrap();
+        assert_eq!(
+            check_edit(&Edit::Pin(vec!["eu".into()]), &[])
+                .unwrap_err()
+                .to_string(),
+            "Region 'eu' not found: no site is in it (regions: none)."
+        );
+    }
+
+    #[test]
+    fn edit_rows_say_what_was_written() {
+        let p = |v: serde_json::Value| v.as_object().cloned().unwrap();
+        let plans = [
+            HostPlan {
+                host: "a.example.com".into(),
+                current: None,
+                plan: Plan::Put(p(serde_json::json!({"regions": ["eu"]}))),
+            },
+            HostPlan {
+                host: "b.example.com".into(),
+                current: Some(p(serde_json::json!({"regions": ["eu"], "mode": null}))),
+                plan: Plan::Unchanged,
+            },
+            HostPlan {
+                host: "c.example.com".into(),
+                current: Some(p(serde_json::json!({"regions": ["us"]}))),
+                plan: Plan::Delete,
+            },
+        ];
+        assert_eq!(
+            table::render(&EDIT_HEADERS, &edit_rows(&plans)),
+            "\
+host           write      mode  regions  weights  drained
+a.example.com  updated    -     eu       -        -
+b.example.com  unchanged  -     eu       -        -
+c.example.com  deleted    -     -        -        -
+"
+        );
+    }
+
+    #[test]
+    fn unreplicated_writes_warn_once_per_node() {
+        let replies: Vec<WriteReply> = [
+            r#"{"key":"a","hlc":"1.0@lon-1","replicated":false}"#,
+            r#"{"key":"b","hlc":"1.1@lon-1","replicated":false}"#,
+            r#"{"key":"c","hlc":"1.2@lon-1","replicated":true}"#,
+            r#"{"key":"d","hlc":"garbage"}"#,
+        ]
+        .iter()
+        .map(|t| serde_json::from_str(t).unwrap())
+        .collect();
+        assert_eq!(
+            unreplicated_warnings(&replies),
+            [
+                "Warning: no peer is connected: stored at lon-1 only until peers connect, then it spreads to the mesh."
+            ]
+        );
+        assert!(
+            unreplicated_warnings(&replies[2..]).is_empty(),
+            "unknown is not false"
+        );
+        let odd: WriteReply = serde_json::from_str(r#"{"hlc":"1.0","replicated":false}"#).unwrap();
+        assert!(unreplicated_warnings(&[odd])[0].contains("stored at this node only"));
+    }
+
+    /// A stateful stand-in for the control-plane endpoints: policies are stored as sent,
+    /// writes need the token `write` (`read` gets a 403), and every request is recorded
+    /// as `METHOD path body`.
+    struct ControlStub {
+        base: String,
+        requests: mpsc::Receiver<String>,
+    }
+
+    impl ControlStub {
+        fn start(replicated: bool) -> ControlStub {
+            ControlStub::with(replicated, &[])
+        }
+
+        /// A stub whose store already holds `(key, policy JSON)` pairs.
+        fn with(replicated: bool, stored: &[(&str, &str)]) -> ControlStub {
+            let stored: Vec<(String, String)> = stored
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let (seen, requests) = mpsc::channel();
+            std::thread::spawn(move || {
+                let mut store: std::collections::BTreeMap<String, String> =
+                    stored.into_iter().collect();
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    control_answer(stream, &mut store, &seen, replicated);
+                }
+            });
+            ControlStub { base, requests }
+        }
+
+        fn client(&self, token: &str) -> Client {
+            Client::new(&self.base, Some(token)).unwrap()
+        }
+
+        /// The requests so far (each is recorded before it is answered), then forget them.
+        fn take(&self) -> Vec<String> {
+            self.requests.try_iter().collect()
+        }
+
+        fn writes(&self) -> Vec<String> {
+            self.take()
+                .into_iter()
+                .filter(|r| !r.starts_with("GET "))
+                .collect()
+        }
+    }
+
+    fn control_answer(
+        stream: TcpStream,
+        store: &mut std::collections::BTreeMap<String, String>,
+        seen: &mpsc::Sender<String>,
+        replicated: bool,
+    ) {
+        use std::io::Read;
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).unwrap();
+        let (mut token, mut length) = (String::new(), 0usize);
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 || line.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("authorization") {
+                    token = value.trim().trim_start_matches("Bearer ").to_owned();
+                }
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let body = String::from_utf8(body).unwrap();
+        let mut parts = request_line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let _ = seen.send(format!("{method} {path} {body}").trim_end().to_owned());
+        let key = |p: &str| {
+            p.strip_prefix("/v1/policies/routes/")
+                .map(|h| format!("policy/route/{h}"))
+                .or_else(|| {
+                    p.strip_prefix("/v1/policies/sites/")
+                        .map(|s| format!("policy/site/{s}"))
+                })
+                .or_else(|| p.strip_prefix("/v1/certs/").map(|h| format!("cert/{h}")))
+        };
+        let not_found = ("404 Not Found", r#"{"error":"no such key"}"#.to_owned());
+        let reply =
+            |key: &str| format!(r#"{{"key":"{key}","hlc":"7.0@lon-1","replicated":{replicated}}}"#);
+        let (status, text) = match (method, path) {
+            (_, _) if token != "write" && token != "read" => (
+                "401 Unauthorized",
+                r#"{"error":"missing or invalid bearer token"}"#.to_owned(),
+            ),
+            ("GET", "/v1/apps") => ("200 OK", CONTROL_APPS_JSON.to_owned()),
+            ("GET", "/v1/routes") => ("200 OK", ROUTES_JSON.to_owned()),
+            ("GET", "/v1/sites") => ("200 OK", SITES_JSON.to_owned()),
+            ("GET", "/v1/policies") => {
+                let routes: Vec<String> = store
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        k.strip_prefix("policy/route/")
+                            .map(|h| format!(r#"{{"host":"{h}","policy":{v}}}"#))
+                    })
+                    .collect();
+                (
+                    "200 OK",
+                    format!(r#"{{"routes":[{}],"sites":[]}}"#, routes.join(",")),
+                )
+            }
+            ("GET", p) => match key(p).and_then(|k| store.get(&k).map(|v| (k, v))) {
+                Some((k, v)) if k.starts_with("policy/route/") => (
+                    "200 OK",
+                    format!(
+                        r#"{{"host":"{}","policy":{v},"hlc":"1.0@nyc-1"}}"#,
+                        &k[13..]
+                    ),
+                ),
+                Some((k, v)) => (
+                    "200 OK",
+                    format!(r#"{{"site":"{}","policy":{v}}}"#, &k[12..]),
+                ),
+                None => not_found,
+            },
+            (_, _) if token == "read" => (
+                "403 Forbidden",
+                r#"{"error":"this token may only read"}"#.to_owned(),
+            ),
+            ("PUT", p) if p.starts_with("/v1/certs/") => {
+                let k = key(p).unwrap();
+                store.insert(k.clone(), body);
+                (
+                    "200 OK",
+                    format!(
+                        r#"{{"key":"{k}","hlc":"8.0@lon-1","replicated":{replicated},"host":"{}","sans":["{}"],"not_after":"2027-01-01T00:00:00Z","fingerprint_sha256":"ab12"}}"#,
+                        &k[5..],
+                        &k[5..]
+                    ),
+                )
+            }
+            ("PUT", p) => match key(p) {
+                Some(k) if body.contains("\"bogus\"") => (
+                    "400 Bad Request",
+                    format!(r#"{{"error":"unknown field bogus in {k}","field":"bogus"}}"#),
+                ),
+                Some(k) => {
+                    store.insert(k.clone(), body);
+                    ("200 OK", reply(&k))
+                }
+                None => not_found,
+            },
+            ("DELETE", p) => match key(p).filter(|k| store.remove(k).is_some()) {
+                Some(k) => ("200 OK", reply(&k)),
+                None => not_found,
+            },
+            _ => not_found,
+        };
+        let mut stream = stream;
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+            text.len()
+        );
+    }
+
+    fn failure(f: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> String {
+        let mut out = Vec::new();
+        format!("{:#}", f(&mut out).unwrap_err())
+    }
+
+    /// Issue 13: pin, weights, set-routing and drain read each host's policy, change their
+    /// field, and PUT the whole policy back; unpin and undrain delete what they empty.
+    #[test]
+    fn app_level_commands_read_modify_write_every_route_host() {
+        let stub = ControlStub::start(true);
+        let client = stub.client("write");
+
+        let text = output(|out| pin(&client, "shop", &["eu".into()], false, out));
+        assert_eq!(
+            text,
+            "\
+Pinning app shop to regions eu...
+OK
+
+host                   write    mode  regions  weights  drained
+shop.apps.example.com  updated  -     eu       -        -
+cart.example.com       updated  -     eu       -        -
+"
+        );
+        let gets = stub.take();
+        assert_eq!(
+            gets,
+            [
+                "GET /v1/apps",
+                "GET /v1/routes",
+                "GET /v1/sites",
+                "GET /v1/policies/routes/shop.apps.example.com",
+                "GET /v1/policies/routes/cart.example.com",
+                r#"PUT /v1/policies/routes/shop.apps.example.com {"regions":["eu"]}"#,
+                r#"PUT /v1/policies/routes/cart.example.com {"regions":["eu"]}"#,
+            ],
+            "every read before the first write"
+        );
+
+        // Later edits keep what is there.
+        output(|out| {
+            weights(
+                &client,
+                "shop",
+                &[("lon".into(), 3), ("nyc".into(), 1)],
+                false,
+                out,
+            )
+        });
+        output(|out| set_routing(&client, "cart.example.com", Mode::Redirect, false, out));
+        output(|out| drain(&client, "nyc", Some("shop"), false, out));
+        assert_eq!(
+            stub.writes(),
+            [
+                r#"PUT /v1/policies/routes/shop.apps.example.com {"regions":["eu"],"weights":{"lon":3,"nyc":1}}"#,
+                r#"PUT /v1/policies/routes/cart.example.com {"regions":["eu"],"weights":{"lon":3,"nyc":1}}"#,
+                r#"PUT /v1/policies/routes/cart.example.com {"mode":"redirect","regions":["eu"],"weights":{"lon":3,"nyc":1}}"#,
+                r#"PUT /v1/policies/routes/shop.apps.example.com {"drained":["nyc"],"regions":["eu"],"weights":{"lon":3,"nyc":1}}"#,
+                r#"PUT /v1/policies/routes/cart.example.com {"drained":["nyc"],"mode":"redirect","regions":["eu"],"weights":{"lon":3,"nyc":1}}"#,
+            ]
+        );
+
+        // Nothing changes: nothing is written, and the table says so.
+        let text = output(|out| drain(&client, "nyc", Some("shop"), false, out));
+        assert!(text.contains("shop.apps.example.com  unchanged"), "{text}");
+        assert!(stub.writes().is_empty());
+
+        // --json: the write replies as one array.
+        let text = output(|out| undrain(&client, "nyc", Some("shop.apps.example.com"), true, out));
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!([{"key": "policy/route/shop.apps.example.com", "hlc": "7.0@lon-1",
+                "replicated": true}])
+        );
+        stub.take();
+
+        // Unpin leaves the other fields; a policy left empty is deleted.
+        output(|out| unpin(&client, "shop", false, out));
+        assert_eq!(
+            stub.writes(),
+            [
+                r#"PUT /v1/policies/routes/shop.apps.example.com {"weights":{"lon":3,"nyc":1}}"#,
+                r#"PUT /v1/policies/routes/cart.example.com {"drained":["nyc"],"mode":"redirect","weights":{"lon":3,"nyc":1}}"#,
+            ]
+        );
+        output(|out| pin(&client, "*.apps.example.com", &["us".into()], false, out));
+        stub.take();
+        let text = output(|out| unpin(&client, "*.apps.example.com", false, out));
+        assert!(text.contains("*.apps.example.com  deleted"), "{text}");
+        assert_eq!(
+            stub.writes(),
+            ["DELETE /v1/policies/routes/*.apps.example.com"]
+        );
+    }
+
+    /// Issue 13: a command naming an unknown app, site or region writes nothing.
+    #[test]
+    fn unknown_apps_sites_and_regions_write_nothing() {
+        let stub = ControlStub::start(true);
+        let client = stub.client("write");
+        type Run<'a> = Box<dyn Fn(&mut Vec<u8>) -> Result<()> + 'a>;
+        let cases: [(&str, Run); 6] = [
+            (
+                "App 'nope' not found.",
+                Box::new(|out| pin(&client, "nope", &["eu".into()], false, out)),
+            ),
+            (
+                "Region 'mars' not found: no site is in it (regions: eu, us).",
+                Box::new(|out| pin(&client, "shop", &["eu".into(), "mars".into()], false, out)),
+            ),
+            (
+                "Site 'par' not found (sites: lon, nyc, sgp, syd).",
+                Box::new(|out| weights(&client, "shop", &[("par".into(), 1)], false, out)),
+            ),
+            (
+                "Site 'par' not found (sites: lon, nyc, sgp, syd).",
+                Box::new(|out| drain(&client, "par", None, false, out)),
+            ),
+            (
+                "Site 'par' not found (sites: lon, nyc, sgp, syd).",
+                Box::new(|out| drain(&client, "par", Some("shop"), false, out)),
+            ),
+            (
+                "Site 'par' not found (sites: lon, nyc, sgp, syd).",
+                Box::new(|out| undrain(&client, "par", None, false, out)),
+            ),
+        ];
+        for (want, run) in cases {
+            assert_eq!(failure(|out| run(out)), want);
+        }
+        assert!(stub.writes().is_empty());
+    }
+
+    #[test]
+    fn site_drain_writes_the_site_policy_and_undrain_deletes_it() {
+        let stub = ControlStub::start(false);
+        let client = stub.client("write");
+        let text = output(|out| drain(&client, "nyc", None, false, out));
+        assert_eq!(
+            text,
+            "Draining site nyc...\nWarning: no peer is connected: stored at lon-1 only until peers connect, then it spreads to the mesh.\nOK\n"
+        );
+        assert_eq!(
+            stub.writes(),
+            [r#"PUT /v1/policies/sites/nyc {"drained":true}"#]
+        );
+        let text = output(|out| drain(&client, "nyc", None, false, out));
+        assert_eq!(
+            text,
+            "Draining site nyc...\nSite nyc is already drained.\nOK\n"
+        );
+        assert!(stub.writes().is_empty());
+        let text = output(|out| undrain(&client, "nyc", None, true, out));
+        assert!(
+            text.starts_with("[\n  {\n    \"key\": \"policy/site/nyc\""),
+            "{text}"
+        );
+        assert_eq!(stub.writes(), ["DELETE /v1/policies/sites/nyc"]);
+        let text = output(|out| undrain(&client, "nyc", None, true, out));
+        assert_eq!(text, "[]\n");
+        let text = output(|out| undrain(&client, "nyc", None, false, out));
+        assert_eq!(
+            text,
+            "Undraining site nyc...\nSite nyc is not drained.\nOK\n"
+        );
+        assert!(stub.writes().is_empty());
+    }
+
+    #[test]
+    fn certificates_upload_and_delete() {
+        let stub = ControlStub::start(true);
+        let client = stub.client("write");
+        let tmp = TempDir::new("certs");
+        let (cert, key) = (tmp.0.join("cert.pem"), tmp.0.join("key.pem"));
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+
+        // A missing or empty file is a usage error naming the flag; nothing is sent.
+        let mut sink = Vec::new();
+        let err =
+            upload_cert(&client, "shop.example.com", &cert, &key, false, &mut sink).unwrap_err();
+        assert!(err.downcast_ref::<crate::UsageError>().is_some(), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("--key {}: ", key.display())),
+            "{err}"
+        );
+        std::fs::write(&key, "\n").unwrap();
+        let err =
+            upload_cert(&client, "shop.example.com", &cert, &key, false, &mut sink).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("--key {}: the file is empty", key.display())
+        );
+        assert!(stub.take().is_empty() && sink.is_empty());
+
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nBBBB\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let text = output(|out| upload_cert(&client, "shop.example.com", &cert, &key, false, out));
+        assert!(
+            text.starts_with("Uploading certificate for shop.example.com...\nOK\n\nhost:        shop.example.com\n"),
+            "{text}"
+        );
+        let sent = stub.writes();
+        let body: Value = serde_json::from_str(
+            sent[0]
+                .strip_prefix("PUT /v1/certs/shop.example.com ")
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(body["cert_pem"], std::fs::read_to_string(&cert).unwrap());
+        assert_eq!(body["key_pem"], std::fs::read_to_string(&key).unwrap());
+
+        let text = output(|out| delete_cert(&client, "shop.example.com", true, out));
+        assert!(
+            text.contains("\"key\": \"cert/shop.example.com\""),
+            "{text}"
+        );
+        assert_eq!(
+            failure(|out| delete_cert(&client, "shop.example.com", false, out)),
+            "No uploaded certificate for 'shop.example.com'."
+        );
+    }
+
+    /// A read-only token reads but every write fails with the API's 403 message, before
+    /// anything is stored.
+    #[test]
+    fn a_read_token_cannot_write() {
+        let stub = ControlStub::start(true);
+        let client = stub.client("read");
+        let text = output(|out| policies(&client, false, out));
+        assert_eq!(
+            text,
+            "route policies\nNo route policies.\n\nsite policies\nNo site policies.\n"
+        );
+        let err = failure(|out| pin(&client, "shop", &["eu".into()], false, out));
+        assert_eq!(
+            err,
+            format!(
+                "{}/v1/policies/routes/shop.apps.example.com: 403 Forbidden: this token may only read",
+                stub.base
+            )
+        );
+        let err = failure(|out| drain(&client, "lon", None, false, out));
+        assert!(
+            err.ends_with("403 Forbidden: this token may only read"),
+            "{err}"
+        );
+    }
+
+    /// A write refused part-way says which hosts were already written.
+    #[test]
+    fn a_refused_write_names_the_field_and_what_was_already_written() {
+        // The second host's policy has a field the stub refuses on PUT.
+        let stub = ControlStub::with(true, &[("policy/route/cart.example.com", r#"{"bogus":1}"#)]);
+        let client = stub.client("write");
+        let url = client.v1_url(&["policies", "routes", "cart.example.com"]);
+        assert_eq!(
+            failure(|out| pin(&client, "shop", &["eu".into()], false, out)),
+            format!(
+                "{url}: 400 Bad Request: unknown field bogus in policy/route/cart.example.com (field bogus)\n\
+                 Already written: shop.apps.example.com. Run the command again to finish."
+            )
+        );
     }
 }

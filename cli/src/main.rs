@@ -4,7 +4,8 @@
 //!
 //! ```text
 //!  main (flags, exit codes) ──► commands ──► api (HTTP) ──► admin API of a node
-//!                                   │  └──► table (text)
+//!                                   │  ├──► table (text)
+//!                                   │  └──► policy (pure policy edits)
 //!                                   └─────► target (config.toml)
 //! ```
 //!
@@ -12,6 +13,7 @@
 //!   [`commands`], prints errors as `FAILED` plus the message, maps errors to exit codes.
 //! - [`commands`]: one function per command; pure `*_rows` helpers build each table.
 //! - [`api`]: the blocking HTTP client and the lenient response structs.
+//! - [`policy`]: the control-plane commands' argument syntax and policy edits; no I/O.
 //! - [`table`]: aligned tables, `key: value` blocks, JSON re-indentation; no I/O.
 //! - [`target`]: the saved API URL and token (`$GCF_HOME` or `~/.config/gcf`).
 //!
@@ -25,6 +27,7 @@
 
 mod api;
 mod commands;
+mod policy;
 mod table;
 mod target;
 
@@ -35,6 +38,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+
+use crate::policy::Mode;
 
 /// An error the user can fix by changing flags or the config: exits 2, not 1.
 #[derive(Debug)]
@@ -119,6 +124,130 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the route and site policies in force.
+    Policies {
+        /// Print the API's JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve an app only from sites of the given regions (on failover too).
+    Pin {
+        /// App name, ORG/SPACE/NAME, app GUID or route host; every route host of the app
+        /// gets the policy.
+        app: String,
+        /// Regions, comma-separated: eu or eu,us.
+        #[arg(long, value_name = "REGIONS", value_parser = parse_regions)]
+        regions: Regions,
+        /// Print the API's answers to the writes as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let any region serve an app again.
+    Unpin {
+        /// App name, ORG/SPACE/NAME, app GUID or route host.
+        app: String,
+        /// Print the API's answers to the writes as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a site out of service: the whole site, or only for one app.
+    Drain {
+        /// The site to drain.
+        #[arg(long, value_name = "SITE")]
+        site: String,
+        /// Only this app (name, ORG/SPACE/NAME, GUID or route host); without it the whole
+        /// site is drained and its nodes' /healthz answers 503.
+        app: Option<String>,
+        /// Print the API's answers to the writes as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a drained site back into service.
+    Undrain {
+        /// The site to undrain.
+        #[arg(long, value_name = "SITE")]
+        site: String,
+        /// Only this app (name, ORG/SPACE/NAME, GUID or route host).
+        app: Option<String>,
+        /// Print the API's answers to the writes as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Spread an app's remote traffic and DNS answers across sites by weight.
+    Weights {
+        /// App name, ORG/SPACE/NAME, app GUID or route host.
+        app: String,
+        /// SITE=N pairs, comma-separated, e.g. lon=3,nyc=1 (0 = never).
+        #[arg(value_name = "WEIGHTS", value_parser = parse_weights)]
+        weights: Weights,
+        /// Print the API's answers to the writes as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Choose how an app's requests reach other sites: proxy over the mesh or redirect.
+    SetRouting {
+        /// App name, ORG/SPACE/NAME, app GUID or route host.
+        app: String,
+        /// proxy or redirect.
+        #[arg(long, value_enum)]
+        mode: Mode,
+        /// Print the API's answers to the writes as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the TLS certificates of the mesh (metadata only).
+    Certs {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload a certificate and key for HOST; every node serves it by SNI.
+    UploadCert {
+        /// The host name the certificate is for (must be one of its SANs).
+        host: String,
+        /// PEM file with the certificate chain, leaf first.
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// PEM file with the private key.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Print the API's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an uploaded certificate.
+    DeleteCert {
+        /// The host name it was uploaded for.
+        host: String,
+        /// Print the API's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the configuration writes this node accepted, newest first.
+    Audit {
+        /// At most this many entries.
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--regions` as parsed (a newtype, so clap takes the flag once rather than as a list).
+#[derive(Debug, Clone)]
+struct Regions(Vec<String>);
+
+fn parse_regions(arg: &str) -> Result<Regions, String> {
+    policy::parse_regions(arg).map(Regions)
+}
+
+/// `WEIGHTS` as parsed.
+#[derive(Debug, Clone)]
+struct Weights(Vec<(String, u32)>);
+
+fn parse_weights(arg: &str) -> Result<Weights, String> {
+    policy::parse_weights(arg).map(Weights)
 }
 
 fn main() -> ExitCode {
@@ -163,6 +292,46 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             commands::app(&commands::connect(&config)?, &name, json, out)
         }
         Command::Peers { json } => commands::peers(&commands::connect(&config)?, json, out),
+        Command::Policies { json } => commands::policies(&commands::connect(&config)?, json, out),
+        Command::Pin { app, regions, json } => {
+            commands::pin(&commands::connect(&config)?, &app, &regions.0, json, out)
+        }
+        Command::Unpin { app, json } => {
+            commands::unpin(&commands::connect(&config)?, &app, json, out)
+        }
+        Command::Drain { site, app, json } => commands::drain(
+            &commands::connect(&config)?,
+            &site,
+            app.as_deref(),
+            json,
+            out,
+        ),
+        Command::Undrain { site, app, json } => commands::undrain(
+            &commands::connect(&config)?,
+            &site,
+            app.as_deref(),
+            json,
+            out,
+        ),
+        Command::Weights { app, weights, json } => {
+            commands::weights(&commands::connect(&config)?, &app, &weights.0, json, out)
+        }
+        Command::SetRouting { app, mode, json } => {
+            commands::set_routing(&commands::connect(&config)?, &app, mode, json, out)
+        }
+        Command::Certs { json } => commands::certs(&commands::connect(&config)?, json, out),
+        Command::UploadCert {
+            host,
+            cert,
+            key,
+            json,
+        } => commands::upload_cert(&commands::connect(&config)?, &host, &cert, &key, json, out),
+        Command::DeleteCert { host, json } => {
+            commands::delete_cert(&commands::connect(&config)?, &host, json, out)
+        }
+        Command::Audit { limit, json } => {
+            commands::audit(&commands::connect(&config)?, limit, json, out)
+        }
     }
 }
 
@@ -197,5 +366,63 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["gcf", "routes", "--site", "lon", "--json"]).unwrap();
         assert!(matches!(cli.command, Command::Routes { site: Some(s), json: true } if s == "lon"));
+    }
+
+    /// Issue 13: malformed control-plane arguments are usage errors (exit 2) that name
+    /// the flag or argument, before any request.
+    #[test]
+    fn control_plane_usage_errors_name_the_flag() {
+        let cases: [(&[&str], &str); 9] = [
+            (&["gcf", "pin", "shop"], "--regions"),
+            (&["gcf", "pin", "shop", "--regions", "eu,,us"], "--regions"),
+            (&["gcf", "weights", "shop", "lon=x"], "<WEIGHTS>"),
+            (&["gcf", "weights", "shop", "lon=-1"], "<WEIGHTS>"),
+            (&["gcf", "weights", "shop", "lon"], "<WEIGHTS>"),
+            (
+                &["gcf", "set-routing", "shop", "--mode", "teleport"],
+                "--mode",
+            ),
+            (&["gcf", "drain", "shop"], "--site"),
+            (
+                &["gcf", "upload-cert", "h.example.com", "--cert", "c.pem"],
+                "--key",
+            ),
+            (&["gcf", "audit", "--limit", "-3"], "-3"),
+        ];
+        for (args, flag) in cases {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+            assert!(err.to_string().contains(flag), "{args:?}: {err}");
+        }
+        let err = Cli::try_parse_from(["gcf", "weights", "shop", "lon=-1"]).unwrap_err();
+        assert!(
+            err.to_string().contains("the weight of lon is negative"),
+            "{err}"
+        );
+
+        let cli =
+            Cli::try_parse_from(["gcf", "pin", "shop", "--regions", "eu,us", "--json"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Pin { app, regions: Regions(r), json: true }
+            if app == "shop" && r == ["eu", "us"])
+        );
+        let cli = Cli::try_parse_from(["gcf", "weights", "shop", "lon=3,nyc=1"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Weights { weights: Weights(w), .. }
+            if w == [("lon".to_owned(), 3), ("nyc".to_owned(), 1)])
+        );
+        let cli = Cli::try_parse_from(["gcf", "drain", "--site", "nyc"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Drain { site, app: None, json: false } if site == "nyc")
+        );
+        let cli =
+            Cli::try_parse_from(["gcf", "set-routing", "shop", "--mode", "redirect"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::SetRouting {
+                mode: Mode::Redirect,
+                ..
+            }
+        ));
     }
 }

@@ -1,13 +1,14 @@
 //! `grouter demo --check` end to end: three sites on loopback (real `nats-server`s, real
 //! `grouter` nodes, `grouter-standin` processes), every example request the demo prints,
-//! fail-open included, each reported PASS; a clean stop that removes its temporary directory.
+//! the control-plane ones (pins, a drain, a certificate upload) and fail-open included, each
+//! reported PASS; a clean stop that removes its temporary directory.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The cases `grouter demo --check` runs, as it names them.
-const CASES: [&str; 11] = [
+const CASES: [&str; 15] = [
     "local app (shop at lon)",
     "local app (cdn at sgp)",
     "remote app proxied (blog at lon)",
@@ -17,6 +18,10 @@ const CASES: [&str; 11] = [
     "unknown host (at sgp, in sync)",
     "admin API (at lon)",
     "dns (at lon)",
+    "pin (shop to us: lon proxies it to nyc, sgp redirects there)",
+    "pin (blog to eu, where nothing runs it: 503 at lon)",
+    "drain (site nyc: /healthz 503, shop sent to lon)",
+    "certificate upload (at lon, served by SNI at sgp)",
     "fail open (sgp cut off, unknown host)",
     "recovery (every node in sync)",
 ];

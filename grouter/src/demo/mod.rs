@@ -7,8 +7,10 @@
 //! as a route emitter would (again every 20 s), waits until every node is `in_sync` and
 //! knows every route, and prints the sites and ready-to-paste `curl` and `gcf` commands for
 //! each branch of the routing decision: a local app, a remote app proxied over the mesh, a
-//! redirect (`sgp` redirects instead of proxying), an unknown host, the admin API, and
-//! fail-open when a site is cut off.
+//! redirect (`sgp` redirects instead of proxying), an unknown host, the admin API, the
+//! control plane ([`control`]: pinning apps to a region, draining a site, uploading a
+//! certificate that every node then serves by SNI on its HTTPS listener), and fail-open when
+//! a site is cut off.
 //!
 //! With `--check` it runs those examples itself, prints `PASS` or `FAIL` per case and exits
 //! 0 only when all pass; otherwise it runs until SIGINT or SIGTERM.
@@ -56,6 +58,8 @@ use tokio::time::Instant;
 
 use grouter::config::{Config, ConfigErrors, RemoteMode};
 use grouter::mesh::identity::{self, IdentityError, NodeIdentity};
+
+mod control;
 
 /// The demo's sites in start order: name, region, policy for apps served only elsewhere.
 /// `sgp` redirects so that the redirect branch can be shown next to the proxy branch.
@@ -131,6 +135,8 @@ const SYNC_LOST_AFTER_SECS: u64 = 10;
 const TOKEN_FILE: &str = "admin.token";
 /// The mesh CA's directory, in the demo directory.
 const CA_DIR: &str = "mesh-ca";
+/// A node's `tls.cert_dir`, in its site's directory (empty: certificates are uploaded).
+const CERT_DIR: &str = "certs";
 /// A node's config file, in its site's directory.
 const CONFIG_FILE: &str = "grouter.toml";
 /// The install command named when `nats-server` is missing.
@@ -154,9 +160,11 @@ enum PortOffset {
     GoRouter = 40,
     /// `dns.listen` (UDP and TCP).
     Dns = 50,
+    /// `proxy.https_listen`.
+    Https = 60,
 }
-/// Ports used above `--base-port`.
-const PORT_SPAN: u16 = PortOffset::GoRouter as u16 + SITES.len() as u16;
+/// Ports used above `--base-port` (the highest offset is the last).
+const PORT_SPAN: u16 = PortOffset::Https as u16 + SITES.len() as u16;
 
 /// `grouter demo` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -166,8 +174,8 @@ pub struct DemoArgs {
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Use fixed ports so the printed commands stay the same: HTTP N..N+2, admin N+10..,
-    /// mesh N+20.., NATS N+30.., GoRouter stand-ins N+40.. (lon, nyc, sgp). Default:
-    /// ports of the system's choosing.
+    /// mesh N+20.., NATS N+30.., GoRouter stand-ins N+40.., DNS N+50.., HTTPS N+60..
+    /// (lon, nyc, sgp). Default: ports of the system's choosing.
     #[arg(long, value_name = "N")]
     pub base_port: Option<u16>,
     /// Run every example request, print PASS or FAIL per case, stop, and exit 0 only when
@@ -749,6 +757,8 @@ struct Site {
     mesh: SocketAddr,
     /// `dns.listen`.
     dns: SocketAddr,
+    /// `proxy.https_listen`.
+    https: SocketAddr,
 }
 
 /// The running demo.
@@ -761,6 +771,8 @@ struct Demo {
     /// Set once every node knows every route: registrations slow to the emitter's pace.
     routes_known: Arc<AtomicBool>,
     http: Client<HttpConnector, Full<Bytes>>,
+    /// The demo's certificates (default, and the one the examples upload).
+    tls: control::DemoTls,
 }
 
 impl Demo {
@@ -773,6 +785,7 @@ impl Demo {
         if !ca_dir.join(identity::CA_KEY_FILE).exists() {
             identity::create_ca(&ca_dir)?;
         }
+        let tls = control::DemoTls::create(&dir.join(control::TLS_DIR))?;
         let mut sites: Vec<Site> = Vec::new();
         for (index, (name, region, remote)) in SITES.into_iter().enumerate() {
             let port = |offset: PortOffset| {
@@ -781,9 +794,11 @@ impl Demo {
                 SocketAddr::from(([127, 0, 0, 1], port))
             };
             let site_dir = dir.join(name);
-            fs::create_dir_all(&site_dir).map_err(|source| DemoError::Io {
+            // `tls.cert_dir`: empty; the demo's certificate arrives by upload instead.
+            let cert_dir = site_dir.join(CERT_DIR);
+            fs::create_dir_all(&cert_dir).map_err(|source| DemoError::Io {
                 action: "create",
-                path: site_dir.clone(),
+                path: cert_dir.clone(),
                 source,
             })?;
 
@@ -813,6 +828,7 @@ impl Demo {
                 mesh: port(PortOffset::Mesh),
                 seeds: sites.iter().map(|s| s.mesh).collect(),
                 dns: port(PortOffset::Dns),
+                https: port(PortOffset::Https),
                 entry: entry_address(name),
             }
             .render();
@@ -828,9 +844,13 @@ impl Demo {
 
             let (node, listening) = start_node(&node_id, &config_path, &site_dir).await?;
             let addr = |service: &str| listening.get(service).copied();
-            let (Some(http), Some(admin), Some(mesh), Some(dns)) =
-                (addr("http"), addr("admin"), addr("mesh"), addr("dns"))
-            else {
+            let (Some(http), Some(admin), Some(mesh), Some(dns), Some(https)) = (
+                addr("http"),
+                addr("admin"),
+                addr("mesh"),
+                addr("dns"),
+                addr("https"),
+            ) else {
                 // wait_listening returned every service asked for.
                 return Err(DemoError::Timeout {
                     what: format!("{node_id} to listen"),
@@ -851,6 +871,7 @@ impl Demo {
                 admin,
                 mesh,
                 dns,
+                https,
             });
         }
 
@@ -878,6 +899,7 @@ impl Demo {
             emitter,
             routes_known,
             http,
+            tls,
         })
     }
 
@@ -989,16 +1011,38 @@ impl Demo {
         path: &str,
         token: Option<&str>,
     ) -> Result<Reply, String> {
-        let mut req = Request::get(format!("http://{addr}{path}"));
+        self.request(http::Method::GET, addr, host, path, token, None)
+            .await
+    }
+
+    /// `method path` at `addr`, with a Host, a bearer token and a JSON body when given.
+    async fn request(
+        &self,
+        method: http::Method,
+        addr: SocketAddr,
+        host: Option<&str>,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Reply, String> {
+        let verb = method.to_string();
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
         if let Some(host) = host {
             req = req.header(header::HOST, host);
         }
         if let Some(token) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let req = req
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+        let content = match body {
+            Some(body) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(body.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let req = req.body(Full::new(content)).map_err(|e| e.to_string())?;
         let exchange = async {
             let resp = self.http.request(req).await.map_err(|e| error_chain(&e))?;
             let (parts, body) = resp.into_parts();
@@ -1016,7 +1060,7 @@ impl Demo {
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
             .map_err(|_| format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()))?
-            .map_err(|e: String| format!("GET http://{addr}{path}: {e}"))
+            .map_err(|e: String| format!("{verb} http://{addr}{path}: {e}"))
     }
 
     fn site(&self, name: &str) -> Option<&Site> {
@@ -1141,6 +1185,7 @@ impl Demo {
         let _ = writeln!(out, "  {gcf} apps");
         let _ = writeln!(out, "  {gcf} routes");
         let _ = writeln!(out);
+        out.push_str(&self.control_summary(&gcf));
         let pids = format!("{} {}", lon.node.pid(), nyc.node.pid());
         let _ = writeln!(
             out,
@@ -1180,19 +1225,6 @@ impl Demo {
         let Some((lon, nyc, sgp)) = self.three() else {
             report("sites", Err("lon, nyc and sgp are not all running".into()));
             return false;
-        };
-
-        let served_by = |reply: Result<Reply, String>, site: &str| {
-            let reply = reply?;
-            reply.expect_status(200)?;
-            let by = reply.header("x-grouter-site");
-            let stand_in = reply.header("x-stub-site");
-            if by != site || stand_in != site {
-                return Err(format!(
-                    "expected site {site}, got X-Grouter-Site: {by:?}, X-Stub-Site: {stand_in:?}"
-                ));
-            }
-            Ok(format!("200, X-Grouter-Site: {site}"))
         };
 
         let reply = self
@@ -1278,6 +1310,9 @@ impl Demo {
             ))
         };
         report("dns (at lon)", dns.await);
+
+        // The control plane: each example undoes its write before the next one.
+        self.check_control(lon, nyc, sgp, &mut report).await;
 
         // Fail open: stop the other sites' nodes, whatever happens resume them.
         let cut = [&lon.node, &nyc.node];
@@ -1386,6 +1421,21 @@ fn serving_sites<'a>(routes: &'a Value, host: &str) -> Vec<&'a str> {
     sites.sort_unstable();
     sites.dedup();
     sites
+}
+
+/// `reply` is a 200 from `site`'s GoRouter stand-in, as GRouter says (`X-Grouter-Site`)
+/// and as the stand-in says (`X-Stub-Site`).
+fn served_by(reply: Result<Reply, String>, site: &str) -> Result<String, String> {
+    let reply = reply?;
+    reply.expect_status(200)?;
+    let by = reply.header("x-grouter-site");
+    let stand_in = reply.header("x-stub-site");
+    if by != site || stand_in != site {
+        return Err(format!(
+            "expected site {site}, got X-Grouter-Site: {by:?}, X-Stub-Site: {stand_in:?}"
+        ));
+    }
+    Ok(format!("200, X-Grouter-Site: {site}"))
 }
 
 /// An HTTP answer, read whole (bodies here are small).
@@ -1539,7 +1589,7 @@ async fn start_node(
         grouter_listening,
     )?;
     let found = proc
-        .wait_listening(&mut rx, &["admin", "mesh", "http", "dns"])
+        .wait_listening(&mut rx, &["admin", "mesh", "http", "dns", "https"])
         .await?;
     Ok((proc, found))
 }
@@ -1598,6 +1648,8 @@ struct NodeConfig<'a> {
     mesh: SocketAddr,
     seeds: Vec<SocketAddr>,
     dns: SocketAddr,
+    /// `proxy.https_listen`.
+    https: SocketAddr,
     /// The site's entry address, as DNS answers it (a documentation address: nothing is
     /// sent there).
     entry: &'a str,
@@ -1620,7 +1672,13 @@ addresses = ["{gorouter}"]
 
 [proxy]
 http_listen = "{http}"
+https_listen = "{https}"
 remote = "{remote}"
+
+[tls]
+cert_dir = "{CERT_DIR}"
+default_cert = "../{tls_dir}/{default_cert}"
+default_key = "../{tls_dir}/{default_key}"
 
 [mesh]
 listen = "{mesh}"
@@ -1643,6 +1701,10 @@ site_addresses = ["{entry}"]
 format = "json"
 "#,
             dns = self.dns,
+            https = self.https,
+            tls_dir = control::TLS_DIR,
+            default_cert = control::DEFAULT_CERT,
+            default_key = control::DEFAULT_KEY,
             entry = self.entry,
             node_id = self.node_id,
             site = self.site,
@@ -1730,7 +1792,8 @@ mod tests {
             "grouter-demo-test-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        fs::create_dir_all(dir.join("lon")).unwrap();
+        fs::create_dir_all(dir.join("lon").join(CERT_DIR)).unwrap();
+        control::DemoTls::create(&dir.join(control::TLS_DIR)).unwrap();
         let config = NodeConfig {
             node_id: "lon-1",
             site: "lon",
@@ -1743,6 +1806,7 @@ mod tests {
             mesh: "127.0.0.1:0".parse().unwrap(),
             seeds: vec!["127.0.0.1:7946".parse().unwrap()],
             dns: "127.0.0.1:0".parse().unwrap(),
+            https: "127.0.0.1:0".parse().unwrap(),
             entry: entry_address("lon"),
         }
         .render();
