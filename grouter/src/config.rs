@@ -148,6 +148,9 @@ pub struct Config {
     pub dns: Option<DnsConfig>,
     /// The admin API (`/healthz`, `/metrics`, `/v1/*`).
     pub admin: AdminConfig,
+    /// This site's Cloud Foundry API, for placing apps across foundations; optional.
+    #[serde(default)]
+    pub cloud_controller: Option<CloudControllerConfig>,
     /// Logging; every field has a default.
     #[serde(default)]
     pub log: LogConfig,
@@ -481,6 +484,24 @@ pub struct AdminConfig {
     pub max_connections: Option<usize>,
 }
 
+/// `[cloud_controller]`: this site's Cloud Foundry API and the UAA client it uses
+/// (docs/PLACEMENT.md). Every node of a site should carry the same section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudControllerConfig {
+    /// The Cloud Controller's base URL (`https://api.sys.lon.example.com`).
+    pub api: String,
+    /// The UAA's base URL (`https://uaa.sys.lon.example.com`).
+    pub uaa: String,
+    /// The UAA client (grant `client_credentials`) this site's nodes use.
+    pub client_id: String,
+    /// File holding the client's secret (surrounding whitespace ignored).
+    pub client_secret_file: PathBuf,
+    /// Optional PEM roots for the API, UAA and blobstore, besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -708,6 +729,12 @@ impl Config {
                 files.push(("tls.client_ca", ca));
             }
         }
+        if let Some(cc) = &self.cloud_controller {
+            files.push(("cloud_controller.client_secret_file", &cc.client_secret_file));
+            if let Some(ca) = &cc.ca_file {
+                files.push(("cloud_controller.ca_file", ca));
+            }
+        }
         if let Some(mesh) = &self.mesh {
             files.push(("mesh.ca", &mesh.ca));
             files.push(("mesh.cert", &mesh.cert));
@@ -719,8 +746,8 @@ impl Config {
         for (key, path) in files {
             match std::fs::read(path) {
                 Ok(bytes)
-                    if key.starts_with("admin.")
-                        && key.ends_with("token_file")
+                    if (key.starts_with("admin.") && key.ends_with("token_file")
+                        || key == "cloud_controller.client_secret_file")
                         && bytes.trim_ascii().is_empty() =>
                 {
                     problems.push(key, format!("{} is empty", path.display()));
@@ -771,6 +798,9 @@ impl Config {
             check_path(p, "admin.read_token_file", read);
         }
         check_max_connections(p, "admin.max_connections", self.admin.max_connections);
+        if let Some(cc) = &self.cloud_controller {
+            cc.validate(p);
+        }
         self.check_listeners_distinct(p);
     }
 
@@ -821,6 +851,12 @@ impl Config {
                 resolve(crl);
             }
         }
+        if let Some(cc) = &mut self.cloud_controller {
+            resolve(&mut cc.client_secret_file);
+            if let Some(ca) = &mut cc.ca_file {
+                resolve(ca);
+            }
+        }
         resolve(&mut self.admin.token_file);
         if let Some(read) = &mut self.admin.read_token_file {
             resolve(read);
@@ -837,6 +873,39 @@ impl Config {
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("state-{}", self.node_id)))
     }
+}
+
+impl CloudControllerConfig {
+    fn validate(&self, p: &mut Problems<'_>) {
+        for (key, url) in [("cloud_controller.api", &self.api), ("cloud_controller.uaa", &self.uaa)] {
+            if let Err(why) = check_base_url(url) {
+                p.push(key, why);
+            }
+        }
+        if self.client_id.is_empty() || self.client_id.len() > 255 || self.client_id.chars().any(char::is_control) {
+            p.push("cloud_controller.client_id", "must be 1..=255 characters without control characters");
+        }
+        check_path(p, "cloud_controller.client_secret_file", &self.client_secret_file);
+        if let Some(ca) = &self.ca_file {
+            check_path(p, "cloud_controller.ca_file", ca);
+        }
+    }
+}
+
+/// An `http://` or `https://` URL with a host, and nothing after the path.
+fn check_base_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("{url:?} must start with https:// or http://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    if url.contains(['?', '#', '@', ' ']) || url.chars().any(char::is_control) {
+        return Err(format!("{url:?} must be a plain base URL (no query, fragment, user or spaces)"));
+    }
+    Ok(())
 }
 
 impl NatsConfig {

@@ -35,6 +35,9 @@
 //!   the probes and shutdown write and the proxy, DNS and admin read.
 //! - [`metrics`]: the Prometheus registry and the gauges set at scrape time; each subsystem
 //!   owns its counters and registers them.
+//! - [`placement`]: apps across foundations: the desired placement (a config key), the
+//!   deterministic choice of sites, this site's reconciler (its own Cloud Controller only)
+//!   and droplets streamed between sites' nodes over the mesh.
 //! - [`names`] (leaf): what a node id, a site and a region may be, for the config and the
 //!   mesh certificates alike, and what a request's Host may be.
 //! - [`policy`] (leaf): route and site policies after the merge, and what is known of the
@@ -72,6 +75,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod names;
 pub mod node;
+pub mod placement;
 pub mod policy;
 pub mod proxy;
 pub mod table;

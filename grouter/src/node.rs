@@ -463,6 +463,64 @@ pub async fn run(
             )
         });
     }
+    if let Some(cc) = &config.cloud_controller {
+        let secret = std::fs::read_to_string(&cc.client_secret_file)
+            .map_err(|e| {
+                NodeError::State(format!(
+                    "cloud_controller.client_secret_file: {}: {e}",
+                    cc.client_secret_file.display()
+                ))
+            })?
+            .trim()
+            .to_string();
+        let ca_pem = match &cc.ca_file {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                NodeError::State(format!("cloud_controller.ca_file: {}: {e}", path.display()))
+            })?),
+        };
+        let client = crate::cc::CcClient::new(crate::cc::CcSettings {
+            site: config.site.clone(),
+            api: cc.api.clone(),
+            uaa: cc.uaa.clone(),
+            client_id: cc.client_id.clone(),
+            client_secret: secret,
+            ca_pem,
+        })
+        .map_err(|e| NodeError::State(format!("cloud_controller: {e}")))?;
+        let metrics = Arc::new(crate::placement::reconcile::PlacementMetrics::default());
+        metrics.register(&state.metrics);
+        let mesh = state.mesh.get().cloned();
+        if let Some(conns) = mesh.as_ref().and_then(|m| m.take_peer_droplet()) {
+            let server = Arc::new(crate::placement::droplet::DropletServer::new(
+                control.clone(),
+                state.table.clone(),
+                client.clone(),
+                config.site.clone(),
+            ));
+            let token = stop.child_token();
+            tasks.spawn(async move {
+                server.serve(conns, token).await;
+                ("droplet server", Ok(()))
+            });
+        }
+        let fetcher = mesh.as_ref().map(|m| {
+            crate::placement::droplet::DropletFetcher::new(m.clone(), listeners.dialer.clone())
+        });
+        let reconciler = Arc::new(crate::placement::reconcile::Reconciler::new(
+            control.clone(),
+            state.table.clone(),
+            mesh,
+            fetcher,
+            client,
+            metrics,
+        ));
+        let token = stop.child_token();
+        tasks.spawn(async move {
+            reconciler.run(token).await;
+            ("placement reconciler", Ok(()))
+        });
+    }
     {
         let admin = Arc::new(AdminState {
             table: state.table.clone(),

@@ -18,6 +18,7 @@ mod learn;
 mod mesh;
 mod parity;
 mod partition;
+mod placement;
 mod policies;
 mod proxy;
 mod segments;

@@ -13,6 +13,7 @@
 //! log a token.
 
 pub mod writes;
+pub mod placements;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -306,6 +307,9 @@ fn v1(
     if let Some(host) = path.strip_prefix("/v1/certs/") {
         return answer(writes::cert(state, method, host, body));
     }
+    if let Some(rest) = path.strip_prefix("/v1/placements/") {
+        return answer(placements::one(state, method, rest, body));
+    }
     match (method, path) {
         (&Method::GET, "/v1/status") => ok(status(state)),
         (&Method::GET, "/v1/routes") => ok(routes(state, params)),
@@ -314,6 +318,7 @@ fn v1(
         (&Method::GET, "/v1/peers") => ok(peers(state)),
         (&Method::GET, "/v1/policies") => ok(writes::list_policies(state)),
         (&Method::GET, "/v1/certs") => ok(writes::list_certs(state)),
+        (&Method::GET, "/v1/placements") => ok(placements::list(state)),
         (&Method::GET, "/v1/audit") => answer(writes::audit(
             state,
             params.get("limit").map(String::as_str),
@@ -321,7 +326,7 @@ fn v1(
         (
             _,
             "/v1/status" | "/v1/routes" | "/v1/apps" | "/v1/sites" | "/v1/peers" | "/v1/policies"
-            | "/v1/audit" | "/v1/certs",
+            | "/v1/audit" | "/v1/certs" | "/v1/placements",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, "no such resource"),
     }

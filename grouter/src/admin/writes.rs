@@ -31,7 +31,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn bad(field: &str, message: impl Into<String>) -> Refusal {
+    pub(super) fn bad(field: &str, message: impl Into<String>) -> Refusal {
         Refusal {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
@@ -39,7 +39,7 @@ impl Refusal {
         }
     }
 
-    fn not_found(message: impl Into<String>) -> Refusal {
+    pub(super) fn not_found(message: impl Into<String>) -> Refusal {
         Refusal {
             status: StatusCode::NOT_FOUND,
             message: message.into(),
@@ -57,7 +57,7 @@ impl Refusal {
 }
 
 /// Sites and regions this node knows of: its own, and every partition's owner's.
-fn known(state: &AdminState) -> (BTreeSet<String>, BTreeSet<String>) {
+pub(super) fn known(state: &AdminState) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut sites = BTreeSet::new();
     let mut regions = BTreeSet::new();
     sites.insert(state.table.me().site.to_string());
@@ -88,7 +88,7 @@ fn site_name(raw: &str) -> Result<String, Refusal> {
 }
 
 /// Parse a JSON body into `T`, naming the field at fault.
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+pub(super) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -144,7 +144,7 @@ fn check_route_policy(state: &AdminState, p: &RoutePolicy) -> Result<(), Refusal
     Ok(())
 }
 
-fn join(set: &BTreeSet<String>) -> String {
+pub(super) fn join(set: &BTreeSet<String>) -> String {
     set.iter().cloned().collect::<Vec<_>>().join(", ")
 }
 
@@ -178,7 +178,7 @@ fn replicated(state: &AdminState) -> bool {
     state.mesh.as_deref().is_some_and(|m| !m.peers().is_empty())
 }
 
-fn write(
+pub(super) fn write(
     state: &AdminState,
     key: &str,
     value: Option<Vec<u8>>,

@@ -207,21 +207,9 @@ impl Control {
         token: &str,
         summary: &str,
     ) -> Result<Written, ControlError> {
-        let hlc = self.clock.tick(now_ms());
-        let value = ConfigValue {
-            hlc: hlc.clone(),
-            value: value.map(Arc::from),
-        };
-        let deleted = value.is_deleted();
-        // Disk first: a write acknowledged is a write that survives a crash.
-        self.state
-            .append_write(key, &value)
-            .map_err(|source| self.persist_error(source))?;
-        self.persisted.lock().insert(Arc::from(key), hlc.clone());
-        if self.table.write_config_local(key, value).is_none() {
-            return Err(ControlError::NotNewer(key.to_string()));
-        }
-        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        let deleted = value.is_none();
+        let written = self.store(key, value)?;
+        let hlc = written.hlc.clone();
         let entry = AuditEntry {
             at_ms: hlc.ms,
             hlc: hlc.to_string(),
@@ -251,6 +239,34 @@ impl Control {
             audit.push_back(entry);
         }
         self.refresh();
+        Ok(written)
+    }
+
+    /// Write a value this node reports rather than one an operator asked for (a site's
+    /// placement status, its RTTs): clock, disk, partition, like [`Control::write`], but no
+    /// audit entry.
+    pub fn record(&self, key: &str, value: Option<Vec<u8>>) -> Result<Written, ControlError> {
+        let written = self.store(key, value)?;
+        self.refresh();
+        Ok(written)
+    }
+
+    /// Clock, disk (first: a write acknowledged is a write that survives a crash), and this
+    /// node's partition.
+    fn store(&self, key: &str, value: Option<Vec<u8>>) -> Result<Written, ControlError> {
+        let hlc = self.clock.tick(now_ms());
+        let value = ConfigValue {
+            hlc: hlc.clone(),
+            value: value.map(Arc::from),
+        };
+        self.state
+            .append_write(key, &value)
+            .map_err(|source| self.persist_error(source))?;
+        self.persisted.lock().insert(Arc::from(key), hlc.clone());
+        if self.table.write_config_local(key, value).is_none() {
+            return Err(ControlError::NotNewer(key.to_string()));
+        }
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
         Ok(Written {
             key: key.to_string(),
             hlc,

@@ -62,6 +62,9 @@ use crate::names::{check_node_id, check_site};
 pub const MESH_SERVER_NAME: &str = "mesh.grouter.internal";
 /// ALPN protocol of the mesh.
 pub const MESH_ALPN: &[u8] = b"grouter-mesh/1";
+/// ALPN protocol on which a node asks another site's node for an app's droplet (HTTP/1.1
+/// inside; see `placement::droplet`).
+pub const DROPLET_ALPN: &[u8] = b"grouter-droplet/1";
 
 /// The mesh CA's certificate, in the CA directory and copied next to every node certificate.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -729,8 +732,14 @@ impl MeshTls {
             .with_single_cert(chain.clone(), key_der.clone_key())
             .map_err(cert_error)?;
         // Gossip first; peers also forward requests over the same authenticated listener
-        // (`h2`, or `http/1.1` for upgrades), which the proxy serves and routes locally only.
-        server.alpn_protocols = vec![MESH_ALPN.to_vec(), b"h2".to_vec(), b"http/1.1".to_vec()];
+        // (`h2`, or `http/1.1` for upgrades), which the proxy serves and routes locally only,
+        // and fetch droplets for app placement.
+        server.alpn_protocols = vec![
+            MESH_ALPN.to_vec(),
+            b"h2".to_vec(),
+            b"http/1.1".to_vec(),
+            DROPLET_ALPN.to_vec(),
+        ];
         // No resumption: a resumed session skips certificate verification, so a peer revoked
         // since its first handshake would get back in on its ticket. Mesh connections are
         // long-lived; a full handshake per connection costs little.

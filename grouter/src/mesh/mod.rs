@@ -284,6 +284,8 @@ pub struct Mesh {
     membership: Mutex<Membership<Arc<PeerLink>>>,
     /// Where connections from peers that forward HTTP go (set by the proxy).
     peer_http: OnceLock<mpsc::Sender<PeerHttp>>,
+    /// Where connections from peers that fetch droplets go (set by app placement).
+    peer_droplet: OnceLock<mpsc::Sender<PeerHttp>>,
     /// The node's health: the mesh writes its sync state and reads whether it can serve.
     health: Arc<Health>,
     /// Where the mesh keeps the sites' regions and health current for the data plane.
@@ -325,6 +327,75 @@ impl Mesh {
         self.peer_http.set(tx).ok().map(|()| rx)
     }
 
+    /// Receive the connections on which peers fetch droplets (once).
+    pub fn take_peer_droplet(&self) -> Option<mpsc::Receiver<PeerHttp>> {
+        let (tx, rx) = mpsc::channel(16);
+        self.peer_droplet.set(tx).ok().map(|()| rx)
+    }
+
+    /// The live nodes of `site` with an advertised mesh address, `(node_id, address)`:
+    /// connected peers by RTT first, then the others by node id. Never this node's own site.
+    pub fn site_nodes(&self, site: &str) -> Vec<(String, String)> {
+        let rtts: HashMap<String, Duration> = self
+            .peers()
+            .iter()
+            .filter(|p| p.site == site)
+            .map(|p| (p.node_id.clone(), p.rtt().unwrap_or(Duration::MAX)))
+            .collect();
+        let mut nodes: Vec<(Duration, String, String)> = self
+            .table
+            .partitions()
+            .iter()
+            .filter(|p| *p.origin.site == *site && p.origin.is_alive() && !p.origin.local_site)
+            .filter_map(|p| {
+                let addr = p.record.as_ref().map(|r| r.advertise.clone()).filter(|a| !a.is_empty())?;
+                let node = p.origin.node_id.to_string();
+                Some((rtts.get(&node).copied().unwrap_or(Duration::MAX), node, addr))
+            })
+            .collect();
+        nodes.sort();
+        nodes.dedup_by(|a, b| a.1 == b.1);
+        nodes.into_iter().map(|(_, n, a)| (n, a)).collect()
+    }
+
+    /// A mutual-TLS connection to `node` of `site` at `addr` with `config` (its ALPN), whose
+    /// certificate must name that node and site: anything else is dropped before a byte is
+    /// sent and counted in `grouter_mesh_dial_identity_mismatch_total`.
+    pub async fn connect_node(
+        &self,
+        dialer: &dyn Dialer,
+        node: &str,
+        site: &str,
+        addr: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let attempt = async {
+            let tcp = dialer.dial(addr).await.map_err(|e| e.to_string())?;
+            tokio_rustls::TlsConnector::from(config)
+                .connect(MeshTls::server_name(), tcp)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let tls = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(format!("connect to {addr}: {e}")),
+            Err(_) => return Err(format!("connect to {addr}: timed out")),
+        };
+        // The mesh CA vouches for every node; only the certificate says which one answered.
+        match tls.get_ref().1.peer_certificates().map(identity::peer_identity) {
+            Some(Ok(id)) if id.node_id == node && id.site == site => Ok(tls),
+            other => {
+                self.count_dial_identity_mismatch();
+                let presented = match other {
+                    Some(Ok(id)) => id.to_string(),
+                    _ => "no node identity".to_string(),
+                };
+                warn!(%addr, expected = %format_args!("{node}@{site}"), %presented, "dialled node answered with another identity; dropped");
+                Err(format!("connect to {addr}: certificate names {presented}, not {node}@{site}"))
+            }
+        }
+    }
+
     /// A mesh for `table`, authenticated by `trust`, that keeps `health`'s sync state and
     /// the [`SiteFacts`] in `policies`.
     pub fn new(
@@ -353,6 +424,7 @@ impl Mesh {
             peer_http_conns: Mutex::new(Vec::new()),
             membership: Mutex::new(membership),
             peer_http: OnceLock::new(),
+            peer_droplet: OnceLock::new(),
             health,
             policies,
             assessing: Mutex::new(()),
@@ -716,6 +788,18 @@ async fn accept_loop(
                     let _slot = slot;
                     let _ = session::run(mesh, tls, peer, cert, false, addr.to_string(), shutdown).await;
                 }
+                Some(p) if p == identity::DROPLET_ALPN => match mesh.peer_droplet.get() {
+                    Some(tx) => {
+                        let cancel = shutdown.child_token();
+                        {
+                            let mut conns = mesh.peer_http_conns.lock();
+                            conns.retain(|(_, t)| !t.is_cancelled());
+                            conns.push((cert, cancel.clone()));
+                        }
+                        let _ = tx.send(PeerHttp { stream: tls, peer, cancel, slot }).await;
+                    }
+                    None => debug!(%addr, "peer asked for a droplet, but this node places no apps"),
+                },
                 Some(b"h2" | b"http/1.1") => match mesh.peer_http.get() {
                     Some(tx) => {
                         let cancel = shutdown.child_token();

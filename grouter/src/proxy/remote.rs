@@ -25,15 +25,12 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::body::Reclaimable;
 use super::error::{AttemptError, AttemptKind};
 use crate::mesh::Mesh;
-use crate::mesh::identity::{MeshTls, peer_identity};
-
-/// How long opening a connection to a remote node may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+use crate::mesh::identity::MeshTls;
 
 /// A failed request on an open connection: cancelled before it was sent, the connection
 /// closed or reset before a response (so an idempotent request may go again), or failed
@@ -77,34 +74,7 @@ impl Remotes {
     /// The live node of `site` to send to: connected peers by RTT first, then any live node
     /// with an address. `(node_id, address)`.
     fn pick(&self, site: &str) -> Option<(String, String)> {
-        let peers = self.mesh.peers();
-        let mut best: Option<(Duration, String)> = None;
-        for p in peers.iter().filter(|p| p.site == site) {
-            let rtt = p.rtt().unwrap_or(Duration::MAX);
-            if best.as_ref().is_none_or(|(b, _)| rtt < *b) {
-                best = Some((rtt, p.node_id.clone()));
-            }
-        }
-        let parts = self.mesh.table().partitions();
-        let live = parts
-            .iter()
-            .filter(|p| *p.origin.site == *site && p.origin.is_alive() && !p.origin.local_site);
-        let mut fallback = None;
-        for p in live {
-            let Some(addr) = p
-                .record
-                .as_ref()
-                .map(|r| r.advertise.clone())
-                .filter(|a| !a.is_empty())
-            else {
-                continue;
-            };
-            if best.as_ref().is_some_and(|(_, n)| *n == *p.origin.node_id) {
-                return Some((p.origin.node_id.to_string(), addr));
-            }
-            fallback.get_or_insert((p.origin.node_id.to_string(), addr));
-        }
-        fallback
+        self.mesh.site_nodes(site).into_iter().next()
     }
 
     /// A TLS connection to `node` (of `site`) at `addr`, whose certificate names it.
@@ -115,36 +85,11 @@ impl Remotes {
         addr: &str,
         config: Arc<rustls::ClientConfig>,
     ) -> Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>, AttemptError> {
-        let attempt = async {
-            let tcp = self.dialer.dial(addr).await.map_err(|e| e.to_string())?;
-            tokio_rustls::TlsConnector::from(config)
-                .connect(MeshTls::server_name(), tcp)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        let tls = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return Err(connect_failed(addr, e)),
-            Err(_) => return Err(connect_failed(addr, "timed out")),
-        };
-        // The mesh CA vouches for every node; only the certificate says which one answered.
-        let presented = tls.get_ref().1.peer_certificates().map(peer_identity);
-        match presented {
-            Some(Ok(id)) if id.node_id == node && id.site == site => Ok(TokioIo::new(tls)),
-            other => {
-                // Dropping `tls` closes the connection before anything was sent.
-                self.mesh.count_dial_identity_mismatch();
-                let presented = match other {
-                    Some(Ok(id)) => id.to_string(),
-                    _ => "no node identity".to_string(),
-                };
-                warn!(%addr, expected = %format_args!("{node}@{site}"), %presented, "remote node answered with another identity; dropped");
-                Err(connect_failed(
-                    addr,
-                    format!("certificate names {presented}, not {node}@{site}"),
-                ))
-            }
-        }
+        self.mesh
+            .connect_node(self.dialer.as_ref(), node, site, addr, config)
+            .await
+            .map(TokioIo::new)
+            .map_err(|e| AttemptError::new(AttemptKind::Connect, e))
     }
 
     async fn sender(
