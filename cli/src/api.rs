@@ -557,6 +557,102 @@ impl WriteReply {
     }
 }
 
+/// `GET /v1/placements`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PlacementsBody {
+    /// Every placement, sorted by org, space and app.
+    #[serde(deserialize_with = "nullable")]
+    pub placements: Vec<Placement>,
+}
+
+/// One app's placement across foundations (`GET /v1/placements/{org}/{space}/{app}`, the
+/// answer to its `PUT`, and each entry of `GET /v1/placements`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Placement {
+    /// The app's org.
+    #[serde(deserialize_with = "nullable")]
+    pub org: String,
+    /// The app's space.
+    #[serde(deserialize_with = "nullable")]
+    pub space: String,
+    /// The app's name.
+    #[serde(deserialize_with = "nullable")]
+    pub app: String,
+    /// What was asked for, as written.
+    #[serde(deserialize_with = "nullable")]
+    pub desired: Desired,
+    /// The sites chosen to run the app (the same choice at every node).
+    #[serde(deserialize_with = "nullable")]
+    pub chosen: Vec<String>,
+    /// When the desired placement was written (Unix milliseconds).
+    pub written_at_ms: Option<u64>,
+    /// The node that accepted the write.
+    #[serde(deserialize_with = "nullable")]
+    pub written_by: String,
+    /// Every known site, chosen or not, with what its reconciler last reported.
+    #[serde(deserialize_with = "nullable")]
+    pub sites: Vec<PlacementSite>,
+}
+
+/// The desired placement: how many sites (or which) and how many instances at each.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Desired {
+    /// `N` or `["lon","nyc"]`; `None` when missing or of another shape.
+    #[serde(deserialize_with = "lenient")]
+    pub sites: Option<SitesSpec>,
+    /// Instances at each chosen site; `None`: keep what the app has.
+    pub instances: Option<u64>,
+}
+
+/// `sites` of a placement, as `gcf scale --sites` takes it and the API stores it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SitesSpec {
+    /// Any `N` sites, chosen by GRouter.
+    Count(u64),
+    /// Exactly these sites.
+    List(Vec<String>),
+}
+
+/// One site's part in a placement.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PlacementSite {
+    /// Site name.
+    #[serde(deserialize_with = "nullable")]
+    pub site: String,
+    /// Whether the site is one of the chosen.
+    #[serde(deserialize_with = "nullable")]
+    pub chosen: bool,
+    /// `absent`, `pending`, `working`, `running`, `stopped`, `failed` or `unknown`.
+    #[serde(deserialize_with = "nullable")]
+    pub state: String,
+    /// While `working`: the step under way (`copy_droplet`, ...).
+    pub step: Option<String>,
+    /// Instances the site's Cloud Controller reports.
+    pub instances: Option<u64>,
+    /// `STARTED` or `STOPPED`.
+    pub app_state: Option<String>,
+    /// SHA-256 of the app's current droplet, hex.
+    pub droplet_sha256: Option<String>,
+    /// The last failure, `step: message`.
+    pub error: Option<String>,
+}
+
+/// A field that falls back to `None` when it is missing, `null` or of a shape this gcf
+/// does not know, rather than failing the whole response.
+fn lenient<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    let value = Value::deserialize(de)?;
+    Ok(serde_json::from_value(value).ok())
+}
+
 /// `GET /v1/certs`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]

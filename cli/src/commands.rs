@@ -1,15 +1,19 @@
 //! One function per `gcf` command: fetch from the admin API, turn the answer into rows or
 //! `key: value` pairs, write them to `out`.
 //!
-//! Owns: what each command shows (columns, cell formats, empty-list messages, `--json`)
-//! and the `gcf api` flow (check `/healthz`, then save the target).
+//! Owns: what each command shows (columns, cell formats, empty-list messages, `--json`),
+//! the `gcf api` flow (check `/healthz`, then save the target), `gcf target`, and the
+//! `gcf scale` wait: polling the placement and drawing its progress (spinner lines on a
+//! terminal, plain lines otherwise; the text itself comes from [`crate::placement`]).
 //!
-//! Must never: read flags or the environment (main does; this takes explicit paths so
-//! tests need no global state), exit the process, or print the token. The `*_rows` and
-//! `*_pairs` functions are pure so each command's output is unit-tested from sample JSON.
+//! Must never: read flags or the environment (main does; this takes explicit paths, and
+//! whether stdout is a terminal, so tests need no global state), exit the process, or
+//! print the token. The `*_rows` and `*_pairs` functions are pure so each command's
+//! output is unit-tested from sample JSON.
 
 use std::io::Write;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 use serde_json::Value;
@@ -17,9 +21,10 @@ use serde_json::Value;
 use crate::UsageError;
 use crate::api::{
     App, AppsBody, AuditBody, AuditEntry, CertInfo, CertsBody, Client, JsonBody, JsonText, Peer,
-    PeersBody, PoliciesBody, Route, RoutePolicyEntry, RoutesBody, SiteInfo, SitePolicyEntry,
-    SitesBody, Status, WriteReply,
+    PeersBody, Placement, PlacementsBody, PoliciesBody, Route, RoutePolicyEntry, RoutesBody,
+    SiteInfo, SitePolicyEntry, SitesBody, SitesSpec, Status, WriteReply,
 };
+use crate::placement::{self, PlainProgress};
 use crate::policy::{self, Edit, Mode, Plan, Policy};
 use crate::table;
 use crate::target::{self, Target};
@@ -98,7 +103,17 @@ pub fn api_set(
     writeln!(out, "Setting API endpoint to {api}...")?;
     out.flush()?;
     let health = Client::new(&api, None)?.healthz()?;
-    let target = Target { api, token };
+    // Org and space, like the token, belong to the API they were chosen at.
+    let (org, space) = match target::load(config) {
+        Ok(Some(old)) if old.api == api => (old.org, old.space),
+        _ => (None, None),
+    };
+    let target = Target {
+        api,
+        token,
+        org,
+        space,
+    };
     target::save(config, &target)?;
     writeln!(out, "OK")?;
     writeln!(out)?;
@@ -1117,6 +1132,405 @@ pub fn audit_rows(entries: &[AuditEntry]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The error for a placement command run before `gcf target -o ORG -s SPACE`.
+pub const NO_SPACE: &str =
+    "No org and space targeted. Use 'gcf target -o ORG -s SPACE' to target them.";
+
+/// A client for the saved target and its org and space: the cf-like "No API endpoint set"
+/// error (exit 1) without a target, a usage error (exit 2) naming `gcf target -o ORG -s
+/// SPACE` without an org or space.
+pub fn connect_space(config: &Path) -> Result<(Client, String, String)> {
+    let Some(target) = target::load(config)? else {
+        bail!(NO_TARGET);
+    };
+    let (Some(org), Some(space)) = (target.org.clone(), target.space.clone()) else {
+        return Err(UsageError::new(NO_SPACE).into());
+    };
+    let client = Client::new(&target.api, target.token.as_deref())?;
+    Ok((client, org, space))
+}
+
+/// `gcf target` without flags: the API, org and space, like `cf target`.
+pub fn target_show(config: &Path, out: &mut dyn Write) -> Result<()> {
+    let Some(target) = target::load(config)? else {
+        bail!(NO_TARGET);
+    };
+    out.write_all(table::render_pairs(&org_space_pairs(&target)).as_bytes())?;
+    if target.org.is_none() || target.space.is_none() {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "No org or space targeted, use 'gcf target -o ORG -s SPACE'."
+        )?;
+    }
+    Ok(())
+}
+
+/// `gcf target [-o ORG] [-s SPACE]`: save the org and/or space beside the API target
+/// (the one not given is kept), then show the target. Both names are checked before
+/// anything is saved; there must be an API target already.
+pub fn target_set(
+    config: &Path,
+    org: Option<&str>,
+    space: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let org = org.map(|o| target::check_name("-o", o)).transpose()?;
+    let space = space.map(|s| target::check_name("-s", s)).transpose()?;
+    let Some(mut target) = target::load(config)? else {
+        bail!(NO_TARGET);
+    };
+    if org.is_some() {
+        target.org = org;
+    }
+    if space.is_some() {
+        target.space = space;
+    }
+    target::save(config, &target)?;
+    out.write_all(table::render_pairs(&org_space_pairs(&target)).as_bytes())?;
+    Ok(())
+}
+
+fn org_space_pairs(target: &Target) -> Vec<(&'static str, String)> {
+    vec![
+        ("api endpoint", target.api.clone()),
+        ("org", opt(target.org.as_deref())),
+        ("space", opt(target.space.as_deref())),
+    ]
+}
+
+/// Where to place an app (`gcf scale`'s flags, parsed).
+#[derive(Debug, Clone)]
+pub struct ScaleRequest {
+    /// `--sites`.
+    pub sites: SitesSpec,
+    /// `-i`; `None`: keep the instances the app has.
+    pub instances: Option<u32>,
+}
+
+/// How `gcf scale` waits (`None` with `--no-wait`).
+#[derive(Debug, Clone, Copy)]
+pub struct Wait {
+    /// `--timeout`: give up after this long.
+    pub timeout: Duration,
+    /// Time between polls of the placement.
+    pub interval: Duration,
+}
+
+impl Wait {
+    /// The interval between polls of `gcf scale`.
+    pub const INTERVAL: Duration = Duration::from_millis(500);
+}
+
+/// How `gcf scale` shows its progress while it waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Display {
+    /// Spinner lines redrawn in place (stdout is a terminal).
+    Terminal,
+    /// A line per change of a site (stdout is a pipe or a file).
+    Plain,
+    /// Nothing until the end (`--json`).
+    Json,
+}
+
+/// `gcf scale APP --sites N|LIST [-i K]`: write the desired placement, then (unless
+/// `wait` is `None`) poll it until it is done, showing each site's progress, and end with
+/// the `cf app`-like table. A refused write (400: unknown site, ...) writes nothing and
+/// fails with the API's message; a chosen site that failed, or the timeout, fails after
+/// the table.
+#[allow(clippy::too_many_arguments)]
+pub fn scale(
+    client: &Client,
+    org: &str,
+    space: &str,
+    app: &str,
+    request: &ScaleRequest,
+    wait: Option<Wait>,
+    display: Display,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let segments = ["placements", org, space, app];
+    let body = placement::request_body(&request.sites, request.instances);
+    let json = display == Display::Json;
+    if !json {
+        let desired = placement::desired_text(&crate::api::Desired {
+            sites: Some(request.sites.clone()),
+            instances: request.instances.map(u64::from),
+        });
+        writeln!(
+            out,
+            "Scaling app {app} in org {org} / space {space} to {desired}..."
+        )?;
+        out.flush()?;
+    }
+    let reply = client.put(&segments, &body)?;
+    let mut current: Placement = reply.parse()?;
+    let mut text = reply.text().to_owned();
+    if !json {
+        writeln!(out, "OK")?;
+    }
+    let Some(wait) = wait else {
+        if !json {
+            writeln!(out)?;
+        }
+        return show_placement(&current, &text, json, out);
+    };
+    if !json {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Waiting for app {app} to run at {}...",
+            if current.chosen.is_empty() {
+                "no site".to_owned()
+            } else {
+                let names: Vec<String> = current
+                    .chosen
+                    .iter()
+                    .map(|n| placement::site_name(n))
+                    .collect();
+                names.join(", ")
+            }
+        )?;
+        out.flush()?;
+    }
+    let mut view = ProgressView::new(display)?;
+    let deadline = Instant::now() + wait.timeout;
+    let timed_out = loop {
+        view.show(&current, out)?;
+        if placement::is_done(&current) {
+            break false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break true;
+        }
+        view.pause(wait.interval.min(deadline - now));
+        let Some(body) = client.get_opt(&segments)? else {
+            view.finish(out)?;
+            bail!("The placement of {org}/{space}/{app} was deleted while waiting for it.");
+        };
+        current = body.parse()?;
+        text = body.text().to_owned();
+    };
+    view.finish(out)?;
+    if !json {
+        writeln!(out)?;
+    }
+    show_placement(&current, &text, json, out)?;
+    if timed_out {
+        bail!(
+            "Timed out after {} s waiting for app {app}: not done at {}.",
+            wait.timeout.as_secs_f64(),
+            placement::not_done(&current).join(", ")
+        );
+    }
+    let failures = placement::failures(&current);
+    if !failures.is_empty() {
+        bail!(
+            "App {app} failed at {} of {} chosen sites:\n{}",
+            failures.len(),
+            current.chosen.len().max(failures.len()),
+            failures.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// `gcf placement APP`.
+pub fn placement(
+    client: &Client,
+    org: &str,
+    space: &str,
+    app: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let Some(body) = client.get_opt(&["placements", org, space, app])? else {
+        bail!(
+            "No placement for app {app} in org {org} / space {space}. Use 'gcf scale {app} --sites N' to place it."
+        );
+    };
+    let current: Placement = body.parse()?;
+    show_placement(&current, body.text(), json, out)
+}
+
+/// `gcf placements`.
+pub fn placements(client: &Client, json: bool, out: &mut dyn Write) -> Result<()> {
+    let body = client.get("/v1/placements", &[])?;
+    if json {
+        return print_json(body.text(), out);
+    }
+    let list: PlacementsBody = body.parse()?;
+    print_table(
+        &placement::LIST_HEADERS,
+        &placement::list_rows(&list.placements),
+        "No placements found.",
+        out,
+    )
+}
+
+/// The `cf app`-like block of one placement (or its JSON as received).
+fn show_placement(current: &Placement, text: &str, json: bool, out: &mut dyn Write) -> Result<()> {
+    if json {
+        return print_json(text, out);
+    }
+    out.write_all(table::render_pairs(&placement::detail_pairs(current)).as_bytes())?;
+    writeln!(out)?;
+    print_table(
+        &placement::SITE_HEADERS,
+        &placement::site_rows(current),
+        "No sites known.",
+        out,
+    )
+}
+
+/// The live progress of `gcf scale`.
+enum ProgressView {
+    /// One spinner line per site, drawn by indicatif straight to the terminal.
+    Terminal(Box<TerminalProgress>),
+    /// Lines written to `out` when a site's state changes.
+    Plain(PlainProgress),
+    /// Nothing.
+    Quiet,
+}
+
+impl ProgressView {
+    fn new(display: Display) -> Result<Self> {
+        Ok(match display {
+            Display::Terminal => ProgressView::Terminal(Box::new(TerminalProgress::new()?)),
+            Display::Plain => ProgressView::Plain(PlainProgress::new()),
+            Display::Json => ProgressView::Quiet,
+        })
+    }
+
+    fn show(&mut self, current: &Placement, out: &mut dyn Write) -> Result<()> {
+        match self {
+            ProgressView::Terminal(t) => t.show(current),
+            ProgressView::Plain(plain) => {
+                for line in plain.changes(current) {
+                    writeln!(out, "{line}")?;
+                }
+                out.flush()?;
+            }
+            ProgressView::Quiet => {}
+        }
+        Ok(())
+    }
+
+    /// Wait `pause` before the next poll (keeping spinners turning on a terminal).
+    fn pause(&mut self, pause: Duration) {
+        match self {
+            ProgressView::Terminal(t) => t.pause(pause),
+            ProgressView::Plain(_) | ProgressView::Quiet => std::thread::sleep(pause),
+        }
+    }
+
+    /// Stop drawing; on a terminal, end the last spinner line.
+    fn finish(&mut self, out: &mut dyn Write) -> Result<()> {
+        if let ProgressView::Terminal(t) = self {
+            if t.finish() {
+                writeln!(out)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// indicatif's spinner lines, one per site: `⠋ nyc  working  upload_droplet`, and `✓`
+/// or `✗` in place of the spinner once the site is done.
+///
+/// The bars are ticked from this thread only (no steady-tick thread): main holds the
+/// stdout lock for the whole command, and a drawing thread would block on it.
+struct TerminalProgress {
+    multi: indicatif::MultiProgress,
+    bars: Vec<(String, indicatif::ProgressBar)>,
+    spinning: indicatif::ProgressStyle,
+    succeeded: indicatif::ProgressStyle,
+    failed: indicatif::ProgressStyle,
+}
+
+impl TerminalProgress {
+    /// How often spinners turn between polls.
+    const TICK: Duration = Duration::from_millis(100);
+
+    fn new() -> Result<Self> {
+        use indicatif::{MultiProgress, ProgressDrawTarget, ProgressStyle};
+        let style = |template: &str| ProgressStyle::with_template(template);
+        Ok(Self {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
+            bars: Vec::new(),
+            spinning: style("{spinner} {prefix}  {msg}")?,
+            succeeded: style("✓ {prefix}  {msg}")?,
+            failed: style("✗ {prefix}  {msg}")?,
+        })
+    }
+
+    fn show(&mut self, current: &Placement) {
+        let width = current
+            .sites
+            .iter()
+            .map(|s| &s.site)
+            .chain(self.bars.iter().map(|(name, _)| name))
+            .map(|name| placement::site_name(name).chars().count())
+            .max()
+            .unwrap_or(0);
+        for site in &current.sites {
+            let progress = placement::site_progress(current, site);
+            let style = if !placement::site_done(current, site) {
+                &self.spinning
+            } else if progress.state == "failed" {
+                &self.failed
+            } else {
+                &self.succeeded
+            };
+            let prefix = format!("{:<width$}", placement::site_name(&site.site));
+            match self.bars.iter().find(|(name, _)| *name == site.site) {
+                Some((_, bar)) => {
+                    bar.set_style(style.clone());
+                    bar.set_prefix(prefix);
+                    bar.set_message(progress.tty_message());
+                }
+                None => {
+                    // Fully set up before it is added, so its first frame is complete.
+                    let bar = indicatif::ProgressBar::new_spinner()
+                        .with_style(style.clone())
+                        .with_prefix(prefix)
+                        .with_message(progress.tty_message());
+                    let bar = self.multi.add(bar);
+                    self.bars.push((site.site.clone(), bar));
+                }
+            }
+        }
+        // A site that appeared later may be wider: keep every prefix aligned.
+        for (name, bar) in &self.bars {
+            bar.set_prefix(format!("{:<width$}", placement::site_name(name)));
+            bar.tick();
+        }
+    }
+
+    fn pause(&self, pause: Duration) {
+        let until = Instant::now() + pause;
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            std::thread::sleep(Self::TICK.min(until - now));
+            for (_, bar) in &self.bars {
+                bar.tick();
+            }
+        }
+    }
+
+    /// Leave every line as it last was; the cursor stays at the end of the last one.
+    fn finish(&self) -> bool {
+        for (_, bar) in &self.bars {
+            bar.abandon();
+        }
+        !self.bars.is_empty()
+    }
+}
+
 /// A JSON value as a table cell: strings bare, `null` and empty objects as `-`, arrays of
 /// scalars joined with `, `, objects of scalars as `key=value, …` (a peer's `rejections`
 /// read `bad_signature=3, over_limit=1`), anything nested deeper as compact JSON.
@@ -1544,13 +1958,7 @@ nyc   3          9f00-bb
         );
         assert_eq!(requests.recv().unwrap(), "GET /healthz HTTP/1.1");
         let saved = target::load(&config).unwrap().unwrap();
-        assert_eq!(
-            saved,
-            Target {
-                api: base.clone(),
-                token: Some("s3cret".into())
-            }
-        );
+        assert_eq!(saved, Target::new(base.clone(), Some("s3cret".into())));
         let shown = output(|out| api_show(&config, out));
         assert!(
             shown.contains(&base) && shown.contains("token:") && !shown.contains("s3cret"),
@@ -1647,14 +2055,7 @@ shop.apps.example.com        5e1c-aa  lon* (2), nyc (3)
         assert_eq!(target::load(&config).unwrap(), None);
 
         // A command against a target that went away names the URL too.
-        target::save(
-            &config,
-            &Target {
-                api: url.clone(),
-                token: Some("t".into()),
-            },
-        )
-        .unwrap();
+        target::save(&config, &Target::new(url.clone(), Some("t".into()))).unwrap();
         let client = connect(&config).unwrap();
         let err = status(&client, false, &mut out).unwrap_err().to_string();
         assert!(
@@ -2108,6 +2509,455 @@ c.example.com  deleted    -     -        -        -
     fn failure(f: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> String {
         let mut out = Vec::new();
         format!("{:#}", f(&mut out).unwrap_err())
+    }
+
+    /// `gcf target -o/-s` saves beside the API target, each flag alone changes only its
+    /// own; `gcf api` to the same URL keeps them, to another drops them.
+    #[test]
+    fn target_org_and_space() {
+        let tmp = TempDir::new("target");
+        let config = tmp.0.join("config.toml");
+        let mut sink = Vec::new();
+        assert_eq!(
+            target_show(&config, &mut sink).unwrap_err().to_string(),
+            NO_TARGET
+        );
+        assert_eq!(
+            target_set(&config, Some("demo"), None, &mut sink)
+                .unwrap_err()
+                .to_string(),
+            NO_TARGET
+        );
+        target::save(
+            &config,
+            &Target::new("http://127.0.0.1:9".into(), Some("t".into())),
+        )
+        .unwrap();
+        let err = connect_space(&config).unwrap_err();
+        assert!(err.downcast_ref::<crate::UsageError>().is_some());
+        assert!(
+            err.to_string().contains("gcf target -o ORG -s SPACE"),
+            "{err}"
+        );
+
+        assert_eq!(
+            output(|out| target_show(&config, out)),
+            "api endpoint:   http://127.0.0.1:9\norg:            -\nspace:          -\n\n\
+             No org or space targeted, use 'gcf target -o ORG -s SPACE'.\n"
+        );
+        let text = output(|out| target_set(&config, Some(" demo "), None, out));
+        assert_eq!(
+            text,
+            "api endpoint:   http://127.0.0.1:9\norg:            demo\nspace:          -\n"
+        );
+        assert!(connect_space(&config).is_err(), "a space is needed too");
+        output(|out| target_set(&config, None, Some("prod"), out));
+        let text = output(|out| target_show(&config, out));
+        assert_eq!(
+            text,
+            "api endpoint:   http://127.0.0.1:9\norg:            demo\nspace:          prod\n"
+        );
+        let (_, org, space) = connect_space(&config).unwrap();
+        assert_eq!((org.as_str(), space.as_str()), ("demo", "prod"));
+        let saved = target::load(&config).unwrap().unwrap();
+        assert_eq!(saved.token.as_deref(), Some("t"), "the token is kept");
+
+        // A bad name is a usage error and changes nothing.
+        let err = target_set(&config, Some("x"), Some(" "), &mut sink).unwrap_err();
+        assert!(err.downcast_ref::<crate::UsageError>().is_some(), "{err}");
+        assert_eq!(target::load(&config).unwrap().unwrap(), saved);
+
+        // Re-targeting the API: same URL keeps org and space, another URL drops them.
+        let (base, _requests) = serve("t");
+        target::save(
+            &config,
+            &Target {
+                api: base.clone(),
+                ..saved.clone()
+            },
+        )
+        .unwrap();
+        output(|out| api_set(&config, &base, None, out));
+        let kept = target::load(&config).unwrap().unwrap();
+        assert_eq!(
+            (kept.org.as_deref(), kept.space.as_deref()),
+            (Some("demo"), Some("prod"))
+        );
+        let (other, _requests) = serve("t");
+        output(|out| api_set(&config, &other, None, out));
+        let dropped = target::load(&config).unwrap().unwrap();
+        assert_eq!((dropped.org, dropped.space), (None, None));
+    }
+
+    /// A placement with lon running 3/3, sgp scaled to zero and `nyc` as given.
+    fn placement_json(nyc: &str) -> String {
+        format!(
+            r#"{{"org":"demo","space":"prod","app":"shop",
+            "desired":{{"sites":2,"instances":3}},"chosen":["lon","nyc"],
+            "written_at_ms":1764670000000,"written_by":"lon-1",
+            "sites":[
+              {{"site":"lon","chosen":true,"state":"running","instances":3,"app_state":"STARTED",
+                "droplet_sha256":"aabbccddeeff00112233445566778899aabbccddeeff00112233445566778899"}},
+              {{"site":"nyc","chosen":true,{nyc}}},
+              {{"site":"sgp","chosen":false,"state":"stopped","instances":0,"app_state":"STOPPED"}}]}}"#
+        )
+    }
+
+    /// An admin API stand-in for the placement paths: `PUT` answers `put` (a body naming
+    /// site `nosuch` gets the API's 400), each `GET` of the app the next of `gets` (the
+    /// last one again once they run out), and a `GET` of another app 404. Each request is
+    /// recorded as `METHOD path body`.
+    struct PlacementStub {
+        base: String,
+        requests: mpsc::Receiver<String>,
+    }
+
+    impl PlacementStub {
+        fn start(put: String, gets: Vec<String>) -> PlacementStub {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let (seen, requests) = mpsc::channel();
+            std::thread::spawn(move || {
+                let mut next = 0usize;
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    let (method, path, body) = read_request(&stream);
+                    let _ = seen.send(format!("{method} {path} {body}").trim_end().to_owned());
+                    let (status, text) = match (method.as_str(), path.as_str()) {
+                        ("PUT", _) if body.contains("nosuch") => (
+                            "400 Bad Request",
+                            r#"{"error":"unknown site \"nosuch\"","field":"sites"}"#.to_owned(),
+                        ),
+                        ("PUT", _) => ("200 OK", put.clone()),
+                        ("GET", "/v1/placements") => {
+                            ("200 OK", format!(r#"{{"placements":[{put}]}}"#))
+                        }
+                        ("GET", p) if p.ends_with("/shop") && !gets.is_empty() => {
+                            let text = gets[next.min(gets.len() - 1)].clone();
+                            next += 1;
+                            ("200 OK", text)
+                        }
+                        _ => (
+                            "404 Not Found",
+                            r#"{"error":"no placement for demo/prod/nope"}"#.to_owned(),
+                        ),
+                    };
+                    let mut stream = stream;
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                        text.len()
+                    );
+                }
+            });
+            PlacementStub { base, requests }
+        }
+
+        fn client(&self) -> Client {
+            Client::new(&self.base, Some("t")).unwrap()
+        }
+
+        fn take(&self) -> Vec<String> {
+            self.requests.try_iter().collect()
+        }
+    }
+
+    /// The request line's method and path, and the body.
+    fn read_request(stream: &TcpStream) -> (String, String, String) {
+        use std::io::Read;
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).unwrap();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 || line.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let mut parts = request_line.split_whitespace();
+        (
+            parts.next().unwrap_or("").to_owned(),
+            parts.next().unwrap_or("").to_owned(),
+            String::from_utf8(body).unwrap(),
+        )
+    }
+
+    fn quick(timeout: Duration) -> Option<Wait> {
+        Some(Wait {
+            timeout,
+            interval: Duration::from_millis(1),
+        })
+    }
+
+    fn two_sites() -> ScaleRequest {
+        ScaleRequest {
+            sites: SitesSpec::Count(2),
+            instances: Some(3),
+        }
+    }
+
+    /// `gcf scale` off a terminal: the write, a plain line per change of a site while it
+    /// polls, then the `cf app`-like table once the placement is done.
+    #[test]
+    fn scale_writes_then_waits_with_plain_progress() {
+        let working = |step: &str| placement_json(&format!(r#""state":"working","step":"{step}""#));
+        let stub = PlacementStub::start(
+            placement_json(r#""state":"absent""#),
+            vec![
+                working("copy_droplet"),
+                working("copy_droplet"),
+                working("upload_droplet"),
+                placement_json(
+                    r#""state":"running","instances":3,"app_state":"STARTED","droplet_sha256":"aabbccddeeff00112233445566778899aabbccddeeff00112233445566778899""#,
+                ),
+            ],
+        );
+        let client = stub.client();
+        let text = output(|out| {
+            scale(
+                &client,
+                "demo",
+                "prod",
+                "shop",
+                &two_sites(),
+                quick(Duration::from_secs(30)),
+                Display::Plain,
+                out,
+            )
+        });
+        assert_eq!(
+            text,
+            "\
+Scaling app shop in org demo / space prod to 2 sites, 3 instances...
+OK
+
+Waiting for app shop to run at lon, nyc...
+lon: running (3/3)
+nyc: absent
+sgp: stopped
+nyc: working (copy_droplet)
+nyc: working (upload_droplet)
+nyc: running (3/3)
+
+name:      shop
+org:       demo
+space:     prod
+desired:   2 sites, 3 instances
+chosen:    lon, nyc
+written:   2025-12-02T10:06:40Z by lon-1
+
+site  chosen  state    instances  app state  droplet       error
+lon   yes     running  3/3        STARTED    aabbccddeeff  -
+nyc   yes     running  3/3        STARTED    aabbccddeeff  -
+sgp   no      stopped  0          STOPPED    -             -
+"
+        );
+        assert!(!text.contains('\u{1b}'), "no escape codes off a terminal");
+        let requests = stub.take();
+        assert_eq!(
+            requests[0],
+            r#"PUT /v1/placements/demo/prod/shop {"instances":3,"sites":2}"#
+        );
+        assert_eq!(requests[1..], ["GET /v1/placements/demo/prod/shop"; 4]);
+    }
+
+    #[test]
+    fn scale_fails_on_a_failed_site_a_refused_write_and_the_timeout() {
+        let failed = placement_json(
+            r#""state":"failed","error":"upload_droplet: Cloud Controller at nyc answered 500""#,
+        );
+        let stub = PlacementStub::start(placement_json(r#""state":"pending""#), vec![failed]);
+        let client = stub.client();
+        let mut out = Vec::new();
+        let err = scale(
+            &client,
+            "demo",
+            "prod",
+            "shop",
+            &two_sites(),
+            quick(Duration::from_secs(30)),
+            Display::Plain,
+            &mut out,
+        )
+        .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "App shop failed at 1 of 2 chosen sites:\nnyc: upload_droplet: Cloud Controller at nyc answered 500"
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("nyc: failed (upload_droplet: Cloud Controller at nyc answered 500)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nnyc   yes     failed   -/3        -          -             upload_droplet: Cloud Controller at nyc answered 500\n"),
+            "the table is printed before the failure: {text}"
+        );
+
+        // An unknown site: the API's 400, after nothing but the first line; no polling.
+        stub.take();
+        let mut out = Vec::new();
+        let request = ScaleRequest {
+            sites: SitesSpec::List(vec!["lon".into(), "nosuch".into()]),
+            instances: None,
+        };
+        let err = scale(
+            &client,
+            "demo",
+            "prod",
+            "shop",
+            &request,
+            quick(Duration::from_secs(30)),
+            Display::Plain,
+            &mut out,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}/v1/placements/demo/prod/shop: 400 Bad Request: unknown site \"nosuch\" (field sites)",
+                stub.base
+            )
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Scaling app shop in org demo / space prod to lon and nosuch, instances kept...\n"
+        );
+        assert_eq!(
+            stub.take(),
+            [r#"PUT /v1/placements/demo/prod/shop {"sites":["lon","nosuch"]}"#]
+        );
+
+        // Never done: the timeout names the sites still under way, after the table.
+        let stuck = placement_json(r#""state":"working","step":"copy_droplet""#);
+        let stub = PlacementStub::start(stuck.clone(), vec![stuck]);
+        let mut out = Vec::new();
+        let err = scale(
+            &stub.client(),
+            "demo",
+            "prod",
+            "shop",
+            &two_sites(),
+            quick(Duration::from_millis(30)),
+            Display::Plain,
+            &mut out,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Timed out after 0.03 s waiting for app shop: not done at nyc (working, copy_droplet)."
+        );
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("\nsite  chosen  state"),
+            "the table is printed before the timeout"
+        );
+    }
+
+    #[test]
+    fn scale_without_waiting_or_as_json() {
+        let absent = placement_json(r#""state":"absent""#);
+        let running = placement_json(r#""state":"running","instances":3"#);
+        let stub = PlacementStub::start(absent.clone(), vec![running.clone()]);
+        let client = stub.client();
+        let text = output(|out| {
+            scale(
+                &client,
+                "demo",
+                "prod",
+                "shop",
+                &two_sites(),
+                None,
+                Display::Plain,
+                out,
+            )
+        });
+        assert!(
+            text.starts_with("Scaling app shop in org demo / space prod to 2 sites, 3 instances...\nOK\n\nname:      shop\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nnyc   yes     absent   -/3"), "{text}");
+        assert_eq!(stub.take().len(), 1, "--no-wait: the write only");
+
+        // --json: no progress, the last placement's JSON as received.
+        let text = output(|out| {
+            scale(
+                &client,
+                "demo",
+                "prod",
+                "shop",
+                &two_sites(),
+                quick(Duration::from_secs(30)),
+                Display::Json,
+                out,
+            )
+        });
+        assert_eq!(text, format!("{}\n", table::pretty_json(&running)));
+        let text = output(|out| {
+            scale(
+                &client,
+                "demo",
+                "prod",
+                "shop",
+                &two_sites(),
+                None,
+                Display::Json,
+                out,
+            )
+        });
+        assert_eq!(text, format!("{}\n", table::pretty_json(&absent)));
+
+        // Org and space names are one URL segment each.
+        stub.take();
+        output(|out| {
+            scale(
+                &client,
+                "my org",
+                "a/b",
+                "shop",
+                &two_sites(),
+                None,
+                Display::Json,
+                out,
+            )
+        });
+        assert_eq!(
+            stub.take(),
+            [r#"PUT /v1/placements/my%20org/a%2Fb/shop {"instances":3,"sites":2}"#]
+        );
+    }
+
+    #[test]
+    fn placement_and_placements_show_the_tables() {
+        let running = placement_json(r#""state":"running","instances":3"#);
+        let stub = PlacementStub::start(running.clone(), vec![running.clone()]);
+        let client = stub.client();
+        let text = output(|out| placement(&client, "demo", "prod", "shop", false, out));
+        assert!(text.starts_with("name:      shop\n"), "{text}");
+        assert!(text.contains("\nsite  chosen  state"), "{text}");
+        let text = output(|out| placement(&client, "demo", "prod", "shop", true, out));
+        assert_eq!(text, format!("{}\n", table::pretty_json(&running)));
+        assert_eq!(
+            failure(|out| placement(&client, "demo", "prod", "nope", false, out)),
+            "No placement for app nope in org demo / space prod. Use 'gcf scale nope --sites N' to place it."
+        );
+        let text = output(|out| placements(&client, false, out));
+        assert_eq!(
+            text,
+            "\
+org   space  app   desired               chosen    state
+demo  prod   shop  2 sites, 3 instances  lon, nyc  2/2 running
+"
+        );
     }
 
     /// Issue 13: pin, weights, set-routing and drain read each host's policy, change their

@@ -5,17 +5,23 @@
 //! ```text
 //!  main (flags, exit codes) ──► commands ──► api (HTTP) ──► admin API of a node
 //!                                   │  ├──► table (text)
-//!                                   │  └──► policy (pure policy edits)
+//!                                   │  ├──► policy (pure policy edits)
+//!                                   │  ├──► placement (pure placement text, Done rule)
+//!                                   │  └──► indicatif (spinner lines, terminals only)
 //!                                   └─────► target (config.toml)
 //! ```
 //!
-//! - `main` (this file): parses flags with clap, finds the config path, dispatches to
-//!   [`commands`], prints errors as `FAILED` plus the message, maps errors to exit codes.
+//! - `main` (this file): parses flags with clap, finds the config path, checks whether
+//!   stdout is a terminal (`gcf scale`'s progress), dispatches to [`commands`], prints
+//!   errors as `FAILED` plus the message, maps errors to exit codes.
 //! - [`commands`]: one function per command; pure `*_rows` helpers build each table.
 //! - [`api`]: the blocking HTTP client and the lenient response structs.
 //! - [`policy`]: the control-plane commands' argument syntax and policy edits; no I/O.
+//! - [`placement`]: `gcf scale --sites` syntax, the placement API's Done rule, progress
+//!   lines (and when a plain one is due) and the placement tables; no I/O.
 //! - [`table`]: aligned tables, `key: value` blocks, JSON re-indentation; no I/O.
-//! - [`target`]: the saved API URL and token (`$GCF_HOME` or `~/.config/gcf`).
+//! - [`target`]: the saved API URL, token, org and space (`$GCF_HOME` or
+//!   `~/.config/gcf`).
 //!
 //! Must never: hold logic a test would need (that lives in the modules), or print the
 //! token.
@@ -27,18 +33,22 @@
 
 mod api;
 mod commands;
+mod placement;
 mod policy;
 mod table;
 mod target;
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use crate::api::SitesSpec;
+use crate::commands::{Display, ScaleRequest, Wait};
 use crate::policy::Mode;
 
 /// An error the user can fix by changing flags or the config: exits 2, not 1.
@@ -78,6 +88,18 @@ enum Command {
         /// File holding the admin bearer token (the node's admin.token_file).
         #[arg(long, value_name = "FILE", requires = "url")]
         token_file: Option<PathBuf>,
+    },
+    /// Set or view the targeted org and space (used by scale and placement).
+    ///
+    /// Saved with the API target. Without flags it shows the API, org and space; -o or -s
+    /// alone changes only that one.
+    Target {
+        /// The org of the apps to place.
+        #[arg(short = 'o', long = "org", value_name = "ORG")]
+        org: Option<String>,
+        /// The space of the apps to place.
+        #[arg(short = 's', long = "space", value_name = "SPACE")]
+        space: Option<String>,
     },
     /// Show the targeted node: site, sync state, routes, peers, uptime.
     Status {
@@ -195,6 +217,49 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Place an app on N sites, or on the named sites, with K instances each.
+    ///
+    /// The app is in the targeted org and space (gcf target -o ORG -s SPACE). GRouter
+    /// copies its droplet to chosen sites that lack it and scales it to zero at sites no
+    /// longer chosen. gcf waits, with a progress line per site, until every chosen site
+    /// runs the app or failed (exit 1), unless --no-wait.
+    Scale {
+        /// The app's name in the targeted org and space.
+        app: String,
+        /// How many sites (GRouter chooses them), e.g. 2, or which, e.g. lon,nyc.
+        #[arg(long, value_name = "N|LIST", value_parser = placement::parse_sites,
+              allow_negative_numbers = true)]
+        sites: SitesSpec,
+        /// Instances at each chosen site (0 to 10000); without it the app keeps the
+        /// instances it has.
+        #[arg(short = 'i', long = "instances", value_name = "K",
+              value_parser = clap::value_parser!(u32).range(0..=10_000))]
+        instances: Option<u32>,
+        /// Return once the placement is written, without waiting for the sites.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds (exit 1, naming the sites not done).
+        #[arg(long, value_name = "SECS", default_value_t = 600,
+              value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "no_wait")]
+        timeout: u64,
+        /// Print the placement's JSON at the end instead of progress and a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show where an app of the targeted org and space is placed, site by site.
+    Placement {
+        /// The app's name in the targeted org and space.
+        app: String,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the placements of all apps.
+    Placements {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the TLS certificates of the mesh (metadata only).
     Certs {
         /// Print the API's JSON instead of a table.
@@ -280,6 +345,13 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             url: Some(url),
             token_file,
         } => commands::api_set(&config, &url, token_file.as_deref(), out),
+        Command::Target {
+            org: None,
+            space: None,
+        } => commands::target_show(&config, out),
+        Command::Target { org, space } => {
+            commands::target_set(&config, org.as_deref(), space.as_deref(), out)
+        }
         Command::Status { json } => commands::status(&commands::connect(&config)?, json, out),
         Command::Sites { json } => commands::sites(&commands::connect(&config)?, json, out),
         Command::Routes { site, json } => {
@@ -318,6 +390,36 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }
         Command::SetRouting { app, mode, json } => {
             commands::set_routing(&commands::connect(&config)?, &app, mode, json, out)
+        }
+        Command::Scale {
+            app,
+            sites,
+            instances,
+            no_wait,
+            timeout,
+            json,
+        } => {
+            let (client, org, space) = commands::connect_space(&config)?;
+            let wait = (!no_wait).then_some(Wait {
+                timeout: Duration::from_secs(timeout),
+                interval: Wait::INTERVAL,
+            });
+            let display = if json {
+                Display::Json
+            } else if io::stdout().is_terminal() {
+                Display::Terminal
+            } else {
+                Display::Plain
+            };
+            let request = ScaleRequest { sites, instances };
+            commands::scale(&client, &org, &space, &app, &request, wait, display, out)
+        }
+        Command::Placement { app, json } => {
+            let (client, org, space) = commands::connect_space(&config)?;
+            commands::placement(&client, &org, &space, &app, json, out)
+        }
+        Command::Placements { json } => {
+            commands::placements(&commands::connect(&config)?, json, out)
         }
         Command::Certs { json } => commands::certs(&commands::connect(&config)?, json, out),
         Command::UploadCert {
@@ -422,6 +524,99 @@ mod tests {
             Command::SetRouting {
                 mode: Mode::Redirect,
                 ..
+            }
+        ));
+    }
+
+    /// Placement commands: `--sites` and the other flags are checked before any request;
+    /// a malformed value is a usage error (exit 2) naming the flag.
+    #[test]
+    fn placement_usage_errors_name_the_flag() {
+        let cases: [(&[&str], &str); 9] = [
+            (&["gcf", "scale", "shop"], "--sites"),
+            (&["gcf", "scale", "shop", "--sites", ""], "--sites"),
+            (&["gcf", "scale", "shop", "--sites", "lon,,nyc"], "--sites"),
+            (&["gcf", "scale", "shop", "--sites", "-1"], "negative"),
+            (
+                &["gcf", "scale", "shop", "--sites", "2", "-i", "10001"],
+                "-i",
+            ),
+            (&["gcf", "scale", "shop", "--sites", "2", "-i", "x"], "-i"),
+            (
+                &["gcf", "scale", "shop", "--sites", "2", "--timeout", "0"],
+                "--timeout",
+            ),
+            (
+                &[
+                    "gcf",
+                    "scale",
+                    "shop",
+                    "--sites",
+                    "2",
+                    "--no-wait",
+                    "--timeout",
+                    "5",
+                ],
+                "--timeout",
+            ),
+            (&["gcf", "placement"], "<APP>"),
+        ];
+        for (args, flag) in cases {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+            assert!(err.to_string().contains(flag), "{args:?}: {err}");
+        }
+
+        let cli = Cli::try_parse_from([
+            "gcf",
+            "scale",
+            "shop",
+            "--sites",
+            "lon,nyc",
+            "-i",
+            "3",
+            "--timeout",
+            "60",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Scale { app, sites: SitesSpec::List(s), instances: Some(3), no_wait: false,
+                timeout: 60, json: false }
+            if app == "shop" && s == ["lon", "nyc"]
+        ));
+        let cli = Cli::try_parse_from([
+            "gcf",
+            "scale",
+            "shop",
+            "--sites",
+            "2",
+            "--no-wait",
+            "--json",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Scale {
+                sites: SitesSpec::Count(2),
+                instances: None,
+                no_wait: true,
+                timeout: 600,
+                json: true,
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["gcf", "target", "-o", "demo"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Target { org: Some(o), space: None } if o == "demo"
+        ));
+        let cli = Cli::try_parse_from(["gcf", "target", "--org", "d", "--space", "p"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Target {
+                org: Some(_),
+                space: Some(_)
             }
         ));
     }

@@ -1,8 +1,10 @@
-//! The saved target: which admin API `gcf` talks to and with which bearer token.
+//! The saved target: which admin API `gcf` talks to, with which bearer token, and which
+//! org and space the placement commands act on.
 //!
-//! Owns: the location of `config.toml` (`$GCF_HOME`, else `~/.config/gcf`), its format,
-//! writing it privately (directory 0700, file 0600, replaced atomically) and reading the
-//! token file given to `gcf api --token-file`.
+//! Owns: the location of `config.toml` (`$GCF_HOME`, else `~/.config/gcf`), its format
+//! (a config written before `gcf target` existed still loads), writing it privately
+//! (directory 0700, file 0600, replaced atomically), reading the token file given to
+//! `gcf api --token-file`, and what counts as an org or space name.
 //!
 //! Must never: talk to the network, print or log the token (the `Debug` impl redacts it),
 //! or leave a half-written config behind.
@@ -24,8 +26,7 @@ pub const HOME_ENV: &str = "GCF_HOME";
 pub const CONFIG_FILE: &str = "config.toml";
 
 /// First lines of every saved config, so whoever opens it knows it is secret.
-const CONFIG_HEADER: &str =
-    "# Written by `gcf api`. It holds an admin bearer token: keep this file private.\n";
+const CONFIG_HEADER: &str = "# Written by `gcf api` and `gcf target`. It holds an admin bearer token: keep this file private.\n";
 
 /// A saved target. Unknown keys are tolerated (not `deny_unknown_fields`) because gcf
 /// writes this file itself, and an older gcf must still read what a newer one wrote.
@@ -36,6 +37,25 @@ pub struct Target {
     /// Bearer token for `/v1/*`; absent when `gcf api` was run without `--token-file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The org set by `gcf target -o`; absent until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    /// The space set by `gcf target -s`; absent until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub space: Option<String>,
+}
+
+#[cfg(test)]
+impl Target {
+    /// A target for `api` with `token` and no org or space.
+    pub fn new(api: String, token: Option<String>) -> Self {
+        Self {
+            api,
+            token,
+            org: None,
+            space: None,
+        }
+    }
 }
 
 impl fmt::Debug for Target {
@@ -43,6 +63,8 @@ impl fmt::Debug for Target {
         f.debug_struct("Target")
             .field("api", &self.api)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("org", &self.org)
+            .field("space", &self.space)
             .finish()
     }
 }
@@ -146,6 +168,24 @@ pub fn read_token_file(path: &Path) -> Result<String> {
     Ok(token.to_owned())
 }
 
+/// Check an org or space name given to `gcf target` (`flag` names it in the error):
+/// surrounding whitespace is dropped; an empty name or one with control characters is a
+/// usage error.
+pub fn check_name(flag: &str, name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(UsageError::new(format!("{flag}: the name is empty")).into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err(UsageError::new(format!(
+            "{flag} '{}': the name must not contain control characters",
+            name.escape_debug()
+        ))
+        .into());
+    }
+    Ok(name.to_owned())
+}
+
 /// Check and normalise an API URL given to `gcf api`.
 ///
 /// Like `cf api`, a URL without a scheme means `https://`. Only `http` and `https` are
@@ -210,17 +250,15 @@ pub(crate) mod tests {
         assert_eq!(load(&path).unwrap(), None);
 
         let target = Target {
-            api: "http://127.0.0.1:9090".into(),
-            token: Some("s3cret".into()),
+            org: Some("demo".into()),
+            space: Some("prod".into()),
+            ..Target::new("http://127.0.0.1:9090".into(), Some("s3cret".into()))
         };
         save(&path, &target).unwrap();
         assert_eq!(load(&path).unwrap(), Some(target));
 
         // Overwriting keeps one file (no temporary left behind) and drops the token.
-        let no_token = Target {
-            api: "https://admin.example.com".into(),
-            token: None,
-        };
+        let no_token = Target::new("https://admin.example.com".into(), None);
         save(&path, &no_token).unwrap();
         assert_eq!(load(&path).unwrap(), Some(no_token));
         let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().collect();
@@ -254,13 +292,47 @@ pub(crate) mod tests {
 
     #[test]
     fn debug_redacts_the_token() {
-        let target = Target {
-            api: "http://x".into(),
-            token: Some("s3cret".into()),
-        };
+        let target = Target::new("http://x".into(), Some("s3cret".into()));
         let text = format!("{target:?}");
         assert!(!text.contains("s3cret"), "{text}");
         assert!(text.contains("<redacted>"));
+    }
+
+    /// A config written before `gcf target` existed (no org, no space) still loads, and
+    /// one written by a newer gcf with keys this one does not know loads too.
+    #[test]
+    fn old_and_newer_configs_load() {
+        let tmp = TempDir::new("old");
+        let path = tmp.0.join(CONFIG_FILE);
+        fs::write(
+            &path,
+            "# Written by `gcf api`. It holds an admin bearer token: keep this file private.\n\
+             api = \"http://127.0.0.1:9090\"\ntoken = \"t\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load(&path).unwrap(),
+            Some(Target::new(
+                "http://127.0.0.1:9090".into(),
+                Some("t".into())
+            ))
+        );
+        fs::write(&path, "api = \"http://x\"\nspace = \"prod\"\nfuture = 1\n").unwrap();
+        let target = load(&path).unwrap().unwrap();
+        assert_eq!((target.org, target.space.as_deref()), (None, Some("prod")));
+    }
+
+    #[test]
+    fn org_and_space_names_are_checked() {
+        assert_eq!(check_name("-o", "  demo ").unwrap(), "demo");
+        assert_eq!(check_name("-s", "my space").unwrap(), "my space");
+        for bad in ["", "  ", "a\nb", "x\u{1b}[2J"] {
+            let err = check_name("-o", bad).unwrap_err();
+            assert!(
+                is_usage(&err) && err.to_string().starts_with("-o"),
+                "{bad:?}: {err}"
+            );
+        }
     }
 
     #[test]
