@@ -640,6 +640,8 @@ pub struct PlacementSite {
     pub droplet_sha256: Option<String>,
     /// The last failure, `step: message`.
     pub error: Option<String>,
+    /// When the site's reconciler wrote this report (Unix ms).
+    pub updated_at_ms: Option<u64>,
 }
 
 /// A field that falls back to `None` when it is missing, `null` or of a shape this gcf

@@ -150,13 +150,24 @@ fn is_ready(placement: &Placement, site: &PlacementSite) -> bool {
             .is_none_or(|k| site.instances == Some(k))
 }
 
-/// The Done rule for one site: a chosen site is ready or `failed`; an unchosen one is
-/// `stopped`, `absent` or `failed`.
+/// A failure reported after the placement was written: one from before (the reconciler
+/// is about to try the new placement) does not end the wait.
+fn failed_since_written(placement: &Placement, site: &PlacementSite) -> bool {
+    site.state == "failed"
+        && match (placement.written_at_ms, site.updated_at_ms) {
+            (Some(written), Some(updated)) => updated >= written,
+            _ => true,
+        }
+}
+
+/// The Done rule for one site: a chosen site is ready or has failed since the write; an
+/// unchosen one is `stopped`, `absent`, failed, or `unknown` (a site that takes no part
+/// in placement, having no Cloud Controller configured, never reports).
 pub fn site_done(placement: &Placement, site: &PlacementSite) -> bool {
     if is_chosen(placement, site) {
-        site.state == "failed" || is_ready(placement, site)
+        failed_since_written(placement, site) || is_ready(placement, site)
     } else {
-        matches!(site.state.as_str(), "stopped" | "absent" | "failed")
+        matches!(site.state.as_str(), "stopped" | "absent" | "failed" | "unknown")
     }
 }
 
@@ -586,6 +597,15 @@ mod tests {
             ["nyc: upload_droplet: Cloud Controller at nyc answered 500"]
         );
         assert!(failures(&running(3)).is_empty());
+        // A failure reported before the placement was written is the old placement's: the
+        // reconciler is about to try the new one.
+        let mut stale = with_nyc(
+            r#"{"site":"nyc","chosen":true,"state":"failed","error":"scale: boom","updated_at_ms":1}"#,
+        );
+        stale.written_at_ms = Some(2);
+        assert!(!is_done(&stale));
+        stale.sites[1].updated_at_ms = Some(2);
+        assert!(is_done(&stale));
         for state in ["pending", "unknown", "absent", "stopped", ""] {
             let p = with_nyc(&format!(
                 r#"{{"site":"nyc","chosen":true,"state":"{state}"}}"#
@@ -593,14 +613,15 @@ mod tests {
             assert!(!is_done(&p), "chosen {state:?}");
         }
 
-        // Unchosen sites must be stopped, absent or failed.
+        // Unchosen sites must be stopped, absent or failed, or never report (no Cloud
+        // Controller there).
         for (state, done) in [
             ("stopped", true),
             ("absent", true),
             ("failed", true),
             ("working", false),
             ("running", false),
-            ("unknown", false),
+            ("unknown", true),
         ] {
             let mut p = running(3);
             p.sites[2].state = state.to_owned();
