@@ -65,6 +65,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cc;
 pub mod config;
 pub mod control;
 pub mod dns;

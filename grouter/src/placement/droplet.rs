@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{Semaphore, mpsc};
@@ -52,7 +52,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// A droplet's bytes as they arrive.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
-type Body = BoxBody<Bytes, io::Error>;
+type Body = UnsyncBoxBody<Bytes, io::Error>;
 
 /// The serving end: this site's droplets, for the sites chosen to run them.
 #[derive(Debug)]
@@ -180,7 +180,7 @@ impl DropletServer {
             let _held = &permit;
             chunk.map(Frame::data)
         });
-        let mut resp = Response::new(BodyExt::boxed(StreamBody::new(body)));
+        let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(body)));
         if let Some(len) = len {
             resp.headers_mut()
                 .insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
@@ -229,7 +229,7 @@ impl DropletServer {
 
 fn refuse(status: StatusCode, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": message }).to_string();
-    let mut resp = Response::new(BodyExt::boxed(Full::new(Bytes::from(body)).map_err(|never| match never {})));
+    let mut resp = Response::new(BodyExt::boxed_unsync(Full::new(Bytes::from(body)).map_err(|never| match never {})));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
