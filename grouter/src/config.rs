@@ -1681,6 +1681,28 @@ token_file = "admin.token"
     }
 
     #[test]
+    fn cloud_controller_section_parses_resolves_and_rejects_bad_urls() {
+        let section = "\n[cloud_controller]\napi = \"https://api.sys.lon.example.com\"\n\
+                       uaa = \"https://uaa.sys.lon.example.com/\"\nclient_id = \"grouter-lon\"\n\
+                       client_secret_file = \"cc.secret\"\n";
+        let c = parse(&format!("{MINIMAL}{section}")).unwrap();
+        let cc = c.cloud_controller.unwrap();
+        assert_eq!(cc.client_id, "grouter-lon");
+        assert_eq!(cc.client_secret_file, Path::new("/etc/grouter/cc.secret"));
+        assert_eq!(cc.ca_file, None);
+        let bad = section.replace("https://api.sys.lon.example.com", "https://api.evil@x?y");
+        let why = single_error(&format!("{MINIMAL}{bad}"), "cloud_controller.api");
+        assert!(why.contains("plain base URL"), "{why}");
+        let bad = section.replace("https://uaa.sys.lon.example.com/", "ftp://uaa");
+        let why = single_error(&format!("{MINIMAL}{bad}"), "cloud_controller.uaa");
+        assert!(why.contains("https://"), "{why}");
+        let bad = section.replace("grouter-lon", "");
+        single_error(&format!("{MINIMAL}{bad}"), "cloud_controller.client_id");
+        let unknown = format!("{MINIMAL}{section}client_secret = \"inline\"\n");
+        assert!(errors(&unknown).iter().any(|e| e.contains("client_secret")), "a secret in the config is refused");
+    }
+
+    #[test]
     fn mesh_trust_keys_default_and_parse() {
         let c = parse(&with_mesh("")).unwrap();
         let mesh = c.mesh.unwrap();

@@ -455,3 +455,33 @@ async fn bad_credentials_missing_spaces_docker_apps_and_garbage_are_clear_per_si
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_large_droplet_streams_through_both_sites_nodes_without_their_memory_growing_by_64_mb() {
+    const SIZE: u64 = 1 << 30;
+    let mesh = ThreeSites::start([seed_with(shop(SIZE)), empty_space(), empty_space()], None).await;
+    let (lon, nyc) = (&mesh.nodes[0], &mesh.nodes[1]);
+    let before = [lon.peak_rss_kib(), nyc.peak_rss_kib()];
+    let started = std::time::Instant::now();
+    assert_eq!(lon.put(SHOP, &json!({"sites": ["lon", "nyc"]})).await.0, 200);
+    let p = settled(nyc, SHOP).await;
+    let took = started.elapsed();
+    let after = [lon.peak_rss_kib(), nyc.peak_rss_kib()];
+    let nyc_state = mesh.ccs[1].state().await;
+    let app = mesh.ccs[1].app("shop").await.expect("copied");
+    let lon_state = mesh.ccs[0].state().await;
+    let lon_app = mesh.ccs[0].app("shop").await.unwrap();
+    assert_eq!(current_sha(&nyc_state, &app), current_sha(&lon_state, &lon_app));
+    let size = nyc_state["droplets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["guid"] == app["current_droplet"])
+        .and_then(|d| d["size"].as_u64());
+    assert_eq!(size, Some(SIZE), "{p}");
+    for (name, (b, a)) in ["lon", "nyc"].iter().zip(before.iter().zip(after.iter())) {
+        let grown_mib = a.saturating_sub(*b) / 1024;
+        eprintln!("{name}: peak RSS {b} KiB -> {a} KiB (+{grown_mib} MiB) copying 1 GiB in {took:?}");
+        assert!(grown_mib < 64, "{name}'s memory grew by {grown_mib} MiB moving a 1 GiB droplet");
+    }
+}
