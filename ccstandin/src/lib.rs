@@ -143,12 +143,11 @@ impl CcStandIn {
             source,
         })?;
         let rng = ring::rand::SystemRandom::new();
-        let signing_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).map_err(|_| {
-            Error::Bind {
+        let signing_key =
+            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).map_err(|_| Error::Bind {
                 addr,
                 source: std::io::Error::other("no randomness for the blobstore signing key"),
-            }
-        })?;
+            })?;
         let shared = Arc::new(Shared {
             site: config.site,
             client_id: config.client_id,

@@ -2,6 +2,8 @@
 //! tokens, the copy of a droplet (create, upload, job, stage, assign, start), downloads
 //! through the signed blobstore URL, every fault, token expiry and seed errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is the test failing
+
 use std::time::{Duration, Instant};
 
 use grouter_cc_standin::{CcStandIn, Config, Error, Seed, seeded_bytes};
@@ -52,7 +54,12 @@ impl Cc {
             .build()
             .unwrap();
         let url = cc.url();
-        Cc { _cc: cc, http, url, dir }
+        Cc {
+            _cc: cc,
+            http,
+            url,
+            dir,
+        }
     }
 
     async fn token(&self) -> String {
@@ -70,7 +77,13 @@ impl Cc {
         v["access_token"].as_str().unwrap().to_string()
     }
 
-    async fn call(&self, method: Method, token: Option<&str>, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        method: Method,
+        token: Option<&str>,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.url));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -81,7 +94,10 @@ impl Cc {
         let r = req.send().await.unwrap();
         let status = r.status();
         let text = r.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
@@ -93,11 +109,15 @@ impl Cc {
     }
 
     async fn hook(&self, path: &str) -> Value {
-        self.call(Method::GET, None, &format!("/_standin/{path}"), None).await.1
+        self.call(Method::GET, None, &format!("/_standin/{path}"), None)
+            .await
+            .1
     }
 
     async fn faults(&self, f: Value) -> Value {
-        let (status, v) = self.call(Method::POST, None, "/_standin/faults", Some(f)).await;
+        let (status, v) = self
+            .call(Method::POST, None, "/_standin/faults", Some(f))
+            .await;
         assert_eq!(status, 200, "{v}");
         v
     }
@@ -107,34 +127,59 @@ impl Cc {
     }
 
     async fn space_guid(&self) -> String {
-        self.state().await["spaces"][0]["guid"].as_str().unwrap().to_string()
+        self.state().await["spaces"][0]["guid"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     async fn app_guid(&self, name: &str) -> String {
         let s = self.state().await;
-        let a = s["apps"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap();
+        let a = s["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap();
         a["guid"].as_str().unwrap().to_string()
     }
 
     async fn new_app_with_droplet(&self, token: &str, name: &str) -> (String, String) {
         let space = self.space_guid().await;
         let (status, app) = self
-            .post(token, "/v3/apps", json!({"name": name, "relationships": {"space": {"data": {"guid": space}}}}))
+            .post(
+                token,
+                "/v3/apps",
+                json!({"name": name, "relationships": {"space": {"data": {"guid": space}}}}),
+            )
             .await;
         assert_eq!(status, 201, "{app}");
         let app = app["guid"].as_str().unwrap().to_string();
         let (status, d) = self
-            .post(token, "/v3/droplets", json!({"relationships": {"app": {"data": {"guid": app}}},
-                "process_types": {"web": "bundle exec rackup"}}))
+            .post(
+                token,
+                "/v3/droplets",
+                json!({"relationships": {"app": {"data": {"guid": app}}},
+                "process_types": {"web": "bundle exec rackup"}}),
+            )
             .await;
         assert_eq!(status, 201, "{d}");
         assert_eq!(d["state"], "AWAITING_UPLOAD");
         (app, d["guid"].as_str().unwrap().to_string())
     }
 
-    async fn upload(&self, token: &str, droplet: &str, part: &str, file: &str, bits: Vec<u8>) -> reqwest::Response {
-        let form = reqwest::multipart::Form::new()
-            .part(part.to_string(), reqwest::multipart::Part::bytes(bits).file_name(file.to_string()));
+    async fn upload(
+        &self,
+        token: &str,
+        droplet: &str,
+        part: &str,
+        file: &str,
+        bits: Vec<u8>,
+    ) -> reqwest::Response {
+        let form = reqwest::multipart::Form::new().part(
+            part.to_string(),
+            reqwest::multipart::Part::bytes(bits).file_name(file.to_string()),
+        );
         self.http
             .post(format!("{}/v3/droplets/{droplet}/upload", self.url))
             .bearer_auth(token)
@@ -145,7 +190,9 @@ impl Cc {
     }
 
     fn blob_files(&self) -> usize {
-        std::fs::read_dir(self.dir.path().join("blobs")).unwrap().count()
+        std::fs::read_dir(self.dir.path().join("blobs"))
+            .unwrap()
+            .count()
     }
 }
 
@@ -190,19 +237,40 @@ async fn token_requests_good_and_bad_are_all_recorded_and_v3_needs_a_good_token(
     let form = |id: &str, secret: &str, grant: &str| {
         cc.http
             .post(format!("{}/oauth/token", cc.url))
-            .form(&[("grant_type", grant.to_string()), ("client_id", id.into()), ("client_secret", secret.into())])
+            .form(&[
+                ("grant_type", grant.to_string()),
+                ("client_id", id.into()),
+                ("client_secret", secret.into()),
+            ])
             .send()
     };
-    assert_eq!(form(ID, SECRET, "client_credentials").await.unwrap().status(), 200);
+    assert_eq!(
+        form(ID, SECRET, "client_credentials")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let bad = form(ID, "wrong", "client_credentials").await.unwrap();
     assert_eq!(bad.status(), 401);
-    assert_eq!(bad.json::<Value>().await.unwrap()["error_description"], "Bad credentials");
+    assert_eq!(
+        bad.json::<Value>().await.unwrap()["error_description"],
+        "Bad credentials"
+    );
     let grant = form(ID, SECRET, "password").await.unwrap();
     assert_eq!(grant.status(), 400);
-    assert_eq!(grant.json::<Value>().await.unwrap()["error"], "unsupported_grant_type");
+    assert_eq!(
+        grant.json::<Value>().await.unwrap()["error"],
+        "unsupported_grant_type"
+    );
 
     let tokens = cc.hook("tokens").await;
-    let oks: Vec<bool> = tokens.as_array().unwrap().iter().map(|t| t["ok"].as_bool().unwrap()).collect();
+    let oks: Vec<bool> = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["ok"].as_bool().unwrap())
+        .collect();
     assert_eq!(oks, [true, true, false, false], "{tokens}");
     assert_eq!(tokens[2]["client_secret"], "wrong");
     assert_eq!(tokens[3]["grant_type"], "password");
@@ -216,7 +284,12 @@ async fn token_requests_good_and_bad_are_all_recorded_and_v3_needs_a_good_token(
     assert!(v["pagination"]["next"].is_null());
 
     let requests = cc.hook("requests").await;
-    let auth: Vec<bool> = requests.as_array().unwrap().iter().map(|r| r["authorization"].as_bool().unwrap()).collect();
+    let auth: Vec<bool> = requests
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["authorization"].as_bool().unwrap())
+        .collect();
     assert_eq!(auth, [false, true, true]);
     assert_eq!(requests[2]["path"], "/v3/organizations");
     assert_eq!(requests[2]["method"], "GET");
@@ -227,32 +300,55 @@ async fn a_droplet_is_created_uploaded_staged_assigned_and_started() {
     const SIZE: usize = 300_001;
     let cc = Cc::start(&shop_seed(SIZE as u64)).await;
     let token = cc.token().await;
-    let seeded_sha = cc.state().await["droplets"][0]["sha256"].as_str().unwrap().to_string();
+    let seeded_sha = cc.state().await["droplets"][0]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let bits = seeded_bytes(SIZE, 7);
-    assert_eq!(sha256_hex(&bits), seeded_sha, "seeded bits are the documented splitmix64 stream");
+    assert_eq!(
+        sha256_hex(&bits),
+        seeded_sha,
+        "seeded bits are the documented splitmix64 stream"
+    );
 
     let (app, droplet) = cc.new_app_with_droplet(&token, "copy").await;
     let (_, a) = cc.get(&token, &format!("/v3/apps/{app}")).await;
     assert_eq!(a["state"], "STOPPED");
     assert_eq!(a["lifecycle"]["data"]["stack"], "cflinuxfs4");
-    let (status, v) = cc.get(&token, &format!("/v3/apps/{app}/droplets/current")).await;
+    let (status, v) = cc
+        .get(&token, &format!("/v3/apps/{app}/droplets/current"))
+        .await;
     assert_eq!(status, 404);
     assert_eq!(v["errors"][0]["detail"], "Droplet not found");
-    let (status, v) = cc.post(&token, &format!("/v3/apps/{app}/actions/start"), json!({})).await;
+    let (status, v) = cc
+        .post(&token, &format!("/v3/apps/{app}/actions/start"), json!({}))
+        .await;
     assert_eq!(status, 422);
-    assert_eq!(v["errors"][0]["detail"], "Assign a droplet before starting this app.");
+    assert_eq!(
+        v["errors"][0]["detail"],
+        "Assign a droplet before starting this app."
+    );
     let (status, _) = cc
-        .call(Method::PATCH, Some(&token), &format!("/v3/apps/{app}/relationships/current_droplet"),
-            Some(json!({"data": {"guid": droplet}})))
+        .call(
+            Method::PATCH,
+            Some(&token),
+            &format!("/v3/apps/{app}/relationships/current_droplet"),
+            Some(json!({"data": {"guid": droplet}})),
+        )
         .await;
     assert_eq!(status, 422, "an unstaged droplet cannot be current");
 
-    let r = cc.upload(&token, &droplet, "bits", "droplet.tgz", bits.clone()).await;
+    let r = cc
+        .upload(&token, &droplet, "bits", "droplet.tgz", bits.clone())
+        .await;
     assert_eq!(r.status(), 202);
     let location = r.headers()["location"].to_str().unwrap().to_string();
     let d: Value = r.json().await.unwrap();
     assert_eq!(d["state"], "PROCESSING_UPLOAD");
-    assert!(location.starts_with(&format!("{}/v3/jobs/", cc.url)), "{location}");
+    assert!(
+        location.starts_with(&format!("{}/v3/jobs/", cc.url)),
+        "{location}"
+    );
     let job_path = location.trim_start_matches(&cc.url).to_string();
     let job = poll("the job to complete", || async {
         let (_, j) = cc.get(&token, &job_path).await;
@@ -263,33 +359,57 @@ async fn a_droplet_is_created_uploaded_staged_assigned_and_started() {
     assert_eq!(job["operation"], "droplet.upload");
     let (_, d) = cc.get(&token, &format!("/v3/droplets/{droplet}")).await;
     assert_eq!(d["state"], "STAGED");
-    assert_eq!(d["checksum"], json!({"type": "sha256", "value": seeded_sha}));
+    assert_eq!(
+        d["checksum"],
+        json!({"type": "sha256", "value": seeded_sha})
+    );
 
-    let r = cc.upload(&token, &droplet, "bits", "droplet.tgz", b"again".to_vec()).await;
+    let r = cc
+        .upload(&token, &droplet, "bits", "droplet.tgz", b"again".to_vec())
+        .await;
     assert_eq!(r.status(), 422, "a staged droplet takes no more bits");
 
     let (status, v) = cc
-        .call(Method::PATCH, Some(&token), &format!("/v3/apps/{app}/relationships/current_droplet"),
-            Some(json!({"data": {"guid": droplet}})))
+        .call(
+            Method::PATCH,
+            Some(&token),
+            &format!("/v3/apps/{app}/relationships/current_droplet"),
+            Some(json!({"data": {"guid": droplet}})),
+        )
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["data"]["guid"], droplet);
     let other = cc.app_guid("shop").await;
     let (status, _) = cc
-        .call(Method::PATCH, Some(&token), &format!("/v3/apps/{other}/relationships/current_droplet"),
-            Some(json!({"data": {"guid": droplet}})))
+        .call(
+            Method::PATCH,
+            Some(&token),
+            &format!("/v3/apps/{other}/relationships/current_droplet"),
+            Some(json!({"data": {"guid": droplet}})),
+        )
         .await;
     assert_eq!(status, 422, "another app's droplet cannot be current");
-    let (status, p) = cc.post(&token, &format!("/v3/apps/{app}/processes/web/actions/scale"), json!({"instances": 3})).await;
+    let (status, p) = cc
+        .post(
+            &token,
+            &format!("/v3/apps/{app}/processes/web/actions/scale"),
+            json!({"instances": 3}),
+        )
+        .await;
     assert_eq!(status, 202);
     assert_eq!(p["instances"], 3);
-    let (status, a) = cc.post(&token, &format!("/v3/apps/{app}/actions/start"), json!({})).await;
+    let (status, a) = cc
+        .post(&token, &format!("/v3/apps/{app}/actions/start"), json!({}))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(a["state"], "STARTED");
 
     // A route, its destination (twice: a no-op), a duplicate route refused.
     let (_, domains) = cc.get(&token, "/v3/domains?names=apps.example.com").await;
-    let domain = domains["resources"][0]["guid"].as_str().unwrap().to_string();
+    let domain = domains["resources"][0]["guid"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let space = cc.space_guid().await;
     let route_body = json!({"host": "copy", "relationships": {"space": {"data": {"guid": space}}, "domain": {"data": {"guid": domain}}}});
     let (status, route) = cc.post(&token, "/v3/routes", route_body.clone()).await;
@@ -299,37 +419,72 @@ async fn a_droplet_is_created_uploaded_staged_assigned_and_started() {
     let rguid = route["guid"].as_str().unwrap();
     for _ in 0..2 {
         let (status, v) = cc
-            .post(&token, &format!("/v3/routes/{rguid}/destinations"), json!({"destinations": [{"app": {"guid": app}}]}))
+            .post(
+                &token,
+                &format!("/v3/routes/{rguid}/destinations"),
+                json!({"destinations": [{"app": {"guid": app}}]}),
+            )
             .await;
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["destinations"].as_array().unwrap().len(), 1);
     }
-    let (_, found) = cc.get(&token, &format!("/v3/routes?domain_guids={domain}&hosts=copy&paths=")).await;
+    let (_, found) = cc
+        .get(
+            &token,
+            &format!("/v3/routes?domain_guids={domain}&hosts=copy&paths="),
+        )
+        .await;
     assert_eq!(found["pagination"]["total_results"], 1);
-    let (_, found) = cc.get(&token, &format!("/v3/routes?domain_guids={domain}&hosts=copy&paths=/nope")).await;
+    let (_, found) = cc
+        .get(
+            &token,
+            &format!("/v3/routes?domain_guids={domain}&hosts=copy&paths=/nope"),
+        )
+        .await;
     assert_eq!(found["pagination"]["total_results"], 0);
     let (_, routes) = cc.get(&token, &format!("/v3/apps/{app}/routes")).await;
     assert_eq!(routes["resources"][0]["guid"], rguid);
 
     let state = cc.state().await;
-    let a = state["apps"].as_array().unwrap().iter().find(|a| a["name"] == "copy").unwrap();
+    let a = state["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "copy")
+        .unwrap();
     assert_eq!(a["state"], "STARTED");
     assert_eq!(a["instances"], 3);
     assert_eq!(a["org"], "demo");
     assert_eq!(a["space"], "prod");
     assert_eq!(a["current_droplet"], droplet);
-    let d = state["droplets"].as_array().unwrap().iter().find(|d| d["guid"] == droplet).unwrap();
+    let d = state["droplets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["guid"] == droplet)
+        .unwrap();
     assert_eq!(d["sha256"], seeded_sha);
     assert_eq!(d["size"], SIZE);
     assert_eq!(d["app"], app);
     assert_eq!(state["jobs"][0]["state"], "COMPLETE");
-    let r = state["routes"].as_array().unwrap().iter().find(|r| r["host"] == "copy").unwrap();
+    let r = state["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["host"] == "copy")
+        .unwrap();
     assert_eq!(r["destinations"], json!([app]));
     assert_eq!(r["domain"], "apps.example.com");
     assert_eq!(cc.state().await, state, "nothing changes by itself");
 
     // The app name is taken now.
-    let (status, _) = cc.post(&token, "/v3/apps", json!({"name": "copy", "relationships": {"space": {"data": {"guid": space}}}})).await;
+    let (status, _) = cc
+        .post(
+            &token,
+            "/v3/apps",
+            json!({"name": "copy", "relationships": {"space": {"data": {"guid": space}}}}),
+        )
+        .await;
     assert_eq!(status, 422);
 }
 
@@ -341,13 +496,31 @@ async fn the_seed_makes_routes_processes_and_droplets() {
     assert_eq!(shop["name"], "shop");
     assert_eq!(shop["instances"], 2);
     assert_eq!(shop["state"], "STARTED");
-    let urls: Vec<&str> = state["routes"].as_array().unwrap().iter().map(|r| r["url"].as_str().unwrap()).collect();
-    assert_eq!(urls, ["shop.apps.example.com", "x.apps.example.com/path", "example.com", "web.apps.example.com"]);
+    let urls: Vec<&str> = state["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["url"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            "shop.apps.example.com",
+            "x.apps.example.com/path",
+            "example.com",
+            "web.apps.example.com"
+        ]
+    );
     assert_eq!(state["routes"][1]["path"], "/path");
     assert_eq!(state["routes"][2]["host"], "");
     assert_eq!(state["routes"][2]["domain"], "example.com");
     let web = &state["apps"][1];
-    let docker = state["droplets"].as_array().unwrap().iter().find(|d| d["app"] == web["guid"]).unwrap();
+    let docker = state["droplets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["app"] == web["guid"])
+        .unwrap();
     assert_eq!(docker["lifecycle"], "docker");
     assert_eq!(docker["image"], "example/web:latest");
     assert!(docker["sha256"].is_null());
@@ -358,18 +531,34 @@ async fn the_seed_makes_routes_processes_and_droplets() {
     let token = cc.token().await;
     let space = cc.space_guid().await;
     let org = state["orgs"][0]["guid"].as_str().unwrap();
-    let (_, spaces) = cc.get(&token, &format!("/v3/spaces?names=prod&organization_guids={org}")).await;
+    let (_, spaces) = cc
+        .get(
+            &token,
+            &format!("/v3/spaces?names=prod&organization_guids={org}"),
+        )
+        .await;
     assert_eq!(spaces["resources"][0]["guid"], space);
-    let (_, apps) = cc.get(&token, &format!("/v3/apps?names=shop,web&space_guids={space}")).await;
+    let (_, apps) = cc
+        .get(
+            &token,
+            &format!("/v3/apps?names=shop,web&space_guids={space}"),
+        )
+        .await;
     assert_eq!(apps["pagination"]["total_results"], 2);
     assert_eq!(apps["resources"][1]["lifecycle"]["type"], "docker");
     let shop_guid = shop["guid"].as_str().unwrap();
-    let (_, p) = cc.get(&token, &format!("/v3/apps/{shop_guid}/processes/web")).await;
+    let (_, p) = cc
+        .get(&token, &format!("/v3/apps/{shop_guid}/processes/web"))
+        .await;
     assert_eq!(p["instances"], 2);
     assert_eq!(p["type"], "web");
-    let (_, d) = cc.get(&token, &format!("/v3/apps/{shop_guid}/droplets/current")).await;
+    let (_, d) = cc
+        .get(&token, &format!("/v3/apps/{shop_guid}/droplets/current"))
+        .await;
     assert_eq!(d["checksum"]["value"], state["droplets"][0]["sha256"]);
-    let (_, routes) = cc.get(&token, &format!("/v3/apps/{shop_guid}/routes")).await;
+    let (_, routes) = cc
+        .get(&token, &format!("/v3/apps/{shop_guid}/routes"))
+        .await;
     assert_eq!(routes["pagination"]["total_results"], 3);
 }
 
@@ -392,16 +581,29 @@ async fn downloads_redirect_to_a_signed_blobstore_url_that_refuses_an_authorizat
     let location = r.headers()["location"].to_str().unwrap().to_string();
     let prefix = format!("http://cc.example.test:8080/_blobstore/droplets/{droplet}?signature=");
     assert!(location.starts_with(&prefix), "{location}");
-    let blob = format!("{}{}", cc.url, location.trim_start_matches("http://cc.example.test:8080"));
+    let blob = format!(
+        "{}{}",
+        cc.url,
+        location.trim_start_matches("http://cc.example.test:8080")
+    );
 
     let r = cc.http.get(&blob).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 400);
     let text = r.text().await.unwrap();
-    assert!(text.contains("<Code>InvalidArgument</Code>") && text.contains("Only one auth mechanism allowed"), "{text}");
+    assert!(
+        text.contains("<Code>InvalidArgument</Code>")
+            && text.contains("Only one auth mechanism allowed"),
+        "{text}"
+    );
 
     let r = cc.http.get(format!("{blob}0")).send().await.unwrap();
     assert_eq!(r.status(), 403);
-    let r = cc.http.get(format!("{}/_blobstore/droplets/{droplet}", cc.url)).send().await.unwrap();
+    let r = cc
+        .http
+        .get(format!("{}/_blobstore/droplets/{droplet}", cc.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403, "no signature");
 
     let r = cc.http.get(&blob).send().await.unwrap();
@@ -412,13 +614,23 @@ async fn downloads_redirect_to_a_signed_blobstore_url_that_refuses_an_authorizat
     assert_eq!(bytes.as_ref(), seeded_bytes(SIZE, 7).as_slice());
 
     let docker = state["droplets"][1]["guid"].as_str().unwrap();
-    let (status, v) = cc.get(&token, &format!("/v3/droplets/{docker}/download")).await;
+    let (status, v) = cc
+        .get(&token, &format!("/v3/droplets/{docker}/download"))
+        .await;
     assert_eq!(status, 422);
-    assert_eq!(v["errors"][0]["detail"], "Cannot download droplets with 'docker' lifecycle.");
+    assert_eq!(
+        v["errors"][0]["detail"],
+        "Cannot download droplets with 'docker' lifecycle."
+    );
     let (_, fresh) = cc.new_app_with_droplet(&token, "fresh").await;
-    let (status, v) = cc.get(&token, &format!("/v3/droplets/{fresh}/download")).await;
+    let (status, v) = cc
+        .get(&token, &format!("/v3/droplets/{fresh}/download"))
+        .await;
     assert_eq!(status, 422);
-    assert_eq!(v["errors"][0]["detail"], "Only staged droplets can be downloaded.");
+    assert_eq!(
+        v["errors"][0]["detail"],
+        "Only staged droplets can be downloaded."
+    );
 
     let requests = cc.hook("requests").await;
     let blob_requests: Vec<bool> = requests
@@ -440,7 +652,9 @@ async fn upload_faults_fail_the_upload_or_the_job_and_leave_nothing_behind() {
     let f = cc.faults(json!({"upload_500": 1, "job_failed": 1})).await;
     assert_eq!(f["upload_500"], 1);
 
-    let r = cc.upload(&token, &droplet, "bits", "d.tgz", vec![1; 100_000]).await;
+    let r = cc
+        .upload(&token, &droplet, "bits", "d.tgz", vec![1; 100_000])
+        .await;
     assert_eq!(r.status(), 500);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["errors"][0]["code"], 10001);
@@ -449,9 +663,15 @@ async fn upload_faults_fail_the_upload_or_the_job_and_leave_nothing_behind() {
     let (_, d) = cc.get(&token, &format!("/v3/droplets/{droplet}")).await;
     assert_eq!(d["state"], "AWAITING_UPLOAD");
 
-    let r = cc.upload(&token, &droplet, "bits", "d.tgz", vec![1; 1000]).await;
+    let r = cc
+        .upload(&token, &droplet, "bits", "d.tgz", vec![1; 1000])
+        .await;
     assert_eq!(r.status(), 202);
-    let job_path = r.headers()["location"].to_str().unwrap().trim_start_matches(&cc.url).to_string();
+    let job_path = r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .trim_start_matches(&cc.url)
+        .to_string();
     let job = poll("the job to end", || async {
         let (_, j) = cc.get(&token, &job_path).await;
         (j["state"] != "PROCESSING").then_some(j)
@@ -464,13 +684,21 @@ async fn upload_faults_fail_the_upload_or_the_job_and_leave_nothing_behind() {
     );
     let (_, d) = cc.get(&token, &format!("/v3/droplets/{droplet}")).await;
     assert_eq!(d["state"], "FAILED");
-    assert!(d["error"].as_str().is_some_and(|e| e.contains("injected")), "{d}");
+    assert!(
+        d["error"].as_str().is_some_and(|e| e.contains("injected")),
+        "{d}"
+    );
     assert_eq!(cc.blob_files(), files, "a failed job's bits are removed");
-    assert_eq!(cc.hook("faults").await, json!({"upload_500": 0, "job_failed": 0, "garbage": 0, "token_401": 0, "slow_download_bytes_per_s": null}));
+    assert_eq!(
+        cc.hook("faults").await,
+        json!({"upload_500": 0, "job_failed": 0, "garbage": 0, "token_401": 0, "slow_download_bytes_per_s": null})
+    );
 
     // Faults used up: the next droplet goes through.
     let (_, droplet) = cc.new_app_with_droplet(&token, "copy2").await;
-    let r = cc.upload(&token, &droplet, "bits", "d.tgz", vec![2; 1000]).await;
+    let r = cc
+        .upload(&token, &droplet, "bits", "d.tgz", vec![2; 1000])
+        .await;
     assert_eq!(r.status(), 202);
 }
 
@@ -480,9 +708,13 @@ async fn a_malformed_upload_is_refused() {
     let token = cc.token().await;
     let (_, droplet) = cc.new_app_with_droplet(&token, "copy").await;
     let files = cc.blob_files();
-    let r = cc.upload(&token, &droplet, "bits", "droplet.zip", vec![1; 10]).await;
+    let r = cc
+        .upload(&token, &droplet, "bits", "droplet.zip", vec![1; 10])
+        .await;
     assert_eq!(r.status(), 422, "filename must end .tgz");
-    let r = cc.upload(&token, &droplet, "file", "droplet.tgz", vec![1; 10]).await;
+    let r = cc
+        .upload(&token, &droplet, "file", "droplet.tgz", vec![1; 10])
+        .await;
     assert_eq!(r.status(), 422, "the part must be named bits");
     let r = cc
         .http
@@ -493,7 +725,9 @@ async fn a_malformed_upload_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let r = cc.upload(&token, "no-such-droplet", "bits", "d.tgz", vec![1; 10]).await;
+    let r = cc
+        .upload(&token, "no-such-droplet", "bits", "d.tgz", vec![1; 10])
+        .await;
     assert_eq!(r.status(), 404);
     assert_eq!(cc.blob_files(), files);
     let (_, d) = cc.get(&token, &format!("/v3/droplets/{droplet}")).await;
@@ -520,7 +754,11 @@ async fn bad_bodies_are_cc_errors() {
     assert_eq!(cc.post(&token, "/v3/apps", json!([1, 2])).await.0, 422);
     assert_eq!(cc.post(&token, "/v3/apps", json!({"name": 5})).await.0, 422);
     let (status, _) = cc
-        .post(&token, "/v3/apps", json!({"name": "x", "relationships": {"space": {"data": {"guid": "nope"}}}}))
+        .post(
+            &token,
+            "/v3/apps",
+            json!({"name": "x", "relationships": {"space": {"data": {"guid": "nope"}}}}),
+        )
         .await;
     assert_eq!(status, 422);
     let (status, v) = cc.get(&token, "/v3/apps/nope").await;
@@ -529,11 +767,19 @@ async fn bad_bodies_are_cc_errors() {
     assert_eq!(cc.get(&token, "/v3/jobs/nope").await.0, 404);
     assert_eq!(cc.get(&token, "/v3/no/such/thing").await.0, 404);
     let shop = cc.app_guid("shop").await;
-    let (status, _) = cc.post(&token, &format!("/v3/apps/{shop}/processes/web/actions/scale"), json!({"instances": -1})).await;
+    let (status, _) = cc
+        .post(
+            &token,
+            &format!("/v3/apps/{shop}/processes/web/actions/scale"),
+            json!({"instances": -1}),
+        )
+        .await;
     assert_eq!(status, 422);
     let (status, _) = cc.post(&token, "/v3/routes", json!({"host": "a b"})).await;
     assert_eq!(status, 422);
-    let (status, _) = cc.post(&token, "/_standin/faults", json!({"nonsense": 1})).await;
+    let (status, _) = cc
+        .post(&token, "/_standin/faults", json!({"nonsense": 1}))
+        .await;
     assert_eq!(status, 400);
 }
 
@@ -543,15 +789,37 @@ async fn garbage_and_401_faults_answer_the_next_requests_and_then_stop() {
     let token = cc.token().await;
     cc.faults(json!({"garbage": 1000})).await;
     for _ in 0..3 {
-        let r = cc.http.get(format!("{}/v3/apps", cc.url)).bearer_auth(&token).send().await.unwrap();
+        let r = cc
+            .http
+            .get(format!("{}/v3/apps", cc.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["content-type"], "text/html");
         assert_eq!(r.text().await.unwrap(), "<html>garbage</html>");
     }
     let space = cc.space_guid().await;
-    let (status, body) = cc.post(&token, "/v3/apps", json!({"name": "g", "relationships": {"space": {"data": {"guid": space}}}})).await;
-    assert_eq!((status, body), (StatusCode::OK, json!("<html>garbage</html>")));
-    assert!(cc.state().await["apps"].as_array().unwrap().iter().all(|a| a["name"] != "g"), "garbage does nothing");
+    let (status, body) = cc
+        .post(
+            &token,
+            "/v3/apps",
+            json!({"name": "g", "relationships": {"space": {"data": {"guid": space}}}}),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!("<html>garbage</html>"))
+    );
+    assert!(
+        cc.state().await["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["name"] != "g"),
+        "garbage does nothing"
+    );
     assert_eq!(cc.faults(json!({"garbage": 0})).await["garbage"], 0);
     assert_eq!(cc.get(&token, "/v3/apps").await.0, 200);
 
@@ -564,7 +832,10 @@ async fn garbage_and_401_faults_answer_the_next_requests_and_then_stop() {
     assert_eq!(cc.get(&token, "/v3/apps").await.0, 200);
 
     cc.faults(json!({"garbage": 1})).await;
-    assert_eq!(cc.get(&token, "/v3/apps").await.1, json!("<html>garbage</html>"));
+    assert_eq!(
+        cc.get(&token, "/v3/apps").await.1,
+        json!("<html>garbage</html>")
+    );
     assert_eq!(cc.get(&token, "/v3/apps").await.0, 200);
 }
 
@@ -573,7 +844,9 @@ async fn expired_tokens_are_refused_until_a_new_one_is_fetched() {
     let cc = Cc::start(&shop_seed(10)).await;
     let token = cc.token().await;
     assert_eq!(cc.get(&token, "/v3/apps").await.0, 200);
-    let (status, _) = cc.call(Method::POST, None, "/_standin/expire_tokens", None).await;
+    let (status, _) = cc
+        .call(Method::POST, None, "/_standin/expire_tokens", None)
+        .await;
     assert_eq!(status, 200);
     let (status, v) = cc.get(&token, "/v3/apps").await;
     assert_eq!(status, 401);
@@ -587,8 +860,13 @@ async fn slow_downloads_are_paced_and_the_pace_applies_to_a_download_under_way()
     const SIZE: usize = 400_000;
     let cc = Cc::start(&shop_seed(SIZE as u64)).await;
     let token = cc.token().await;
-    let droplet = cc.state().await["droplets"][0]["guid"].as_str().unwrap().to_string();
-    let (status, _) = cc.get(&token, &format!("/v3/droplets/{droplet}/download")).await;
+    let droplet = cc.state().await["droplets"][0]["guid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = cc
+        .get(&token, &format!("/v3/droplets/{droplet}/download"))
+        .await;
     assert_eq!(status, 302);
     let location = cc
         .http
@@ -603,14 +881,28 @@ async fn slow_downloads_are_paced_and_the_pace_applies_to_a_download_under_way()
         .to_string();
 
     // 400 kB at 1 MB/s: at least about 0.4 s.
-    cc.faults(json!({"slow_download_bytes_per_s": 1_000_000})).await;
+    cc.faults(json!({"slow_download_bytes_per_s": 1_000_000}))
+        .await;
     let started = Instant::now();
-    let bytes = cc.http.get(&location).send().await.unwrap().bytes().await.unwrap();
+    let bytes = cc
+        .http
+        .get(&location)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(bytes.len(), SIZE);
-    assert!(started.elapsed() >= Duration::from_millis(350), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        started.elapsed()
+    );
 
     // 10 kB/s would take 40 s; lifted after the first chunk, the rest comes at once.
-    cc.faults(json!({"slow_download_bytes_per_s": 10_000})).await;
+    cc.faults(json!({"slow_download_bytes_per_s": 10_000}))
+        .await;
     let started = Instant::now();
     let mut r = cc.http.get(&location).send().await.unwrap();
     let first = r.chunk().await.unwrap().unwrap();
@@ -620,7 +912,11 @@ async fn slow_downloads_are_paced_and_the_pace_applies_to_a_download_under_way()
         got += c.len();
     }
     assert_eq!(got, SIZE);
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 fn seed_error(seed: Value) -> (String, String) {
@@ -633,7 +929,8 @@ fn seed_error(seed: Value) -> (String, String) {
 #[test]
 fn seed_errors_name_the_field() {
     let app = |extra: Value| {
-        let mut a = json!({"name": "shop", "lifecycle": "buildpack", "state": "STOPPED", "instances": 1});
+        let mut a =
+            json!({"name": "shop", "lifecycle": "buildpack", "state": "STOPPED", "instances": 1});
         for (k, v) in extra.as_object().unwrap() {
             a[k] = v.clone();
         }
@@ -643,24 +940,58 @@ fn seed_errors_name_the_field() {
     let (field, msg) = seed_error(app(json!({"colour": "red"})));
     assert_eq!(field, format!("{path}.colour"), "{msg}");
     assert!(msg.contains("unknown field"), "{msg}");
-    assert_eq!(seed_error(app(json!({"lifecycle": "java"}))).0, format!("{path}.lifecycle"));
-    assert_eq!(seed_error(app(json!({"state": "RUNNING"}))).0, format!("{path}.state"));
-    assert_eq!(seed_error(app(json!({"instances": -1}))).0, format!("{path}.instances"));
-    assert_eq!(seed_error(app(json!({"state": "STARTED"}))).0, format!("{path}.droplet"));
     assert_eq!(
-        seed_error(app(json!({"lifecycle": "docker", "droplet": {"size": 1, "seed": 1}}))).0,
+        seed_error(app(json!({"lifecycle": "java"}))).0,
+        format!("{path}.lifecycle")
+    );
+    assert_eq!(
+        seed_error(app(json!({"state": "RUNNING"}))).0,
+        format!("{path}.state")
+    );
+    assert_eq!(
+        seed_error(app(json!({"instances": -1}))).0,
+        format!("{path}.instances")
+    );
+    assert_eq!(
+        seed_error(app(json!({"state": "STARTED"}))).0,
         format!("{path}.droplet")
     );
-    assert_eq!(seed_error(app(json!({"droplet": {"size": 1}}))).0, format!("{path}.droplet"));
-    assert_eq!(seed_error(app(json!({"droplet": {"size": 1, "seed": 1, "x": 1}}))).0, format!("{path}.droplet.x"));
-    let (field, msg) = seed_error(app(json!({"routes": ["ok.apps.example.com", "shop.other.org"]})));
+    assert_eq!(
+        seed_error(app(
+            json!({"lifecycle": "docker", "droplet": {"size": 1, "seed": 1}})
+        ))
+        .0,
+        format!("{path}.droplet")
+    );
+    assert_eq!(
+        seed_error(app(json!({"droplet": {"size": 1}}))).0,
+        format!("{path}.droplet")
+    );
+    assert_eq!(
+        seed_error(app(json!({"droplet": {"size": 1, "seed": 1, "x": 1}}))).0,
+        format!("{path}.droplet.x")
+    );
+    let (field, msg) = seed_error(app(
+        json!({"routes": ["ok.apps.example.com", "shop.other.org"]}),
+    ));
     assert_eq!(field, format!("{path}.routes[1]"));
     assert!(msg.contains("shop.other.org"), "{msg}");
-    assert_eq!(seed_error(json!({"domains": ["a.com"], "extra": 1})).0, "extra");
+    assert_eq!(
+        seed_error(json!({"domains": ["a.com"], "extra": 1})).0,
+        "extra"
+    );
     assert_eq!(seed_error(json!({"domains": ["a b"]})).0, "domains[0]");
-    assert_eq!(seed_error(json!({"orgs": [{"name": "a"}, {"name": "a"}]})).0, "orgs[1].name");
+    assert_eq!(
+        seed_error(json!({"orgs": [{"name": "a"}, {"name": "a"}]})).0,
+        "orgs[1].name"
+    );
     assert!(Seed::from_json("{").is_err());
-    assert!(Seed::from_json(&app(json!({"state": "STARTED", "droplet": {"size": 1, "seed": 1}})).to_string()).is_ok());
+    assert!(
+        Seed::from_json(
+            &app(json!({"state": "STARTED", "droplet": {"size": 1, "seed": 1}})).to_string()
+        )
+        .is_ok()
+    );
 }
 
 #[tokio::test]
