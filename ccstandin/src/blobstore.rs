@@ -46,7 +46,7 @@ impl Drop for TempBlob {
 
 /// Read and drop the rest of a request body, so the client reads our answer rather than a
 /// reset while it is still sending.
-async fn drain(body: Body) {
+pub(crate) async fn drain(body: Body) {
     let mut stream = body.into_data_stream();
     while let Some(Ok(_)) = stream.next().await {}
 }

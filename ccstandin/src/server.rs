@@ -110,19 +110,19 @@ where
         let garbage = f.take(Fault::Garbage);
         (garbage, !garbage && f.take(Fault::Token401))
     };
-    if garbage {
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/html")],
-            "<html>garbage</html>",
-        )
-            .into_response();
-    }
-    if refuse {
-        return CcError::invalid_token().into_response();
-    }
     let valid = bearer(req.headers()).is_some_and(|t| sh.tokens.lock().contains(t));
-    if !valid {
+    if garbage || refuse || !valid {
+        // Read what the client is still sending (an upload's bits), so it reads this answer
+        // rather than a reset.
+        crate::blobstore::drain(req.into_body()).await;
+        if garbage {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html>garbage</html>",
+            )
+                .into_response();
+        }
         return CcError::invalid_token().into_response();
     }
     next(req).await

@@ -1011,3 +1011,29 @@ async fn an_unwritable_blob_dir_is_a_startup_error() {
     .await;
     assert!(matches!(r, Err(Error::BlobDir { .. })), "{r:?}");
 }
+
+#[tokio::test]
+async fn an_upload_refused_at_the_gate_reads_the_401_not_a_reset() {
+    let cc = Cc::start(&shop_seed(10)).await;
+    let token = cc.token().await;
+    let (_, droplet) = cc.new_app_with_droplet(&token, "copy").await;
+    let (status, _) = cc
+        .call(Method::POST, None, "/_standin/expire_tokens", None)
+        .await;
+    assert_eq!(status, 200);
+    let r = cc
+        .upload(&token, &droplet, "bits", "d.tgz", vec![3; 4 << 20])
+        .await;
+    assert_eq!(r.status(), 401);
+    cc.faults(json!({"garbage": 1})).await;
+    let token = cc.token().await;
+    let r = cc
+        .upload(&token, &droplet, "bits", "d.tgz", vec![3; 4 << 20])
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "<html>garbage</html>");
+    let r = cc
+        .upload(&token, &droplet, "bits", "d.tgz", vec![3; 4 << 20])
+        .await;
+    assert_eq!(r.status(), 202);
+}

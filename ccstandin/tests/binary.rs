@@ -12,13 +12,20 @@ fn standin(seed: &Value, dir: &std::path::Path) -> Command {
     let seed_file = dir.join("seed.json");
     std::fs::write(&seed_file, seed.to_string()).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_grouter-cc-standin"));
-    cmd.args(["--site", "nyc", "--listen", "127.0.0.1:0", "--client-id", "grouter-nyc"])
-        .args(["--client-secret", "s", "--job-delay-ms", "100", "--seed"])
-        .arg(&seed_file)
-        .arg("--blob-dir")
-        .arg(dir.join("blobs"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "--site",
+        "nyc",
+        "--listen",
+        "127.0.0.1:0",
+        "--client-id",
+        "grouter-nyc",
+    ])
+    .args(["--client-secret", "s", "--job-delay-ms", "100", "--seed"])
+    .arg(&seed_file)
+    .arg("--blob-dir")
+    .arg(dir.join("blobs"))
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     cmd
 }
 
@@ -37,12 +44,19 @@ fn it_announces_its_address_serves_and_stops_on_sigterm() {
     assert_eq!(v["service"], "cloud_controller");
     assert_eq!(v["site"], "nyc");
     let addr = v["addr"].as_str().unwrap().to_string();
-    assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
 
     // A plain HTTP/1.1 request for the state, without a client library.
     use std::io::{Read as _, Write as _};
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();
-    write!(conn, "GET /_standin/state HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        conn,
+        "GET /_standin/state HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut answer = String::new();
     conn.read_to_string(&mut answer).unwrap();
     let body = answer.split_once("\r\n\r\n").unwrap().1;
@@ -50,7 +64,10 @@ fn it_announces_its_address_serves_and_stops_on_sigterm() {
     assert_eq!(state["site"], "nyc");
     assert_eq!(state["droplets"][0]["size"], 3 << 20);
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert_eq!(exit.code(), Some(0), "{exit:?}");
