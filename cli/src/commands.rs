@@ -1381,7 +1381,15 @@ fn show_placement(current: &Placement, text: &str, json: bool, out: &mut dyn Wri
         &placement::site_rows(current),
         "No sites known.",
         out,
-    )
+    )?;
+    let errors = placement::error_lines(current);
+    if !errors.is_empty() {
+        writeln!(out, "\nerrors:")?;
+        for line in errors {
+            writeln!(out, "  {line}")?;
+        }
+    }
+    Ok(())
 }
 
 /// The live progress of `gcf scale`.

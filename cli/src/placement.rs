@@ -380,6 +380,20 @@ pub fn site_rows(placement: &Placement) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// `sgp: find_app: UAA at … refused …`: each failed site's whole error (to
+/// [`ERROR_MESSAGE_CHARS`]), for errors the table cell cuts short.
+pub fn error_lines(placement: &Placement) -> Vec<String> {
+    placement
+        .sites
+        .iter()
+        .filter_map(|s| {
+            let e = s.error.as_deref()?;
+            (e.chars().count() > ERROR_CELL_CHARS)
+                .then(|| format!("{}: {}", clean(&s.site, WORD_CHARS), clean(e, ERROR_MESSAGE_CHARS)))
+        })
+        .collect()
+}
+
 /// Rows of `gcf placements`: `demo  prod  shop  2 sites, 3 instances  lon, nyc  2/2 running`.
 pub fn list_rows(placements: &[Placement]) -> Vec<Vec<String>> {
     placements
@@ -667,8 +681,14 @@ nyc   yes     failed   -/3        -          -             upload_droplet: Cloud
 sgp   no      stopped  0          STOPPED    -             -
 "
         );
+        assert_eq!(
+            error_lines(&p),
+            ["nyc: upload_droplet: Cloud Controller at nyc answered 500 Internal Server Error: the blobstore is unavailable, try again later"],
+            "the whole error is shown below the table"
+        );
         let rows = site_rows(&placement(WORKING));
         assert_eq!(rows[1][2], "working (copy_droplet)");
+        assert!(error_lines(&placement(WORKING)).is_empty());
     }
 
     #[test]

@@ -186,7 +186,8 @@ pub fn grouter_bin() -> PathBuf {
     bin
 }
 
-pub(crate) fn install_crypto() {
+/// Install ring as rustls's process-wide crypto provider (reqwest is built without one).
+pub fn install_crypto() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();

@@ -38,6 +38,7 @@ impl Foundation {
     /// A foundation for `site` whose UAA client is `grouter-<site>` with a secret of its own,
     /// holding `seed` (the stand-in's seed JSON).
     fn start(site: &str, seed: &Value) -> Foundation {
+        grouter_tests::install_crypto();
         let dir = tempfile::tempdir().expect("tempdir");
         let client_id = format!("grouter-{site}");
         let secret = format!("secret-of-{site}-{}", std::process::id());
@@ -204,24 +205,27 @@ impl ThreeSites {
         sites
     }
 
-    fn gcf_home(&self, node: usize) -> tempfile::TempDir {
+    async fn gcf_home(&self, node: usize) -> tempfile::TempDir {
         let home = tempfile::tempdir().expect("tempdir");
         let token_file = home.path().join("token");
         std::fs::write(&token_file, self.nodes[node].token()).expect("token");
         let url = format!("http://{}", self.nodes[node].admin_addr());
-        let (code, out, err) = gcf(home.path(), &["api", &url, "--token-file", token_file.to_str().unwrap()]);
+        let (code, out, err) = gcf(home.path(), &["api", &url, "--token-file", token_file.to_str().unwrap()]).await;
         assert_eq!(code, 0, "{out}{err}");
-        let (code, out, err) = gcf(home.path(), &["target", "-o", "demo", "-s", "prod"]);
+        let (code, out, err) = gcf(home.path(), &["target", "-o", "demo", "-s", "prod"]).await;
         assert_eq!(code, 0, "{out}{err}");
         home
     }
 }
 
-fn gcf(home: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("gcf"))
+/// Run `gcf` without blocking the test's runtime (the nodes' GoRouter stubs answer their
+/// health probes on it: a blocked runtime would make every site unhealthy).
+async fn gcf(home: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(bin("gcf"))
         .env("GCF_HOME", home)
         .args(args)
         .output()
+        .await
         .expect("run gcf");
     (
         out.status.code().unwrap_or(-1),
@@ -252,13 +256,24 @@ fn shop(size: u64) -> Value {
         "routes": ["shop.apps.example.com"], "droplet": {"size": size, "seed": 7}}])
 }
 
+/// The placement at `path` as `node` has it, `None` until it has replicated there.
+async fn placement_at(node: &Node, path: &str) -> Option<Value> {
+    match node.get(path).await {
+        Ok((200, body)) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
 /// Wait until the placement at `node` is settled: every chosen site running with the
 /// desired instances, every other site stopped or absent.
 async fn settled(node: &Node, path: &str) -> Value {
     wait_until(SETTLE, "the placement settled", || async {
-        let p = node.json(path).await;
+        let p = placement_at(node, path).await?;
         let sites = p["sites"].as_array()?;
         let want = p["instances"].as_u64()?;
+        if p["chosen"].as_array()?.is_empty() {
+            return None;
+        }
         sites
             .iter()
             .all(|s| {
@@ -278,8 +293,8 @@ const SHOP: &str = "/v1/placements/demo/prod/shop";
 #[tokio::test]
 async fn gcf_scale_places_the_app_at_one_more_site_with_the_same_droplet_and_each_sites_own_credentials() {
     let mesh = ThreeSites::start([seed_with(shop(3 << 20)), empty_space(), empty_space()], None).await;
-    let home = mesh.gcf_home(1);
-    let (code, out, err) = gcf(home.path(), &["scale", "shop", "--sites", "2", "-i", "3"]);
+    let home = mesh.gcf_home(1).await;
+    let (code, out, err) = gcf(home.path(), &["scale", "shop", "--sites", "2", "-i", "3"]).await;
     assert_eq!(code, 0, "gcf scale: {out}{err}");
     assert!(out.contains("running"), "the final table shows the sites running: {out}");
 
@@ -319,7 +334,7 @@ async fn gcf_scale_places_the_app_at_one_more_site_with_the_same_droplet_and_eac
 
     // A second identical command changes nothing at any foundation.
     let before: Vec<Value> = futures::future::join_all(mesh.ccs.iter().map(Foundation::state)).await;
-    let (code, out, err) = gcf(home.path(), &["scale", "shop", "--sites", "2", "-i", "3"]);
+    let (code, out, err) = gcf(home.path(), &["scale", "shop", "--sites", "2", "-i", "3"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let p = settled(&mesh.nodes[0], SHOP).await;
     assert_eq!(p["chosen"], json!(chosen));
@@ -339,7 +354,7 @@ async fn gcf_scale_places_the_app_at_one_more_site_with_the_same_droplet_and_eac
     }
 
     // --sites 1 scales the extra site to 0 (never deleting it); lon keeps the app.
-    let (code, out, err) = gcf(home.path(), &["scale", "shop", "--sites", "1"]);
+    let (code, out, err) = gcf(home.path(), &["scale", "shop", "--sites", "1"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let p = settled(&mesh.nodes[2], SHOP).await;
     assert_eq!(p["chosen"], json!(["lon"]));
@@ -348,7 +363,7 @@ async fn gcf_scale_places_the_app_at_one_more_site_with_the_same_droplet_and_eac
     assert_eq!(mesh.ccs[0].app("shop").await.unwrap()["instances"], 3);
 
     // A list naming an unknown site fails naming it, and nothing is written.
-    let (code, out, err) = gcf(home.path(), &["scale", "shop", "--sites", "lon,nosuch"]);
+    let (code, out, err) = gcf(home.path(), &["scale", "shop", "--sites", "lon,nosuch"]).await;
     assert_ne!(code, 0);
     assert!(format!("{out}{err}").contains("nosuch"), "{out}{err}");
     let p = mesh.nodes[1].json(SHOP).await;
@@ -370,7 +385,7 @@ async fn a_failing_cloud_controller_is_retried_with_back_off_and_a_node_restarte
     // Both faults are reported in nyc's status as failed steps.
     let nyc = &mesh.nodes[1];
     let failed = wait_until(SETTLE, "nyc reports the failed upload", || async {
-        let p = nyc.json(SHOP).await;
+        let p = placement_at(nyc, SHOP).await?;
         let s = site_status(&p, "nyc");
         let failed = s["steps"].as_array()?.iter().filter(|s| s["outcome"] == "failed").count();
         (failed >= 1 && s["error"].as_str().is_some_and(|e| e.contains("upload_droplet"))).then(|| s.clone())
@@ -381,7 +396,7 @@ async fn a_failing_cloud_controller_is_retried_with_back_off_and_a_node_restarte
 
     // Kill nyc's node while a copy is under way; restarted, it finishes the job.
     wait_until(SETTLE, "a copy under way", || async {
-        let p = mesh.nodes[1].json(SHOP).await;
+        let p = placement_at(&mesh.nodes[1], SHOP).await?;
         let s = site_status(&p, "nyc");
         (s["state"] == "working" && s["step"] == "upload_droplet").then_some(())
     })
@@ -409,13 +424,16 @@ async fn bad_credentials_missing_spaces_docker_apps_and_garbage_are_clear_per_si
     // sgp's node holds a secret its UAA refuses.
     let mesh = ThreeSites::start([seed_with(lon_apps), empty_space(), empty_space()], Some(2)).await;
     let lon = &mesh.nodes[0];
-    let error_of = |placement: &str, site: &str| {
+    // The error `site` reports for `placement` once it names `about` (until the other sites
+    // have reported, a site may first say that none has a droplet to copy).
+    let error_of = |placement: &str, site: &str, about: &'static str| {
         let (node, placement, site) = (&mesh.nodes[1], placement.to_string(), site.to_string());
         async move {
-            wait_until(SETTLE, &format!("{site} reports an error for {placement}"), || async {
-                let p = node.json(&placement).await;
+            wait_until(SETTLE, &format!("{site} reports an error about {about} for {placement}"), || async {
+                let p = placement_at(node, &placement).await?;
                 let s = site_status(&p, &site);
-                (s["state"] == "failed").then(|| s["error"].as_str().map(str::to_string))?
+                let e = s["error"].as_str().filter(|_| s["state"] == "failed")?;
+                e.contains(about).then(|| e.to_string())
             })
             .await
         }
@@ -423,34 +441,38 @@ async fn bad_credentials_missing_spaces_docker_apps_and_garbage_are_clear_per_si
 
     // Wrong credentials: UAA's refusal, naming the client.
     assert_eq!(lon.put(SHOP, &json!({"sites": ["lon", "sgp"]})).await.0, 200);
-    let e = error_of(SHOP, "sgp").await;
+    let e = error_of(SHOP, "sgp", "grouter-sgp").await;
     assert!(e.contains("grouter-sgp") && e.to_lowercase().contains("credentials"), "{e}");
-    let home = mesh.gcf_home(0);
-    let (code, out, err) = gcf(home.path(), &["placement", "shop"]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("grouter-sgp"), "gcf shows sgp's error: {out}");
+    let home = mesh.gcf_home(0).await;
+    wait_until(SETTLE, "gcf placement at lon shows sgp's whole error", || async {
+        let (code, out, err) = gcf(home.path(), &["placement", "shop"]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        let line = out.lines().find(|l| l.trim_start().starts_with("sgp: "))?;
+        (line.contains("grouter-sgp") && line.contains("credentials")).then_some(())
+    })
+    .await;
 
     // A missing space at the target: named, and nothing created.
     let staging = "/v1/placements/demo/staging/shop";
     assert_eq!(lon.put(staging, &json!({"sites": ["nyc"]})).await.0, 200);
-    let e = error_of(staging, "nyc").await;
+    let e = error_of(staging, "nyc", "staging").await;
     assert!(e.contains("staging") && e.contains("does not exist at nyc"), "{e}");
 
     // A docker app is not copyable, and nothing is half-created at the target.
     let web = "/v1/placements/demo/prod/web";
     assert_eq!(lon.put(web, &json!({"sites": ["lon", "nyc"]})).await.0, 200);
-    let e = error_of(web, "nyc").await;
+    let e = error_of(web, "nyc", "not copyable").await;
     assert!(e.contains("not copyable") && e.contains("docker"), "{e}");
     assert!(mesh.ccs[1].app("web").await.is_none(), "no app left half-created");
 
     // A Cloud Controller answering garbage is reported, then recovered from.
     mesh.ccs[1].faults(&json!({"garbage": 1000})).await;
     assert_eq!(lon.put(SHOP, &json!({"sites": ["lon", "nyc"]})).await.0, 200);
-    let e = error_of(SHOP, "nyc").await;
+    let e = error_of(SHOP, "nyc", "JSON").await;
     assert!(e.contains("JSON"), "{e}");
     mesh.ccs[1].faults(&json!({"garbage": 0})).await;
     wait_until(SETTLE, "nyc runs shop once its Cloud Controller answers sense", || async {
-        let p = lon.json(SHOP).await;
+        let p = placement_at(lon, SHOP).await?;
         (site_status(&p, "nyc")["state"] == "running").then_some(())
     })
     .await;

@@ -9,7 +9,8 @@
 //! - chosen: find or create the app in the same org and space; when it has no current
 //!   droplet, copy the droplet from a site that has one ([`super::droplet`], streamed),
 //!   upload it, set it current; map the app's routes; scale to the desired instances; start;
-//! - not chosen: scale it to 0 where it runs (never delete).
+//! - not chosen: scale it to 0 where it runs (never delete), unless the site was left out
+//!   only for its health: an unhealthy site is left as it is.
 //!
 //! Every pass starts from what the Cloud Controller says, so a pass cut short (a node
 //! restart mid-copy, a Cloud Controller failing mid-way) is taken up by the next one: an
@@ -361,6 +362,13 @@ impl Reconciler {
         };
         self.observe(status, found.as_ref(), current.as_ref()).await?;
         if !chosen {
+            if p.choice.excluded.get(&self.site) == Some(&super::choose::Excluded::Unhealthy) {
+                // Left out for its health alone: it is kept as it is. Scaling it down
+                // would not help its clients, and a health flap (or this node's view
+                // of it) must never take an app down.
+                status.step = None;
+                return Ok(());
+            }
             return self.retire(app, status, found.as_ref()).await;
         }
         if current.as_ref().is_none_or(|d| !d.is_staged()) {
@@ -601,14 +609,19 @@ impl Reconciler {
         let mut have: Vec<(&String, &SiteStatus)> = p
             .sites
             .iter()
-            .filter(|(s, r)| **s != self.site && r.droplet_sha256.is_some())
+            .filter(|(s, r)| **s != self.site && r.copyable.is_some())
             .collect();
         have.sort_by_key(|(s, r)| (!r.running(), (*s).clone()));
         if let Some((site, r)) = have.iter().find(|(_, r)| r.copyable == Some(true)) {
-            let sha = r.droplet_sha256.clone().unwrap_or_default();
-            return Ok(((*site).clone(), sha, r.process_types.clone()));
+            if let Some(sha) = &r.droplet_sha256 {
+                return Ok(((*site).clone(), sha.clone(), r.process_types.clone()));
+            }
         }
-        let error = match have.first() {
+        let error = match have.iter().find(|(_, r)| r.copyable == Some(false)).or(have.first()) {
+            Some((site, r)) if r.copyable == Some(true) => format!(
+                "the droplet of {} at {site} has no sha256 to check a copy against",
+                p.app.app
+            ),
             Some((site, _)) => format!(
                 "not copyable: {} at {site} is a docker app (only buildpack droplets can be downloaded)",
                 p.app.app
