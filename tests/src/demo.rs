@@ -28,7 +28,7 @@ const CASES: [&str; 16] = [
     "recovery (every node in sync)",
 ];
 /// The whole run takes about 12 s (10 of them waiting for sgp to lose its sync), plus the
-/// placement case's droplet copy and scale-down (a few seconds in a debug build).
+/// placement case's droplet copy and scale-down (about a second here, more on a loaded machine).
 const DEADLINE: Duration = Duration::from_secs(120);
 
 #[test]

@@ -289,20 +289,23 @@ impl Demo {
         };
         let _ = writeln!(
             out,
-            "Place an app at more foundations: each site has a Cloud Controller stand-in \
-             (CC v3, UAA, blobstore: {}),",
+            "Place an app at more foundations with gcf, targeted as above (each site has a Cloud Controller \
+             stand-in: CC v3, UAA and blobstore;"
+        );
+        let _ = writeln!(
+            out,
+            "{HOME_SITE}'s runs {} in org {ORG}, space {SPACE}, the others hold the org, space and domain \
+             only; each node uses only its own site's UAA client, grouter-<site>):",
+            app.name
+        );
+        let _ = writeln!(
+            out,
+            "  # The Cloud Controllers: {}",
             self.sites
                 .iter()
                 .map(|s| format!("{} http://{}", s.name, s.cloud_controller))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
-        let _ = writeln!(
-            out,
-            "each node its [cloud_controller] with its own site's UAA client (grouter-<site>). \
-             {HOME_SITE}'s foundation runs {} in org {ORG}, space {SPACE}; the others hold the \
-             org, space and domain only.",
-            app.name
         );
         let _ = writeln!(
             out,
