@@ -46,14 +46,16 @@ impl Drop for TempBlob {
 
 /// Read and drop the rest of a request body, so the client reads our answer rather than a
 /// reset while it is still sending.
-async fn drain(body: Body) {
+pub(crate) async fn drain(body: Body) {
     let mut stream = body.into_data_stream();
     while let Some(Ok(_)) = stream.next().await {}
 }
 
 fn awaiting(sh: &Shared, guid: &str) -> Result<(), CcError> {
     let store = sh.store.lock();
-    let d = store.droplet(guid).ok_or_else(|| CcError::not_found("Droplet"))?;
+    let d = store
+        .droplet(guid)
+        .ok_or_else(|| CcError::not_found("Droplet"))?;
     if d.state != DropletState::AwaitingUpload {
         return Err(CcError::unprocessable(format!(
             "Bits may be uploaded only to a droplet in the AWAITING_UPLOAD state; this one is {}.",
@@ -111,7 +113,9 @@ pub(crate) async fn upload(
     let job_guid = new_guid();
     let body = {
         let mut store = sh.store.lock();
-        let d = store.droplet_mut(&guid).ok_or_else(|| CcError::not_found("Droplet"))?;
+        let d = store
+            .droplet_mut(&guid)
+            .ok_or_else(|| CcError::not_found("Droplet"))?;
         if d.state != DropletState::AwaitingUpload {
             return Err(CcError::unprocessable(format!(
                 "Bits may be uploaded only to a droplet in the AWAITING_UPLOAD state; this one is {}.",
@@ -222,14 +226,18 @@ pub(crate) async fn download_redirect(
     let base = base_url(&sh, &headers);
     {
         let store = sh.store.lock();
-        let d = store.droplet(&guid).ok_or_else(|| CcError::not_found("Droplet"))?;
+        let d = store
+            .droplet(&guid)
+            .ok_or_else(|| CcError::not_found("Droplet"))?;
         if d.lifecycle == Lifecycle::Docker {
             return Err(CcError::unprocessable(
                 "Cannot download droplets with 'docker' lifecycle.",
             ));
         }
         if d.state != DropletState::Staged || d.blob.is_none() {
-            return Err(CcError::unprocessable("Only staged droplets can be downloaded."));
+            return Err(CcError::unprocessable(
+                "Only staged droplets can be downloaded.",
+            ));
         }
     }
     let location = format!(
@@ -280,12 +288,20 @@ pub(crate) async fn download(
             .and_then(|d| d.blob.clone())
     };
     let Some(blob) = blob else {
-        return s3_error(StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist.");
+        return s3_error(
+            StatusCode::NOT_FOUND,
+            "NoSuchKey",
+            "The specified key does not exist.",
+        );
     };
     let file = match tokio::fs::File::open(&blob).await {
         Ok(f) => f,
         Err(_) => {
-            return s3_error(StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist.");
+            return s3_error(
+                StatusCode::NOT_FOUND,
+                "NoSuchKey",
+                "The specified key does not exist.",
+            );
         }
     };
     let len = match file.metadata().await {
@@ -315,7 +331,9 @@ fn paced(
         let pace = sh.faults.lock().slow_download_bytes_per_s;
         let chunk = match pace {
             // About ten chunks a second, at least 1 KiB, at most 256 KiB.
-            Some(rate) => usize::try_from(rate / 10).unwrap_or(usize::MAX).clamp(1024, 256 << 10),
+            Some(rate) => usize::try_from(rate / 10)
+                .unwrap_or(usize::MAX)
+                .clamp(1024, 256 << 10),
             None => 256 << 10,
         };
         let mut buf = vec![0u8; chunk];

@@ -40,7 +40,9 @@ pub(crate) async fn list_orgs(State(sh): Sh, headers: HeaderMap, uri: Uri) -> An
 pub(crate) async fn get_org(State(sh): Sh, headers: HeaderMap, Path(guid): Path<String>) -> Answer {
     let base = base_url(&sh, &headers);
     let store = sh.store.lock();
-    let o = store.org(&guid).ok_or_else(|| CcError::not_found("Organization"))?;
+    let o = store
+        .org(&guid)
+        .ok_or_else(|| CcError::not_found("Organization"))?;
     ok(&store.org_json(o, &base))
 }
 
@@ -61,10 +63,16 @@ pub(crate) async fn list_spaces(State(sh): Sh, headers: HeaderMap, uri: Uri) -> 
     Ok(list(&base, uri.path(), uri.query(), items))
 }
 
-pub(crate) async fn get_space(State(sh): Sh, headers: HeaderMap, Path(guid): Path<String>) -> Answer {
+pub(crate) async fn get_space(
+    State(sh): Sh,
+    headers: HeaderMap,
+    Path(guid): Path<String>,
+) -> Answer {
     let base = base_url(&sh, &headers);
     let store = sh.store.lock();
-    let s = store.space(&guid).ok_or_else(|| CcError::not_found("Space"))?;
+    let s = store
+        .space(&guid)
+        .ok_or_else(|| CcError::not_found("Space"))?;
     ok(&store.space_json(s, &base))
 }
 
@@ -81,10 +89,16 @@ pub(crate) async fn list_domains(State(sh): Sh, headers: HeaderMap, uri: Uri) ->
     Ok(list(&base, uri.path(), uri.query(), items))
 }
 
-pub(crate) async fn get_domain(State(sh): Sh, headers: HeaderMap, Path(guid): Path<String>) -> Answer {
+pub(crate) async fn get_domain(
+    State(sh): Sh,
+    headers: HeaderMap,
+    Path(guid): Path<String>,
+) -> Answer {
     let base = base_url(&sh, &headers);
     let store = sh.store.lock();
-    let d = store.domain(&guid).ok_or_else(|| CcError::not_found("Domain"))?;
+    let d = store
+        .domain(&guid)
+        .ok_or_else(|| CcError::not_found("Domain"))?;
     ok(&store.domain_json(d, &base))
 }
 
@@ -126,7 +140,11 @@ pub(crate) async fn create_app(State(sh): Sh, headers: HeaderMap, body: Bytes) -
         None => return Err(CcError::unprocessable("Name can't be blank")),
     };
     let space = str_at(&body, "/relationships/space/data/guid")
-        .ok_or_else(|| CcError::unprocessable("Relationships 'relationships' must include one or more valid relationships"))?
+        .ok_or_else(|| {
+            CcError::unprocessable(
+                "Relationships 'relationships' must include one or more valid relationships",
+            )
+        })?
         .to_string();
     let lifecycle = match body.get("lifecycle") {
         None | Some(Value::Null) => Lifecycle::Buildpack,
@@ -146,14 +164,21 @@ pub(crate) async fn create_app(State(sh): Sh, headers: HeaderMap, body: Bytes) -
             "Invalid space. Ensure that the space exists and you have access to it.",
         ));
     }
-    if store.apps.iter().any(|a| a.space == space && a.name == name) {
+    if store
+        .apps
+        .iter()
+        .any(|a| a.space == space && a.name == name)
+    {
         return Err(CcError::unprocessable(format!(
             "App with the name '{name}' already exists."
         )));
     }
     let guid = store.add_app(&space, &name, lifecycle);
     let a = store.app(&guid).ok_or_else(CcError::server)?;
-    Ok(json_response(StatusCode::CREATED, &store.app_json(a, &base)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &store.app_json(a, &base),
+    ))
 }
 
 pub(crate) async fn start(State(sh): Sh, headers: HeaderMap, Path(guid): Path<String>) -> Answer {
@@ -161,7 +186,9 @@ pub(crate) async fn start(State(sh): Sh, headers: HeaderMap, Path(guid): Path<St
     let mut store = sh.store.lock();
     let a = store.app(&guid).ok_or_else(|| CcError::not_found("App"))?;
     if a.current_droplet.is_none() {
-        return Err(CcError::unprocessable("Assign a droplet before starting this app."));
+        return Err(CcError::unprocessable(
+            "Assign a droplet before starting this app.",
+        ));
     }
     let a = store.app_mut(&guid).ok_or_else(CcError::server)?;
     if a.state != AppState::Started {
@@ -175,7 +202,9 @@ pub(crate) async fn start(State(sh): Sh, headers: HeaderMap, Path(guid): Path<St
 pub(crate) async fn stop(State(sh): Sh, headers: HeaderMap, Path(guid): Path<String>) -> Answer {
     let base = base_url(&sh, &headers);
     let mut store = sh.store.lock();
-    let a = store.app_mut(&guid).ok_or_else(|| CcError::not_found("App"))?;
+    let a = store
+        .app_mut(&guid)
+        .ok_or_else(|| CcError::not_found("App"))?;
     if a.state != AppState::Stopped {
         a.state = AppState::Stopped;
         a.stamp.touch();
@@ -184,7 +213,11 @@ pub(crate) async fn stop(State(sh): Sh, headers: HeaderMap, Path(guid): Path<Str
     ok(&store.app_json(a, &base))
 }
 
-pub(crate) async fn web_process(State(sh): Sh, headers: HeaderMap, Path(guid): Path<String>) -> Answer {
+pub(crate) async fn web_process(
+    State(sh): Sh,
+    headers: HeaderMap,
+    Path(guid): Path<String>,
+) -> Answer {
     let base = base_url(&sh, &headers);
     let store = sh.store.lock();
     let a = store.app(&guid).ok_or_else(|| CcError::not_found("App"))?;
@@ -210,13 +243,19 @@ pub(crate) async fn scale(
                 })?,
         ),
     };
-    for key in ["memory_in_mb", "disk_in_mb", "log_rate_limit_in_bytes_per_second"] {
+    for key in [
+        "memory_in_mb",
+        "disk_in_mb",
+        "log_rate_limit_in_bytes_per_second",
+    ] {
         if body.get(key).is_some_and(|v| !v.is_null() && !v.is_i64()) {
             return Err(CcError::unprocessable(format!("{key} must be an integer")));
         }
     }
     let mut store = sh.store.lock();
-    let a = store.app_mut(&guid).ok_or_else(|| CcError::not_found("App"))?;
+    let a = store
+        .app_mut(&guid)
+        .ok_or_else(|| CcError::not_found("App"))?;
     if let Some(n) = instances
         && a.instances != n
     {
@@ -224,7 +263,10 @@ pub(crate) async fn scale(
         a.process_stamp.touch();
     }
     let a = store.app(&guid).ok_or_else(CcError::server)?;
-    Ok(json_response(StatusCode::ACCEPTED, &store.process_json(a, &base)))
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &store.process_json(a, &base),
+    ))
 }
 
 pub(crate) async fn app_routes(
@@ -304,7 +346,11 @@ pub(crate) async fn get_current_droplet_rel(
     let base = base_url(&sh, &headers);
     let store = sh.store.lock();
     let a = store.app(&guid).ok_or_else(|| CcError::not_found("App"))?;
-    ok(&current_droplet_rel(&base, &guid, a.current_droplet.as_deref()))
+    ok(&current_droplet_rel(
+        &base,
+        &guid,
+        a.current_droplet.as_deref(),
+    ))
 }
 
 pub(crate) async fn set_current_droplet(
@@ -347,10 +393,16 @@ pub(crate) async fn set_current_droplet(
     ok(&current_droplet_rel(&base, &guid, Some(&droplet)))
 }
 
-pub(crate) async fn get_droplet(State(sh): Sh, headers: HeaderMap, Path(guid): Path<String>) -> Answer {
+pub(crate) async fn get_droplet(
+    State(sh): Sh,
+    headers: HeaderMap,
+    Path(guid): Path<String>,
+) -> Answer {
     let base = base_url(&sh, &headers);
     let store = sh.store.lock();
-    let d = store.droplet(&guid).ok_or_else(|| CcError::not_found("Droplet"))?;
+    let d = store
+        .droplet(&guid)
+        .ok_or_else(|| CcError::not_found("Droplet"))?;
     ok(&store.droplet_json(d, &base))
 }
 
@@ -394,7 +446,10 @@ pub(crate) async fn create_droplet(State(sh): Sh, headers: HeaderMap, body: Byte
         stamp: Stamp::now(),
     });
     let d = store.droplet(&guid).ok_or_else(CcError::server)?;
-    Ok(json_response(StatusCode::CREATED, &store.droplet_json(d, &base)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &store.droplet_json(d, &base),
+    ))
 }
 
 pub(crate) async fn get_job(State(sh): Sh, headers: HeaderMap, Path(guid): Path<String>) -> Answer {
@@ -430,10 +485,16 @@ pub(crate) async fn list_routes(State(sh): Sh, headers: HeaderMap, uri: Uri) -> 
     Ok(list(&base, uri.path(), uri.query(), items))
 }
 
-pub(crate) async fn get_route(State(sh): Sh, headers: HeaderMap, Path(guid): Path<String>) -> Answer {
+pub(crate) async fn get_route(
+    State(sh): Sh,
+    headers: HeaderMap,
+    Path(guid): Path<String>,
+) -> Answer {
     let base = base_url(&sh, &headers);
     let store = sh.store.lock();
-    let r = store.route(&guid).ok_or_else(|| CcError::not_found("Route"))?;
+    let r = store
+        .route(&guid)
+        .ok_or_else(|| CcError::not_found("Route"))?;
     ok(&store.route_json(r, &base))
 }
 
@@ -449,17 +510,16 @@ pub(crate) async fn create_route(State(sh): Sh, headers: HeaderMap, body: Bytes)
     let path = text("path")?;
     if !host.is_empty()
         && (host.len() > 63
-            || host != "*"
-                && !host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            || host != "*" && !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
     {
         return Err(CcError::unprocessable(
             "Host must be either \"*\" or contain only alphanumeric characters, \"_\", or \"-\"",
         ));
     }
     if !path.is_empty() && (!path.starts_with('/') || path == "/" || path.contains('?')) {
-        return Err(CcError::unprocessable("Path must begin with a / and not be / alone"));
+        return Err(CcError::unprocessable(
+            "Path must begin with a / and not be / alone",
+        ));
     }
     let space = str_at(&body, "/relationships/space/data/guid")
         .ok_or_else(|| CcError::unprocessable("Relationships must include a space"))?
@@ -490,11 +550,16 @@ pub(crate) async fn create_route(State(sh): Sh, headers: HeaderMap, body: Bytes)
     }
     let guid = store.add_route(&space, &domain, &host, &path);
     let r = store.route(&guid).ok_or_else(CcError::server)?;
-    Ok(json_response(StatusCode::CREATED, &store.route_json(r, &base)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &store.route_json(r, &base),
+    ))
 }
 
 fn destinations_json(store: &crate::store::Store, base: &str, route: &str) -> Answer {
-    let r = store.route(route).ok_or_else(|| CcError::not_found("Route"))?;
+    let r = store
+        .route(route)
+        .ok_or_else(|| CcError::not_found("Route"))?;
     let destinations: Vec<Value> = r
         .destinations
         .iter()
@@ -533,12 +598,16 @@ pub(crate) async fn add_destinations(
     let mut apps = Vec::new();
     for d in list {
         let Some(app) = str_at(d, "/app/guid") else {
-            return Err(CcError::unprocessable("Destinations must each name an app guid"));
+            return Err(CcError::unprocessable(
+                "Destinations must each name an app guid",
+            ));
         };
         if let Some(t) = d.pointer("/app/process/type")
             && t.as_str() != Some("web")
         {
-            return Err(CcError::unprocessable("Only the web process type is supported here"));
+            return Err(CcError::unprocessable(
+                "Only the web process type is supported here",
+            ));
         }
         apps.push(app.to_string());
     }

@@ -122,7 +122,9 @@ impl CcError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: 10001,
             title: "CF-ServerError",
-            detail: "An unexpected, uncaught error occurred; the CC logs will contain more information".into(),
+            detail:
+                "An unexpected, uncaught error occurred; the CC logs will contain more information"
+                    .into(),
         }
     }
 

@@ -1,8 +1,8 @@
 //! `grouter-cc-standin`: a stand-in for one Cloud Foundry foundation's Cloud Controller (the
 //! CC v3 API), its UAA token endpoint and its blobstore, on one listener, following the
-//! published API for exactly the calls GRouter's placement makes (`docs` in
-//! `/work/notes/cc-api.md`: creating an app in another foundation and copying its droplet
-//! there). The `grouter-cc-standin` binary runs one per site for the integration tests; the
+//! published API for exactly the calls GRouter's placement makes (creating an app in another
+//! foundation and copying its droplet there; the subset both sides follow is written down in
+//! the project's `cc-api.md` notes). The `grouter-cc-standin` binary runs one per site for the integration tests; the
 //! crate's own tests run it in process ([`CcStandIn`]).
 //!
 //! - `POST /oauth/token`: UAA client credentials (HTTP Basic or form fields).
@@ -143,12 +143,11 @@ impl CcStandIn {
             source,
         })?;
         let rng = ring::rand::SystemRandom::new();
-        let signing_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).map_err(|_| {
-            Error::Bind {
+        let signing_key =
+            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).map_err(|_| Error::Bind {
                 addr,
                 source: std::io::Error::other("no randomness for the blobstore signing key"),
-            }
-        })?;
+            })?;
         let shared = Arc::new(Shared {
             site: config.site,
             client_id: config.client_id,

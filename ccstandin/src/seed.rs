@@ -122,34 +122,53 @@ impl Seed {
             let field = format!("orgs[{o}]");
             check_name(&format!("{field}.name"), &org.name)?;
             if self.orgs[..o].iter().any(|x| x.name == org.name) {
-                return Err(Error::seed(format!("{field}.name"), format!("org {:?} given twice", org.name)));
+                return Err(Error::seed(
+                    format!("{field}.name"),
+                    format!("org {:?} given twice", org.name),
+                ));
             }
             for (s, space) in org.spaces.iter().enumerate() {
                 let field = format!("{field}.spaces[{s}]");
                 check_name(&format!("{field}.name"), &space.name)?;
                 if org.spaces[..s].iter().any(|x| x.name == space.name) {
-                    return Err(Error::seed(format!("{field}.name"), format!("space {:?} given twice", space.name)));
+                    return Err(Error::seed(
+                        format!("{field}.name"),
+                        format!("space {:?} given twice", space.name),
+                    ));
                 }
                 for (a, app) in space.apps.iter().enumerate() {
                     let field = format!("{field}.apps[{a}]");
                     check_name(&format!("{field}.name"), &app.name)?;
                     if space.apps[..a].iter().any(|x| x.name == app.name) {
-                        return Err(Error::seed(format!("{field}.name"), format!("app {:?} given twice", app.name)));
+                        return Err(Error::seed(
+                            format!("{field}.name"),
+                            format!("app {:?} given twice", app.name),
+                        ));
                     }
                     match (app.lifecycle, app.droplet, app.state) {
                         (SeedLifecycle::Docker, Some(_), _) => {
-                            return Err(Error::seed(format!("{field}.droplet"), "a docker app has no droplet bits (it gets a docker droplet of its own)"));
+                            return Err(Error::seed(
+                                format!("{field}.droplet"),
+                                "a docker app has no droplet bits (it gets a docker droplet of its own)",
+                            ));
                         }
                         (SeedLifecycle::Buildpack, None, SeedState::Started) => {
-                            return Err(Error::seed(format!("{field}.droplet"), "a STARTED buildpack app needs a droplet"));
+                            return Err(Error::seed(
+                                format!("{field}.droplet"),
+                                "a STARTED buildpack app needs a droplet",
+                            ));
                         }
                         (_, Some(d), _) if d.size > MAX_SEEDED_DROPLET => {
-                            return Err(Error::seed(format!("{field}.droplet.size"), format!("at most {MAX_SEEDED_DROPLET} bytes")));
+                            return Err(Error::seed(
+                                format!("{field}.droplet.size"),
+                                format!("at most {MAX_SEEDED_DROPLET} bytes"),
+                            ));
                         }
                         _ => {}
                     }
                     for (r, route) in app.routes.iter().enumerate() {
-                        self.split_route(route).map_err(|m| Error::seed(format!("{field}.routes[{r}]"), m))?;
+                        self.split_route(route)
+                            .map_err(|m| Error::seed(format!("{field}.routes[{r}]"), m))?;
                     }
                 }
             }
@@ -171,7 +190,8 @@ impl Seed {
             let host = if name == d {
                 Some("")
             } else {
-                name.strip_suffix(d.as_str()).and_then(|h| h.strip_suffix('.'))
+                name.strip_suffix(d.as_str())
+                    .and_then(|h| h.strip_suffix('.'))
             };
             if let Some(host) = host
                 && best.is_none_or(|(b, _)| d.len() > b.len())
@@ -179,7 +199,8 @@ impl Seed {
                 best = Some((d.as_str(), host));
             }
         }
-        let (domain, host) = best.ok_or_else(|| format!("{route:?} is under none of the domains {:?}", self.domains))?;
+        let (domain, host) = best
+            .ok_or_else(|| format!("{route:?} is under none of the domains {:?}", self.domains))?;
         if !host.is_empty() && !valid_hostname(host) {
             return Err(format!("{route:?}: bad host {host:?}"));
         }
@@ -292,7 +313,9 @@ fn valid_hostname(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 

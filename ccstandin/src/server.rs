@@ -37,7 +37,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(cc::get_current_droplet_rel).patch(cc::set_current_droplet),
         )
         .route("/v3/apps/{guid}/processes/web", get(cc::web_process))
-        .route("/v3/apps/{guid}/processes/web/actions/scale", post(cc::scale))
+        .route(
+            "/v3/apps/{guid}/processes/web/actions/scale",
+            post(cc::scale),
+        )
         .route("/v3/apps/{guid}/actions/start", post(cc::start))
         .route("/v3/apps/{guid}/actions/stop", post(cc::stop))
         .route("/v3/apps/{guid}/routes", get(cc::app_routes))
@@ -47,7 +50,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/v3/droplets/{guid}/upload",
             post(blobstore::upload).layer(DefaultBodyLimit::disable()),
         )
-        .route("/v3/droplets/{guid}/download", get(blobstore::download_redirect))
+        .route(
+            "/v3/droplets/{guid}/download",
+            get(blobstore::download_redirect),
+        )
         .route("/v3/jobs/{guid}", get(cc::get_job))
         .route("/v3/domains", get(cc::list_domains))
         .route("/v3/domains/{guid}", get(cc::get_domain))
@@ -64,7 +70,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_standin/tokens", get(hooks::tokens))
         .route("/_standin/requests", get(hooks::requests))
         .route("/_standin/state", get(hooks::state))
-        .route("/_standin/faults", get(hooks::get_faults).post(hooks::set_faults))
+        .route(
+            "/_standin/faults",
+            get(hooks::get_faults).post(hooks::set_faults),
+        )
         .route("/_standin/expire_tokens", post(hooks::expire_tokens))
         .fallback(not_found)
         .with_state(shared)
@@ -90,25 +99,30 @@ where
     Fut: std::future::Future<Output = Response>,
 {
     let auth = req.headers().contains_key(header::AUTHORIZATION);
-    sh.record_request(req.method().as_str(), req.uri().path(), req.uri().query(), auth);
+    sh.record_request(
+        req.method().as_str(),
+        req.uri().path(),
+        req.uri().query(),
+        auth,
+    );
     let (garbage, refuse) = {
         let mut f = sh.faults.lock();
         let garbage = f.take(Fault::Garbage);
         (garbage, !garbage && f.take(Fault::Token401))
     };
-    if garbage {
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/html")],
-            "<html>garbage</html>",
-        )
-            .into_response();
-    }
-    if refuse {
-        return CcError::invalid_token().into_response();
-    }
     let valid = bearer(req.headers()).is_some_and(|t| sh.tokens.lock().contains(t));
-    if !valid {
+    if garbage || refuse || !valid {
+        // Read what the client is still sending (an upload's bits), so it reads this answer
+        // rather than a reset.
+        crate::blobstore::drain(req.into_body()).await;
+        if garbage {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html>garbage</html>",
+            )
+                .into_response();
+        }
         return CcError::invalid_token().into_response();
     }
     next(req).await
@@ -137,7 +151,9 @@ pub(crate) fn json_body(body: &[u8]) -> Result<Value, CcError> {
     if v.is_object() {
         Ok(v)
     } else {
-        Err(CcError::unprocessable("the request body must be a JSON object"))
+        Err(CcError::unprocessable(
+            "the request body must be a JSON object",
+        ))
     }
 }
 
@@ -164,7 +180,9 @@ impl Filters {
 
     /// Whether `value` passes the filter `key` (always, when the query has no such key).
     pub(crate) fn admits(&self, key: &str, value: &str) -> bool {
-        self.0.get(key).is_none_or(|vs| vs.iter().any(|v| v == value))
+        self.0
+            .get(key)
+            .is_none_or(|vs| vs.iter().any(|v| v == value))
     }
 }
 

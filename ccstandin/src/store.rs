@@ -287,7 +287,13 @@ impl Store {
             .find(|r| r.domain == domain && r.host == host && r.path == path)
     }
 
-    pub(crate) fn add_route(&mut self, space: &str, domain: &str, host: &str, path: &str) -> String {
+    pub(crate) fn add_route(
+        &mut self,
+        space: &str,
+        domain: &str,
+        host: &str,
+        path: &str,
+    ) -> String {
         let guid = new_guid();
         self.routes.push(Route {
             guid: guid.clone(),

@@ -13,7 +13,11 @@ use serde_json::json;
 use crate::server::{Sh, json_response};
 use crate::store::new_guid;
 
-pub(crate) async fn token(axum::extract::State(sh): Sh, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn token(
+    axum::extract::State(sh): Sh,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut client_id = None;
     let mut client_secret = None;
     let mut grant_type = None;

@@ -236,8 +236,8 @@ impl Reconciler {
             .get(&app.status_key(&self.site))
             .and_then(|w| serde_json::from_slice::<SiteStatus>(w.bytes()).ok())
             .unwrap_or_default();
+        // The placement last acted on, and when to look again without a change.
         let mut last: Option<(String, Instant)> = None;
-        let mut due = Instant::now();
         loop {
             let inputs = Inputs::read(&self.control, &self.table);
             let Some(placement) = evaluate(&self.control, &inputs, &app) else {
@@ -248,8 +248,8 @@ impl Reconciler {
                 placement.choice.chosen, placement.instances, placement.written_at_ms
             );
             let changed = last.as_ref().is_none_or(|(f, _)| *f != fingerprint);
-            let stale = last.as_ref().is_some_and(|(_, t)| t.elapsed() >= RECHECK);
-            if changed || (stale && Instant::now() >= due) {
+            let due = last.as_ref().is_some_and(|(_, at)| Instant::now() >= *at);
+            if changed || due {
                 if changed {
                     // A new placement is worth an attempt at once, whatever the back-off.
                     status.attempts = 0;
@@ -260,28 +260,23 @@ impl Reconciler {
                         status.error = None;
                         status.attempts = 0;
                         status.next_attempt_ms = None;
-                        due = Instant::now();
                     }
                     Err(f) => {
                         status.attempts = status.attempts.saturating_add(1);
                         let backoff = backoff(status.attempts);
-                        due = Instant::now() + backoff;
                         status.state = State::Failed;
                         status.step = Some(f.step.to_string());
                         status.next_attempt_ms = Some(now_ms() + backoff_ms(backoff));
                         warn!(app = %app, site = %self.site, step = f.step, error = %f.error, attempts = status.attempts, "placement: step failed");
                         self.note(&mut status, f.step, "failed", &f.error);
                         status.error = Some(format!("{}: {}", f.step, f.error));
-                        self.report(&app, &mut status);
-                        last = Some((fingerprint, Instant::now() - RECHECK));
-                        if sleep_or_stop(&stop, backoff).await {
-                            break;
-                        }
-                        continue;
                     }
                 }
                 self.report(&app, &mut status);
-                last = Some((fingerprint, Instant::now()));
+                // After a failure the next attempt is due at the back-off's end (or at once
+                // when the placement changes); after a success, at the next recheck.
+                let wait = if status.error.is_some() { backoff(status.attempts) } else { RECHECK };
+                last = Some((fingerprint, Instant::now() + wait));
             }
             if sleep_or_stop(&stop, TICK).await {
                 break;
