@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a 3-site GRouter mesh on loopback (lon, nyc, sgp: one nats-server, one GoRouter
-# stand-in and one grouter node per site) and prints the URLs and commands to try. Installs
+# stand-in, one Cloud Controller stand-in and one grouter node per site) and prints the URLs
+# and commands to try. Installs
 # what is missing (nats-server, curl) first. Runs until Ctrl-C. Arguments go to
 # `grouter demo`: --dir DIR (keep the files there), --base-port N (fixed ports), --check
 # (run every example itself, print PASS/FAIL per case, exit 0 only when all pass).
@@ -11,5 +12,5 @@ cd "$(dirname "$0")/.."
 . deploy/lib.sh
 ensure_packages nats-server:nats-server curl:curl
 
-cargo build --release -p grouter -p gcf -p grouter-standin
+cargo build --release -p grouter -p gcf -p grouter-standin -p grouter-cc-standin
 exec target/release/grouter demo "$@"

@@ -251,7 +251,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Try `probe` every poll interval until it succeeds or `timeout` passes: its value, or
 /// its last error.
-async fn poll<T, F, Fut>(timeout: Duration, mut probe: F) -> Result<T, String>
+pub(super) async fn poll<T, F, Fut>(timeout: Duration, mut probe: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -294,7 +294,7 @@ fn no_endpoints(reply: Result<Reply, String>) -> Result<String, String> {
 
 /// The outcome of a case, then of undoing its write: a failed undo fails the case too,
 /// since every later case assumes the initial state.
-fn with_undo(
+pub(super) fn with_undo(
     result: Result<String, String>,
     undo: Result<String, String>,
 ) -> Result<String, String> {
@@ -309,7 +309,7 @@ fn with_undo(
 impl Demo {
     /// `PUT path` with `body`, or `DELETE path` (`None`), at `site`'s admin API; the JSON
     /// of its 200.
-    async fn admin_write(
+    pub(super) async fn admin_write(
         &self,
         site: &Site,
         path: &str,

@@ -2,15 +2,21 @@
 //!
 //! For each site (`lon`, `nyc`, `sgp`) it starts a `nats-server` (the site's bus), a GoRouter
 //! stand-in (a `grouter-standin` child process, found next to this binary as cargo builds
-//! them) and a `grouter run` child process (this very binary) whose config, mesh certificate
-//! and log it writes into one directory. It then registers sample routes at each site's NATS
+//! them), a Cloud Controller stand-in (a `grouter-cc-standin` child process, the site's
+//! foundation: CC v3, UAA and blobstore on one port; [`foundation`]) and a `grouter run`
+//! child process (this very binary) whose config, mesh certificate and log it writes into
+//! one directory. lon's foundation holds the sample app `shop` (a buildpack app with a
+//! droplet); nyc's and sgp's hold the same org, space and domain but no app, and every
+//! node's `[cloud_controller]` names its own site's foundation with a UAA client of that
+//! site alone. It then registers sample routes at each site's NATS
 //! as a route emitter would (again every 20 s), waits until every node is `in_sync` and
 //! knows every route, and prints the sites and ready-to-paste `curl` and `gcf` commands for
 //! each branch of the routing decision: a local app, a remote app proxied over the mesh, a
 //! redirect (`sgp` redirects instead of proxying), an unknown host, the admin API, the
 //! control plane ([`control`]: pinning apps to a region, draining a site, uploading a
-//! certificate that every node then serves by SNI on its HTTPS listener), and fail-open when
-//! a site is cut off.
+//! certificate that every node then serves by SNI on its HTTPS listener), placing an app
+//! at more foundations (`gcf scale`: lon's droplet copied to another site's foundation over
+//! the mesh), and fail-open when a site is cut off.
 //!
 //! With `--check` it runs those examples itself, prints `PASS` or `FAIL` per case and exits
 //! 0 only when all pass; otherwise it runs until SIGINT or SIGTERM.
@@ -20,11 +26,13 @@
 //! ports from the children's `listening` log lines (JSON logs).
 //!
 //! Children run in their own process groups, so that a Ctrl-C in the terminal reaches the
-//! demo alone and it stops them in order (nodes first, then the buses, then the stand-ins).
+//! demo alone and it stops them in order (nodes first, then the buses, then the stand-ins:
+//! the GoRouter and the Cloud Controller ones).
 //! The flip side: a demo killed with SIGKILL leaves them running.
 //!
 //! It is part of the `grouter` binary, not of the library, and links no stand-in code: the
-//! product must not depend on the stand-in's crate or its WebSocket library.
+//! product must not depend on the stand-ins' crates (nor the GoRouter stand-in's WebSocket
+//! library); they are run as programs.
 //!
 //! Must never: leave a child process running when it returns (children are stopped by pid
 //! on every path; a [`Proc`] that is dropped kills its child); delete a directory the user
@@ -60,6 +68,7 @@ use grouter::config::{Config, ConfigErrors, RemoteMode};
 use grouter::mesh::identity::{self, IdentityError, NodeIdentity};
 
 mod control;
+mod foundation;
 
 /// The demo's sites in start order: name, region, policy for apps served only elsewhere.
 /// `sgp` redirects so that the redirect branch can be shown next to the proxy branch.
@@ -143,6 +152,8 @@ const CONFIG_FILE: &str = "grouter.toml";
 const NATS_INSTALL: &str = "apt-get install -y nats-server";
 /// The GoRouter stand-in's binary, next to this one.
 const STANDIN_BIN: &str = "grouter-standin";
+/// The Cloud Controller stand-in's binary, next to this one.
+const CC_STANDIN_BIN: &str = "grouter-cc-standin";
 
 /// Where each listener sits with `--base-port N`: port `N + offset + site index`.
 #[derive(Debug, Clone, Copy)]
@@ -162,9 +173,11 @@ enum PortOffset {
     Dns = 50,
     /// `proxy.https_listen`.
     Https = 60,
+    /// The site's Cloud Controller stand-in (CC v3, UAA and blobstore).
+    CloudController = 70,
 }
 /// Ports used above `--base-port` (the highest offset is the last).
-const PORT_SPAN: u16 = PortOffset::Https as u16 + SITES.len() as u16;
+const PORT_SPAN: u16 = PortOffset::CloudController as u16 + SITES.len() as u16;
 
 /// `grouter demo` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -174,8 +187,9 @@ pub struct DemoArgs {
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Use fixed ports so the printed commands stay the same: HTTP N..N+2, admin N+10..,
-    /// mesh N+20.., NATS N+30.., GoRouter stand-ins N+40.., DNS N+50.., HTTPS N+60..
-    /// (lon, nyc, sgp). Default: ports of the system's choosing.
+    /// mesh N+20.., NATS N+30.., GoRouter stand-ins N+40.., DNS N+50.., HTTPS N+60..,
+    /// Cloud Controller stand-ins N+70.. (lon, nyc, sgp). Default: ports of the system's
+    /// choosing.
     #[arg(long, value_name = "N")]
     pub base_port: Option<u16>,
     /// Run every example request, print PASS or FAIL per case, stop, and exit 0 only when
@@ -197,6 +211,17 @@ pub enum DemoError {
         path.display()
     )]
     StandInMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// The `grouter-cc-standin` binary is not next to this one.
+    #[error(
+        "the Cloud Controller stand-in {} not found: build it with \
+         `cargo build -p grouter-cc-standin` (with `--release` for a release build; \
+         `cargo build --workspace` builds it too)",
+        path.display()
+    )]
+    CcStandInMissing {
         /// Where it was looked for.
         path: PathBuf,
     },
@@ -307,7 +332,10 @@ async fn run(args: DemoArgs) -> Result<Outcome, DemoError> {
     // cleanly instead of killing it and orphaning its children.
     let mut signals = Signals::new()?;
     let nats_bin = find_program("nats-server").ok_or(DemoError::NatsServerMissing)?;
-    let standin_bin = standin_program()?;
+    let standin_bin =
+        sibling_program(STANDIN_BIN).map_err(|path| DemoError::StandInMissing { path })?;
+    let cc_standin_bin =
+        sibling_program(CC_STANDIN_BIN).map_err(|path| DemoError::CcStandInMissing { path })?;
     let (dir, temporary) = prepare_dir(args.dir.as_deref())?;
     println!(
         "grouter demo: files in {}{}",
@@ -317,6 +345,7 @@ async fn run(args: DemoArgs) -> Result<Outcome, DemoError> {
     let programs = Programs {
         nats: nats_bin,
         standin: standin_bin,
+        cc_standin: cc_standin_bin,
     };
     let outcome = run_in(&dir, &programs, &args, &mut signals).await;
     if temporary {
@@ -394,22 +423,18 @@ struct Programs {
     nats: PathBuf,
     /// `grouter-standin`.
     standin: PathBuf,
+    /// `grouter-cc-standin`.
+    cc_standin: PathBuf,
 }
 
-/// `grouter-standin` next to this binary, where `cargo build --workspace` puts it.
-fn standin_program() -> Result<PathBuf, DemoError> {
-    let exe = std::env::current_exe().map_err(|source| DemoError::Start {
-        what: "the demo: cannot find this executable".into(),
-        source,
-    })?;
-    let path = exe
-        .parent()
-        .map_or_else(|| PathBuf::from(STANDIN_BIN), |dir| dir.join(STANDIN_BIN));
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(DemoError::StandInMissing { path })
-    }
+/// The program `name` next to this binary, where cargo puts the workspace's binaries; where
+/// it was looked for when it is not there (or this executable cannot be found).
+fn sibling_program(name: &str) -> Result<PathBuf, PathBuf> {
+    let path = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name));
+    if path.is_file() { Ok(path) } else { Err(path) }
 }
 
 /// A Debian-packaged daemon: on PATH, in /usr/sbin or in /usr/bin.
@@ -738,7 +763,7 @@ fn log_tail(path: &Path, n: usize) -> String {
 // ---------------------------------------------------------------------------------------------
 // The demo.
 
-/// One site: its bus, its GoRouter stand-in and its node.
+/// One site: its bus, its GoRouter stand-in, its Cloud Controller stand-in and its node.
 #[derive(Debug)]
 struct Site {
     name: &'static str,
@@ -751,6 +776,10 @@ struct Site {
     stand_in: Proc,
     /// The stand-in's address.
     gorouter: SocketAddr,
+    /// The `grouter-cc-standin` process: the site's foundation.
+    cc: Proc,
+    /// Its address (CC v3, UAA, blobstore and `/_standin/state`).
+    cloud_controller: SocketAddr,
     node: Proc,
     http: SocketAddr,
     admin: SocketAddr,
@@ -811,6 +840,14 @@ impl Demo {
                 port(PortOffset::GoRouter),
             )
             .await?;
+            let foundation = foundation::Foundation::prepare(&site_dir, name)?;
+            let (cc, cloud_controller) = foundation
+                .start(
+                    &programs.cc_standin,
+                    &site_dir,
+                    port(PortOffset::CloudController),
+                )
+                .await?;
 
             let node_id = format!("{name}-1");
             let identity = NodeIdentity::new(node_id.as_str(), name)?;
@@ -830,6 +867,7 @@ impl Demo {
                 dns: port(PortOffset::Dns),
                 https: port(PortOffset::Https),
                 entry: entry_address(name),
+                cloud_controller: Some((cloud_controller, foundation.client_id.as_str())),
             }
             .render();
             let config_path = site_dir.join(CONFIG_FILE);
@@ -866,6 +904,8 @@ impl Demo {
                 nats_url,
                 stand_in,
                 gorouter,
+                cc,
+                cloud_controller,
                 node,
                 http,
                 admin,
@@ -932,7 +972,12 @@ impl Demo {
     /// The first child that exited, as an error.
     fn exited(&mut self) -> Option<DemoError> {
         for site in &mut self.sites {
-            for proc in [&mut site.node, &mut site.nats, &mut site.stand_in] {
+            for proc in [
+                &mut site.node,
+                &mut site.nats,
+                &mut site.stand_in,
+                &mut site.cc,
+            ] {
                 if let Some(status) = proc.exit_status() {
                     return Some(proc.exited(Some(status)));
                 }
@@ -1186,6 +1231,7 @@ impl Demo {
         let _ = writeln!(out, "  {gcf} routes");
         let _ = writeln!(out);
         out.push_str(&self.control_summary(&gcf));
+        out.push_str(&self.placement_summary(&gcf));
         let pids = format!("{} {}", lon.node.pid(), nyc.node.pid());
         let _ = writeln!(
             out,
@@ -1203,7 +1249,8 @@ impl Demo {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "Configs and logs: {dir}/<site>/{CONFIG_FILE}, grouter.log, nats.log, gorouter.log"
+            "Configs and logs: {dir}/<site>/{CONFIG_FILE}, grouter.log, nats.log, gorouter.log, {}",
+            foundation::LOG_FILE
         );
         out
     }
@@ -1314,6 +1361,9 @@ impl Demo {
         // The control plane: each example undoes its write before the next one.
         self.check_control(lon, nyc, sgp, &mut report).await;
 
+        // Placement: shop at a second foundation, then back to lon alone.
+        report(foundation::CASE, self.check_placement(lon, nyc).await);
+
         // Fail open: stop the other sites' nodes, whatever happens resume them.
         let cut = [&lon.node, &nyc.node];
         let stopped = cut.iter().all(|p| p.signal("STOP"));
@@ -1371,7 +1421,7 @@ impl Demo {
     }
 
     /// Stop the emitter, then every node (SIGCONT, SIGTERM, SIGKILL after a grace period),
-    /// then every NATS server, then the stand-ins.
+    /// then every NATS server, then the stand-ins (GoRouter and Cloud Controller).
     async fn stop(self) {
         self.emitter.abort();
         let mut sites = self.sites;
@@ -1399,10 +1449,12 @@ impl Demo {
         }
         for site in &mut sites {
             site.stand_in.ask_to_stop();
+            site.cc.ask_to_stop();
         }
         let deadline = Instant::now() + STOP_GRACE;
         for site in &mut sites {
             site.stand_in.wait_stopped(deadline).await;
+            site.cc.wait_stopped(deadline).await;
         }
         println!("stopped");
     }
@@ -1653,6 +1705,9 @@ struct NodeConfig<'a> {
     /// The site's entry address, as DNS answers it (a documentation address: nothing is
     /// sent there).
     entry: &'a str,
+    /// The site's Cloud Controller stand-in and the UAA client of this site
+    /// (`[cloud_controller]`, its secret in [`foundation::SECRET_FILE`]); none: no section.
+    cloud_controller: Option<(SocketAddr, &'a str)>,
 }
 
 impl NodeConfig<'_> {
@@ -1699,7 +1754,8 @@ site_addresses = ["{entry}"]
 
 [log]
 format = "json"
-"#,
+{cloud_controller}"#,
+            cloud_controller = self.cloud_controller_section(),
             dns = self.dns,
             https = self.https,
             tls_dir = control::TLS_DIR,
@@ -1720,6 +1776,24 @@ format = "json"
             key = identity::NODE_KEY_FILE,
             lost = SYNC_LOST_AFTER_SECS,
             admin = self.admin,
+        )
+    }
+
+    /// `[cloud_controller]`: the site's own foundation (one address serves the API and UAA)
+    /// and its own UAA client, the secret in a file next to the config.
+    fn cloud_controller_section(&self) -> String {
+        let Some((addr, client_id)) = self.cloud_controller else {
+            return String::new();
+        };
+        format!(
+            r#"
+[cloud_controller]
+api = "http://{addr}"
+uaa = "http://{addr}"
+client_id = "{client_id}"
+client_secret_file = "{secret}"
+"#,
+            secret = foundation::SECRET_FILE,
         )
     }
 }
@@ -1808,8 +1882,10 @@ mod tests {
             dns: "127.0.0.1:0".parse().unwrap(),
             https: "127.0.0.1:0".parse().unwrap(),
             entry: entry_address("lon"),
+            cloud_controller: Some(("127.0.0.1:8082".parse().unwrap(), "grouter-lon")),
         }
         .render();
+        fs::write(dir.join("lon").join(foundation::SECRET_FILE), "s3cret\n").unwrap();
         let path = dir.join("lon").join(CONFIG_FILE);
         fs::write(&path, config).unwrap();
         let loaded = Config::load(&path);
@@ -1819,6 +1895,13 @@ mod tests {
         assert_eq!(
             loaded.admin.token_file,
             dir.join("lon").join("../admin.token")
+        );
+        let cc = loaded.cloud_controller.unwrap();
+        assert_eq!(cc.client_id, "grouter-lon");
+        assert_eq!(cc.api, "http://127.0.0.1:8082");
+        assert_eq!(
+            cc.client_secret_file,
+            dir.join("lon").join(foundation::SECRET_FILE)
         );
     }
 
