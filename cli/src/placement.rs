@@ -167,7 +167,10 @@ pub fn site_done(placement: &Placement, site: &PlacementSite) -> bool {
     if is_chosen(placement, site) {
         failed_since_written(placement, site) || is_ready(placement, site)
     } else {
-        matches!(site.state.as_str(), "stopped" | "absent" | "failed" | "unknown")
+        matches!(
+            site.state.as_str(),
+            "stopped" | "absent" | "failed" | "unknown"
+        )
     }
 }
 
@@ -388,8 +391,13 @@ pub fn error_lines(placement: &Placement) -> Vec<String> {
         .iter()
         .filter_map(|s| {
             let e = s.error.as_deref()?;
-            (e.chars().count() > ERROR_CELL_CHARS)
-                .then(|| format!("{}: {}", clean(&s.site, WORD_CHARS), clean(e, ERROR_MESSAGE_CHARS)))
+            (e.chars().count() > ERROR_CELL_CHARS).then(|| {
+                format!(
+                    "{}: {}",
+                    clean(&s.site, WORD_CHARS),
+                    clean(e, ERROR_MESSAGE_CHARS)
+                )
+            })
         })
         .collect()
 }
@@ -683,7 +691,9 @@ sgp   no      stopped  0          STOPPED    -             -
         );
         assert_eq!(
             error_lines(&p),
-            ["nyc: upload_droplet: Cloud Controller at nyc answered 500 Internal Server Error: the blobstore is unavailable, try again later"],
+            [
+                "nyc: upload_droplet: Cloud Controller at nyc answered 500 Internal Server Error: the blobstore is unavailable, try again later"
+            ],
             "the whole error is shown below the table"
         );
         let rows = site_rows(&placement(WORKING));

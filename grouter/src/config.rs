@@ -730,7 +730,10 @@ impl Config {
             }
         }
         if let Some(cc) = &self.cloud_controller {
-            files.push(("cloud_controller.client_secret_file", &cc.client_secret_file));
+            files.push((
+                "cloud_controller.client_secret_file",
+                &cc.client_secret_file,
+            ));
             if let Some(ca) = &cc.ca_file {
                 files.push(("cloud_controller.ca_file", ca));
             }
@@ -877,15 +880,28 @@ impl Config {
 
 impl CloudControllerConfig {
     fn validate(&self, p: &mut Problems<'_>) {
-        for (key, url) in [("cloud_controller.api", &self.api), ("cloud_controller.uaa", &self.uaa)] {
+        for (key, url) in [
+            ("cloud_controller.api", &self.api),
+            ("cloud_controller.uaa", &self.uaa),
+        ] {
             if let Err(why) = check_base_url(url) {
                 p.push(key, why);
             }
         }
-        if self.client_id.is_empty() || self.client_id.len() > 255 || self.client_id.chars().any(char::is_control) {
-            p.push("cloud_controller.client_id", "must be 1..=255 characters without control characters");
+        if self.client_id.is_empty()
+            || self.client_id.len() > 255
+            || self.client_id.chars().any(char::is_control)
+        {
+            p.push(
+                "cloud_controller.client_id",
+                "must be 1..=255 characters without control characters",
+            );
         }
-        check_path(p, "cloud_controller.client_secret_file", &self.client_secret_file);
+        check_path(
+            p,
+            "cloud_controller.client_secret_file",
+            &self.client_secret_file,
+        );
         if let Some(ca) = &self.ca_file {
             check_path(p, "cloud_controller.ca_file", ca);
         }
@@ -903,7 +919,9 @@ fn check_base_url(url: &str) -> Result<(), String> {
         return Err(format!("{url:?} has no host"));
     }
     if url.contains(['?', '#', '@', ' ']) || url.chars().any(char::is_control) {
-        return Err(format!("{url:?} must be a plain base URL (no query, fragment, user or spaces)"));
+        return Err(format!(
+            "{url:?} must be a plain base URL (no query, fragment, user or spaces)"
+        ));
     }
     Ok(())
 }
@@ -1699,7 +1717,10 @@ token_file = "admin.token"
         let bad = section.replace("grouter-lon", "");
         single_error(&format!("{MINIMAL}{bad}"), "cloud_controller.client_id");
         let unknown = format!("{MINIMAL}{section}client_secret = \"inline\"\n");
-        assert!(errors(&unknown).iter().any(|e| e.contains("client_secret")), "a secret in the config is refused");
+        assert!(
+            errors(&unknown).iter().any(|e| e.contains("client_secret")),
+            "a secret in the config is refused"
+        );
     }
 
     #[test]

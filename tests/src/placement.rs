@@ -49,7 +49,14 @@ impl Foundation {
         let blobs = dir.path().join("blobs");
         std::fs::create_dir_all(&blobs).expect("blob dir");
         let mut child = Command::new(bin("grouter-cc-standin"))
-            .args(["--site", site, "--listen", "127.0.0.1:0", "--client-id", &client_id])
+            .args([
+                "--site",
+                site,
+                "--listen",
+                "127.0.0.1:0",
+                "--client-id",
+                &client_id,
+            ])
             .args(["--client-secret", &secret, "--job-delay-ms", "100"])
             .arg("--seed")
             .arg(&seed_file)
@@ -60,10 +67,14 @@ impl Foundation {
             .spawn()
             .expect("start grouter-cc-standin");
         let log = LogLines::follow(&mut child);
-        let addr = log.wait_for(60 * SEC, "the Cloud Controller stand-in listening", |line| {
-            let v: Value = serde_json::from_str(line).ok()?;
-            (v["message"] == "listening").then(|| v["addr"].as_str().map(str::to_string))?
-        });
+        let addr = log.wait_for(
+            60 * SEC,
+            "the Cloud Controller stand-in listening",
+            |line| {
+                let v: Value = serde_json::from_str(line).ok()?;
+                (v["message"] == "listening").then(|| v["addr"].as_str().map(str::to_string))?
+            },
+        );
         Foundation {
             child,
             url: format!("http://{addr}"),
@@ -210,7 +221,11 @@ impl ThreeSites {
         let token_file = home.path().join("token");
         std::fs::write(&token_file, self.nodes[node].token()).expect("token");
         let url = format!("http://{}", self.nodes[node].admin_addr());
-        let (code, out, err) = gcf(home.path(), &["api", &url, "--token-file", token_file.to_str().unwrap()]).await;
+        let (code, out, err) = gcf(
+            home.path(),
+            &["api", &url, "--token-file", token_file.to_str().unwrap()],
+        )
+        .await;
         assert_eq!(code, 0, "{out}{err}");
         let (code, out, err) = gcf(home.path(), &["target", "-o", "demo", "-s", "prod"]).await;
         assert_eq!(code, 0, "{out}{err}");
@@ -291,12 +306,20 @@ async fn settled(node: &Node, path: &str) -> Value {
 const SHOP: &str = "/v1/placements/demo/prod/shop";
 
 #[tokio::test]
-async fn gcf_scale_places_the_app_at_one_more_site_with_the_same_droplet_and_each_sites_own_credentials() {
-    let mesh = ThreeSites::start([seed_with(shop(3 << 20)), empty_space(), empty_space()], None).await;
+async fn gcf_scale_places_the_app_at_one_more_site_with_the_same_droplet_and_each_sites_own_credentials()
+ {
+    let mesh = ThreeSites::start(
+        [seed_with(shop(3 << 20)), empty_space(), empty_space()],
+        None,
+    )
+    .await;
     let home = mesh.gcf_home(1).await;
     let (code, out, err) = gcf(home.path(), &["scale", "shop", "--sites", "2", "-i", "3"]).await;
     assert_eq!(code, 0, "gcf scale: {out}{err}");
-    assert!(out.contains("running"), "the final table shows the sites running: {out}");
+    assert!(
+        out.contains("running"),
+        "the final table shows the sites running: {out}"
+    );
 
     // Every node makes the same choice: lon (where shop runs) and one more.
     let mut chosen = Vec::new();
@@ -304,7 +327,10 @@ async fn gcf_scale_places_the_app_at_one_more_site_with_the_same_droplet_and_eac
         let p = settled(n, SHOP).await;
         chosen.push(p["chosen"].clone());
     }
-    assert!(chosen.iter().all(|c| *c == chosen[0]), "same choice everywhere: {chosen:?}");
+    assert!(
+        chosen.iter().all(|c| *c == chosen[0]),
+        "same choice everywhere: {chosen:?}"
+    );
     let chosen: Vec<String> = serde_json::from_value(chosen[0].clone()).unwrap();
     assert_eq!(chosen.len(), 2);
     assert_eq!(chosen[0], "lon");
@@ -320,33 +346,53 @@ async fn gcf_scale_places_the_app_at_one_more_site_with_the_same_droplet_and_eac
     let app = mesh.ccs[target].app("shop").await.expect("shop copied");
     assert_eq!(app["space"], "prod", "{app}");
     assert_eq!(app["org"], "demo", "{app}");
-    assert_eq!(current_sha(&state, &app).as_deref(), Some(lon_sha.as_str()), "same droplet bits");
+    assert_eq!(
+        current_sha(&state, &app).as_deref(),
+        Some(lon_sha.as_str()),
+        "same droplet bits"
+    );
     assert_eq!(app["state"], "STARTED");
     assert_eq!(app["instances"], 3);
     let routes = state["routes"].as_array().unwrap();
     assert!(
         routes.iter().any(|r| r["host"] == "shop"
-            && r["destinations"].as_array().is_some_and(|d| d.iter().any(|g| *g == app["guid"]))),
+            && r["destinations"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|g| *g == app["guid"]))),
         "route mapped: {routes:?}"
     );
-    assert!(mesh.ccs[idle].app("shop").await.is_none(), "the third site was left alone");
-    assert_eq!(lon_app["instances"], 3, "lon scaled to the desired instances too");
+    assert!(
+        mesh.ccs[idle].app("shop").await.is_none(),
+        "the third site was left alone"
+    );
+    assert_eq!(
+        lon_app["instances"], 3,
+        "lon scaled to the desired instances too"
+    );
 
     // A second identical command changes nothing at any foundation.
-    let before: Vec<Value> = futures::future::join_all(mesh.ccs.iter().map(Foundation::state)).await;
+    let before: Vec<Value> =
+        futures::future::join_all(mesh.ccs.iter().map(Foundation::state)).await;
     let (code, out, err) = gcf(home.path(), &["scale", "shop", "--sites", "2", "-i", "3"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let p = settled(&mesh.nodes[0], SHOP).await;
     assert_eq!(p["chosen"], json!(chosen));
     let after: Vec<Value> = futures::future::join_all(mesh.ccs.iter().map(Foundation::state)).await;
-    assert_eq!(before, after, "the second identical command changed a foundation");
+    assert_eq!(
+        before, after,
+        "the second identical command changed a foundation"
+    );
 
     // Each node used only its own foundation's credentials.
     for cc in &mesh.ccs {
         let tokens = cc.get("/_standin/tokens").await;
         let tokens = tokens.as_array().unwrap();
         let secret = std::fs::read_to_string(&cc.secret_file).unwrap();
-        assert!(!tokens.is_empty() || cc.client_id == "grouter-sgp", "{} was asked for tokens", cc.client_id);
+        assert!(
+            !tokens.is_empty() || cc.client_id == "grouter-sgp",
+            "{} was asked for tokens",
+            cc.client_id
+        );
         for t in tokens {
             assert_eq!(t["client_id"], cc.client_id.as_str(), "{t}");
             assert_eq!(t["client_secret"], secret.as_str(), "{t}");
@@ -371,12 +417,21 @@ async fn gcf_scale_places_the_app_at_one_more_site_with_the_same_droplet_and_eac
 }
 
 #[tokio::test]
-async fn a_failing_cloud_controller_is_retried_with_back_off_and_a_node_restarted_mid_copy_resumes() {
-    let mut mesh = ThreeSites::start([seed_with(shop(24 << 20)), empty_space(), empty_space()], None).await;
+async fn a_failing_cloud_controller_is_retried_with_back_off_and_a_node_restarted_mid_copy_resumes()
+{
+    let mut mesh = ThreeSites::start(
+        [seed_with(shop(24 << 20)), empty_space(), empty_space()],
+        None,
+    )
+    .await;
     // nyc's foundation fails the first upload with a 500 and the next job; lon's blobstore is
     // slow, so the copy is under way long enough to kill nyc's node in the middle.
-    mesh.ccs[1].faults(&json!({"upload_500": 1, "job_failed": 1})).await;
-    mesh.ccs[0].faults(&json!({"slow_download_bytes_per_s": 4 << 20})).await;
+    mesh.ccs[1]
+        .faults(&json!({"upload_500": 1, "job_failed": 1}))
+        .await;
+    mesh.ccs[0]
+        .faults(&json!({"slow_download_bytes_per_s": 4 << 20}))
+        .await;
     let (status, body) = mesh.nodes[0]
         .put(SHOP, &json!({"sites": ["lon", "nyc"], "instances": 1}))
         .await;
@@ -387,12 +442,23 @@ async fn a_failing_cloud_controller_is_retried_with_back_off_and_a_node_restarte
     let failed = wait_until(SETTLE, "nyc reports the failed upload", || async {
         let p = placement_at(nyc, SHOP).await?;
         let s = site_status(&p, "nyc");
-        let failed = s["steps"].as_array()?.iter().filter(|s| s["outcome"] == "failed").count();
-        (failed >= 1 && s["error"].as_str().is_some_and(|e| e.contains("upload_droplet"))).then(|| s.clone())
+        let failed = s["steps"]
+            .as_array()?
+            .iter()
+            .filter(|s| s["outcome"] == "failed")
+            .count();
+        (failed >= 1
+            && s["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("upload_droplet")))
+        .then(|| s.clone())
     })
     .await;
     assert!(failed["next_attempt_ms"].as_u64().is_some(), "{failed}");
-    assert!(failed["error"].as_str().unwrap().contains("500"), "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("500"),
+        "{failed}"
+    );
 
     // Kill nyc's node while a copy is under way; restarted, it finishes the job.
     wait_until(SETTLE, "a copy under way", || async {
@@ -402,17 +468,30 @@ async fn a_failing_cloud_controller_is_retried_with_back_off_and_a_node_restarte
     })
     .await;
     mesh.nodes[1].kill();
-    mesh.ccs[0].faults(&json!({"slow_download_bytes_per_s": null})).await;
+    mesh.ccs[0]
+        .faults(&json!({"slow_download_bytes_per_s": null}))
+        .await;
     mesh.nodes[1].restart().await;
     let p = settled(&mesh.nodes[1], SHOP).await;
     let nyc_state = mesh.ccs[1].state().await;
-    let apps: Vec<&Value> = nyc_state["apps"].as_array().unwrap().iter().filter(|a| a["name"] == "shop").collect();
+    let apps: Vec<&Value> = nyc_state["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["name"] == "shop")
+        .collect();
     assert_eq!(apps.len(), 1, "one app, not one per attempt: {apps:?}");
     let lon_state = mesh.ccs[0].state().await;
     let lon_app = mesh.ccs[0].app("shop").await.unwrap();
-    assert_eq!(current_sha(&nyc_state, apps[0]), current_sha(&lon_state, &lon_app));
+    assert_eq!(
+        current_sha(&nyc_state, apps[0]),
+        current_sha(&lon_state, &lon_app)
+    );
     let steps = site_status(&p, "nyc")["steps"].to_string();
-    assert!(steps.contains("failed"), "the failures stay in the report: {steps}");
+    assert!(
+        steps.contains("failed"),
+        "the failures stay in the report: {steps}"
+    );
 }
 
 #[tokio::test]
@@ -422,59 +501,87 @@ async fn bad_credentials_missing_spaces_docker_apps_and_garbage_are_clear_per_si
     let mut lon_apps = shop(1 << 20);
     lon_apps.as_array_mut().unwrap().push(docker);
     // sgp's node holds a secret its UAA refuses.
-    let mesh = ThreeSites::start([seed_with(lon_apps), empty_space(), empty_space()], Some(2)).await;
+    let mesh =
+        ThreeSites::start([seed_with(lon_apps), empty_space(), empty_space()], Some(2)).await;
     let lon = &mesh.nodes[0];
     // The error `site` reports for `placement` once it names `about` (until the other sites
     // have reported, a site may first say that none has a droplet to copy).
     let error_of = |placement: &str, site: &str, about: &'static str| {
         let (node, placement, site) = (&mesh.nodes[1], placement.to_string(), site.to_string());
         async move {
-            wait_until(SETTLE, &format!("{site} reports an error about {about} for {placement}"), || async {
-                let p = placement_at(node, &placement).await?;
-                let s = site_status(&p, &site);
-                let e = s["error"].as_str().filter(|_| s["state"] == "failed")?;
-                e.contains(about).then(|| e.to_string())
-            })
+            wait_until(
+                SETTLE,
+                &format!("{site} reports an error about {about} for {placement}"),
+                || async {
+                    let p = placement_at(node, &placement).await?;
+                    let s = site_status(&p, &site);
+                    let e = s["error"].as_str().filter(|_| s["state"] == "failed")?;
+                    e.contains(about).then(|| e.to_string())
+                },
+            )
             .await
         }
     };
 
     // Wrong credentials: UAA's refusal, naming the client.
-    assert_eq!(lon.put(SHOP, &json!({"sites": ["lon", "sgp"]})).await.0, 200);
+    assert_eq!(
+        lon.put(SHOP, &json!({"sites": ["lon", "sgp"]})).await.0,
+        200
+    );
     let e = error_of(SHOP, "sgp", "grouter-sgp").await;
-    assert!(e.contains("grouter-sgp") && e.to_lowercase().contains("credentials"), "{e}");
+    assert!(
+        e.contains("grouter-sgp") && e.to_lowercase().contains("credentials"),
+        "{e}"
+    );
     let home = mesh.gcf_home(0).await;
-    wait_until(SETTLE, "gcf placement at lon shows sgp's whole error", || async {
-        let (code, out, err) = gcf(home.path(), &["placement", "shop"]).await;
-        assert_eq!(code, 0, "{out}{err}");
-        let line = out.lines().find(|l| l.trim_start().starts_with("sgp: "))?;
-        (line.contains("grouter-sgp") && line.contains("credentials")).then_some(())
-    })
+    wait_until(
+        SETTLE,
+        "gcf placement at lon shows sgp's whole error",
+        || async {
+            let (code, out, err) = gcf(home.path(), &["placement", "shop"]).await;
+            assert_eq!(code, 0, "{out}{err}");
+            let line = out.lines().find(|l| l.trim_start().starts_with("sgp: "))?;
+            (line.contains("grouter-sgp") && line.contains("credentials")).then_some(())
+        },
+    )
     .await;
 
     // A missing space at the target: named, and nothing created.
     let staging = "/v1/placements/demo/staging/shop";
     assert_eq!(lon.put(staging, &json!({"sites": ["nyc"]})).await.0, 200);
     let e = error_of(staging, "nyc", "staging").await;
-    assert!(e.contains("staging") && e.contains("does not exist at nyc"), "{e}");
+    assert!(
+        e.contains("staging") && e.contains("does not exist at nyc"),
+        "{e}"
+    );
 
     // A docker app is not copyable, and nothing is half-created at the target.
     let web = "/v1/placements/demo/prod/web";
     assert_eq!(lon.put(web, &json!({"sites": ["lon", "nyc"]})).await.0, 200);
     let e = error_of(web, "nyc", "not copyable").await;
     assert!(e.contains("not copyable") && e.contains("docker"), "{e}");
-    assert!(mesh.ccs[1].app("web").await.is_none(), "no app left half-created");
+    assert!(
+        mesh.ccs[1].app("web").await.is_none(),
+        "no app left half-created"
+    );
 
     // A Cloud Controller answering garbage is reported, then recovered from.
     mesh.ccs[1].faults(&json!({"garbage": 1000})).await;
-    assert_eq!(lon.put(SHOP, &json!({"sites": ["lon", "nyc"]})).await.0, 200);
+    assert_eq!(
+        lon.put(SHOP, &json!({"sites": ["lon", "nyc"]})).await.0,
+        200
+    );
     let e = error_of(SHOP, "nyc", "JSON").await;
     assert!(e.contains("JSON"), "{e}");
     mesh.ccs[1].faults(&json!({"garbage": 0})).await;
-    wait_until(SETTLE, "nyc runs shop once its Cloud Controller answers sense", || async {
-        let p = placement_at(lon, SHOP).await?;
-        (site_status(&p, "nyc")["state"] == "running").then_some(())
-    })
+    wait_until(
+        SETTLE,
+        "nyc runs shop once its Cloud Controller answers sense",
+        || async {
+            let p = placement_at(lon, SHOP).await?;
+            (site_status(&p, "nyc")["state"] == "running").then_some(())
+        },
+    )
     .await;
 }
 
@@ -485,7 +592,10 @@ async fn a_large_droplet_streams_through_both_sites_nodes_without_their_memory_g
     let (lon, nyc) = (&mesh.nodes[0], &mesh.nodes[1]);
     let before = [lon.peak_rss_kib(), nyc.peak_rss_kib()];
     let started = std::time::Instant::now();
-    assert_eq!(lon.put(SHOP, &json!({"sites": ["lon", "nyc"]})).await.0, 200);
+    assert_eq!(
+        lon.put(SHOP, &json!({"sites": ["lon", "nyc"]})).await.0,
+        200
+    );
     let p = settled(nyc, SHOP).await;
     let took = started.elapsed();
     let after = [lon.peak_rss_kib(), nyc.peak_rss_kib()];
@@ -493,7 +603,10 @@ async fn a_large_droplet_streams_through_both_sites_nodes_without_their_memory_g
     let app = mesh.ccs[1].app("shop").await.expect("copied");
     let lon_state = mesh.ccs[0].state().await;
     let lon_app = mesh.ccs[0].app("shop").await.unwrap();
-    assert_eq!(current_sha(&nyc_state, &app), current_sha(&lon_state, &lon_app));
+    assert_eq!(
+        current_sha(&nyc_state, &app),
+        current_sha(&lon_state, &lon_app)
+    );
     let size = nyc_state["droplets"]
         .as_array()
         .unwrap()
@@ -503,7 +616,12 @@ async fn a_large_droplet_streams_through_both_sites_nodes_without_their_memory_g
     assert_eq!(size, Some(SIZE), "{p}");
     for (name, (b, a)) in ["lon", "nyc"].iter().zip(before.iter().zip(after.iter())) {
         let grown_mib = a.saturating_sub(*b) / 1024;
-        eprintln!("{name}: peak RSS {b} KiB -> {a} KiB (+{grown_mib} MiB) copying 1 GiB in {took:?}");
-        assert!(grown_mib < 64, "{name}'s memory grew by {grown_mib} MiB moving a 1 GiB droplet");
+        eprintln!(
+            "{name}: peak RSS {b} KiB -> {a} KiB (+{grown_mib} MiB) copying 1 GiB in {took:?}"
+        );
+        assert!(
+            grown_mib < 64,
+            "{name}'s memory grew by {grown_mib} MiB moving a 1 GiB droplet"
+        );
     }
 }

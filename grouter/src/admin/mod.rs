@@ -12,8 +12,8 @@
 //! Must never: change state without the write token, leak internals in an error body, or
 //! log a token.
 
-pub mod writes;
 pub mod placements;
+pub mod writes;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -31,12 +31,7 @@ pub fn list(state: &AdminState) -> Value {
 }
 
 /// `GET|PUT|DELETE /v1/placements/{org}/{space}/{app}` (`rest` is after the prefix).
-pub fn one(
-    state: &AdminState,
-    method: &Method,
-    rest: &str,
-    body: &[u8],
-) -> Result<Value, Refusal> {
+pub fn one(state: &AdminState, method: &Method, rest: &str, body: &[u8]) -> Result<Value, Refusal> {
     let app = app_key(rest)?;
     let inputs = || Inputs::read(&state.control, &state.table);
     let not_found = || Refusal::not_found(format!("no placement for {app}"));
@@ -47,7 +42,8 @@ pub fn one(
         Method::PUT => {
             let desired: Desired = parse_body(body)?;
             check(state, &desired)?;
-            let bytes = serde_json::to_vec(&desired).map_err(|e| Refusal::bad("body", e.to_string()))?;
+            let bytes =
+                serde_json::to_vec(&desired).map_err(|e| Refusal::bad("body", e.to_string()))?;
             write(state, &app.key(), Some(bytes), &summary(&app, &desired))?;
             evaluate(&state.control, &inputs(), &app)
                 .map(|p| placement_json(&p))
@@ -72,7 +68,9 @@ pub fn one(
 fn app_key(rest: &str) -> Result<AppKey, Refusal> {
     let parts: Vec<&str> = rest.split('/').collect();
     let [org, space, app] = parts.as_slice() else {
-        return Err(Refusal::not_found("expected /v1/placements/{org}/{space}/{app}"));
+        return Err(Refusal::not_found(
+            "expected /v1/placements/{org}/{space}/{app}",
+        ));
     };
     let mut names = Vec::with_capacity(3);
     for (field, raw) in [("org", org), ("space", space), ("app", app)] {
@@ -98,7 +96,11 @@ fn check(state: &AdminState, d: &Desired) -> Result<(), Refusal> {
             if usize::try_from(*n).map_or(true, |n| n > sites.len()) {
                 return Err(Refusal::bad(
                     "sites",
-                    format!("{n} sites asked for, but only {} are known ({})", sites.len(), join(&sites)),
+                    format!(
+                        "{n} sites asked for, but only {} are known ({})",
+                        sites.len(),
+                        join(&sites)
+                    ),
                 ));
             }
         }

@@ -227,6 +227,9 @@ pub fn list_policies(state: &AdminState) -> Value {
     json!({ "routes": routes, "sites": sites })
 }
 
+/// What a PUT body becomes: checked value bytes and an audit summary.
+type Put<'a> = dyn Fn(&[u8]) -> Result<(Vec<u8>, String), Refusal> + 'a;
+
 /// How one policy resource is read and written: the key's merged value as JSON, and what a
 /// PUT body becomes (checked value bytes and an audit summary).
 struct Resource<'a> {
@@ -234,7 +237,7 @@ struct Resource<'a> {
     /// "policy for route shop.example.com": what a 404 says there is none of.
     what: String,
     show: &'a dyn Fn(&Winner) -> Value,
-    put: &'a dyn Fn(&[u8]) -> Result<(Vec<u8>, String), Refusal>,
+    put: &'a Put<'a>,
 }
 
 fn serve(

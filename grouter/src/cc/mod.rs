@@ -80,7 +80,9 @@ pub struct DropletStream {
 
 impl std::fmt::Debug for DropletStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DropletStream").field("len", &self.len).finish_non_exhaustive()
+        f.debug_struct("DropletStream")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,14 +103,19 @@ struct Inner {
 
 impl std::fmt::Debug for CcClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CcClient").field("settings", &self.inner.settings).finish_non_exhaustive()
+        f.debug_struct("CcClient")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
     }
 }
 
 fn base(url: &str, what: &str) -> Result<String, CcError> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| CcError::Setup(format!("{what} {url:?}: {e}")))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| CcError::Setup(format!("{what} {url:?}: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(CcError::Setup(format!("{what} {url:?}: not an http(s) URL")));
+        return Err(CcError::Setup(format!(
+            "{what} {url:?}: not an http(s) URL"
+        )));
     }
     Ok(url.trim_end_matches('/').to_string())
 }
@@ -121,14 +128,17 @@ fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, CcError> {
     if let Some(pem) = ca_pem {
         let mut added = 0;
         for cert in rustls_pemfile::certs(&mut &pem[..]) {
-            let cert = cert.map_err(|e| CcError::Setup(format!("cloud_controller.ca_file: {e}")))?;
+            let cert =
+                cert.map_err(|e| CcError::Setup(format!("cloud_controller.ca_file: {e}")))?;
             roots
                 .add(cert)
                 .map_err(|e| CcError::Setup(format!("cloud_controller.ca_file: {e}")))?;
             added += 1;
         }
         if added == 0 {
-            return Err(CcError::Setup("cloud_controller.ca_file holds no certificate".into()));
+            return Err(CcError::Setup(
+                "cloud_controller.ca_file holds no certificate".into(),
+            ));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -167,7 +177,9 @@ async fn read_limited(resp: &mut reqwest::Response) -> Result<Vec<u8>, String> {
 
 fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(120)]);
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// The error of a non-2xx Cloud Controller answer.
@@ -307,12 +319,14 @@ impl CcClient {
             }
             let mut resp = req.send().await.map_err(|e| transport(&method, &url, &e))?;
             let status = resp.status();
-            let bytes = read_limited(&mut resp).await.map_err(|why| CcError::Garbage {
-                method: method.to_string(),
-                path: path.to_string(),
-                status: status.as_u16(),
-                why,
-            })?;
+            let bytes = read_limited(&mut resp)
+                .await
+                .map_err(|why| CcError::Garbage {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    status: status.as_u16(),
+                    why,
+                })?;
             if status == StatusCode::UNAUTHORIZED && !renew {
                 debug!(path, "the Cloud Controller refused the token; renewing it");
                 renew = true;
@@ -327,12 +341,14 @@ impl CcClient {
             if bytes.is_empty() {
                 return Ok(Some(Value::Null));
             }
-            return serde_json::from_slice(&bytes).map(Some).map_err(|e| CcError::Garbage {
-                method: method.to_string(),
-                path: path.to_string(),
-                status: status.as_u16(),
-                why: format!("{e} (it starts {:?})", excerpt(&bytes)),
-            });
+            return serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| CcError::Garbage {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    status: status.as_u16(),
+                    why: format!("{e} (it starts {:?})", excerpt(&bytes)),
+                });
         }
     }
 
@@ -345,8 +361,16 @@ impl CcClient {
         })
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&Value>) -> Result<T, CcError> {
-        let v = self.send(method.clone(), path, body, false).await?.unwrap_or(Value::Null);
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, CcError> {
+        let v = self
+            .send(method.clone(), path, body, false)
+            .await?
+            .unwrap_or(Value::Null);
         Self::parse(&method, path, v)
     }
 
@@ -367,7 +391,9 @@ impl CcClient {
             all.extend(page.resources);
             next = match page.pagination.and_then(|p| p.next) {
                 None => None,
-                Some(href) if href.href.starts_with(&format!("{}/", self.inner.api)) => Some(href.href),
+                Some(href) if href.href.starts_with(&format!("{}/", self.inner.api)) => {
+                    Some(href.href)
+                }
                 Some(href) => {
                     return Err(CcError::Garbage {
                         method: "GET".into(),
@@ -387,19 +413,26 @@ impl CcClient {
 
     /// The organisation named `name`.
     pub async fn org(&self, name: &str) -> Result<Option<Named>, CcError> {
-        self.first(&query("/v3/organizations", &[("names", name)])).await
+        self.first(&query("/v3/organizations", &[("names", name)]))
+            .await
     }
 
     /// The space named `name` in the organisation `org`.
     pub async fn space(&self, org: &str, name: &str) -> Result<Option<Named>, CcError> {
-        self.first(&query("/v3/spaces", &[("names", name), ("organization_guids", org)]))
-            .await
+        self.first(&query(
+            "/v3/spaces",
+            &[("names", name), ("organization_guids", org)],
+        ))
+        .await
     }
 
     /// The app named `name` in the space `space`.
     pub async fn app(&self, space: &str, name: &str) -> Result<Option<App>, CcError> {
-        self.first(&query("/v3/apps", &[("names", name), ("space_guids", space)]))
-            .await
+        self.first(&query(
+            "/v3/apps",
+            &[("names", name), ("space_guids", space)],
+        ))
+        .await
     }
 
     /// Create the app `name` in `space` (stopped, buildpack lifecycle, the default stack).
@@ -410,7 +443,8 @@ impl CcClient {
 
     /// The app's current droplet, if it has one.
     pub async fn current_droplet(&self, app: &str) -> Result<Option<Droplet>, CcError> {
-        self.get_opt(&format!("/v3/apps/{app}/droplets/current")).await
+        self.get_opt(&format!("/v3/apps/{app}/droplets/current"))
+            .await
     }
 
     /// Every droplet of the app.
@@ -420,7 +454,8 @@ impl CcClient {
 
     /// The droplet `guid`.
     pub async fn droplet(&self, guid: &str) -> Result<Droplet, CcError> {
-        self.call(Method::GET, &format!("/v3/droplets/{guid}"), None).await
+        self.call(Method::GET, &format!("/v3/droplets/{guid}"), None)
+            .await
     }
 
     /// A new droplet of the app, awaiting its bits.
@@ -450,7 +485,8 @@ impl CcClient {
 
     /// The app's web process.
     pub async fn web_process(&self, app: &str) -> Result<Process, CcError> {
-        self.call(Method::GET, &format!("/v3/apps/{app}/processes/web"), None).await
+        self.call(Method::GET, &format!("/v3/apps/{app}/processes/web"), None)
+            .await
     }
 
     /// Scale the app's web process to `instances`.
@@ -483,7 +519,12 @@ impl CcClient {
     }
 
     /// The route `host`/`path` on the domain `domain`.
-    pub async fn route(&self, domain: &str, host: &str, path: &str) -> Result<Option<Route>, CcError> {
+    pub async fn route(
+        &self,
+        domain: &str,
+        host: &str,
+        path: &str,
+    ) -> Result<Option<Route>, CcError> {
         let routes: Vec<Route> = self
             .list(&query(
                 "/v3/routes",
@@ -492,11 +533,19 @@ impl CcClient {
             .await?;
         // Filters are matched again: an empty `hosts=` or `paths=` filter is not understood
         // alike by every Cloud Controller version.
-        Ok(routes.into_iter().find(|r| r.host == host && r.path == path))
+        Ok(routes
+            .into_iter()
+            .find(|r| r.host == host && r.path == path))
     }
 
     /// Create the route `host`/`path` on `domain` in `space`.
-    pub async fn create_route(&self, space: &str, domain: &str, host: &str, path: &str) -> Result<Route, CcError> {
+    pub async fn create_route(
+        &self,
+        space: &str,
+        domain: &str,
+        host: &str,
+        path: &str,
+    ) -> Result<Route, CcError> {
         let mut body = json!({
             "host": host,
             "relationships": {"space": {"data": {"guid": space}}, "domain": {"data": {"guid": domain}}},
@@ -554,15 +603,12 @@ impl CcClient {
                     status: status.as_u16(),
                     why: "a redirect without a Location".into(),
                 })?;
-            let target = resp
-                .url()
-                .join(location)
-                .map_err(|e| CcError::Garbage {
-                    method: "GET".into(),
-                    path: path.clone(),
-                    status: status.as_u16(),
-                    why: format!("its Location {location:?}: {e}"),
-                })?;
+            let target = resp.url().join(location).map_err(|e| CcError::Garbage {
+                method: "GET".into(),
+                path: path.clone(),
+                status: status.as_u16(),
+                why: format!("its Location {location:?}: {e}"),
+            })?;
             let target_text = target.to_string();
             // No Authorization header: the blobstore's URL is signed.
             resp = self
@@ -596,7 +642,12 @@ impl CcClient {
 
     /// Upload `body` (`len` bytes when known) as the bits of `droplet` (awaiting its
     /// upload), then wait for the Cloud Controller's job; the droplet as it is after.
-    pub async fn upload_droplet<S>(&self, droplet: &str, len: Option<u64>, body: S) -> Result<Droplet, CcError>
+    pub async fn upload_droplet<S>(
+        &self,
+        droplet: &str,
+        len: Option<u64>,
+        body: S,
+    ) -> Result<Droplet, CcError>
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
@@ -690,10 +741,21 @@ mod tests {
             StatusCode::NOT_FOUND,
             br#"{"errors":[{"code":10010,"title":"CF-ResourceNotFound","detail":"App not found"}]}"#,
         );
-        assert_eq!(e.to_string(), "GET /v3/apps/x: HTTP 404 CF-ResourceNotFound: App not found");
-        let e = api_error(&Method::POST, "/v3/droplets/d/upload", StatusCode::INTERNAL_SERVER_ERROR, b"<html>\r\nboom");
+        assert_eq!(
+            e.to_string(),
+            "GET /v3/apps/x: HTTP 404 CF-ResourceNotFound: App not found"
+        );
+        let e = api_error(
+            &Method::POST,
+            "/v3/droplets/d/upload",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            b"<html>\r\nboom",
+        );
         let text = e.to_string();
-        assert!(text.contains("500") && text.contains("<html>  boom"), "{text}");
+        assert!(
+            text.contains("500") && text.contains("<html>  boom"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -39,7 +39,9 @@ pub enum CcError {
         detail: String,
     },
     /// The answer was not the Cloud Controller's JSON.
-    #[error("{method} {path}: HTTP {status}, but the answer is not the Cloud Controller's JSON: {why}")]
+    #[error(
+        "{method} {path}: HTTP {status}, but the answer is not the Cloud Controller's JSON: {why}"
+    )]
     Garbage {
         /// The request's method.
         method: String,
@@ -310,6 +312,9 @@ mod tests {
             detail: "Bad credentials".into(),
         };
         let text = e.to_string();
-        assert!(text.contains("grouter-lon") && text.contains("credentials") && text.contains("401"), "{text}");
+        assert!(
+            text.contains("grouter-lon") && text.contains("credentials") && text.contains("401"),
+            "{text}"
+        );
     }
 }

@@ -348,9 +348,17 @@ impl Mesh {
             .iter()
             .filter(|p| *p.origin.site == *site && p.origin.is_alive() && !p.origin.local_site)
             .filter_map(|p| {
-                let addr = p.record.as_ref().map(|r| r.advertise.clone()).filter(|a| !a.is_empty())?;
+                let addr = p
+                    .record
+                    .as_ref()
+                    .map(|r| r.advertise.clone())
+                    .filter(|a| !a.is_empty())?;
                 let node = p.origin.node_id.to_string();
-                Some((rtts.get(&node).copied().unwrap_or(Duration::MAX), node, addr))
+                Some((
+                    rtts.get(&node).copied().unwrap_or(Duration::MAX),
+                    node,
+                    addr,
+                ))
             })
             .collect();
         nodes.sort();
@@ -382,7 +390,12 @@ impl Mesh {
             Err(_) => return Err(format!("connect to {addr}: timed out")),
         };
         // The mesh CA vouches for every node; only the certificate says which one answered.
-        match tls.get_ref().1.peer_certificates().map(identity::peer_identity) {
+        match tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(identity::peer_identity)
+        {
             Some(Ok(id)) if id.node_id == node && id.site == site => Ok(tls),
             other => {
                 self.count_dial_identity_mismatch();
@@ -391,7 +404,9 @@ impl Mesh {
                     _ => "no node identity".to_string(),
                 };
                 warn!(%addr, expected = %format_args!("{node}@{site}"), %presented, "dialled node answered with another identity; dropped");
-                Err(format!("connect to {addr}: certificate names {presented}, not {node}@{site}"))
+                Err(format!(
+                    "connect to {addr}: certificate names {presented}, not {node}@{site}"
+                ))
             }
         }
     }

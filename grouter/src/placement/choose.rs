@@ -223,7 +223,11 @@ mod tests {
             ..Rules::default()
         };
         let c = choose(&Sites::Count(2), &sites, &rules, near_sgp);
-        assert_eq!(c.chosen, ["lon", "nyc"], "weight before RTT; lon, weighted 0, still runs it");
+        assert_eq!(
+            c.chosen,
+            ["lon", "nyc"],
+            "weight before RTT; lon, weighted 0, still runs it"
+        );
         assert_eq!(c.excluded.get("sgp"), Some(&Excluded::Ranked));
     }
 
@@ -234,8 +238,14 @@ mod tests {
         let c = choose(&Sites::Count(1), &sites, &Rules::default(), no_rtt);
         assert_eq!(c.chosen, ["lon"]);
         sites.reverse();
-        assert_eq!(choose(&Sites::Count(1), &sites, &Rules::default(), no_rtt).chosen, ["lon"]);
-        assert_eq!(choose(&Sites::Count(0), &sites, &Rules::default(), no_rtt).chosen, Vec::<String>::new());
+        assert_eq!(
+            choose(&Sites::Count(1), &sites, &Rules::default(), no_rtt).chosen,
+            ["lon"]
+        );
+        assert_eq!(
+            choose(&Sites::Count(0), &sites, &Rules::default(), no_rtt).chosen,
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -253,7 +263,12 @@ mod tests {
         let c = choose(&Sites::Count(1), &sites, &rules, no_rtt);
         assert_eq!(c.chosen, ["fra"]);
         assert_eq!(c.excluded.get("lon"), Some(&Excluded::Unhealthy));
-        let c = choose(&Sites::List(vec!["lon".into(), "nyc".into()]), &sites, &rules, no_rtt);
+        let c = choose(
+            &Sites::List(vec!["lon".into(), "nyc".into()]),
+            &sites,
+            &rules,
+            no_rtt,
+        );
         assert_eq!(c.chosen, ["lon"], "a list overrides health, not pinning");
         assert_eq!(c.excluded.get("nyc"), Some(&Excluded::Region));
         assert_eq!(c.excluded.get("sgp"), Some(&Excluded::NotListed));

@@ -117,19 +117,18 @@ impl DropletServer {
         tracker.wait().await;
     }
 
-    async fn handle(&self, peer: &crate::mesh::identity::NodeIdentity, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(
+        &self,
+        peer: &crate::mesh::identity::NodeIdentity,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         if req.method() != Method::GET {
             return refuse(StatusCode::METHOD_NOT_ALLOWED, "only GET");
         }
-        let Some(app) = req
-            .uri()
-            .path()
-            .strip_prefix(PATH)
-            .and_then(|rest| {
-                let parts: Option<Vec<String>> = rest.split('/').map(decode_segment).collect();
-                AppKey::parse(&parts?.join("/"))
-            })
-        else {
+        let Some(app) = req.uri().path().strip_prefix(PATH).and_then(|rest| {
+            let parts: Option<Vec<String>> = rest.split('/').map(decode_segment).collect();
+            AppKey::parse(&parts?.join("/"))
+        }) else {
             return refuse(StatusCode::NOT_FOUND, "no such droplet path");
         };
         let want: Option<String> = req.uri().query().and_then(|q| {
@@ -138,7 +137,10 @@ impl DropletServer {
                 .map(|(_, v)| v.into_owned())
         });
         if peer.site == self.site {
-            return refuse(StatusCode::FORBIDDEN, "a node of this site asks its own Cloud Controller");
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "a node of this site asks its own Cloud Controller",
+            );
         }
         let inputs = Inputs::read(&self.control, &self.table);
         let Some(placement) = evaluate(&self.control, &inputs, &app) else {
@@ -152,7 +154,10 @@ impl DropletServer {
             );
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            let mut resp = refuse(StatusCode::SERVICE_UNAVAILABLE, "busy streaming other droplets");
+            let mut resp = refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy streaming other droplets",
+            );
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
             return resp;
@@ -197,8 +202,18 @@ impl DropletServer {
     ) -> Result<crate::cc::Droplet, (StatusCode, String)> {
         let site = &self.site;
         let fail = |e: crate::cc::CcError| (StatusCode::BAD_GATEWAY, e.to_string());
-        let missing = |what: String| (StatusCode::NOT_FOUND, format!("{what} does not exist at {site}"));
-        let org = self.cc.org(&app.org).await.map_err(fail)?.ok_or_else(|| missing(format!("org {:?}", app.org)))?;
+        let missing = |what: String| {
+            (
+                StatusCode::NOT_FOUND,
+                format!("{what} does not exist at {site}"),
+            )
+        };
+        let org = self
+            .cc
+            .org(&app.org)
+            .await
+            .map_err(fail)?
+            .ok_or_else(|| missing(format!("org {:?}", app.org)))?;
         let space = self
             .cc
             .space(&org.guid, &app.space)
@@ -220,7 +235,9 @@ impl DropletServer {
         if !droplet.is_buildpack() {
             return Err((
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("not copyable: {app} at {site} is a docker app (only buildpack droplets can be downloaded)"),
+                format!(
+                    "not copyable: {app} at {site} is a docker app (only buildpack droplets can be downloaded)"
+                ),
             ));
         }
         Ok(droplet)
@@ -229,7 +246,9 @@ impl DropletServer {
 
 fn refuse(status: StatusCode, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": message }).to_string();
-    let mut resp = Response::new(BodyExt::boxed_unsync(Full::new(Bytes::from(body)).map_err(|never| match never {})));
+    let mut resp = Response::new(BodyExt::boxed_unsync(
+        Full::new(Bytes::from(body)).map_err(|never| match never {}),
+    ));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -270,7 +289,10 @@ pub struct Fetched {
 
 impl std::fmt::Debug for Fetched {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fetched").field("node", &self.node).field("len", &self.len).finish()
+        f.debug_struct("Fetched")
+            .field("node", &self.node)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -358,12 +380,13 @@ impl DropletFetcher {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let body = http_body_util::BodyStream::new(resp.into_body()).filter_map(|frame| async move {
-            match frame {
-                Ok(f) => f.into_data().ok().map(Ok),
-                Err(e) => Some(Err(io::Error::other(e))),
-            }
-        });
+        let body =
+            http_body_util::BodyStream::new(resp.into_body()).filter_map(|frame| async move {
+                match frame {
+                    Ok(f) => f.into_data().ok().map(Ok),
+                    Err(e) => Some(Err(io::Error::other(e))),
+                }
+            });
         Ok((len, idle_limited(body.boxed())))
     }
 }

@@ -101,7 +101,10 @@ impl AppKey {
             space: space.to_string(),
             app: app.to_string(),
         };
-        [org, space, app].iter().all(|n| check_name(n).is_ok()).then_some(key)
+        [org, space, app]
+            .iter()
+            .all(|n| check_name(n).is_ok())
+            .then_some(key)
     }
 }
 
@@ -118,7 +121,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
         return Err("must be 1..=255 bytes".into());
     }
     if name == "." || name == ".." || name.contains('/') || name.chars().any(char::is_control) {
-        return Err(format!("{name:?} may not contain '/' or control characters"));
+        return Err(format!(
+            "{name:?} may not contain '/' or control characters"
+        ));
     }
     Ok(())
 }
@@ -414,7 +419,12 @@ pub fn evaluate(control: &Control, inputs: &Inputs, app: &AppKey) -> Option<Eval
             .chosen
             .iter()
             .chain(sites.keys())
-            .filter_map(|s| sites.get(s).filter(|r| r.running()).and_then(|r| r.instances))
+            .filter_map(|s| {
+                sites
+                    .get(s)
+                    .filter(|r| r.running())
+                    .and_then(|r| r.instances)
+            })
             .next()
             .unwrap_or(1)
     });

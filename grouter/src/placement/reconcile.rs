@@ -140,9 +140,7 @@ impl Reconciler {
     /// alive nodes.
     fn is_reconciler(&self) -> bool {
         !self.table.partitions().iter().any(|p| {
-            *p.origin.site == *self.site
-                && p.origin.is_alive()
-                && *p.origin.node_id < *self.node_id
+            *p.origin.site == *self.site && p.origin.is_alive() && *p.origin.node_id < *self.node_id
         })
     }
 
@@ -276,7 +274,11 @@ impl Reconciler {
                 self.report(&app, &mut status);
                 // After a failure the next attempt is due at the back-off's end (or at once
                 // when the placement changes); after a success, at the next recheck.
-                let wait = if status.error.is_some() { backoff(status.attempts) } else { RECHECK };
+                let wait = if status.error.is_some() {
+                    backoff(status.attempts)
+                } else {
+                    RECHECK
+                };
                 last = Some((fingerprint, Instant::now() + wait));
             }
             if sleep_or_stop(&stop, TICK).await {
@@ -355,12 +357,21 @@ impl Reconciler {
             };
             return Ok(());
         };
-        let mut found = self.cc.app(&space, &app.app).await.map_err(at("find_app"))?;
+        let mut found = self
+            .cc
+            .app(&space, &app.app)
+            .await
+            .map_err(at("find_app"))?;
         let mut current = match &found {
-            Some(a) => self.cc.current_droplet(&a.guid).await.map_err(at("find_app"))?,
+            Some(a) => self
+                .cc
+                .current_droplet(&a.guid)
+                .await
+                .map_err(at("find_app"))?,
             None => None,
         };
-        self.observe(status, found.as_ref(), current.as_ref()).await?;
+        self.observe(status, found.as_ref(), current.as_ref())
+            .await?;
         if !chosen {
             if p.choice.excluded.get(&self.site) == Some(&super::choose::Excluded::Unhealthy) {
                 // Left out for its health alone: it is kept as it is. Scaling it down
@@ -375,7 +386,8 @@ impl Reconciler {
             let (a, d) = self.copy(p, status, &space, found.take()).await?;
             found = Some(a);
             current = Some(d);
-            self.observe(status, found.as_ref(), current.as_ref()).await?;
+            self.observe(status, found.as_ref(), current.as_ref())
+                .await?;
         }
         let Some(found) = found else {
             return Err(Failure {
@@ -384,11 +396,23 @@ impl Reconciler {
             });
         };
         self.map_routes(p, status, &space, &found).await?;
-        let instances = self.cc.web_process(&found.guid).await.map_err(at("scale"))?.instances;
+        let instances = self
+            .cc
+            .web_process(&found.guid)
+            .await
+            .map_err(at("scale"))?
+            .instances;
         if instances != p.instances {
             self.working(app, status, "scale");
-            self.cc.scale_web(&found.guid, p.instances).await.map_err(at("scale"))?;
-            self.done(status, "scale", &format!("{instances} → {} instances", p.instances));
+            self.cc
+                .scale_web(&found.guid, p.instances)
+                .await
+                .map_err(at("scale"))?;
+            self.done(
+                status,
+                "scale",
+                &format!("{instances} → {} instances", p.instances),
+            );
         }
         status.instances = Some(p.instances);
         if found.state != "STARTED" {
@@ -418,7 +442,12 @@ impl Reconciler {
         let Some(org) = self.cc.org(&app.org).await.map_err(at("find_app"))? else {
             return missing(format!("org {:?}", app.org));
         };
-        let Some(space) = self.cc.space(&org.guid, &app.space).await.map_err(at("find_app"))? else {
+        let Some(space) = self
+            .cc
+            .space(&org.guid, &app.space)
+            .await
+            .map_err(at("find_app"))?
+        else {
             return missing(format!("space {:?} in org {:?}", app.space, app.org));
         };
         Ok(Some(space.guid))
@@ -463,12 +492,21 @@ impl Reconciler {
         status.copyable = current.map(Droplet::is_buildpack);
         status.routes = routes.iter().map(RouteSpec::url).collect();
         status.route_specs = routes;
-        status.state = if status.running() { State::Running } else { State::Stopped };
+        status.state = if status.running() {
+            State::Running
+        } else {
+            State::Stopped
+        };
         Ok(())
     }
 
     /// Not chosen: scale to 0 where it runs.
-    async fn retire(&self, app: &AppKey, status: &mut SiteStatus, found: Option<&App>) -> Result<(), Failure> {
+    async fn retire(
+        &self,
+        app: &AppKey,
+        status: &mut SiteStatus,
+        found: Option<&App>,
+    ) -> Result<(), Failure> {
         let Some(a) = found else {
             status.state = State::Absent;
             status.step = None;
@@ -476,9 +514,16 @@ impl Reconciler {
         };
         if status.instances.unwrap_or(0) > 0 {
             self.working(app, status, "scale_to_zero");
-            self.cc.scale_web(&a.guid, 0).await.map_err(at("scale_to_zero"))?;
+            self.cc
+                .scale_web(&a.guid, 0)
+                .await
+                .map_err(at("scale_to_zero"))?;
             let was = status.instances.unwrap_or(0);
-            self.done(status, "scale_to_zero", &format!("{was} → 0 instances (not chosen)"));
+            self.done(
+                status,
+                "scale_to_zero",
+                &format!("{was} → 0 instances (not chosen)"),
+            );
             status.instances = Some(0);
         }
         status.state = State::Stopped;
@@ -500,15 +545,30 @@ impl Reconciler {
             Some(a) => a,
             None => {
                 self.working(app, status, "create_app");
-                let a = self.cc.create_app(space, &app.app).await.map_err(at("create_app"))?;
-                self.done(status, "create_app", &format!("created {} in {}/{}", a.guid, app.org, app.space));
+                let a = self
+                    .cc
+                    .create_app(space, &app.app)
+                    .await
+                    .map_err(at("create_app"))?;
+                self.done(
+                    status,
+                    "create_app",
+                    &format!("created {} in {}/{}", a.guid, app.org, app.space),
+                );
                 a
             }
         };
         status.app_guid = Some(found.guid.clone());
         // A droplet an earlier pass created (or staged) is taken up again.
-        let droplets = self.cc.app_droplets(&found.guid).await.map_err(at("copy_droplet"))?;
-        if let Some(d) = droplets.iter().find(|d| d.is_staged() && d.sha256() == Some(sha.as_str())) {
+        let droplets = self
+            .cc
+            .app_droplets(&found.guid)
+            .await
+            .map_err(at("copy_droplet"))?;
+        if let Some(d) = droplets
+            .iter()
+            .find(|d| d.is_staged() && d.sha256() == Some(sha.as_str()))
+        {
             self.set_current(app, status, &found, d).await?;
             return Ok((found, d.clone()));
         }
@@ -517,12 +577,19 @@ impl Reconciler {
             self.working(app, status, "upload_droplet");
             let d = self.await_processing(&d.guid).await?;
             if d.sha256() == Some(sha.as_str()) {
-                self.done(status, "upload_droplet", &format!("resumed: {} finished processing", d.guid));
+                self.done(
+                    status,
+                    "upload_droplet",
+                    &format!("resumed: {} finished processing", d.guid),
+                );
                 self.set_current(app, status, &found, &d).await?;
                 return Ok((found, d));
             }
         }
-        let waiting = droplets.iter().find(|d| d.state == "AWAITING_UPLOAD").cloned();
+        let waiting = droplets
+            .iter()
+            .find(|d| d.state == "AWAITING_UPLOAD")
+            .cloned();
         let resumed = waiting.is_some();
         let droplet = match waiting {
             Some(d) => d,
@@ -542,7 +609,10 @@ impl Reconciler {
         let fetched = fetcher
             .fetch(&source, app, &sha)
             .await
-            .map_err(|e| Failure { step: "copy_droplet", error: format!("from {source}: {e}") })?;
+            .map_err(|e| Failure {
+                step: "copy_droplet",
+                error: format!("from {source}: {e}"),
+            })?;
         let from = fetched.node.clone();
         let len = fetched.len;
         let bytes = self.metrics.droplet_bytes.clone();
@@ -576,13 +646,23 @@ impl Reconciler {
         Ok((found, uploaded))
     }
 
-    async fn set_current(&self, app: &AppKey, status: &mut SiteStatus, found: &App, d: &Droplet) -> Result<(), Failure> {
+    async fn set_current(
+        &self,
+        app: &AppKey,
+        status: &mut SiteStatus,
+        found: &App,
+        d: &Droplet,
+    ) -> Result<(), Failure> {
         self.working(app, status, "set_droplet");
         self.cc
             .set_current_droplet(&found.guid, &d.guid)
             .await
             .map_err(at("set_droplet"))?;
-        self.done(status, "set_droplet", &format!("droplet {} is current", d.guid));
+        self.done(
+            status,
+            "set_droplet",
+            &format!("droplet {} is current", d.guid),
+        );
         Ok(())
     }
 
@@ -596,7 +676,10 @@ impl Reconciler {
             if Instant::now() >= deadline {
                 return Err(Failure {
                     step: "upload_droplet",
-                    error: format!("droplet {guid} still processing after {} s", PROCESSING_WAIT.as_secs()),
+                    error: format!(
+                        "droplet {guid} still processing after {} s",
+                        PROCESSING_WAIT.as_secs()
+                    ),
                 });
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -617,7 +700,11 @@ impl Reconciler {
                 return Ok(((*site).clone(), sha.clone(), r.process_types.clone()));
             }
         }
-        let error = match have.iter().find(|(_, r)| r.copyable == Some(false)).or(have.first()) {
+        let error = match have
+            .iter()
+            .find(|(_, r)| r.copyable == Some(false))
+            .or(have.first())
+        {
             Some((site, r)) if r.copyable == Some(true) => format!(
                 "the droplet of {} at {site} has no sha256 to check a copy against",
                 p.app.app
@@ -628,11 +715,20 @@ impl Reconciler {
             ),
             None => "no other site reports a droplet of the app to copy".to_string(),
         };
-        Err(Failure { step: "copy_droplet", error })
+        Err(Failure {
+            step: "copy_droplet",
+            error,
+        })
     }
 
     /// Map the routes the app has where it runs to it here too.
-    async fn map_routes(&self, p: &Evaluated, status: &mut SiteStatus, space: &str, found: &App) -> Result<(), Failure> {
+    async fn map_routes(
+        &self,
+        p: &Evaluated,
+        status: &mut SiteStatus,
+        space: &str,
+        found: &App,
+    ) -> Result<(), Failure> {
         let mut wanted: Vec<RouteSpec> = p
             .sites
             .iter()
@@ -641,19 +737,32 @@ impl Reconciler {
             .collect();
         wanted.sort();
         wanted.dedup();
-        let missing: Vec<&RouteSpec> = wanted.iter().filter(|w| !status.route_specs.contains(w)).collect();
+        let missing: Vec<&RouteSpec> = wanted
+            .iter()
+            .filter(|w| !status.route_specs.contains(w))
+            .collect();
         if missing.is_empty() {
             return Ok(());
         }
         self.working(&p.app, status, "map_routes");
         for spec in missing {
-            let Some(domain) = self.cc.domain(&spec.domain).await.map_err(at("map_routes"))? else {
+            let Some(domain) = self
+                .cc
+                .domain(&spec.domain)
+                .await
+                .map_err(at("map_routes"))?
+            else {
                 return Err(Failure {
                     step: "map_routes",
                     error: format!("domain {:?} does not exist at {}", spec.domain, self.site),
                 });
             };
-            let route = match self.cc.route(&domain.guid, &spec.host, &spec.path).await.map_err(at("map_routes"))? {
+            let route = match self
+                .cc
+                .route(&domain.guid, &spec.host, &spec.path)
+                .await
+                .map_err(at("map_routes"))?
+            {
                 Some(r) => r,
                 None => self
                     .cc
