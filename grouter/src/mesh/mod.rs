@@ -311,6 +311,23 @@ pub struct PeerHttp {
 }
 
 impl Mesh {
+    /// A peer's HTTP (or droplet) connection, registered so that revoking the peer's
+    /// certificate cancels it.
+    fn hand_over(
+        &self,
+        stream: tokio_rustls::server::TlsStream<TcpStream>,
+        peer: NodeIdentity,
+        cert: Arc<[u8]>,
+        slot: crate::limits::Admitted,
+        shutdown: &CancellationToken,
+    ) -> PeerHttp {
+        let cancel = shutdown.child_token();
+        let mut conns = self.peer_http_conns.lock();
+        conns.retain(|(_, t)| !t.is_cancelled());
+        conns.push((cert, cancel.clone()));
+        PeerHttp { stream, peer, cancel, slot }
+    }
+
     /// The table this mesh replicates.
     pub fn table(&self) -> &Arc<Table> {
         &self.table
@@ -805,25 +822,15 @@ async fn accept_loop(
                 }
                 Some(p) if p == identity::DROPLET_ALPN => match mesh.peer_droplet.get() {
                     Some(tx) => {
-                        let cancel = shutdown.child_token();
-                        {
-                            let mut conns = mesh.peer_http_conns.lock();
-                            conns.retain(|(_, t)| !t.is_cancelled());
-                            conns.push((cert, cancel.clone()));
-                        }
-                        let _ = tx.send(PeerHttp { stream: tls, peer, cancel, slot }).await;
+                        let conn = mesh.hand_over(tls, peer, cert, slot, &shutdown);
+                        let _ = tx.send(conn).await;
                     }
                     None => debug!(%addr, "peer asked for a droplet, but this node places no apps"),
                 },
                 Some(b"h2" | b"http/1.1") => match mesh.peer_http.get() {
                     Some(tx) => {
-                        let cancel = shutdown.child_token();
-                        {
-                            let mut conns = mesh.peer_http_conns.lock();
-                            conns.retain(|(_, t)| !t.is_cancelled());
-                            conns.push((cert, cancel.clone()));
-                        }
-                        let _ = tx.send(PeerHttp { stream: tls, peer, cancel, slot }).await;
+                        let conn = mesh.hand_over(tls, peer, cert, slot, &shutdown);
+                        let _ = tx.send(conn).await;
                     }
                     None => debug!(%addr, "peer forwarded HTTP, but this node has no proxy"),
                 },
