@@ -325,7 +325,12 @@ impl Mesh {
         let mut conns = self.peer_http_conns.lock();
         conns.retain(|(_, t)| !t.is_cancelled());
         conns.push((cert, cancel.clone()));
-        PeerHttp { stream, peer, cancel, slot }
+        PeerHttp {
+            stream,
+            peer,
+            cancel,
+            slot,
+        }
     }
 
     /// The table this mesh replicates.

@@ -20,7 +20,7 @@ pub mod choose;
 pub mod droplet;
 pub mod reconcile;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -322,15 +322,25 @@ pub struct Inputs {
     sites: Vec<SiteInfo>,
     policies: Arc<Policies>,
     rtt: BTreeMap<String, BTreeMap<String, u32>>,
+    /// The site of every node this node holds a partition of (certified by the mesh).
+    node_sites: HashMap<String, String>,
 }
 
 impl Inputs {
     /// Read the sites, policies and published RTTs.
     pub fn read(control: &Control, table: &Table) -> Inputs {
         let facts = control.policies().facts();
+        let mut node_sites: HashMap<String, String> = table
+            .partitions()
+            .iter()
+            .map(|p| (p.origin.node_id.to_string(), p.origin.site.to_string()))
+            .collect();
+        let me = table.me();
+        node_sites.insert(me.node_id.to_string(), me.site.to_string());
         let rtt = control
             .list(SITE_RTT)
             .into_iter()
+            .filter(|(k, w)| reported_by(&node_sites, &w.holder, &k[SITE_RTT.len()..]))
             .filter_map(|(k, w)| {
                 let site = k.strip_prefix(SITE_RTT)?.to_string();
                 let v: BTreeMap<String, u32> = serde_json::from_slice(w.bytes()).ok()?;
@@ -341,6 +351,7 @@ impl Inputs {
             sites: known_sites(table, &facts),
             policies: control.policies().policies(),
             rtt,
+            node_sites,
         }
     }
 
@@ -383,6 +394,13 @@ impl Inputs {
     }
 }
 
+/// Whether `holder` (the node whose partition holds a report) is a node of `site`: a
+/// site's report and RTTs count only from the site's own nodes, so a node of another site,
+/// compromised or not, can neither hide nor forge what runs where.
+fn reported_by(node_sites: &HashMap<String, String>, holder: &str, site: &str) -> bool {
+    node_sites.get(holder).is_some_and(|s| s == site)
+}
+
 /// The placement of `app` as every node sees it, or `None` when there is none.
 pub fn evaluate(control: &Control, inputs: &Inputs, app: &AppKey) -> Option<Evaluated> {
     let winner = control.get(&app.key())?;
@@ -393,6 +411,8 @@ pub fn evaluate(control: &Control, inputs: &Inputs, app: &AppKey) -> Option<Eval
         .into_iter()
         .filter_map(|(k, w)| {
             let site = k.strip_prefix(prefix.as_str())?.to_string();
+            // Only a node of the site may say what runs there.
+            reported_by(&inputs.node_sites, &w.holder, &site).then_some(())?;
             Some((site, serde_json::from_slice(w.bytes()).ok()?))
         })
         .collect();
@@ -473,6 +493,22 @@ mod tests {
         assert!(AppKey::parse("demo/prod/shop/x").is_none());
         assert!(AppKey::parse("demo/../shop").is_none());
         assert!(check_name("a\r").is_err());
+    }
+
+    #[test]
+    fn a_sites_report_counts_only_from_its_own_nodes() {
+        let nodes: HashMap<String, String> = [("lon-1", "lon"), ("nyc-1", "nyc")]
+            .map(|(n, s)| (n.to_string(), s.to_string()))
+            .into();
+        assert!(reported_by(&nodes, "lon-1", "lon"));
+        assert!(
+            !reported_by(&nodes, "nyc-1", "lon"),
+            "another site's node cannot report for lon"
+        );
+        assert!(
+            !reported_by(&nodes, "ghost-1", "lon"),
+            "a node no partition stands behind"
+        );
     }
 
     #[test]

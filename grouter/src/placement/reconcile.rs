@@ -214,6 +214,7 @@ impl Reconciler {
         let current = self
             .control
             .get(&key)
+            .filter(|w| *w.holder == *self.node_id)
             .and_then(|w| serde_json::from_slice::<BTreeMap<String, u32>>(w.bytes()).ok());
         if current.as_ref() == Some(&rtt) {
             return;
@@ -291,9 +292,12 @@ impl Reconciler {
     fn report(&self, app: &AppKey, status: &mut SiteStatus) {
         let key = app.status_key(&self.site);
         status.reconciler.clone_from(&self.node_id);
+        // Only this node's own last report counts as already said (another node of the
+        // site may hold an older one).
         let current = self
             .control
             .get(&key)
+            .filter(|w| *w.holder == *self.node_id)
             .and_then(|w| serde_json::from_slice::<SiteStatus>(w.bytes()).ok());
         let same = current.as_ref().is_some_and(|c| {
             let mut c = c.clone();
