@@ -40,6 +40,8 @@ const MAX_PAGES: usize = 50;
 const TOKEN_MARGIN: Duration = Duration::from_secs(120);
 /// Longest wait for an upload job.
 const JOB_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest a droplet upload may take, bits and answer (its bits come idle-limited).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Where this site's Cloud Controller is and who this node is to it.
 #[derive(Clone)]
@@ -610,13 +612,17 @@ impl CcClient {
                 why: format!("its Location {location:?}: {e}"),
             })?;
             let target_text = target.to_string();
-            // No Authorization header: the blobstore's URL is signed.
-            resp = self
-                .inner
-                .http
-                .get(target)
-                .send()
+            // No Authorization header: the blobstore's URL is signed. Its answer's head
+            // must come within the call limit; the bits have none overall (each chunk is
+            // idle-limited by the caller).
+            let sent = tokio::time::timeout(CALL_TIMEOUT, self.inner.http.get(target).send());
+            resp = sent
                 .await
+                .map_err(|_| CcError::Transport {
+                    method: "GET".into(),
+                    url: target_text.clone(),
+                    error: format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
+                })?
                 .map_err(|e| transport(&Method::GET, &target_text, &e))?;
             if !resp.status().is_success() {
                 let status = resp.status().as_u16();
@@ -671,6 +677,7 @@ impl CcClient {
             .bearer_auth(&token)
             .header(header::ACCEPT, "application/json")
             .multipart(form)
+            .timeout(UPLOAD_TIMEOUT)
             .send()
             .await
             .map_err(|e| transport(&Method::POST, &url, &e))?;
