@@ -48,6 +48,9 @@ const RECHECK: Duration = Duration::from_secs(10);
 const RTT_EVERY: Duration = Duration::from_secs(10);
 /// Back-off after failures: 1 s doubling to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long after a placement is written a site waits for the others' first reports
+/// before "no site has a droplet to copy" is an error.
+const REPORT_GRACE_MS: u64 = 30_000;
 /// Longest wait for a droplet another pass left processing.
 const PROCESSING_WAIT: Duration = Duration::from_secs(120);
 
@@ -90,10 +93,13 @@ impl PlacementMetrics {
 struct Failure {
     step: &'static str,
     error: String,
+    /// Not a failure yet: waiting for another site's report (not counted, no back-off).
+    wait: bool,
 }
 
 fn at(step: &'static str) -> impl Fn(CcError) -> Failure {
     move |e| Failure {
+        wait: false,
         step,
         error: e.to_string(),
     }
@@ -261,6 +267,11 @@ impl Reconciler {
                         status.attempts = 0;
                         status.next_attempt_ms = None;
                     }
+                    Err(f) if f.wait => {
+                        status.state = State::Working;
+                        status.step = Some(f.step.to_string());
+                        status.error = None;
+                    }
                     Err(f) => {
                         status.attempts = status.attempts.saturating_add(1);
                         let backoff = backoff(status.attempts);
@@ -277,6 +288,8 @@ impl Reconciler {
                 // when the placement changes); after a success, at the next recheck.
                 let wait = if status.error.is_some() {
                     backoff(status.attempts)
+                } else if status.state == State::Working {
+                    TICK
                 } else {
                     RECHECK
                 };
@@ -395,6 +408,7 @@ impl Reconciler {
         }
         let Some(found) = found else {
             return Err(Failure {
+                wait: false,
                 step: "find_app",
                 error: "the app vanished while it was being placed".into(),
             });
@@ -436,6 +450,7 @@ impl Reconciler {
         let missing = |what: String| {
             if chosen {
                 Err(Failure {
+                    wait: false,
                     step: "find_app",
                     error: format!("{what} does not exist at {}", self.site),
                 })
@@ -605,6 +620,7 @@ impl Reconciler {
         };
         let Some(fetcher) = &self.fetcher else {
             return Err(Failure {
+                wait: false,
                 step: "copy_droplet",
                 error: "this node has no mesh to copy a droplet over".into(),
             });
@@ -614,6 +630,7 @@ impl Reconciler {
             .fetch(&source, app, &sha)
             .await
             .map_err(|e| Failure {
+                wait: false,
                 step: "copy_droplet",
                 error: format!("from {source}: {e}"),
             })?;
@@ -633,6 +650,7 @@ impl Reconciler {
             .map_err(at("upload_droplet"))?;
         if uploaded.sha256() != Some(sha.as_str()) {
             return Err(Failure {
+                wait: false,
                 step: "upload_droplet",
                 error: format!(
                     "the uploaded droplet's sha256 {} is not the source's {sha}",
@@ -679,6 +697,7 @@ impl Reconciler {
             }
             if Instant::now() >= deadline {
                 return Err(Failure {
+                    wait: false,
                     step: "upload_droplet",
                     error: format!(
                         "droplet {guid} still processing after {} s",
@@ -704,6 +723,20 @@ impl Reconciler {
                 return Ok(((*site).clone(), sha.clone(), r.process_types.clone()));
             }
         }
+        // Until every other site has reported once (or for a while after the placement was
+        // written), a site that runs the app may simply not have said so yet.
+        let unheard = p
+            .sites
+            .iter()
+            .any(|(s, r)| *s != self.site && r.state == State::Unknown);
+        if have.is_empty() && unheard && now_ms().saturating_sub(p.written_at_ms) < REPORT_GRACE_MS
+        {
+            return Err(Failure {
+                step: "copy_droplet",
+                error: "waiting for the sites that run the app to report its droplet".into(),
+                wait: true,
+            });
+        }
         let error = match have
             .iter()
             .find(|(_, r)| r.copyable == Some(false))
@@ -720,6 +753,7 @@ impl Reconciler {
             None => "no other site reports a droplet of the app to copy".to_string(),
         };
         Err(Failure {
+            wait: false,
             step: "copy_droplet",
             error,
         })
@@ -757,6 +791,7 @@ impl Reconciler {
                 .map_err(at("map_routes"))?
             else {
                 return Err(Failure {
+                    wait: false,
                     step: "map_routes",
                     error: format!("domain {:?} does not exist at {}", spec.domain, self.site),
                 });
