@@ -38,9 +38,16 @@ struct Cli {
     /// The UAA client it accepts.
     #[arg(long)]
     client_id: String,
-    /// That client's secret.
+    /// That client's secret (visible in `ps`: prefer `--client-secret-file`).
+    #[arg(
+        long,
+        required_unless_present = "client_secret_file",
+        conflicts_with = "client_secret_file"
+    )]
+    client_secret: Option<String>,
+    /// A file holding that client's secret (surrounding whitespace ignored).
     #[arg(long)]
-    client_secret: String,
+    client_secret_file: Option<PathBuf>,
     /// The seed JSON: domains, orgs, spaces, apps (none: an empty foundation).
     #[arg(long)]
     seed: Option<PathBuf>,
@@ -90,6 +97,14 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     // Installed before the address is announced: whoever read it may signal at once.
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let client_secret = match (cli.client_secret, &cli.client_secret_file) {
+        (Some(secret), _) => secret,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --client-secret-file {}", path.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => anyhow::bail!("--client-secret or --client-secret-file is needed"),
+    };
     let seed = match &cli.seed {
         Some(path) => Seed::from_file(path)?,
         None => Seed::default(),
@@ -98,7 +113,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         site: cli.site,
         listen: cli.listen,
         client_id: cli.client_id,
-        client_secret: cli.client_secret,
+        client_secret,
         seed,
         blob_dir: cli.blob_dir,
         job_delay: Duration::from_millis(cli.job_delay_ms),

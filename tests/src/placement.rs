@@ -57,7 +57,9 @@ impl Foundation {
                 "--client-id",
                 &client_id,
             ])
-            .args(["--client-secret", &secret, "--job-delay-ms", "100"])
+            .arg("--client-secret-file")
+            .arg(&secret_file)
+            .args(["--job-delay-ms", "100"])
             .arg("--seed")
             .arg(&seed_file)
             .arg("--blob-dir")

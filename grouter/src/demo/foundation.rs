@@ -101,8 +101,8 @@ pub(super) struct Foundation {
     site: &'static str,
     /// The UAA client the site's node uses: `grouter-<site>`.
     pub(super) client_id: String,
-    /// Its secret (also in [`SECRET_FILE`]).
-    secret: String,
+    /// The file holding its secret ([`SECRET_FILE`], 0600), read by the node and the stand-in.
+    secret_file: PathBuf,
     seed_file: PathBuf,
     blob_dir: PathBuf,
 }
@@ -115,7 +115,8 @@ impl Foundation {
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
-        write_file(&site_dir.join(SECRET_FILE), secret.as_bytes(), 0o600)?;
+        let secret_file = site_dir.join(SECRET_FILE);
+        write_file(&secret_file, secret.as_bytes(), 0o600)?;
         let seed_file = site_dir.join(SEED_FILE);
         write_file(&seed_file, seed(site).to_string().as_bytes(), 0o644)?;
         let blob_dir = site_dir.join(BLOB_DIR);
@@ -127,7 +128,7 @@ impl Foundation {
         Ok(Foundation {
             site,
             client_id: format!("grouter-{site}"),
-            secret,
+            secret_file,
             seed_file,
             blob_dir,
         })
@@ -148,10 +149,9 @@ impl Foundation {
             .arg(addr.to_string())
             .arg("--client-id")
             .arg(&self.client_id)
-            // The stand-in takes the secret on its command line (its fixed CLI): visible to
-            // this machine's users in `ps`, like everything else of a loopback demo.
-            .arg("--client-secret")
-            .arg(&self.secret)
+            // From the node's own secret file: never on a command line `ps` shows.
+            .arg("--client-secret-file")
+            .arg(&self.secret_file)
             .arg("--seed")
             .arg(&self.seed_file)
             .arg("--blob-dir")
@@ -472,7 +472,7 @@ mod tests {
         let blobs = f.blob_dir.is_dir();
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(secret, f.secret);
+        assert_eq!(dir.join(SECRET_FILE), f.secret_file);
         assert!(secret.len() >= 32);
         assert_eq!(f.client_id, "grouter-nyc");
         assert_eq!(seeded, seed("nyc"));
