@@ -22,6 +22,10 @@ pub struct Candidate {
     /// When the app was created at that site's Cloud Controller, while it runs there
     /// (started, more than 0 instances); `None` when it does not run there.
     pub running_since: Option<String>,
+    /// The site reports the app being placed there (a step under way): among the sites
+    /// that do not run it yet, it keeps its place, so a jitter in RTTs or weights cannot
+    /// move a copy that has begun.
+    pub placing: bool,
 }
 
 /// What the app's route policies say about where it may run.
@@ -99,7 +103,8 @@ impl Choice {
 ///   list overrides health, but never pinning).
 /// - A count takes, among the sites allowed by the regions and healthy: first those already
 ///   running the app, oldest first (so adding a site never moves the app, and shrinking keeps
-///   the sites it ran in first); then the others by highest weight, then lowest RTT from the
+///   the sites it ran in first); then those where it is being placed; then the others by
+///   highest weight, then lowest RTT from the
 ///   sites running it (`rtt`), then name. Weight 0 keeps a site from being newly chosen but
 ///   never evicts the app from a site it runs in.
 pub fn choose(
@@ -178,7 +183,9 @@ fn rank(a: &Candidate, b: &Candidate, rules: &Rules, distance: &impl Fn(&str) ->
         (None, Some(_)) => Ordering::Greater,
         (None, None) => {
             let w = |c: &Candidate| rules.weight(&c.site).unwrap_or(1);
-            w(b).cmp(&w(a))
+            b.placing
+                .cmp(&a.placing)
+                .then_with(|| w(b).cmp(&w(a)))
                 .then_with(|| distance(&a.site).cmp(&distance(&b.site)))
                 .then_with(|| a.site.cmp(&b.site))
         }
@@ -195,6 +202,7 @@ mod tests {
             region: Some(region.into()),
             healthy,
             running_since: since.map(Into::into),
+            placing: false,
         }
     }
 
@@ -272,5 +280,31 @@ mod tests {
         assert_eq!(c.chosen, ["lon"], "a list overrides health, not pinning");
         assert_eq!(c.excluded.get("nyc"), Some(&Excluded::Region));
         assert_eq!(c.excluded.get("sgp"), Some(&Excluded::NotListed));
+    }
+
+    #[test]
+    fn a_copy_under_way_keeps_its_site_when_rtts_move() {
+        let rules = Rules::default();
+        let mut sites = vec![
+            site("lon", "eu", true, Some("2026-01-01T00:00:00Z")),
+            site("nyc", "us", true, None),
+            site("sgp", "ap", true, None),
+        ];
+        let near_nyc = |a: &str, b: &str| Some(if a == "nyc" || b == "nyc" { 10 } else { 20 });
+        let near_sgp = |a: &str, b: &str| Some(if a == "sgp" || b == "sgp" { 10 } else { 20 });
+        assert_eq!(
+            choose(&Sites::Count(2), &sites, &rules, near_nyc).chosen,
+            ["lon", "nyc"]
+        );
+        assert_eq!(
+            choose(&Sites::Count(2), &sites, &rules, near_sgp).chosen,
+            ["lon", "sgp"]
+        );
+        sites[1].placing = true;
+        assert_eq!(
+            choose(&Sites::Count(2), &sites, &rules, near_sgp).chosen,
+            ["lon", "nyc"],
+            "nyc, copying already, stays chosen though sgp is now nearer"
+        );
     }
 }

@@ -430,6 +430,9 @@ pub fn evaluate(control: &Control, inputs: &Inputs, app: &AppKey) -> Option<Eval
                 .get(&s.site)
                 .filter(|r| r.running())
                 .map(|r| r.created_at.clone().unwrap_or_default()),
+            placing: sites
+                .get(&s.site)
+                .is_some_and(|r| r.state == State::Working),
         })
         .collect();
     let rules = inputs.rules(&sites);

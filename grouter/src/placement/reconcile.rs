@@ -222,7 +222,7 @@ impl Reconciler {
             .get(&key)
             .filter(|w| *w.holder == *self.node_id)
             .and_then(|w| serde_json::from_slice::<BTreeMap<String, u32>>(w.bytes()).ok());
-        if current.as_ref() == Some(&rtt) {
+        if current.as_ref().is_some_and(|c| !rtt_moved(c, &rtt)) {
             return;
         }
         match serde_json::to_vec(&rtt) {
@@ -837,6 +837,16 @@ fn route_spec(host: &str, path: &str, url: &str) -> Option<RouteSpec> {
     })
 }
 
+/// Whether published RTTs are worth replacing: a site came or went, or one moved by at
+/// least 20 ms and half its value. Jitter below that would only churn the choice.
+fn rtt_moved(published: &BTreeMap<String, u32>, now: &BTreeMap<String, u32>) -> bool {
+    published.len() != now.len()
+        || now.iter().any(|(site, &ms)| match published.get(site) {
+            None => true,
+            Some(&was) => ms.abs_diff(was) >= 20.max(was / 2),
+        })
+}
+
 fn backoff(attempts: u32) -> Duration {
     let secs = 1u64 << attempts.saturating_sub(1).min(6);
     Duration::from_secs(secs).min(MAX_BACKOFF)
@@ -866,6 +876,22 @@ mod tests {
         let r = route_spec("", "", "apps.example.com").unwrap();
         assert_eq!(r.fqdn(), "apps.example.com");
         assert!(route_spec("shop", "", "other.example.com").is_none());
+    }
+
+    #[test]
+    fn rtt_jitter_is_not_republished() {
+        let was: BTreeMap<String, u32> = [("nyc".to_string(), 10), ("sgp".to_string(), 100)].into();
+        let mut now = was.clone();
+        now.insert("nyc".into(), 20);
+        now.insert("sgp".into(), 140);
+        assert!(!rtt_moved(&was, &now), "10 ms and 40 % are jitter");
+        now.insert("nyc".into(), 30);
+        assert!(rtt_moved(&was, &now));
+        now.insert("nyc".into(), 10);
+        now.insert("sgp".into(), 150);
+        assert!(rtt_moved(&was, &now));
+        now.remove("sgp");
+        assert!(rtt_moved(&was, &now), "a site gone");
     }
 
     #[test]
