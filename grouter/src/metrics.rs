@@ -4,7 +4,9 @@
 //! when `/metrics` is scraped). Each subsystem owns its counters (`learn::LearnMetrics`,
 //! `mesh::MeshMetrics`, `dns::DnsMetrics`) and registers them here through
 //! [`Metrics::register`] and [`Metrics::reason_counters`]. Counters on hot paths are plain
-//! atomics (no label lookup per message).
+//! atomics (no label lookup per message). [`FlagGauge`] and [`SampledGauge`] report, at
+//! scrape time, facts a subsystem already keeps (the health flags, served certificates, peer
+//! RTTs), so nothing mirrors them into gauges; the node wires them up.
 //!
 //! Must never: import a subsystem (it assembles what they register), block on a hot path, or
 //! allocate on one.
