@@ -4,7 +4,9 @@
 //! when `/metrics` is scraped). Each subsystem owns its counters (`learn::LearnMetrics`,
 //! `mesh::MeshMetrics`, `dns::DnsMetrics`) and registers them here through
 //! [`Metrics::register`] and [`Metrics::reason_counters`]. Counters on hot paths are plain
-//! atomics (no label lookup per message).
+//! atomics (no label lookup per message). [`FlagGauge`] and [`SampledGauge`] report, at
+//! scrape time, facts a subsystem already keeps (the health flags, served certificates, peer
+//! RTTs), so nothing mirrors them into gauges; the node wires them up.
 //!
 //! Must never: import a subsystem (it assembles what they register), block on a hot path, or
 //! allocate on one.
@@ -164,6 +166,69 @@ impl Metrics {
     }
 }
 
+/// A gauge read when `/metrics` is scraped: 1 while `flag` says yes, else 0. For facts another
+/// subsystem already keeps (an atomic), so nothing has to mirror them into a gauge.
+pub struct FlagGauge(Box<dyn Fn() -> bool + Send + Sync>);
+
+impl FlagGauge {
+    /// A gauge reporting `flag()` at each scrape.
+    pub fn new(flag: impl Fn() -> bool + Send + Sync + 'static) -> FlagGauge {
+        FlagGauge(Box::new(flag))
+    }
+}
+
+impl std::fmt::Debug for FlagGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("FlagGauge").field(&(self.0)()).finish()
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for FlagGauge {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&i64::from((self.0)()))
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Gauge
+    }
+}
+
+/// A labelled gauge family read when `/metrics` is scraped: one sample per label set that
+/// `samples` returns then (e.g. one per served certificate). Not for hot paths.
+pub struct SampledGauge(Box<dyn Fn() -> Vec<(Labels, f64)> + Send + Sync>);
+
+impl SampledGauge {
+    /// A family reporting `samples()` at each scrape.
+    pub fn new(samples: impl Fn() -> Vec<(Labels, f64)> + Send + Sync + 'static) -> SampledGauge {
+        SampledGauge(Box::new(samples))
+    }
+}
+
+impl std::fmt::Debug for SampledGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SampledGauge").finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for SampledGauge {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        for (labels, value) in (self.0)() {
+            encoder.encode_family(&labels)?.encode_gauge(&value)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Gauge
+    }
+}
+
 /// See [`Metrics::reason_counters`].
 fn reason_counters<const N: usize>(
     registry: &mut Registry,
@@ -196,6 +261,12 @@ mod tests {
         missing_host.inc();
         let _ = truncated;
         m.listener_stats("admin").cut(Cut::OverLimit);
+        m.register("flag", "a flag", FlagGauge::new(|| true));
+        m.register(
+            "sampled",
+            "samples",
+            SampledGauge::new(|| vec![(vec![("host".to_string(), "a.com".to_string())], 42.5)]),
+        );
         let text = m.encode(
             TableStats {
                 routes: 7,
@@ -207,6 +278,8 @@ mod tests {
             r#"grouter_nats_invalid_messages_total{reason="missing_host"} 2"#,
             r#"grouter_nats_invalid_messages_total{reason="truncated"} 0"#,
             "grouter_routes 7",
+            "grouter_flag 1",
+            r#"grouter_sampled{host="a.com"} 42.5"#,
             r#"grouter_sync_state{state="degraded"} 1"#,
             r#"grouter_sync_state{state="in_sync"} 0"#,
             r#"grouter_connections_cut_total{listener="admin",reason="over_limit"} 1"#,

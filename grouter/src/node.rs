@@ -342,6 +342,26 @@ pub async fn run(
             state.policies.clone(),
         );
         let _ = state.mesh.set(mesh.clone());
+        // RTT per connected peer, for the Grafana dashboard (deploy/monitoring/).
+        let links = mesh.clone();
+        state.metrics.register(
+            "mesh_peer_rtt_seconds",
+            "round-trip time of the last answered ping, per connected peer node",
+            crate::metrics::SampledGauge::new(move || {
+                links
+                    .peers()
+                    .iter()
+                    .filter_map(|p| {
+                        let rtt = p.rtt()?.as_secs_f64();
+                        let labels = vec![
+                            ("peer".to_string(), p.node_id.clone()),
+                            ("peer_site".to_string(), p.site.clone()),
+                        ];
+                        Some((labels, rtt))
+                    })
+                    .collect()
+            }),
+        );
         let (dialer, token) = (listeners.dialer.clone(), stop.child_token());
         let gate = crate::limits::Gate::new(limits.mesh, state.metrics.listener_stats("mesh"));
         tasks.spawn(async move {
@@ -356,6 +376,26 @@ pub async fn run(
         "Requests for a route whose isolation segment has no GoRouters at this site",
         gorouters.segment_unavailable.clone(),
     );
+    // Read at each scrape, for alerting: what the probes and `/healthz` say.
+    for (name, help, flag) in [
+        (
+            "gorouters_healthy",
+            "1 while at least one of this site's GoRouters passes its health check",
+            Health::gorouters_healthy as fn(&Health) -> bool,
+        ),
+        (
+            "serving",
+            "1 while the node is not draining and a GoRouter of its site is healthy (/healthz also says 503 for a drained site)",
+            Health::can_serve,
+        ),
+    ] {
+        let health = state.health.clone();
+        state.metrics.register(
+            name,
+            help,
+            crate::metrics::FlagGauge::new(move || flag(&health)),
+        );
+    }
     {
         let (gorouters, health, token) =
             (gorouters.clone(), state.health.clone(), stop.child_token());
@@ -433,6 +473,30 @@ pub async fn run(
             let server = store.server_config_with(&clients)?;
             // Uploaded certificates (and their replicas) are served beside the files.
             control.set_certs(store.clone());
+            // For "certificate expiring" alerts (deploy/monitoring/grouter.rules.yml).
+            let listed = store.clone();
+            state.metrics.register(
+                "certificate_not_after_seconds",
+                "notAfter of each served certificate (cert_dir, upload, ACME) in Unix seconds, by host and source",
+                crate::metrics::SampledGauge::new(move || {
+                    listed
+                        .list()
+                        .into_iter()
+                        .map(|c| {
+                            let secs = c
+                                .meta
+                                .not_after
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0.0, |d| d.as_secs_f64());
+                            let labels = vec![
+                                ("host".to_string(), c.meta.host),
+                                ("source".to_string(), c.source.as_str().to_string()),
+                            ];
+                            (labels, secs)
+                        })
+                        .collect()
+                }),
+            );
             let (watch, token) = (store.clone(), stop.child_token());
             tasks.spawn(async move {
                 watch.watch(CERT_POLL_INTERVAL, token).await;

@@ -16,6 +16,7 @@ mod gcf;
 mod http1;
 mod learn;
 mod mesh;
+mod packaging;
 mod parity;
 mod partition;
 mod placement;
