@@ -96,6 +96,28 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// `section.key` of every `key = ...` line of a TOML file, commented-out ones included.
+fn toml_keys(text: &str) -> std::collections::BTreeSet<String> {
+    let mut section = String::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            section = format!("{name}.");
+            continue;
+        }
+        let line = line.trim_start_matches('#').trim_start();
+        let Some((key, _)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            keys.insert(format!("{section}{key}"));
+        }
+    }
+    keys
+}
+
 /// Only the properties the job's spec has no default for.
 fn minimal() -> Value {
     json!({
@@ -162,6 +184,20 @@ async fn full_properties_render_a_node_that_starts() {
     let ca = MeshCa::new();
     let issued = ca.issue("lon-1", "lon");
     let pem = |name: &str| std::fs::read_to_string(issued.path().join(name)).unwrap();
+    // A CRL revoking another node, as `grouter tls revoke` writes it.
+    drop(ca.issue("lon-9", "lon"));
+    let revoke = Command::new(grouter_bin())
+        .args(["tls", "revoke", "--ca"])
+        .arg(ca.dir())
+        .args(["--node", "lon-9"])
+        .output()
+        .unwrap();
+    assert!(
+        revoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoke.stderr)
+    );
+    let crl = std::fs::read_to_string(ca.dir().join("crl.pem")).unwrap();
     let apps = grouter_tests::AppCerts::new();
     let (cert, key, _) = apps.issue_pem(&["apps.example.com"], None);
     let bus = NatsServer::start();
@@ -194,7 +230,7 @@ async fn full_properties_render_a_node_that_starts() {
             "client_cert": "request", "client_ca": pem("ca.pem"),
         },
         "mesh": {
-            "ca": pem("ca.pem"), "cert": pem("node.pem"), "key": pem("node.key"),
+            "ca": pem("ca.pem"), "cert": pem("node.pem"), "key": pem("node.key"), "crl": crl,
             "listen": "127.0.0.1:0", "advertise": "10.0.0.10:7946",
             "seeds": ["nyc-1.example.com:7946"],
             "site_domains": { "lon": ["apps.example.com"] },
@@ -217,6 +253,16 @@ async fn full_properties_render_a_node_that_starts() {
     });
     let r = render(&properties).unwrap();
     assert_pre_start_passes(&r);
+
+    // Every key of the annotated sample config (its commented-out optional keys included)
+    // is a property the job writes.
+    let sample = std::fs::read_to_string(release_dir().join("../configs/lon-1.toml")).unwrap();
+    let rendered = toml_keys(&r.read("config/grouter.toml"));
+    let missing: Vec<String> = toml_keys(&sample).difference(&rendered).cloned().collect();
+    assert!(
+        missing.is_empty(),
+        "keys of deploy/configs/lon-1.toml the job cannot set: {missing:?}"
+    );
 
     let c = Config::load(&r.config()).unwrap();
     assert_eq!(c.node_id, "lon-1");
@@ -381,4 +427,42 @@ fn hostile_property_values_never_inject_toml() {
         err.contains(": site: \"lon\\\"\\nregion"),
         "the whole value is the site: {err}"
     );
+}
+
+/// The README's example manifest renders a config `grouter check` accepts, its CredHub
+/// variables standing in as placeholder strings.
+#[test]
+fn the_example_manifest_renders_a_valid_config() {
+    let ruby = find_program("ruby", "apt-get install -y ruby");
+    let extract = r#"
+        m = YAML.safe_load(File.read(ARGV[0]).gsub(/\(\(([^)]+)\)\)/) { "placeholder-#{$1}" })
+        job = m.fetch("instance_groups").flat_map { |g| g.fetch("jobs") }.find { |j| j["name"] == "grouter" }
+        puts JSON.generate(job.fetch("properties"))
+    "#;
+    let out = Command::new(ruby)
+        .args(["-ryaml", "-rjson", "-e", extract])
+        .arg(release_dir().join("manifest-example.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let properties: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = render(&properties).unwrap();
+    let out = Command::new(grouter_bin())
+        .args(["check", "--config"])
+        .arg(r.config())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        r.read("config/grouter.toml")
+    );
+    let c = Config::load(&r.config()).unwrap();
+    assert_eq!((c.node_id.as_str(), c.site.as_str()), ("lon-1", "lon"));
+    assert!(c.mesh.is_some() && c.dns.is_some() && c.tls.is_some() && c.cloud_controller.is_some());
 }
