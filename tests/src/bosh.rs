@@ -96,6 +96,32 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The property names `jobs/grouter/spec` declares.
+fn spec_properties() -> Vec<String> {
+    let ruby = find_program("ruby", "apt-get install -y ruby");
+    let out = Command::new(ruby)
+        .args([
+            "-ryaml",
+            "-e",
+            "puts YAML.safe_load(File.read(ARGV[0])).fetch('properties').keys",
+        ])
+        .arg(release_dir().join("jobs/grouter/spec"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(names.len() > 60, "{names:?}");
+    names
+}
+
 /// `section.key` of every `key = ...` line of a TOML file, commented-out ones included.
 fn toml_keys(text: &str) -> std::collections::BTreeSet<String> {
     let mut section = String::new();
@@ -257,11 +283,29 @@ async fn full_properties_render_a_node_that_starts() {
     // Every key of the annotated sample config (its commented-out optional keys included)
     // is a property the job writes.
     let sample = std::fs::read_to_string(release_dir().join("../configs/lon-1.toml")).unwrap();
-    let rendered = toml_keys(&r.read("config/grouter.toml"));
+    let mut rendered = toml_keys(&r.read("config/grouter.toml"));
+    // The NATS keys that exclude (or would change) the ones above: a token instead of a
+    // user, and a CA for tls:// servers.
+    let mut props = minimal();
+    props["nats"] = json!({ "servers": ["tls://nats.example.com:4222"], "token": "t", "tls_ca": pem("ca.pem") });
+    let token = render(&props).unwrap();
+    assert_pre_start_passes(&token);
+    rendered.extend(toml_keys(&token.read("config/grouter.toml")));
     let missing: Vec<String> = toml_keys(&sample).difference(&rendered).cloned().collect();
     assert!(
         missing.is_empty(),
         "keys of deploy/configs/lon-1.toml the job cannot set: {missing:?}"
+    );
+
+    // And every property of the spec reaches the config: as the key of its name, or as
+    // `<name>_file` for the ones whose value the job writes to a file.
+    let unused: Vec<String> = spec_properties()
+        .into_iter()
+        .filter(|p| !rendered.contains(p) && !rendered.contains(&format!("{p}_file")))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "properties that reach no config key: {unused:?}"
     );
 
     let c = Config::load(&r.config()).unwrap();
@@ -464,5 +508,11 @@ fn the_example_manifest_renders_a_valid_config() {
     );
     let c = Config::load(&r.config()).unwrap();
     assert_eq!((c.node_id.as_str(), c.site.as_str()), ("lon-1", "lon"));
+    let mesh = c.mesh.as_ref().expect("[mesh]");
+    assert_eq!(
+        mesh.advertise.as_deref(),
+        Some("10.0.0.10:7946"),
+        "advertise defaults to spec.address and the mesh.listen port"
+    );
     assert!(c.mesh.is_some() && c.dns.is_some() && c.tls.is_some() && c.cloud_controller.is_some());
 }
