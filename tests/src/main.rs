@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod attack;
+mod bosh;
 mod certs;
 mod churn;
 mod control;
