@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=deploy/lib.sh
 . deploy/lib.sh
 ensure_packages nats-server:nats-server kdig:knot-dnsutils openssl:openssl curl:curl \
-    unbound:unbound unbound-checkconf:unbound dnsviz:dnsviz ip:iproute2 unshare:util-linux
+    unbound:unbound unbound-checkconf:unbound dnsviz:dnsviz ip:iproute2 unshare:util-linux \
+    chromium:chromium
 
 exec cargo test --workspace "$@"

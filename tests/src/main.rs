@@ -7,6 +7,7 @@ mod attack;
 mod certs;
 mod churn;
 mod control;
+mod dashboard;
 mod demo;
 mod dns;
 mod dns_dnsviz;
