@@ -216,6 +216,20 @@ async fn the_dashboard_names_every_site_and_plots_the_last_hour_in_chromium() {
     // The RTT matrix holds this site's row.
     assert!(dom.contains("<table id=\"rtt\">"), "{dom}");
 
+    // The screenshot with traffic still flowing, so its charts are live.
+    let http_addr = lon.http_addr();
+    let flowing = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for i in 0u64.. {
+            let site = SITES[usize::try_from(i % 3).unwrap_or(0)];
+            let _ = http
+                .get(format!("http://{http_addr}/"))
+                .header("host", format!("app-{site}.apps.example.com"))
+                .send()
+                .await;
+            tokio::time::sleep(Duration::from_millis(20 + 10 * (i % 3))).await;
+        }
+    });
     let shot = match std::env::var_os("GROUTER_DASHBOARD_SCREENSHOT") {
         Some(p) => std::path::PathBuf::from(p),
         None => std::env::temp_dir().join(format!("grouter-dashboard-{}.png", std::process::id())),
@@ -226,6 +240,27 @@ async fn the_dashboard_names_every_site_and_plots_the_last_hour_in_chromium() {
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
         "{} bytes",
         png.len()
+    );
+    flowing.abort();
+
+    // A drained site: lon's `/healthz` answers 503 and the page says why.
+    let (status, body) = lon
+        .put("/v1/policies/sites/lon", &json!({"drained": true}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_until(SETTLE, "lon's /healthz 503", || async {
+        let resp = reqwest::get(format!("http://{}/healthz", lon.admin_addr()))
+            .await
+            .ok()?;
+        (resp.status() == 503).then_some(())
+    })
+    .await;
+    let dom = chromium(&url, None).await;
+    assert!(dom.contains("data-health=\"site_drained\""), "{dom}");
+    assert!(dom.contains("its site is drained by policy"), "{dom}");
+    assert!(
+        dom.contains("data-marker=\"drained\""),
+        "no drained marker:\n{dom}"
     );
 }
 

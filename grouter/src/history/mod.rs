@@ -100,6 +100,9 @@ pub struct Observation {
     pub writes: Vec<Write>,
 }
 
+/// Requests and 5xx per site, as totals.
+type Totals = BTreeMap<Arc<str>, (u64, u64)>;
+
 #[derive(Debug, Clone)]
 struct SiteSample {
     site: Arc<str>,
@@ -129,7 +132,7 @@ pub struct Recorder {
     samples: Ring<Sample>,
     events: Ring<Event>,
     /// Totals and time of the previous observation, for rates.
-    last_traffic: Option<(u64, BTreeMap<Arc<str>, (u64, u64)>)>,
+    last_traffic: Option<(u64, Totals)>,
     last_sync: Option<&'static str>,
     last_nodes: Option<BTreeMap<String, (String, &'static str)>>,
     last_write: Option<(u64, String)>,
@@ -158,7 +161,7 @@ impl Recorder {
     pub fn observe(&mut self, obs: Observation) {
         let at = obs.at_ms;
         // Rates against the previous totals.
-        let totals: BTreeMap<Arc<str>, (u64, u64)> = obs
+        let totals: Totals = obs
             .traffic
             .iter()
             .map(|t| (t.site.clone(), (t.requests, t.errors)))
