@@ -38,6 +38,9 @@
 //! - [`placement`]: apps across foundations: the desired placement (a config key), the
 //!   deterministic choice of sites, this site's reconciler (its own Cloud Controller only)
 //!   and droplets streamed between sites' nodes over the mesh.
+//! - [`history`]: the last hour for `/v1/history` and the dashboard (samples and events in
+//!   fixed-size rings; `history::Recorder` is the sans-IO core).
+//! - [`traffic`] (leaf): requests and 5xx per answering site, counted by the proxy.
 //! - [`names`] (leaf): what a node id, a site and a region may be, for the config and the
 //!   mesh certificates alike, and what a request's Host may be.
 //! - [`policy`] (leaf): route and site policies after the merge, and what is known of the
@@ -70,6 +73,7 @@ pub mod config;
 pub mod control;
 pub mod dns;
 pub mod health;
+pub mod history;
 pub mod learn;
 pub mod limits;
 pub mod mesh;
@@ -81,3 +85,4 @@ pub mod policy;
 pub mod proxy;
 pub mod table;
 pub mod tls;
+pub mod traffic;

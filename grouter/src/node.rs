@@ -63,6 +63,8 @@ pub struct NodeState {
     /// The route and site policies in force and what is known of the sites (filled by the
     /// control plane and the mesh; read by the proxy, DNS and `/healthz`).
     pub policies: Arc<PolicyStore>,
+    /// Responses per answering site (the proxy counts, the history samples).
+    pub traffic: Arc<crate::traffic::Traffic>,
 }
 
 impl NodeState {
@@ -95,6 +97,7 @@ impl NodeState {
             started: Instant::now(),
             mesh: MeshHandle::new(),
             policies,
+            traffic: Arc::default(),
         }
     }
 }
@@ -441,7 +444,7 @@ pub async fn run(
             rules,
             gorouters.clone(),
             remotes,
-            crate::proxy::Settings::from_config(&config),
+            crate::proxy::Settings::from_config(&config).with_traffic(state.traffic.clone()),
             edge,
         );
         if let Some(peers) = state.mesh.get().and_then(|m| m.take_peer_http()) {
@@ -585,6 +588,22 @@ pub async fn run(
             ("placement reconciler", Ok(()))
         });
     }
+    // The last hour for `/v1/history`, sampled from the handles the other subsystems fill.
+    let history = crate::history::History::new(crate::history::interval_from_env());
+    {
+        let sources = crate::history::Sources {
+            table: state.table.clone(),
+            health: state.health.clone(),
+            mesh: state.mesh.get().cloned(),
+            control: control.clone(),
+            traffic: state.traffic.clone(),
+        };
+        let (history, token) = (history.clone(), stop.child_token());
+        tasks.spawn(async move {
+            crate::history::run(history, sources, token).await;
+            ("history", Ok(()))
+        });
+    }
     {
         let admin = Arc::new(AdminState {
             table: state.table.clone(),
@@ -596,6 +615,7 @@ pub async fn run(
             control,
             region: state.region.clone(),
             started: state.started,
+            history,
         });
         let token = stop.child_token();
         let gate = crate::limits::Gate::new(limits.admin, state.metrics.listener_stats("admin"));

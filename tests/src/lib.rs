@@ -483,6 +483,8 @@ impl Node {
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info,async_nats=warn")
+            // `/v1/history` samples every second, so tests see charts move within seconds.
+            .env("GROUTER_HISTORY_INTERVAL_MS", "1000")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

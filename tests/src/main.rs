@@ -8,6 +8,7 @@ mod bosh;
 mod certs;
 mod churn;
 mod control;
+mod dashboard;
 mod demo;
 mod dns;
 mod dns_dnsviz;

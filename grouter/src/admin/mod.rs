@@ -1,4 +1,5 @@
-//! The admin HTTP API: `/healthz`, `/metrics` and the token-protected `/v1/*` JSON API.
+//! The admin HTTP API: `/healthz`, `/metrics`, the token-protected `/v1/*` JSON API, and the
+//! dashboard's static files at `/` ([`dashboard`]).
 //!
 //! Owns: the admin listener, request routing, bearer-token checks and the JSON shapes of
 //! CONTRACT.md ("Admin API"). The listener holds at most `admin.max_connections` (one more
@@ -12,6 +13,7 @@
 //! Must never: change state without the write token, leak internals in an error body, or
 //! log a token.
 
+mod dashboard;
 pub mod placements;
 pub mod writes;
 
@@ -35,6 +37,7 @@ use tracing::{debug, warn};
 
 use crate::control::Control;
 use crate::health::Health;
+use crate::history::History;
 use crate::limits::{Cut, Gate, Timeouts, Watchdog};
 use crate::mesh::Mesh;
 use crate::mesh::liveness::Verdict;
@@ -64,6 +67,8 @@ pub struct AdminState {
     pub region: Option<String>,
     /// When the node started.
     pub started: std::time::Instant,
+    /// The last hour, for `/v1/history` and the dashboard.
+    pub history: Arc<History>,
 }
 
 /// What a bearer token may do.
@@ -230,6 +235,10 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => healthz(state),
+        // The dashboard's static files: no token (the page asks for it, then calls /v1/*).
+        (&Method::GET, p) if p == "/" || p.starts_with("/dashboard/") => {
+            dashboard::file(p).unwrap_or_else(|| error(StatusCode::NOT_FOUND, "no such resource"))
+        }
         (&Method::GET, "/metrics") => {
             let text = state
                 .metrics
@@ -319,6 +328,7 @@ fn v1(
         (&Method::GET, "/v1/policies") => ok(writes::list_policies(state)),
         (&Method::GET, "/v1/certs") => ok(writes::list_certs(state)),
         (&Method::GET, "/v1/placements") => ok(placements::list(state)),
+        (&Method::GET, "/v1/history") => ok(state.history.to_json()),
         (&Method::GET, "/v1/audit") => answer(writes::audit(
             state,
             params.get("limit").map(String::as_str),
@@ -326,7 +336,7 @@ fn v1(
         (
             _,
             "/v1/status" | "/v1/routes" | "/v1/apps" | "/v1/sites" | "/v1/peers" | "/v1/policies"
-            | "/v1/audit" | "/v1/certs" | "/v1/placements",
+            | "/v1/audit" | "/v1/certs" | "/v1/placements" | "/v1/history",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, "no such resource"),
     }
@@ -634,6 +644,22 @@ fn sites(state: &AdminState) -> Value {
             s.rtt_ms = Some(s.rtt_ms.map_or(rtt, |r| r.min(rtt)));
         }
     }
+    // The inter-site RTT matrix: this site's row measured here, the others' as their
+    // nodes publish them (sites that place apps do, in 10 ms steps).
+    let mut matrix: BTreeMap<String, BTreeMap<String, f64>> =
+        crate::placement::Inputs::read(&state.control, &state.table)
+            .rtts()
+            .iter()
+            .map(|(from, row)| {
+                let row = row.iter().map(|(to, ms)| (to.clone(), f64::from(*ms)));
+                (from.clone(), row.collect())
+            })
+            .collect();
+    let own: BTreeMap<String, f64> = sites
+        .iter()
+        .filter_map(|(name, s)| Some((name.clone(), s.rtt_ms?)))
+        .collect();
+    matrix.insert(me.site.to_string(), own);
     let policies = state.control.policies().policies();
     let sites: Vec<Value> = sites
         .into_iter()
@@ -649,7 +675,7 @@ fn sites(state: &AdminState) -> Value {
             })
         })
         .collect();
-    json!({ "sites": sites })
+    json!({ "sites": sites, "rtt_matrix": matrix })
 }
 
 /// This node's peer connections, what each peer holds, and this node's own watermarks.
@@ -745,6 +771,7 @@ mod tests {
             .unwrap(),
             region: None,
             started: std::time::Instant::now(),
+            history: History::new(std::time::Duration::from_secs(5)),
         }
     }
 

@@ -355,6 +355,12 @@ impl Inputs {
         }
     }
 
+    /// Each site's published RTTs to the others (`site → site → ms`, in 10 ms steps), each
+    /// counted only from a node of that site.
+    pub fn rtts(&self) -> &BTreeMap<String, BTreeMap<String, u32>> {
+        &self.rtt
+    }
+
     /// The known sites.
     pub fn sites(&self) -> &[SiteInfo] {
         &self.sites

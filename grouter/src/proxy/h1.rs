@@ -548,8 +548,10 @@ impl Codec for ByteCodec<'_> {
     }
 }
 
-/// The access log line of a forwarded request.
+/// Count a forwarded request, and write its access log line.
 fn access_line(proxy: &Proxy, conn: &Conn, plan: &Plan, status: u16, sent: u64, log: &Access) {
+    // The fast path forwards to this site's GoRouters only.
+    proxy.traffic.count(&proxy.rules.site, status);
     let Some(LogStart {
         started,
         host,

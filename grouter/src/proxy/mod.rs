@@ -74,6 +74,7 @@ use crate::config::{AccessLogFormat, Config};
 use crate::health::{Health, SyncState};
 use crate::policy::PolicyStore;
 use crate::table::{RouteMatch, Table};
+use crate::traffic::Traffic;
 use decide::{Decision, Rules};
 use remote::Remotes;
 use upstream::GoRouters;
@@ -113,6 +114,8 @@ pub struct Proxy {
     /// The header rules (forwarding headers, client certificates, tracing).
     policy: headers::Policy,
     access_format: AccessLogFormat,
+    /// Responses per answering site, for the history.
+    traffic: Arc<Traffic>,
 }
 
 /// What a proxy takes from the config besides its decision rules: the site header, the
@@ -123,9 +126,17 @@ pub struct Settings {
     access_log: bool,
     policy: headers::Policy,
     access_format: AccessLogFormat,
+    traffic: Arc<Traffic>,
 }
 
 impl Settings {
+    /// Count responses in `traffic` (else in counters of the proxy's own).
+    #[must_use]
+    pub fn with_traffic(mut self, traffic: Arc<Traffic>) -> Settings {
+        self.traffic = traffic;
+        self
+    }
+
     /// From `[proxy]` (`site_header`, `trusted_proxies`, `forwarded_client_cert`, `tracing`)
     /// and `[log]` (`access_log`, `access_log_format`).
     pub fn from_config(config: &Config) -> Settings {
@@ -138,6 +149,7 @@ impl Settings {
                 trusted: config.proxy.trusted_proxies.clone(),
             },
             access_format: config.log.access_log_format,
+            traffic: Arc::default(),
         }
     }
 }
@@ -172,6 +184,7 @@ impl Proxy {
             access_log: settings.access_log,
             policy: settings.policy,
             access_format: settings.access_format,
+            traffic: settings.traffic,
             edge,
         })
     }

@@ -193,6 +193,12 @@ async fn handle(
     {
         bridge_upgrade(client_upgrade, &mut resp);
     }
+    // Counted by the site that answered (this one unless another site's node did).
+    let answered = served_by.as_ref().and_then(|v| v.to_str().ok());
+    proxy.traffic.count(
+        answered.unwrap_or(&proxy.rules.site),
+        resp.status().as_u16(),
+    );
     // Always ours: this site, or the site whose node we sent the request to; never an app's.
     if proxy.site_header {
         let site = served_by.unwrap_or_else(|| proxy.site.clone());
