@@ -229,6 +229,41 @@ impl prometheus_client::encoding::EncodeMetric for SampledGauge {
     }
 }
 
+/// A labelled counter family read when `/metrics` is scraped, for totals another subsystem
+/// already keeps (e.g. [`crate::traffic`]'s): one sample per label set `totals` returns.
+pub struct SampledCounter(Box<dyn Fn() -> Vec<(Labels, u64)> + Send + Sync>);
+
+impl SampledCounter {
+    /// A family reporting `totals()` at each scrape.
+    pub fn new(totals: impl Fn() -> Vec<(Labels, u64)> + Send + Sync + 'static) -> SampledCounter {
+        SampledCounter(Box::new(totals))
+    }
+}
+
+impl std::fmt::Debug for SampledCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SampledCounter").finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::encoding::EncodeMetric for SampledCounter {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        for (labels, total) in (self.0)() {
+            encoder
+                .encode_family(&labels)?
+                .encode_counter::<Labels, _, u64>(&total, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Counter
+    }
+}
+
 /// See [`Metrics::reason_counters`].
 fn reason_counters<const N: usize>(
     registry: &mut Registry,

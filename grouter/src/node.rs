@@ -373,6 +373,35 @@ pub async fn run(
         });
     }
     // The data plane: GoRouter health, the proxy, and requests peers forward to us.
+    // Responses by the site that answered them (this node's proxy), for dashboards and alerts.
+    for (name, help, errors_only) in [
+        (
+            "proxy_responses",
+            "Responses this node's proxy gave, by the site that answered",
+            false,
+        ),
+        (
+            "proxy_errors",
+            "Of those, the 5xx ones, by the site that answered",
+            true,
+        ),
+    ] {
+        let traffic = state.traffic.clone();
+        state.metrics.register(
+            name,
+            help,
+            crate::metrics::SampledCounter::new(move || {
+                traffic
+                    .totals()
+                    .into_iter()
+                    .map(|t| {
+                        let n = if errors_only { t.errors } else { t.requests };
+                        (vec![("answered_by".to_string(), t.site.to_string())], n)
+                    })
+                    .collect()
+            }),
+        );
+    }
     let gorouters = Arc::new(crate::proxy::upstream::GoRouters::new(&config.gorouters));
     state.metrics.register(
         "gorouters_segment_unavailable",

@@ -348,6 +348,8 @@ async fn every_metric_of_the_rules_and_the_dashboard_is_exported_by_a_meshed_nod
         "grouter_nats_connected",
         "grouter_mesh_peer_rtt_seconds",
         "grouter_serving",
+        "grouter_proxy_responses_total",
+        "grouter_proxy_errors_total",
     ] {
         assert!(used.contains(needed), "{needed} is used nowhere");
     }
@@ -370,9 +372,22 @@ async fn every_metric_of_the_rules_and_the_dashboard_is_exported_by_a_meshed_nod
         .mesh(&ca, &[lon.mesh_addr()])
         .start()
         .await;
+    // A route at lon, so its proxy answers requests (the responses counters have samples).
+    let bus = lon_bus.client().await;
+    let host = "shop.apps.example.com";
+    let msg =
+        serde_json::json!({"host": "10.0.0.1", "port": 61000, "uris": [host], "app": "guid-shop"});
+    lon.register_until_routed(&bus, &msg, host).await;
+    let http = reqwest::Client::new();
     let text = wait_until(Duration::from_secs(20), "lon's RTT to nyc and its certificate in /metrics", || async {
+        let _ = http
+            .get(format!("http://{}/", lon.http_addr()))
+            .header("host", host)
+            .send()
+            .await;
         let (status, text) = lon.get("/metrics").await.ok()?;
         (status == 200
+            && text.contains(r#"grouter_proxy_responses_total{answered_by="lon"}"#)
             && text.contains(r#"grouter_mesh_peer_rtt_seconds{peer="nyc-1",peer_site="nyc"}"#)
             && text.contains(r#"grouter_certificate_not_after_seconds{host="shop.apps.example.com",source="file"}"#)
             && text.contains(r#"grouter_sync_state{state="in_sync"} 1"#))
