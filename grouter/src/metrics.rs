@@ -230,7 +230,8 @@ impl prometheus_client::encoding::EncodeMetric for SampledGauge {
 }
 
 /// A labelled counter family read when `/metrics` is scraped, for totals another subsystem
-/// already keeps (e.g. [`crate::traffic`]'s): one sample per label set `totals` returns.
+/// already keeps (e.g. the proxy's responses per site): one sample per label set `totals`
+/// returns.
 pub struct SampledCounter(Box<dyn Fn() -> Vec<(Labels, u64)> + Send + Sync>);
 
 impl SampledCounter {
