@@ -616,13 +616,6 @@ pub async fn run(
             reconciler.run(token).await;
             ("placement reconciler", Ok(()))
         });
-    } else if let Some(mesh) = state.mesh.get().cloned() {
-        // No foundation to reconcile, but this site's RTTs still belong in everyone's matrix.
-        let (control, table, token) = (control.clone(), state.table.clone(), stop.child_token());
-        tasks.spawn(async move {
-            crate::placement::reconcile::publish_rtts(control, table, mesh, token).await;
-            ("site RTTs", Ok(()))
-        });
     }
     // The last hour for `/v1/history`, sampled from the handles the other subsystems fill.
     let history = crate::history::History::new(crate::history::interval_from_env());

@@ -645,7 +645,7 @@ fn sites(state: &AdminState) -> Value {
         }
     }
     // The inter-site RTT matrix: this site's row measured here, the others' as their
-    // nodes publish them (every site's lowest-id alive node does, in 10 ms steps).
+    // nodes publish them (sites that place apps do, in 10 ms steps).
     let mut matrix: BTreeMap<String, BTreeMap<String, f64>> =
         crate::placement::Inputs::read(&state.control, &state.table)
             .rtts()

@@ -145,7 +145,9 @@ impl Reconciler {
     /// Whether this node reconciles its site now: the lowest node id among the site's
     /// alive nodes.
     fn is_reconciler(&self) -> bool {
-        speaks_for_site(&self.table)
+        !self.table.partitions().iter().any(|p| {
+            *p.origin.site == *self.site && p.origin.is_alive() && *p.origin.node_id < *self.node_id
+        })
     }
 
     /// Run until `shutdown`: one task per placement while this node reconciles its site.
@@ -198,9 +200,38 @@ impl Reconciler {
         }
     }
 
+    /// This site's RTT to every other site it has a peer at, in 10 ms steps (rounded up),
+    /// published when it changed, so every node ranks sites by the same numbers.
     fn publish_rtt(&self) {
-        if let Some(mesh) = &self.mesh {
-            publish_site_rtt(&self.control, &self.table, mesh);
+        let Some(mesh) = &self.mesh else { return };
+        let mut rtt: BTreeMap<String, u32> = BTreeMap::new();
+        for p in mesh.peers() {
+            let Some(d) = p.rtt() else { continue };
+            if p.site == self.site {
+                continue;
+            }
+            let steps = u32::try_from(d.as_millis().div_ceil(10)).unwrap_or(u32::MAX / 10);
+            let ms = steps.saturating_mul(10);
+            rtt.entry(p.site.clone())
+                .and_modify(|v| *v = (*v).min(ms))
+                .or_insert(ms);
+        }
+        let key = format!("{SITE_RTT}{}", self.site);
+        let current = self
+            .control
+            .get(&key)
+            .filter(|w| *w.holder == *self.node_id)
+            .and_then(|w| serde_json::from_slice::<BTreeMap<String, u32>>(w.bytes()).ok());
+        if current.as_ref().is_some_and(|c| !rtt_moved(c, &rtt)) {
+            return;
+        }
+        match serde_json::to_vec(&rtt) {
+            Ok(bytes) => {
+                if let Err(e) = self.control.record(&key, Some(bytes)) {
+                    warn!(error = %e, "placement: site RTTs not recorded");
+                }
+            }
+            Err(e) => warn!(error = %e, "placement: site RTTs not encoded"),
         }
     }
 
@@ -787,72 +818,6 @@ impl Reconciler {
             status.routes.push(spec.url());
         }
         Ok(())
-    }
-}
-
-/// Whether this node speaks for its site (reconciles it, publishes its RTTs): the lowest
-/// node id among the site's alive nodes.
-fn speaks_for_site(table: &Table) -> bool {
-    let me = table.me();
-    !table
-        .partitions()
-        .iter()
-        .any(|p| p.origin.site == me.site && p.origin.is_alive() && *p.origin.node_id < *me.node_id)
-}
-
-/// Publish this site's RTTs (see [`publish_site_rtt`]) every 10 s while this node speaks for
-/// its site, until `shutdown`: what a node without `[cloud_controller]` runs, so every site's
-/// row of the RTT matrix (`/v1/sites`, the dashboard) is known everywhere.
-pub async fn publish_rtts(
-    control: Arc<Control>,
-    table: Arc<Table>,
-    mesh: Arc<Mesh>,
-    shutdown: CancellationToken,
-) {
-    let mut ticks = tokio::time::interval(RTT_EVERY);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = ticks.tick() => {}
-        }
-        if speaks_for_site(&table) {
-            publish_site_rtt(&control, &table, &mesh);
-        }
-    }
-}
-
-/// This site's RTT to every other site it has a peer at, in 10 ms steps (rounded up),
-/// published (`site-rtt/<site>`) when one moved enough, so every node ranks sites by the
-/// same numbers.
-fn publish_site_rtt(control: &Control, table: &Table, mesh: &Mesh) {
-    let me = table.me();
-    let mut rtt: BTreeMap<String, u32> = BTreeMap::new();
-    for p in mesh.peers() {
-        let Some(d) = p.rtt() else { continue };
-        if *p.site == *me.site {
-            continue;
-        }
-        let steps = u32::try_from(d.as_millis().div_ceil(10)).unwrap_or(u32::MAX / 10);
-        let ms = steps.saturating_mul(10);
-        rtt.entry(p.site.clone())
-            .and_modify(|v| *v = (*v).min(ms))
-            .or_insert(ms);
-    }
-    let key = format!("{SITE_RTT}{}", me.site);
-    let current = control
-        .get(&key)
-        .filter(|w| *w.holder == *me.node_id)
-        .and_then(|w| serde_json::from_slice::<BTreeMap<String, u32>>(w.bytes()).ok());
-    if current.as_ref().is_some_and(|c| !rtt_moved(c, &rtt)) {
-        return;
-    }
-    match serde_json::to_vec(&rtt) {
-        Ok(bytes) => {
-            if let Err(e) = control.record(&key, Some(bytes)) {
-                warn!(error = %e, "site RTTs not recorded");
-            }
-        }
-        Err(e) => warn!(error = %e, "site RTTs not encoded"),
     }
 }
 
