@@ -9,6 +9,6 @@ cd "$(dirname "$0")/.."
 . deploy/lib.sh
 ensure_packages nats-server:nats-server kdig:knot-dnsutils openssl:openssl curl:curl \
     unbound:unbound unbound-checkconf:unbound dnsviz:dnsviz ip:iproute2 unshare:util-linux \
-    systemd-analyze:systemd promtool:prometheus ruby:ruby chromium:chromium
+    systemd-analyze:systemd promtool:prometheus ruby:ruby chromium:chromium pebble:pebble
 
 exec cargo test --workspace "$@"

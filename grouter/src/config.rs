@@ -151,6 +151,9 @@ pub struct Config {
     /// This site's Cloud Foundry API, for placing apps across foundations; optional.
     #[serde(default)]
     pub cloud_controller: Option<CloudControllerConfig>,
+    /// Automatic certificates by ACME (docs/TLS.md); off when absent.
+    #[serde(default)]
+    pub acme: Option<AcmeConfig>,
     /// Logging; every field has a default.
     #[serde(default)]
     pub log: LogConfig,
@@ -502,6 +505,119 @@ pub struct CloudControllerConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// An ACME challenge type GRouter answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+pub enum AcmeChallenge {
+    /// HTTP-01, on `proxy.http_listen` (port 80 to the CA).
+    #[serde(rename = "http-01")]
+    Http01,
+    /// TLS-ALPN-01, on `proxy.https_listen` (port 443 to the CA).
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+/// `[acme]`: certificates ordered from an ACME CA for routed names under `domains`, once
+/// for the whole mesh (docs/TLS.md). Every node of every site should carry the same section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The CA's directory (`https://acme-v02.api.letsencrypt.org/directory`).
+    pub directory_url: String,
+    /// Optional PEM roots for the CA's API, besides the system's.
+    #[serde(default)]
+    pub ca_roots: Option<PathBuf>,
+    /// The account's contacts (`mailto:` URLs).
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// Names under these (and only these: a name itself or any name below it) are ordered
+    /// when routed; lower-cased, without a trailing dot; at least one.
+    pub domains: Vec<String>,
+    /// The challenge types offered to the CA, tried in this order; default both.
+    #[serde(default = "default_acme_challenges")]
+    pub challenges: Vec<AcmeChallenge>,
+    /// When to renew, as a fraction of the certificate's lifetime (0.5..=0.9; 0.66).
+    #[serde(default = "default_renew_at")]
+    pub renew_at: f64,
+}
+
+// `renew_at` is validated to a finite range, so equality is reflexive.
+impl Eq for AcmeConfig {}
+
+fn default_acme_challenges() -> Vec<AcmeChallenge> {
+    vec![AcmeChallenge::Http01, AcmeChallenge::TlsAlpn01]
+}
+
+fn default_renew_at() -> f64 {
+    0.66
+}
+
+impl AcmeConfig {
+    /// Whether `name` (lower-case) is one of `domains` or below one.
+    pub fn covers(&self, name: &str) -> bool {
+        self.domains.iter().any(|d| {
+            name == d
+                || name
+                    .strip_suffix(d.as_str())
+                    .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
+        })
+    }
+
+    fn validate(&mut self, p: &mut Problems<'_>, https: bool) {
+        if let Err(why) = check_base_url(&self.directory_url) {
+            p.push("acme.directory_url", why);
+        } else if !self.directory_url.starts_with("https://") {
+            p.push(
+                "acme.directory_url",
+                "must be an https:// URL (RFC 8555 §6.1)",
+            );
+        }
+        if let Some(ca) = &self.ca_roots {
+            check_path(p, "acme.ca_roots", ca);
+        }
+        for (i, c) in self.contact.iter().enumerate() {
+            if !c.starts_with("mailto:") || c.len() <= 7 || c.chars().any(char::is_control) {
+                p.push(
+                    format!("acme.contact[{i}]"),
+                    format!("{c:?} is not a mailto: URL"),
+                );
+            }
+        }
+        if self.domains.is_empty() {
+            p.push("acme.domains", "must list at least one domain");
+        }
+        for (i, d) in self.domains.iter_mut().enumerate() {
+            let normal = d.strip_suffix('.').unwrap_or(d).to_ascii_lowercase();
+            if let Err(why) = check_dns_name(&normal) {
+                p.push(
+                    format!("acme.domains[{i}]"),
+                    format!("invalid domain {d:?}: {why}"),
+                );
+            } else if !normal.contains('.') {
+                p.push(
+                    format!("acme.domains[{i}]"),
+                    format!("{normal:?} is a top-level domain: name one below it"),
+                );
+            }
+            *d = normal;
+        }
+        if self.challenges.is_empty() {
+            p.push("acme.challenges", "must list http-01, tls-alpn-01 or both");
+        }
+        if self.challenges.contains(&AcmeChallenge::TlsAlpn01) && !https {
+            p.push(
+                "acme.challenges",
+                "tls-alpn-01 needs proxy.https_listen (the CA validates on port 443)",
+            );
+        }
+        if !(0.5..=0.9).contains(&self.renew_at) {
+            p.push(
+                "acme.renew_at",
+                format!("{} is out of range 0.5..=0.9", self.renew_at),
+            );
+        }
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -738,6 +854,9 @@ impl Config {
                 files.push(("cloud_controller.ca_file", ca));
             }
         }
+        if let Some(ca) = self.acme.as_ref().and_then(|a| a.ca_roots.as_ref()) {
+            files.push(("acme.ca_roots", ca));
+        }
         if let Some(mesh) = &self.mesh {
             files.push(("mesh.ca", &mesh.ca));
             files.push(("mesh.cert", &mesh.cert));
@@ -804,6 +923,10 @@ impl Config {
         if let Some(cc) = &self.cloud_controller {
             cc.validate(p);
         }
+        let https = self.proxy.https_listen.is_some();
+        if let Some(acme) = &mut self.acme {
+            acme.validate(p, https);
+        }
         self.check_listeners_distinct(p);
     }
 
@@ -853,6 +976,9 @@ impl Config {
             if let Some(crl) = &mut mesh.crl {
                 resolve(crl);
             }
+        }
+        if let Some(ca) = self.acme.as_mut().and_then(|a| a.ca_roots.as_mut()) {
+            resolve(ca);
         }
         if let Some(cc) = &mut self.cloud_controller {
             resolve(&mut cc.client_secret_file);

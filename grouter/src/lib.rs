@@ -67,6 +67,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod admin;
 pub mod cc;
 pub mod config;

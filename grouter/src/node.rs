@@ -466,16 +466,28 @@ pub async fn run(
                 crate::proxy::edge::REFUSED_REASONS,
             ),
         );
-        let p = crate::proxy::Proxy::new(
-            state.table.clone(),
-            state.health.clone(),
-            state.policies.clone(),
-            rules,
-            gorouters.clone(),
-            remotes,
-            crate::proxy::Settings::from_config(&config).with_traffic(state.traffic.clone()),
-            edge,
-        );
+        let p =
+            crate::proxy::Proxy::new(
+                state.table.clone(),
+                state.health.clone(),
+                state.policies.clone(),
+                rules,
+                gorouters.clone(),
+                remotes,
+                {
+                    let settings = crate::proxy::Settings::from_config(&config)
+                        .with_traffic(state.traffic.clone());
+                    // Every node answers the mesh's HTTP-01 validations (docs/TLS.md).
+                    if config.acme.as_ref().is_some_and(|a| {
+                        a.challenges.contains(&crate::config::AcmeChallenge::Http01)
+                    }) {
+                        settings.with_challenges(control.challenges().clone())
+                    } else {
+                        settings
+                    }
+                },
+                edge,
+            );
         if let Some(peers) = state.mesh.get().and_then(|m| m.take_peer_http()) {
             let (p, token) = (p.clone(), stop_serving.child_token());
             serving.spawn(async move {
@@ -502,6 +514,12 @@ pub async fn run(
                 }
                 _ => crate::tls::ClientCerts::None,
             };
+            if config.acme.as_ref().is_some_and(|a| {
+                a.challenges
+                    .contains(&crate::config::AcmeChallenge::TlsAlpn01)
+            }) {
+                store.set_challenges(control.challenges().clone());
+            }
             let server = store.server_config_with(&clients)?;
             // Uploaded certificates (and their replicas) are served beside the files.
             control.set_certs(store.clone());
@@ -557,6 +575,30 @@ pub async fn run(
                     .await
                     .map_err(NodeError::from),
             )
+        });
+    }
+    if let Some(acme) = &config.acme {
+        let roots = match &acme.ca_roots {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                NodeError::State(format!("acme.ca_roots: {}: {e}", path.display()))
+            })?),
+        };
+        let metrics = Arc::new(crate::acme::AcmeMetrics::default());
+        metrics.register(&state.metrics);
+        let acme = crate::acme::Acme::new(
+            acme.clone(),
+            roots.as_deref(),
+            control.clone(),
+            state.table.clone(),
+            state.mesh.get().cloned(),
+            metrics,
+        )
+        .map_err(|e| NodeError::State(format!("acme: {e}")))?;
+        let token = stop.child_token();
+        tasks.spawn(async move {
+            acme.run(token).await;
+            ("acme", Ok(()))
         });
     }
     if let Some(cc) = &config.cloud_controller {

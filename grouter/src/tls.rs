@@ -33,8 +33,10 @@
 //! are changed in place, one name per change, under their own `RwLock`, whose write side is
 //! held only for the map operation (parsing and key loading happen before it is taken).
 
+mod challenge;
 mod upload;
 
+pub use challenge::{ACME_TLS_ALPN, ChallengeError, Challenges, MAX_CHALLENGES};
 pub use upload::{
     CertMeta, MAX_CHAIN, MAX_PEM_BYTES, UploadError, UploadField, rfc3339, validate_upload,
 };
@@ -436,6 +438,8 @@ pub struct CertStore {
     /// Serialises reloads, and holds the fingerprint the current generation was read at
     /// (taken before reading, so a change during a reload triggers another).
     reloading: Mutex<Fingerprint>,
+    /// TLS-ALPN-01 answers, when the node takes part in ACME ([`CertStore::set_challenges`]).
+    challenges: std::sync::OnceLock<Arc<Challenges>>,
 }
 
 impl fmt::Debug for CertStore {
@@ -489,6 +493,7 @@ impl CertStore {
             certs: RwLock::new(Arc::new(certs)),
             dynamic: RwLock::new(Dynamic::default()),
             reloading: Mutex::new(seen),
+            challenges: std::sync::OnceLock::new(),
         }))
     }
 
@@ -669,6 +674,12 @@ impl CertStore {
         }
     }
 
+    /// Answer TLS-ALPN-01 validations from `challenges` (before [`CertStore::server_config`],
+    /// which then offers `acme-tls/1`). Once: a second call is ignored.
+    pub fn set_challenges(&self, challenges: Arc<Challenges>) {
+        let _ = self.challenges.set(challenges);
+    }
+
     /// A TLS server config for the HTTPS listener: TLS 1.2 and 1.3, ALPN `h2` then
     /// `http/1.1`, this store as the certificate resolver, a server-side session cache and
     /// stateless tickets (a fresh ticket key per config, rotated by rustls) for resumption.
@@ -689,6 +700,10 @@ impl CertStore {
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        if self.challenges.get().is_some() {
+            // Last: a client offering h2 or http/1.1 too never negotiates it.
+            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         // The server's cipher suite order, not the client's (CONTRACT.md "Edge rules";
         // testssl.sh flags the opposite): AEADs with the strongest first, as rustls lists them.
         config.ignore_client_order = true;
@@ -776,8 +791,22 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A TLS-ALPN-01 validation offers `acme-tls/1` alone (RFC 8737 §3): it gets the
+        // challenge certificate of its name or no handshake, never an app's certificate.
+        if let Some(challenges) = self.challenges.get()
+            && offers_only_acme(&client_hello)
+        {
+            return client_hello.server_name().and_then(|n| challenges.alpn(n));
+        }
         Some(self.resolve_name(client_hello.server_name()))
     }
+}
+
+/// Whether a client offers `acme-tls/1` and nothing else.
+fn offers_only_acme(hello: &ClientHello<'_>) -> bool {
+    hello.alpn().is_some_and(|mut offered| {
+        offered.next() == Some(ACME_TLS_ALPN) && offered.next().is_none()
+    })
 }
 
 /// Read the default pair and `cert_dir` into a new generation. With no `previous` (at load)

@@ -70,6 +70,25 @@ impl LogLines {
         lines
     }
 
+    /// Follow `child`'s stdout and stderr both (each spawned with `Stdio::piped()`).
+    pub fn follow_both(child: &mut Child) -> LogLines {
+        let lines = LogLines::follow(child);
+        if let Some(stdout) = child.stdout.take() {
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    sink.0.lock().push(line);
+                }
+            });
+        }
+        lines
+    }
+
+    /// How many lines `f` accepts.
+    pub fn count_matching(&self, f: impl Fn(&str) -> bool) -> usize {
+        self.0.lock().iter().filter(|l| f(l)).count()
+    }
+
     /// The first line for which `f` returns `Some`, waiting up to `timeout`.
     pub fn wait_for<T>(&self, timeout: Duration, what: &str, f: impl Fn(&str) -> Option<T>) -> T {
         let deadline = Instant::now() + timeout;
@@ -214,6 +233,8 @@ pub struct NodeBuilder {
     tls_extra: String,
     region: Option<String>,
     read_token: bool,
+    listen_ip: Option<(String, u16, u16)>,
+    env: Vec<(String, String)>,
 }
 
 impl NodeBuilder {
@@ -311,6 +332,20 @@ impl NodeBuilder {
         self
     }
 
+    /// Put `proxy.http_listen` on `ip:http_port` and `proxy.https_listen` (if any) on
+    /// `ip:https_port` (distinct loopback addresses with one port for every node, as an ACME
+    /// CA that validates on fixed ports needs).
+    pub fn listen_on(mut self, ip: &str, http_port: u16, https_port: u16) -> Self {
+        self.listen_ip = Some((ip.to_string(), http_port, https_port));
+        self
+    }
+
+    /// An environment variable for the node's process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
     /// Give the node a read-only token too (`admin.read_token_file`; [`Node::read_token`]).
     pub fn read_token(mut self) -> Self {
         self.read_token = true;
@@ -347,9 +382,13 @@ impl NodeBuilder {
             Some(stub) => vec![stub.addr()],
             None => self.gorouters.clone(),
         };
+        let (http_at, https_at) = match &self.listen_ip {
+            Some((ip, h, s)) => (format!("{ip}:{h}"), format!("{ip}:{s}")),
+            None => ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string()),
+        };
         let https = match &self.tls {
             Some((dir, cert, key)) => format!(
-                "https_listen = \"127.0.0.1:0\"\n\n[tls]\ncert_dir = {dir:?}\ndefault_cert = {cert:?}\ndefault_key = {key:?}\n{}",
+                "https_listen = \"{https_at}\"\n\n[tls]\ncert_dir = {dir:?}\ndefault_cert = {cert:?}\ndefault_key = {key:?}\n{}",
                 self.tls_extra
             ),
             None => String::new(),
@@ -367,7 +406,7 @@ prune_interval_secs = {prune}
 addresses = [{gorouters}]
 
 [proxy]
-http_listen = "127.0.0.1:0"
+http_listen = "{http_at}"
 remote = "{remote}"
 {proxy_extra}{https}
 
@@ -427,6 +466,7 @@ format = "json"
             log: LogLines::default(),
             http: reqwest::Client::new(),
             config_path,
+            env: self.env.clone(),
             _dir: dir,
         };
         node.spawn().await;
@@ -447,6 +487,7 @@ pub struct Node {
     token: String,
     read_token: Option<String>,
     config_path: PathBuf,
+    env: Vec<(String, String)>,
     /// The node's log (JSON lines).
     pub log: LogLines,
     http: reqwest::Client,
@@ -474,6 +515,8 @@ impl Node {
             tls_extra: String::new(),
             region: None,
             read_token: false,
+            listen_ip: None,
+            env: Vec::new(),
         }
     }
 
@@ -485,6 +528,7 @@ impl Node {
             .env("RUST_LOG", "info,async_nats=warn")
             // `/v1/history` samples every second, so tests see charts move within seconds.
             .env("GROUTER_HISTORY_INTERVAL_MS", "1000")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

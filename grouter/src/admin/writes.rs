@@ -402,12 +402,29 @@ pub fn cert(
     let host = route_host(raw_host)?;
     let key = format!("{CERT}{host}");
     match *method {
-        http::Method::GET => state
-            .control
-            .certs()
-            .and_then(|s| s.get(&host))
-            .map(|l| listing_json(state, &l))
-            .ok_or_else(|| Refusal::not_found(format!("no certificate for {host}"))),
+        http::Method::GET => {
+            let served = state
+                .control
+                .certs()
+                .and_then(|s| s.get(&host))
+                .map(|l| listing_json(state, &l));
+            // ACME's state of the name (CONTRACT.md: `last_error`, `next_attempt`), also
+            // before its first certificate is served.
+            let acme = crate::acme::status(&state.control, &host);
+            let mut out = match (served, &acme) {
+                (Some(v), _) => v,
+                (None, Some(_)) => json!({ "host": host, "served": false }),
+                (None, None) => {
+                    return Err(Refusal::not_found(format!("no certificate for {host}")));
+                }
+            };
+            if let (Value::Object(o), Some(a)) = (&mut out, acme) {
+                o.insert("last_error".into(), a["last_error"].clone());
+                o.insert("next_attempt".into(), a["next_attempt"].clone());
+                o.insert("acme".into(), a);
+            }
+            Ok(out)
+        }
         http::Method::PUT => {
             let upload: Upload = parse_body(body)?;
             let meta = crate::tls::validate_upload(

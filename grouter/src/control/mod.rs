@@ -34,7 +34,7 @@ use tracing::{info, warn};
 
 use crate::policy::{Policies, PolicyStore, RoutePolicy, RouteRule, SitePolicy};
 use crate::table::{ConfigValue, Hlc, Table};
-use crate::tls::{CertStore, Source};
+use crate::tls::{CertStore, Challenges, Source};
 use clock::Clock;
 pub use persist::AuditEntry;
 use persist::StateDir;
@@ -48,6 +48,29 @@ pub const ROUTE_POLICY: &str = "policy/route/";
 pub const SITE_POLICY: &str = "policy/site/";
 /// Uploaded (and ACME) certificates.
 pub const CERT: &str = "cert/";
+
+/// ACME HTTP-01 answers: `acme/http01/<token>` → [`Http01Value`].
+pub const ACME_HTTP01: &str = "acme/http01/";
+/// ACME TLS-ALPN-01 answers: `acme/alpn/<name>` → [`AlpnValue`].
+pub const ACME_ALPN: &str = "acme/alpn/";
+
+/// The value of an `acme/http01/<token>` key: what every node answers for the token.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http01Value {
+    /// The name being validated.
+    pub name: String,
+    /// `<token>.<account key thumbprint>`.
+    pub key_authorization: String,
+}
+
+/// The value of an `acme/alpn/<name>` key.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlpnValue {
+    /// SHA-256 of the key authorization, lower-case hex.
+    pub digest: String,
+}
 
 /// The value of a `cert/<host>` key.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -144,6 +167,8 @@ pub struct Control {
     audit: Mutex<VecDeque<AuditEntry>>,
     /// The HTTPS listener's certificate store, once there is one.
     certs: RwLock<Option<Arc<CertStore>>>,
+    /// The ACME challenges of every order in the mesh, which the listeners answer.
+    challenges: Arc<Challenges>,
     /// Serialises refreshes (a write refreshes at once; the task on every change).
     refreshing: Mutex<()>,
     /// Counters.
@@ -190,6 +215,7 @@ impl Control {
             persisted: Mutex::new(persisted),
             audit: Mutex::new(loaded.audit.into()),
             certs: RwLock::new(None),
+            challenges: Arc::default(),
             refreshing: Mutex::new(()),
             counters: ControlCounters::default(),
         });
@@ -295,6 +321,12 @@ impl Control {
         self.certs.read().clone()
     }
 
+    /// The ACME challenges this node answers (filled from the merged `acme/http01/…` and
+    /// `acme/alpn/…` keys).
+    pub fn challenges(&self) -> &Arc<Challenges> {
+        &self.challenges
+    }
+
     /// The policy store this control plane fills.
     pub fn policies(&self) -> &Arc<PolicyStore> {
         &self.policies
@@ -375,6 +407,10 @@ impl Control {
                 && let Some(store) = self.certs()
             {
                 self.apply_cert(&store, host, winner.as_ref());
+            } else if let Some(token) = key.strip_prefix(ACME_HTTP01) {
+                self.apply_http01(token, winner.as_ref());
+            } else if let Some(name) = key.strip_prefix(ACME_ALPN) {
+                self.apply_alpn(name, winner.as_ref());
             }
             let mut merged = self.merged.write();
             match winner {
@@ -460,6 +496,39 @@ impl Control {
         }
     }
 
+    fn apply_http01(&self, token: &str, winner: Option<&Winner>) {
+        let value: Option<Http01Value> =
+            winner.and_then(|w| self.parse(&format!("{ACME_HTTP01}{token}"), w));
+        let Some(v) = value else {
+            self.challenges.remove_http01(token);
+            return;
+        };
+        if let Err(e) = self
+            .challenges
+            .set_http01(token, &v.name, &v.key_authorization)
+        {
+            self.counters.invalid_values.fetch_add(1, Ordering::Relaxed);
+            warn!(reason = %e, "control: merged ACME HTTP-01 challenge not answered");
+            self.challenges.remove_http01(token);
+        }
+    }
+
+    fn apply_alpn(&self, name: &str, winner: Option<&Winner>) {
+        let value: Option<AlpnValue> =
+            winner.and_then(|w| self.parse(&format!("{ACME_ALPN}{name}"), w));
+        let digest = value.and_then(|v| decode_hex(&v.digest));
+        let Some(digest) = digest else {
+            self.challenges.remove_alpn(name);
+            return;
+        };
+        let provider = rustls::crypto::ring::default_provider();
+        if let Err(e) = self.challenges.set_alpn(&provider, name, &digest) {
+            self.counters.invalid_values.fetch_add(1, Ordering::Relaxed);
+            warn!(name, reason = %e, "control: merged ACME TLS-ALPN-01 challenge not answered");
+            self.challenges.remove_alpn(name);
+        }
+    }
+
     fn apply_site_policy(&self, site: &str, winner: Option<&Winner>) -> bool {
         let policy: Option<SitePolicy> =
             winner.and_then(|w| self.parse(&format!("{SITE_POLICY}{site}"), w));
@@ -489,6 +558,17 @@ impl Classify for serde_json::Error {
             serde_json::error::Category::Eof => "eof",
         }
     }
+}
+
+/// Lower-case hex into bytes (`None` for anything else, or more than 64 bytes).
+pub fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 || hex.len() > 128 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Unix milliseconds now.

@@ -64,6 +64,10 @@ pub enum Decision {
     NoEndpoints,
     /// No Host: 400 `empty_host`.
     EmptyHost,
+    /// An ACME HTTP-01 validation (`/.well-known/acme-challenge/{token}` on the plain
+    /// listener): this node answers it with the key authorization of an order anywhere in
+    /// the mesh, or 404 for a token no order issued. Never forwarded.
+    AcmeChallenge(Option<Arc<str>>),
     /// A Host that is not a host name, or not the request's only one: 400 `invalid_host`.
     InvalidHost(BadHost),
 }

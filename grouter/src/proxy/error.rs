@@ -126,6 +126,27 @@ impl RouterError {
     }
 }
 
+/// The answer to an ACME HTTP-01 validation: the key authorization as `text/plain`
+/// (RFC 8555 §8.3), or 404 when no order in the mesh issued the token.
+pub fn acme_challenge(key_authorization: Option<&str>) -> Response<ProxyBody> {
+    let (status, body) = match key_authorization {
+        Some(ka) => (StatusCode::OK, Bytes::copy_from_slice(ka.as_bytes())),
+        None => (
+            StatusCode::NOT_FOUND,
+            Bytes::from_static(b"404 Not Found: no such ACME challenge\n"),
+        ),
+    };
+    let mut resp = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
+    resp
+}
+
 /// A 307 to `location`.
 pub fn redirect(location: &str) -> Response<ProxyBody> {
     let mut resp = Response::new(

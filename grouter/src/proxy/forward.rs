@@ -202,6 +202,7 @@ pub(super) fn decision_name(d: &Decision) -> &'static str {
         Decision::NotFound => "unknown_route",
         Decision::NoEndpoints => "no_endpoints",
         Decision::EmptyHost => "empty_host",
+        Decision::AcmeChallenge(_) => "acme_challenge",
         Decision::InvalidHost(_) => "invalid_host",
     }
 }
@@ -239,6 +240,7 @@ impl Proxy {
             | Decision::NotFound
             | Decision::NoEndpoints
             | Decision::EmptyHost
+            | Decision::AcmeChallenge(_)
             | Decision::InvalidHost(_) => {
                 return Vec::new();
             }

@@ -86,6 +86,12 @@ async fn serve(
                     match tokio::time::timeout(timeouts.tls_handshake, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             let tls = stream.get_ref().1;
+                            if tls.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                                // A TLS-ALPN-01 validation: the handshake was the answer.
+                                let mut stream = stream;
+                                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                                return;
+                            }
                             let conn = conn.with_client_cert(tls.peer_certificates());
                             if tls.alpn_protocol() == Some(b"h2") {
                                 let first_by = Instant::now() + timeouts.request_header;

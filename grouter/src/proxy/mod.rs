@@ -74,6 +74,7 @@ use crate::config::{AccessLogFormat, Config};
 use crate::health::{Health, SyncState};
 use crate::policy::PolicyStore;
 use crate::table::{RouteMatch, Table};
+use crate::tls::Challenges;
 use crate::traffic::Traffic;
 use decide::{Decision, Rules};
 use remote::Remotes;
@@ -100,6 +101,9 @@ impl NodeView {
     }
 }
 
+/// Where HTTP-01 validations ask (RFC 8555 §8.3).
+const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
 /// The proxy of one node.
 #[derive(Debug)]
 pub struct Proxy {
@@ -116,6 +120,8 @@ pub struct Proxy {
     access_format: AccessLogFormat,
     /// Responses per answering site, for the history.
     traffic: Arc<Traffic>,
+    /// The ACME HTTP-01 tokens of the mesh's orders, when the node takes part in ACME.
+    challenges: Option<Arc<Challenges>>,
 }
 
 /// What a proxy takes from the config besides its decision rules: the site header, the
@@ -127,6 +133,7 @@ pub struct Settings {
     policy: headers::Policy,
     access_format: AccessLogFormat,
     traffic: Arc<Traffic>,
+    challenges: Option<Arc<Challenges>>,
 }
 
 impl Settings {
@@ -134,6 +141,13 @@ impl Settings {
     #[must_use]
     pub fn with_traffic(mut self, traffic: Arc<Traffic>) -> Settings {
         self.traffic = traffic;
+        self
+    }
+
+    /// Answer ACME HTTP-01 validations from `challenges` on the plain listener.
+    #[must_use]
+    pub fn with_challenges(mut self, challenges: Arc<Challenges>) -> Settings {
+        self.challenges = Some(challenges);
         self
     }
 
@@ -150,6 +164,7 @@ impl Settings {
             },
             access_format: config.log.access_log_format,
             traffic: Arc::default(),
+            challenges: None,
         }
     }
 }
@@ -185,6 +200,7 @@ impl Proxy {
             policy: settings.policy,
             access_format: settings.access_format,
             traffic: settings.traffic,
+            challenges: settings.challenges,
             edge,
         })
     }
@@ -193,6 +209,17 @@ impl Proxy {
     /// state and policies. Without any policy in force that costs one atomic load.
     /// `spend_turn` as [`decide::Policy::spend_turn`] says.
     fn decide(&self, ask: decide::Ask<'_>, spend_turn: bool) -> (Decision, Option<RouteMatch>) {
+        // Before any route: a CA's validation is this node's to answer, whatever is routed.
+        if let Some(challenges) = &self.challenges
+            && ask.scheme == "http"
+            && !ask.from_peer
+            && let Some(token) = ask.path.strip_prefix(ACME_CHALLENGE_PATH)
+        {
+            return (
+                Decision::AcmeChallenge(challenges.http01(token, ask.host)),
+                None,
+            );
+        }
         let Some(policies) = self.node.policies.active() else {
             return decide::decide(&self.node.table, &self.rules, self.node.sync(), None, ask);
         };

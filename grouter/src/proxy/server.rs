@@ -172,6 +172,7 @@ async fn handle(
         Decision::NotFound => own_error(&mut log, &RouterError::UnknownRoute(host.to_string())),
         Decision::NoEndpoints => own_error(&mut log, &RouterError::NoEndpoints(host.to_string())),
         Decision::Redirect { location, .. } => error::redirect(location),
+        Decision::AcmeChallenge(answer) => error::acme_challenge(answer.as_deref()),
         Decision::Local { .. } | Decision::FailOpen | Decision::Remote { .. } => {
             let targets = proxy.targets(&decision, route.as_ref());
             let mut codec = General::new(&proxy, &parts, body, &conn, host);

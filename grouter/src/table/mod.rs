@@ -1627,6 +1627,16 @@ impl Table {
         out
     }
 
+    /// Every host with a live server somewhere that `keep` accepts, unsorted. Reads keys
+    /// only: cheap enough to call every few seconds with a large table.
+    pub fn live_hosts(&self, keep: impl Fn(&str) -> bool) -> Vec<Arc<str>> {
+        self.index
+            .iter()
+            .filter(|r| keep(r.key()) && r.value().paths.iter().any(PathRoutes::has_live_server))
+            .map(|r| r.key().clone())
+            .collect()
+    }
+
     /// Counts for metrics and status.
     pub fn stats(&self) -> TableStats {
         let parts = self.partitions.read();

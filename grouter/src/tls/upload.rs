@@ -245,6 +245,8 @@ pub struct CertMeta {
     pub host: String,
     /// The leaf's DNS subjectAltNames, lower-case, in certificate order.
     pub sans: Vec<String>,
+    /// The leaf's notBefore.
+    pub not_before: SystemTime,
     /// The leaf's notAfter.
     pub not_after: SystemTime,
     /// SHA-256 of the leaf's DER, lower-case hex without separators.
@@ -277,6 +279,7 @@ impl CertMeta {
         CertMeta {
             host,
             sans,
+            not_before: system_time(leaf.validity().not_before.timestamp()),
             not_after: system_time(leaf.validity().not_after.timestamp()),
             fingerprint_sha256: sha256_hex(leaf_der),
         }

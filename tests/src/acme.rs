@@ -1,0 +1,355 @@
+//! ACME against Debian's `pebble` (a real RFC 8555 CA), three sites of real processes on
+//! distinct loopback addresses: pebble resolves names through a GRouter node's own DNS
+//! front and validates on the ports every node shares, so the CA finds the sites the way
+//! a real one would.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use grouter_tests::{
+    AppCerts, LogLines, MeshCa, NatsServer, Node, find_program, install_crypto, wait_until,
+};
+use serde_json::{Value, json};
+
+const SEC: Duration = Duration::from_secs(1);
+const SITES: [(&str, &str); 3] = [("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4")];
+const ZONE: &str = "apps.test";
+
+/// A port free on every one of `ips`.
+fn shared_port(ips: &[&str]) -> u16 {
+    for _ in 0..100 {
+        let first = std::net::TcpListener::bind((ips[0], 0)).expect("bind");
+        let port = first.local_addr().expect("addr").port();
+        let rest: Vec<_> = ips[1..]
+            .iter()
+            .map(|ip| std::net::TcpListener::bind((*ip, port)))
+            .collect();
+        if rest.iter().all(Result::is_ok) {
+            return port;
+        }
+    }
+    panic!("no port free on all of {ips:?}");
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A running `pebble`.
+struct Pebble {
+    child: Child,
+    log: LogLines,
+    dir: tempfile::TempDir,
+    api: SocketAddr,
+    management: SocketAddr,
+}
+
+impl Pebble {
+    /// Pebble on loopback, resolving through `dns`, validating HTTP-01 on `http_port` and
+    /// TLS-ALPN-01 on `tls_port`; certificates valid `validity_secs`.
+    fn start(dns: SocketAddr, http_port: u16, tls_port: u16, validity_secs: u64) -> Pebble {
+        let bin = find_program("pebble", "apt-get install -y pebble");
+        let dir = tempfile::tempdir().expect("dir");
+        // The package ships no certificate for pebble's own API: make one.
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
+                .expect("params");
+        let cert = params.self_signed(&key).expect("cert");
+        std::fs::write(dir.path().join("api.pem"), cert.pem()).expect("write");
+        std::fs::write(dir.path().join("api.key"), key.serialize_pem()).expect("write");
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let management: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let config = json!({"pebble": {
+            "listenAddress": api.to_string(),
+            "managementListenAddress": management.to_string(),
+            "certificate": dir.path().join("api.pem"),
+            "privateKey": dir.path().join("api.key"),
+            "httpPort": http_port,
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+            "certificateValidityPeriod": validity_secs,
+        }});
+        std::fs::write(dir.path().join("pebble.json"), config.to_string()).expect("write");
+        let mut child = Command::new(bin)
+            .arg("-config")
+            .arg(dir.path().join("pebble.json"))
+            .arg("-dnsserver")
+            .arg(dns.to_string())
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            // Every order needs its own validation: reused authorizations would hide
+            // whether the challenge reached the CA through a node.
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pebble");
+        let log = LogLines::follow_both(&mut child);
+        log.wait_for(10 * SEC, "pebble listening", |l| {
+            l.contains("ACME directory available").then_some(())
+        });
+        Pebble {
+            child,
+            log,
+            dir,
+            api,
+            management,
+        }
+    }
+
+    fn directory(&self) -> String {
+        format!("https://{}/dir", self.api)
+    }
+
+    fn api_cert(&self) -> PathBuf {
+        self.dir.path().join("api.pem")
+    }
+
+    /// The roots pebble issues under (a new one at every start).
+    async fn roots(&self) -> rustls::RootCertStore {
+        let api = std::fs::read(self.api_cert()).expect("read");
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&api).expect("pem"))
+            .build()
+            .expect("client");
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = client
+            .get(format!("https://{}/roots/0", self.management))
+            .send()
+            .await
+            .expect("pebble roots")
+            .text()
+            .await
+            .expect("body");
+        use rustls::pki_types::pem::PemObject as _;
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(c.expect("cert")).expect("root");
+        }
+        roots
+    }
+
+    /// Orders pebble created (its log does not name them: a test orders one name at a time).
+    fn orders(&self) -> usize {
+        self.log.count_matching(|l| l.contains("Added order"))
+    }
+
+    /// Validations pebble attempted for `name`.
+    fn validations_of(&self, name: &str) -> usize {
+        self.log
+            .count_matching(|l| l.contains("Attempting to validate") && l.contains(name))
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Mesh {
+    _ca: MeshCa,
+    _buses: Vec<NatsServer>,
+    buses: Vec<async_nats::Client>,
+    _certs: AppCerts,
+    nodes: Vec<Node>,
+    pebble: Pebble,
+}
+
+fn acme_toml(pebble_dir: &str, roots: &std::path::Path, challenges: &str) -> String {
+    format!(
+        "\n[acme]\ndirectory_url = {pebble_dir:?}\nca_roots = {roots:?}\n\
+         contact = [\"mailto:ops@example.com\"]\ndomains = [{ZONE:?}]\nchallenges = [{challenges}]\n"
+    )
+}
+
+fn dns_toml(site_ip: &str) -> String {
+    format!(
+        "\n[dns]\nlisten = \"127.0.0.1:0\"\nzones = [{ZONE:?}]\nttl_secs = 1\nsite_addresses = [\"{site_ip}\"]\n"
+    )
+}
+
+/// Three sites, one node each, on their own loopback address; pebble resolves through
+/// a's DNS front.
+async fn three_sites(challenges: &str, validity_secs: u64) -> Mesh {
+    install_crypto();
+    let ips: Vec<&str> = SITES.iter().map(|(_, ip)| *ip).collect();
+    let (http_port, https_port) = (shared_port(&ips), shared_port(&ips));
+    let ca = MeshCa::new();
+    let certs = AppCerts::new();
+    certs.issue("default", "default.test");
+    let default = (
+        certs.dir.path().join("default.pem"),
+        certs.dir.path().join("default.key"),
+    );
+    let cert_dir = tempfile::tempdir().expect("dir");
+    // pebble must know a's DNS port before it starts, and the nodes pebble's URL: start
+    // pebble against a port picked now, which a's DNS then takes.
+    let dns_port = free_port();
+    let pebble = Pebble::start(
+        format!("127.0.0.1:{dns_port}").parse().expect("addr"),
+        http_port,
+        https_port,
+        validity_secs,
+    );
+    let acme = acme_toml(&pebble.directory(), &pebble.api_cert(), challenges);
+    let mut buses = Vec::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    for (site, ip) in SITES {
+        let bus = NatsServer::start();
+        let seeds: Vec<_> = nodes.first().map(Node::mesh_addr).into_iter().collect();
+        let dns = dns_toml(ip);
+        let dns = if site == "a" {
+            dns.replace("127.0.0.1:0", &format!("127.0.0.1:{dns_port}"))
+        } else {
+            dns
+        };
+        let node = Node::builder(&format!("{site}1"), site)
+            .nats(&bus.url())
+            .mesh(&ca, &seeds)
+            .https(cert_dir.path(), &default.0, &default.1)
+            .listen_on(ip, http_port, https_port)
+            .env("GROUTER_ACME_BACKOFF_MS", "1000")
+            .extra(&format!("{dns}{acme}"))
+            .start()
+            .await;
+        buses.push(bus);
+        nodes.push(node);
+    }
+    for n in &nodes {
+        wait_until(20 * SEC, "every node sees three sites in sync", || async {
+            let status = n.json("/v1/status").await;
+            (status["sync"] == "in_sync").then_some(())
+        })
+        .await;
+    }
+    let mut clients = Vec::new();
+    for b in &buses {
+        clients.push(b.client().await);
+    }
+    std::mem::forget(cert_dir);
+    Mesh {
+        _ca: ca,
+        _buses: buses,
+        buses: clients,
+        _certs: certs,
+        nodes,
+        pebble,
+    }
+}
+
+fn registration(host: &str, port: u16) -> Value {
+    json!({"host": "10.0.0.1", "port": port, "uris": [host], "app": format!("guid-{host}")})
+}
+
+/// Whether `addr` serves `name` a certificate that chains to `roots` (a real client's
+/// check: chain, name, validity), and its DER.
+async fn served(roots: &rustls::RootCertStore, addr: SocketAddr, name: &str) -> Option<Vec<u8>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let sni = rustls::pki_types::ServerName::try_from(name.to_string()).ok()?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(sni, tcp)
+        .await
+        .ok()?;
+    tls.get_ref()
+        .1
+        .peer_certificates()?
+        .first()
+        .map(|c| c.to_vec())
+}
+
+/// The first name (`<stem>N.apps.test`) whose elected issuer is not `avoid`, so that the
+/// CA's lookup (steered to the serving site) lands on another site than the issuer's.
+fn name_not_issued_by(stem: &str, avoid: &str) -> (String, String) {
+    let nodes: Vec<_> = SITES
+        .iter()
+        .map(|(s, _)| (format!("{s}1"), s.to_string()))
+        .collect();
+    let candidates: Vec<_> = nodes
+        .iter()
+        .map(|(n, s)| grouter::acme::plan::Candidate {
+            node_id: n,
+            site: s,
+        })
+        .collect();
+    for i in 0..100 {
+        let name = format!("{stem}{i}.{ZONE}");
+        let issuer = grouter::acme::plan::issuer(&name, &candidates).expect("issuer");
+        if issuer != avoid {
+            return (name, issuer.to_string());
+        }
+    }
+    panic!("no name avoids {avoid}");
+}
+
+/// A new routed name under the zone gets one certificate from the CA, served by every
+/// node; the CA's HTTP-01 lookup lands at the serving site, not the issuer's; pebble's
+/// log shows exactly one order. A routed name outside `acme.domains` is never ordered.
+#[tokio::test]
+async fn one_order_per_name_served_everywhere_validated_through_another_site() {
+    let mesh = three_sites("\"http-01\"", 3600).await;
+    let (name, issuer) = name_not_issued_by("shop", "b1");
+    // Routed at b only: DNS sends the CA to b's address.
+    mesh.nodes[1]
+        .register_until_routed(&mesh.buses[1], &registration(&name, 8080), &name)
+        .await;
+    let outside = "shop.example.org";
+    mesh.nodes[1]
+        .register_until_routed(&mesh.buses[1], &registration(outside, 8081), outside)
+        .await;
+    let roots = mesh.pebble.roots().await;
+    for n in &mesh.nodes {
+        wait_until(
+            60 * SEC,
+            "every node serves the CA's certificate",
+            || async { served(&roots, n.https_addr(), &name).await },
+        )
+        .await;
+    }
+    for n in &mesh.nodes {
+        let cert = n.json(&format!("/v1/certs/{name}")).await;
+        assert_eq!(cert["source"], "acme", "{cert}");
+        assert_eq!(cert["acme"]["orders"], 1, "{cert}");
+        assert_eq!(cert["acme"]["issuer"], issuer.as_str(), "{cert}");
+    }
+    assert_eq!(
+        mesh.pebble.orders(),
+        1,
+        "pebble's log:\n{}",
+        mesh.pebble.log.tail(80)
+    );
+    // The validation reached b (the serving site), which answered from the issuer's keys;
+    // the issuer's own site never saw the CA.
+    let answered = |n: &Node| n.log.count("/.well-known/acme-challenge/");
+    assert!(
+        answered(&mesh.nodes[1]) >= 1,
+        "b answered the CA:\n{}",
+        mesh.nodes[1].log.tail(30)
+    );
+    let issuer_node = mesh
+        .nodes
+        .iter()
+        .position(|n| n.log.count("acme: order placed") > 0);
+    let issuer_at = SITES.iter().position(|(s, _)| format!("{s}1") == issuer);
+    assert_eq!(issuer_node, issuer_at, "the elected node placed the order");
+    assert_eq!(answered(&mesh.nodes[issuer_at.expect("issuer")]), 0);
+    assert_eq!(mesh.pebble.validations_of(outside), 0);
+    assert!(!mesh.pebble.log.tail(10_000).contains(outside));
+    let (code, _) = mesh.nodes[0]
+        .get(&format!("/v1/certs/{outside}"))
+        .await
+        .expect("admin");
+    assert_eq!(code, 404);
+}
