@@ -586,6 +586,16 @@ pub async fn run(
         };
         let metrics = Arc::new(crate::acme::AcmeMetrics::default());
         metrics.register(&state.metrics);
+        let challenges = control.challenges().clone();
+        state.metrics.register(
+            "acme_challenges_answered",
+            "ACME validations this node answered for the mesh's orders, by type",
+            crate::metrics::SampledCounter::new(move || {
+                let (http, alpn) = challenges.answered();
+                let label = |t: &str| vec![("type".to_string(), t.to_string())];
+                vec![(label("http-01"), http), (label("tls-alpn-01"), alpn)]
+            }),
+        );
         let acme = crate::acme::Acme::new(
             acme.clone(),
             roots.as_deref(),

@@ -283,11 +283,18 @@ impl Acme {
             .collect();
         let alive = |id: &str| live.iter().any(|(n, _)| n == id);
         if self.account_value().is_none() {
-            // Orders wait for the mesh's one account, which one node registers.
-            if plan::issuer(ACCOUNT, &candidates) == Some(self.me.as_str()) {
-                self.clone().spawn(ACCOUNT.to_string(), None, shutdown);
+            // Orders wait for the mesh's one account, which one node registers: in its
+            // own first order, or alone when it orders none of these names.
+            if plan::issuer(ACCOUNT, &candidates) != Some(self.me.as_str()) {
+                return;
             }
-            return;
+            if due
+                .iter()
+                .all(|n| plan::issuer(n, &candidates) != Some(self.me.as_str()))
+            {
+                self.clone().spawn(ACCOUNT.to_string(), None, shutdown);
+                return;
+            }
         }
         for name in due {
             let rec = self.record(&name);
@@ -459,10 +466,12 @@ impl Acme {
         self.save(name, &snapshot)
     }
 
+    /// The mesh's account; registered first when there is none (only the node elected for
+    /// it gets here then).
     async fn account(&self) -> Result<Account, String> {
-        let v = self
-            .account_value()
-            .ok_or("the mesh has no ACME account yet")?;
+        let Some(v) = self.account_value() else {
+            return self.create_account().await;
+        };
         let creds: AccountCredentials = serde_json::from_value(v.credentials)
             .map_err(|_| "the mesh's ACME account does not parse".to_string())?;
         Account::builder_with_http(Box::new(self.transport.clone()))
@@ -471,9 +480,9 @@ impl Acme {
             .map_err(|e| format!("ACME directory: {}", client::chain(&e)))
     }
 
-    async fn create_account(&self) -> Result<(), String> {
+    async fn create_account(&self) -> Result<Account, String> {
         let contact: Vec<&str> = self.settings.contact.iter().map(String::as_str).collect();
-        let (_, creds) = Account::builder_with_http(Box::new(self.transport.clone()))
+        let (account, creds) = Account::builder_with_http(Box::new(self.transport.clone()))
             .create(
                 &NewAccount {
                     contact: &contact,
@@ -494,7 +503,7 @@ impl Acme {
             .write(ACCOUNT, Some(bytes), "acme", "ACME account registered")
             .map_err(|e| e.to_string())?;
         info!(directory = %self.settings.directory_url, "acme: account registered for the mesh");
-        Ok(())
+        Ok(account)
     }
 
     /// Place (or resume) the order of `name` and see it through to a checked chain and key.

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use rcgen::{CertificateParams, CustomExtension, KeyPair};
@@ -71,6 +72,8 @@ struct Http01 {
 pub struct Challenges {
     http: RwLock<HashMap<Arc<str>, Http01>>,
     alpn: RwLock<HashMap<Arc<str>, Arc<CertifiedKey>>>,
+    /// Validations answered: HTTP-01, TLS-ALPN-01.
+    answered: [AtomicU64; 2],
 }
 
 impl std::fmt::Debug for Challenges {
@@ -124,10 +127,14 @@ impl Challenges {
         let name = name.strip_suffix('.').unwrap_or(name);
         let http = self.http.read();
         let found = http.get(token)?;
-        found
+        let answer = found
             .name
             .eq_ignore_ascii_case(name)
-            .then(|| Arc::clone(&found.key_authorization))
+            .then(|| Arc::clone(&found.key_authorization));
+        if answer.is_some() {
+            self.answered[0].fetch_add(1, Ordering::Relaxed);
+        }
+        answer
     }
 
     /// Serve, for `name`, a self-signed certificate proving `digest` (the SHA-256 of the key
@@ -163,7 +170,19 @@ impl Challenges {
     /// The TLS-ALPN-01 certificate of `sni`, if an order in the mesh asked for one.
     pub fn alpn(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
         let name = sni.strip_suffix('.').unwrap_or(sni).to_ascii_lowercase();
-        self.alpn.read().get(name.as_str()).cloned()
+        let found = self.alpn.read().get(name.as_str()).cloned();
+        if found.is_some() {
+            self.answered[1].fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Validations answered so far: `(http-01, tls-alpn-01)`.
+    pub fn answered(&self) -> (u64, u64) {
+        (
+            self.answered[0].load(Ordering::Relaxed),
+            self.answered[1].load(Ordering::Relaxed),
+        )
     }
 
     /// How many of each kind are held: `(http-01, tls-alpn-01)`.
