@@ -1785,6 +1785,33 @@ token_file = "admin.token"
     }
 
     #[test]
+    fn acme_section_parses_covers_its_domains_and_refuses_what_cannot_work() {
+        let section = "\n[acme]\ndirectory_url = \"https://ca.example.com/dir\"\n\
+                       domains = [\"Apps.Example.com.\"]\nchallenges = [\"http-01\"]\n";
+        let c = parse(&format!("{MINIMAL}{section}")).unwrap();
+        let acme = c.acme.unwrap();
+        assert_eq!(acme.domains, ["apps.example.com"]);
+        assert!((acme.renew_at - 0.66).abs() < 1e-9);
+        assert!(acme.covers("apps.example.com") && acme.covers("shop.apps.example.com"));
+        assert!(!acme.covers("evilapps.example.com") && !acme.covers("example.com"));
+        let with = |k: &str| {
+            format!(
+                "{MINIMAL}\n[acme]\ndirectory_url = \"https://ca.example.com/dir\"\n\
+                 domains = [\"apps.example.com\"]\nchallenges = [\"http-01\"]\n{k}\n"
+            )
+        };
+        let plain = section.replace("https://", "http://");
+        assert!(single_error(&format!("{MINIMAL}{plain}"), "acme.directory_url").contains("https"));
+        single_error(&with("renew_at = 0.99"), "acme.renew_at");
+        single_error(&with("contact = [\"ops@example.com\"]"), "acme.contact[0]");
+        let alpn = section.replace("\"http-01\"", "\"tls-alpn-01\"");
+        let why = single_error(&format!("{MINIMAL}{alpn}"), "acme.challenges");
+        assert!(why.contains("https_listen"), "{why}");
+        let tld = section.replace("Apps.Example.com.", "com");
+        single_error(&format!("{MINIMAL}{tld}"), "acme.domains[0]");
+    }
+
+    #[test]
     fn contract_example_parses() {
         let c = parse(CONTRACT_EXAMPLE).unwrap();
         assert_eq!(c.node_id, "lon-1");

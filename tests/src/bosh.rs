@@ -275,6 +275,11 @@ async fn full_properties_render_a_node_that_starts() {
             "api": "https://api.sys.lon.example.com", "uaa": "https://uaa.sys.lon.example.com",
             "client_id": "grouter", "client_secret": "cc-secret", "ca": pem("ca.pem"),
         },
+        "acme": {
+            "directory_url": "https://acme.example.com/dir", "ca_roots": pem("ca.pem"),
+            "contact": ["mailto:ops@example.com"], "domains": ["apps.example.com"],
+            "challenges": ["http-01", "tls-alpn-01"], "renew_at": 0.7,
+        },
         "log": { "format": "json", "access_log": false, "access_log_format": "rtr" },
     });
     let r = render(&properties).unwrap();
@@ -323,6 +328,10 @@ async fn full_properties_render_a_node_that_starts() {
             .trim(),
         "cc-secret"
     );
+    let acme = c.acme.as_ref().expect("[acme]");
+    assert_eq!(acme.domains, ["apps.example.com"]);
+    assert!((acme.renew_at - 0.7).abs() < 1e-9);
+    assert!(acme.ca_roots.as_ref().is_some_and(|p| p.is_file()));
     assert!(c.admin.read_token_file.is_some());
     assert!(c.tls.is_some() && c.proxy.https_listen.is_some());
     assert_eq!(c.gorouters.segments["seg-a"], [segment.addr().to_string()]);

@@ -217,29 +217,34 @@ impl Acme {
     /// The `(notBefore, notAfter)` of the certificate `name` is served with, if any: a file,
     /// an upload or an ACME certificate, for the name or its wildcard.
     fn served(&self, name: &str) -> Option<(u64, u64)> {
-        if let Some(store) = self.control.certs() {
-            let wildcard = name
-                .split_once('.')
-                .map(|(_, parent)| format!("*.{parent}"));
-            let found = store
-                .get(name)
-                .or_else(|| wildcard.and_then(|w| store.get(&w)))?;
-            return Some((ms_of(found.meta.not_before), ms_of(found.meta.not_after)));
-        }
-        // No HTTPS listener here: what the mesh holds for the name.
+        let store = self.control.certs()?;
+        let wildcard = name
+            .split_once('.')
+            .map(|(_, parent)| format!("*.{parent}"));
+        let found = store
+            .get(name)
+            .or_else(|| wildcard.and_then(|w| store.get(&w)))?;
+        Some((ms_of(found.meta.not_before), ms_of(found.meta.not_after)))
+    }
+
+    /// The `(notBefore, notAfter)` of what the mesh holds as `cert/<name>` (an upload or an
+    /// ACME certificate, served or not: a file may shadow it).
+    fn replicated(&self, name: &str) -> Option<(u64, u64)> {
         let w = self.control.get(&format!("{CERT}{name}"))?;
         let value: CertValue = serde_json::from_slice(w.bytes()).ok()?;
         validity_of_pem(&value.cert_pem)
     }
 
-    /// Whether `name` needs a certificate at `now`.
+    /// Whether `name` needs a certificate at `now`: neither the one served nor the one the
+    /// mesh holds is short of its renewal time. (Both count: a file that shadows a fresh
+    /// ACME certificate must not make the mesh order again and again.)
     fn due(&self, name: &str, now: u64) -> bool {
-        match self.served(name) {
-            None => true,
-            Some((nb, na)) => {
-                now >= plan::renew_at(nb, na, self.settings.renew_at, plan::jitter_of(name))
-            }
-        }
+        let fresh = |v: Option<(u64, u64)>| {
+            v.is_some_and(|(nb, na)| {
+                now < plan::renew_at(nb, na, self.settings.renew_at, plan::jitter_of(name))
+            })
+        };
+        !fresh(self.served(name)) && !fresh(self.replicated(name))
     }
 
     fn record(&self, name: &str) -> Option<OrderRecord> {
