@@ -244,6 +244,29 @@ async fn three_sites(challenges: &str, validity_secs: u64) -> Mesh {
     }
 }
 
+impl Mesh {
+    /// Route `name` at b only (DNS then sends the CA to b's address).
+    async fn route_at_b(&self, name: &str) {
+        self.nodes[1]
+            .register_until_routed(&self.buses[1], &registration(name, 8080), name)
+            .await;
+    }
+
+    /// Wait until every node serves `name` a certificate of pebble's; pebble's roots.
+    async fn served_everywhere(&self, name: &str) -> rustls::RootCertStore {
+        let roots = self.pebble.roots().await;
+        for n in &self.nodes {
+            wait_until(
+                60 * SEC,
+                "every node serves the CA's certificate",
+                || async { served(&roots, n.https_addr(), name).await },
+            )
+            .await;
+        }
+        roots
+    }
+}
+
 fn registration(host: &str, port: u16) -> Value {
     json!({"host": "10.0.0.1", "port": port, "uris": [host], "app": format!("guid-{host}")})
 }
@@ -257,17 +280,7 @@ async fn served(roots: &rustls::RootCertStore, addr: SocketAddr, name: &str) -> 
         .ok()?
         .with_root_certificates(roots.clone())
         .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let sni = rustls::pki_types::ServerName::try_from(name.to_string()).ok()?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(sni, tcp)
-        .await
-        .ok()?;
-    tls.get_ref()
-        .1
-        .peer_certificates()?
-        .first()
-        .map(|c| c.to_vec())
+    grouter_tests::served_leaf(config, addr, name).await
 }
 
 /// The first name (`<stem>N.apps.test`) whose elected issuer is not `avoid`, so that the
@@ -302,22 +315,12 @@ async fn one_order_per_name_served_everywhere_validated_through_another_site() {
     let mesh = three_sites("\"http-01\"", 3600).await;
     let (name, issuer) = name_not_issued_by("shop", "b1");
     // Routed at b only: DNS sends the CA to b's address.
-    mesh.nodes[1]
-        .register_until_routed(&mesh.buses[1], &registration(&name, 8080), &name)
-        .await;
+    mesh.route_at_b(&name).await;
     let outside = "shop.example.org";
     mesh.nodes[1]
         .register_until_routed(&mesh.buses[1], &registration(outside, 8081), outside)
         .await;
-    let roots = mesh.pebble.roots().await;
-    for n in &mesh.nodes {
-        wait_until(
-            60 * SEC,
-            "every node serves the CA's certificate",
-            || async { served(&roots, n.https_addr(), &name).await },
-        )
-        .await;
-    }
+    mesh.served_everywhere(&name).await;
     for n in &mesh.nodes {
         let cert = n.json(&format!("/v1/certs/{name}")).await;
         assert_eq!(cert["source"], "acme", "{cert}");
@@ -376,18 +379,8 @@ fn name_issued_by(stem: &str, want: &str) -> String {
 async fn tls_alpn_01_works_with_http_01_disabled() {
     let mesh = three_sites("\"tls-alpn-01\"", 3600).await;
     let (name, _) = name_not_issued_by("alpn", "b1");
-    mesh.nodes[1]
-        .register_until_routed(&mesh.buses[1], &registration(&name, 8080), &name)
-        .await;
-    let roots = mesh.pebble.roots().await;
-    for n in &mesh.nodes {
-        wait_until(
-            60 * SEC,
-            "every node serves the CA's certificate",
-            || async { served(&roots, n.https_addr(), &name).await },
-        )
-        .await;
-    }
+    mesh.route_at_b(&name).await;
+    let roots = mesh.served_everywhere(&name).await;
     let log = mesh.pebble.log.tail(10_000);
     assert!(!log.contains("w/ HTTP"), "{log}");
     assert_eq!(mesh.pebble.orders(), 1, "{log}");
@@ -413,9 +406,7 @@ async fn a_killed_issuer_s_order_is_finished_by_another_node() {
     // Issued by c (a runs pebble's DNS; b serves the route), so the route and the CA's
     // resolver outlive the kill.
     let name = name_issued_by("kill", "c1");
-    mesh.nodes[1]
-        .register_until_routed(&mesh.buses[1], &registration(&name, 8080), &name)
-        .await;
+    mesh.route_at_b(&name).await;
     wait_until(30 * SEC, "c placed the order", || async {
         (mesh.pebble.orders() >= 1).then_some(())
     })
@@ -446,9 +437,7 @@ async fn a_killed_issuer_s_order_is_finished_by_another_node() {
 async fn short_lived_certificates_renew_once_and_connections_survive_the_switch() {
     let mesh = three_sites("\"http-01\"", 40).await;
     let (name, _) = name_not_issued_by("renew", "b1");
-    mesh.nodes[1]
-        .register_until_routed(&mesh.buses[1], &registration(&name, 8080), &name)
-        .await;
+    mesh.route_at_b(&name).await;
     let roots = mesh.pebble.roots().await;
     let first = wait_until(60 * SEC, "b serves the first certificate", || async {
         served(&roots, mesh.nodes[1].https_addr(), &name).await

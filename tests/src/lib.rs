@@ -996,18 +996,28 @@ impl AppCerts {
 
     /// The certificate a real client (verifying chain and name) is served for `sni`.
     pub async fn served(&self, addr: SocketAddr, sni: &str) -> Option<Vec<u8>> {
-        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).ok()?;
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(self.client_config()))
-            .connect(name, tcp)
-            .await
-            .ok()?;
-        tls.get_ref()
-            .1
-            .peer_certificates()?
-            .first()
-            .map(|c| c.to_vec())
+        served_leaf(self.client_config(), addr, sni).await
     }
+}
+
+/// The leaf certificate (DER) `addr` serves for `sni` to a client with `config`, if the
+/// handshake passes that client's checks.
+pub async fn served_leaf(
+    config: rustls::ClientConfig,
+    addr: SocketAddr,
+    sni: &str,
+) -> Option<Vec<u8>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).ok()?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    tls.get_ref()
+        .1
+        .peer_certificates()?
+        .first()
+        .map(|c| c.to_vec())
 }
 
 impl std::fmt::Debug for AppCerts {
