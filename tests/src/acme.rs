@@ -549,3 +549,130 @@ async fn answered(node: &Node, kind: &str) -> Option<f64> {
     )
     .await
 }
+
+/// A fake DNS (`pebble-challtestsrv`) answering every A query with `ip`, for CA lookups
+/// when the nodes run no DNS front.
+struct FakeDns {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl FakeDns {
+    fn start(ip: &str) -> FakeDns {
+        let bin = find_program("pebble-challtestsrv", "apt-get install -y pebble");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let management = format!("127.0.0.1:{}", free_port());
+        let mut child = Command::new(bin)
+            .args(["-defaultIPv4", ip, "-defaultIPv6", ""])
+            .args(["-dns01", &addr.to_string(), "-management", &management])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pebble-challtestsrv");
+        let log = LogLines::follow_both(&mut child);
+        log.wait_for(10 * SEC, "the fake DNS", |l| {
+            (l.contains("DNS") && l.contains(&addr.to_string())).then_some(())
+        });
+        FakeDns { child, addr }
+    }
+}
+
+impl Drop for FakeDns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Exactly one order across a partition: site c cut off from a and b, a name routed at a
+/// and at c whose elected issuer (of all three) is c. c, alone, is a minority and orders
+/// nothing; a and b elect among themselves and order once; after the heal c takes the
+/// certificate from the mesh instead of ordering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn across_a_partition_only_the_majority_orders_and_only_once() {
+    use grouter::health::SyncState;
+    use grouter_tests::inproc::{InProcNode, Net, registration};
+
+    let ips: Vec<&str> = SITES.iter().map(|(_, ip)| *ip).collect();
+    let http_port = shared_port(&ips);
+    // The CA finds the name at a's address.
+    let dns = FakeDns::start(SITES[0].1);
+    let pebble = Pebble::start(dns.addr, http_port, shared_port(&ips), 3600);
+    let acme = acme_toml(&pebble.directory(), &pebble.api_cert(), "\"http-01\"");
+    let ca = MeshCa::new();
+    let net = Net::new();
+    let buses = [
+        NatsServer::start(),
+        NatsServer::start(),
+        NatsServer::start(),
+    ];
+    let mut nodes: Vec<InProcNode> = Vec::new();
+    for (i, (site, ip)) in SITES.iter().enumerate() {
+        let seeds: Vec<_> = nodes
+            .first()
+            .map(InProcNode::mesh_addr)
+            .into_iter()
+            .collect();
+        let node = InProcNode::builder(&format!("{site}1"), site)
+            .nats(&buses[i].url())
+            .mesh(&ca, &seeds)
+            .net(&net)
+            .http_listen(format!("{ip}:{http_port}").parse().expect("addr"))
+            .extra(&acme)
+            .start()
+            .await;
+        nodes.push(node);
+    }
+    for n in &nodes {
+        wait_until(20 * SEC, "in sync", || async {
+            (n.state().health.sync() == SyncState::InSync).then_some(())
+        })
+        .await;
+    }
+    let name = name_issued_by("split", "c1");
+    net.cut("c");
+    for (n, want) in [
+        (&nodes[2], SyncState::Lost),
+        (&nodes[0], SyncState::Degraded),
+    ] {
+        wait_until(20 * SEC, "the cut is seen", || async {
+            (n.state().health.sync() == want).then_some(())
+        })
+        .await;
+    }
+    for i in [0, 2] {
+        let bus = buses[i].client().await;
+        let msg = registration("10.0.0.1", 8080, &name, "app");
+        nodes[i].register_until_learned(&bus, &msg, &name).await;
+    }
+    let key = format!("cert/{name}");
+    wait_until(60 * SEC, "a and b hold the certificate", || async {
+        (nodes[0].state().table.config_winner(&key).is_some()
+            && nodes[1].state().table.config_winner(&key).is_some())
+        .then_some(())
+    })
+    .await;
+    assert!(
+        nodes[2].state().table.config_winner(&key).is_none(),
+        "c is cut off: it cannot have it"
+    );
+    net.heal("c");
+    wait_until(
+        30 * SEC,
+        "c takes the certificate from the mesh",
+        || async { nodes[2].state().table.config_winner(&key).map(|_| ()) },
+    )
+    .await;
+    // c had the name routed and due for the whole cut; nothing but the majority's one order.
+    assert_eq!(pebble.orders(), 1, "{}", pebble.log.tail(60));
+    let parsed = |n: &InProcNode| {
+        let (v, _) = n.state().table.config_winner(&key)?;
+        let v: Value = serde_json::from_slice(v.value.as_deref()?).ok()?;
+        v["source"].as_str().map(str::to_string)
+    };
+    for n in &nodes {
+        assert_eq!(parsed(n).as_deref(), Some("acme"), "{}", n.describe());
+    }
+}

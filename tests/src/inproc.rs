@@ -297,6 +297,8 @@ pub struct InProcNodeBuilder {
     heartbeat_interval_ms: Option<u64>,
     expiry: Option<(u64, u64)>,
     gorouters: Vec<SocketAddr>,
+    extra: String,
+    http_at: Option<SocketAddr>,
 }
 
 impl InProcNodeBuilder {
@@ -354,6 +356,18 @@ impl InProcNodeBuilder {
     /// Everything [`Self::start`] does before the node runs: certificates, token, config,
     /// the GoRouter stand-in and bound listeners. [`PreparedNode::run`] starts it, so a
     /// benchmark can time the node alone.
+    /// TOML appended to the config (whole sections, such as `[acme]`).
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self
+    }
+
+    /// Serve plain HTTP on `addr` instead of an ephemeral port of 127.0.0.1.
+    pub fn http_listen(mut self, addr: SocketAddr) -> Self {
+        self.http_at = Some(addr);
+        self
+    }
+
     pub async fn prepare(self) -> PreparedNode {
         init_process();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -415,11 +429,14 @@ token_file = "admin.token"
                 text.push_str(&format!("heartbeat_interval_ms = {ms}\n"));
             }
         }
+        text.push_str(&self.extra);
         let origin = dir.path().join(format!("{}.toml", self.node_id));
         let config = Config::from_toml(&text, &origin, dir.path())
             .unwrap_or_else(|e| panic!("config of {}:\n{e}\n---\n{text}", self.node_id));
 
-        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+        let http = TcpListener::bind(self.http_at.unwrap_or(([127, 0, 0, 1], 0).into()))
+            .await
+            .expect("bind http");
         let http_addr = http.local_addr().expect("http addr");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let admin_addr = admin.local_addr().expect("admin addr");
@@ -547,6 +564,8 @@ impl InProcNode {
             heartbeat_interval_ms: None,
             expiry: None,
             gorouters: Vec::new(),
+            extra: String::new(),
+            http_at: None,
         }
     }
 
