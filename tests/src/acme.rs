@@ -676,3 +676,236 @@ async fn across_a_partition_only_the_majority_orders_and_only_once() {
         assert_eq!(parsed(n).as_deref(), Some("acme"), "{}", n.describe());
     }
 }
+
+/// How a hostile CA misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hostile {
+    /// The directory is not JSON.
+    GarbageDirectory,
+    /// The directory is 2 MiB.
+    HugeDirectory,
+    /// The certificate names another host.
+    WrongNames,
+    /// The certificate is for another key than the CSR's.
+    WrongKey,
+    /// Every order is refused: the CA no longer knows the account.
+    ForgottenAccount,
+}
+
+/// A CA that speaks just enough ACME to reach the step where it misbehaves (it checks no
+/// signature: what is under test is what the node does with the answers).
+struct HostileCa {
+    base: String,
+    roots: tempfile::TempDir,
+    requests: Arc<parking_lot::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HostileCa {
+    async fn start(mode: Hostile, name: &str) -> HostileCa {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let roots = tempfile::tempdir().expect("dir");
+        std::fs::write(roots.path().join("ca.pem"), cert.pem()).expect("write");
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("https://{}", listener.local_addr().expect("addr"));
+        // What it issues: for the wrong name, or for the right one under a key of its own.
+        let issued_for = if mode == Hostile::WrongNames {
+            "evil.example.com"
+        } else {
+            name
+        };
+        let leaf_key = rcgen::KeyPair::generate().expect("key");
+        let leaf = rcgen::CertificateParams::new(vec![issued_for.to_string()])
+            .expect("params")
+            .self_signed(&leaf_key)
+            .expect("leaf")
+            .pem();
+        let requests = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (log, b) = (requests.clone(), base.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    break;
+                };
+                let (acceptor, log, b, leaf) =
+                    (acceptor.clone(), log.clone(), b.clone(), leaf.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let answer = hostile_answer(
+                                mode,
+                                &b,
+                                &leaf,
+                                req.method().as_str(),
+                                req.uri().path(),
+                            );
+                            log.lock()
+                                .push(format!("{} {}", req.method(), req.uri().path()));
+                            async move { Ok::<_, std::convert::Infallible>(answer) }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        HostileCa {
+            base,
+            roots,
+            requests,
+            task,
+        }
+    }
+
+    fn count(&self, request: &str) -> usize {
+        self.requests
+            .lock()
+            .iter()
+            .filter(|r| *r == request)
+            .count()
+    }
+}
+
+impl Drop for HostileCa {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn hostile_answer(
+    mode: Hostile,
+    base: &str,
+    leaf: &str,
+    method: &str,
+    path: &str,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let order = |status: &str| {
+        json!({"status": status, "authorizations": [], "finalize": format!("{base}/finalize"),
+               "certificate": format!("{base}/cert")})
+        .to_string()
+    };
+    let (status, location, body) = match (method, path) {
+        ("GET", "/dir") => match mode {
+            Hostile::GarbageDirectory => (200, None, "{\"newNonce\": 7,".to_string()),
+            Hostile::HugeDirectory => (
+                200,
+                None,
+                format!("{{\"pad\":\"{}\"}}", "x".repeat(2 << 20)),
+            ),
+            _ => (
+                200,
+                None,
+                json!({"newNonce": format!("{base}/nonce"), "newAccount": format!("{base}/acct"),
+                       "newOrder": format!("{base}/order")})
+                .to_string(),
+            ),
+        },
+        (_, "/nonce") => (200, None, String::new()),
+        ("POST", "/acct") => (
+            201,
+            Some(format!("{base}/acct/1")),
+            "{\"status\":\"valid\"}".into(),
+        ),
+        ("POST", "/order") if mode == Hostile::ForgottenAccount => (
+            400,
+            None,
+            json!({"type": "urn:ietf:params:acme:error:accountDoesNotExist",
+                   "detail": "no such account", "status": 400})
+            .to_string(),
+        ),
+        ("POST", "/order") => (201, Some(format!("{base}/order/1")), order("ready")),
+        ("POST", "/finalize" | "/order/1") => (200, None, order("valid")),
+        ("POST", "/cert") => (200, None, leaf.to_string()),
+        _ => (404, None, String::new()),
+    };
+    let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+    let h = resp.headers_mut();
+    h.insert("replay-nonce", http::HeaderValue::from_static("bm9uY2U"));
+    if let Some(l) = location.and_then(|l| http::HeaderValue::from_str(&l).ok()) {
+        h.insert("location", l);
+    }
+    resp
+}
+
+/// A hostile CA — a directory that is not JSON or is 2 MiB, a certificate for other names
+/// or another key, an account it no longer knows — is refused and reported in status; the
+/// node keeps running and serves nothing it issued; a forgotten account is registered anew.
+#[tokio::test]
+async fn a_hostile_ca_is_refused_reported_and_never_served() {
+    install_crypto();
+    let certs = AppCerts::new();
+    certs.issue("default", "default.test");
+    let name = format!("shop.{ZONE}");
+    for (mode, reason) in [
+        (Hostile::GarbageDirectory, "JSON"),
+        (Hostile::HugeDirectory, "larger than"),
+        (Hostile::WrongNames, "refused"),
+        (Hostile::WrongKey, "refused"),
+        (Hostile::ForgottenAccount, "accountDoesNotExist"),
+    ] {
+        let ca = HostileCa::start(mode, &name).await;
+        let bus = NatsServer::start();
+        let cert_dir = tempfile::tempdir().expect("dir");
+        let mut node = Node::builder("a1", "a")
+            .nats(&bus.url())
+            .https(
+                cert_dir.path(),
+                &certs.dir.path().join("default.pem"),
+                &certs.dir.path().join("default.key"),
+            )
+            .env("GROUTER_ACME_BACKOFF_MS", "500")
+            .extra(&acme_toml(
+                &format!("{}/dir", ca.base),
+                &ca.roots.path().join("ca.pem"),
+                "\"http-01\"",
+            ))
+            .start()
+            .await;
+        let client = bus.client().await;
+        node.register_until_routed(&client, &registration(&name, 8080), &name)
+            .await;
+        let status = wait_until(30 * SEC, &format!("{mode:?} reported"), || async {
+            let (_, body) = node.get(&format!("/v1/certs/{name}")).await.ok()?;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            v["last_error"].as_str()?.contains(reason).then_some(v)
+        })
+        .await;
+        assert_eq!(status["served"], false, "{mode:?}: {status}");
+        assert!(
+            !status.to_string().contains("PRIVATE KEY"),
+            "{mode:?}: no key in status"
+        );
+        assert!(node.is_running(), "{mode:?}");
+        if mode == Hostile::ForgottenAccount {
+            wait_until(30 * SEC, "the account is registered anew", || async {
+                (ca.count("POST /acct") >= 2).then_some(())
+            })
+            .await;
+        }
+        let (code, _) = node.get("/healthz").await.expect("healthz");
+        assert_eq!(code, 200, "{mode:?}");
+    }
+}

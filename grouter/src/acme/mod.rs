@@ -275,6 +275,7 @@ impl Acme {
         if due.is_empty() {
             return;
         }
+        tracing::debug!(due = due.len(), "acme: names due");
         let (live, quorum) = self.view();
         if !quorum {
             return;
@@ -353,6 +354,7 @@ impl Acme {
         let resuming = prev
             .as_ref()
             .is_some_and(|r| r.holder == self.me && r.until_ms > now);
+        info!(name, resuming, "acme: claiming the order");
         let mut rec = prev.unwrap_or_default();
         let had_cert = self.served(name).is_some();
         rec.holder = self.me.clone();
