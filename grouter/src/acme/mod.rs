@@ -525,7 +525,11 @@ impl Acme {
         let resume = rec.lock().order_url.clone();
         let mut order = match resume {
             Some(url) => match account.order(url).await {
-                Ok(mut o) => (o.state().status != OrderStatus::Invalid).then_some(o),
+                Ok(mut o) => {
+                    let status = o.state().status;
+                    info!(name, ?status, "acme: order resumed");
+                    (status != OrderStatus::Invalid).then_some(o)
+                }
                 Err(_) => None,
             },
             None => None,
