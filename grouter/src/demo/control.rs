@@ -189,7 +189,7 @@ fn write(dir: &Path, file: &str, bytes: &[u8], secret: bool) -> Result<(), DemoE
 /// What a TLS client that trusts only the demo CA got from `addr` for `name` by SNI: the
 /// SHA-256 of the leaf (hex) and the status of a `GET /` over that connection. A
 /// certificate that is not the demo CA's for `name` fails the handshake.
-async fn tls_get(
+pub(super) async fn tls_get(
     roots: Arc<RootCertStore>,
     addr: SocketAddr,
     name: &str,

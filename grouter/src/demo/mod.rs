@@ -67,6 +67,7 @@ use tokio::time::Instant;
 use grouter::config::{Config, ConfigErrors, RemoteMode};
 use grouter::mesh::identity::{self, IdentityError, NodeIdentity};
 
+mod acme;
 mod control;
 mod foundation;
 
@@ -802,6 +803,8 @@ struct Demo {
     http: Client<HttpConnector, Full<Bytes>>,
     /// The demo's certificates (default, and the one the examples upload).
     tls: control::DemoTls,
+    /// The ACME CA (pebble), when installed.
+    acme: Option<acme::DemoAcme>,
 }
 
 impl Demo {
@@ -815,6 +818,17 @@ impl Demo {
             identity::create_ca(&ca_dir)?;
         }
         let tls = control::DemoTls::create(&dir.join(control::TLS_DIR))?;
+        // pebble validates at lon's HTTP and HTTPS ports, so they are chosen before lon runs.
+        let lon_port = |offset: PortOffset| match base {
+            Some(b) => Ok(b + offset as u16),
+            None => acme::free_port(),
+        };
+        let lon_ports = (lon_port(PortOffset::Http)?, lon_port(PortOffset::Https)?);
+        let acme = acme::DemoAcme::start(dir, lon_ports.0, lon_ports.1).await?;
+        let acme_section = acme
+            .as_ref()
+            .map(acme::DemoAcme::section)
+            .unwrap_or_default();
         let mut sites: Vec<Site> = Vec::new();
         for (index, (name, region, remote)) in SITES.into_iter().enumerate() {
             let port = |offset: PortOffset| {
@@ -860,14 +874,23 @@ impl Demo {
                 remote,
                 nats_url: &nats_url,
                 gorouter,
-                http: port(PortOffset::Http),
+                http: if index == 0 {
+                    SocketAddr::from(([127, 0, 0, 1], lon_ports.0))
+                } else {
+                    port(PortOffset::Http)
+                },
                 admin: port(PortOffset::Admin),
                 mesh: port(PortOffset::Mesh),
                 seeds: sites.iter().map(|s| s.mesh).collect(),
                 dns: port(PortOffset::Dns),
-                https: port(PortOffset::Https),
+                https: if index == 0 {
+                    SocketAddr::from(([127, 0, 0, 1], lon_ports.1))
+                } else {
+                    port(PortOffset::Https)
+                },
                 entry: entry_address(name),
                 cloud_controller: Some((cloud_controller, foundation.client_id.as_str())),
+                acme: &acme_section,
             }
             .render();
             let config_path = site_dir.join(CONFIG_FILE);
@@ -940,6 +963,7 @@ impl Demo {
             routes_known,
             http,
             tls,
+            acme,
         })
     }
 
@@ -1188,6 +1212,18 @@ impl Demo {
             let _ = writeln!(out, "  # {what}");
             let _ = writeln!(out, "  {cmd}");
         }
+        if let Some(acme) = &self.acme {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "{}", acme.summary());
+            let sgp = self
+                .site("sgp")
+                .map_or(String::new(), |s| s.https.to_string());
+            let _ = writeln!(
+                out,
+                "  openssl s_client -connect {sgp} -servername {} </dev/null 2>/dev/null | openssl x509 -noout -issuer -subject",
+                acme::NAME
+            );
+        }
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -1360,6 +1396,12 @@ impl Demo {
 
         // The control plane: each example undoes its write before the next one.
         self.check_control(lon, nyc, sgp, &mut report).await;
+        if let Some(acme) = &self.acme {
+            report(
+                "ACME (one order for the mesh; the CA validates at lon, sgp serves the name)",
+                acme.check(&[lon, nyc, sgp]).await,
+            );
+        }
 
         // Placement: shop at a second foundation, then back to lon alone.
         report(foundation::CASE, self.check_placement(lon, nyc).await);
@@ -1424,6 +1466,9 @@ impl Demo {
     /// then every NATS server, then the stand-ins (GoRouter and Cloud Controller).
     async fn stop(self) {
         self.emitter.abort();
+        if let Some(acme) = self.acme {
+            acme.stop().await;
+        }
         let mut sites = self.sites;
         for site in &mut sites {
             site.node.ask_to_stop();
@@ -1708,6 +1753,8 @@ struct NodeConfig<'a> {
     /// The site's Cloud Controller stand-in and the UAA client of this site
     /// (`[cloud_controller]`, its secret in [`foundation::SECRET_FILE`]); none: no section.
     cloud_controller: Option<(SocketAddr, &'a str)>,
+    /// The `[acme]` section (empty: none).
+    acme: &'a str,
 }
 
 impl NodeConfig<'_> {
@@ -1754,8 +1801,9 @@ site_addresses = ["{entry}"]
 
 [log]
 format = "json"
-{cloud_controller}"#,
+{cloud_controller}{acme}"#,
             cloud_controller = self.cloud_controller_section(),
+            acme = self.acme,
             dns = self.dns,
             https = self.https,
             tls_dir = control::TLS_DIR,
@@ -1883,6 +1931,7 @@ mod tests {
             https: "127.0.0.1:0".parse().unwrap(),
             entry: entry_address("lon"),
             cloud_controller: Some(("127.0.0.1:8082".parse().unwrap(), "grouter-lon")),
+            acme: "\n[acme]\ndirectory_url = \"https://127.0.0.1:14000/dir\"\ndomains = [\"cdn.apps.example.com\"]\n",
         }
         .render();
         fs::write(dir.join("lon").join(foundation::SECRET_FILE), "s3cret\n").unwrap();
