@@ -353,6 +353,16 @@ async fn one_order_per_name_served_everywhere_validated_through_another_site() {
         Some(0.0),
         "the CA never looked at the issuer's site"
     );
+    // A handshake for a name under the zone that nothing routes orders nothing (no
+    // issuance on demand for whatever SNI a client sends).
+    let unrouted = format!("nothing-here.{ZONE}");
+    let _ = served(
+        &mesh.pebble.roots().await,
+        mesh.nodes[0].https_addr(),
+        &unrouted,
+    )
+    .await;
+    assert_eq!(mesh.pebble.validations_of(&unrouted), 0);
     assert_eq!(mesh.pebble.validations_of(outside), 0);
     assert!(!mesh.pebble.log.tail(10_000).contains(outside));
     let (code, _) = mesh.nodes[0]
@@ -543,6 +553,28 @@ async fn an_unreachable_ca_backs_off_and_reports_without_crashing() {
     .await;
     assert!(later <= before + 3, "{before} → {later}");
     assert!(node.is_running());
+    // An unknown token is 404 from the node itself, never forwarded to a GoRouter.
+    let resp = reqwest::Client::new()
+        .get(format!(
+            "http://{}/.well-known/acme-challenge/unknown-token",
+            node.http_addr()
+        ))
+        .header("host", &name)
+        .send()
+        .await
+        .expect("challenge request");
+    assert_eq!(resp.status(), 404);
+    assert!(resp.headers().get("x-stub-site").is_none(), "not forwarded");
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/other", node.http_addr()))
+        .header("host", &name)
+        .send()
+        .await
+        .expect("request");
+    assert!(
+        resp.headers().get("x-stub-site").is_some(),
+        "other paths are routed"
+    );
     assert!(
         node.metric("grouter_acme_failures_total")
             .await
