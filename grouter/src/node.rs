@@ -523,30 +523,6 @@ pub async fn run(
             let server = store.server_config_with(&clients)?;
             // Uploaded certificates (and their replicas) are served beside the files.
             control.set_certs(store.clone());
-            // For "certificate expiring" alerts (deploy/monitoring/grouter.rules.yml).
-            let listed = store.clone();
-            state.metrics.register(
-                "certificate_not_after_seconds",
-                "notAfter of each served certificate (cert_dir, upload, ACME) in Unix seconds, by host and source",
-                crate::metrics::SampledGauge::new(move || {
-                    listed
-                        .list()
-                        .into_iter()
-                        .map(|c| {
-                            let secs = c
-                                .meta
-                                .not_after
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0.0, |d| d.as_secs_f64());
-                            let labels = vec![
-                                ("host".to_string(), c.meta.host),
-                                ("source".to_string(), c.source.as_str().to_string()),
-                            ];
-                            (labels, secs)
-                        })
-                        .collect()
-                }),
-            );
             let (watch, token) = (store.clone(), stop.child_token());
             tasks.spawn(async move {
                 watch.watch(CERT_POLL_INTERVAL, token).await;
@@ -576,6 +552,43 @@ pub async fn run(
                     .map_err(NodeError::from),
             )
         });
+    }
+    // For "certificate expiring" alerts (deploy/monitoring/grouter.rules.yml): every served
+    // certificate, and this node's own mesh certificate (`source="mesh"`, host = node id).
+    let mesh_not_after = config
+        .mesh
+        .as_ref()
+        .and_then(|m| std::fs::read(&m.cert).ok())
+        .and_then(|pem| mesh_cert_not_after(&pem));
+    {
+        let (control, node_id) = (control.clone(), config.node_id.clone());
+        state.metrics.register(
+            "certificate_not_after_seconds",
+            "notAfter of each served certificate (cert_dir, upload, ACME) and of the node's mesh certificate, in Unix seconds, by host and source",
+            crate::metrics::SampledGauge::new(move || {
+                let label = |host: String, source: &str| {
+                    vec![("host".to_string(), host), ("source".to_string(), source.to_string())]
+                };
+                let mut rows: Vec<_> = control
+                    .certs()
+                    .map(|store| store.list())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| {
+                        let secs = c
+                            .meta
+                            .not_after
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0.0, |d| d.as_secs_f64());
+                        (label(c.meta.host, c.source.as_str()), secs)
+                    })
+                    .collect();
+                if let Some(secs) = mesh_not_after {
+                    rows.push((label(node_id.clone(), "mesh"), secs));
+                }
+                rows
+            }),
+        );
     }
     if let Some(acme) = &config.acme {
         let roots = match &acme.ca_roots {
@@ -735,6 +748,13 @@ pub async fn run(
     drain(&mut tasks, "grace period over; aborting what is left").await;
     info!("node stopped");
     first_error.map_or(Ok(()), Err)
+}
+
+/// The notAfter (Unix seconds) of the first certificate of a PEM file.
+fn mesh_cert_not_after(pem: &[u8]) -> Option<f64> {
+    let der = rustls_pemfile::certs(&mut &pem[..]).next()?.ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(cert.validity().not_after.timestamp() as f64)
 }
 
 #[cfg(test)]

@@ -278,3 +278,58 @@ async fn a_wrong_token_shows_a_refusal_and_no_data() {
         "the token stays out of the DOM:\n{dom}"
     );
 }
+
+/// A node that stops answering: the page (served here from the node's own assets) finds
+/// every `/v1/*` and `/healthz` connection closed without an answer, and says the node
+/// cannot be reached, with the token kept out of the DOM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_node_is_named_as_such() {
+    let bus = NatsServer::start();
+    let lon = Node::builder("lon-1", "lon").nats(&bus.url()).start().await;
+    let origin = format!("http://{}", lon.admin_addr());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let front = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let origin = origin.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let origin = origin.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            if path != "/" && !path.starts_with("/dashboard/") {
+                                // The API is gone: the connection closes with no answer.
+                                return Err(std::io::Error::other("unreachable"));
+                            }
+                            let resp = reqwest::get(format!("{origin}{path}"))
+                                .await
+                                .map_err(std::io::Error::other)?;
+                            let kind = resp.headers().get("content-type").cloned();
+                            let body = resp.bytes().await.map_err(std::io::Error::other)?;
+                            let mut out = hyper::Response::new(http_body_util::Full::new(body));
+                            if let Some(k) = kind {
+                                out.headers_mut().insert("content-type", k);
+                            }
+                            Ok(out)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    let url = format!("http://{front}/#token={}", lon.token());
+    let dom = chromium(&url, None).await;
+    server.abort();
+    assert!(dom.contains("data-state=\"unreachable\""), "{dom}");
+    assert!(dom.contains("This node cannot be reached"), "{dom}");
+    assert!(
+        !dom.contains(lon.token()),
+        "the token stays out of the DOM:\n{dom}"
+    );
+}

@@ -390,6 +390,7 @@ async fn every_metric_of_the_rules_and_the_dashboard_is_exported_by_a_meshed_nod
             && text.contains(r#"grouter_proxy_responses_total{answered_by="lon"}"#)
             && text.contains(r#"grouter_mesh_peer_rtt_seconds{peer="nyc-1",peer_site="nyc"}"#)
             && text.contains(r#"grouter_certificate_not_after_seconds{host="shop.apps.example.com",source="file"}"#)
+            && text.contains(r#"grouter_certificate_not_after_seconds{host="lon-1",source="mesh"}"#)
             && text.contains(r#"grouter_sync_state{state="in_sync"} 1"#))
         .then_some(text)
     })
