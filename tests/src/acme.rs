@@ -283,9 +283,9 @@ async fn served(roots: &rustls::RootCertStore, addr: SocketAddr, name: &str) -> 
     grouter_tests::served_leaf(config, addr, name).await
 }
 
-/// The first name (`<stem>N.apps.test`) whose elected issuer is not `avoid`, so that the
-/// CA's lookup (steered to the serving site) lands on another site than the issuer's.
-fn name_not_issued_by(stem: &str, avoid: &str) -> (String, String) {
+/// The first name (`<stem>N.apps.test`) whose elected issuer (of the three nodes) `want`
+/// accepts, and that issuer: the test chooses where the order is placed.
+fn name_where(stem: &str, want: impl Fn(&str) -> bool) -> (String, String) {
     let nodes: Vec<_> = SITES
         .iter()
         .map(|(s, _)| (format!("{s}1"), s.to_string()))
@@ -300,11 +300,22 @@ fn name_not_issued_by(stem: &str, avoid: &str) -> (String, String) {
     for i in 0..100 {
         let name = format!("{stem}{i}.{ZONE}");
         let issuer = grouter::acme::plan::issuer(&name, &candidates).expect("issuer");
-        if issuer != avoid {
+        if want(issuer) {
             return (name, issuer.to_string());
         }
     }
-    panic!("no name avoids {avoid}");
+    panic!("no name {stem}N has an issuer the test wants");
+}
+
+/// A name not ordered by `avoid` (so the CA's lookup, steered to the serving site, lands on
+/// another site than the issuer's), and its issuer.
+fn name_not_issued_by(stem: &str, avoid: &str) -> (String, String) {
+    name_where(stem, |issuer| issuer != avoid)
+}
+
+/// A name ordered by `issuer`.
+fn name_issued_by(stem: &str, issuer: &str) -> String {
+    name_where(stem, |i| i == issuer).0
 }
 
 /// A new routed name under the zone gets one certificate from the CA, served by every
@@ -370,17 +381,6 @@ async fn one_order_per_name_served_everywhere_validated_through_another_site() {
         .await
         .expect("admin");
     assert_eq!(code, 404);
-}
-
-/// The first name (`<stem>N.apps.test`) whose elected issuer (of all three nodes) is `want`.
-fn name_issued_by(stem: &str, want: &str) -> String {
-    for i in 0..100 {
-        let (name, issuer) = name_not_issued_by(&format!("{stem}{i}x"), "none");
-        if issuer == want {
-            return name;
-        }
-    }
-    panic!("no name is issued by {want}");
 }
 
 /// TLS-ALPN-01 alone: the CA's handshake (ALPN `acme-tls/1`) at the serving site gets the
@@ -503,32 +503,55 @@ async fn short_lived_certificates_renew_once_and_connections_survive_the_switch(
     assert_eq!(status, 200);
 }
 
+/// One node alone with HTTPS and `[acme]` for `directory` (trusting `roots`), `name` routed
+/// at it; its bus and its certificates are kept with it.
+struct Alone {
+    node: Node,
+    _bus: NatsServer,
+    _certs: AppCerts,
+    _cert_dir: tempfile::TempDir,
+}
+
+impl Alone {
+    async fn start(directory: &str, roots: &std::path::Path, name: &str) -> Alone {
+        install_crypto();
+        let bus = NatsServer::start();
+        let certs = AppCerts::new();
+        certs.issue("default", "default.test");
+        let cert_dir = tempfile::tempdir().expect("dir");
+        let node = Node::builder("a1", "a")
+            .nats(&bus.url())
+            .https(
+                cert_dir.path(),
+                &certs.dir.path().join("default.pem"),
+                &certs.dir.path().join("default.key"),
+            )
+            .env("GROUTER_ACME_BACKOFF_MS", "1000")
+            .extra(&acme_toml(directory, roots, "\"http-01\""))
+            .start()
+            .await;
+        let client = bus.client().await;
+        node.register_until_routed(&client, &registration(name, 8080), name)
+            .await;
+        Alone {
+            node,
+            _bus: bus,
+            _certs: certs,
+            _cert_dir: cert_dir,
+        }
+    }
+}
+
 /// A CA that cannot be reached: the node keeps running, reports the error and the next
 /// attempt in `/v1/certs/{host}`, and backs off (attempts grow slower than once a second).
 #[tokio::test]
 async fn an_unreachable_ca_backs_off_and_reports_without_crashing() {
-    install_crypto();
-    let bus = NatsServer::start();
-    let certs = AppCerts::new();
-    certs.issue("default", "default.test");
-    let cert_dir = tempfile::tempdir().expect("dir");
     let dead = format!("https://127.0.0.1:{}/dir", free_port());
-    let roots = certs.dir.path().join("default.pem");
-    let mut node = Node::builder("a1", "a")
-        .nats(&bus.url())
-        .https(
-            cert_dir.path(),
-            &certs.dir.path().join("default.pem"),
-            &certs.dir.path().join("default.key"),
-        )
-        .env("GROUTER_ACME_BACKOFF_MS", "1000")
-        .extra(&acme_toml(&dead, &roots, "\"http-01\""))
-        .start()
-        .await;
     let name = format!("shop.{ZONE}");
-    let client = bus.client().await;
-    node.register_until_routed(&client, &registration(&name, 8080), &name)
-        .await;
+    // Any PEM will do as the roots of a CA that never answers.
+    let roots = MeshCa::new();
+    let mut alone = Alone::start(&dead, &roots.dir().join("ca.pem"), &name).await;
+    let node = &mut alone.node;
     let status = wait_until(30 * SEC, "the failure is reported", || async {
         let (_, body) = node.get(&format!("/v1/certs/{name}")).await.ok()?;
         let v: Value = serde_json::from_str(&body).ok()?;
@@ -897,9 +920,6 @@ fn hostile_answer(
 /// node keeps running and serves nothing it issued; a forgotten account is registered anew.
 #[tokio::test]
 async fn a_hostile_ca_is_refused_reported_and_never_served() {
-    install_crypto();
-    let certs = AppCerts::new();
-    certs.issue("default", "default.test");
     let name = format!("shop.{ZONE}");
     for (mode, reason) in [
         (Hostile::GarbageDirectory, "JSON"),
@@ -909,26 +929,9 @@ async fn a_hostile_ca_is_refused_reported_and_never_served() {
         (Hostile::ForgottenAccount, "accountDoesNotExist"),
     ] {
         let ca = HostileCa::start(mode, &name).await;
-        let bus = NatsServer::start();
-        let cert_dir = tempfile::tempdir().expect("dir");
-        let mut node = Node::builder("a1", "a")
-            .nats(&bus.url())
-            .https(
-                cert_dir.path(),
-                &certs.dir.path().join("default.pem"),
-                &certs.dir.path().join("default.key"),
-            )
-            .env("GROUTER_ACME_BACKOFF_MS", "500")
-            .extra(&acme_toml(
-                &format!("{}/dir", ca.base),
-                &ca.roots.path().join("ca.pem"),
-                "\"http-01\"",
-            ))
-            .start()
-            .await;
-        let client = bus.client().await;
-        node.register_until_routed(&client, &registration(&name, 8080), &name)
-            .await;
+        let directory = format!("{}/dir", ca.base);
+        let mut alone = Alone::start(&directory, &ca.roots.path().join("ca.pem"), &name).await;
+        let node = &mut alone.node;
         let status = wait_until(30 * SEC, &format!("{mode:?} reported"), || async {
             let (_, body) = node.get(&format!("/v1/certs/{name}")).await.ok()?;
             let v: Value = serde_json::from_str(&body).ok()?;

@@ -60,12 +60,7 @@ impl LogLines {
     pub fn follow(child: &mut Child) -> LogLines {
         let lines = LogLines::default();
         if let Some(stderr) = child.stderr.take() {
-            let sink = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    sink.0.lock().push(line);
-                }
-            });
+            lines.read_from(stderr);
         }
         lines
     }
@@ -74,14 +69,19 @@ impl LogLines {
     pub fn follow_both(child: &mut Child) -> LogLines {
         let lines = LogLines::follow(child);
         if let Some(stdout) = child.stdout.take() {
-            let sink = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    sink.0.lock().push(line);
-                }
-            });
+            lines.read_from(stdout);
         }
         lines
+    }
+
+    /// Append every line of `stream` on a thread of its own.
+    fn read_from(&self, stream: impl std::io::Read + Send + 'static) {
+        let sink = self.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                sink.0.lock().push(line);
+            }
+        });
     }
 
     /// How many lines `f` accepts.
