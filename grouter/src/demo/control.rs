@@ -614,7 +614,9 @@ impl Demo {
         };
         let result = uploaded.await;
         let undo = async {
-            self.admin_write(nyc, &path, None).await?;
+            // nyc takes the delete once the upload has reached it (until then: 404), which
+            // may be after sgp serves it.
+            poll(PROPAGATION_WAIT, || self.admin_write(nyc, &path, None)).await?;
             poll(PROPAGATION_WAIT, || async {
                 match probe().await {
                     Err(e) if e.contains("certificate") => Ok(()),
