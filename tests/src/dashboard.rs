@@ -175,6 +175,26 @@ async fn the_dashboard_names_every_site_and_plots_the_last_hour_in_chromium() {
     );
     assert_eq!(anonymous("/v1/history").await.status(), 401);
 
+    // Every site's row of the RTT matrix, sites without a Cloud Controller included: each
+    // node's pings carry its own row to its peers.
+    wait_until(
+        SETTLE,
+        "lon's RTT matrix holds every pair of sites",
+        || async {
+            let sites = lon.json("/v1/sites").await;
+            let m = &sites["rtt_matrix"];
+            SITES
+                .iter()
+                .all(|a| {
+                    SITES
+                        .iter()
+                        .all(|b| a == b || m[a][b].as_f64().is_some_and(|ms| ms > 0.0))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+
     let url = format!("http://{}/#token={}", lon.admin_addr(), lon.token());
     let dom = chromium(&url, None).await;
     assert!(
@@ -213,8 +233,21 @@ async fn the_dashboard_names_every_site_and_plots_the_last_hour_in_chromium() {
         "the policy write is not listed:\n{dom}"
     );
     assert!(dom.contains("data-kind=\"sync\""), "no sync event:\n{dom}");
-    // The RTT matrix holds this site's row.
-    assert!(dom.contains("<table id=\"rtt\">"), "{dom}");
+    // The RTT matrix shows a number in every cell: every site's row, not only lon's.
+    let matrix = dom
+        .split_once("<table id=\"rtt\">")
+        .and_then(|(_, rest)| rest.split_once("</table>"))
+        .map(|(table, _)| table)
+        .unwrap_or_else(|| panic!("no RTT matrix:\n{dom}"));
+    assert_eq!(
+        matrix.matches("<td").count(),
+        SITES.len() * SITES.len(),
+        "{matrix}"
+    );
+    assert!(
+        !matrix.contains("muted"),
+        "a cell of the RTT matrix has no number:\n{matrix}"
+    );
 
     // The screenshot with traffic still flowing, so its charts are live.
     let http_addr = lon.http_addr();

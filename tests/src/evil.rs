@@ -264,7 +264,10 @@ impl EvilPeer {
     pub async fn try_sync(&mut self, timeout: Duration) -> bool {
         self.next_seq += 1;
         let seq = self.next_seq;
-        self.send(Body::Ping(wire::Ping { seq }));
+        self.send(Body::Ping(wire::Ping {
+            seq,
+            rtts: Vec::new(),
+        }));
         let mut pongs = self.pongs.clone();
         let mut closed = self.closed.clone();
         let answered = async {

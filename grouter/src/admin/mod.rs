@@ -644,8 +644,9 @@ fn sites(state: &AdminState) -> Value {
             s.rtt_ms = Some(s.rtt_ms.map_or(rtt, |r| r.min(rtt)));
         }
     }
-    // The inter-site RTT matrix: this site's row measured here, the others' as their
-    // nodes publish them (sites that place apps do, in 10 ms steps).
+    // The inter-site RTT matrix: this site's row measured here; another site's as its
+    // nodes linked to this one report it in their pings (the best of them); failing that, as
+    // its placing nodes publish it (in 10 ms steps).
     let mut matrix: BTreeMap<String, BTreeMap<String, f64>> =
         crate::placement::Inputs::read(&state.control, &state.table)
             .rtts()
@@ -655,6 +656,20 @@ fn sites(state: &AdminState) -> Value {
                 (from.clone(), row.collect())
             })
             .collect();
+    let mut reported: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    for link in mesh.map(|m| m.peers()).unwrap_or_default() {
+        let row = reported.entry(link.site.clone()).or_default();
+        for (to, rtt) in link.reported_rtts() {
+            let ms = rtt.as_secs_f64() * 1000.0;
+            let e = row.entry(to).or_insert(ms);
+            *e = e.min(ms);
+        }
+    }
+    for (from, row) in reported {
+        if !row.is_empty() {
+            matrix.insert(from, row);
+        }
+    }
     let own: BTreeMap<String, f64> = sites
         .iter()
         .filter_map(|(name, s)| Some((name.clone(), s.rtt_ms?)))

@@ -55,6 +55,7 @@ use crate::limits::{Cut, Gate};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyStore, SiteFacts};
 use crate::table::{Origin, PartitionSummary, Table};
+use grouter_protocol::mesh as wire;
 use identity::{MeshTls, NodeIdentity};
 use liveness::{Detector, NodeView, Timeouts};
 use membership::{Admission, Membership, TombstoneHorizon};
@@ -72,6 +73,8 @@ const DETECTOR_TICK: Duration = Duration::from_millis(100);
 const TOMBSTONE_GRACE: Duration = Duration::from_secs(600);
 /// How often each partition's version is noted for the tombstone horizon.
 const TOMBSTONE_CHECKPOINT: Duration = Duration::from_secs(60);
+/// Most sites a peer's ping may report round trips to (more are ignored).
+pub const MAX_RTT_SITES: usize = 256;
 /// How long a dead node's partition stays visible (as dead) before it is removed.
 const RETIRE_AFTER: Duration = Duration::from_secs(600);
 
@@ -170,6 +173,8 @@ pub struct PeerLink {
     ping_seq: AtomicU64,
     ping_sent_us: AtomicU64,
     held: Mutex<BTreeMap<String, u64>>,
+    /// What the peer last said of its own round trips to each site (its pings carry it).
+    reported: Mutex<BTreeMap<String, Duration>>,
     cancel: CancellationToken,
     /// The peer's end-entity certificate (DER) as the handshake verified it, so that a
     /// CRL reload can close the connections of revoked certificates.
@@ -196,6 +201,7 @@ impl PeerLink {
             ping_seq: AtomicU64::new(0),
             ping_sent_us: AtomicU64::new(0),
             held: Mutex::new(BTreeMap::new()),
+            reported: Mutex::new(BTreeMap::new()),
             cancel,
             cert: (!cert.is_empty()).then_some(cert),
         }
@@ -218,6 +224,24 @@ impl PeerLink {
     /// What the peer said it holds in its last digest: `node_id → version`.
     pub fn held(&self) -> BTreeMap<String, u64> {
         self.held.lock().clone()
+    }
+
+    /// The peer's own round-trip times to the sites it links to directly, as its last ping
+    /// reported them: its site's row of the inter-site matrix.
+    pub fn reported_rtts(&self) -> BTreeMap<String, Duration> {
+        self.reported.lock().clone()
+    }
+
+    /// Keep what a ping reported: at most [`MAX_RTT_SITES`] valid site names, the rest
+    /// ignored (a peer can only describe itself, and only so much of that).
+    fn set_reported(&self, rtts: &[wire::SiteRtt]) {
+        let row: BTreeMap<String, Duration> = rtts
+            .iter()
+            .filter(|r| r.rtt_us > 0 && crate::names::check_site(&r.site).is_ok())
+            .take(MAX_RTT_SITES)
+            .map(|r| (r.site.clone(), Duration::from_micros(u64::from(r.rtt_us))))
+            .collect();
+        *self.reported.lock() = row;
     }
 
     fn micros(&self) -> u64 {
@@ -509,6 +533,26 @@ impl Mesh {
         let mut v: Vec<_> = self.membership.lock().links().cloned().collect();
         v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         v
+    }
+
+    /// This node's row of the inter-site RTT matrix: its best measured link to each other
+    /// site, in microseconds. Its pings carry it to its direct peers.
+    fn rtt_row(&self) -> Vec<wire::SiteRtt> {
+        let mut best: BTreeMap<String, u64> = BTreeMap::new();
+        for link in self.membership.lock().links() {
+            let Some(rtt) = link.rtt() else { continue };
+            let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+            let e = best.entry(link.site.clone()).or_insert(us);
+            *e = (*e).min(us);
+        }
+        best.into_iter()
+            .filter(|(site, _)| *site != *self.table.me().site)
+            .take(MAX_RTT_SITES)
+            .map(|(site, us)| wire::SiteRtt {
+                site,
+                rtt_us: u32::try_from(us).unwrap_or(u32::MAX),
+            })
+            .collect()
     }
 
     /// Every other node as the failure detector sees it.
@@ -1248,6 +1292,52 @@ pub(crate) mod test_support {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn a_peer_s_reported_rtts_are_bounded_and_only_site_names() {
+        let peer = NodeIdentity::new("nyc-1", "nyc").unwrap();
+        let link = PeerLink::new(
+            &peer,
+            Arc::from(Vec::new()),
+            "x",
+            true,
+            CancellationToken::new(),
+        );
+        let mut rtts: Vec<wire::SiteRtt> = (0..10_000)
+            .map(|i| wire::SiteRtt {
+                site: format!("s{i}"),
+                rtt_us: 1_000,
+            })
+            .collect();
+        rtts.insert(
+            0,
+            wire::SiteRtt {
+                site: "Evil Site?".into(),
+                rtt_us: 5,
+            },
+        );
+        rtts.insert(
+            0,
+            wire::SiteRtt {
+                site: "zero".into(),
+                rtt_us: 0,
+            },
+        );
+        link.set_reported(&rtts);
+        let row = link.reported_rtts();
+        assert_eq!(row.len(), MAX_RTT_SITES);
+        assert!(!row.contains_key("Evil Site?") && !row.contains_key("zero"));
+        assert_eq!(row.get("s0"), Some(&Duration::from_millis(1)));
+        // The next ping replaces the row: a site no longer reported is gone.
+        link.set_reported(&[wire::SiteRtt {
+            site: "lon".into(),
+            rtt_us: 80_000,
+        }]);
+        assert_eq!(
+            link.reported_rtts().into_iter().collect::<Vec<_>>(),
+            [("lon".to_string(), Duration::from_millis(80))]
+        );
+    }
 
     /// A running mesh node `node@site` with certificates from the CA in `ca` (and its CRL
     /// when `crl`), dialling `seeds`.

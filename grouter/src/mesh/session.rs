@@ -204,6 +204,7 @@ where
                             }
                         }
                         Body::Ping(p) => {
+                            link.set_reported(&p.rtts);
                             // Pings beyond the channel's room are dropped: a flood must not
                             // cost memory, and the peer's next ping is answered.
                             let _ = control_tx.try_send(Control::Ping(p.seq));
@@ -270,7 +271,8 @@ where
                         return Err(SessionError::Silent(silent));
                     }
                     let seq = link.ping();
-                    send(&mut sink, link, Body::Ping(wire::Ping { seq })).await?;
+                    let rtts = mesh.rtt_row();
+                    send(&mut sink, link, Body::Ping(wire::Ping { seq, rtts })).await?;
                 }
             }
         }
