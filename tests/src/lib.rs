@@ -720,14 +720,21 @@ impl Node {
     }
 
     /// Publish `msg` (a `router.register` body) on `bus`, again and again, until this node
-    /// lists the route `host` (path `""`): as a route emitter would, with no delay guessed.
+    /// lists the route `host` (path `""`) as served by its own site: as a route emitter
+    /// would, with no delay guessed. (Another site's copy of the route does not count: it
+    /// can arrive over the mesh before this node has subscribed to its bus.)
     pub async fn register_until_routed(&self, bus: &async_nats::Client, msg: &Value, host: &str) {
         wait_until(Duration::from_secs(10), "the route", || async {
             bus.publish("router.register", msg.to_string().into())
                 .await
                 .ok()?;
             bus.flush().await.ok()?;
-            self.route(host, "").await.map(|_| ())
+            let route = self.route(host, "").await?;
+            route["sites"]
+                .as_array()?
+                .iter()
+                .any(|s| s["local"] == true)
+                .then_some(())
         })
         .await;
     }
@@ -936,6 +943,7 @@ pub mod evil;
 pub mod gorouter;
 pub mod inproc;
 pub mod netns;
+pub mod relay;
 
 /// A test CA issuing leaf certificates for app hosts, written as `cert_dir` files.
 pub struct AppCerts {
