@@ -399,6 +399,11 @@ pub struct MeshConfig {
     /// `host:port` of any reachable nodes; the rest are discovered. Empty for the first node.
     #[serde(default)]
     pub seeds: Vec<String>,
+    /// The IP address this node's connections to other nodes (mesh sessions, proxied
+    /// requests, droplet copies) leave from. Default: as the routing table chooses. Set it
+    /// on an anycast host to the node's unicast address, so that answers come back here.
+    #[serde(default)]
+    pub dial_from: Option<std::net::IpAddr>,
     /// Mesh CA certificate (PEM) that peers' certificates must chain to.
     pub ca: PathBuf,
     /// This node's certificate (PEM), carrying its node id and site.

@@ -328,6 +328,9 @@ async fn serve(config: Config, token: String) -> anyhow::Result<()> {
     tokio::spawn(signals(shutdown.clone()));
     let state = Arc::new(NodeState::new(&config, token, node::new_generation()));
     let mut listeners = Listeners::new(admin, mesh);
+    if let Some(m) = &config.mesh {
+        listeners.dialer = Arc::new(grouter::mesh::TcpDialer::from_source(m.dial_from));
+    }
     listeners.http = Some(bind(config.proxy.http_listen, "http", "proxy.http_listen").await?);
     if let Some(addr) = config.proxy.https_listen {
         listeners.https = Some(bind(addr, "https", "proxy.https_listen").await?);

@@ -132,7 +132,7 @@ impl Listeners {
             https: None,
             dns_udp: None,
             dns_tcp: None,
-            dialer: Arc::new(crate::mesh::TcpDialer),
+            dialer: Arc::new(crate::mesh::TcpDialer::default()),
         }
     }
 }

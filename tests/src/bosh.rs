@@ -258,7 +258,7 @@ async fn full_properties_render_a_node_that_starts() {
         "mesh": {
             "ca": pem("ca.pem"), "cert": pem("node.pem"), "key": pem("node.key"), "crl": crl,
             "listen": "127.0.0.1:0", "advertise": "10.0.0.10:7946",
-            "seeds": ["nyc-1.example.com:7946"],
+            "seeds": ["nyc-1.example.com:7946"], "dial_from": "127.0.0.1",
             "site_domains": { "lon": ["apps.example.com"] },
             "max_nodes": 50, "max_entries_per_partition": 10000, "max_connections": 100,
         },

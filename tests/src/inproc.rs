@@ -454,7 +454,7 @@ token_file = "admin.token"
                 }
                 net.dialer(&self.site)
             }
-            None => Arc::new(TcpDialer),
+            None => Arc::new(TcpDialer::default()),
         };
         let state = Arc::new(NodeState::new(
             &config,

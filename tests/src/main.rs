@@ -5,6 +5,7 @@
 
 mod acme;
 mod attack;
+mod blackhole;
 mod bosh;
 mod certs;
 mod churn;

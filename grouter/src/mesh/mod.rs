@@ -73,6 +73,17 @@ const DETECTOR_TICK: Duration = Duration::from_millis(100);
 const TOMBSTONE_GRACE: Duration = Duration::from_secs(600);
 /// How often each partition's version is noted for the tombstone horizon.
 const TOMBSTONE_CHECKPOINT: Duration = Duration::from_secs(60);
+/// Why [`Mesh::connect_node`] gave no connection.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// Refused, reset, a TLS failure, or a certificate naming another node.
+    #[error("{0}")]
+    Failed(String),
+    /// Nothing answered within the time allowed: the node or its link may be black-holed.
+    #[error("{0}")]
+    TimedOut(String),
+}
+
 /// Most sites a peer's ping may report round trips to (more are ignored).
 pub const MAX_RTT_SITES: usize = 256;
 /// How long a dead node's partition stays visible (as dead) before it is removed.
@@ -135,9 +146,19 @@ pub trait Dialer: Send + Sync + fmt::Debug + 'static {
     ) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + 'a>>;
 }
 
-/// Plain TCP.
-#[derive(Debug, Default)]
-pub struct TcpDialer;
+/// Plain TCP, from `mesh.dial_from` when it is set (an anycast host dials from its unicast
+/// address, so that the answers come back to it and not to the nearest instance).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TcpDialer {
+    source: Option<std::net::IpAddr>,
+}
+
+impl TcpDialer {
+    /// Dial from `source` (any port), or as the routing table chooses when `None`.
+    pub fn from_source(source: Option<std::net::IpAddr>) -> TcpDialer {
+        TcpDialer { source }
+    }
+}
 
 impl Dialer for TcpDialer {
     fn dial<'a>(
@@ -145,7 +166,39 @@ impl Dialer for TcpDialer {
         addr: &'a str,
     ) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + 'a>> {
         Box::pin(async move {
-            let s = TcpStream::connect(addr).await?;
+            let s = match self.source {
+                None => TcpStream::connect(addr).await?,
+                Some(source) => {
+                    let mut last = None;
+                    let mut connected = None;
+                    for target in tokio::net::lookup_host(addr).await? {
+                        if target.is_ipv4() != source.is_ipv4() {
+                            continue;
+                        }
+                        let socket = if source.is_ipv4() {
+                            tokio::net::TcpSocket::new_v4()?
+                        } else {
+                            tokio::net::TcpSocket::new_v6()?
+                        };
+                        socket.bind(std::net::SocketAddr::new(source, 0))?;
+                        match socket.connect(target).await {
+                            Ok(s) => {
+                                connected = Some(s);
+                                break;
+                            }
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    connected.ok_or_else(|| {
+                        last.unwrap_or_else(|| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::AddrNotAvailable,
+                                format!("{addr}: no address of the family of {source}"),
+                            )
+                        })
+                    })?
+                }
+            };
             s.set_nodelay(true)?;
             Ok(s)
         })
@@ -412,6 +465,12 @@ impl Mesh {
         nodes.into_iter().map(|(_, n, a)| (n, a)).collect()
     }
 
+    /// The measured round trip to `node`, when it is a direct peer that answered a ping.
+    pub fn rtt_to(&self, node: &str) -> Option<Duration> {
+        let peers = self.membership.lock();
+        peers.links().find(|l| l.node_id == node)?.rtt()
+    }
+
     /// A mutual-TLS connection to `node` of `site` at `addr` with `config` (its ALPN), whose
     /// certificate must name that node and site: anything else is dropped before a byte is
     /// sent and counted in `grouter_mesh_dial_identity_mismatch_total`.
@@ -422,7 +481,8 @@ impl Mesh {
         site: &str,
         addr: &str,
         config: Arc<rustls::ClientConfig>,
-    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        timeout: Option<Duration>,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, DialError> {
         let attempt = async {
             let tcp = dialer.dial(addr).await.map_err(|e| e.to_string())?;
             tokio_rustls::TlsConnector::from(config)
@@ -430,10 +490,15 @@ impl Mesh {
                 .await
                 .map_err(|e| e.to_string())
         };
-        let tls = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        let limit = timeout.unwrap_or(CONNECT_TIMEOUT);
+        let tls = match tokio::time::timeout(limit, attempt).await {
             Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return Err(format!("connect to {addr}: {e}")),
-            Err(_) => return Err(format!("connect to {addr}: timed out")),
+            Ok(Err(e)) => return Err(DialError::Failed(format!("connect to {addr}: {e}"))),
+            Err(_) => {
+                return Err(DialError::TimedOut(format!(
+                    "connect to {addr}: timed out after {limit:?}"
+                )));
+            }
         };
         // The mesh CA vouches for every node; only the certificate says which one answered.
         match tls
@@ -450,9 +515,9 @@ impl Mesh {
                     _ => "no node identity".to_string(),
                 };
                 warn!(%addr, expected = %format_args!("{node}@{site}"), %presented, "dialled node answered with another identity; dropped");
-                Err(format!(
+                Err(DialError::Failed(format!(
                     "connect to {addr}: certificate names {presented}, not {node}@{site}"
-                ))
+                )))
             }
         }
     }
@@ -1293,6 +1358,20 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    #[tokio::test]
+    async fn dial_from_sets_the_source_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let source: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+        let dialer = TcpDialer::from_source(Some(source));
+        let (dialed, accepted) = tokio::join!(dialer.dial(&addr), listener.accept());
+        dialed.unwrap();
+        assert_eq!(accepted.unwrap().1.ip(), source);
+        // A source of the other family has nothing to dial.
+        let v6 = TcpDialer::from_source(Some("::1".parse().unwrap()));
+        assert!(v6.dial(&addr).await.is_err());
+    }
+
     #[test]
     fn a_peer_s_reported_rtts_are_bounded_and_only_site_names() {
         let peer = NodeIdentity::new("nyc-1", "nyc").unwrap();
@@ -1395,7 +1474,7 @@ mod tests {
             mesh.clone(),
             listener,
             Gate::new(64, crate::limits::ListenerStats::default()),
-            Arc::new(TcpDialer),
+            Arc::new(TcpDialer::default()),
             shutdown.clone(),
         ));
         (mesh, addr)
@@ -1481,7 +1560,7 @@ mod tests {
         let connector = tokio_rustls::TlsConnector::from(f.mesh.tls.client.clone());
         let ran = dial(
             &f.mesh,
-            &TcpDialer,
+            &TcpDialer::default(),
             &connector,
             &f.impostor,
             CancellationToken::new(),
@@ -1501,7 +1580,7 @@ mod tests {
         let connector = tokio_rustls::TlsConnector::from(f.mesh.tls.client.clone());
         dial(
             &f.mesh,
-            &TcpDialer,
+            &TcpDialer::default(),
             &connector,
             &f.impostor,
             CancellationToken::new(),

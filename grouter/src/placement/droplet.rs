@@ -344,8 +344,16 @@ impl DropletFetcher {
     ) -> Result<(Option<u64>, ByteStream), String> {
         let tls = self
             .mesh
-            .connect_node(self.dialer.as_ref(), node, site, addr, self.tls.clone())
-            .await?;
+            .connect_node(
+                self.dialer.as_ref(),
+                node,
+                site,
+                addr,
+                self.tls.clone(),
+                None,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| e.to_string())?;

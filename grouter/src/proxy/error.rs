@@ -193,6 +193,11 @@ pub enum AttemptKind {
     /// The exchange failed otherwise after the request was sent (a malformed response, a
     /// timeout): never sent again.
     Request,
+    /// The request was sent to another site's node, and then the connection fell silent:
+    /// no byte came back, not even the answer to a liveness ping, within the liveness
+    /// timeout (the node is paused or its link black-holed). An idempotent request whose
+    /// body is whole goes to the next site; any other gets 502 `endpoint_failure (timeout)`.
+    Unresponsive,
 }
 
 /// A failed attempt to forward a request to one target.
@@ -222,6 +227,7 @@ impl AttemptKind {
             AttemptKind::IdleClosed => "kept-alive connection closed",
             AttemptKind::Reset => "closed before a response",
             AttemptKind::Request => "request",
+            AttemptKind::Unresponsive => "unresponsive",
         }
     }
 }
@@ -262,7 +268,10 @@ impl AttemptError {
     pub fn sent(&self) -> Sent {
         match self.kind {
             AttemptKind::Connect | AttemptKind::NoNode | AttemptKind::NotSent => Sent::Nothing,
-            AttemptKind::IdleClosed | AttemptKind::Reset | AttemptKind::Request => Sent::Partly,
+            AttemptKind::IdleClosed
+            | AttemptKind::Reset
+            | AttemptKind::Request
+            | AttemptKind::Unresponsive => Sent::Partly,
         }
     }
 
@@ -278,7 +287,9 @@ impl AttemptError {
     pub fn retry_elsewhere(&self, r: Replay) -> bool {
         match self.kind {
             AttemptKind::Connect | AttemptKind::NoNode | AttemptKind::NotSent => r.whole,
-            AttemptKind::IdleClosed | AttemptKind::Reset => r.idempotent && r.whole,
+            AttemptKind::IdleClosed | AttemptKind::Reset | AttemptKind::Unresponsive => {
+                r.idempotent && r.whole
+            }
             AttemptKind::Request => false,
         }
     }
@@ -313,6 +324,7 @@ impl AttemptError {
                 Some(std::io::ErrorKind::ConnectionReset) => "connection reset by peer",
                 _ => "EOF",
             },
+            AttemptKind::Unresponsive => "timeout",
             AttemptKind::Request => match io {
                 Some(std::io::ErrorKind::TimedOut) => "timeout",
                 Some(_) => "read failed",

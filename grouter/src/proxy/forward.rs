@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use super::Proxy;
 use super::access::{self, Facts};
 use super::decide::Decision;
-use super::error::{AttemptError, Replay, Sent};
+use super::error::{AttemptError, AttemptKind, Replay, Sent};
 use super::h2;
 use super::headers::{Client, Policy, TraceId};
 use super::upstream::{Affinity, GoRouters};
@@ -323,6 +323,11 @@ fn failed(gorouters: &GoRouters, target: &Target, err: &AttemptError, fresh_next
             } else {
                 warn!(gorouter = %addr, error = %err, "gorouter request failed");
             }
+        }
+        // A site with no node to send to (all dead or set aside) is routine while a fault
+        // lasts: not a warning per request.
+        Target::Site(site) if err.kind() == AttemptKind::NoNode => {
+            debug!(site = %site, error = %err, "remote site skipped; trying the next target");
         }
         Target::Site(site) => {
             warn!(site = %site, error = %err, "remote site failed; trying the next target");
