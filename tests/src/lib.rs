@@ -940,6 +940,7 @@ impl Default for MeshCa {
     }
 }
 pub mod evil;
+pub mod faults;
 pub mod gorouter;
 pub mod inproc;
 pub mod netns;

@@ -8,6 +8,7 @@ mod attack;
 mod blackhole;
 mod bosh;
 mod certs;
+mod chaos;
 mod churn;
 mod control;
 mod dashboard;
