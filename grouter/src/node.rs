@@ -553,6 +553,19 @@ pub async fn run(
             )
         });
     }
+    // Tasks alive in the runtime: flat under steady load, back to its level after a fault
+    // (the chaos suite checks it; a leak of per-connection tasks shows here first).
+    let runtime = tokio::runtime::Handle::current();
+    state.metrics.register(
+        "runtime_tasks",
+        "Tasks alive in the node's async runtime",
+        crate::metrics::SampledGauge::new(move || {
+            let alive = runtime.metrics().num_alive_tasks();
+            #[allow(clippy::cast_precision_loss)]
+            let alive = alive as f64;
+            vec![(vec![("state".to_string(), "alive".to_string())], alive)]
+        }),
+    );
     // For "certificate expiring" alerts (deploy/monitoring/grouter.rules.yml): every served
     // certificate, and this node's own mesh certificate (`source="mesh"`, host = node id).
     let mesh_not_after = config

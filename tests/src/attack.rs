@@ -1059,26 +1059,7 @@ async fn a_revoked_node_is_refused_and_its_partition_gone_everywhere_within_2_s(
     })
     .await;
     // sgp forwards requests for nyc's app to nyc over the mesh (a pooled connection).
-    let served_by = |node: &Node| {
-        let addr = node.http_addr();
-        async move {
-            let resp = reqwest::Client::new()
-                .get(format!("http://{addr}/"))
-                .header("host", SHOP)
-                .timeout(5 * SEC)
-                .send()
-                .await
-                .ok()?;
-            let site = resp
-                .headers()
-                .get("x-grouter-site")?
-                .to_str()
-                .ok()?
-                .to_string();
-            (resp.status() == 200).then_some(site)
-        }
-    };
-    assert_eq!(served_by(&sgp).await.as_deref(), Some("nyc"));
+    assert_eq!(sgp.answered_by(SHOP).await.as_deref(), Some("nyc"));
 
     let out = std::process::Command::new(grouter_tests::grouter_bin())
         .args(["tls", "revoke", "--ca"])
@@ -1113,7 +1094,7 @@ async fn a_revoked_node_is_refused_and_its_partition_gone_everywhere_within_2_s(
     wait_until(
         (2 * SEC).saturating_sub(revoked_at.elapsed()),
         "nyc stops serving sgp's forwarded requests",
-        || async { (served_by(&sgp).await.as_deref() != Some("nyc")).then_some(()) },
+        || async { (sgp.answered_by(SHOP).await.as_deref() != Some("nyc")).then_some(()) },
     )
     .await;
     let within = revoked_at.elapsed();

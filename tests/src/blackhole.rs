@@ -41,20 +41,12 @@ async fn sites() -> Sites {
     let mut nodes: Vec<Node> = Vec::new();
     for (i, site) in ["a", "b", "c"].into_iter().enumerate() {
         let bus = NatsServer::start();
-        let relay = links.relay(site).await;
         let from = std::net::IpAddr::from([127, 0, 1 + u8::try_from(i).unwrap_or(0), 1]);
-        links.source(from, site);
         let seeds: Vec<_> = relays.first().map(Relay::addr).into_iter().collect();
-        let node = Node::builder(&format!("{site}-1"), site)
+        let builder = Node::builder(&format!("{site}-1"), site)
             .nats(&bus.url())
-            .mesh(&ca, &seeds)
-            .mesh_option(&format!(
-                "advertise = \"{}\"\ndial_from = \"{from}\"",
-                relay.addr()
-            ))
-            .start()
-            .await;
-        relay.set_target(node.mesh_addr());
+            .mesh(&ca, &seeds);
+        let (node, relay) = links.start_node(builder, site, from).await;
         if site != "a" {
             let client = bus.client().await;
             let msg =
@@ -173,19 +165,8 @@ async fn under_traffic(s: &Sites, fault: impl Fn(&str, bool)) {
     let load = tokio::spawn(traffic(s.a.http_addr(), 6, 2, started, stop.clone()));
     // The site a sends to, from what answers now.
     let preferred = wait_until(SETTLE, "a proxies the app to b or c", || async {
-        let resp = reqwest::Client::new()
-            .get(format!("http://{}/", s.a.http_addr()))
-            .header("host", HOST)
-            .send()
-            .await
-            .ok()?;
-        let site = resp
-            .headers()
-            .get("x-grouter-site")?
-            .to_str()
-            .ok()?
-            .to_string();
-        (resp.status() == 200 && (site == "b" || site == "c")).then_some(site)
+        let site = s.a.answered_by(HOST).await?;
+        (site == "b" || site == "c").then_some(site)
     })
     .await;
     let other = if preferred == "b" { "c" } else { "b" };

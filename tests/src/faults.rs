@@ -11,7 +11,7 @@
 //! - within [`CONVERGE`] of each heal, every node holds the same view: every route, at
 //!   every site serving it, from every node of that site, and is in sync;
 //! - no node refuses a peer's frame for misbehaviour (an honest mesh forges nothing);
-//! - no node leaks file descriptors.
+//! - no node leaks file descriptors or tasks.
 //!
 //! [`run`] returns the figures; the seed is printed first, so a failure can be replayed
 //! with the same seed. Requests are GETs: a GoRouter stopped mid-request may fail a request
@@ -207,12 +207,16 @@ pub struct Report {
     pub episodes: Vec<Episode>,
     /// Requests sent in all, local / remote.
     pub sent: (usize, usize),
-    /// Failed requests in all, local / remote (requests to a node taken down included).
+    /// Failed requests in all, local / remote, but those [`Report::felled`].
     pub failed: (usize, usize),
+    /// Requests that failed because their own node was killed or paused under them.
+    pub felled: usize,
     /// Open descriptors per node after warm-up and at the end.
     pub fds: Vec<(String, usize, usize)>,
     /// Resident memory (KiB) per node after warm-up and at the end.
     pub rss_kib: Vec<(String, u64, u64)>,
+    /// Tasks alive in each node's runtime after warm-up and once the traffic stopped.
+    pub tasks: Vec<(String, u64, u64)>,
 }
 
 impl Report {
@@ -241,14 +245,15 @@ impl Report {
             by.entry(e.kind).or_default().push(e);
         }
         let mut out = format!(
-            "seed {}: {} faults, {} local requests ({} failed), {} remote ({} failed); \
-             failover p50 {:?} p99 {:?}; convergence p50 {:?} p99 {:?}\n",
+            "seed {}: {} faults, {} local requests ({} failed), {} remote ({} failed), {} \
+             felled with their own node; failover p50 {:?} p99 {:?}; convergence p50 {:?} p99 {:?}\n",
             self.seed,
             self.episodes.len(),
             self.sent.0,
             self.failed.0,
             self.sent.1,
             self.failed.1,
+            self.felled,
             self.quantile(0.5, |e| e.failover),
             self.quantile(0.99, |e| e.failover),
             self.quantile(0.5, |e| e.converged_in),
@@ -268,9 +273,11 @@ impl Report {
                 max(|e| e.converged_in),
             ));
         }
-        for ((name, f0, f1), (_, r0, r1)) in self.fds.iter().zip(&self.rss_kib) {
+        for (((name, f0, f1), (_, r0, r1)), (_, t0, t1)) in
+            self.fds.iter().zip(&self.rss_kib).zip(&self.tasks)
+        {
             out.push_str(&format!(
-                "  {name}: fds {f0} -> {f1}, RSS {} -> {} MiB\n",
+                "  {name}: fds {f0} -> {f1}, tasks {t0} -> {t1}, RSS {} -> {} MiB\n",
                 r0 / 1024,
                 r1 / 1024
             ));
@@ -287,6 +294,9 @@ struct Outcome {
     at: Duration,
     took: Duration,
     ok: bool,
+    /// The status, 0 when no response came (the error then in `error`).
+    status: u16,
+    error: Option<&'static str>,
 }
 
 impl Outcome {
@@ -295,6 +305,14 @@ impl Outcome {
     fn overlaps(&self, w: &Window) -> bool {
         let (_, at, _, until) = w;
         self.at < *until && self.at + self.took >= *at
+    }
+
+    /// Whether the request was sent to a node that a fault took down (killed or paused)
+    /// while it was under way: no router can answer for its own crash.
+    fn felled(&self, windows: &[Window]) -> bool {
+        windows
+            .iter()
+            .any(|w| w.0.downs() == Some(self.node) && self.overlaps(w))
     }
 }
 
@@ -417,26 +435,18 @@ impl Mesh {
         let mut nodes: Vec<Node> = Vec::new();
         for i in 0..SITES.len() * NODES_PER_SITE {
             let si = site_of(i);
-            let relay = links.relay(SITES[si]).await;
             let (site_byte, node_byte) = (
                 u8::try_from(10 + si).unwrap_or(10),
                 u8::try_from(i % NODES_PER_SITE + 1).unwrap_or(1),
             );
             let from = IpAddr::from([127, 0, site_byte, node_byte]);
-            links.source(from, SITES[si]);
             let seeds: Vec<SocketAddr> = relays.iter().map(Relay::addr).collect();
             let addrs: Vec<SocketAddr> = sites[si].gorouters.iter().map(|(a, _)| *a).collect();
-            let node = Node::builder(&node_name(i), SITES[si])
+            let builder = Node::builder(&node_name(i), SITES[si])
                 .nats(&sites[si].bus.url())
                 .gorouters(&addrs)
-                .mesh(&ca, &seeds)
-                .mesh_option(&format!(
-                    "advertise = \"{}\"\ndial_from = \"{from}\"",
-                    relay.addr()
-                ))
-                .start()
-                .await;
-            relay.set_target(node.mesh_addr());
+                .mesh(&ca, &seeds);
+            let (node, relay) = links.start_node(builder, SITES[si], from).await;
             relays.push(relay);
             nodes.push(node);
         }
@@ -574,21 +584,31 @@ fn clients(
                         continue;
                     };
                     let begun = Instant::now();
-                    let ok = match http
+                    let (status, error) = match http
                         .get(format!("http://{target}/"))
                         .header("host", &host)
                         .send()
                         .await
                     {
-                        Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
-                        Err(_) => false,
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            match r.bytes().await {
+                                Ok(_) => (status, None),
+                                Err(_) => (status, Some("body")),
+                            }
+                        }
+                        Err(e) if e.is_timeout() => (0, Some("timeout")),
+                        Err(e) if e.is_connect() => (0, Some("connect")),
+                        Err(_) => (0, Some("request")),
                     };
                     seen.push(Outcome {
                         node,
                         local,
                         at: begun - started,
                         took: begun.elapsed(),
-                        ok,
+                        ok: status == 200 && error.is_none(),
+                        status,
+                        error,
                     });
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -627,11 +647,10 @@ pub async fn run(settings: Settings) -> Report {
     let traffic = clients(&mesh, started, &stop);
     // Warm-up: connections made, first requests served.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let warm: Vec<(usize, u64)> = mesh
-        .nodes
-        .iter()
-        .map(|n| (n.open_fds(), n.rss_kib()))
-        .collect();
+    let mut warm: Vec<(usize, u64, u64)> = Vec::new();
+    for n in &mesh.nodes {
+        warm.push((n.open_fds(), n.rss_kib(), tasks(n).await));
+    }
 
     // Every kind once, in the seed's order, then any kind, until the duration is spent.
     let mut kinds: Vec<usize> = (0..Fault::KINDS).collect();
@@ -693,36 +712,64 @@ pub async fn run(settings: Settings) -> Report {
     let episodes = windows
         .iter()
         .zip(converged_in)
-        .map(|(w, converged_in)| episode(w, converged_in, &outcomes))
+        .map(|(w, converged_in)| episode(w, converged_in, &outcomes, &windows))
         .collect();
     // Requests outside every fault's window must all have succeeded.
     let outside_failed: Vec<&Outcome> = outcomes
         .iter()
-        .filter(|o| !o.ok)
+        .filter(|o| !o.ok && !o.felled(&windows))
         .filter(|o| !windows.iter().any(|w| o.overlaps(w)))
         .collect();
     let count = |local: bool| outcomes.iter().filter(|o| o.local == local).count();
     let failed = |local: bool| {
         outcomes
             .iter()
-            .filter(|o| o.local == local && !o.ok)
+            .filter(|o| o.local == local && !o.ok && !o.felled(&windows))
             .count()
     };
-    let mut fds = Vec::new();
-    let mut rss = Vec::new();
+    let felled = outcomes
+        .iter()
+        .filter(|o| !o.ok && o.felled(&windows))
+        .count();
+    // The clients' connections close; what stays is the node's own.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut fds, mut rss, mut alive) = (Vec::new(), Vec::new(), Vec::new());
     for (i, n) in mesh.nodes.iter().enumerate() {
         fds.push((node_name(i), warm[i].0, n.open_fds()));
         rss.push((node_name(i), warm[i].1, n.rss_kib()));
+        alive.push((node_name(i), warm[i].2, tasks(n).await));
     }
     let report = Report {
         seed,
         episodes,
         sent: (count(true), count(false)),
         failed: (failed(true), failed(false)),
+        felled,
         fds,
         rss_kib: rss,
+        tasks: alive,
     };
     println!("{}", report.summary());
+    for o in outcomes
+        .iter()
+        .filter(|o| !o.ok && !o.felled(&windows))
+        .take(40)
+    {
+        let during = windows
+            .iter()
+            .filter(|w| o.overlaps(w))
+            .map(|w| w.0.describe())
+            .collect::<Vec<_>>();
+        println!(
+            "chaos: failed: {} {} at {:.2?} after {:.2?}: status {} {:?} during {during:?}",
+            node_name(o.node),
+            if o.local { "local" } else { "remote" },
+            o.at,
+            o.took,
+            o.status,
+            o.error
+        );
+    }
 
     // The invariants.
     for e in &report.episodes {
@@ -758,16 +805,34 @@ pub async fn run(settings: Settings) -> Report {
             "seed {seed}: {name} holds {end} descriptors at the end, {base} after warm-up"
         );
     }
+    let base = report.tasks.iter().map(|(_, w, _)| *w).max().unwrap_or(0);
+    for (name, _, end) in &report.tasks {
+        assert!(
+            *end <= base + 40,
+            "seed {seed}: {name} runs {end} tasks at the end, {base} after warm-up"
+        );
+    }
     report
 }
 
+/// Tasks alive in `node`'s runtime.
+async fn tasks(node: &Node) -> u64 {
+    node.metric_labelled("grouter_runtime_tasks", "state=\"alive\"")
+        .await
+        .map(|v| {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let n = v as u64;
+            n
+        })
+        .expect("the node exports grouter_runtime_tasks")
+}
+
 /// The figures of one fault from the requests sent while it lasted.
-fn episode(w: &Window, converged_in: Duration, outcomes: &[Outcome]) -> Episode {
+fn episode(w: &Window, converged_in: Duration, outcomes: &[Outcome], all: &[Window]) -> Episode {
     let (fault, at, hold, _) = w;
     let during: Vec<&Outcome> = outcomes
         .iter()
-        .filter(|o| o.overlaps(w))
-        .filter(|o| fault.downs() != Some(o.node))
+        .filter(|o| o.overlaps(w) && !o.felled(all))
         .collect();
     let remote_failed: Vec<&&Outcome> = during.iter().filter(|o| !o.local && !o.ok).collect();
     Episode {

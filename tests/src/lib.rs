@@ -739,6 +739,21 @@ impl Node {
         .await;
     }
 
+    /// The site that answers `GET /` for `host` through this node's proxy (its
+    /// `X-Grouter-Site`), when it answers 200 within 5 s.
+    pub async fn answered_by(&self, host: &str) -> Option<String> {
+        let resp = self
+            .http
+            .get(format!("http://{}/", self.http_addr()))
+            .header("host", host)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        let site = resp.headers().get("x-grouter-site")?.to_str().ok()?;
+        (resp.status() == 200).then(|| site.to_string())
+    }
+
     /// `/v1/status`'s `sync` (`in_sync`, `degraded` or `lost`).
     pub async fn sync_state(&self) -> String {
         self.json("/v1/status").await["sync"]

@@ -108,6 +108,27 @@ impl Links {
         }
     }
 
+    /// Start the node `builder` describes, of `site`, behind a relay of its own: it
+    /// advertises the relay and dials from `from`, which is registered as `site`'s.
+    pub async fn start_node(
+        &self,
+        builder: crate::NodeBuilder,
+        site: &str,
+        from: IpAddr,
+    ) -> (crate::Node, Relay) {
+        let relay = self.relay(site).await;
+        self.source(from, site);
+        let node = builder
+            .mesh_option(&format!(
+                "advertise = \"{}\"\ndial_from = \"{from}\"",
+                relay.addr()
+            ))
+            .start()
+            .await;
+        relay.set_target(node.mesh_addr());
+        (node, relay)
+    }
+
     /// A relay in front of a node of `site`, forwarding nowhere until [`Relay::set_target`].
     pub async fn relay(&self, site: &str) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
