@@ -14,6 +14,10 @@
 //! - `wire`: bytes on the wire per route change, above the idle heartbeat traffic.
 //! - `mesh-memory`: one table holding 5 sites × 200,000 routes (4 imported via `sync::apply`).
 //!
+//! Issue 17: `soak --connections N --duration SECS`: one node (a process) holds a crowd of
+//! client connections; RSS, descriptors, `/healthz` and attackers' cut-off times
+//! (`docs/RELIABILITY.md`, "Soak").
+//!
 //! Results and the exact commands are recorded in `docs/BENCHMARKS.md`
 //! (`cargo run --release -p grouter-bench -- SUBCOMMAND`).
 //!
@@ -178,6 +182,20 @@ enum Bench {
         #[arg(long)]
         distinct_hosts: bool,
     },
+    /// Issue 17's soak: one node holds `connections` client connections (keep-alive, idle,
+    /// slow, slowloris, slow-read) for `duration` seconds; its RSS, descriptors and
+    /// `/healthz` sampled throughout.
+    Soak {
+        /// Client connections.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Seconds the crowd runs.
+        #[arg(long, default_value_t = 600)]
+        duration: u64,
+        /// Seconds between samples (default: 10, at most a tenth of the run).
+        #[arg(long)]
+        sample: Option<u64>,
+    },
     /// (internal) Fill a table in this process and write its deltas to stdout.
     #[command(hide = true)]
     EmitPartition {
@@ -248,6 +266,15 @@ fn main() -> anyhow::Result<()> {
             sites,
             distinct_hosts,
         } => mesh_bench::mesh_memory(routes, sites, distinct_hosts),
+        Bench::Soak {
+            connections,
+            duration,
+            sample,
+        } => rt.block_on(soak_bench::soak(
+            connections,
+            Duration::from_secs(duration),
+            sample.map(Duration::from_secs),
+        )),
         Bench::EmitPartition {
             cert_dir,
             node,
@@ -519,6 +546,7 @@ async fn ingest(
 
 /// Issue 3: the mesh. Full nodes run in this process, each with its own `nats-server`.
 mod control_bench;
+mod soak_bench;
 
 mod mesh_bench {
     use std::collections::{BTreeMap, HashMap};

@@ -286,7 +286,9 @@ pub struct ProxyConfig {
     #[serde(default = "default_request_header_timeout_secs")]
     pub request_header_timeout_secs: u64,
     /// Seconds a kept-alive HTTP/1.1 connection may sit idle between requests, and an
-    /// HTTP/2 connection without streams, on the same listeners. 1..=86400.
+    /// HTTP/2 connection without streams, on the same listeners; a client that takes no
+    /// byte of what it is sent for as long is reset; a GoRouter connection an idle client
+    /// gave back is closed after as long unused. 1..=86400.
     #[serde(default = "default_idle_timeout_secs")]
     pub idle_timeout_secs: u64,
     /// Seconds the TLS handshake on `https_listen` may take. 1..=86400.
@@ -826,6 +828,22 @@ impl Config {
         }
         config.resolve_paths(base_dir);
         Ok(config)
+    }
+
+    /// Validate a loaded config again (for the fuzz targets): what passed must pass again,
+    /// and normalising what it normalised must change nothing.
+    pub(crate) fn revalidated(&self) -> Result<Config, ConfigErrors> {
+        let mut again = self.clone();
+        let mut problems = Problems {
+            file: &self.source,
+            found: Vec::new(),
+        };
+        again.validate(&mut problems);
+        if problems.found.is_empty() {
+            Ok(again)
+        } else {
+            Err(ConfigErrors(problems.found))
+        }
     }
 
     /// Referenced files that do not exist or cannot be read (token file, TLS and mesh

@@ -60,6 +60,9 @@
 //! The DNS front, [`dns`], answers for `dns.zones` from the same merged view (table, site
 //! health, sync state); see docs/DNS.md for what it does not do yet.
 //!
+//! [`fuzzing`] (hidden) holds the bodies of the fuzz targets (`fuzz/`), which the ordinary
+//! test suite also replays over their corpus; nothing in the library imports it.
+//!
 //! Only the product lives here. `grouter demo` is part of the `grouter` binary (`main.rs`'s
 //! `demo` module), not of this library; the GoRouter stand-in (`grouter-standin`) and the
 //! benchmarks (`grouter-bench`) are crates of their own that depend on this one, never the
@@ -73,6 +76,8 @@ pub mod cc;
 pub mod config;
 pub mod control;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod history;
 pub mod learn;

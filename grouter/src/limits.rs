@@ -6,23 +6,32 @@
 //! closed at once and counted, never left to pile up in the backlog), the counters of what
 //! was cut and why ([`ListenerStats`], [`Cut`]), the timeouts ([`Timeouts`]), the watchdog
 //! that cuts a hyper connection whose first request is late or whose HTTP/2 streams have all
-//! been idle too long ([`Watchdog`]), and the default limits derived from the open-file
-//! limit ([`derive_limits`]), so that idle sockets on one listener cannot take the
-//! descriptors the node needs for the mesh, NATS, the GoRouters and `/healthz`.
+//! been idle too long ([`Watchdog`]), the guard that resets a client which takes no byte of
+//! what it is sent for the idle timeout ([`SendGuard`]: a slow-read client, or one gone
+//! without a word), and the default limits derived from the open-file limit
+//! ([`derive_limits`]), so that idle sockets on one listener cannot take the descriptors the
+//! node needs for the mesh, NATS, the GoRouters and `/healthz`.
 //!
 //! A leaf: imports nothing of the crate (the metrics module registers the counters it hands
 //! out here).
 //!
 //! Must never: block an accept loop, or read a clock per request (the watchdog counts
-//! requests and samples them a few times per timeout).
+//! requests and samples them a few times per timeout; the send guard reads one only when a
+//! write would block).
 
+use std::future::Future as _;
+use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Default `proxy.request_header_timeout_secs`: time to send a request head.
 pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,15 +51,18 @@ pub enum Cut {
     HandshakeTimeout = 2,
     /// The listener already had its most connections: closed at once.
     OverLimit = 3,
+    /// The client took no byte of what it was sent for the idle timeout ([`SendGuard`]).
+    SendTimeout = 4,
 }
 
 impl Cut {
     /// Every reason, in counter order.
-    pub const ALL: [Cut; 4] = [
+    pub const ALL: [Cut; 5] = [
         Cut::HeadTimeout,
         Cut::IdleTimeout,
         Cut::HandshakeTimeout,
         Cut::OverLimit,
+        Cut::SendTimeout,
     ];
 
     /// The metric label.
@@ -60,6 +72,7 @@ impl Cut {
             Cut::IdleTimeout => "idle_timeout",
             Cut::HandshakeTimeout => "handshake_timeout",
             Cut::OverLimit => "over_limit",
+            Cut::SendTimeout => "send_timeout",
         }
     }
 }
@@ -68,14 +81,14 @@ impl Cut {
 /// limit. Clones share the counters.
 #[derive(Debug, Clone, Default)]
 pub struct ListenerStats {
-    cuts: [Counter; 4],
+    cuts: [Counter; 5],
     open: Gauge,
     limit: Gauge,
 }
 
 impl ListenerStats {
     /// Stats over these (registered) metrics; `cuts` in [`Cut::ALL`] order.
-    pub fn new(cuts: [Counter; 4], open: Gauge, limit: Gauge) -> ListenerStats {
+    pub fn new(cuts: [Counter; 5], open: Gauge, limit: Gauge) -> ListenerStats {
         ListenerStats { cuts, open, limit }
     }
 
@@ -247,6 +260,142 @@ impl Watchdog {
     }
 }
 
+/// A client connection whose writes must make progress: when the client takes no byte of
+/// what it is sent for `limit` (its receive window shut, as a slow-read attack keeps it, or
+/// a client gone without a FIN), the write fails with `TimedOut`, every later write too, the
+/// cut is counted `send_timeout`, and the socket is set to reset on close, which frees the
+/// response queued in the kernel at once and tells the client (a FIN would wait behind the
+/// unread bytes). Reads pass through untouched: the head and idle timeouts govern them.
+///
+/// The clock is read only when a write would block (once per stall), never per request.
+/// Long responses to a client that reads are never cut, however long they take.
+#[derive(Debug)]
+pub struct SendGuard {
+    io: TcpStream,
+    limit: Duration,
+    /// Armed while a write is blocked; allocated at the first stall.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    expired: bool,
+    cuts: Counter,
+}
+
+impl SendGuard {
+    /// Guard `io`, counting a cut in `stats`.
+    pub fn new(io: TcpStream, limit: Duration, stats: &ListenerStats) -> SendGuard {
+        SendGuard {
+            io,
+            limit,
+            timer: None,
+            armed: false,
+            expired: false,
+            cuts: stats.cuts[Cut::SendTimeout as usize].clone(),
+        }
+    }
+
+    /// The connection underneath.
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.io
+    }
+
+    /// A write was refused for now: arm the timer (once per stall), and fail once it fires.
+    fn blocked<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        let timer = match &mut self.timer {
+            Some(t) => t,
+            None => self.timer.insert(Box::pin(tokio::time::sleep(self.limit))),
+        };
+        if !self.armed {
+            timer.as_mut().reset(Instant::now() + self.limit);
+            self.armed = true;
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.expired = true;
+        self.cuts.inc();
+        // Reset on close: the queued response is dropped now, not after the client's
+        // zero-window probes give up (minutes), and the client hears of it.
+        let _ = rustix::net::sockopt::set_socket_linger(&self.io, Some(Duration::ZERO));
+        Poll::Ready(Err(timed_out()))
+    }
+
+    fn progressed<T>(
+        &mut self,
+        r: Poll<std::io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Pending => self.blocked(cx),
+            ready => {
+                self.armed = false;
+                ready
+            }
+        }
+    }
+}
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the client took nothing for the idle timeout",
+    )
+}
+
+impl AsyncRead for SendGuard {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SendGuard {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.expired {
+            return Poll::Ready(Err(timed_out()));
+        }
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.progressed(r, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.expired {
+            return Poll::Ready(Err(timed_out()));
+        }
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.progressed(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.expired {
+            return Poll::Ready(Err(timed_out()));
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.expired {
+            // Closing (with the reset set) is all that is left.
+            return Poll::Ready(Err(timed_out()));
+        }
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Descriptors kept for the node's own sockets and files (NATS, GoRouter probes, DNS over
 /// TCP, mesh dials, certificates, logs): a sixteenth of the open-file limit, 64..=1024.
 fn own_reserve(nofile: u64) -> u64 {
@@ -398,5 +547,97 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(dog.check(1, Some(1)), None);
         }
+    }
+}
+
+#[cfg(test)]
+mod send_guard_tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpSocket};
+
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    /// A loopback pair: the server's end guarded by `limit`, the client's receive buffer
+    /// `rcvbuf` bytes.
+    async fn pair(stats: &ListenerStats, limit: Duration, rcvbuf: u32) -> (SendGuard, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(rcvbuf).unwrap();
+        let (client, accepted) = tokio::join!(
+            socket.connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        // A small send buffer: the kernel wakes a blocked writer once a third of it has
+        // drained, so a client that reads a little lets the writer on at once (with
+        // loopback's megabytes, it would take a megabyte read).
+        let accepted = accepted.unwrap().0;
+        rustix::net::sockopt::set_socket_send_buffer_size(&accepted, 64 << 10).unwrap();
+        let server = SendGuard::new(accepted, limit, stats);
+        (server, client.unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_nothing_is_reset_after_the_limit_and_counted() {
+        let stats = ListenerStats::default();
+        let (mut server, client) = pair(&stats, LIMIT, 4096).await;
+        let started = Instant::now();
+        let big = vec![b'x'; 64 << 20];
+        let err = server.write_all(&big).await.unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(
+            took >= LIMIT && took < LIMIT + Duration::from_secs(1),
+            "{took:?}"
+        );
+        assert_eq!(stats.cuts(Cut::SendTimeout), 1);
+        // Every later write fails at once, and shutting down sends nothing more.
+        assert!(server.write(b"more").await.is_err());
+        assert!(server.shutdown().await.is_err());
+        drop(server);
+        // The client hears a reset, not a clean end behind the queued bytes.
+        assert_eq!(
+            client.take_error().unwrap().map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionReset)
+        );
+    }
+
+    /// On the real clock: with the paused one, a loaded machine's deferred loopback delivery
+    /// lets the clock jump past the writer's deadline before the client's read frees room.
+    #[tokio::test]
+    async fn a_client_that_keeps_reading_is_never_cut_however_long_it_takes() {
+        const LIMIT: Duration = Duration::from_secs(1);
+        let stats = ListenerStats::default();
+        let (mut server, mut client) = pair(&stats, LIMIT, 64 << 10).await;
+        let total = 8 << 20;
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'x'; 64 << 10];
+            for _ in 0..total / chunk.len() {
+                server.write_all(&chunk).await?;
+            }
+            server.shutdown().await
+        });
+        // After each MiB the client pauses for a quarter of the limit.
+        let started = Instant::now();
+        let mut got = 0;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = client.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            if (got + n) >> 20 > got >> 20 {
+                tokio::time::sleep(LIMIT / 4).await;
+            }
+            got += n;
+        }
+        assert_eq!(got, total);
+        writer.await.unwrap().unwrap();
+        assert!(
+            started.elapsed() > LIMIT * 3 / 2,
+            "the pauses added up past the limit"
+        );
+        assert_eq!(stats.cuts(Cut::SendTimeout), 0);
     }
 }

@@ -87,7 +87,7 @@ impl Metrics {
         );
         r.register(
             "connections_cut",
-            "connections a listener closed: timeouts (head_timeout, idle_timeout, handshake_timeout) and connections over its limit (over_limit)",
+            "connections a listener closed: timeouts (head_timeout, idle_timeout, handshake_timeout), clients that took nothing they were sent for the idle timeout (send_timeout) and connections over its limit (over_limit)",
             m.connections_cut.clone(),
         );
         r.register(

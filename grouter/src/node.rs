@@ -402,7 +402,11 @@ pub async fn run(
             }),
         );
     }
-    let gorouters = Arc::new(crate::proxy::upstream::GoRouters::new(&config.gorouters));
+    // Parked GoRouter connections (idle clients gave them back) close after the idle timeout.
+    let gorouters = Arc::new(
+        crate::proxy::upstream::GoRouters::new(&config.gorouters)
+            .parked_for(config.proxy.timeouts().idle),
+    );
     state.metrics.register(
         "gorouters_segment_unavailable",
         "Requests for a route whose isolation segment has no GoRouters at this site",

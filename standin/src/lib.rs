@@ -62,6 +62,7 @@ struct State {
     /// `/eof-once/` keys already closed on.
     eof_keys: parking_lot::Mutex<HashSet<String>>,
     eofs: AtomicUsize,
+    accepted: AtomicUsize,
 }
 
 /// A running stand-in; stops when dropped.
@@ -90,6 +91,7 @@ impl StandIn {
             requests: AtomicUsize::new(0),
             eof_keys: parking_lot::Mutex::new(HashSet::new()),
             eofs: AtomicUsize::new(0),
+            accepted: AtomicUsize::new(0),
         });
         let task = tokio::spawn(serve(listener, state.clone()));
         Ok(StandIn { addr, state, task })
@@ -124,6 +126,11 @@ impl StandIn {
     pub fn eof_count(&self) -> usize {
         self.state.eofs.load(Ordering::Relaxed)
     }
+
+    /// Connections accepted so far (health checks' included).
+    pub fn accepted(&self) -> usize {
+        self.state.accepted.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for StandIn {
@@ -146,6 +153,7 @@ async fn serve(listener: TcpListener, state: Arc<State>) {
                 continue;
             }
         };
+        state.accepted.fetch_add(1, Ordering::Relaxed);
         // Reap finished connections so the set does not grow without bound.
         while conns.try_join_next().is_some() {}
         let state = state.clone();

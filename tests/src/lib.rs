@@ -189,20 +189,24 @@ impl Drop for NatsServer {
 }
 
 /// The `grouter` binary built by `cargo test --workspace` (the `grouter` package's own
-/// integration tests make cargo build it next to this test binary).
+/// integration tests make cargo build it next to this test binary, in the directory above
+/// `deps/`), or beside this binary (`grouter-bench`, built with it by
+/// `cargo build -p grouter -p grouter-bench`). `GROUTER_BIN` overrides both.
 pub fn grouter_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("GROUTER_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("grouter");
-    assert!(
-        bin.is_file(),
-        "{} not found: run `cargo test --workspace` (or `cargo build -p grouter`) first",
-        bin.display()
-    );
-    bin
+    let beside = exe.parent().expect("exe dir");
+    let above = beside.parent().unwrap_or(beside);
+    let candidates = [beside.join("grouter"), above.join("grouter")];
+    let found = candidates.iter().find(|p| p.is_file());
+    found.cloned().unwrap_or_else(|| {
+        panic!(
+            "{} not found: run `cargo test --workspace` (or `cargo build -p grouter`) first",
+            candidates[1].display()
+        )
+    })
 }
 
 /// Install ring as rustls's process-wide crypto provider (reqwest is built without one).
@@ -224,6 +228,7 @@ pub struct NodeBuilder {
     extra: String,
     proxy_extra: String,
     admin_extra: String,
+    log_extra: String,
     mesh: Option<(PathBuf, Vec<SocketAddr>)>,
     mesh_extra: String,
     nats_extra: String,
@@ -316,6 +321,13 @@ impl NodeBuilder {
     pub fn admin_option(mut self, toml: &str) -> Self {
         self.admin_extra.push_str(toml);
         self.admin_extra.push('\n');
+        self
+    }
+
+    /// TOML lines added to the `[log]` section (e.g. `access_log = false`).
+    pub fn log_option(mut self, toml: &str) -> Self {
+        self.log_extra.push_str(toml);
+        self.log_extra.push('\n');
         self
     }
 
@@ -416,6 +428,7 @@ token_file = "admin.token"
 {admin_extra}
 [log]
 format = "json"
+{log_extra}
 {extra}
 "#,
             node_id = self.node_id,
@@ -424,6 +437,7 @@ format = "json"
             stale = self.stale_threshold_secs,
             prune = self.prune_interval_secs,
             nats_extra = self.nats_extra,
+            log_extra = self.log_extra,
             extra = self.extra,
             gorouters = gorouter_addrs
                 .iter()
@@ -506,6 +520,7 @@ impl Node {
             extra: String::new(),
             proxy_extra: String::new(),
             admin_extra: String::new(),
+            log_extra: String::new(),
             mesh: None,
             mesh_extra: String::new(),
             nats_extra: String::new(),
@@ -777,6 +792,11 @@ impl Node {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// The process id (while running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
+
     /// Resident memory of the process in KiB.
     pub fn rss_kib(&self) -> u64 {
         let pid = self.child.as_ref().map(Child::id).expect("running");
@@ -954,6 +974,7 @@ impl Default for MeshCa {
         Self::new()
     }
 }
+pub mod crowd;
 pub mod evil;
 pub mod faults;
 pub mod gorouter;

@@ -28,3 +28,4 @@ mod placement;
 mod policies;
 mod proxy;
 mod segments;
+mod soak;

@@ -150,6 +150,18 @@ async fn an_idempotent_request_survives_a_gorouter_closing_a_fresh_connection_on
     // The HTTP/2 byte path.
     let (status, _, body) = h2_get(&node, "/eof-once/h2", &[]).await;
     assert_eq!(status, 200, "{body}");
+    // The fast path's answered connection is parked for the next client connection to take;
+    // a request in flight holds it, so that the POSTs below meet fresh connections.
+    let requests = stub.requests();
+    let mut holder = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    holder
+        .write_all(format!("GET /delay/30000 HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    wait_until(10 * SEC, "the held request at the stand-in", || async {
+        (stub.requests() > requests).then_some(())
+    })
+    .await;
     // A POST is not sent twice ("POST, body is empty: does not retry"): gorouter's 502.
     let r = raw(
         addr,
@@ -176,6 +188,7 @@ async fn an_idempotent_request_survives_a_gorouter_closing_a_fresh_connection_on
         5,
         "each path met a closed connection once"
     );
+    drop(holder);
 }
 
 #[tokio::test]

@@ -144,6 +144,8 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.request_header);
     builder.http2().timer(TokioTimer::new());
+    // A client that takes nothing of its answer for the idle timeout is reset.
+    let stream = crate::limits::SendGuard::new(stream, timeouts.idle, stats);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let first_by = tokio::time::Instant::now() + timeouts.request_header;

@@ -51,6 +51,9 @@ pub(super) const MAX_BUFFERED_BODY: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// How long a client has to send a buffered body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The read buffer an idle connection waits with, once its buffers were shed: most request
+/// heads fit.
+const IDLE_READ: usize = 2048;
 /// Response body bytes written together with the head; more go in their own write.
 const COALESCE: usize = 16 * 1024;
 
@@ -66,59 +69,117 @@ where
         head: Vec::with_capacity(1024),
         up: None,
     };
-    let cancelled = shutdown.clone().cancelled_owned();
-    tokio::pin!(cancelled);
-    let timeouts = &proxy.edge.timeouts;
-    let mut patience = Patience::new(timeouts, Instant::now());
-    let mut tick = tokio::time::interval_at(Instant::now() + patience.tick, patience.tick);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let plan = match c.plan(&proxy, &conn) {
-            Parsed::Forward(plan) => plan,
-            Parsed::Fallback => break,
-            Parsed::Partial if c.buf.len() >= MAX_HEADER_BYTES => break,
-            Parsed::Partial => {
-                let idle = c.buf.is_empty();
-                if !idle {
-                    patience.head_started();
-                }
-                c.buf.reserve(READ_CHUNK);
-                let read = tokio::select! {
-                    biased;
-                    () = cancelled.as_mut(), if idle => return close(io).await,
-                    _ = tick.tick() => {
-                        if let Some(cut) = patience.expired(Instant::now()) {
-                            debug!(client = %conn.client, reason = cut.as_str(), "client timed out");
-                            proxy.edge.listener(&conn).cut(cut);
-                            return close(io).await;
-                        }
-                        continue;
-                    }
-                    r = io.read_buf(&mut c.buf) => r,
-                };
-                match read {
-                    Ok(n) if n > 0 => continue,
-                    Ok(_) => return, // the client closed
-                    Err(err) => {
-                        debug!(client = %conn.client, %err, "client read failed");
-                        return;
-                    }
-                }
-            }
-        };
-        let closing = plan.close || shutdown.is_cancelled();
-        match c.exchange(&proxy, &conn, &mut io, &plan, closing).await {
-            Exchanged::Done if closing => return close(io).await,
-            Exchanged::Done => patience.exchanged(),
-            Exchanged::Close => return close(io).await,
-            Exchanged::Fallback => break,
+    let mut patience = Patience::new(&proxy.edge.timeouts, Instant::now());
+    let end = c
+        .run(&proxy, &conn, &mut io, &mut patience, &shutdown)
+        .await;
+    // A GoRouter connection still held is in a known state (whole responses only): another
+    // client connection may have it.
+    if let Some(up) = c.up.take() {
+        proxy.gorouters.park(up);
+    }
+    match end {
+        End::Close => close(io).await,
+        End::Gone => {}
+        End::Fallback => {
+            // The general path takes the connection with every byte read and not yet used;
+            // a head still being read keeps its deadline.
+            let first_by = patience.head_deadline();
+            let Connection { buf, .. } = c;
+            serve_conn(proxy, Prefixed { pre: buf, io }, conn, shutdown, first_by).await;
         }
     }
-    // The general path takes the connection with every byte read and not yet used; a head
-    // still being read keeps its deadline.
-    let first_by = patience.head_deadline();
-    let Connection { buf, .. } = c;
-    serve_conn(proxy, Prefixed { pre: buf, io }, conn, shutdown, first_by).await;
+}
+
+/// How the fast path ended with a client connection.
+enum End {
+    /// Close it.
+    Close,
+    /// The client closed it, or it failed.
+    Gone,
+    /// The general path takes it.
+    Fallback,
+}
+
+impl Connection {
+    /// The fast path's loop: requests while they fit it.
+    async fn run<S>(
+        &mut self,
+        proxy: &Proxy,
+        conn: &Conn,
+        io: &mut S,
+        patience: &mut Patience,
+        shutdown: &CancellationToken,
+    ) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let cancelled = shutdown.clone().cancelled_owned();
+        tokio::pin!(cancelled);
+        let mut tick = tokio::time::interval_at(Instant::now() + patience.tick, patience.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let plan = match self.plan(proxy, conn) {
+                Parsed::Forward(plan) => plan,
+                Parsed::Fallback => return End::Fallback,
+                Parsed::Partial if self.buf.len() >= MAX_HEADER_BYTES => return End::Fallback,
+                Parsed::Partial => {
+                    let idle = self.buf.is_empty();
+                    if !idle {
+                        patience.head_started();
+                    }
+                    // After the buffers were shed, a small one for the next head: an idle
+                    // connection waits on little memory (it grows to READ_CHUNK when a head
+                    // needs more).
+                    self.buf.reserve(if self.buf.capacity() == 0 {
+                        IDLE_READ
+                    } else {
+                        READ_CHUNK
+                    });
+                    let read = tokio::select! {
+                        biased;
+                        () = cancelled.as_mut(), if idle => return End::Close,
+                        _ = tick.tick() => {
+                            if let Some(cut) = patience.expired(Instant::now()) {
+                                debug!(client = %conn.client, reason = cut.as_str(), "client timed out");
+                                proxy.edge.listener(conn).cut(cut);
+                                return End::Close;
+                            }
+                            // Between requests at a tick: the GoRouter connection goes back
+                            // for others and the buffers are freed, so a client idle for a
+                            // tick holds no GoRouter connection (nor its descriptor) and
+                            // little memory. A busy connection parks at most once a tick,
+                            // and takes a connection back with its next request.
+                            if patience.between_requests() {
+                                if let Some(up) = self.up.take() {
+                                    debug!(client = %conn.client, gorouter = up.router, "idle: gorouter connection parked");
+                                    proxy.gorouters.park(up);
+                                }
+                                self.shed_buffers();
+                            }
+                            continue;
+                        }
+                        r = io.read_buf(&mut self.buf) => r,
+                    };
+                    match read {
+                        Ok(n) if n > 0 => continue,
+                        Ok(_) => return End::Gone, // the client closed
+                        Err(err) => {
+                            debug!(client = %conn.client, %err, "client read failed");
+                            return End::Gone;
+                        }
+                    }
+                }
+            };
+            let closing = plan.close || shutdown.is_cancelled();
+            match self.exchange(proxy, conn, io, &plan, closing).await {
+                Exchanged::Done if closing => return End::Close,
+                Exchanged::Done => patience.exchanged(),
+                Exchanged::Close => return End::Close,
+                Exchanged::Fallback => return End::Fallback,
+            }
+        }
+    }
 }
 
 async fn close<S: AsyncWrite + Unpin>(mut io: S) {
@@ -170,6 +231,11 @@ impl Patience {
     fn exchanged(&mut self) {
         self.exchanges += 1;
         self.head_since = None;
+    }
+
+    /// Between requests: no head is being read.
+    fn between_requests(&self) -> bool {
+        self.head_since.is_none()
     }
 
     /// When the head being read is due (now plus the header timeout if none is).
@@ -280,6 +346,17 @@ enum Exchanged {
 }
 
 impl Connection {
+    /// Free the buffers of an idle connection (allocated again by its next request).
+    fn shed_buffers(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+        if self.out.capacity() > 0 {
+            self.out = Vec::new();
+            self.head = Vec::new();
+        }
+    }
+
     /// Parse the request at the front of `buf` and, when the fast path takes it, write the
     /// upstream head into `out`.
     fn plan(&mut self, proxy: &Proxy, conn: &Conn) -> Parsed {
@@ -302,10 +379,12 @@ impl Connection {
         for h in req.headers.iter() {
             let name = h.name;
             if name.eq_ignore_ascii_case("host") {
-                if host.is_some() {
+                // A second Host, or one that is not even text: the general path refuses it
+                // (a Host skipped here would let a second one through, and both upstream).
+                let (None, Ok(value)) = (host, std::str::from_utf8(h.value)) else {
                     return Parsed::Fallback;
-                }
-                host = std::str::from_utf8(h.value).ok();
+                };
+                host = Some(value);
             } else if name.eq_ignore_ascii_case("content-length") {
                 let Some(n) = parse_length(h.value) else {
                     return Parsed::Fallback;
@@ -427,6 +506,11 @@ impl Connection {
 
         if self.up.as_ref().is_some_and(|u| !u.open_and_quiet()) {
             self.up = None; // the GoRouter closed it while idle (or sent unasked bytes)
+        }
+        if self.up.is_none() {
+            // One another client connection parked (reused: a failure before any answer
+            // is retried on a fresh one), else the codec connects.
+            self.up = proxy.gorouters.take_parked(plan.router);
         }
         let mut log = Access::new(plan.decision);
         log.trace = plan.trace;
@@ -625,6 +709,118 @@ fn client_head(
         out.extend_from_slice(b"\r\n");
     }
     Ok(parsed)
+}
+
+/// One request as the fast path takes it from a client's bytes ([`take_requests`]).
+#[derive(Debug)]
+pub(crate) struct Taken {
+    /// Bytes of the client's request used: head and body.
+    pub(crate) len: usize,
+    /// What goes to the GoRouter: the rewritten head, then the body.
+    pub(crate) upstream: Vec<u8>,
+}
+
+/// The fast path's reading of a client's bytes, without I/O (for the fuzz targets): each
+/// pipelined request it would forward, in order, until it needs more bytes, a request asks
+/// to close, or the general path takes the connection (then `true`).
+pub(crate) fn take_requests(
+    proxy: &Proxy,
+    scheme: &'static str,
+    bytes: &[u8],
+) -> (Vec<Taken>, bool) {
+    let conn = Conn::new(
+        std::net::SocketAddr::from(([192, 0, 2, 1], 40_000)),
+        scheme,
+        None,
+    );
+    let mut c = Connection {
+        buf: BytesMut::from(bytes),
+        out: Vec::new(),
+        head: Vec::new(),
+        up: None,
+    };
+    let mut taken = Vec::new();
+    loop {
+        let plan = match c.plan(proxy, &conn) {
+            Parsed::Forward(plan) => plan,
+            Parsed::Partial => return (taken, false),
+            Parsed::Fallback => return (taken, true),
+        };
+        // As `exchange` reads it: the head, then the buffered body.
+        let total = plan.head_len + plan.body_len;
+        if c.buf.len() < total {
+            return (taken, false);
+        }
+        c.out.extend_from_slice(&c.buf[plan.head_len..total]);
+        taken.push(Taken {
+            len: total,
+            upstream: std::mem::take(&mut c.out),
+        });
+        c.buf.advance(total);
+        if plan.close {
+            return (taken, false);
+        }
+    }
+}
+
+/// What the fast path sends a client for a GoRouter's response ([`relay_response`]).
+#[derive(Debug)]
+pub(crate) struct Relay {
+    /// The client's response head.
+    pub(crate) head: Vec<u8>,
+    /// Bytes of the GoRouter's used for it: interim heads and the final head.
+    pub(crate) head_len: usize,
+    /// Bytes after the head that belong to the body, as it is framed.
+    pub(crate) body_len: usize,
+    /// The body ends within those bytes.
+    pub(crate) body_done: bool,
+}
+
+/// The fast path's reading of a GoRouter's response bytes, without I/O (for the fuzz
+/// targets): interim 1xx heads skipped as `round_trip` skips them, the final head
+/// rewritten for the client, and how much of the rest its framing takes. `Ok(None)` while
+/// the head is not whole; `Err` for a response the fast path does not pass on.
+pub(crate) fn relay_response(
+    bytes: &[u8],
+    head_method: bool,
+    closing: bool,
+) -> Result<Option<Relay>, ()> {
+    static SITE: http::HeaderValue = http::HeaderValue::from_static("lon");
+    let rewrite = Rewrite {
+        head_method,
+        closing,
+        site_header: true,
+        site: &SITE,
+    };
+    let mut head = Vec::new();
+    let mut at = 0;
+    let (len, resp) = loop {
+        match client_head(&bytes[at..], &rewrite, &mut head)? {
+            None => return Ok(None),
+            Some((len, None)) => at += len,
+            Some((len, Some(resp))) => break (at + len, resp),
+        }
+    };
+    let rest = &bytes[len..];
+    let (body_len, body_done) = match resp.framing {
+        Framing::Empty => (0, true),
+        Framing::Length(n) => {
+            let take = usize::try_from(n).unwrap_or(usize::MAX).min(rest.len());
+            (take, take as u64 == n)
+        }
+        Framing::Chunked => {
+            let mut chunks = Chunked::default();
+            let n = chunks.scan(rest, |_| {})?;
+            (n, chunks.done())
+        }
+        Framing::UntilClose => (rest.len(), false),
+    };
+    Ok(Some(Relay {
+        head,
+        head_len: len,
+        body_len,
+        body_done,
+    }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -934,9 +1130,14 @@ mod tests {
         assert_eq!(p.expired(at(6)), None);
         assert_eq!(p.expired(at(8)), Some(Cut::HeadTimeout));
         assert_eq!(p.head_deadline(), at(8));
+        assert!(!p.between_requests(), "the first head is awaited");
         // After an exchange, idle ticks add up to the idle timeout.
         let mut p = Patience::new(&t, start);
         p.exchanged();
+        assert!(
+            p.between_requests(),
+            "a tick now parks the GoRouter connection"
+        );
         let verdicts: Vec<Option<Cut>> = (1..=11).map(|i| p.expired(at(2 * i))).collect();
         assert_eq!(
             verdicts[..10],
@@ -950,6 +1151,7 @@ mod tests {
         );
         // A later head is due 8 s after its first byte, however long the idle was.
         p.head_started();
+        assert!(!p.between_requests());
         let began = p.head_since.expect("noted");
         assert_eq!(p.expired(began + Duration::from_secs(7)), None);
         assert_eq!(

@@ -3,10 +3,12 @@
 //! `proxy.tls_handshake_timeout_secs`, or cut and counted `handshake_timeout`), and the
 //! connections peers hand over from the mesh. An HTTP/1.1 connection starts on the fast
 //! path (`super::h1`); HTTP/2 (by ALPN, or from a peer) goes to hyper (`super::server`),
-//! whose first request is due within the header timeout.
+//! whose first request is due within the header timeout. Every client connection is a
+//! [`SendGuard`]: one that takes no byte of its response for the idle timeout is reset.
 //!
 //! Must never: keep accepting after `shutdown`, end before the connections it accepted, or
-//! let a connection wait unbounded for a handshake or a first request.
+//! let a connection wait unbounded for a handshake, a first request or a client that does
+//! not read.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use tracing::{debug, warn};
 use super::forward::Conn;
 use super::server::serve_conn;
 use super::{Proxy, h1};
-use crate::limits::Cut;
+use crate::limits::{Cut, SendGuard};
 
 /// Serve plain HTTP on `listener` until `shutdown`, then drain.
 pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, shutdown: CancellationToken) {
@@ -76,6 +78,8 @@ async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        // A client that takes nothing of its response for the idle timeout is reset.
+        let tcp = SendGuard::new(tcp, timeouts.idle, gate.stats());
         let (proxy, tls, shutdown) = (proxy.clone(), tls.clone(), shutdown.clone());
         tracker.spawn(async move {
             let _slot = slot;

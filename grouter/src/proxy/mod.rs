@@ -82,6 +82,8 @@ use upstream::GoRouters;
 
 pub use edge::Edge;
 pub use listen::{serve_http, serve_https, serve_peers};
+// The fast path without I/O, for the fuzz targets.
+pub(crate) use h1::{Relay, relay_response, take_requests};
 
 /// Header telling which site served.
 const SITE_HEADER: &str = "x-grouter-site";

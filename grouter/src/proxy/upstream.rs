@@ -4,7 +4,14 @@
 //! general path: a client connection's own connection (`Affinity`, for HTTP/1.1
 //! clients) or the shared keep-alive pool (HTTP/2 streams with a body, upgrades).
 //!
-//! Must never: hold a lock across an `.await`, or block a request on a health probe.
+//! Also the GoRouter connections the fast path's client connections park when they go idle
+//! ([`GoRouters::park`], [`GoRouters::take_parked`]): at most [`MAX_PARKED`] per GoRouter,
+//! closed once parked for the idle timeout, so that idle clients hold no GoRouter connection
+//! (and no descriptor) each.
+//!
+//! Must never: hold a lock across an `.await`, block a request on a health probe, or hand
+//! out a parked connection that has heard anything from its GoRouter since its last
+//! response.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -22,11 +29,21 @@ use tracing::{debug, info, warn};
 
 use super::body::Reclaimable;
 use super::error::{AttemptError, AttemptKind};
-use super::wire::{CONNECT_TIMEOUT, connect};
+use super::wire::{CONNECT_TIMEOUT, Upstream, connect};
 use crate::config::GoroutersConfig;
 
 /// How long a GoRouter that refused a connection is skipped (unless none is left).
 const EJECT_FOR: Duration = Duration::from_secs(5);
+/// Parked connections kept per GoRouter (as many as hyper's pool keeps idle per host, above);
+/// one parked beyond it is closed.
+pub(super) const MAX_PARKED: usize = 1024;
+
+/// A GoRouter connection parked by an idle client connection, and since when.
+#[derive(Debug)]
+struct Parked {
+    up: Upstream,
+    since: tokio::time::Instant,
+}
 
 /// One GoRouter.
 #[derive(Debug)]
@@ -38,6 +55,8 @@ pub struct GoRouter {
     health: Uri,
     healthy: AtomicBool,
     ejected_until_ms: AtomicU64,
+    /// Connections parked by idle client connections, oldest first.
+    parked: Mutex<std::collections::VecDeque<Parked>>,
 }
 
 /// The GoRouters of this site.
@@ -47,6 +66,8 @@ pub struct GoRouters {
     next: AtomicUsize,
     epoch: Instant,
     client: Client<HttpConnector, Reclaimable>,
+    /// How long a parked connection is kept (`proxy.idle_timeout_secs`).
+    parked_for: Duration,
     /// Requests for a route whose isolation segment has no GoRouters at this site
     /// (`super::pools`); the node registers it in `/metrics`.
     pub segment_unavailable: prometheus_client::metrics::counter::Counter,
@@ -74,6 +95,7 @@ impl GoRouters {
                         .unwrap_or_else(|_| Uri::from_static("http://127.0.0.1:1/health")),
                     healthy: AtomicBool::new(true),
                     ejected_until_ms: AtomicU64::new(0),
+                    parked: Mutex::default(),
                 }
             })
             .collect();
@@ -91,8 +113,80 @@ impl GoRouters {
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
             client,
+            parked_for: crate::limits::DEFAULT_IDLE_TIMEOUT,
             segment_unavailable: Default::default(),
         }
+    }
+
+    /// Keep parked connections for `idle` (`proxy.idle_timeout_secs`; default its default).
+    pub fn parked_for(mut self, idle: Duration) -> GoRouters {
+        self.parked_for = idle;
+        self
+    }
+
+    /// Park `up`, a connection whose last response ended exactly, for another client
+    /// connection to take: an idle client connection gives its GoRouter connection back.
+    /// Closed at once when its GoRouter already has [`MAX_PARKED`] parked, or has closed it.
+    pub(super) fn park(&self, mut up: Upstream) {
+        let Some(router) = self.routers.get(up.router) else {
+            return;
+        };
+        if !up.open_and_quiet() {
+            return;
+        }
+        // Its read buffer is empty (the response ended exactly): freed while parked.
+        up.buf = bytes::BytesMut::new();
+        let since = tokio::time::Instant::now();
+        let mut parked = router.parked.lock();
+        if parked.len() < MAX_PARKED {
+            parked.push_back(Parked { up, since });
+        }
+    }
+
+    /// The most recently parked connection to GoRouter `router` that is still open and
+    /// quiet (the others are closed on the way).
+    pub(super) fn take_parked(&self, router: usize) -> Option<Upstream> {
+        let r = self.routers.get(router)?;
+        let mut parked = r.parked.lock();
+        while let Some(p) = parked.pop_back() {
+            if p.up.open_and_quiet() {
+                return Some(p.up);
+            }
+        }
+        None
+    }
+
+    /// Close the connections parked for longer than the idle timeout.
+    fn close_stale_parked(&self) {
+        let Some(cutoff) = tokio::time::Instant::now().checked_sub(self.parked_for) else {
+            return;
+        };
+        for r in &self.routers {
+            let mut parked = r.parked.lock();
+            while parked.front().is_some_and(|p| p.since <= cutoff) {
+                parked.pop_front();
+            }
+        }
+    }
+
+    /// Connections parked at GoRouter `router`.
+    #[cfg(test)]
+    fn parked_count(&self, router: usize) -> usize {
+        self.routers
+            .get(router)
+            .map_or(0, |r| r.parked.lock().len())
+    }
+
+    /// Connections parked at GoRouter `router` that are open and quiet.
+    #[cfg(test)]
+    fn parked_quiet(&self, router: usize) -> usize {
+        self.routers.get(router).map_or(0, |r| {
+            r.parked
+                .lock()
+                .iter()
+                .filter(|p| p.up.open_and_quiet())
+                .count()
+        })
     }
 
     /// Send `req` (absolute-form URI) through the shared keep-alive pool.
@@ -185,7 +279,8 @@ impl GoRouters {
 
     /// Probe every GoRouter's health URL every `interval` until `shutdown`; a router is
     /// healthy when it answers 2xx within the interval. Calls `on_change` with the site's
-    /// overall health whenever it changes.
+    /// overall health whenever it changes. Parked connections past the idle timeout are
+    /// closed at each round.
     pub async fn probe(
         self: Arc<Self>,
         interval: Duration,
@@ -204,6 +299,7 @@ impl GoRouters {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            self.close_stale_parked();
             let probes = self.routers.iter().map(|r| {
                 let fut = probe_client.get(r.health.clone());
                 async move {
@@ -301,4 +397,97 @@ async fn open(addr: &str) -> Result<Sender, AttemptError> {
         }
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    fn gorouters(n: usize) -> GoRouters {
+        GoRouters::new(&GoroutersConfig {
+            addresses: (0..n).map(|i| format!("127.0.0.1:{}", 1 + i)).collect(),
+            health_url_path: "/health".into(),
+            health_port: None,
+            segments: Default::default(),
+        })
+        .parked_for(Duration::from_secs(90))
+    }
+
+    /// A connection to GoRouter `router` (index), with the GoRouter's end.
+    async fn connection(listener: &TcpListener, router: usize) -> (Upstream, TcpStream) {
+        let (tcp, accepted) = tokio::join!(
+            TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let up = Upstream {
+            router,
+            tcp: tcp.unwrap(),
+            buf: BytesMut::new(),
+        };
+        (up, accepted.unwrap().0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parked_connections_go_to_their_gorouter_newest_first_and_close_when_stale() {
+        let g = gorouters(2);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, _a_far) = connection(&listener, 0).await;
+        let (b, _b_far) = connection(&listener, 0).await;
+        let (a_port, b_port) = (
+            a.tcp.local_addr().unwrap().port(),
+            b.tcp.local_addr().unwrap().port(),
+        );
+        g.park(a);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        g.park(b);
+        assert!(g.take_parked(1).is_none(), "parked at GoRouter 0 only");
+        let newest = g.take_parked(0).unwrap();
+        assert_eq!(newest.tcp.local_addr().unwrap().port(), b_port);
+        g.park(newest);
+        // 90 s after the first was parked it is closed; the second (60 s younger) stays.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        g.close_stale_parked();
+        assert_eq!(g.parked_count(0), 1);
+        assert_eq!(
+            g.take_parked(0).unwrap().tcp.local_addr().unwrap().port(),
+            b_port
+        );
+        assert_ne!(a_port, b_port);
+        assert!(g.take_parked(0).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_connection_its_gorouter_closed_or_spoke_on_is_never_handed_out() {
+        let g = gorouters(1);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (closed, closed_far) = connection(&listener, 0).await;
+        let (spoke, mut spoke_far) = connection(&listener, 0).await;
+        let (good, _good_far) = connection(&listener, 0).await;
+        g.park(good);
+        g.park(closed);
+        g.park(spoke);
+        drop(closed_far);
+        spoke_far.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        // Until the runtime has seen the FIN and the bytes arrive.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while g.parked_quiet(0) > 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the close and the bytes never showed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(g.take_parked(0).is_some(), "the quiet one");
+        assert!(g.take_parked(0).is_none(), "the others were closed");
+        // One parked beyond the bound is closed at once.
+        for _ in 0..MAX_PARKED + 1 {
+            let (up, _) = connection(&listener, 0).await;
+            g.park(up);
+        }
+        assert_eq!(g.parked_count(0), MAX_PARKED);
+    }
 }

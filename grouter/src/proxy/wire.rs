@@ -122,7 +122,10 @@ pub(super) fn response_head(
     let (Some(version), Some(code)) = (resp.version, resp.code) else {
         return Err(());
     };
-    if code == 101 {
+    // A status is three digits, the first 1 to 5 (RFC 9110 §15); httparse takes any three
+    // digits, and `000` would go to the client as `HTTP/1.1 0`. hyper, on the general
+    // path, refuses below 100 too (a 502 either way).
+    if code == 101 || code < 100 {
         return Err(());
     }
     if (100..200).contains(&code) {
@@ -408,6 +411,24 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    /// Found by the `http1_head` fuzz target: a GoRouter's `HTTP/1.0 000 K` went to the
+    /// client as `HTTP/1.1 0 K`, which is no status line.
+    #[test]
+    fn a_status_below_100_is_refused() {
+        for bad in [
+            &b"HTTP/1.0 000 K\r\n\r\n"[..],
+            b"HTTP/1.1 099 X\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            let head = response_head(bad, false, true, |_| Ok(()));
+            assert!(head.is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let ok = response_head(b"HTTP/1.1 599 X\r\n\r\n", false, true, |_| Ok(()));
+        assert!(matches!(
+            ok,
+            Ok(Some((_, Some(ResponseHead { status: 599, .. }))))
+        ));
     }
 
     #[test]
