@@ -181,6 +181,10 @@ pub enum AttemptKind {
     Connect,
     /// No live node of the site to send to.
     NoNode,
+    /// Every live node of the site was set aside lately, after it fell silent, and awaits
+    /// a probe: skipped while another target is left, tried anyway as the last resort
+    /// (`super::forward`), for a fault may have healed before the probe says so.
+    SetAside,
     /// The connection turned out closed, or the request was cancelled, before it was sent.
     NotSent,
     /// A kept-alive connection the target had closed while idle: the request was written
@@ -223,6 +227,7 @@ impl AttemptKind {
         match self {
             AttemptKind::Connect => "connect",
             AttemptKind::NoNode => "no node",
+            AttemptKind::SetAside => "set aside",
             AttemptKind::NotSent => "not sent",
             AttemptKind::IdleClosed => "kept-alive connection closed",
             AttemptKind::Reset => "closed before a response",
@@ -267,7 +272,10 @@ impl AttemptError {
     /// How far the request got.
     pub fn sent(&self) -> Sent {
         match self.kind {
-            AttemptKind::Connect | AttemptKind::NoNode | AttemptKind::NotSent => Sent::Nothing,
+            AttemptKind::Connect
+            | AttemptKind::NoNode
+            | AttemptKind::SetAside
+            | AttemptKind::NotSent => Sent::Nothing,
             AttemptKind::IdleClosed
             | AttemptKind::Reset
             | AttemptKind::Request
@@ -286,7 +294,10 @@ impl AttemptError {
     /// `RetriableClassifiers`).
     pub fn retry_elsewhere(&self, r: Replay) -> bool {
         match self.kind {
-            AttemptKind::Connect | AttemptKind::NoNode | AttemptKind::NotSent => r.whole,
+            AttemptKind::Connect
+            | AttemptKind::NoNode
+            | AttemptKind::SetAside
+            | AttemptKind::NotSent => r.whole,
             AttemptKind::IdleClosed | AttemptKind::Reset | AttemptKind::Unresponsive => {
                 r.idempotent && r.whole
             }
@@ -318,7 +329,7 @@ impl AttemptError {
                 Some(std::io::ErrorKind::TimedOut) => "dial: timeout",
                 _ => "dial failed",
             },
-            AttemptKind::NoNode => "no live node",
+            AttemptKind::NoNode | AttemptKind::SetAside => "no live node",
             AttemptKind::NotSent => "request canceled",
             AttemptKind::IdleClosed | AttemptKind::Reset => match io {
                 Some(std::io::ErrorKind::ConnectionReset) => "connection reset by peer",

@@ -344,7 +344,8 @@ pub(super) trait Codec {
     /// streamed body may have been read meanwhile).
     fn replay(&self) -> Replay;
 
-    /// Send the request to `target`; `fresh`: on a new connection, not a kept-alive one.
+    /// Send the request to `target`; `fresh`: on a new connection, not a kept-alive one
+    /// (to a site: to any live node of it, even one set aside).
     /// `served` starts as the target and may be made more precise (the node of a site).
     fn send(
         &mut self,
@@ -370,7 +371,10 @@ pub(super) enum Forwarded<R> {
 /// kept-alive connection found closed is replaced once per target when the request allows
 /// it; a failure goes on to the next target only when [`AttemptError::retry_elsewhere`]
 /// says so, and when no target is left, a target that closed a fresh connection before
-/// answering is tried again ([`AttemptError::retry_same`]) within the same budget.
+/// answering is tried again ([`AttemptError::retry_same`]) within the same budget; else the
+/// first site skipped because every node of it was set aside ([`AttemptKind::SetAside`])
+/// is tried once more, `fresh` (to a set-aside node: the fault may have healed unprobed),
+/// when the body is whole.
 /// `handoff`: when the targets run out after a failure that sent nothing, the caller can
 /// take the request elsewhere (the HTTP/1.1 fast path's targets are one GoRouter; the
 /// general path tries the rest).
@@ -383,18 +387,22 @@ pub(super) async fn forward<C: Codec>(
 ) -> Forwarded<C::Response> {
     let mut targets = targets.into_iter();
     let mut last: Option<(Target, AttemptError)> = None;
+    // The first site skipped because all its nodes were set aside: the last resort.
+    let mut set_aside: Option<Target> = None;
     for _ in 0..MAX_ATTEMPTS {
-        let target = match targets.next() {
-            Some(t) => t,
+        let (target, mut fresh) = match targets.next() {
+            Some(t) => (t, false),
             None => match last.take() {
-                Some((t, err)) if err.retry_same(codec.replay()) => t,
-                again => {
-                    last = again;
-                    break;
-                }
+                Some((t, err)) if err.retry_same(codec.replay()) => (t, false),
+                again => match set_aside.take() {
+                    Some(t) if codec.replay().whole => (t, true),
+                    _ => {
+                        last = again;
+                        break;
+                    }
+                },
             },
         };
-        let mut fresh = false;
         loop {
             log.attempts += 1;
             log.upstream = Served::of(&target);
@@ -413,6 +421,9 @@ pub(super) async fn forward<C: Codec>(
                 log.router_error = "endpoint_failure";
                 log.failure = err.reason();
                 return Forwarded::Failed;
+            }
+            if err.kind() == AttemptKind::SetAside && set_aside.is_none() {
+                set_aside = Some(target.clone());
             }
             last = Some((target, err));
             break;
@@ -643,6 +654,37 @@ mod tests {
         let mut codec = Scripted::new(&[Reset], GET);
         run(&routers, all_targets(), false, &mut codec).await;
         assert_eq!(codec.calls, ["gorouter 0", "gorouter 1"]);
+    }
+
+    #[tokio::test]
+    async fn a_site_whose_nodes_are_all_set_aside_is_the_last_resort() {
+        use AttemptKind::*;
+        let routers = gorouters(1);
+        let sites = || vec![Target::Site("b".into()), Target::Site("c".into())];
+        // b was set aside by the last fault, c falls silent under the next: b is tried once
+        // more, to any of its nodes, rather than answering 502.
+        let mut codec = Scripted::new(&[SetAside, Unresponsive], GET);
+        let (out, log) = run(&routers, sites(), false, &mut codec).await;
+        assert_eq!(out, "response");
+        assert_eq!(codec.calls, ["site b", "site c", "site b, fresh"]);
+        assert_eq!(log.attempts, 3);
+        // Both set aside: the first is the last resort, once.
+        let mut codec = Scripted::new(&[SetAside, SetAside, Connect], GET);
+        let (out, log) = run(&routers, sites(), false, &mut codec).await;
+        assert_eq!(out, "failed");
+        assert_eq!(codec.calls, ["site b", "site c", "site b, fresh"]);
+        assert_eq!(log.failure, "dial failed");
+        // A POST whose try at c may have reached it is not sent again anywhere.
+        let mut codec = Scripted::new(&[SetAside, Unresponsive], POST);
+        assert_eq!(run(&routers, sites(), false, &mut codec).await.0, "failed");
+        assert_eq!(codec.calls, ["site b", "site c"]);
+        // A POST that reached no node goes to the set-aside site (nothing was sent).
+        let mut codec = Scripted::new(&[SetAside, NoNode], POST);
+        assert_eq!(
+            run(&routers, sites(), false, &mut codec).await.0,
+            "response"
+        );
+        assert_eq!(codec.calls, ["site b", "site c", "site b, fresh"]);
     }
 
     #[test]

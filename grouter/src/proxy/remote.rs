@@ -259,12 +259,27 @@ impl Remotes {
 
     /// The live node of `site` to send to: connected peers by RTT first, then any live node
     /// with an address, leaving out nodes set aside after they fell silent (and probing
-    /// those when due). `(node_id, address)`.
-    fn pick(&self, site: &str) -> Option<(String, String)> {
-        self.mesh
-            .site_nodes(site)
-            .into_iter()
+    /// those when due), unless `any` (the last resort) and every live node is set aside.
+    /// `(node_id, address)`.
+    fn pick(&self, site: &str, any: bool) -> Result<(String, String), AttemptError> {
+        let nodes = self.mesh.site_nodes(site);
+        if let Some(live) = nodes
+            .iter()
             .find(|(node, addr)| !self.aside(node, site, addr))
+        {
+            return Ok(live.clone());
+        }
+        match nodes.into_iter().next() {
+            None => Err(no_node(site)),
+            Some(aside) if any => {
+                debug!(node = %aside.0, "every node of the site set aside: trying one anyway");
+                Ok(aside)
+            }
+            Some(_) => Err(AttemptError::new(
+                AttemptKind::SetAside,
+                format!("every live node of site {site} set aside"),
+            )),
+        }
     }
 
     /// Whether `node` is set aside; starts a probe of it when one is due.
@@ -326,7 +341,11 @@ impl Remotes {
             )
             .await
         {
-            Ok(tls) => Ok(tls),
+            Ok(tls) => {
+                // It answers: whatever set it aside is over.
+                self.quarantine.probed(node, true);
+                Ok(tls)
+            }
             Err(e @ DialError::TimedOut(_)) => {
                 self.set_aside(node, "dial timed out");
                 Err(AttemptError::new(AttemptKind::Connect, e))
@@ -384,13 +403,15 @@ impl Remotes {
         Ok(conn)
     }
 
-    /// Send `req` (absolute-form URI with the original host) to a node of `site`.
+    /// Send `req` (absolute-form URI with the original host) to a node of `site` (`any`: even
+    /// one set aside, when all are; [`Remotes::pick`]).
     pub async fn send(
         &self,
         site: &str,
         req: Request<Reclaimable>,
+        any: bool,
     ) -> Result<(Response<Incoming>, String), AttemptError> {
-        let (node, addr) = self.pick(site).ok_or_else(|| no_node(site))?;
+        let (node, addr) = self.pick(site, any)?;
         let conn = self.conn(&node, site, &addr).await?;
         let mut sender = conn.sender.clone();
         let started = Instant::now();
@@ -428,13 +449,14 @@ impl Remotes {
     }
 
     /// Send an upgrade request (WebSocket) over a fresh HTTP/1.1 connection to a node of
-    /// `site`.
+    /// `site` (`any` as for [`Remotes::send`]).
     pub async fn send_upgrade(
         &self,
         site: &str,
         req: Request<Reclaimable>,
+        any: bool,
     ) -> Result<(Response<Incoming>, String), AttemptError> {
-        let (node, addr) = self.pick(site).ok_or_else(|| no_node(site))?;
+        let (node, addr) = self.pick(site, any)?;
         let liveness = self.liveness(&node);
         let io = TokioIo::new(
             self.tls(&node, site, &addr, self.h1.clone(), liveness)
@@ -512,18 +534,38 @@ mod tests {
         let tls = f.mesh.tls().clone();
         let remotes = Remotes::new(f.mesh.clone(), &tls, Arc::new(TcpDialer::default()));
         assert_eq!(
-            remotes.pick("nyc"),
-            Some(("nyc-1".into(), f.impostor.clone()))
+            remotes.pick("nyc", false).unwrap(),
+            ("nyc-1".into(), f.impostor.clone())
         );
-
-        let err = remotes.send("nyc", request()).await.unwrap_err();
+        assert_eq!(
+            remotes.pick("xyz", true).unwrap_err().kind(),
+            AttemptKind::NoNode
+        );
+        // Set aside, it is skipped, and picked only as the last resort; an answer from
+        // another identity does not bring it back.
+        remotes.quarantine.add("nyc-1");
+        let err = remotes.send("nyc", request(), false).await.unwrap_err();
+        assert_eq!(err.kind(), AttemptKind::SetAside, "{err}");
+        assert_eq!(
+            remotes.pick("nyc", true).unwrap(),
+            ("nyc-1".into(), f.impostor.clone())
+        );
+        let err = remotes.send("nyc", request(), true).await.unwrap_err();
         assert_eq!(err.kind(), AttemptKind::Connect, "{err}");
         assert!(err.to_string().contains("mal-1@mal"), "{err}");
-        let err = remotes.send_upgrade("nyc", request()).await.unwrap_err();
+        assert!(remotes.quarantine.check("nyc-1").0, "still set aside");
+        remotes.quarantine.probed("nyc-1", true);
+
+        let err = remotes.send("nyc", request(), false).await.unwrap_err();
+        assert_eq!(err.kind(), AttemptKind::Connect, "{err}");
+        let err = remotes
+            .send_upgrade("nyc", request(), false)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), AttemptKind::Connect, "{err}");
         assert_eq!(f.mesh.peers().len(), 0);
         let metrics = f.mesh.metrics_for_test();
-        assert_eq!(metrics.dial_identity_mismatch.get(), 2);
+        assert_eq!(metrics.dial_identity_mismatch.get(), 3);
         // Nothing was kept for the next request.
         assert!(remotes.conns.lock().is_empty());
 
@@ -531,6 +573,8 @@ mod tests {
         let f = impostor(("mal-1", "mal")).await;
         let tls = f.mesh.tls().clone();
         let remotes = Remotes::new(f.mesh.clone(), &tls, Arc::new(TcpDialer::default()));
+        // Set aside earlier, a handshake that proves it is the node brings it back.
+        remotes.quarantine.add("mal-1");
         assert!(
             remotes
                 .tls(
@@ -543,6 +587,7 @@ mod tests {
                 .await
                 .is_ok()
         );
+        assert_eq!(remotes.quarantine.check("mal-1"), (false, false));
         // The right node id at the wrong site is not.
         assert!(
             remotes

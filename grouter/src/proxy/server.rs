@@ -354,6 +354,7 @@ impl<'a> General<'a> {
     async fn site(
         &mut self,
         site: &Arc<str>,
+        any_node: bool,
         served: &mut Served,
     ) -> Result<Response<ProxyBody>, AttemptError> {
         let Some(remotes) = &self.proxy.remotes else {
@@ -373,11 +374,11 @@ impl<'a> General<'a> {
                 headers.insert(header::HOST, v);
             }
             let req = build(&self.parts.method, origin, Version::HTTP_11, headers, body);
-            Box::pin(remotes.send_upgrade(site, req)).await
+            Box::pin(remotes.send_upgrade(site, req, any_node)).await
         } else {
             headers.remove(header::HOST);
             let req = build(&self.parts.method, uri, Version::HTTP_2, headers, body);
-            Box::pin(remotes.send(site, req)).await
+            Box::pin(remotes.send(site, req, any_node)).await
         };
         let (resp, node) = sent?;
         if self.proxy.access_log {
@@ -405,7 +406,7 @@ impl Codec for General<'_> {
     ) -> Result<Response<ProxyBody>, AttemptError> {
         match target {
             Target::GoRouter(i) => self.gorouter(*i, fresh).await,
-            Target::Site(site) => self.site(site, served).await,
+            Target::Site(site) => self.site(site, fresh, served).await,
         }
     }
 }
