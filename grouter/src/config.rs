@@ -97,6 +97,10 @@ fn default_max_pending_messages() -> usize {
 fn default_health_url_path() -> String {
     DEFAULT_HEALTH_URL_PATH.to_owned()
 }
+/// gorouter's own `request_timeout_in_seconds`: GRouter waits no less than it does.
+fn default_response_timeout_secs() -> u64 {
+    900
+}
 fn default_redirect_host() -> String {
     DEFAULT_REDIRECT_HOST.to_owned()
 }
@@ -256,6 +260,11 @@ pub struct GoroutersConfig {
     /// routes.
     #[serde(default)]
     pub segments: BTreeMap<String, Vec<String>>,
+    /// How long one try waits for a GoRouter's response head once the request is sent
+    /// (default 900 s, gorouter's own request timeout); then 502 `endpoint_failure
+    /// (timeout)`, never sent again. A paused GoRouter holds no request forever.
+    #[serde(default = "default_response_timeout_secs")]
+    pub response_timeout_secs: u64,
 }
 
 /// What to do with a request for an app served only at other sites.
@@ -1155,6 +1164,13 @@ impl GoroutersConfig {
         if self.health_port == Some(0) {
             p.push("gorouters.health_port", "must be 1..=65535");
         }
+        check_range(
+            p,
+            "gorouters.response_timeout_secs",
+            self.response_timeout_secs,
+            1,
+            MAX_EDGE_TIMEOUT_SECS,
+        );
         let mut seen: BTreeSet<&str> = self.addresses.iter().map(String::as_str).collect();
         for (segment, addresses) in &self.segments {
             let key = format!("gorouters.segments.{segment}");
@@ -2091,6 +2107,18 @@ token_file = "admin.token"
                 reason.contains("out of range") || reason.contains("at least 1"),
                 "{reason}"
             );
+        }
+        // The GoRouters' response timeout: 900 s unless set, within the same bounds.
+        assert_eq!(parse(MINIMAL).unwrap().gorouters.response_timeout_secs, 900);
+        for value in [0, 86_401] {
+            let reason = single_error(
+                &MINIMAL.replace(
+                    "[proxy]",
+                    &format!("response_timeout_secs = {value}\n[proxy]"),
+                ),
+                "gorouters.response_timeout_secs",
+            );
+            assert!(reason.contains("out of range"), "{reason}");
         }
         let reason = single_error(
             &MINIMAL.replace("token_file", "max_connections = 0\ntoken_file"),

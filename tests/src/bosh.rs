@@ -243,6 +243,7 @@ async fn full_properties_render_a_node_that_starts() {
         "gorouters": {
             "addresses": [gorouter_addr.to_string()], "health_port": gorouter_addr.port(),
             "segments": { "seg-a": [segment.addr().to_string()] },
+            "response_timeout_secs": 120,
         },
         "proxy": {
             "http_listen": "127.0.0.1:0", "https_listen": "127.0.0.1:0",
@@ -335,6 +336,7 @@ async fn full_properties_render_a_node_that_starts() {
     assert!(c.admin.read_token_file.is_some());
     assert!(c.tls.is_some() && c.proxy.https_listen.is_some());
     assert_eq!(c.gorouters.segments["seg-a"], [segment.addr().to_string()]);
+    assert_eq!(c.gorouters.response_timeout_secs, 120);
     for secret in [
         "config/admin-read.token",
         "config/cc.secret",

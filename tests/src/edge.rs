@@ -732,3 +732,78 @@ async fn the_server_chooses_the_cipher_suite_and_slow_handshakes_are_cut() {
     assert!(took >= SEC.mul_f32(0.9) && took < 3 * SEC, "{took:?}");
     assert_eq!(cut(&node, "https", "handshake_timeout").await, 1.0);
 }
+
+/// A GoRouter that accepts a request and never answers (paused, or an app that hangs where
+/// the GoRouter waits longer) holds no request forever: past
+/// `gorouters.response_timeout_secs` the client gets 502 `endpoint_failure (timeout)`, on
+/// the fast path, the general path and HTTP/2 alike, and the request is not sent again.
+#[tokio::test]
+async fn a_gorouter_that_never_answers_gets_502_after_the_response_timeout() {
+    let bus = NatsServer::start();
+    let node = Node::builder("lon-1", "lon")
+        .nats(&bus.url())
+        .gorouters_option("response_timeout_secs = 1")
+        .start()
+        .await;
+    let reg = grouter_tests::inproc::registration("10.0.0.1", 61000, "slow.example.com", "slow");
+    node.register_until_routed(&bus.client().await, &reg, "slow.example.com")
+        .await;
+    let stub = node.stub.as_ref().expect("the node's own stand-in");
+    let timed_out = |what: &str, status: u16, why: Option<&str>, took: Duration| {
+        assert_eq!(status, 502, "{what}");
+        assert_eq!(why, Some("endpoint_failure (timeout)"), "{what}");
+        assert!(
+            took >= SEC && took < 4 * SEC,
+            "{what}: answered after {took:?}"
+        );
+    };
+
+    // The fast path, then the general path (a chunked body), each to /delay/6000.
+    for (what, request) in [
+        (
+            "fast path",
+            &b"GET /delay/6000 HTTP/1.1\r\nHost: slow.example.com\r\nConnection: close\r\n\r\n"[..],
+        ),
+        (
+            "general path",
+            b"POST /delay/6000 HTTP/1.1\r\nHost: slow.example.com\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        ),
+    ] {
+        let before = stub.requests();
+        let started = Instant::now();
+        let resp = raw(node.http_addr(), request).await;
+        let took = started.elapsed();
+        let status = resp
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        timed_out(what, status, header(&resp, "x-cf-routererror"), took);
+        assert_eq!(stub.requests() - before, 1, "{what}: sent once, never again");
+    }
+    // HTTP/2 (a bodiless stream goes to the GoRouter as bytes).
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve("slow.example.com", node.http_addr())
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let resp = h2
+        .get("http://slow.example.com/delay/6000")
+        .timeout(10 * SEC)
+        .send()
+        .await
+        .expect("h2 request");
+    let why = resp
+        .headers()
+        .get("x-cf-routererror")
+        .and_then(|v| v.to_str().ok());
+    timed_out("HTTP/2", resp.status().as_u16(), why, started.elapsed());
+    // An answer within the timeout is untouched.
+    let resp = raw(
+        node.http_addr(),
+        b"GET /delay/200 HTTP/1.1\r\nHost: slow.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}

@@ -227,6 +227,7 @@ pub struct NodeBuilder {
     prune_interval_secs: u64,
     extra: String,
     proxy_extra: String,
+    gorouters_extra: String,
     admin_extra: String,
     log_extra: String,
     mesh: Option<(PathBuf, Vec<SocketAddr>)>,
@@ -314,6 +315,13 @@ impl NodeBuilder {
     pub fn proxy_option(mut self, toml: &str) -> Self {
         self.proxy_extra.push_str(toml);
         self.proxy_extra.push('\n');
+        self
+    }
+
+    /// TOML lines added to the `[gorouters]` section (e.g. `response_timeout_secs = 1`).
+    pub fn gorouters_option(mut self, toml: &str) -> Self {
+        self.gorouters_extra.push_str(toml);
+        self.gorouters_extra.push('\n');
         self
     }
 
@@ -416,7 +424,7 @@ prune_interval_secs = {prune}
 {nats_extra}
 [gorouters]
 addresses = [{gorouters}]
-
+{gorouters_extra}
 [proxy]
 http_listen = "{http_at}"
 remote = "{remote}"
@@ -446,6 +454,7 @@ format = "json"
                 .join(", "),
             remote = if self.redirect { "redirect" } else { "proxy" },
             proxy_extra = self.proxy_extra,
+            gorouters_extra = self.gorouters_extra,
             admin_extra = admin_extra,
             https = https,
             region = region,
@@ -519,6 +528,7 @@ impl Node {
             prune_interval_secs: 30,
             extra: String::new(),
             proxy_extra: String::new(),
+            gorouters_extra: String::new(),
             admin_extra: String::new(),
             log_extra: String::new(),
             mesh: None,

@@ -507,6 +507,7 @@ mod tests {
             health_url_path: "/health".into(),
             health_port: None,
             segments: Default::default(),
+            response_timeout_secs: 900,
         })
     }
 

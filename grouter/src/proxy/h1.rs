@@ -609,22 +609,26 @@ impl Codec for ByteCodec<'_> {
             return Err(AttemptError::new(AttemptKind::NotSent, "no such GoRouter"));
         };
         let reused = !fresh && self.up.as_ref().is_some_and(|u| u.router == i);
-        if !reused {
-            *self.up = None;
-            let tcp = connect(&router.addr)
-                .await
-                .map_err(|e| AttemptError::new(AttemptKind::Connect, e))?;
-            *self.up = Some(Upstream {
-                router: i,
-                tcp,
-                buf: BytesMut::with_capacity(READ_CHUNK),
-            });
-        }
-        let Some(up) = self.up.as_mut() else {
-            return Err(AttemptError::new(AttemptKind::NotSent, "no connection"));
+        let (up_slot, out, rewrite, head) =
+            (&mut *self.up, self.out, &self.rewrite, &mut *self.head);
+        let attempt = async move {
+            if !reused {
+                *up_slot = None;
+                let tcp = connect(&router.addr)
+                    .await
+                    .map_err(|e| AttemptError::new(AttemptKind::Connect, e))?;
+                *up_slot = Some(Upstream {
+                    router: i,
+                    tcp,
+                    buf: BytesMut::with_capacity(READ_CHUNK),
+                });
+            }
+            let Some(up) = up_slot.as_mut() else {
+                return Err(AttemptError::new(AttemptKind::NotSent, "no connection"));
+            };
+            round_trip(up, out, reused, |buf| client_head(buf, rewrite, head)).await
         };
-        let (rewrite, head) = (&self.rewrite, &mut *self.head);
-        let sent = round_trip(up, self.out, reused, |buf| client_head(buf, rewrite, head)).await;
+        let sent = self.gorouters.bounded(&router.addr, attempt).await;
         if sent.is_err() {
             *self.up = None;
         }

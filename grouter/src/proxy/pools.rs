@@ -80,6 +80,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            response_timeout_secs: 900,
         }
     }
 

@@ -322,10 +322,23 @@ impl<'a> General<'a> {
         i: usize,
         fresh: bool,
     ) -> Result<Response<ProxyBody>, AttemptError> {
-        let Some(gorouter) = self.proxy.gorouters.all().get(i) else {
+        let proxy = self.proxy;
+        let Some(gorouter) = proxy.gorouters.all().get(i) else {
             return Err(AttemptError::new(AttemptKind::NotSent, "no such gorouter"));
         };
         let addr = &gorouter.addr;
+        proxy
+            .gorouters
+            .bounded(addr, self.gorouter_try(i, addr, fresh))
+            .await
+    }
+
+    async fn gorouter_try(
+        &mut self,
+        i: usize,
+        addr: &str,
+        fresh: bool,
+    ) -> Result<Response<ProxyBody>, AttemptError> {
         if let Some(head) = &self.h2_head {
             let head_method = self.parts.method == Method::HEAD;
             return h2::send(&self.conn.streams, i, addr, head, head_method, fresh).await;

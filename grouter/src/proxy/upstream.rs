@@ -13,6 +13,7 @@
 //! out a parked connection that has heard anything from its GoRouter since its last
 //! response.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -68,6 +69,8 @@ pub struct GoRouters {
     client: Client<HttpConnector, Reclaimable>,
     /// How long a parked connection is kept (`proxy.idle_timeout_secs`).
     parked_for: Duration,
+    /// How long one try waits for a response head (`gorouters.response_timeout_secs`).
+    response_timeout: Duration,
     /// Requests for a route whose isolation segment has no GoRouters at this site
     /// (`super::pools`); the node registers it in `/metrics`.
     pub segment_unavailable: prometheus_client::metrics::counter::Counter,
@@ -114,6 +117,7 @@ impl GoRouters {
             epoch: Instant::now(),
             client,
             parked_for: crate::limits::DEFAULT_IDLE_TIMEOUT,
+            response_timeout: Duration::from_secs(cfg.response_timeout_secs),
             segment_unavailable: Default::default(),
         }
     }
@@ -122,6 +126,32 @@ impl GoRouters {
     pub fn parked_for(mut self, idle: Duration) -> GoRouters {
         self.parked_for = idle;
         self
+    }
+
+    /// Bound one try's wait for a GoRouter's response head (with its connect) by
+    /// `gorouters.response_timeout_secs`: past it the try fails as a request that timed out
+    /// (502 `endpoint_failure (timeout)`, never sent again).
+    pub(super) async fn bounded<T>(
+        &self,
+        addr: &str,
+        attempt: impl Future<Output = Result<T, AttemptError>>,
+    ) -> Result<T, AttemptError> {
+        match tokio::time::timeout(self.response_timeout, attempt).await {
+            Ok(done) => done,
+            Err(_) => {
+                warn!(gorouter = %addr, timeout = ?self.response_timeout, "gorouter sent no response head in time");
+                Err(AttemptError::new(
+                    AttemptKind::Request,
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "{addr}: no response head within {:?}",
+                            self.response_timeout
+                        ),
+                    ),
+                ))
+            }
+        }
     }
 
     /// Park `up`, a connection whose last response ended exactly, for another client
@@ -413,6 +443,7 @@ mod tests {
             health_url_path: "/health".into(),
             health_port: None,
             segments: Default::default(),
+            response_timeout_secs: 900,
         })
         .parked_for(Duration::from_secs(90))
     }
