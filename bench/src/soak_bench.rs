@@ -53,6 +53,9 @@ pub async fn soak(
     let reg = registration("10.0.0.1", 61000, HOST, "soak");
     node.register_until_routed(&bus.client().await, &reg, HOST)
         .await;
+    // Re-registered as Cloud Foundry's route emitter does, or the route goes stale (120 s)
+    // in the middle of the soak.
+    let _emitter = bus.emit_every(&reg, Duration::from_secs(20)).await;
 
     let mut crowd = Crowd::new(
         node.http_addr(),

@@ -182,6 +182,34 @@ impl NatsServer {
     }
 }
 
+impl NatsServer {
+    /// Publish `registration` on `router.register` every `every`, as a route emitter does,
+    /// until the returned [`Emitter`] is dropped: a test or bench that outlasts the stale
+    /// threshold keeps its route.
+    pub async fn emit_every(&self, registration: &Value, every: Duration) -> Emitter {
+        let bus = self.client().await;
+        let payload = bytes::Bytes::from(registration.to_string());
+        Emitter(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let _ = bus.publish("router.register", payload.clone()).await;
+                let _ = bus.flush().await;
+            }
+        }))
+    }
+}
+
+/// A route emitter's task ([`NatsServer::emit_every`]); stops when dropped.
+#[derive(Debug)]
+pub struct Emitter(tokio::task::JoinHandle<()>);
+
+impl Drop for Emitter {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
