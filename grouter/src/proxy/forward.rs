@@ -447,7 +447,6 @@ mod tests {
 
     use super::super::error::AttemptKind;
     use super::*;
-    use crate::config::GoroutersConfig;
 
     /// A codec that fails as scripted (then succeeds) and records every attempt.
     struct Scripted {
@@ -502,13 +501,7 @@ mod tests {
     };
 
     fn gorouters(n: usize) -> GoRouters {
-        GoRouters::new(&GoroutersConfig {
-            addresses: (0..n).map(|i| format!("127.0.0.1:{}", 1 + i)).collect(),
-            health_url_path: "/health".into(),
-            health_port: None,
-            segments: Default::default(),
-            response_timeout_secs: 900,
-        })
+        GoRouters::for_tests(n)
     }
 
     fn all_targets() -> Vec<Target> {

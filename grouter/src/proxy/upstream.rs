@@ -199,6 +199,18 @@ impl GoRouters {
         }
     }
 
+    /// `n` GoRouters at `127.0.0.1:1`, `:2`, … (nothing listens there), with the defaults.
+    #[cfg(test)]
+    pub(super) fn for_tests(n: usize) -> GoRouters {
+        GoRouters::new(&GoroutersConfig {
+            addresses: (0..n).map(|i| format!("127.0.0.1:{}", 1 + i)).collect(),
+            health_url_path: "/health".into(),
+            health_port: None,
+            segments: Default::default(),
+            response_timeout_secs: 900,
+        })
+    }
+
     /// Connections parked at GoRouter `router`.
     #[cfg(test)]
     fn parked_count(&self, router: usize) -> usize {
@@ -438,14 +450,7 @@ mod tests {
     use super::*;
 
     fn gorouters(n: usize) -> GoRouters {
-        GoRouters::new(&GoroutersConfig {
-            addresses: (0..n).map(|i| format!("127.0.0.1:{}", 1 + i)).collect(),
-            health_url_path: "/health".into(),
-            health_port: None,
-            segments: Default::default(),
-            response_timeout_secs: 900,
-        })
-        .parked_for(Duration::from_secs(90))
+        GoRouters::for_tests(n).parked_for(Duration::from_secs(90))
     }
 
     /// A connection to GoRouter `router` (index), with the GoRouter's end.
