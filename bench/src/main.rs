@@ -91,6 +91,16 @@ enum Bench {
         #[arg(long, default_value_t = 20_000)]
         changes: usize,
     },
+    /// Decoding route-emitter payloads: serde_json's derived visitor against the plain
+    /// reader the learner uses (`RegistryMessage::decode`), and the whole validation.
+    Parse {
+        /// Distinct messages, each decoded `rounds` times by each decoder.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Passes over the messages.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
     /// Memory of the registry and table holding `routes` x `endpoints`, fed without NATS.
     Memory {
         /// Distinct routes.
@@ -237,6 +247,7 @@ fn main() -> anyhow::Result<()> {
             sealing,
         )),
         Bench::SealCost { routes, changes } => mesh_bench::seal_cost(routes, changes),
+        Bench::Parse { messages, rounds } => parse(messages, rounds),
         Bench::Memory { routes, endpoints } => memory(routes, endpoints),
         Bench::Propagation {
             count,
@@ -314,6 +325,53 @@ fn rss_bytes() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kib| kib * 1024)
+}
+
+fn parse(messages: usize, rounds: usize) -> anyhow::Result<()> {
+    use grouter_protocol::nats::{MessageKind, Registration, RegistryMessage};
+    let payloads: Vec<String> = (0..messages.max(1))
+        .map(|i| message(i / 2, i % 2))
+        .collect();
+    let avg = payloads.iter().map(String::len).sum::<usize>() / payloads.len();
+    // Each decoder must read every payload, and the same way, or its figure means nothing.
+    for p in &payloads {
+        let reference: RegistryMessage<'_> = serde_json::from_slice(p.as_bytes())?;
+        anyhow::ensure!(
+            RegistryMessage::read_plain(p.as_bytes()).as_ref() == Some(&reference),
+            "the plain reader read {p} otherwise"
+        );
+    }
+    let time = |what: &str, decode: &dyn Fn(&[u8]) -> usize| {
+        let started = Instant::now();
+        let mut kept = 0usize;
+        for _ in 0..rounds {
+            for p in &payloads {
+                kept += decode(std::hint::black_box(p.as_bytes()));
+            }
+        }
+        let per = started.elapsed().as_secs_f64() * 1e9 / (rounds * payloads.len()) as f64;
+        println!("  {what:<44} {per:>7.0} ns/message  ({kept} fields kept)");
+        per
+    };
+    println!(
+        "parse: {} route-emitter payloads of {avg} B average, {rounds} passes each",
+        payloads.len()
+    );
+    let serde = time("serde_json::from_slice::<RegistryMessage>", &|p| {
+        serde_json::from_slice::<RegistryMessage<'_>>(p)
+            .map_or(0, |m| m.uris.map_or(0, |u| u.len()))
+    });
+    let plain = time("RegistryMessage::decode (plain reader)", &|p| {
+        RegistryMessage::decode(p).map_or(0, |m| m.uris.map_or(0, |u| u.len()))
+    });
+    time("Registration::parse (decode + validate)", &|p| {
+        Registration::parse(p, MessageKind::Register).map_or(0, |r| r.routes.len())
+    });
+    println!(
+        "  plain reader / serde_json: {:.2}x the speed",
+        serde / plain
+    );
+    Ok(())
 }
 
 fn memory(routes: usize, endpoints: usize) -> anyhow::Result<()> {

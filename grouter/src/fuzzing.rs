@@ -6,7 +6,7 @@
 //! test of the ordinary suite.
 //!
 //! - [`nats_message`]: `router.register` / `router.unregister` payloads into the learner's
-//!   registry and this node's partition.
+//!   registry and this node's partition; the plain JSON reader held to serde_json.
 //! - [`mesh_frames`]: mesh frames into the anti-entropy state machine and the table.
 //! - [`dns_query`]: DNS packets into the answer path.
 //! - [`http1_head`]: a client's bytes into the HTTP/1.1 fast path (the request head parser,
@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use grouter_protocol::mesh::{self as wire, frame::Body};
-use grouter_protocol::nats::{MessageKind, Registration, RouteKey};
+use grouter_protocol::nats::{MessageKind, Registration, RegistryMessage, RouteKey};
 use hickory_proto::op::{Message, MessageType};
 
 use crate::config::{Config, RemoteMode};
@@ -89,6 +89,15 @@ pub fn nats_message(data: &[u8]) {
             }
             _ => (MessageKind::Register, line),
         };
+        // The plain reader reads nothing serde_json would read otherwise.
+        if let Some(plain) = RegistryMessage::read_plain(payload) {
+            let reference: Result<RegistryMessage<'_>, _> = serde_json::from_slice(payload);
+            assert_eq!(
+                Some(plain),
+                reference.ok(),
+                "plain reader differs from serde_json"
+            );
+        }
         match Registration::parse(payload, kind) {
             Ok(reg) => {
                 check_registration(&reg);

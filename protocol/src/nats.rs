@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+mod plain;
+
 /// Subject on which route emitters announce endpoints.
 pub const SUBJECT_REGISTER: &str = "router.register";
 /// Subject on which route emitters withdraw endpoints.
@@ -37,7 +39,7 @@ pub const MAX_URIS: usize = 1024;
 /// ones: `private_instance_index`, `protocol` (GRouter talks HTTP/1.1 to GoRouters, never
 /// to backends), `availability_zone` and `endpoint_updated_at_ns` are such keys here,
 /// since skipping a string costs less than validating and keeping it.
-#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct RegistryMessage<'a> {
     /// Backend IP or hostname.
     #[serde(borrow, default, deserialize_with = "borrow_str")]
@@ -75,6 +77,24 @@ pub struct RegistryMessage<'a> {
     /// Per-route options (`loadbalancing`, `hash_header`, …).
     #[serde(borrow, default)]
     pub options: Option<RegistryOptions<'a>>,
+}
+
+impl<'a> RegistryMessage<'a> {
+    /// Decode a payload (of at most [`MAX_PAYLOAD`] bytes, which the caller checks): plain
+    /// JSON by the [`plain`] reader, anything else by serde_json, which also words every
+    /// error.
+    pub fn decode(payload: &'a [u8]) -> Result<RegistryMessage<'a>, InvalidMessage> {
+        match plain::read(payload) {
+            Some(msg) => Ok(msg),
+            None => serde_json::from_slice(payload).map_err(classify),
+        }
+    }
+
+    /// What the plain reader alone makes of `payload` (`None`: it leaves it to
+    /// serde_json). For the differential tests and fuzzing that hold it to serde_json.
+    pub fn read_plain(payload: &'a [u8]) -> Option<RegistryMessage<'a>> {
+        plain::read(payload)
+    }
 }
 
 /// serde's `Cow<str>` always deserializes to an owned copy (its `borrow` attribute reaches
@@ -121,7 +141,7 @@ fn borrow_list<'de: 'a, 'a, D: serde::Deserializer<'de>>(
 
 /// The `tags` of a registration that GRouter reads (route-emitter also sends `component`,
 /// `process_type`, `source_id` and more); the rest are skipped without being stored.
-#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct RegistryTags<'a> {
     /// The app's name in its space.
     #[serde(borrow, default, deserialize_with = "borrow_str")]
@@ -136,7 +156,7 @@ pub struct RegistryTags<'a> {
 
 /// The `options` object of a registration. Only the keys GRouter reads are typed; the rest
 /// are ignored.
-#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct RegistryOptions<'a> {
     /// `round-robin`, `least-connection` or `hash`.
     #[serde(borrow, default, deserialize_with = "borrow_str")]
@@ -366,8 +386,7 @@ impl<'a> Registration<'a> {
         if payload.len() > MAX_PAYLOAD {
             return Err(InvalidMessage::Oversized(payload.len()));
         }
-        let msg: RegistryMessage<'a> = serde_json::from_slice(payload).map_err(classify)?;
-        Self::from_message(msg, kind)
+        Self::from_message(RegistryMessage::decode(payload)?, kind)
     }
 
     /// Validate an already decoded message.
