@@ -12,10 +12,15 @@
 # POLICIES=N (default 0) starts the node with N route policies already in force (written into
 # its state_dir as earlier writes of its own), one of them for app.example.test itself, so
 # every request's decision reads a policy: the issue-13 cost of policies on the data plane.
+# HTTP_PORT, HTTPS_PORT, ADMIN_PORT and NATS_PORT move it, so that two can run side by side
+# (deploy/bench/policy-ab.sh).
 set -euo pipefail
 POLICIES=${POLICIES:-0}
 WORKERS=${WORKERS:-1}
 NATS_PORT=${NATS_PORT:-14222}
+HTTP_PORT=${HTTP_PORT:-19080}
+HTTPS_PORT=${HTTPS_PORT:-19443}
+ADMIN_PORT=${ADMIN_PORT:-19090}
 source "$(dirname "$0")/common.sh"
 bench_start grouter-candidate "$NATS_PORT"
 
@@ -37,14 +42,14 @@ stale_threshold_secs = 86400
 [gorouters]
 addresses = ["127.0.0.1:18080"]
 [proxy]
-http_listen = "127.0.0.1:19080"
-https_listen = "127.0.0.1:19443"
+http_listen = "127.0.0.1:$HTTP_PORT"
+https_listen = "127.0.0.1:$HTTPS_PORT"
 [tls]
 cert_dir = "certs"
 default_cert = "default.pem"
 default_key = "default.key"
 [admin]
-listen = "127.0.0.1:19090"
+listen = "127.0.0.1:$ADMIN_PORT"
 token_file = "admin.token"
 [log]
 access_log = false
@@ -68,11 +73,11 @@ msg='{"host":"127.0.0.1","port":18080,"uris":["app.example.test"],"app":"bench"}
 nats_open "$NATS_PORT"
 printf 'PUB router.register %d\r\n%s\r\nPING\r\n' "${#msg}" "$msg" >&3
 for _ in $(seq 1 100); do
-  if curl -sf -H "Authorization: Bearer bench-token" "http://127.0.0.1:19090/v1/routes?host=app.example.test" | grep -q app.example.test; then
+  if curl -sf -H "Authorization: Bearer bench-token" "http://127.0.0.1:$ADMIN_PORT/v1/routes?host=app.example.test" | grep -q app.example.test; then
     break
   fi
   printf 'PUB router.register %d\r\n%s\r\n' "${#msg}" "$msg" >&3
   sleep 0.1
 done
-echo "candidate: grouter serving app.example.test on 127.0.0.1:19080/19443 with $WORKERS worker thread(s)" >&2
+echo "candidate: grouter serving app.example.test on 127.0.0.1:$HTTP_PORT/$HTTPS_PORT with $WORKERS worker thread(s)" >&2
 wait "${pids[1]}"

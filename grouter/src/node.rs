@@ -75,7 +75,9 @@ impl NodeState {
         // This site's region, known before (and without) a mesh.
         if let Some(region) = config.region.as_deref().filter(|r| !r.is_empty()) {
             policies.set_facts(SiteFacts {
-                regions: [(config.site.as_str().into(), region.into())].into(),
+                regions: [(config.site.as_str().into(), region.into())]
+                    .into_iter()
+                    .collect(),
                 healthy: Vec::new(),
             });
         }

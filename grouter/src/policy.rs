@@ -142,8 +142,8 @@ impl Policies {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SiteFacts {
     /// Site → region, this node's own site included (sites whose nodes announce no
-    /// region are absent).
-    pub regions: HashMap<Arc<str>, Arc<str>>,
+    /// region are absent). Read on every request a policy steers: a fast hash.
+    pub regions: HashMap<Arc<str>, Arc<str>, foldhash::fast::RandomState>,
     /// Sites with a healthy alive node (this node's own site included when it is healthy).
     pub healthy: Vec<Arc<str>>,
 }
