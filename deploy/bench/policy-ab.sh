@@ -17,15 +17,7 @@
 # Needs wrk, h2load, haproxy and nginx (sudo ../shared/bench/install-peers.sh) and a release
 # build (built when missing). Binds 127.0.0.1 only; every process started is stopped on exit.
 set -uo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-PEERS_DIR=${PEERS_DIR:-$ROOT/../shared/bench}
-HOSTN=app.example.test
-resolves() { getent ahostsv4 "$HOSTN" 2>/dev/null | grep -q '^127\.0\.0\.1'; }
-# Real SNI and :authority without touching /etc/hosts, as http-peers.sh does it.
-if ! resolves && [ -z "${BENCH_NS:-}" ] && [ "$(id -u)" = 0 ] && unshare -m true 2>/dev/null; then
-  exec unshare -m --propagation private env BENCH_NS=1 bash "$HERE/${0##*/}" "$@"
-fi
+source "$(dirname "$0")/private-hosts.sh"
 POLICIES=${POLICIES:-10000}; ROUNDS=${ROUNDS:-8}; DUR=${DURATION:-10}
 MODES=${MODES:-http https h2}; CONNS=${CONNS:-64}; H2C=${H2_CLIENTS:-8}; H2M=${H2_STREAMS:-8}
 for tool in wrk h2load haproxy nginx; do
@@ -39,8 +31,7 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT; trap 'exit 130' INT TERM
-if [ -n "${BENCH_NS:-}" ]; then { cat /etc/hosts; echo "127.0.0.1 $HOSTN"; } >"$W/hosts"; mount --bind "$W/hosts" /etc/hosts; fi
-resolves || { echo "ERROR: $HOSTN does not resolve to 127.0.0.1 (run as root for a private /etc/hosts)" >&2; exit 1; }
+private_hosts "$W"
 start() { local n=$1; shift; "$@" >"$W/$n.log" 2>&1 & PIDS+=($!); }
 
 export GROUTER=${GROUTER:-$ROOT/target/release/grouter}

@@ -13,14 +13,7 @@
 #
 # Needs valgrind, h2load and nginx (sudo ../shared/bench/install-peers.sh); binds 127.0.0.1.
 set -uo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-PEERS_DIR=${PEERS_DIR:-$ROOT/../shared/bench}
-HOSTN=app.example.test
-resolves() { getent ahostsv4 "$HOSTN" 2>/dev/null | grep -q '^127\.0\.0\.1'; }
-if ! resolves && [ -z "${BENCH_NS:-}" ] && [ "$(id -u)" = 0 ] && unshare -m true 2>/dev/null; then
-  exec unshare -m --propagation private env BENCH_NS=1 bash "$HERE/${0##*/}" "$@"
-fi
+source "$(dirname "$0")/private-hosts.sh"
 POLICIES=${POLICIES:-10000}; REQUESTS=${REQUESTS:-20000}
 for tool in valgrind callgrind_control h2load nginx; do
   command -v "$tool" >/dev/null || { echo "ERROR: $tool missing: sudo $PEERS_DIR/install-peers.sh; apt-get install valgrind" >&2; exit 1; }
@@ -32,8 +25,7 @@ cleanup() {
   [ -n "${KEEP:-}" ] && echo "kept $W" || rm -rf "$W"
 }
 trap cleanup EXIT; trap 'exit 130' INT TERM
-if [ -n "${BENCH_NS:-}" ]; then { cat /etc/hosts; echo "127.0.0.1 $HOSTN"; } >"$W/hosts"; mount --bind "$W/hosts" /etc/hosts; fi
-resolves || { echo "ERROR: $HOSTN does not resolve to 127.0.0.1 (run as root for a private /etc/hosts)" >&2; exit 1; }
+private_hosts "$W"
 GROUTER_BIN=${GROUTER:-$ROOT/target/release/grouter}
 [ -x "$GROUTER_BIN" ] || (cd "$ROOT" && cargo build --release -p grouter) || exit 1
 "$PEERS_DIR/backend/backend.sh" "$W/backend" 18080 >"$W/backend.log" 2>&1 & PIDS+=($!)
