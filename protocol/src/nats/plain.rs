@@ -80,7 +80,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn expect(&mut self, byte: u8) -> Option<()> {
+    /// The next token, taken if it is `byte`.
+    fn take(&mut self, byte: u8) -> Option<()> {
         (self.next()? == byte).then(|| self.at += 1)
     }
 
@@ -156,14 +157,14 @@ impl<'a> Reader<'a> {
 
     /// An object whose keys go to `field` one by one, which must take the value.
     fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.expect(b'{')?;
+        self.take(b'{')?;
         if self.next()? == b'}' {
             self.at += 1;
             return Some(());
         }
         loop {
             let key = self.string()?;
-            self.expect(b':')?;
+            self.take(b':')?;
             field(self, key)?;
             match self.next()? {
                 b',' => self.at += 1,
@@ -178,7 +179,7 @@ impl<'a> Reader<'a> {
 
     /// An array whose elements `item` reads one by one.
     fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.expect(b'[')?;
+        self.take(b'[')?;
         if self.next()? == b']' {
             self.at += 1;
             return Some(());
