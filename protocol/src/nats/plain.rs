@@ -286,50 +286,44 @@ impl<'a> Reader<'a> {
         Some(Some(uris))
     }
 
-    fn tags(&mut self) -> Option<Option<RegistryTags<'a>>> {
+    /// `null`, or an object whose keys named in `names` hold strings (or `null`) and whose
+    /// other keys are skipped: the shape of both `tags` and `options`.
+    fn strings<const N: usize>(
+        &mut self,
+        names: [&str; N],
+    ) -> Option<Option<[Option<Cow<'a, str>>; N]>> {
         if self.null() {
             return Some(None);
         }
-        let mut t = RegistryTags::default();
+        let mut values = [const { None }; N];
         let mut seen = Seen(0);
         self.object(|r, key| {
-            match key {
-                "app_name" => {
-                    seen.first(0)?;
-                    t.app_name = r.opt_str()?;
+            match names.iter().position(|n| *n == key) {
+                Some(i) => {
+                    seen.first(u16::try_from(i).ok()?)?;
+                    values[i] = r.opt_str()?;
                 }
-                "organization_name" => {
-                    seen.first(1)?;
-                    t.organization_name = r.opt_str()?;
-                }
-                "space_name" => {
-                    seen.first(2)?;
-                    t.space_name = r.opt_str()?;
-                }
-                _ => r.skip(1)?,
-            };
+                None => r.skip(1)?,
+            }
             Some(())
         })?;
-        Some(Some(t))
+        Some(Some(values))
+    }
+
+    fn tags(&mut self) -> Option<Option<RegistryTags<'a>>> {
+        let tags = self.strings(["app_name", "organization_name", "space_name"])?;
+        Some(
+            tags.map(|[app_name, organization_name, space_name]| RegistryTags {
+                app_name,
+                organization_name,
+                space_name,
+            }),
+        )
     }
 
     fn options(&mut self) -> Option<Option<RegistryOptions<'a>>> {
-        if self.null() {
-            return Some(None);
-        }
-        let mut o = RegistryOptions::default();
-        let mut seen = Seen(0);
-        self.object(|r, key| {
-            match key {
-                "loadbalancing" => {
-                    seen.first(0)?;
-                    o.loadbalancing = r.opt_str()?;
-                }
-                _ => r.skip(1)?,
-            };
-            Some(())
-        })?;
-        Some(Some(o))
+        let options = self.strings(["loadbalancing"])?;
+        Some(options.map(|[loadbalancing]| RegistryOptions { loadbalancing }))
     }
 }
 
